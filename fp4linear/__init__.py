@@ -1,0 +1,28 @@
+"""fp4linear: NVFP4 linear layers at any tensor-parallel size (SPEC: ../shared/SPEC.md)."""
+
+import os as _os
+
+# In a source checkout the Triton kernels live in <repo>/kernels; installs map them to
+# fp4linear/kernels. Let the source tree resolve `fp4linear.kernels` the same way.
+if not _os.path.isdir(_os.path.join(__path__[0], "kernels")):
+    _root = _os.path.dirname(_os.path.abspath(__path__[0]))
+    if _os.path.isfile(_os.path.join(_root, "kernels", "__init__.py")):
+        __path__.append(_root)
+
+from . import kernels, reference  # noqa: E402
+from .format import NVFP4Tensor, ScaleLayout, SWIZZLE_8x4, SWIZZLE_128x4, pad_k  # noqa: E402
+from .quant import quantize  # noqa: E402
+
+dequantize = reference.dequantize
+
+__all__ = [
+    "NVFP4Tensor",
+    "SWIZZLE_128x4",
+    "SWIZZLE_8x4",
+    "ScaleLayout",
+    "dequantize",
+    "kernels",
+    "pad_k",
+    "quantize",
+    "reference",
+]

@@ -1,0 +1,9 @@
+"""Triton kernels of fp4linear (installed as `fp4linear.kernels`; never a top-level `kernels`).
+
+Kernels and their launchers only: no torch.nn, no backend policy. Launchers take already
+validated, already allocated tensors; `fp4linear` does the checking and allocation.
+"""
+
+from .nvfp4_quantize_launch import QuantConfig, pad_quantize, quant_config
+
+__all__ = ["QuantConfig", "pad_quantize", "quant_config"]
