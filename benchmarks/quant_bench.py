@@ -86,7 +86,7 @@ def run_configs(args):
     """Tuning aid: best (block_m, block_k, warps) per shape, by device time."""
     grid = [(bm, bk, w) for bm in (8, 16, 32, 64) for bk in (128, 256, 512) for w in (2, 4, 8)
             if 1024 <= bm * bk <= 16384 and bm * bk // (32 * w) >= 8]
-    for m, k, kp in [(16384, 8192, 8192), (16384, 1368, 1408), (4096, 3696, 3712), (4096, 464, 512)]:
+    for m, k, kp in [(16384, 8192, 8192), (16384, 1368, 1408), (4096, 3696, 3712), (4096, 464, 512), (16, 8192, 8192)]:
         x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
         gs = (448 * 6 / x.float().abs().amax()).reshape(1)
         out = NVFP4Tensor.empty((m, k), k_align=K_ALIGN, device="cuda")

@@ -83,43 +83,6 @@ def nvfp4_pad_quantize_kernel(
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     blocks = pid_k * NB + tl.arange(0, NB)  # scale column index
-    elems = tl.arange(0, 16)
-    cols = blocks[None, :, None] * 16 + elems[None, None, :]  # [1, NB, 16]
-    row_off = rows.to(tl.int64) * (stride_xm_div * XM_MULT)
-    x = tl.load(
-        x_ptr + row_off[:, None, None] + cols,
-        mask=(rows[:, None, None] < M) & (cols < K),
-        other=0.0,
-    ).to(tl.float32)
-
-    # Per-block scale (SPEC section 2, "TE-exact" order).
-    gs = tl.load(global_scale_ptr)
-    # Max of |x| as an integer max of the sign-cleared bits: same order as the floats, and NaN
-    # (above +inf) cannot be lost the way a float max drops it.
-    vmax_bits = tl.reduce(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 2, _MAX_COMBINE)  # [BLOCK_M, NB]
-    finite = vmax_bits < 0x7F800000
-    vmax = vmax_bits.to(tl.float32, bitcast=True)
-    scale_code, scale_value = e4m3_rne(tl.minimum(vmax * (gs * (1.0 / 6.0)), 448.0))
-    inv_gs = tl.math.div_rn(tl.full([1, 1], 1.0, tl.float32), gs)
-    out_scale = tl.minimum(tl.math.div_rn(tl.full([BLOCK_M, NB], 1.0, tl.float32), scale_value * inv_gs), FLT_MAX)
-    out_scale = tl.where(vmax_bits == 0, 0.0, out_scale)
-
-    # Elements: sign bit of y, magnitude code, two codes per byte (even element low).
-    y = x * out_scale[:, :, None]
-    sign = (y.to(tl.int32, bitcast=True) >> 28) & 8
-    codes = e2m1_rne_magnitude(tl.abs(y)) | sign
-    low, high = tl.split(tl.reshape(codes, [BLOCK_M, NB, 8, 2]))
-    packed = tl.where(finite[:, :, None], low | (high << 4), 0).to(tl.uint8)  # [BLOCK_M, NB, 8]
-
-    # Each thread already holds 4 consecutive bytes and a warp covers whole 128-byte row spans:
-    # capping the contiguity the compiler sees at 4 keeps this layout for the store instead of
-    # a shared-memory round trip to build 8-byte vectors.
-    byte_cols = tl.max_contiguous(blocks[None, :, None] * 8 + tl.arange(0, 8)[None, None, :], [1, 1, 4])
-    tl.store(
-        data_ptr + rows.to(tl.int64)[:, None, None] * (Kp // 2) + byte_cols,
-        packed,
-        mask=(rows[:, None, None] < M) & (byte_cols < Kp // 2),
-    )
 
     # Swizzled scale offsets (SPEC section 3); rows >= M and blocks >= Kp/16 hold zeros.
     r = rows.to(tl.int64)[:, None]
@@ -128,5 +91,46 @@ def nvfp4_pad_quantize_kernel(
         sf_off = (r // 128) * (S4 * 128) + (s // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + s % 4
     else:
         sf_off = (r // 8) * (S4 * 8) + (s // 4) * 32 + (r % 8) * 4 + s % 4
-    sf_bytes = tl.where(finite, scale_code, 0x7F).to(tl.uint8)
-    tl.store(scale_ptr + sf_off, sf_bytes, mask=(r < scale_rows) & (s < S4))
+    sf_mask = (r < scale_rows) & (s < S4)
+
+    if pid_m * BLOCK_M >= M:
+        # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
+        tl.store(scale_ptr + sf_off, tl.zeros([BLOCK_M, NB], tl.uint8), mask=sf_mask)
+    else:
+        # x as [rows, half, block, 8]: a block's two 8-element halves differ in dim 1, which the
+        # compiler keeps in one thread (threads go along blocks), so a block's max, its scale
+        # and its codes are computed once, by one thread, with no shuffles.
+        half = tl.arange(0, 2)[None, :, None, None]
+        cols = blocks[None, None, :, None] * 16 + half * 8 + tl.arange(0, 8)[None, None, None, :]
+        row_off = rows.to(tl.int64)[:, None, None, None] * (stride_xm_div * XM_MULT)
+        x = tl.load(x_ptr + row_off + cols, mask=(rows[:, None, None, None] < M) & (cols < K), other=0.0)
+        x = x.to(tl.float32)
+
+        # Per-block scale (SPEC section 2, "TE-exact" order). Max of |x| as an integer max of the
+        # sign-cleared bits: same order as the floats, and NaN (above +inf) cannot be dropped.
+        gs = tl.load(global_scale_ptr)
+        abs_bits = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        vmax_bits = tl.reduce(tl.reduce(abs_bits, 3, _MAX_COMBINE), 1, _MAX_COMBINE)  # [BLOCK_M, NB]
+        finite = vmax_bits < 0x7F800000
+        vmax = vmax_bits.to(tl.float32, bitcast=True)
+        scale_code, scale_value = e4m3_rne(tl.minimum(vmax * (gs * (1.0 / 6.0)), 448.0))
+        inv_gs = tl.math.div_rn(tl.full([1, 1], 1.0, tl.float32), gs)
+        out_scale = tl.math.div_rn(tl.full([BLOCK_M, NB], 1.0, tl.float32), scale_value * inv_gs)
+        out_scale = tl.where(vmax_bits == 0, 0.0, tl.minimum(out_scale, FLT_MAX))
+
+        # Elements: sign bit of y, magnitude code, two codes per byte (even element low).
+        y = x * out_scale[:, None, :, None]
+        sign = (y.to(tl.int32, bitcast=True) >> 28) & 8
+        codes = e2m1_rne_magnitude(tl.abs(y)) | sign
+        low, high = tl.split(tl.reshape(codes, [BLOCK_M, 2, NB, 4, 2]))
+        packed = tl.where(finite[:, None, :, None], low | (high << 4), 0).to(tl.uint8)  # [BLOCK_M, 2, NB, 4]
+
+        byte_cols = tl.max_contiguous(
+            blocks[None, None, :, None] * 8 + half * 4 + tl.arange(0, 4)[None, None, None, :], [1, 1, 1, 4]
+        )
+        tl.store(
+            data_ptr + rows.to(tl.int64)[:, None, None, None] * (Kp // 2) + byte_cols,
+            packed,
+            mask=(rows[:, None, None, None] < M) & (byte_cols < Kp // 2),
+        )
+        tl.store(scale_ptr + sf_off, tl.where(finite, scale_code, 0x7F).to(tl.uint8), mask=sf_mask)
