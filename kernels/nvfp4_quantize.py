@@ -95,7 +95,7 @@ def nvfp4_pad_quantize_kernel(
 
     if pid_m * BLOCK_M >= M:
         # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
-        tl.store(scale_ptr + sf_off, tl.zeros([BLOCK_M, NB], tl.uint8), mask=sf_mask)
+        tl.store(scale_ptr + sf_off, tl.full([BLOCK_M, NB], 0, tl.uint8), mask=sf_mask)
     else:
         # x as [rows, half, block, 8]: a block's two 8-element halves differ in dim 1, which the
         # compiler keeps in one thread (threads go along blocks), so a block's max, its scale
