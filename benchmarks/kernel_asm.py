@@ -27,7 +27,7 @@ from kernels import nvfp4_quantize  # noqa: E402
 def compile_quant(arch, block_m, block_k, warps, k_mult=16, xm_mult=16, sf_row_tile=128):
     fn = nvfp4_quantize.nvfp4_pad_quantize_kernel
     sig = {"x_ptr": "*bf16", "global_scale_ptr": "*fp32", "data_ptr": "*u8", "scale_ptr": "*u8"}
-    for name in ("M", "K_div", "stride_xm_div", "Kp_div16", "scale_rows", "s4_div4", "n_k_tiles"):
+    for name in ("M", "K_div", "stride_xm_div", "Kp_div16"):
         sig[name] = "i32"
     consts = dict(K_MULT=k_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, BLOCK_M=block_m, BLOCK_K=block_k)
     for name in consts:

@@ -64,9 +64,6 @@ def nvfp4_pad_quantize_kernel(
     K_div,  # K // K_MULT
     stride_xm_div,  # row stride of x // XM_MULT
     Kp_div16,  # Kp // 16
-    scale_rows,  # rows of the scale tensor (M rounded up to SF_ROW_TILE)
-    s4_div4,  # scale columns // 4
-    n_k_tiles,
     K_MULT: tl.constexpr,  # passing K and the row stride as multiples tells the compiler that
     XM_MULT: tl.constexpr,  # 16-byte vector loads stay aligned and masks constant per vector
     SF_ROW_TILE: tl.constexpr,  # 128 for the 128x4 layout, 8 for 8x4
@@ -74,12 +71,14 @@ def nvfp4_pad_quantize_kernel(
     BLOCK_K: tl.constexpr,  # multiple of 64: whole 4-scale groups per tile
 ):
     NB: tl.constexpr = BLOCK_K // 16
+    K = K_div * K_MULT
+    Kp = Kp_div16 * 16
+    S4 = (Kp_div16 + 3) // 4 * 4  # scale columns
+    scale_rows = (M + SF_ROW_TILE - 1) // SF_ROW_TILE * SF_ROW_TILE
+    n_k_tiles = (S4 * 16 + BLOCK_K - 1) // BLOCK_K
     pid = tl.program_id(0)
     pid_m = pid // n_k_tiles
     pid_k = pid % n_k_tiles
-    K = K_div * K_MULT
-    Kp = Kp_div16 * 16
-    S4 = s4_div4 * 4
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     blocks = pid_k * NB + tl.arange(0, NB)  # scale column index
@@ -97,20 +96,15 @@ def nvfp4_pad_quantize_kernel(
         # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
         tl.store(scale_ptr + sf_off, tl.full([BLOCK_M, NB], 0, tl.uint8), mask=sf_mask)
     else:
-        # x as [rows, half, block, 8]: a block's two 8-element halves differ in dim 1, which the
-        # compiler keeps in one thread (threads go along blocks), so a block's max, its scale
-        # and its codes are computed once, by one thread, with no shuffles.
-        half = tl.arange(0, 2)[None, :, None, None]
-        cols = blocks[None, None, :, None] * 16 + half * 8 + tl.arange(0, 8)[None, None, None, :]
-        row_off = rows.to(tl.int64)[:, None, None, None] * (stride_xm_div * XM_MULT)
-        x = tl.load(x_ptr + row_off + cols, mask=(rows[:, None, None, None] < M) & (cols < K), other=0.0)
+        cols = blocks[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]  # [1, NB, 16]
+        row_off = rows.to(tl.int64)[:, None, None] * (stride_xm_div * XM_MULT)
+        x = tl.load(x_ptr + row_off + cols, mask=(rows[:, None, None] < M) & (cols < K), other=0.0)
         x = x.to(tl.float32)
 
         # Per-block scale (SPEC section 2, "TE-exact" order). Max of |x| as an integer max of the
         # sign-cleared bits: same order as the floats, and NaN (above +inf) cannot be dropped.
         gs = tl.load(global_scale_ptr)
-        abs_bits = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-        vmax_bits = tl.reduce(tl.reduce(abs_bits, 3, _MAX_COMBINE), 1, _MAX_COMBINE)  # [BLOCK_M, NB]
+        vmax_bits = tl.reduce(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 2, _MAX_COMBINE)  # [BLOCK_M, NB]
         finite = vmax_bits < 0x7F800000
         vmax = vmax_bits.to(tl.float32, bitcast=True)
         scale_code, scale_value = e4m3_rne(tl.minimum(vmax * (gs * (1.0 / 6.0)), 448.0))
@@ -119,18 +113,19 @@ def nvfp4_pad_quantize_kernel(
         out_scale = tl.where(vmax_bits == 0, 0.0, tl.minimum(out_scale, FLT_MAX))
 
         # Elements: sign bit of y, magnitude code, two codes per byte (even element low).
-        y = x * out_scale[:, None, :, None]
+        y = x * out_scale[:, :, None]
         sign = (y.to(tl.int32, bitcast=True) >> 28) & 8
         codes = e2m1_rne_magnitude(tl.abs(y)) | sign
-        low, high = tl.split(tl.reshape(codes, [BLOCK_M, 2, NB, 4, 2]))
-        packed = tl.where(finite[:, None, :, None], low | (high << 4), 0).to(tl.uint8)  # [BLOCK_M, 2, NB, 4]
+        low, high = tl.split(tl.reshape(codes, [BLOCK_M, NB, 8, 2]))
+        packed = tl.where(finite[:, :, None], low | (high << 4), 0).to(tl.uint8)  # [BLOCK_M, NB, 8]
 
-        byte_cols = tl.max_contiguous(
-            blocks[None, None, :, None] * 8 + half * 4 + tl.arange(0, 4)[None, None, None, :], [1, 1, 1, 4]
-        )
+        # Each thread holds 4 consecutive bytes and a warp covers whole row spans: capping the
+        # contiguity the compiler sees at 4 keeps this layout for the store instead of a
+        # shared-memory round trip to build 8-byte vectors.
+        byte_cols = tl.max_contiguous(blocks[None, :, None] * 8 + tl.arange(0, 8)[None, None, :], [1, 1, 4])
         tl.store(
-            data_ptr + rows.to(tl.int64)[:, None, None, None] * (Kp // 2) + byte_cols,
+            data_ptr + rows.to(tl.int64)[:, None, None] * (Kp // 2) + byte_cols,
             packed,
-            mask=(rows[:, None, None, None] < M) & (byte_cols < Kp // 2),
+            mask=(rows[:, None, None] < M) & (byte_cols < Kp // 2),
         )
         tl.store(scale_ptr + sf_off, tl.where(finite, scale_code, 0x7F).to(tl.uint8), mask=sf_mask)
