@@ -12,10 +12,16 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")):
 from . import kernels, reference  # noqa: E402
 from .format import NVFP4Tensor, ScaleLayout, SWIZZLE_8x4, SWIZZLE_128x4, pad_k  # noqa: E402
 from .quant import quantize  # noqa: E402
+from .backends import BACKENDS, Plan, plan  # noqa: E402
+from .linear import Linear  # noqa: E402
 
 dequantize = reference.dequantize
 
 __all__ = [
+    "BACKENDS",
+    "Linear",
+    "Plan",
+    "plan",
     "NVFP4Tensor",
     "SWIZZLE_128x4",
     "SWIZZLE_8x4",

@@ -1,0 +1,158 @@
+"""`fp4linear.Linear`: an NVFP4 linear layer whose weight is padded once, at load, for its backend.
+
+Forward: one fused pad+quantize launch (activation padded to the backend's K, 128x4 scales), one
+GEMM, output exactly [..., N] in the input's dtype. No host synchronisation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from . import kernels, ops, reference
+from .backends import Backend, resolve
+from .format import BLOCK_SIZE, SWIZZLE_128x4, NVFP4Tensor, round_up
+
+log = logging.getLogger(__name__)
+
+_ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _check_scalar(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        t = torch.tensor(float(t))
+    if t.numel() != 1:
+        raise ValueError(f"{name} must be a scalar (one element), got shape {tuple(t.shape)}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    value = float(t.float().reshape(()))  # load time: reading it on the host is fine here
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"{name} must be finite and positive, got {value}")
+    return t.detach().float().reshape(1)
+
+
+def _check_checkpoint(weight, weight_scale, bias) -> tuple[int, int]:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError(f"weight must be a 2-D packed NVFP4 tensor [N, K/2], got {getattr(weight, 'shape', weight)}")
+    if weight.dtype not in (torch.uint8, getattr(torch, "float4_e2m1fn_x2", torch.uint8)):
+        raise TypeError(f"weight must be uint8 (two E2M1 codes per byte), got {weight.dtype}")
+    n, k = weight.shape[0], weight.shape[1] * 2
+    if not isinstance(weight_scale, torch.Tensor) or tuple(weight_scale.shape) != (n, k // BLOCK_SIZE):
+        got = tuple(weight_scale.shape) if isinstance(weight_scale, torch.Tensor) else type(weight_scale).__name__
+        raise ValueError(f"weight_scale must have shape {(n, k // BLOCK_SIZE)} for weight {tuple(weight.shape)}, got {got}")
+    if weight_scale.dtype not in (torch.float8_e4m3fn, torch.uint8):
+        raise TypeError(f"weight_scale must be float8_e4m3fn (or its uint8 bytes), got {weight_scale.dtype}")
+    if weight_scale.device != weight.device:
+        raise ValueError(f"weight_scale is on {weight_scale.device} but weight is on {weight.device}")
+    sb = weight_scale.view(torch.uint8)
+    if bool(((sb & 0x7F) == 0x7F).any()):
+        raise ValueError("weight_scale holds E4M3 NaN bytes (0x7F/0xFF): the checkpoint is corrupt")
+    if bool((sb & 0x80).any()):
+        raise ValueError("weight_scale holds negative block scales")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (n,)):
+        raise ValueError(f"bias must have shape ({n},), got {getattr(bias, 'shape', bias)}")
+    return n, k
+
+
+class Linear(nn.Module):
+    """NVFP4 W4A4 linear layer. Build with `from_modelopt` or `from_linear`.
+
+    Buffers (all in `state_dict`): `weight` and `weight_scale` in the backend's prepared layout
+    (padded to its N and K multiples), `weight_scale_2` and `input_scale` (ModelOpt's fp32 decode
+    scales), `alpha` = input_scale * weight_scale_2, `input_global_scale` = 1 / input_scale, and
+    `bias` when present.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = False, backend="auto", device=None,
+                 bias_dtype=torch.bfloat16):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.backend: Backend = resolve(backend, device)
+        b = self.backend
+        self.n_padded, self.k_padded = round_up(out_features, b.n_align), round_up(in_features, b.k_align)
+        data, scale = b.prepare_weight(
+            torch.zeros(self.n_padded, self.k_padded // 2, dtype=torch.uint8, device=device),
+            torch.zeros(self.n_padded, self.k_padded // BLOCK_SIZE, dtype=torch.uint8, device=device),
+        )
+        self.register_buffer("weight", data)
+        self.register_buffer("weight_scale", scale)
+        for name in ("weight_scale_2", "input_scale", "alpha", "input_global_scale"):
+            self.register_buffer(name, torch.ones(1, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_modelopt(cls, weight, weight_scale, weight_scale_2, input_scale, bias=None, *, backend="auto",
+                      in_features: int | None = None) -> "Linear":
+        """From ModelOpt NVFP4 tensors as stored: weight uint8 [N, K/2], weight_scale e4m3 [N, K/16],
+        weight_scale_2 and input_scale fp32 scalars (decode scales: 1 / global encode scale).
+
+        `in_features` < K when the checkpoint's K was itself padded to the 16-element block.
+        Validates every tensor (clear errors naming it), pads N and K for the backend, prepares the
+        backend's layout. Done once; nothing of this runs in forward.
+        """
+        n, k = _check_checkpoint(weight, weight_scale, bias)
+        ws2 = _check_scalar("weight_scale_2", weight_scale_2).to(weight.device)
+        in_scale = _check_scalar("input_scale", input_scale).to(weight.device)
+        in_features = k if in_features is None else in_features
+        if not (k - BLOCK_SIZE < in_features <= k):
+            raise ValueError(f"in_features={in_features} does not fit weight with K={k}")
+        layer = cls(in_features, n, bias=bias is not None, backend=backend, device=weight.device,
+                    bias_dtype=bias.dtype if bias is not None else torch.bfloat16)
+        np_, kp = layer.n_padded, layer.k_padded
+        data = torch.zeros(np_, kp // 2, dtype=torch.uint8, device=weight.device)
+        data[:n, : k // 2] = weight.view(torch.uint8)
+        scale = torch.zeros(np_, kp // BLOCK_SIZE, dtype=torch.uint8, device=weight.device)
+        scale[:n, : k // BLOCK_SIZE] = weight_scale.view(torch.uint8)
+        layer.weight, layer.weight_scale = layer.backend.prepare_weight(data, scale)
+        layer.weight_scale_2.copy_(ws2)
+        layer.input_scale.copy_(in_scale)
+        layer.alpha.copy_(in_scale * ws2)
+        layer.input_global_scale.copy_(1.0 / in_scale)
+        if bias is not None:
+            layer.bias.copy_(bias)
+        log.debug("fp4linear.Linear %s", layer.extra_repr())
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, input_scale, backend="auto") -> "Linear":
+        """Quantize an nn.Linear's weight with the same fused kernel (weight global scale from its
+        amax, ModelOpt's recipe); `input_scale` is the static activation decode scale (amax / 2688)."""
+        w = linear.weight.detach()
+        if w.dtype not in _ACT_DTYPES:
+            raise TypeError(f"linear.weight must be bf16, fp16 or fp32, got {w.dtype}")
+        gs_w = (448.0 * 6.0 / w.float().abs().amax().clamp(min=torch.finfo(torch.float32).tiny)).reshape(1)
+        q = NVFP4Tensor.empty(w.shape, k_align=BLOCK_SIZE, device=w.device)
+        kernels.pad_quantize(w, gs_w, q.data, q.scale, sf_row_tile=SWIZZLE_128x4.row_tile)
+        scale_rows = reference.unswizzle(q.scale.view(torch.uint8), SWIZZLE_128x4)[: w.shape[0], : q.kp // BLOCK_SIZE]
+        return cls.from_modelopt(q.data, scale_rows, 1.0 / gs_w, input_scale,
+                                 linear.bias.detach() if linear.bias is not None else None,
+                                 backend=backend, in_features=w.shape[1])
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype not in _ACT_DTYPES:
+            raise TypeError(f"x must be bf16, fp16 or fp32, got {x.dtype}")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x has {x.shape[-1]} features in its last dimension, this layer takes {self.in_features}")
+        if x.device != self.weight.device:
+            raise ValueError(f"x is on {x.device} but the layer's weights are on {self.weight.device}")
+        if self.backend.sm is not None:
+            self.backend.check_available(x.device)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        a_data, a_scale = ops.quantize(x2, self.input_global_scale, self.k_padded, SWIZZLE_128x4.row_tile)
+        out = self.backend.gemm(a_data, a_scale, self.weight, self.weight_scale, self.alpha, self.bias,
+                                self.out_features, x.dtype)
+        return out.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"padded=({self.n_padded}, {self.k_padded}), backend={self.backend.name}, bias={self.bias is not None}")
+
+
+__all__ = ["Linear"]

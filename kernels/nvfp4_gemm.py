@@ -1,0 +1,109 @@
+"""NVFP4 x NVFP4 GEMM for GPUs without FP4 tensor cores (Hopper), and CPU via the interpreter.
+
+out[M, N] = alpha * (A @ W^T) (+ bias), A = the quantize kernel's output as is (packed E2M1
+[M, Kp/2] + 128x4-swizzled E4M3 scales), W = a weight prepared once at load (packed E2M1
+[N, Kp/2] + row-major E4M3 scale bytes [N, Kp/16]).
+
+Every E2M1 x E4M3 value is exact in fp16 (at most 6 significant bits, magnitudes 2^-10..2688), so
+each operand is dequantized in registers with integer bit operations and two exact fp16
+multiplies, and an fp16 tensor-core dot with fp32 accumulation computes the same products that
+Blackwell's FP4 tensor cores do. fp16, not bf16: Triton's interpreter computes bf16 dots wrongly.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def e2m1_to_fp16(codes):
+    """4-bit E2M1 codes (int32) -> exact fp16 values.
+
+    E2M1 bits placed at fp16 bits 9..11 (sign at 15) read as an fp16 equal to the E2M1 value
+    times 2^-14 (subnormals included); one exact multiply by 2^14 restores it.
+    """
+    bits = ((codes & 7) << 9) | ((codes & 8) << 12)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True) * 16384.0
+
+
+@triton.jit
+def e4m3_to_fp16(scale_bytes):
+    """E4M3 bytes (int32, sign 0) -> exact fp16 values; 0x7F (E4M3 NaN, a non-finite block) -> NaN.
+
+    E4M3 bits shifted left by 7 read as an fp16 equal to the E4M3 value times 2^-8.
+    """
+    value = (scale_bytes << 7).to(tl.int16).to(tl.float16, bitcast=True) * 256.0
+    return tl.where((scale_bytes & 0x7F) == 0x7F, float("nan"), value)
+
+
+@triton.jit
+def _dequant_tile(packed, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """packed uint8 [ROWS, BLOCK_K/2], scale bytes [ROWS, BLOCK_K/16] -> fp16 [ROWS, BLOCK_K]."""
+    p = packed.to(tl.int32)
+    codes = tl.reshape(tl.join(p & 0xF, p >> 4), [ROWS, BLOCK_K // 16, 16])  # even element low nibble
+    values = e2m1_to_fp16(codes) * e4m3_to_fp16(scale_bytes.to(tl.int32))[:, :, None]
+    return tl.reshape(values, [ROWS, BLOCK_K])
+
+
+@triton.jit
+def nvfp4_gemm_kernel(
+    a_ptr,  # uint8 [M, Kp/2]
+    a_scale_ptr,  # uint8, 128x4 swizzled [round_up(M, 128), S4]
+    w_ptr,  # uint8 [N, Kp/2] (rows beyond N may exist; never read)
+    w_scale_ptr,  # uint8 row-major [N, Kp/16]
+    alpha_ptr,  # fp32 [1]: 1 / (gs_a * gs_w)
+    bias_ptr,  # [N] or unused
+    out_ptr,  # [M, N], row stride stride_om
+    M,
+    N,
+    Kp_div64,  # Kp // 64
+    stride_om,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,  # 64 or 128
+    GROUP_M: tl.constexpr,
+):
+    Kp = Kp_div64 * 64
+    S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
+    pid = tl.program_id(0)
+    n_m = (M + BLOCK_M - 1) // BLOCK_M
+    n_n = (N + BLOCK_N - 1) // BLOCK_N
+    # Grouped order: GROUP_M row tiles share each weight tile while it is in L2.
+    group = pid // (GROUP_M * n_n)
+    first_m = group * GROUP_M
+    group_rows = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * n_n)) % group_rows
+    pid_n = (pid % (GROUP_M * n_n)) // group_rows
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rb = tl.arange(0, BLOCK_K // 2)  # byte columns of a K tile
+    rs = tl.arange(0, BLOCK_K // 16)  # scale columns of a K tile
+    m_ok = rm < M
+    n_ok = rn < N
+    rm64 = rm.to(tl.int64)
+    rn64 = rn.to(tl.int64)
+    # 128x4 layout: row m's scales for K columns 64j..64j+63 are one 4-byte word.
+    a_sf_row = (rm64 // 128) * (S4 * 128) + (rm64 % 32) * 16 + ((rm64 % 128) // 32) * 4
+
+    acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+    for k0 in range(0, Kp, BLOCK_K):
+        k_ok_b = (k0 // 2 + rb) < Kp // 2
+        k_ok_s = (k0 // 16 + rs) < S4
+        a_packed = tl.load(a_ptr + rm64[:, None] * (Kp // 2) + k0 // 2 + rb[None, :],
+                           mask=m_ok[:, None] & k_ok_b[None, :], other=0)
+        s = k0 // 16 + rs
+        a_sf = tl.load(a_scale_ptr + a_sf_row[:, None] + (s // 4)[None, :] * 512 + (s % 4)[None, :],
+                       mask=m_ok[:, None] & k_ok_s[None, :], other=0)
+        w_packed = tl.load(w_ptr + rn64[:, None] * (Kp // 2) + k0 // 2 + rb[None, :],
+                           mask=n_ok[:, None] & k_ok_b[None, :], other=0)
+        w_sf = tl.load(w_scale_ptr + rn64[:, None] * S4 + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
+        a = _dequant_tile(a_packed, a_sf, BLOCK_M, BLOCK_K)
+        w = _dequant_tile(w_packed, w_sf, BLOCK_N, BLOCK_K)
+        acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.float32)
+
+    out = acc * tl.load(alpha_ptr)
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + rm64[:, None] * stride_om + rn[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])

@@ -1,0 +1,53 @@
+"""Launcher of the NVFP4 GEMM: tile choice and the single launch."""
+
+from dataclasses import dataclass
+
+import triton
+
+from . import _interpreter
+from . import nvfp4_gemm as gemm_module
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_m: int
+    block_n: int
+    block_k: int  # 64 or 128
+    num_warps: int
+    num_stages: int
+    group_m: int = 8
+
+
+def gemm_config(m: int, n: int, kp: int, device_type: str) -> GemmConfig:
+    block_k = 128 if kp % 128 == 0 else 64
+    if device_type == "cpu":
+        # Interpreter: few, large programs.
+        return GemmConfig(min(64, max(16, triton.next_power_of_2(m))), min(64, max(16, triton.next_power_of_2(n))), block_k, 4, 1)
+    if m <= 16:
+        return GemmConfig(16, 32, block_k, 4, 4)
+    if m <= 64:
+        return GemmConfig(64, 64, block_k, 4, 3)
+    return GemmConfig(128, 128, block_k, 8, 3)
+
+
+def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None):
+    """out[M, N] = alpha * dequant(A) @ dequant(W)^T (+ bias); N = out.shape[1].
+
+    a_data uint8 [M, Kp/2]; a_scale 128x4-swizzled [round_up(M, 128), Kp/16] (Kp % 64 == 0);
+    w_data uint8 [>= N, Kp/2]; w_scale uint8 row-major [>= N, Kp/16]; alpha fp32 [1].
+    """
+    m, n = out.shape
+    kp = a_data.shape[1] * 2
+    if m == 0 or n == 0:
+        return out
+    if config is None:
+        config = gemm_config(m, n, kp, out.device.type)
+    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n),)
+    kernel = _interpreter.for_device(gemm_module, out.device).nvfp4_gemm_kernel[grid]
+    kernel(
+        a_data, a_scale.view(dtype=a_data.dtype), w_data, w_scale.view(dtype=a_data.dtype), alpha,
+        bias if bias is not None else out, out, m, n, kp // 64, out.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        GROUP_M=config.group_m, num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return out

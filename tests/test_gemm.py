@@ -1,0 +1,77 @@
+"""The NVFP4 GEMM kernel against an fp64 matmul of the dequantized operands."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fp4linear
+from fp4linear import kernels, reference
+
+
+def operands(m, n, k, device, *, generator=None, k_align=64):
+    x = torch.randn(m, k, generator=generator).to(torch.bfloat16).to(device)
+    w = torch.randn(n, k, generator=generator).to(torch.bfloat16)
+    gs_a = (448 * 6 / x.float().abs().amax()).reshape(1)
+    gs_w = (448 * 6 / w.float().abs().amax()).reshape(1)
+    qa = fp4linear.quantize(x, gs_a, k_align=k_align)
+    qw = reference.quantize(w, gs_w, k_align=k_align)
+    w_scale = reference.unswizzle(qw.scale.view(torch.uint8), qw.sf_layout)[:n].contiguous()
+    alpha = (1 / (gs_a.cpu() * gs_w)).to(device)
+    return qa, qw.data.to(device), w_scale.to(device), alpha, qw
+
+
+def fp64_reference(qa, qw, bias=None):
+    out = fp4linear.dequantize(qa).double().cpu() @ fp4linear.dequantize(qw).double().T
+    return out + bias.double().cpu() if bias is not None else out
+
+
+def rel_err(out, ref):
+    return ((out.double().cpu() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 33, 48), (5, 200, 464), (130, 64, 1368), (17, 96, 2688), (3, 16, 16)])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_matches_fp64(device, m, n, k, out_dtype):
+    qa, w, ws, alpha, qw = operands(m, n, k, device)
+    out = torch.full((m, n), float("nan"), dtype=out_dtype, device=device)  # poisoned
+    kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out)
+    # fp32: only summation order differs; bf16: output rounding (truncation under the interpreter).
+    assert rel_err(out, fp64_reference(qa, qw)) < (1e-6 if out_dtype == torch.float32 else 8e-3)
+
+
+def test_bias_and_strided_output(device):
+    m, n, k = 9, 40, 192
+    qa, w, ws, alpha, qw = operands(m, n, k, device)
+    bias = torch.randn(n, device=device)
+    big = torch.full((m, n + 24), float("nan"), device=device)
+    out = big[:, 8 : 8 + n]  # row stride n + 24
+    kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, bias, out)
+    assert rel_err(out, fp64_reference(qa, qw, bias)) < 1e-6
+    assert big[:, :8].isnan().all() and big[:, 8 + n :].isnan().all()  # nothing written outside [M, N]
+
+
+def test_nan_activation_row_is_visible(device):
+    m, n, k = 6, 32, 128
+    x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
+    x[2, 70] = math.nan
+    x[4, 3] = math.inf
+    gs = torch.tensor([100.0], device=device)
+    qa = fp4linear.quantize(x, gs, k_align=64)
+    _, w, ws, alpha, _ = operands(1, n, k, device)
+    out = torch.empty(m, n, device=device)
+    kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out)
+    assert out[[2, 4]].isnan().all()
+    assert torch.isfinite(out[[0, 1, 3, 5]]).all()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 150), n=st.integers(1, 150), k=st.integers(1, 400), seed=st.integers(0, 2**31 - 1))
+def test_hypothesis_shapes(device, m, n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    qa, w, ws, alpha, qw = operands(m, n, k, device, generator=g)
+    out = torch.full((m, n), float("nan"), device=device)
+    kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out)
+    assert rel_err(out, fp64_reference(qa, qw)) < 1e-6

@@ -1,0 +1,156 @@
+"""fp4linear.Linear: ModelOpt checkpoints, nn.Linear conversion, validation, state_dict, compile/graphs."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import fp4linear
+from fp4linear import reference
+
+
+def modelopt_checkpoint(n, k, *, seed=0, bias=False):
+    """Tensors as a ModelOpt NVFP4 export stores them (made with the reference recipe)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    gs_w = (448 * 6 / w.abs().amax()).reshape(1)
+    q = reference.quantize(w, gs_w, k_align=16)
+    scale = reference.unswizzle(q.scale.view(torch.uint8), q.sf_layout)[:n, : k // 16].contiguous()
+    ckpt = dict(weight=q.data, weight_scale=scale.view(torch.float8_e4m3fn), weight_scale_2=(1 / gs_w).reshape(()),
+                input_scale=torch.tensor(3.0 / 2688))
+    if bias:
+        ckpt["bias"] = torch.randn(n, generator=g).to(torch.bfloat16)
+    return ckpt, q
+
+
+def emulate(x, ckpt, q):
+    """fp64: reference quantize of x (gs = 1 / input_scale) times the dequantized checkpoint weight."""
+    k = x.shape[-1]
+    qx = reference.quantize(x.cpu(), (1 / ckpt["input_scale"].float()).reshape(1), k_align=16)
+    out = fp4linear.dequantize(qx).double().reshape(-1, k) @ fp4linear.dequantize(q).double().T
+    if "bias" in ckpt:
+        out = out + ckpt["bias"].double()
+    return out.reshape(*x.shape[:-1], -1)
+
+
+def rel_err(out, ref):
+    return ((out.double().cpu() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("n, k, lead", [(200, 464, (7,)), (33, 48, (2, 3)), (96, 1376, (1,)), (130, 64, (129,))])
+def test_from_modelopt_matches_emulation(device, n, k, lead):
+    ckpt, q = modelopt_checkpoint(n, k, bias=True, seed=n)
+    layer = fp4linear.Linear.from_modelopt(**{name: t.to(device) for name, t in ckpt.items()}, backend="triton")
+    x = (torch.randn(*lead, k) * 2).to(torch.bfloat16).to(device)
+    y = layer(x)
+    assert y.shape == (*lead, n) and y.dtype == torch.bfloat16
+    assert rel_err(y, emulate(x, ckpt, q)) < 8e-3  # bf16 output rounding
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_output_dtype_follows_input(device, dtype):
+    ckpt, q = modelopt_checkpoint(64, 128)
+    layer = fp4linear.Linear.from_modelopt(**{name: t.to(device) for name, t in ckpt.items()})
+    x = torch.randn(5, 128).to(dtype).to(device)
+    y = layer(x)
+    assert y.dtype == dtype
+    assert rel_err(y, emulate(x, ckpt, q)) < (1e-6 if dtype == torch.float32 else 2e-3)
+
+
+def test_from_linear_error_vs_bf16(device):
+    # Measured NVFP4 W4A4 error on Gaussian weights and activations: ~0.13 relative (each operand
+    # ~0.095, independent). Bounded here so a regression in either quantizer shows.
+    torch.manual_seed(0)
+    lin = nn.Linear(1368, 200, bias=True).to(torch.bfloat16).to(device)
+    x = torch.randn(16, 1368, dtype=torch.bfloat16, device=device)
+    layer = fp4linear.Linear.from_linear(lin, input_scale=x.float().abs().amax() / 2688)
+    assert layer.in_features == 1368 and layer.k_padded == 1408
+    err = rel_err(layer(x), lin(x).double().cpu())
+    assert 0.08 < err < 0.18, err
+
+
+def test_state_dict_round_trip_and_repr(device):
+    ckpt, _ = modelopt_checkpoint(72, 176, bias=True)
+    layer = fp4linear.Linear.from_modelopt(**{name: t.to(device) for name, t in ckpt.items()})
+    fresh = fp4linear.Linear(176, 72, bias=True, backend=layer.backend.name, device=device)
+    fresh.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 176, dtype=torch.bfloat16, device=device)
+    assert torch.equal(fresh(x), layer(x))
+    text = repr(layer)
+    assert "in_features=176" in text and "out_features=72" in text and "padded=(72, 192)" in text and "triton" in text
+
+
+def test_bad_checkpoint_tensors_raise():
+    ckpt, _ = modelopt_checkpoint(32, 64)
+    cases = {
+        "weight must be uint8": dict(weight=ckpt["weight"].to(torch.int16)),
+        "weight_scale must have shape": dict(weight_scale=ckpt["weight_scale"][:, :2]),
+        "weight_scale must be float8_e4m3fn": dict(weight_scale=ckpt["weight_scale"].float()),
+        "weight_scale_2 must be finite and positive": dict(weight_scale_2=torch.tensor(0.0)),
+        "input_scale must be finite and positive": dict(input_scale=torch.tensor(math.nan)),
+        "input_scale must be a scalar": dict(input_scale=torch.ones(2)),
+        "bias must have shape": dict(bias=torch.zeros(31)),
+    }
+    for msg, change in cases.items():
+        with pytest.raises((ValueError, TypeError), match=msg):
+            fp4linear.Linear.from_modelopt(**{**ckpt, **change})
+    nan_scale = ckpt["weight_scale"].view(torch.uint8).clone()
+    nan_scale[3, 1] = 0x7F
+    with pytest.raises(ValueError, match="NaN"):
+        fp4linear.Linear.from_modelopt(**{**ckpt, "weight_scale": nan_scale.view(torch.float8_e4m3fn)})
+    neg = fp4linear.Linear.from_modelopt  # negative inf as weight_scale_2
+    with pytest.raises(ValueError, match="weight_scale_2"):
+        neg(**{**ckpt, "weight_scale_2": torch.tensor(-math.inf)})
+    with pytest.raises(ValueError, match="backend must be"):
+        fp4linear.Linear.from_modelopt(**ckpt, backend="cublas")
+
+
+def test_bad_inputs_raise():
+    ckpt, _ = modelopt_checkpoint(32, 64)
+    layer = fp4linear.Linear.from_modelopt(**ckpt)
+    with pytest.raises(ValueError, match="x has 63 features"):
+        layer(torch.randn(2, 63, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match="x must be"):
+        layer(torch.ones(2, 64, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("backend", ["flashinfer_cutlass", "flashinfer_cudnn", "flashinfer_trtllm"])
+def test_flashinfer_backends_refuse_cpu(backend):
+    ckpt, _ = modelopt_checkpoint(32, 64)
+    layer = fp4linear.Linear.from_modelopt(**ckpt, backend=backend)  # preparing weights works anywhere
+    with pytest.raises(RuntimeError, match=f"backend '{backend}' runs on"):
+        layer(torch.randn(2, 64, dtype=torch.bfloat16))
+
+
+def test_compile_fullgraph_traces_the_custom_ops():
+    ckpt, q = modelopt_checkpoint(40, 96, bias=True)
+    layer = fp4linear.Linear.from_modelopt(**ckpt)
+    x = torch.randn(4, 96, dtype=torch.bfloat16)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")  # fake impls must trace
+    assert torch.equal(compiled(x), layer(x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_compile_graph_no_sync_and_sm90_refusal():
+    ckpt, q = modelopt_checkpoint(200, 464, bias=True)
+    layer = fp4linear.Linear.from_modelopt(**{n: t.cuda() for n, t in ckpt.items()})
+    x = torch.randn(8, 464, dtype=torch.bfloat16, device="cuda")
+    want = layer(x)
+    assert torch.equal(torch.compile(layer, fullgraph=True)(x), want)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        layer(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = layer(x)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, layer(x))
+    if torch.cuda.get_device_capability() < (10, 0):
+        cut = fp4linear.Linear.from_modelopt(**{n: t.cuda() for n, t in ckpt.items()}, backend="flashinfer_cutlass")
+        with pytest.raises(RuntimeError, match="not available on"):
+            cut(x)
