@@ -21,11 +21,11 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels import nvfp4_quantize  # noqa: E402
+from kernels import quantize as quantize_module  # noqa: E402
 
 
 def compile_quant(arch, block_m, block_k, warps, k_mult=16, xm_mult=16, sf_row_tile=128):
-    fn = nvfp4_quantize.nvfp4_pad_quantize_kernel
+    fn = quantize_module.nvfp4_pad_quantize_kernel
     sig = {"x_ptr": "*bf16", "global_scale_ptr": "*fp32", "data_ptr": "*u8", "scale_ptr": "*u8"}
     for name in ("M", "K_div", "stride_xm_div", "Kp_div16"):
         sig[name] = "i32"

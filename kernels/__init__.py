@@ -4,7 +4,7 @@ Kernels and their launchers only: no torch.nn, no backend policy. Launchers take
 validated, already allocated tensors; `fp4linear` does the checking and allocation.
 """
 
-from .nvfp4_gemm_launch import GemmConfig, gemm_config, nvfp4_gemm
-from .nvfp4_quantize_launch import QuantConfig, pad_quantize, quant_config
+from .gemm_launch import GemmConfig, gemm_config, nvfp4_gemm
+from .quantize_launch import QuantConfig, pad_quantize, quant_config
 
 __all__ = ["GemmConfig", "QuantConfig", "gemm_config", "nvfp4_gemm", "pad_quantize", "quant_config"]

@@ -1,6 +1,7 @@
 """`kernels/` installs as `fp4linear.kernels`, never as a top-level `kernels` module."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,8 +22,10 @@ def test_source_checkout_resolves_fp4linear_kernels(tmp_path):
 
 def test_wheel_maps_kernels_under_fp4linear(tmp_path):
     pytest.importorskip("setuptools")
+    src = tmp_path / "src"  # build from a copy: a build/ folder left in the checkout goes stale
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", ".carry", "__pycache__"))
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
         capture_output=True,
         text=True,
     )
@@ -30,7 +33,7 @@ def test_wheel_maps_kernels_under_fp4linear(tmp_path):
         pytest.skip(f"cannot build a wheel here: {build.stderr[-500:]}")
     (wheel,) = tmp_path.glob("fp4linear-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "fp4linear/kernels/nvfp4_quantize.py" in names
+    assert "fp4linear/kernels/quantize.py" in names
     assert not any(n.startswith("kernels/") for n in names), "a top-level kernels package would be installed"
 
     site = tmp_path / "site"

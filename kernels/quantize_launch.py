@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 import triton
 
-from . import _interpreter, nvfp4_quantize
+from . import _interpreter
+from . import quantize as quantize_module
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def pad_quantize(x, global_scale, data, scale, *, sf_row_tile: int, config: Quan
         return
     k_mult = math.gcd(k, 16)
     xm_mult = math.gcd(x.stride(0), 16) if m > 1 else 16
-    launch = _interpreter.for_device(nvfp4_quantize, x.device).nvfp4_pad_quantize_kernel[(n_tiles,)]
+    launch = _interpreter.for_device(quantize_module, x.device).nvfp4_pad_quantize_kernel[(n_tiles,)]
     args = (x, global_scale, data, scale.view(dtype=data.dtype), m, k // k_mult, x.stride(0) // xm_mult, kp // 16)
     meta = dict(K_MULT=k_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, BLOCK_M=config.block_m,
                 BLOCK_K=config.block_k, num_warps=config.num_warps,

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import triton
 
 from . import _interpreter
-from . import nvfp4_gemm as gemm_module
+from . import gemm as gemm_module
 
 
 @dataclass(frozen=True)
