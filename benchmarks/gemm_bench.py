@@ -1,0 +1,128 @@
+"""NVFP4 GEMM and fp4linear.Linear on the GPU against cuBLAS bf16, same process, same card.
+
+Columns: cuBLAS bf16 `x @ w.t()`; dequantize-then-matmul (both operands dequantized to bf16 each
+call, then cuBLAS); our GEMM on the quantized operands; the whole Linear (quantize + GEMM)
+against nn.Linear bf16. Device times are CUDA-graph replay medians. Weight bytes = N*Kp/2 + N*Kp/16.
+
+    python benchmarks/gemm_bench.py             # table, appended to RESULTS.md
+    python benchmarks/gemm_bench.py --configs   # tile sweep (tuning aid)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fp4linear  # noqa: E402
+from common import append_results, card, copy_ceiling_tbps, markdown_table, median_us  # noqa: E402
+from fp4linear import kernels, reference  # noqa: E402
+
+NK = [(2576, 2688), (1288, 2688), (2688, 464), (4096, 4096), (8192, 3696), (8192, 8192)]
+MS = [1, 16, 128, 2048, 8192]
+
+
+def layer_for(n, k):
+    lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
+    x_amax = 4.0
+    layer = fp4linear.Linear.from_linear(lin, input_scale=x_amax / 2688, backend="triton")
+    return lin, layer
+
+
+def matmul_ceiling_tflops():
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    return 2 * 8192**3 / (median_us(lambda: a @ b, graph=True) * 1e-6) / 1e12
+
+
+def run_table(args):
+    copy = copy_ceiling_tbps()
+    mm = matmul_ceiling_tflops()
+    print(f"{card()}: copy {copy:.2f} TB/s, cuBLAS bf16 8192^3 {mm:.0f} TFLOP/s")
+    header = ["M", "N", "K", "cuBLAS bf16 us", "deq+matmul us", "ours us", "vs cuBLAS", "vs deq+matmul",
+              "weight TB/s", "% copy", "TFLOP/s", "% cuBLAS peak", "Linear us", "nn.Linear us", "Linear vs nn.Linear"]
+    rows = []
+    for n, k in tqdm(NK, desc="N,K", file=sys.stderr):
+        lin, layer = layer_for(n, k)
+        w = lin.weight.detach()
+        for m in MS:
+            x = (torch.rand(m, k, device="cuda", dtype=torch.bfloat16) * 8 - 4)
+            qa = fp4linear.quantize(x, layer.input_global_scale, k_align=layer.k_padded)
+            wq = fp4linear.NVFP4Tensor(layer.weight, _swizzled(layer), 1 / layer.weight_scale_2, (n, k), layer.k_padded)
+            out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+            t_cublas = median_us(lambda: x @ w.t(), graph=True)
+            t_deq = median_us(lambda: fp4linear.dequantize(qa).bfloat16() @ fp4linear.dequantize(wq).bfloat16().t())
+            t_ours = median_us(lambda: kernels.nvfp4_gemm(qa.data, qa.scale, layer.weight, layer.weight_scale,
+                                                          layer.alpha, None, out), graph=True)
+            t_lin = median_us(lambda: layer(x), graph=True)
+            t_nn = median_us(lambda: lin(x), graph=True)
+            wbytes = n * layer.k_padded // 2 + n * layer.k_padded // 16
+            tflops = 2 * m * n * k / (t_ours * 1e-6) / 1e12
+            rows.append([m, n, k, t_cublas, t_deq, t_ours, t_cublas / t_ours, t_deq / t_ours,
+                         wbytes / (t_ours * 1e-6) / 1e12, 100 * wbytes / (t_ours * 1e-6) / 1e12 / copy, tflops,
+                         100 * tflops / mm, t_lin, t_nn, t_nn / t_lin])
+    lines = [f"Copy ceiling {copy:.2f} TB/s; cuBLAS bf16 8192^3 {mm:.0f} TFLOP/s (the matmul ceiling). Device times: "
+             "CUDA-graph replay medians (deq+matmul: do_bench, it allocates). 'vs X' = X time / ours "
+             "(>1: ours faster). 'weight TB/s' counts only the weight's bytes (the decode floor).", ""]
+    lines += markdown_table(header, rows)
+    print("\n".join(lines))
+    if not args.no_append:
+        append_results("NVFP4 GEMM and Linear (benchmarks/gemm_bench.py)", lines)
+
+
+def _swizzled(layer):
+    """The Triton backend keeps weight scales row-major; dequantize() wants the 128x4 container."""
+    rows = layer.weight_scale.view(torch.uint8)
+    padded = torch.zeros(fp4linear.SWIZZLE_128x4.padded_shape(rows.shape[0], layer.k_padded), dtype=torch.uint8,
+                         device=rows.device)
+    padded[: rows.shape[0], : rows.shape[1]] = rows
+    return reference.swizzle(padded, fp4linear.SWIZZLE_128x4).view(torch.float8_e4m3fn)
+
+
+def run_configs(args):
+    grid = [(16, 32, 128, 4, 4), (16, 64, 128, 4, 4), (16, 16, 128, 4, 4), (16, 32, 64, 2, 4), (16, 64, 256, 4, 3),
+            (64, 64, 128, 4, 3), (128, 128, 128, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3),
+            (128, 128, 128, 4, 3), (64, 128, 128, 4, 4), (128, 64, 128, 4, 4)]
+    for m, n, k in [(16, 4096, 4096), (16, 8192, 8192), (1, 1288, 2688), (2048, 4096, 4096), (8192, 8192, 8192)]:
+        lin, layer = layer_for(n, k)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        qa = fp4linear.quantize(x, layer.input_global_scale, k_align=layer.k_padded)
+        out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        t_cublas = median_us(lambda: x @ lin.weight.t(), graph=True)
+        res = []
+        for bm, bn, bk, w, st in tqdm(grid, desc=f"{m}x{n}x{k}", file=sys.stderr):
+            if (m <= 16) != (bm == 16):
+                continue
+            cfg = kernels.GemmConfig(bm, bn, bk, w, st)
+            try:
+                t = median_us(lambda: kernels.nvfp4_gemm(qa.data, qa.scale, layer.weight, layer.weight_scale,
+                                                         layer.alpha, None, out, config=cfg), graph=True)
+            except Exception as e:  # e.g. out of shared memory
+                print(f"  {cfg}: {type(e).__name__}")
+                continue
+            res.append((t, cfg))
+        res.sort(key=lambda r: r[0])
+        print(f"{m}x{n}x{k}: cuBLAS {t_cublas:.1f}us; " + "; ".join(
+            f"{t:.1f}us ({t_cublas / t:.2f}x) {c.block_m}x{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages}"
+            for t, c in res[:4]))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", action="store_true")
+    p.add_argument("--no-append", action="store_true")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("gemm_bench needs a CUDA GPU; correctness of the GEMM on CPU is tested by pytest.")
+        return
+    run_configs(args) if args.configs else run_table(args)
+
+
+if __name__ == "__main__":
+    main()
