@@ -86,9 +86,10 @@ def _swizzled(layer):
 
 
 def run_configs(args):
-    grid = [(16, 32, 128, 4, 4), (16, 64, 128, 4, 4), (16, 16, 128, 4, 4), (16, 32, 64, 2, 4), (16, 64, 256, 4, 3),
-            (64, 64, 128, 4, 3), (128, 128, 128, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3),
-            (128, 128, 128, 4, 3), (64, 128, 128, 4, 4), (128, 64, 128, 4, 4)]
+    grid = [(16, 64, 128, 4, 1), (16, 64, 128, 4, 2), (16, 64, 128, 4, 4), (16, 128, 128, 4, 1), (16, 128, 128, 4, 2),
+            (16, 64, 256, 4, 1), (16, 128, 256, 8, 1), (16, 256, 128, 8, 1), (16, 32, 128, 4, 1),
+            (128, 128, 128, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (64, 256, 128, 8, 3),
+            (128, 128, 128, 4, 3), (256, 128, 64, 8, 3), (128, 256, 128, 8, 2)]
     for m, n, k in [(16, 4096, 4096), (16, 8192, 8192), (1, 1288, 2688), (2048, 4096, 4096), (8192, 8192, 8192)]:
         lin, layer = layer_for(n, k)
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -99,7 +100,7 @@ def run_configs(args):
         for bm, bn, bk, w, st in tqdm(grid, desc=f"{m}x{n}x{k}", file=sys.stderr):
             if (m <= 16) != (bm == 16):
                 continue
-            cfg = kernels.GemmConfig(bm, bn, bk, w, st)
+            cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=0 if m <= 16 else 1)
             try:
                 t = median_us(lambda: kernels.nvfp4_gemm(qa.data, qa.scale, layer.weight, layer.weight_scale,
                                                          layer.alpha, None, out, config=cfg), graph=True)

@@ -45,6 +45,16 @@ def _dequant_tile(packed, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr
 
 
 @triton.jit
+def _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS: tl.constexpr):
+    """acc [BLOCK_N, BLOCK_M] fp32 -> out[m, n] = alpha * acc (+ bias[n]), cast to out's dtype."""
+    out = acc * tl.load(alpha_ptr)
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    tl.store(out_ptr + rm64[None, :] * stride_om + rn[:, None], out.to(out_ptr.dtype.element_ty),
+             mask=m_ok[None, :] & n_ok[:, None])
+
+
+@triton.jit
 def nvfp4_gemm_kernel(
     a_ptr,  # uint8 [M, Kp/2]
     a_scale_ptr,  # uint8, 128x4 swizzled [round_up(M, 128), S4]
@@ -52,12 +62,15 @@ def nvfp4_gemm_kernel(
     w_scale_ptr,  # uint8 row-major [N, Kp/16]
     alpha_ptr,  # fp32 [1]: 1 / (gs_a * gs_w)
     bias_ptr,  # [N] or unused
-    out_ptr,  # [M, N], row stride stride_om
+    out_ptr,  # [M, N] with row stride stride_om; with SPLIT_K > 1: fp32 partials [SPLIT_K, M, N]
     M,
     N,
     Kp_div64,  # Kp // 64
+    k_tiles_per_split,
     stride_om,
     HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    EVEN_K: tl.constexpr,  # every split covers whole BLOCK_K tiles of Kp: no K masks
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,  # 64 or 128
@@ -66,6 +79,8 @@ def nvfp4_gemm_kernel(
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
     pid = tl.program_id(0)
+    pid_k = pid % SPLIT_K
+    pid = pid // SPLIT_K
     n_m = (M + BLOCK_M - 1) // BLOCK_M
     n_n = (N + BLOCK_N - 1) // BLOCK_N
     # Grouped order: GROUP_M row tiles share each weight tile while it is in L2.
@@ -85,25 +100,57 @@ def nvfp4_gemm_kernel(
     rn64 = rn.to(tl.int64)
     # 128x4 layout: row m's scales for K columns 64j..64j+63 are one 4-byte word.
     a_sf_row = (rm64 // 128) * (S4 * 128) + (rm64 % 32) * 16 + ((rm64 % 128) // 32) * 4
+    a_rows = a_ptr + rm64[:, None] * (Kp // 2)
+    w_rows = w_ptr + rn64[:, None] * (Kp // 2)
+    w_sf_rows = w_scale_ptr + rn64[:, None] * S4
 
-    acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
-    for k0 in range(0, Kp, BLOCK_K):
-        k_ok_b = (k0 // 2 + rb) < Kp // 2
-        k_ok_s = (k0 // 16 + rs) < S4
-        a_packed = tl.load(a_ptr + rm64[:, None] * (Kp // 2) + k0 // 2 + rb[None, :],
-                           mask=m_ok[:, None] & k_ok_b[None, :], other=0)
+    acc = tl.full([BLOCK_N, BLOCK_M], 0.0, tl.float32)
+    k_begin = pid_k * k_tiles_per_split * BLOCK_K
+    k_end = tl.minimum(k_begin + k_tiles_per_split * BLOCK_K, Kp)
+    for k0 in range(k_begin, k_end, BLOCK_K):
         s = k0 // 16 + rs
-        a_sf = tl.load(a_scale_ptr + a_sf_row[:, None] + (s // 4)[None, :] * 512 + (s % 4)[None, :],
-                       mask=m_ok[:, None] & k_ok_s[None, :], other=0)
-        w_packed = tl.load(w_ptr + rn64[:, None] * (Kp // 2) + k0 // 2 + rb[None, :],
-                           mask=n_ok[:, None] & k_ok_b[None, :], other=0)
-        w_sf = tl.load(w_scale_ptr + rn64[:, None] * S4 + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
+        a_sf_ptrs = a_scale_ptr + a_sf_row[:, None] + (s // 4)[None, :] * 512 + (s % 4)[None, :]
+        if EVEN_K:
+            a_packed = tl.load(a_rows + k0 // 2 + rb[None, :], mask=m_ok[:, None], other=0)
+            a_sf = tl.load(a_sf_ptrs, mask=m_ok[:, None], other=0)
+            w_packed = tl.load(w_rows + k0 // 2 + rb[None, :], mask=n_ok[:, None], other=0)
+            w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None], other=0)
+        else:
+            k_ok_b = (k0 // 2 + rb) < Kp // 2
+            k_ok_s = s < S4
+            a_packed = tl.load(a_rows + k0 // 2 + rb[None, :], mask=m_ok[:, None] & k_ok_b[None, :], other=0)
+            a_sf = tl.load(a_sf_ptrs, mask=m_ok[:, None] & k_ok_s[None, :], other=0)
+            w_packed = tl.load(w_rows + k0 // 2 + rb[None, :], mask=n_ok[:, None] & k_ok_b[None, :], other=0)
+            w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
         a = _dequant_tile(a_packed, a_sf, BLOCK_M, BLOCK_K)
         w = _dequant_tile(w_packed, w_sf, BLOCK_N, BLOCK_K)
-        acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.float32)
+        # out^T = W @ A^T: the weight tile, dequantized in registers, is the MMA's left operand,
+        # which Hopper's wgmma reads from registers (no shared-memory round trip for the big
+        # operand), and a handful of tokens fits the right operand's small N (decode).
+        acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.float32)
 
-    out = acc * tl.load(alpha_ptr)
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + rm64[:, None] * stride_om + rn[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    if SPLIT_K == 1:
+        _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
+    else:
+        # fp32 partial of this K split; splitk_reduce_kernel sums the splits in a fixed order.
+        part = out_ptr + pid_k.to(tl.int64) * M * N
+        tl.store(part + rm64[None, :] * N + rn[:, None], acc, mask=m_ok[None, :] & n_ok[:, None])
+
+
+@triton.jit
+def splitk_reduce_kernel(part_ptr, alpha_ptr, bias_ptr, out_ptr, M, N, stride_om, SPLIT_K: tl.constexpr,
+                         HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out = alpha * sum_s partials[s] (+ bias): deterministic order, one pass over the partials."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    n_ok = rn < N
+    rm64 = rm.to(tl.int64)
+    offs = rm64[None, :] * N + rn[:, None]
+    mask = m_ok[None, :] & n_ok[:, None]
+    acc = tl.load(part_ptr + offs, mask=mask, other=0.0)
+    for s in range(1, SPLIT_K):
+        acc += tl.load(part_ptr + s * M * N + offs, mask=mask, other=0.0)
+    _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)

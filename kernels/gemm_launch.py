@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+import torch
 import triton
 
 from . import _interpreter
@@ -16,18 +17,24 @@ class GemmConfig:
     num_warps: int
     num_stages: int
     group_m: int = 8
+    split_k: int = 1  # 0: choose so that the grid fills the GPU (decode)
 
 
 def gemm_config(m: int, n: int, kp: int, device_type: str) -> GemmConfig:
     block_k = 128 if kp % 128 == 0 else 64
     if device_type == "cpu":
-        # Interpreter: few, large programs.
-        return GemmConfig(min(64, max(16, triton.next_power_of_2(m))), min(64, max(16, triton.next_power_of_2(n))), block_k, 4, 1)
+        # Interpreter: few, large programs; split-K still exercised for small M.
+        return GemmConfig(min(64, max(16, triton.next_power_of_2(m))), min(64, max(16, triton.next_power_of_2(n))),
+                          block_k, 4, 1, split_k=2 if m <= 16 and kp >= 4 * block_k else 1)
     if m <= 16:
-        return GemmConfig(16, 32, block_k, 4, 4)
+        return GemmConfig(16, 64, block_k, 4, 4, split_k=0)
     if m <= 64:
-        return GemmConfig(64, 64, block_k, 4, 3)
+        return GemmConfig(64, 64, block_k, 4, 3, split_k=0)
     return GemmConfig(128, 128, block_k, 8, 3)
+
+
+def _sm_count(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None):
@@ -35,6 +42,7 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
 
     a_data uint8 [M, Kp/2]; a_scale 128x4-swizzled [round_up(M, 128), Kp/16] (Kp % 64 == 0);
     w_data uint8 [>= N, Kp/2]; w_scale uint8 row-major [>= N, Kp/16]; alpha fp32 [1].
+    Split-K (small M) writes fp32 partials and sums them in a second, deterministic launch.
     """
     m, n = out.shape
     kp = a_data.shape[1] * 2
@@ -42,12 +50,24 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
         return out
     if config is None:
         config = gemm_config(m, n, kp, out.device.type)
-    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n),)
-    kernel = _interpreter.for_device(gemm_module, out.device).nvfp4_gemm_kernel[grid]
-    kernel(
+    tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
+    k_tiles = triton.cdiv(kp, config.block_k)
+    split = config.split_k
+    if split == 0:  # enough programs for two per SM, each at least 4 K tiles long
+        split = max(1, min(triton.cdiv(2 * _sm_count(out.device), tiles), k_tiles // 4))
+    per_split = triton.cdiv(k_tiles, split)
+    split = triton.cdiv(k_tiles, per_split)  # no empty splits
+    even_k = kp % config.block_k == 0
+    module = _interpreter.for_device(gemm_module, out.device)
+    target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=out.device)
+    module.nvfp4_gemm_kernel[(tiles * split,)](
         a_data, a_scale.view(dtype=a_data.dtype), w_data, w_scale.view(dtype=a_data.dtype), alpha,
-        bias if bias is not None else out, out, m, n, kp // 64, out.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        GROUP_M=config.group_m, num_warps=config.num_warps, num_stages=config.num_stages,
+        bias if bias is not None else out, target, m, n, kp // 64, per_split, out.stride(0),
+        HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=even_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k, GROUP_M=config.group_m, num_warps=config.num_warps, num_stages=config.num_stages,
     )
+    if split > 1:
+        grid = (triton.cdiv(m, 16), triton.cdiv(n, 128))
+        module.splitk_reduce_kernel[grid](target, alpha, bias if bias is not None else out, out, m, n, out.stride(0),
+                                          SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=128, num_warps=4)
     return out

@@ -1,0 +1,54 @@
+"""Compile the NVFP4 GEMM for sm_90 offline (no GPU) and print its SASS instruction mix.
+
+    python benchmarks/gemm_asm.py 16x64x128w4s4 128x128x128w8s3 [--dump DIR]
+"""
+
+import argparse
+import collections
+import re
+import sys
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernel_asm import sass_of  # noqa: E402
+from kernels import gemm  # noqa: E402
+
+SIG = {"a_ptr": "*u8", "a_scale_ptr": "*u8", "w_ptr": "*u8", "w_scale_ptr": "*u8", "alpha_ptr": "*fp32",
+       "bias_ptr": "*bf16", "out_ptr": "*bf16", "M": "i32", "N": "i32", "Kp_div64": "i32", "k_tiles_per_split": "i32", "stride_om": "i32"}
+
+
+def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90):
+    consts = dict(HAS_BIAS=False, SPLIT_K=split, EVEN_K=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8)
+    sig = {**SIG, **{k: "constexpr" for k in consts}}
+    src = ASTSource(gemm.nvfp4_gemm_kernel, sig, {(list(sig).index(k),): v for k, v in consts.items()},
+                    {(i,): [["tt.divisibility", 16]] for i in range(7)})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("configs", nargs="+", help="BMxBNxBKwWARPSsSTAGES, e.g. 16x64x128w4s4")
+    p.add_argument("--dump", type=Path)
+    a = p.parse_args()
+    for spec in a.configs:
+        bm, bn, bk, w, st = map(int, re.fullmatch(r"(\d+)x(\d+)x(\d+)w(\d+)s(\d+)", spec).groups())
+        k = compile_gemm(bm, bn, bk, w, st)
+        sass = sass_of(k)
+        ops = re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass, re.M)
+        mix = collections.Counter(o.split(".")[0] for o in ops)
+        mma = sorted({o for o in ops if "MMA" in o})
+        print(f"{spec}: {len(ops)} SASS, smem {k.metadata.shared} B, MMA {mma}")
+        print("   " + ", ".join(f"{x} {n}" for x, n in mix.most_common(20)))
+        if a.dump:
+            a.dump.mkdir(parents=True, exist_ok=True)
+            (a.dump / f"gemm_{spec}.sass").write_text(sass)
+            (a.dump / f"gemm_{spec}.ttgir").write_text(k.asm["ttgir"])
+
+
+if __name__ == "__main__":
+    main()
