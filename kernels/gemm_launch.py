@@ -26,11 +26,15 @@ def gemm_config(m: int, n: int, kp: int, device_type: str) -> GemmConfig:
         # Interpreter: few, large programs; split-K still exercised for small M.
         return GemmConfig(min(64, max(16, triton.next_power_of_2(m))), min(64, max(16, triton.next_power_of_2(n))),
                           block_k, 4, 1, split_k=2 if m <= 16 and kp >= 4 * block_k else 1)
+    # Measured on the H100 (gemm_bench.py --configs, RESULTS.md). Decode: 16-token tiles, split-K
+    # to fill the SMs; cp.async pipelining paid only for the largest weights.
     if m <= 16:
-        return GemmConfig(16, 64, block_k, 4, 4, split_k=0)
+        if n * kp >= 48 * 2**20:
+            return GemmConfig(16, 64, block_k, 4, 4, split_k=0)
+        return GemmConfig(16, 128 if n >= 4096 else 64, block_k, 4, 1, split_k=0)
     if m <= 64:
         return GemmConfig(64, 64, block_k, 4, 3, split_k=0)
-    return GemmConfig(128, 128, block_k, 8, 3)
+    return GemmConfig(128, 128, 64, 8, 4)
 
 
 def _sm_count(device) -> int:
