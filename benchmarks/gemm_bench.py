@@ -86,21 +86,24 @@ def _swizzled(layer):
 
 
 def run_configs(args):
-    grid = [(16, 64, 128, 4, 1), (16, 64, 128, 4, 2), (16, 64, 128, 4, 4), (16, 128, 128, 4, 1), (16, 128, 128, 4, 2),
-            (16, 64, 256, 4, 1), (16, 128, 256, 8, 1), (16, 256, 128, 8, 1), (16, 32, 128, 4, 1),
-            (128, 128, 128, 8, 3), (128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (64, 256, 128, 8, 3),
-            (128, 128, 128, 4, 3), (256, 128, 64, 8, 3), (128, 256, 128, 8, 2)]
-    for m, n, k in [(16, 4096, 4096), (16, 8192, 8192), (1, 1288, 2688), (2048, 4096, 4096), (8192, 8192, 8192)]:
+    """Tuning aid: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, split_k; 0 = auto) per shape."""
+    decode = [(16, 64, 128, 4, 1, 0), (16, 64, 128, 4, 4, 0), (16, 128, 128, 4, 1, 0), (16, 64, 128, 4, 1, 8),
+              (16, 64, 128, 4, 4, 8), (16, 32, 128, 4, 1, 8), (16, 64, 128, 4, 2, 16), (16, 128, 128, 8, 2, 8),
+              (16, 32, 256, 4, 1, 16)]
+    mid = [(128, 128, 64, 8, 4, 1), (64, 64, 128, 4, 3, 0), (64, 128, 64, 4, 4, 0), (128, 64, 64, 4, 4, 0),
+           (64, 64, 128, 4, 3, 4), (128, 128, 64, 8, 4, 4)]
+    prefill = [(128, 128, 64, 8, 4, 1), (256, 128, 64, 8, 3, 1), (128, 256, 64, 8, 3, 1), (128, 128, 64, 4, 4, 1)]
+    shapes = [(16, 4096, 4096, decode), (16, 8192, 8192, decode), (1, 1288, 2688, decode),
+              (128, 4096, 4096, mid), (128, 8192, 8192, mid), (8192, 8192, 8192, prefill)]
+    for m, n, k, grid in shapes:
         lin, layer = layer_for(n, k)
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         qa = fp4linear.quantize(x, layer.input_global_scale, k_align=layer.k_padded)
         out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         t_cublas = median_us(lambda: x @ lin.weight.t(), graph=True)
         res = []
-        for bm, bn, bk, w, st in tqdm(grid, desc=f"{m}x{n}x{k}", file=sys.stderr):
-            if (m <= 16) != (bm == 16):
-                continue
-            cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=0 if m <= 16 else 1)
+        for bm, bn, bk, w, st, sk in tqdm(grid, desc=f"{m}x{n}x{k}", file=sys.stderr):
+            cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=sk)
             try:
                 t = median_us(lambda: kernels.nvfp4_gemm(qa.data, qa.scale, layer.weight, layer.weight_scale,
                                                          layer.alpha, None, out, config=cfg), graph=True)
@@ -110,8 +113,8 @@ def run_configs(args):
             res.append((t, cfg))
         res.sort(key=lambda r: r[0])
         print(f"{m}x{n}x{k}: cuBLAS {t_cublas:.1f}us; " + "; ".join(
-            f"{t:.1f}us ({t_cublas / t:.2f}x) {c.block_m}x{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages}"
-            for t, c in res[:4]))
+            f"{t:.1f}us ({t_cublas / t:.2f}x) {c.block_m}x{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages} "
+            f"split{c.split_k}" for t, c in res[:4]))
 
 
 def main():
