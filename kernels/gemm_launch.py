@@ -32,8 +32,8 @@ def gemm_config(m: int, n: int, kp: int, device_type: str) -> GemmConfig:
         if n * kp >= 48 * 2**20:
             return GemmConfig(16, 64, block_k, 4, 4, split_k=0)
         return GemmConfig(16, 128 if n >= 4096 else 64, block_k, 4, 1, split_k=0)
-    if m <= 64:
-        return GemmConfig(64, 64, block_k, 4, 3, split_k=0)
+    if m <= 256:  # too few 128x128 tiles to fill 132 SMs: split K four ways
+        return GemmConfig(128, 128, 64, 8, 4, split_k=4)
     return GemmConfig(128, 128, 64, 8, 4)
 
 
