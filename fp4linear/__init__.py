@@ -14,12 +14,15 @@ from .format import NVFP4Tensor, ScaleLayout, SWIZZLE_8x4, SWIZZLE_128x4, pad_k 
 from .quant import quantize  # noqa: E402
 from .backends import BACKENDS, Plan, plan  # noqa: E402
 from .linear import Linear  # noqa: E402
+from .swap import calibrate, swap  # noqa: E402
 
 dequantize = reference.dequantize
 
 __all__ = [
     "BACKENDS",
     "Linear",
+    "calibrate",
+    "swap",
     "Plan",
     "plan",
     "NVFP4Tensor",

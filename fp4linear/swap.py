@@ -1,0 +1,99 @@
+"""Swap a model's nn.Linear layers for NVFP4 `fp4linear.Linear`, with static activation scales.
+
+`calibrate` runs a few batches through the BF16 model and records each layer's activation amax
+(ModelOpt's static `input_scale` = amax / (448 * 6)); `swap` replaces the layers in place.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .format import E2M1_MAX, E4M3_MAX
+from .linear import Linear
+
+log = logging.getLogger(__name__)
+
+Skip = None | Iterable[str] | Callable[[str, nn.Module], bool]
+
+
+def _skipper(skip: Skip) -> Callable[[str, nn.Module], bool]:
+    if skip is None:
+        return lambda name, module: False
+    if callable(skip):
+        return skip
+    patterns = [skip] if isinstance(skip, str) else list(skip)
+    return lambda name, module: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def linear_layers(model: nn.Module, skip: Skip = None) -> dict[str, nn.Linear]:
+    """The nn.Linear modules of `model` (by qualified name) that `skip` does not exclude."""
+    skipped = _skipper(skip)
+    return {name: m for name, m in model.named_modules() if type(m) is nn.Linear and not skipped(name, m)}
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable, *, skip: Skip = None) -> dict[str, torch.Tensor]:
+    """Run `batches` through `model` and return each Linear's static input_scale (amax / 2688).
+
+    A batch is passed as `model(**batch)` when it is a mapping, `model(*batch)` when a tuple, else
+    `model(batch)`. Scales stay on the model's device (no host sync while running).
+    """
+    layers = linear_layers(model, skip)
+    amax: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def record(module, args):
+            a = args[0].detach().abs().amax().float()
+            amax[name] = torch.maximum(amax[name], a) if name in amax else a
+
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+    try:
+        for batch in batches:
+            if isinstance(batch, Mapping):
+                model(**batch)
+            elif isinstance(batch, tuple):
+                model(*batch)
+            else:
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = sorted(set(layers) - set(amax))
+    if missing:
+        log.warning("calibrate: %d Linear layers saw no input (e.g. %s); they get no input_scale", len(missing), missing[0])
+    # A layer that only ever saw zeros gets the smallest positive scale instead of 0.
+    return {name: a.clamp(min=1e-30) / (E4M3_MAX * E2M1_MAX) for name, a in amax.items()}
+
+
+def swap(model: nn.Module, *, backend="auto", skip: Skip = None,
+         input_scales: Mapping[str, torch.Tensor | float] | None = None) -> nn.Module:
+    """Replace every nn.Linear of `model` (in place) by `fp4linear.Linear.from_linear`; returns model.
+
+    input_scales: {layer name: static activation decode scale}, e.g. from `calibrate`; every
+    swapped layer needs one. skip: layer names or fnmatch patterns ("*.lm_head"), or a callable
+    (name, module) -> bool, for layers to keep as they are.
+    """
+    layers = linear_layers(model, skip)
+    input_scales = dict(input_scales or {})
+    missing = sorted(set(layers) - set(input_scales))
+    if missing:
+        raise KeyError(f"no input_scale for {len(missing)} Linear layer(s), e.g. {missing[0]!r}: run "
+                       "fp4linear.calibrate(model, batches) and pass its result as input_scales, or skip them")
+    if "" in layers:
+        raise ValueError("model is itself an nn.Linear: use fp4linear.Linear.from_linear")
+    for name, module in layers.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Linear.from_linear(module, input_scale=input_scales[name], backend=backend))
+    log.info("fp4linear.swap: replaced %d Linear layers (backend=%s)", len(layers), backend)
+    return model
+
+
+__all__ = ["calibrate", "linear_layers", "swap"]
