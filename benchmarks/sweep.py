@@ -1,0 +1,235 @@
+"""The main job: what padding costs at every tensor-parallel size, for real models.
+
+For each model layer (built-in table: SPEC section 7 and more) x TP {1, 2, 4, 8} x backend
+alignment x M {1, 16, 256, 4096}: the bytes padding adds to the weights and to each activation
+row (analytic, any machine), and on a GPU the measured time of the fused pad+quantize against the
+separate pipeline engines run today (quantize, F.pad of the packed activation, a zero-filled padded
+scale buffer with the scales copied in, and a slice copy of the padded output), plus the whole
+`fp4linear.Linear`. Shards are cut on 16-element block boundaries (`fp4linear.parallel.partition`);
+the widest shard is what each rank pads.
+
+    python benchmarks/sweep.py [--out plots] [--quick]
+
+Writes <out>/sweep.csv and <out>/*.png; on a GPU appends a summary to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fp4linear  # noqa: E402
+from fp4linear.backends import BACKENDS  # noqa: E402
+from fp4linear.format import BLOCK_SIZE, round_up  # noqa: E402
+from fp4linear.parallel import partition  # noqa: E402
+
+TPS = (1, 2, 4, 8)
+MS = (1, 16, 256, 4096)
+
+
+@dataclass(frozen=True)
+class Layer:
+    model: str
+    name: str
+    n: int  # out_features of the whole layer
+    k: int  # in_features of the whole layer
+    split: str  # "column": N over ranks; "row": K over ranks
+
+
+def _mlp(model, hidden, inter, prefix="mlp"):
+    return [Layer(model, f"{prefix}.up", inter, hidden, "column"), Layer(model, f"{prefix}.down", hidden, inter, "row")]
+
+
+def _attn(model, hidden, q, kv):
+    return [Layer(model, "attn.qkv", q + 2 * kv, hidden, "column"), Layer(model, "attn.o", hidden, q, "row")]
+
+
+MODELS: dict[str, list[Layer]] = {
+    "Nemotron-3-Nano-30B-A3B": [Layer("Nemotron-3-Nano-30B-A3B", "mamba.in_proj", 10304, 2688, "column"),
+                                *_mlp("Nemotron-3-Nano-30B-A3B", 2688, 3712, "shared_expert")],
+    "GLM-4.5-Air": [*_attn("GLM-4.5-Air", 4096, 12288, 1024), *_mlp("GLM-4.5-Air", 4096, 10944, "dense"),
+                    *_mlp("GLM-4.5-Air", 4096, 1408, "shared_expert")],
+    "Qwen2.5-72B": [*_attn("Qwen2.5-72B", 8192, 8192, 1024), *_mlp("Qwen2.5-72B", 8192, 29568)],
+    "Llama-3.1-8B": [*_attn("Llama-3.1-8B", 4096, 4096, 1024), *_mlp("Llama-3.1-8B", 4096, 14336)],
+    "Llama-3.1-70B": [*_attn("Llama-3.1-70B", 8192, 8192, 1024), *_mlp("Llama-3.1-70B", 8192, 28672)],
+    "all-MiniLM-L6-v2": [*_attn("all-MiniLM-L6-v2", 384, 384, 384), *_mlp("all-MiniLM-L6-v2", 384, 1536)],
+}
+
+
+def per_rank_shape(layer: Layer, tp: int) -> tuple[int, int]:
+    """The widest rank's (N, K): the shape every rank must be able to run."""
+    size = layer.n if layer.split == "column" else layer.k
+    widest = max(e - s for s, e in partition(size, tp))
+    return (widest, layer.k) if layer.split == "column" else (layer.n, widest)
+
+
+def nvfp4_row_bytes(k: int) -> int:
+    """Packed data + 128x4 scale bytes of one activation row of width k (unpadded beyond 16)."""
+    k16 = round_up(k, BLOCK_SIZE)
+    return k16 // 2 + round_up(k16 // BLOCK_SIZE, 4)
+
+
+def analytic_rows():
+    rows = []
+    for model, layers in MODELS.items():
+        for layer in layers:
+            for tp in TPS:
+                n, k = per_rank_shape(layer, tp)
+                for backend in BACKENDS.values():
+                    p = fp4linear.plan(n, k, backend=backend)
+                    k16 = round_up(k, BLOCK_SIZE)
+                    weight_bytes = n * k16 // 2 + n * k16 // BLOCK_SIZE
+                    for m in MS:
+                        rows.append(dict(
+                            model=model, layer=layer.name, split=layer.split, tp=tp, backend=backend.name, m=m,
+                            n=n, k=k, n_padded=p.n_padded, k_padded=p.k_padded,
+                            weight_bytes=weight_bytes, weight_pad_bytes=p.weight_pad_bytes,
+                            weight_pad_pct=100 * p.weight_pad_bytes / weight_bytes,
+                            act_pad_bytes=m * p.activation_pad_bytes_per_row,
+                            act_pad_pct=100 * p.activation_pad_bytes_per_row / nvfp4_row_bytes(k),
+                        ))
+    return rows
+
+
+def gpu_timings(rows, args):
+    """Adds fused / separate / Linear medians (us) to the triton-backend rows; GPU only."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import median_us
+
+    seen = {}
+    todo = [r for r in rows if r["backend"] in ("triton", "flashinfer_trtllm") and (not args.quick or r["m"] in (16, 4096))]
+    for r in tqdm(todo, desc="GPU timings", file=sys.stderr):
+        key = (r["m"], r["n"], r["k"], r["k_padded"], r["n_padded"])
+        if key not in seen:
+            seen[key] = time_shape(*key, median_us)
+        r.update(seen[key])
+
+
+def time_shape(m, n, k, kp, np_, median_us):
+    x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+    gs = (448 * 6 / x.float().abs().amax()).reshape(1)
+    out = fp4linear.NVFP4Tensor.empty((m, k), k_align=kp, device="cuda")
+    fused = median_us(lambda: fp4linear.quantize(x, gs, k_align=kp, out=out), graph=True)
+    k16 = round_up(k, BLOCK_SIZE)
+    padded_scale_shape = fp4linear.SWIZZLE_128x4.padded_shape(m, kp)
+    y_padded = torch.empty(m, np_, dtype=torch.bfloat16, device="cuda")
+
+    def separate():
+        q = fp4linear.quantize(x, gs, k_align=16)  # what a kernel without padding produces
+        data = F.pad(q.data, (0, (kp - k16) // 2))  # pad the packed activation
+        scale = torch.zeros(padded_scale_shape, dtype=torch.uint8, device="cuda")  # zero-filled scales
+        scale.view(-1)[: q.scale.numel()].copy_(q.scale.view(torch.uint8).view(-1))  # (copy; layout aside)
+        return data, scale, y_padded[:, :n].contiguous()  # the output slice copy
+
+    sep = median_us(separate, graph=True)
+    lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
+    layer = fp4linear.Linear.from_linear(lin, input_scale=x.float().abs().amax() / 2688, backend="triton")
+    t_lin = median_us(lambda: layer(x), graph=True)
+    t_bf16 = median_us(lambda: lin(x), graph=True)
+    return dict(fused_us=fused, separate_us=sep, linear_us=t_lin, bf16_linear_us=t_bf16)
+
+
+def plot(rows, out: Path, have_gpu: bool):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(MODELS)
+    backends = list(BACKENDS)
+    for metric, title, fname in [("weight_pad_pct", "weight bytes added by padding (% of the layer's NVFP4 weight)",
+                                  "weight_pad_vs_tp.png"),
+                                 ("act_pad_pct", "activation bytes added per row (% of an NVFP4 row)",
+                                  "activation_pad_vs_tp.png")]:
+        fig, axes = plt.subplots(2, 3, figsize=(15, 8), sharex=True)
+        styles = {"triton": ("-", "o"), "flashinfer_cutlass": ("-", "s"), "flashinfer_cudnn": (":", "x"),
+                  "flashinfer_trtllm": ("-", "^")}  # cutlass and cudnn share a rule: dotted over solid
+        for ax, model in zip(axes.flat, models):
+            for backend in backends:
+                ys = []
+                for tp in TPS:
+                    sel = [r for r in rows if r["model"] == model and r["backend"] == backend and r["tp"] == tp
+                           and r["m"] == MS[0]]
+                    # whole-model view: pad bytes over all its layers / their bytes
+                    if metric == "weight_pad_pct":
+                        pad = sum(r["weight_pad_bytes"] for r in sel)
+                        base = sum(r["weight_bytes"] for r in sel)
+                    else:
+                        pad = sum(r["act_pad_bytes"] for r in sel)
+                        base = sum(nvfp4_row_bytes(r["k"]) for r in sel)
+                    ys.append(100 * pad / base if base else 0.0)
+                ax.plot(TPS, ys, linestyle=styles[backend][0], marker=styles[backend][1], label=backend)
+            ax.set_title(model, fontsize=10)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(TPS, [str(t) for t in TPS])
+            ax.set_ylabel("%")
+            ax.grid(alpha=0.3)
+        axes.flat[0].legend(fontsize=8)
+        fig.supxlabel("tensor-parallel size")
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+    if have_gpu:
+        timed = [r for r in rows if "fused_us" in r and r["backend"] == "triton"]
+        fig, ax = plt.subplots(figsize=(8, 6))
+        for m in sorted({r["m"] for r in timed}):
+            sel = [r for r in timed if r["m"] == m]
+            ax.scatter([r["separate_us"] for r in sel], [r["fused_us"] for r in sel], label=f"M={m}", s=14)
+        lim = max([r["separate_us"] for r in timed] + [1.0])
+        ax.plot([0, lim], [0, lim], "k--", lw=0.8, label="equal")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("separate pipeline (us): quantize + F.pad + zeroed scales + output slice")
+        ax.set_ylabel("fused pad+quantize (us)")
+        ax.set_title(f"Fused vs separate padding, per-rank shapes ({torch.cuda.get_device_name()})")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "fused_vs_separate.png", dpi=110)
+        plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "plots")
+    p.add_argument("--quick", action="store_true", help="GPU: time M in {16, 4096} only")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = analytic_rows()
+    have_gpu = torch.cuda.is_available()
+    if have_gpu:
+        gpu_timings(rows, args)
+    else:
+        logging.info("No CUDA GPU: padding bytes only; the fused-vs-separate and Linear timings need a GPU.")
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with (args.out / "sweep.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    plot(rows, args.out, have_gpu)
+
+    # Summary: the worst padding each backend forces, per model, at TP=8.
+    print(f"{'model':26s} {'backend':20s} {'weight pad @TP8':>16s} {'act pad/row @TP8':>17s}")
+    for model in MODELS:
+        for backend in BACKENDS:
+            sel = [r for r in rows if r["model"] == model and r["backend"] == backend and r["tp"] == 8 and r["m"] == 1]
+            print(f"{model:26s} {backend:20s} {max(r['weight_pad_pct'] for r in sel):15.2f}% "
+                  f"{max(r['act_pad_pct'] for r in sel):16.2f}%")
+    logging.info("wrote %s and %s/*.png", args.out / "sweep.csv", args.out)
+
+
+if __name__ == "__main__":
+    main()
