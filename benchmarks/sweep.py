@@ -8,7 +8,7 @@ scale buffer with the scales copied in, and a slice copy of the padded output), 
 `fp4linear.Linear`. Shards are cut on 16-element block boundaries (`fp4linear.parallel.partition`);
 the widest shard is what each rank pads.
 
-    python benchmarks/sweep.py [--out plots] [--quick]
+    python benchmarks/sweep.py [--out plots] [--all-m]
 
 Writes <out>/sweep.csv and <out>/*.png; on a GPU appends a summary to benchmarks/RESULTS.md.
 """
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fp4linear  # noqa: E402
 from fp4linear.backends import BACKENDS  # noqa: E402
@@ -104,41 +104,50 @@ def analytic_rows():
 
 
 def gpu_timings(rows, args):
-    """Adds fused / separate / Linear medians (us) to the triton-backend rows; GPU only."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    """Adds measured medians (us) to the rows; GPU only. The padding pipelines depend on (M, K, Kp),
+    the Linear on (M, N, K): each distinct shape is timed once. M in {16, 4096} unless --all-m."""
     from common import median_us
 
-    seen = {}
-    todo = [r for r in rows if r["backend"] in ("triton", "flashinfer_trtllm") and (not args.quick or r["m"] in (16, 4096))]
+    def timer(fn):
+        return median_us(fn, graph=True, rep_ms=20)
+
+    pad_times, linear_times = {}, {}
+    todo = [r for r in rows if args.all_m or r["m"] in (16, 4096)]
     for r in tqdm(todo, desc="GPU timings", file=sys.stderr):
-        key = (r["m"], r["n"], r["k"], r["k_padded"], r["n_padded"])
-        if key not in seen:
-            seen[key] = time_shape(*key, median_us)
-        r.update(seen[key])
+        m, n, k, kp = r["m"], r["n"], r["k"], r["k_padded"]
+        if (m, k, kp) not in pad_times:
+            pad_times[(m, k, kp)] = time_padding(m, k, kp, timer)
+        r.update(pad_times[(m, k, kp)])
+        if r["backend"] == "triton":
+            if (m, n, k) not in linear_times:
+                linear_times[(m, n, k)] = time_linear(m, n, k, timer)
+            r.update(linear_times[(m, n, k)])
 
 
-def time_shape(m, n, k, kp, np_, median_us):
+def time_padding(m, k, kp, timer):
     x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
     gs = (448 * 6 / x.float().abs().amax()).reshape(1)
     out = fp4linear.NVFP4Tensor.empty((m, k), k_align=kp, device="cuda")
-    fused = median_us(lambda: fp4linear.quantize(x, gs, k_align=kp, out=out), graph=True)
+    fused = timer(lambda: fp4linear.quantize(x, gs, k_align=kp, out=out))
     k16 = round_up(k, BLOCK_SIZE)
     padded_scale_shape = fp4linear.SWIZZLE_128x4.padded_shape(m, kp)
-    y_padded = torch.empty(m, np_, dtype=torch.bfloat16, device="cuda")
+    y_padded = torch.empty(m, round_up(k, 128), dtype=torch.bfloat16, device="cuda")  # a padded GEMM output
 
     def separate():
         q = fp4linear.quantize(x, gs, k_align=16)  # what a kernel without padding produces
         data = F.pad(q.data, (0, (kp - k16) // 2))  # pad the packed activation
-        scale = torch.zeros(padded_scale_shape, dtype=torch.uint8, device="cuda")  # zero-filled scales
-        scale.view(-1)[: q.scale.numel()].copy_(q.scale.view(torch.uint8).view(-1))  # (copy; layout aside)
-        return data, scale, y_padded[:, :n].contiguous()  # the output slice copy
+        scale = torch.zeros(padded_scale_shape, dtype=torch.uint8, device="cuda")  # zero-filled padded scales
+        scale.view(-1)[: q.scale.numel()].copy_(q.scale.view(torch.uint8).view(-1))  # one pass over the scales
+        return data, scale, y_padded[:, :k].contiguous()  # slice copy of a padded output (width K stands in for N)
 
-    sep = median_us(separate, graph=True)
+    return dict(fused_us=fused, separate_us=timer(separate))
+
+
+def time_linear(m, n, k, timer):
+    x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
     lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
     layer = fp4linear.Linear.from_linear(lin, input_scale=x.float().abs().amax() / 2688, backend="triton")
-    t_lin = median_us(lambda: layer(x), graph=True)
-    t_bf16 = median_us(lambda: lin(x), graph=True)
-    return dict(fused_us=fused, separate_us=sep, linear_us=t_lin, bf16_linear_us=t_bf16)
+    return dict(linear_us=timer(lambda: layer(x)), bf16_linear_us=timer(lambda: lin(x)))
 
 
 def plot(rows, out: Path, have_gpu: bool):
@@ -183,7 +192,7 @@ def plot(rows, out: Path, have_gpu: bool):
         fig.savefig(out / fname, dpi=110)
         plt.close(fig)
     if have_gpu:
-        timed = [r for r in rows if "fused_us" in r and r["backend"] == "triton"]
+        timed = [r for r in rows if "fused_us" in r and r["backend"] == "flashinfer_trtllm"]
         fig, ax = plt.subplots(figsize=(8, 6))
         for m in sorted({r["m"] for r in timed}):
             sel = [r for r in timed if r["m"] == m]
@@ -204,7 +213,7 @@ def plot(rows, out: Path, have_gpu: bool):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "plots")
-    p.add_argument("--quick", action="store_true", help="GPU: time M in {16, 4096} only")
+    p.add_argument("--all-m", action="store_true", help="GPU: time every M, not only 16 and 4096")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
