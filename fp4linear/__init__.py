@@ -15,6 +15,7 @@ from .quant import quantize  # noqa: E402
 from .backends import BACKENDS, Plan, plan  # noqa: E402
 from .linear import Linear  # noqa: E402
 from .swap import calibrate, swap  # noqa: E402
+from .load import load_modelopt  # noqa: E402
 
 dequantize = reference.dequantize
 
@@ -22,6 +23,7 @@ __all__ = [
     "BACKENDS",
     "Linear",
     "calibrate",
+    "load_modelopt",
     "swap",
     "Plan",
     "plan",
