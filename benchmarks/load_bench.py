@@ -1,0 +1,107 @@
+"""ModelOpt NVFP4 export -> fp4linear.load_modelopt, against ModelOpt's own fake-quantized model.
+
+For a tiny Llama (hidden 128, intermediate 464) and a larger one (hidden 2688, intermediate 1856:
+TP=8 shards of 232 are not multiples of 16... of 32/64), on the device: quantize with ModelOpt
+(NVFP4_DEFAULT_CFG), keep its fake-quantized logits, export, load the export with fp4linear and
+compare logits; time the load and decode (1 token) / prefill (512 tokens) forwards against the
+BF16 model. Appends to RESULTS.md on a GPU.
+
+    python benchmarks/load_bench.py [--device cuda] [--layers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import fp4linear  # noqa: E402
+
+
+def build(hidden, inter, layers, device, dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                      num_attention_heads=max(1, hidden // 128),
+                      num_key_value_heads=3 if hidden // 128 == 21 else 1,  # 2688: 21 heads, GQA groups of 7
+                      head_dim=128 if hidden >= 128 else hidden, vocab_size=1024, max_position_embeddings=1024,
+                      architectures=["LlamaForCausalLM"], tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval(), cfg
+
+
+def run(hidden, inter, layers, device, dtype, prefill_len):
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.export import export_hf_checkpoint
+    from transformers import LlamaForCausalLM
+
+    model, cfg = build(hidden, inter, layers, device, dtype)
+    bf16, _ = build(hidden, inter, layers, device, dtype)  # same seed: the unquantized twin
+    calib = torch.randint(0, 1024, (4, 64), device=device)
+    mtq.quantize(model, mtq.NVFP4_DEFAULT_CFG, lambda m: m(calib))
+    ids = torch.randint(0, 1024, (2, 48), device=device, generator=torch.Generator(device).manual_seed(1))
+    fake = None
+    if device == "cuda":  # ModelOpt's fake quantization of NVFP4 runs on CUDA only
+        with torch.no_grad():
+            fake = model(ids).logits.float()
+    with tempfile.TemporaryDirectory() as d:
+        export_hf_checkpoint(model, export_dir=d)
+        del model
+        torch.manual_seed(5)
+        fresh = LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fp4linear.load_modelopt(fresh, d, backend="auto")
+        if device == "cuda":
+            torch.cuda.synchronize()
+        load_s = time.perf_counter() - t
+    with torch.no_grad():
+        ours = fresh(ids).logits.float()
+    rel = ((ours - fake).norm() / fake.norm()).item() if fake is not None else float("nan")
+    agree = (ours.argmax(-1) == fake.argmax(-1)).float().mean().item() if fake is not None else float("nan")
+    row = dict(hidden=hidden, inter=inter, layers=layers, rel_err_vs_modelopt=rel, top1_agree=agree, load_s=load_s)
+    if device == "cuda":
+        from common import median_us
+
+        for name, length in (("decode", 1), ("prefill", prefill_len)):
+            x = torch.randint(0, 1024, (1, length), device=device)
+            with torch.no_grad():
+                row[f"{name}_us"] = median_us(lambda: fresh(x), graph=False)
+                row[f"{name}_bf16_us"] = median_us(lambda: bf16(x), graph=False)
+    return row
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--tiny-only", action="store_true")
+    a = p.parse_args()
+    dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
+    shapes = [(128, 464, 2)] + ([] if a.tiny_only else [(2688, 1856, a.layers)])
+    rows = [run(h, i, n, a.device, dtype, prefill_len=512) for h, i, n in shapes]
+    from common import markdown_table
+
+    header = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [f"ModelOpt {__import__('modelopt').__version__} NVFP4_DEFAULT_CFG export loaded with fp4linear "
+             f"(backend auto) on {a.device}, {dtype}; logits vs ModelOpt's fake-quantized model; forwards of "
+             "the whole model (do_bench medians, host included), batch 1.", ""]
+    lines += markdown_table(header, [[r.get(k, float("nan")) for k in header] for r in rows])
+    print("\n".join(lines))
+    if a.device == "cuda":
+        from common import append_results
+
+        append_results("ModelOpt export -> load_modelopt (benchmarks/load_bench.py)", lines)
+
+
+if __name__ == "__main__":
+    main()
