@@ -71,3 +71,12 @@ def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return out
+
+
+def publish(title: str, intro: str, header: list[str], rows: list[list], *, append: bool = True) -> list[str]:
+    """Print a result table (intro paragraph + markdown) and append it to RESULTS.md."""
+    lines = [intro, "", *markdown_table(header, rows)]
+    print("\n".join(lines))
+    if append:
+        append_results(title, lines)
+    return lines

@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import append_results, card, copy_ceiling_tbps, markdown_table, median_us  # noqa: E402
-from fp4linear import kernels, reference  # noqa: E402
+from common import card, copy_ceiling_tbps, median_us, publish  # noqa: E402
+from fp4linear import kernels  # noqa: E402
+from fp4linear.backends import swizzled_128x4  # noqa: E402
 
 NK = [(2576, 2688), (1288, 2688), (2688, 464), (4096, 4096), (8192, 3696), (8192, 8192)]
 MS = [1, 16, 128, 2048, 8192]
@@ -54,7 +55,7 @@ def run_table(args):
         for m in MS:
             x = (torch.rand(m, k, device="cuda", dtype=torch.bfloat16) * 8 - 4)
             qa = fp4linear.quantize(x, layer.input_global_scale, k_align=layer.k_padded)
-            wq = fp4linear.NVFP4Tensor(layer.weight, _swizzled(layer), 1 / layer.weight_scale_2, (n, k), layer.k_padded)
+            wq = fp4linear.NVFP4Tensor(layer.weight, swizzled_128x4(layer.weight_scale.view(torch.uint8)), 1 / layer.weight_scale_2, (n, k), layer.k_padded)
             out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
             t_cublas = median_us(lambda: x @ w.t(), graph=True)
             t_deq = median_us(lambda: fp4linear.dequantize(qa).bfloat16() @ fp4linear.dequantize(wq).bfloat16().t())
@@ -67,22 +68,10 @@ def run_table(args):
             rows.append([m, n, k, t_cublas, t_deq, t_ours, t_cublas / t_ours, t_deq / t_ours,
                          wbytes / (t_ours * 1e-6) / 1e12, 100 * wbytes / (t_ours * 1e-6) / 1e12 / copy, tflops,
                          100 * tflops / mm, t_lin, t_nn, t_nn / t_lin])
-    lines = [f"Copy ceiling {copy:.2f} TB/s; cuBLAS bf16 8192^3 {mm:.0f} TFLOP/s (the matmul ceiling). Device times: "
+    intro = (f"Copy ceiling {copy:.2f} TB/s; cuBLAS bf16 8192^3 {mm:.0f} TFLOP/s (the matmul ceiling). Device times: "
              "CUDA-graph replay medians (deq+matmul: do_bench, it allocates). 'vs X' = X time / ours "
-             "(>1: ours faster). 'weight TB/s' counts only the weight's bytes (the decode floor).", ""]
-    lines += markdown_table(header, rows)
-    print("\n".join(lines))
-    if not args.no_append:
-        append_results("NVFP4 GEMM and Linear (benchmarks/gemm_bench.py)", lines)
-
-
-def _swizzled(layer):
-    """The Triton backend keeps weight scales row-major; dequantize() wants the 128x4 container."""
-    rows = layer.weight_scale.view(torch.uint8)
-    padded = torch.zeros(fp4linear.SWIZZLE_128x4.padded_shape(rows.shape[0], layer.k_padded), dtype=torch.uint8,
-                         device=rows.device)
-    padded[: rows.shape[0], : rows.shape[1]] = rows
-    return reference.swizzle(padded, fp4linear.SWIZZLE_128x4).view(torch.float8_e4m3fn)
+             "(>1: ours faster). 'weight TB/s' counts only the weight's bytes (the decode floor).")
+    publish("NVFP4 GEMM and Linear (benchmarks/gemm_bench.py)", intro, header, rows, append=not args.no_append)
 
 
 def run_configs(args):

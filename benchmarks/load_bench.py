@@ -89,18 +89,14 @@ def main():
     dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
     shapes = [(128, 464, 2)] + ([] if a.tiny_only else [(2688, 1856, a.layers)])
     rows = [run(h, i, n, a.device, dtype, prefill_len=512) for h, i, n in shapes]
-    from common import markdown_table
+    from common import publish
 
     header = list(dict.fromkeys(k for r in rows for k in r))
-    lines = [f"ModelOpt {__import__('modelopt').__version__} NVFP4_DEFAULT_CFG export loaded with fp4linear "
+    intro = (f"ModelOpt {__import__('modelopt').__version__} NVFP4_DEFAULT_CFG export loaded with fp4linear "
              f"(backend auto) on {a.device}, {dtype}; logits vs ModelOpt's fake-quantized model; forwards of "
-             "the whole model (do_bench medians, host included), batch 1.", ""]
-    lines += markdown_table(header, [[r.get(k, float("nan")) for k in header] for r in rows])
-    print("\n".join(lines))
-    if a.device == "cuda":
-        from common import append_results
-
-        append_results("ModelOpt export -> load_modelopt (benchmarks/load_bench.py)", lines)
+             "the whole model (do_bench medians, host included), batch 1.")
+    publish("ModelOpt export -> load_modelopt (benchmarks/load_bench.py)", intro, header,
+            [[r.get(k, float("nan")) for k in header] for r in rows], append=a.device == "cuda")
 
 
 if __name__ == "__main__":

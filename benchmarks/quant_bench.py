@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import append_results, card, copy_ceiling_tbps, empty_launch_us, markdown_table, median_us  # noqa: E402
+from common import card, copy_ceiling_tbps, empty_launch_us, median_us, publish  # noqa: E402
 from fp4linear import kernels, reference  # noqa: E402
 from fp4linear.format import NVFP4Tensor  # noqa: E402
 
@@ -84,18 +84,14 @@ def run_table(args):
         rows.append([m, k, kp, fused, tbps, 100 * tbps / ceiling, aligned, fused / aligned, padded, padded / fused,
                      comp, comp / fused, host, fused / empty_graph if small else float("nan"),
                      host / empty if small else float("nan")])
-        del x, xa, out, out_a
-    lines = [f"Copy ceiling {ceiling:.2f} TB/s (read+write); empty Triton launch {empty_graph:.2f} us as a "
+    intro = (f"Copy ceiling {ceiling:.2f} TB/s (read+write); empty Triton launch {empty_graph:.2f} us as a "
              f"CUDA-graph replay, {empty:.2f} us host-inclusive (do_bench). Device times ('us' columns) are "
              "medians of CUDA-graph replays (`triton.testing.do_bench_cudagraph`); 'host-incl.' is "
              "`triton.testing.do_bench` of the Python call (L2 flushed), which for small shapes measures the "
              "host launch path, not the GPU. bf16 input, k_align=64, 128x4 scales, `out=` preallocated. "
              "'pad overhead' = fused K->Kp / quantize of an aligned Kp-wide input; 'vs X' = X / fused; "
-             "compiled ref = torch.compile of fp4linear.reference.quantize, dynamo reset per shape.", ""]
-    lines += markdown_table(header, rows)
-    print("\n".join(lines))
-    if not args.no_append:
-        append_results("Fused pad+quantize (benchmarks/quant_bench.py)", lines)
+             "compiled ref = torch.compile of fp4linear.reference.quantize, dynamo reset per shape.")
+    publish("Fused pad+quantize (benchmarks/quant_bench.py)", intro, header, rows, append=not args.no_append)
 
 
 def run_configs(args):

@@ -90,7 +90,7 @@ class FlashInferBackend(Backend):
     mm_fp4_backend: str = ""
 
     def prepare_weight(self, data, scale):
-        return data.contiguous(), _swizzled_128x4(scale)
+        return data.contiguous(), swizzled_128x4(scale)
 
     def mm_fp4_args(self, a_data, a_scale, w_data, w_scale, alpha, out_dtype) -> dict:
         """The arguments `gemm` passes to flashinfer.mm_fp4 (tests run FlashInfer's own checks on them)."""
@@ -124,7 +124,7 @@ class TrtllmBackend(FlashInferBackend):
         # new row a*8 + b <- old row b*4 + a; the scales follow their rows, then 128x4 swizzle.
         # Equal to flashinfer's shuffle_matrix_a / shuffle_matrix_sf_a (tests check it).
         rows = trtllm_row_order(data.shape[0], data.device)
-        return data[rows].contiguous(), _swizzled_128x4(scale[rows])
+        return data[rows].contiguous(), swizzled_128x4(scale[rows])
 
 
 def trtllm_row_order(n: int, device=None) -> torch.Tensor:
@@ -132,7 +132,7 @@ def trtllm_row_order(n: int, device=None) -> torch.Tensor:
     return torch.arange(n, device=device).view(-1, 8, 4).transpose(1, 2).reshape(-1)
 
 
-def _swizzled_128x4(scale: torch.Tensor) -> torch.Tensor:
+def swizzled_128x4(scale: torch.Tensor) -> torch.Tensor:
     """Row-major scale bytes [rows, cols] -> the 128x4 layout, zero-padded to [round_up(rows, 128), round_up(cols, 4)]."""
     padded = scale.new_zeros(SWIZZLE_128x4.padded_shape(scale.shape[0], scale.shape[1] * BLOCK_SIZE))
     padded[: scale.shape[0], : scale.shape[1]] = scale
@@ -220,4 +220,4 @@ def plan(out_features: int, in_features: int, *, backend: str | Backend = "auto"
     return Plan(b.name, n, k, np_, kp, weight_pad, act_pad, why)
 
 
-__all__ = ["BACKENDS", "Backend", "Plan", "plan", "resolve", "trtllm_row_order"]
+__all__ = ["BACKENDS", "Backend", "Plan", "plan", "resolve", "swizzled_128x4", "trtllm_row_order"]
