@@ -13,8 +13,10 @@ from .format import SCALE_LAYOUTS, pad_k
 
 
 def _scale_shape(m: int, kp: int, row_tile: int) -> tuple[int, int]:
-    layout = next(lay for lay in SCALE_LAYOUTS.values() if lay.row_tile == row_tile)
-    return layout.padded_shape(m, kp)
+    return _LAYOUT_BY_ROW_TILE[row_tile].padded_shape(m, kp)
+
+
+_LAYOUT_BY_ROW_TILE = {layout.row_tile: layout for layout in SCALE_LAYOUTS.values()}
 
 
 def _quantize_impl(x: torch.Tensor, global_scale: torch.Tensor, k_align: int, sf_row_tile: int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import kernels
+from . import kernels, ops
 from .format import NVFP4Tensor, pad_k, scale_layout
 
 _FLOAT_INPUTS = (torch.bfloat16, torch.float16, torch.float32)
@@ -67,10 +67,9 @@ def quantize(x: torch.Tensor, global_scale: torch.Tensor, *, k_align: int = 32, 
     m = x2.shape[0]
 
     if out is None:
-        data = torch.empty((m, kp // 2), dtype=torch.uint8, device=x.device)
-        scale = torch.empty(layout.padded_shape(m, kp), dtype=torch.float8_e4m3fn, device=x.device)
+        data, scale = ops.quantize(x2, global_scale, k_align, layout.row_tile)
     else:
         _check_out(out, m, kp, layout, x)
         data, scale = out.data, out.scale
-    kernels.pad_quantize(x2, global_scale, data, scale, sf_row_tile=layout.row_tile)
+        kernels.pad_quantize(x2, global_scale, data, scale, sf_row_tile=layout.row_tile)
     return NVFP4Tensor(data, scale, global_scale.reshape(1), x.shape, k_align, layout)

@@ -1,5 +1,6 @@
 """Launcher of the NVFP4 GEMM: tile choice and the single launch."""
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ def gemm_config(m: int, n: int, kp: int, device_type: str) -> GemmConfig:
     return GemmConfig(128, 128, 64, 8, 4)
 
 
+@functools.lru_cache(maxsize=None)
 def _sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
