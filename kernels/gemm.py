@@ -36,6 +36,37 @@ def e4m3_to_fp16(scale_bytes):
 
 
 @triton.jit
+def _half2_pair(words, shift: tl.constexpr):
+    """Codes i and i+4 of each 32-bit word of 8 codes -> one word of two fp16 (times 2^-14).
+
+    -0x7FFF8000 is the int32 of 0x80008000 (the two sign bits)."""
+    if shift >= 0:
+        mag = (words << shift) & 0x0E000E00
+        sign = (words << (shift + 3)) & -0x7FFF8000
+    else:
+        mag = (words >> -shift) & 0x0E000E00
+        sign = (words >> (-shift - 3)) & -0x7FFF8000 if shift + 3 < 0 else (words << (shift + 3)) & -0x7FFF8000
+    h = mag | sign
+    low = h.to(tl.int16).to(tl.float16, bitcast=True)
+    high = (h >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+    return low, high
+
+
+@triton.jit
+def _dequant_words(words, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """int32 words [ROWS, BLOCK_K/8] of packed codes -> fp16 [ROWS, BLOCK_K], K order permuted the
+    same way for every operand (codes 0,4,1,5,2,6,3,7 of each word), so dot products are unchanged."""
+    a0, b0 = _half2_pair(words, 9)
+    a1, b1 = _half2_pair(words, 5)
+    a2, b2 = _half2_pair(words, 1)
+    a3, b3 = _half2_pair(words, -3)
+    v = tl.join(tl.join(tl.join(a0, b0), tl.join(a1, b1)), tl.join(tl.join(a2, b2), tl.join(a3, b3)))
+    v = tl.reshape(v, [ROWS, BLOCK_K // 16, 16]) * 16384.0
+    v = v * e4m3_to_fp16(scale_bytes.to(tl.int32))[:, :, None]
+    return tl.reshape(v, [ROWS, BLOCK_K])
+
+
+@triton.jit
 def _dequant_tile(packed, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
     """packed uint8 [ROWS, BLOCK_K/2], scale bytes [ROWS, BLOCK_K/16] -> fp16 [ROWS, BLOCK_K]."""
     p = packed.to(tl.int32)
@@ -75,6 +106,7 @@ def nvfp4_gemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,  # 64 or 128
     GROUP_M: tl.constexpr,
+    WORD_DECODE: tl.constexpr = False,  # decode 32-bit words of 8 codes into half2 pairs (experimental)
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -107,23 +139,34 @@ def nvfp4_gemm_kernel(
     acc = tl.full([BLOCK_N, BLOCK_M], 0.0, tl.float32)
     k_begin = pid_k * k_tiles_per_split * BLOCK_K
     k_end = tl.minimum(k_begin + k_tiles_per_split * BLOCK_K, Kp)
+    if WORD_DECODE:
+        rb = tl.arange(0, BLOCK_K // 8)  # 32-bit words (8 codes) of a K tile
+        a_rows = a_rows.to(tl.pointer_type(tl.int32))  # rows start at multiples of 32 bytes
+        w_rows = w_rows.to(tl.pointer_type(tl.int32))
+        unit = 8
+    else:
+        unit = 2
     for k0 in range(k_begin, k_end, BLOCK_K):
         s = k0 // 16 + rs
         a_sf_ptrs = a_scale_ptr + a_sf_row[:, None] + (s // 4)[None, :] * 512 + (s % 4)[None, :]
         if EVEN_K:
-            a_packed = tl.load(a_rows + k0 // 2 + rb[None, :], mask=m_ok[:, None], other=0)
+            a_packed = tl.load(a_rows + k0 // unit + rb[None, :], mask=m_ok[:, None], other=0)
             a_sf = tl.load(a_sf_ptrs, mask=m_ok[:, None], other=0)
-            w_packed = tl.load(w_rows + k0 // 2 + rb[None, :], mask=n_ok[:, None], other=0)
+            w_packed = tl.load(w_rows + k0 // unit + rb[None, :], mask=n_ok[:, None], other=0)
             w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None], other=0)
         else:
-            k_ok_b = (k0 // 2 + rb) < Kp // 2
+            k_ok_b = (k0 // unit + rb) < Kp // unit
             k_ok_s = s < S4
-            a_packed = tl.load(a_rows + k0 // 2 + rb[None, :], mask=m_ok[:, None] & k_ok_b[None, :], other=0)
+            a_packed = tl.load(a_rows + k0 // unit + rb[None, :], mask=m_ok[:, None] & k_ok_b[None, :], other=0)
             a_sf = tl.load(a_sf_ptrs, mask=m_ok[:, None] & k_ok_s[None, :], other=0)
-            w_packed = tl.load(w_rows + k0 // 2 + rb[None, :], mask=n_ok[:, None] & k_ok_b[None, :], other=0)
+            w_packed = tl.load(w_rows + k0 // unit + rb[None, :], mask=n_ok[:, None] & k_ok_b[None, :], other=0)
             w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
-        a = _dequant_tile(a_packed, a_sf, BLOCK_M, BLOCK_K)
-        w = _dequant_tile(w_packed, w_sf, BLOCK_N, BLOCK_K)
+        if WORD_DECODE:
+            a = _dequant_words(a_packed, a_sf, BLOCK_M, BLOCK_K)
+            w = _dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K)
+        else:
+            a = _dequant_tile(a_packed, a_sf, BLOCK_M, BLOCK_K)
+            w = _dequant_tile(w_packed, w_sf, BLOCK_N, BLOCK_K)
         # out^T = W @ A^T: the weight tile, dequantized in registers, is the MMA's left operand,
         # which Hopper's wgmma reads from registers (no shared-memory round trip for the big
         # operand), and a handful of tokens fits the right operand's small N (decode).

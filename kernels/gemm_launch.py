@@ -19,6 +19,7 @@ class GemmConfig:
     num_stages: int
     group_m: int = 8
     split_k: int = 1  # 0: choose so that the grid fills the GPU (decode)
+    word_decode: bool = False  # experimental: decode 32-bit words of 8 codes as half2 pairs
 
 
 def gemm_config(m: int, n: int, kp: int, device_type: str) -> GemmConfig:
@@ -70,7 +71,8 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
         a_data, a_scale.view(dtype=a_data.dtype), w_data, w_scale.view(dtype=a_data.dtype), alpha,
         bias if bias is not None else out, target, m, n, kp // 64, per_split, out.stride(0),
         HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=even_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, GROUP_M=config.group_m, num_warps=config.num_warps, num_stages=config.num_stages,
+        BLOCK_K=config.block_k, GROUP_M=config.group_m, WORD_DECODE=config.word_decode,
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split > 1:
         grid = (triton.cdiv(m, 16), triton.cdiv(n, 128))

@@ -87,3 +87,15 @@ def test_hypothesis_shapes(device, m, n, k, seed):
     out = torch.full((m, n), float("nan"), device=device)
     kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out)
     assert_within_fp32_accumulation(out, qa, qw)
+
+
+@pytest.mark.parametrize("m, n, k", [(5, 40, 192), (17, 96, 2688), (130, 64, 1368)])
+def test_word_decode_variant(device, m, n, k):
+    # The experimental half2-pair decode permutes K identically in both operands: same products.
+    import dataclasses
+
+    qa, w, ws, alpha, qw = operands(m, n, k, device)
+    out = torch.full((m, n), float("nan"), device=device)
+    config = dataclasses.replace(kernels.gemm_config(m, n, qa.kp, device.type), word_decode=True)
+    kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=config)
+    assert_within_fp32_accumulation(out, qa, qw)
