@@ -91,8 +91,9 @@ def run_configs(args):
         out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         t_cublas = median_us(lambda: x @ lin.weight.t(), graph=True)
         res = []
-        for bm, bn, bk, w, st, sk in tqdm(grid, desc=f"{m}x{n}x{k}", file=sys.stderr):
-            cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=sk)
+        variants = [(c, word) for c in grid for word in (False, True)]
+        for (bm, bn, bk, w, st, sk), word in tqdm(variants, desc=f"{m}x{n}x{k}", file=sys.stderr):
+            cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=sk, word_decode=word)
             try:
                 t = median_us(lambda: kernels.nvfp4_gemm(qa.data, qa.scale, layer.weight, layer.weight_scale,
                                                          layer.alpha, None, out, config=cfg), graph=True)
@@ -103,7 +104,7 @@ def run_configs(args):
         res.sort(key=lambda r: r[0])
         print(f"{m}x{n}x{k}: cuBLAS {t_cublas:.1f}us; " + "; ".join(
             f"{t:.1f}us ({t_cublas / t:.2f}x) {c.block_m}x{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages} "
-            f"split{c.split_k}" for t, c in res[:4]))
+            f"split{c.split_k}{' word' if c.word_decode else ''}" for t, c in res[:6]))
 
 
 def main():
