@@ -13,7 +13,7 @@ from . import kernels, reference  # noqa: E402
 from .format import NVFP4Tensor, ScaleLayout, SWIZZLE_8x4, SWIZZLE_128x4, pad_k  # noqa: E402
 from .quant import quantize  # noqa: E402
 from .backends import BACKENDS, Plan, plan  # noqa: E402
-from .linear import Linear  # noqa: E402
+from .linear import Linear, quantize_weight  # noqa: E402
 from .swap import calibrate, swap  # noqa: E402
 from .load import load_modelopt  # noqa: E402
 
@@ -35,5 +35,6 @@ __all__ = [
     "kernels",
     "pad_k",
     "quantize",
+    "quantize_weight",
     "reference",
 ]

@@ -56,6 +56,20 @@ def _check_checkpoint(weight, weight_scale, bias) -> tuple[int, int]:
     return n, k
 
 
+def quantize_weight(w: torch.Tensor) -> dict:
+    """A BF16/FP16/FP32 weight [N, K] -> ModelOpt NVFP4 tensors, with the fused quantize kernel:
+    weight uint8 [N, K16/2], weight_scale e4m3 [N, K16/16] (row-major), weight_scale_2 fp32 scalar
+    (= amax / 2688, the decode scale). K16 = K rounded up to the 16-element block."""
+    if w.dtype not in _ACT_DTYPES or w.dim() != 2:
+        raise TypeError(f"weight must be a 2-D bf16, fp16 or fp32 tensor, got {w.dtype} {tuple(w.shape)}")
+    gs_w = (448.0 * 6.0 / w.float().abs().amax().clamp(min=torch.finfo(torch.float32).tiny)).reshape(1)
+    q = NVFP4Tensor.empty(w.shape, k_align=BLOCK_SIZE, device=w.device)
+    kernels.pad_quantize(w, gs_w, q.data, q.scale, sf_row_tile=SWIZZLE_128x4.row_tile)
+    rows = reference.unswizzle(q.scale.view(torch.uint8), SWIZZLE_128x4)[: w.shape[0], : q.kp // BLOCK_SIZE]
+    return dict(weight=q.data, weight_scale=rows.contiguous().view(torch.float8_e4m3fn),
+                weight_scale_2=(1.0 / gs_w).reshape(()))
+
+
 class Linear(nn.Module):
     """NVFP4 W4A4 linear layer. Build with `from_modelopt` or `from_linear`.
 
@@ -121,14 +135,8 @@ class Linear(nn.Module):
         """Quantize an nn.Linear's weight with the same fused kernel (weight global scale from its
         amax, ModelOpt's recipe); `input_scale` is the static activation decode scale (amax / 2688)."""
         w = linear.weight.detach()
-        if w.dtype not in _ACT_DTYPES:
-            raise TypeError(f"linear.weight must be bf16, fp16 or fp32, got {w.dtype}")
-        gs_w = (448.0 * 6.0 / w.float().abs().amax().clamp(min=torch.finfo(torch.float32).tiny)).reshape(1)
-        q = NVFP4Tensor.empty(w.shape, k_align=BLOCK_SIZE, device=w.device)
-        kernels.pad_quantize(w, gs_w, q.data, q.scale, sf_row_tile=SWIZZLE_128x4.row_tile)
-        scale_rows = reference.unswizzle(q.scale.view(torch.uint8), SWIZZLE_128x4)[: w.shape[0], : q.kp // BLOCK_SIZE]
-        return cls.from_modelopt(q.data, scale_rows, 1.0 / gs_w, input_scale,
-                                 linear.bias.detach() if linear.bias is not None else None,
+        return cls.from_modelopt(**quantize_weight(w), input_scale=input_scale,
+                                 bias=linear.bias.detach() if linear.bias is not None else None,
                                  backend=backend, in_features=w.shape[1])
 
     # -- forward ------------------------------------------------------------------------------
@@ -155,4 +163,4 @@ class Linear(nn.Module):
                 f"padded=({self.n_padded}, {self.k_padded}), backend={self.backend.name}, bias={self.bias is not None}")
 
 
-__all__ = ["Linear"]
+__all__ = ["Linear", "quantize_weight"]
