@@ -13,7 +13,7 @@ from torch import nn
 
 from . import kernels, ops, reference
 from .backends import Backend, resolve
-from .format import BLOCK_SIZE, SWIZZLE_128x4, NVFP4Tensor, round_up
+from .format import BLOCK_SIZE, E2M1_MAX, E4M3_MAX, SWIZZLE_128x4, NVFP4Tensor, round_up
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,17 @@ class Linear(nn.Module):
     (padded to its N and K multiples), `weight_scale_2` and `input_scale` (ModelOpt's fp32 decode
     scales), `alpha` = input_scale * weight_scale_2, `input_global_scale` = 1 / input_scale, and
     `bias` when present.
+
+    Without a static input_scale (`dynamic_input_scale=True`, what `from_linear` and `swap` do when
+    none is given) each forward derives the activation's global scale from its amax on the device:
+    one extra reduction over x, no host sync.
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = False, backend="auto", device=None,
-                 bias_dtype=torch.bfloat16):
+                 bias_dtype=torch.bfloat16, dynamic_input_scale: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.dynamic_input_scale = dynamic_input_scale
         self.backend: Backend = resolve(backend, device)
         b = self.backend
         self.n_padded, self.k_padded = round_up(out_features, b.n_align), round_up(in_features, b.k_align)
@@ -101,7 +106,8 @@ class Linear(nn.Module):
     def from_modelopt(cls, weight, weight_scale, weight_scale_2, input_scale, bias=None, *, backend="auto",
                       in_features: int | None = None) -> "Linear":
         """From ModelOpt NVFP4 tensors as stored: weight uint8 [N, K/2], weight_scale e4m3 [N, K/16],
-        weight_scale_2 and input_scale fp32 scalars (decode scales: 1 / global encode scale).
+        weight_scale_2 and input_scale fp32 scalars (decode scales: 1 / global encode scale);
+        input_scale=None quantizes activations with a per-call (dynamic) global scale.
 
         `in_features` < K when the checkpoint's K was itself padded to the 16-element block.
         Validates every tensor (clear errors naming it), pads N and K for the backend, prepares the
@@ -109,12 +115,13 @@ class Linear(nn.Module):
         """
         n, k = _check_checkpoint(weight, weight_scale, bias)
         ws2 = _check_scalar("weight_scale_2", weight_scale_2).to(weight.device)
-        in_scale = _check_scalar("input_scale", input_scale).to(weight.device)
+        dynamic = input_scale is None
+        in_scale = torch.ones(1, device=weight.device) if dynamic else _check_scalar("input_scale", input_scale).to(weight.device)
         in_features = k if in_features is None else in_features
         if not (k - BLOCK_SIZE < in_features <= k):
             raise ValueError(f"in_features={in_features} does not fit weight with K={k}")
         layer = cls(in_features, n, bias=bias is not None, backend=backend, device=weight.device,
-                    bias_dtype=bias.dtype if bias is not None else torch.bfloat16)
+                    bias_dtype=bias.dtype if bias is not None else torch.bfloat16, dynamic_input_scale=dynamic)
         np_, kp = layer.n_padded, layer.k_padded
         data = torch.zeros(np_, kp // 2, dtype=torch.uint8, device=weight.device)
         data[:n, : k // 2] = weight.view(torch.uint8)
@@ -131,9 +138,10 @@ class Linear(nn.Module):
         return layer
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, input_scale, backend="auto") -> "Linear":
+    def from_linear(cls, linear: nn.Linear, *, input_scale=None, backend="auto") -> "Linear":
         """Quantize an nn.Linear's weight with the same fused kernel (weight global scale from its
-        amax, ModelOpt's recipe); `input_scale` is the static activation decode scale (amax / 2688)."""
+        amax, ModelOpt's recipe); `input_scale` is the static activation decode scale (amax / 2688),
+        or None for a dynamic per-call activation scale."""
         w = linear.weight.detach()
         return cls.from_modelopt(**quantize_weight(w), input_scale=input_scale,
                                  bias=linear.bias.detach() if linear.bias is not None else None,
@@ -153,14 +161,21 @@ class Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        a_data, a_scale = ops.quantize(x2, self.input_global_scale, self.k_padded, SWIZZLE_128x4.row_tile)
-        out = self.backend.gemm(a_data, a_scale, self.weight, self.weight_scale, self.alpha, self.bias,
+        global_scale, alpha = self.input_global_scale, self.alpha
+        if self.dynamic_input_scale:
+            # On the device, the same arithmetic as a static input_scale = amax(x) / 2688.
+            # (amax >= 1e-30 keeps 1 / input_scale finite for an all-zero x.)
+            input_scale = x2.abs().amax().float().clamp(min=1e-30).reshape(1) / (E4M3_MAX * E2M1_MAX)
+            global_scale, alpha = 1.0 / input_scale, input_scale * self.weight_scale_2
+        a_data, a_scale = ops.quantize(x2, global_scale, self.k_padded, SWIZZLE_128x4.row_tile)
+        out = self.backend.gemm(a_data, a_scale, self.weight, self.weight_scale, alpha, self.bias,
                                 self.out_features, x.dtype)
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"padded=({self.n_padded}, {self.k_padded}), backend={self.backend.name}, bias={self.bias is not None}")
+                f"padded=({self.n_padded}, {self.k_padded}), backend={self.backend.name}, bias={self.bias is not None}"
+                + (", dynamic_input_scale=True" if self.dynamic_input_scale else ""))
 
 
 __all__ = ["Linear", "quantize_weight"]

@@ -76,14 +76,16 @@ def swap(model: nn.Module, *, backend="auto", skip: Skip = None,
          input_scales: Mapping[str, torch.Tensor | float] | None = None) -> nn.Module:
     """Replace every nn.Linear of `model` (in place) by `fp4linear.Linear.from_linear`; returns model.
 
-    input_scales: {layer name: static activation decode scale}, e.g. from `calibrate`; every
-    swapped layer needs one. skip: layer names or fnmatch patterns ("*.lm_head"), or a callable
+    input_scales: {layer name: static activation decode scale}, e.g. from `calibrate`; when given,
+    every swapped layer needs one. None: every layer scales its activations dynamically (per call,
+    on the device; one extra reduction per layer). skip: layer names or fnmatch patterns ("*.lm_head"), or a callable
     (name, module) -> bool, for layers to keep as they are.
     """
     layers = linear_layers(model, skip)
+    dynamic = input_scales is None
     input_scales = dict(input_scales or {})
     missing = sorted(set(layers) - set(input_scales))
-    if missing:
+    if missing and not dynamic:
         raise KeyError(f"no input_scale for {len(missing)} Linear layer(s), e.g. {missing[0]!r}: run "
                        "fp4linear.calibrate(model, batches) and pass its result as input_scales, or skip them")
     if "" in layers:
@@ -91,8 +93,9 @@ def swap(model: nn.Module, *, backend="auto", skip: Skip = None,
     for name, module in layers.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Linear.from_linear(module, input_scale=input_scales[name], backend=backend))
-    log.info("fp4linear.swap: replaced %d Linear layers (backend=%s)", len(layers), backend)
+        setattr(parent, child, Linear.from_linear(module, input_scale=input_scales.get(name), backend=backend))
+    log.info("fp4linear.swap: replaced %d Linear layers (backend=%s, %s activation scales)", len(layers), backend,
+             "dynamic" if dynamic else "static")
     return model
 
 

@@ -154,3 +154,18 @@ def test_gpu_compile_graph_no_sync_and_sm90_refusal():
         cut = fp4linear.Linear.from_modelopt(**{n: t.cuda() for n, t in ckpt.items()}, backend="flashinfer_cutlass")
         with pytest.raises(RuntimeError, match="not available on"):
             cut(x)
+
+
+def test_dynamic_input_scale_matches_emulation(device):
+    # input_scale=None: gs = 2688 / amax(x) per call, on the device; same bits as a static scale of amax/2688.
+    ckpt, q = modelopt_checkpoint(48, 160, bias=True)
+    dynamic = fp4linear.Linear.from_modelopt(**{**{n: t.to(device) for n, t in ckpt.items()}, "input_scale": None})
+    assert dynamic.dynamic_input_scale and "dynamic_input_scale=True" in repr(dynamic)
+    for scale in (0.1, 30.0):
+        x = (torch.randn(6, 160) * scale).to(device)
+        static = dict(ckpt, input_scale=(x.abs().amax().float().cpu() / 2688))
+        got = dynamic(x)
+        assert torch.equal(got, fp4linear.Linear.from_modelopt(**{n: t.to(device) for n, t in static.items()})(x))
+        assert rel_err(got, emulate(x, static, q)) < 1e-5
+    zeros = torch.zeros(3, 160, device=device)
+    assert torch.equal(dynamic(zeros), dynamic.bias.float().expand(3, 48))  # finite scales, output = bias
