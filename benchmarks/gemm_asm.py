@@ -22,9 +22,9 @@ SIG = {"a_ptr": "*u8", "a_scale_ptr": "*u8", "w_ptr": "*u8", "w_scale_ptr": "*u8
        "bias_ptr": "*bf16", "out_ptr": "*bf16", "M": "i32", "N": "i32", "Kp_div64": "i32", "k_tiles_per_split": "i32", "stride_om": "i32"}
 
 
-def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90, word_decode=False):
+def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90, word_decode=False, predequant_a=False):
     consts = dict(HAS_BIAS=False, SPLIT_K=split, EVEN_K=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
-                  WORD_DECODE=word_decode)
+                  WORD_DECODE=word_decode, A_FP16=predequant_a)
     sig = {**SIG, **{k: "constexpr" for k in consts}}
     src = ASTSource(gemm.nvfp4_gemm_kernel, sig, {(list(sig).index(k),): v for k, v in consts.items()},
                     {(i,): [["tt.divisibility", 16]] for i in range(7)})
@@ -36,10 +36,11 @@ def main():
     p.add_argument("configs", nargs="+", help="BMxBNxBKwWARPSsSTAGES, e.g. 16x64x128w4s4")
     p.add_argument("--dump", type=Path)
     p.add_argument("--word-decode", action="store_true")
+    p.add_argument("--predequant-a", action="store_true")
     a = p.parse_args()
     for spec in a.configs:
         bm, bn, bk, w, st = map(int, re.fullmatch(r"(\d+)x(\d+)x(\d+)w(\d+)s(\d+)", spec).groups())
-        k = compile_gemm(bm, bn, bk, w, st, word_decode=a.word_decode)
+        k = compile_gemm(bm, bn, bk, w, st, word_decode=a.word_decode, predequant_a=a.predequant_a)
         sass = sass_of(k)
         ops = re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass, re.M)
         mix = collections.Counter(o.split(".")[0] for o in ops)

@@ -91,9 +91,10 @@ def run_configs(args):
         out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         t_cublas = median_us(lambda: x @ lin.weight.t(), graph=True)
         res = []
-        variants = [(c, word) for c in grid for word in (False, True)]
-        for (bm, bn, bk, w, st, sk), word in tqdm(variants, desc=f"{m}x{n}x{k}", file=sys.stderr):
-            cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=sk, word_decode=word)
+        flags = [(False, False), (True, False)] + ([(False, True), (True, True)] if m > 16 else [])
+        variants = [(c, word, pre) for c in grid for word, pre in flags]
+        for (bm, bn, bk, w, st, sk), word, pre in tqdm(variants, desc=f"{m}x{n}x{k}", file=sys.stderr):
+            cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=sk, word_decode=word, predequant_a=pre)
             try:
                 t = median_us(lambda: kernels.nvfp4_gemm(qa.data, qa.scale, layer.weight, layer.weight_scale,
                                                          layer.alpha, None, out, config=cfg), graph=True)
@@ -104,7 +105,8 @@ def run_configs(args):
         res.sort(key=lambda r: r[0])
         print(f"{m}x{n}x{k}: cuBLAS {t_cublas:.1f}us; " + "; ".join(
             f"{t:.1f}us ({t_cublas / t:.2f}x) {c.block_m}x{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages} "
-            f"split{c.split_k}{' word' if c.word_decode else ''}" for t, c in res[:6]))
+            f"split{c.split_k}{' word' if c.word_decode else ''}{' preA' if c.predequant_a else ''}"
+            for t, c in res[:6]))
 
 
 def main():

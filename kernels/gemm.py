@@ -107,6 +107,7 @@ def nvfp4_gemm_kernel(
     BLOCK_K: tl.constexpr,  # 64 or 128
     GROUP_M: tl.constexpr,
     WORD_DECODE: tl.constexpr = False,  # decode 32-bit words of 8 codes into half2 pairs (experimental)
+    A_FP16: tl.constexpr = False,  # a_ptr holds A already dequantized, fp16 [M, Kp] (experimental)
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -161,11 +162,17 @@ def nvfp4_gemm_kernel(
             a_sf = tl.load(a_sf_ptrs, mask=m_ok[:, None] & k_ok_s[None, :], other=0)
             w_packed = tl.load(w_rows + k0 // unit + rb[None, :], mask=n_ok[:, None] & k_ok_b[None, :], other=0)
             w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
-        if WORD_DECODE:
+        if A_FP16:
+            rk = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],
+                        mask=m_ok[:, None] & (rk < Kp)[None, :], other=0.0)
+        elif WORD_DECODE:
             a = _dequant_words(a_packed, a_sf, BLOCK_M, BLOCK_K)
-            w = _dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K)
         else:
             a = _dequant_tile(a_packed, a_sf, BLOCK_M, BLOCK_K)
+        if WORD_DECODE:
+            w = _dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K)
+        else:
             w = _dequant_tile(w_packed, w_sf, BLOCK_N, BLOCK_K)
         # out^T = W @ A^T: the weight tile, dequantized in registers, is the MMA's left operand,
         # which Hopper's wgmma reads from registers (no shared-memory round trip for the big
@@ -197,3 +204,30 @@ def splitk_reduce_kernel(part_ptr, alpha_ptr, bias_ptr, out_ptr, M, N, stride_om
     for s in range(1, SPLIT_K):
         acc += tl.load(part_ptr + s * M * N + offs, mask=mask, other=0.0)
     _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
+
+
+@triton.jit
+def dequantize_activation_kernel(a_ptr, a_scale_ptr, out_ptr, M, Kp_div64, WORD_DECODE: tl.constexpr,
+                                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A (packed + 128x4 scales) -> fp16 [M, Kp], exact, in the K order the GEMM's weight decode
+    uses (WORD_DECODE permutes K within each 8-code word, the same way for both operands)."""
+    Kp = Kp_div64 * 64
+    S4 = Kp // 16
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    k0 = tl.program_id(1) * BLOCK_K
+    m_ok = rm < M
+    rm64 = rm.to(tl.int64)
+    s = k0 // 16 + tl.arange(0, BLOCK_K // 16)
+    sf = tl.load(a_scale_ptr + ((rm64 // 128) * (S4 * 128) + (rm64 % 32) * 16 + ((rm64 % 128) // 32) * 4)[:, None]
+                 + (s // 4)[None, :] * 512 + (s % 4)[None, :], mask=m_ok[:, None], other=0)
+    if WORD_DECODE:
+        rw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+        words = tl.load(a_ptr.to(tl.pointer_type(tl.int32)) + rm64[:, None] * (Kp // 8) + rw[None, :],
+                        mask=m_ok[:, None], other=0)
+        a = _dequant_words(words, sf, BLOCK_M, BLOCK_K)
+    else:
+        rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        a = _dequant_tile(tl.load(a_ptr + rm64[:, None] * (Kp // 2) + rb[None, :], mask=m_ok[:, None], other=0),
+                          sf, BLOCK_M, BLOCK_K)
+    rk = k0 + tl.arange(0, BLOCK_K)
+    tl.store(out_ptr + rm64[:, None] * Kp + rk[None, :], a, mask=m_ok[:, None])

@@ -20,6 +20,7 @@ class GemmConfig:
     group_m: int = 8
     split_k: int = 1  # 0: choose so that the grid fills the GPU (decode)
     word_decode: bool = False  # experimental: decode 32-bit words of 8 codes as half2 pairs
+    predequant_a: bool = False  # experimental: dequantize A once per call (fp16) instead of per N tile
 
 
 def gemm_config(m: int, n: int, kp: int, device_type: str) -> GemmConfig:
@@ -66,12 +67,18 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
     split = triton.cdiv(k_tiles, per_split)  # no empty splits
     even_k = kp % config.block_k == 0
     module = _interpreter.for_device(gemm_module, out.device)
+    a_operand = a_data
+    if config.predequant_a:  # one pass writing A as exact fp16 [M, Kp]; the GEMM then reads it directly
+        a_operand = torch.empty((m, kp), dtype=torch.float16, device=out.device)
+        module.dequantize_activation_kernel[(triton.cdiv(m, 32), kp // 64)](
+            a_data, a_scale.view(dtype=a_data.dtype), a_operand, m, kp // 64, WORD_DECODE=config.word_decode,
+            BLOCK_M=32, BLOCK_K=64, num_warps=4)
     target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=out.device)
     module.nvfp4_gemm_kernel[(tiles * split,)](
-        a_data, a_scale.view(dtype=a_data.dtype), w_data, w_scale.view(dtype=a_data.dtype), alpha,
+        a_operand, a_scale.view(dtype=a_data.dtype), w_data, w_scale.view(dtype=a_data.dtype), alpha,
         bias if bias is not None else out, target, m, n, kp // 64, per_split, out.stride(0),
         HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=even_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, GROUP_M=config.group_m, WORD_DECODE=config.word_decode,
+        BLOCK_K=config.block_k, GROUP_M=config.group_m, WORD_DECODE=config.word_decode, A_FP16=config.predequant_a,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split > 1:

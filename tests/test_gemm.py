@@ -90,12 +90,15 @@ def test_hypothesis_shapes(device, m, n, k, seed):
 
 
 @pytest.mark.parametrize("m, n, k", [(5, 40, 192), (17, 96, 2688), (130, 64, 1368)])
-def test_word_decode_variant(device, m, n, k):
-    # The experimental half2-pair decode permutes K identically in both operands: same products.
+@pytest.mark.parametrize("word_decode, predequant_a", [(True, False), (False, True), (True, True)])
+def test_experimental_decode_variants(device, m, n, k, word_decode, predequant_a):
+    # The half2-pair decode permutes K identically in both operands, and a pre-dequantized A is
+    # exact in fp16: the products are the same, so the same fp32-accumulation bound holds.
     import dataclasses
 
     qa, w, ws, alpha, qw = operands(m, n, k, device)
     out = torch.full((m, n), float("nan"), device=device)
-    config = dataclasses.replace(kernels.gemm_config(m, n, qa.kp, device.type), word_decode=True)
+    config = dataclasses.replace(kernels.gemm_config(m, n, qa.kp, device.type), word_decode=word_decode,
+                                 predequant_a=predequant_a)
     kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=config)
     assert_within_fp32_accumulation(out, qa, qw)
