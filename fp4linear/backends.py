@@ -29,6 +29,7 @@ def flashinfer_import_error() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def _sm(device: torch.device) -> int | None:
     if device.type != "cuda":
         return None
