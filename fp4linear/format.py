@@ -16,6 +16,7 @@ E4M3_MAX = 448.0
 # E2M1 magnitudes by code (code = sign << 3 | index into this table).
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 SCALE_NAN_BYTE = 0x7F  # E4M3 NaN: the scale of a block holding NaN or +-Inf
+QUANTIZABLE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # what the quantize kernel reads
 
 
 def round_up(value: int, multiple: int) -> int:

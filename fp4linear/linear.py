@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from . import kernels, ops, reference
-from .backends import Backend, resolve
-from .format import BLOCK_SIZE, E2M1_MAX, E4M3_MAX, SWIZZLE_128x4, NVFP4Tensor, round_up
+from .backends import Backend, plan, resolve
+from .format import BLOCK_SIZE, E2M1_MAX, E4M3_MAX, QUANTIZABLE_DTYPES, SWIZZLE_128x4, NVFP4Tensor
 
 log = logging.getLogger(__name__)
 
-_ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def _check_scalar(name: str, t) -> torch.Tensor:
@@ -60,7 +59,7 @@ def quantize_weight(w: torch.Tensor) -> dict:
     """A BF16/FP16/FP32 weight [N, K] -> ModelOpt NVFP4 tensors, with the fused quantize kernel:
     weight uint8 [N, K16/2], weight_scale e4m3 [N, K16/16] (row-major), weight_scale_2 fp32 scalar
     (= amax / 2688, the decode scale). K16 = K rounded up to the 16-element block."""
-    if w.dtype not in _ACT_DTYPES or w.dim() != 2:
+    if w.dtype not in QUANTIZABLE_DTYPES or w.dim() != 2:
         raise TypeError(f"weight must be a 2-D bf16, fp16 or fp32 tensor, got {w.dtype} {tuple(w.shape)}")
     gs_w = (448.0 * 6.0 / w.float().abs().amax().clamp(min=torch.finfo(torch.float32).tiny)).reshape(1)
     q = NVFP4Tensor.empty(w.shape, k_align=BLOCK_SIZE, device=w.device)
@@ -90,7 +89,8 @@ class Linear(nn.Module):
         self.dynamic_input_scale = dynamic_input_scale
         self.backend: Backend = resolve(backend, device)
         b = self.backend
-        self.n_padded, self.k_padded = round_up(out_features, b.n_align), round_up(in_features, b.k_align)
+        p = plan(out_features, in_features, backend=b)
+        self.n_padded, self.k_padded = p.n_padded, p.k_padded
         data, scale = b.prepare_weight(
             torch.zeros(self.n_padded, self.k_padded // 2, dtype=torch.uint8, device=device),
             torch.zeros(self.n_padded, self.k_padded // BLOCK_SIZE, dtype=torch.uint8, device=device),
@@ -149,7 +149,7 @@ class Linear(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype not in _ACT_DTYPES:
+        if x.dtype not in QUANTIZABLE_DTYPES:
             raise TypeError(f"x must be bf16, fp16 or fp32, got {x.dtype}")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x has {x.shape[-1]} features in its last dimension, this layer takes {self.in_features}")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import kernels, ops
-from .format import NVFP4Tensor, pad_k, scale_layout
-
-_FLOAT_INPUTS = (torch.bfloat16, torch.float16, torch.float32)
+from .format import QUANTIZABLE_DTYPES, NVFP4Tensor, pad_k, scale_layout
 
 
 def _check_global_scale(global_scale, x: torch.Tensor) -> None:
@@ -53,7 +51,7 @@ def quantize(x: torch.Tensor, global_scale: torch.Tensor, *, k_align: int = 32, 
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_INPUTS:
+    if x.dtype not in QUANTIZABLE_DTYPES:
         raise TypeError(f"x must be bfloat16, float16 or float32, got {x.dtype}")
     if x.dim() < 1:
         raise ValueError("x must have at least one dimension (..., K)")

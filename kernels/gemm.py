@@ -76,6 +76,13 @@ def _dequant_tile(packed, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr
 
 
 @triton.jit
+def _scale_row_offset_128x4(rm64, S4):
+    """Offset of row m's first scale word in the 128x4 layout (SPEC section 3); the word of K
+    columns 64j..64j+63 is at + 512 * j."""
+    return (rm64 // 128) * (S4 * 128) + (rm64 % 32) * 16 + ((rm64 % 128) // 32) * 4
+
+
+@triton.jit
 def _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS: tl.constexpr):
     """acc [BLOCK_N, BLOCK_M] fp32 -> out[m, n] = alpha * acc (+ bias[n]), cast to out's dtype."""
     out = acc * tl.load(alpha_ptr)
@@ -132,7 +139,7 @@ def nvfp4_gemm_kernel(
     rm64 = rm.to(tl.int64)
     rn64 = rn.to(tl.int64)
     # 128x4 layout: row m's scales for K columns 64j..64j+63 are one 4-byte word.
-    a_sf_row = (rm64 // 128) * (S4 * 128) + (rm64 % 32) * 16 + ((rm64 % 128) // 32) * 4
+    a_sf_row = _scale_row_offset_128x4(rm64, S4)
     a_rows = a_ptr + rm64[:, None] * (Kp // 2)
     w_rows = w_ptr + rn64[:, None] * (Kp // 2)
     w_sf_rows = w_scale_ptr + rn64[:, None] * S4
@@ -218,7 +225,7 @@ def dequantize_activation_kernel(a_ptr, a_scale_ptr, out_ptr, M, Kp_div64, WORD_
     m_ok = rm < M
     rm64 = rm.to(tl.int64)
     s = k0 // 16 + tl.arange(0, BLOCK_K // 16)
-    sf = tl.load(a_scale_ptr + ((rm64 // 128) * (S4 * 128) + (rm64 % 32) * 16 + ((rm64 % 128) // 32) * 4)[:, None]
+    sf = tl.load(a_scale_ptr + _scale_row_offset_128x4(rm64, S4)[:, None]
                  + (s // 4)[None, :] * 512 + (s % 4)[None, :], mask=m_ok[:, None], other=0)
     if WORD_DECODE:
         rw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
