@@ -19,7 +19,6 @@ from .format import (
     NVFP4Tensor,
     ScaleLayout,
     pad_k,
-    round_up,
     scale_layout,
 )
 
@@ -145,7 +144,6 @@ __all__ = [
     "pack_nibbles",
     "quantize",
     "quantize_blocks",
-    "round_up",
     "swizzle",
     "unpack_nibbles",
     "unswizzle",
