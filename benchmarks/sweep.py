@@ -103,54 +103,81 @@ def analytic_rows():
     return rows
 
 
-def gpu_timings(rows, args):
-    """Adds measured medians (us) to the rows; GPU only. The padding pipelines depend on (M, K, Kp),
-    the Linear on (M, N, K): each distinct shape is timed once. M in {16, 4096} unless --all-m."""
+def gpu_timer(fn) -> float:
     from common import median_us
 
-    def timer(fn):
-        return median_us(fn, graph=True, rep_ms=20)
+    return median_us(fn, graph=True, rep_ms=20)
 
+
+def gpu_timings(rows, args, timer=gpu_timer, device="cuda"):
+    """Adds measured medians (us) to the rows. The padding pipelines depend on (M, K, Kp), the
+    Linear on (M, N, K): each distinct shape is timed once. M in {16, 4096} unless --all-m.
+    (timer, device) are parameters so that a CPU test can walk this path on tiny shapes.)"""
     pad_times, linear_times = {}, {}
     todo = [r for r in rows if args.all_m or r["m"] in (16, 4096)]
     for r in tqdm(todo, desc="GPU timings", file=sys.stderr):
         m, n, k, kp = r["m"], r["n"], r["k"], r["k_padded"]
         if (m, k, kp) not in pad_times:
-            pad_times[(m, k, kp)] = time_padding(m, k, kp, timer)
+            pad_times[(m, k, kp)] = time_padding(m, k, kp, timer, device)
         r.update(pad_times[(m, k, kp)])
         if r["backend"] == "triton":
             if (m, n, k) not in linear_times:
-                linear_times[(m, n, k)] = time_linear(m, n, k, timer)
+                linear_times[(m, n, k)] = time_linear(m, n, k, timer, device)
             r.update(linear_times[(m, n, k)])
 
 
-def time_padding(m, k, kp, timer):
-    x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+def separate_pipeline(x, gs, kp, y_padded):
+    """What engines run today: quantize without padding, pad the packed activation, a zero-filled
+    padded scale buffer with the scales copied in, and a slice copy of a padded GEMM output (width K
+    stands in for N). For Kp <= round_up(K, 64) both 128x4 scale layouts have the same shape, so
+    the copy puts every scale where the fused kernel writes it (tests check the bytes agree)."""
+    m, k = x.shape
+    q = fp4linear.quantize(x, gs, k_align=BLOCK_SIZE)
+    data = F.pad(q.data, (0, (kp - round_up(k, BLOCK_SIZE)) // 2))
+    scale = torch.zeros(fp4linear.SWIZZLE_128x4.padded_shape(m, kp), dtype=torch.uint8, device=x.device)
+    scale.view(-1)[: q.scale.numel()].copy_(q.scale.view(torch.uint8).view(-1))
+    return data, scale, y_padded[:, :k].contiguous()
+
+
+def time_padding(m, k, kp, timer, device):
+    x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
     gs = (448 * 6 / x.float().abs().amax()).reshape(1)
-    out = fp4linear.NVFP4Tensor.empty((m, k), k_align=kp, device="cuda")
+    out = fp4linear.NVFP4Tensor.empty((m, k), k_align=kp, device=device)
     fused = timer(lambda: fp4linear.quantize(x, gs, k_align=kp, out=out))
-    k16 = round_up(k, BLOCK_SIZE)
-    padded_scale_shape = fp4linear.SWIZZLE_128x4.padded_shape(m, kp)
-    y_padded = torch.empty(m, round_up(k, 128), dtype=torch.bfloat16, device="cuda")  # a padded GEMM output
-
-    def separate():
-        q = fp4linear.quantize(x, gs, k_align=16)  # what a kernel without padding produces
-        data = F.pad(q.data, (0, (kp - k16) // 2))  # pad the packed activation
-        scale = torch.zeros(padded_scale_shape, dtype=torch.uint8, device="cuda")  # zero-filled padded scales
-        scale.view(-1)[: q.scale.numel()].copy_(q.scale.view(torch.uint8).view(-1))  # one pass over the scales
-        return data, scale, y_padded[:, :k].contiguous()  # slice copy of a padded output (width K stands in for N)
-
-    return dict(fused_us=fused, separate_us=timer(separate))
+    y_padded = torch.empty(m, round_up(k, 128), dtype=torch.bfloat16, device=device)  # a padded GEMM output
+    return dict(fused_us=fused, separate_us=timer(lambda: separate_pipeline(x, gs, kp, y_padded)))
 
 
-def time_linear(m, n, k, timer):
-    x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-    lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
+def time_linear(m, n, k, timer, device):
+    x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
+    lin = torch.nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16)
     layer = fp4linear.Linear.from_linear(lin, input_scale=x.float().abs().amax() / 2688, backend="triton")
     return dict(linear_us=timer(lambda: layer(x)), bf16_linear_us=timer(lambda: lin(x)))
 
 
-def plot(rows, out: Path, have_gpu: bool):
+def timing_summary(rows) -> tuple[list[str], list[list]]:
+    """Per model and TP: the fused/separate speed-up over its layers that need padding (geometric
+    mean, the widest per-rank shape; padding for flashinfer_trtllm, the strictest rule), and the
+    sum of its layers' Linear times against nn.Linear bf16, at each timed M."""
+    header = ["model", "TP", "M", "layers padded (trtllm)", "separate/fused (geomean)", "fp4linear.Linear us (sum)",
+              "nn.Linear bf16 us (sum)", "bf16/ours"]
+    out = []
+    for model in MODELS:
+        for tp in TPS:
+            for m in sorted({r["m"] for r in rows if "fused_us" in r}):
+                sel = [r for r in rows if r["model"] == model and r["tp"] == tp and r["m"] == m]
+                padded = [r for r in sel if r["backend"] == "flashinfer_trtllm" and r["k_padded"] != round_up(r["k"], 16)]
+                lin = [r for r in sel if r["backend"] == "triton"]
+                if not lin or any("linear_us" not in r for r in lin):
+                    continue  # not timed
+                ratios = [r["separate_us"] / r["fused_us"] for r in padded]
+                geo = float(torch.tensor(ratios).log().mean().exp()) if ratios else float("nan")
+                ours, bf16 = sum(r["linear_us"] for r in lin), sum(r["bf16_linear_us"] for r in lin)
+                out.append([model, tp, m, f"{len(padded)}/{len(lin)}", geo, ours, bf16, bf16 / ours])
+    return header, out
+
+
+def plot(rows, out: Path, have_gpu: bool, device_name: str = ""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,7 +230,7 @@ def plot(rows, out: Path, have_gpu: bool):
         ax.set_yscale("log")
         ax.set_xlabel("separate pipeline (us): quantize + F.pad + zeroed scales + output slice")
         ax.set_ylabel("fused pad+quantize (us)")
-        ax.set_title(f"Fused vs separate padding, per-rank shapes ({torch.cuda.get_device_name()})")
+        ax.set_title(f"Fused vs separate padding, per-rank shapes ({device_name})")
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "fused_vs_separate.png", dpi=110)
@@ -228,7 +255,16 @@ def main():
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    plot(rows, args.out, have_gpu)
+    plot(rows, args.out, have_gpu, torch.cuda.get_device_name() if have_gpu else "")
+    if have_gpu:
+        from common import publish
+
+        header, table = timing_summary(rows)
+        publish("Padding sweep (benchmarks/sweep.py)",
+                "Fused pad+quantize vs the separate pipeline (quantize, F.pad of the packed activation, zeroed "
+                "padded scales + copy, output slice copy), and each model's layers as fp4linear.Linear (triton "
+                "backend) vs nn.Linear bf16; CUDA-graph replay medians at the widest rank's shape; full data in "
+                "plots/sweep.csv.", header, table)
 
     # Summary: the worst padding each backend forces, per model, at TP=8.
     print(f"{'model':26s} {'backend':20s} {'weight pad @TP8':>16s} {'act pad/row @TP8':>17s}")
