@@ -77,12 +77,15 @@ def run_table(args):
 def run_configs(args):
     """Tuning aid: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, split_k; 0 = auto) per shape."""
     decode = [(16, 64, 128, 4, 1, 0), (16, 64, 128, 4, 4, 0), (16, 128, 128, 4, 1, 0), (16, 64, 128, 4, 1, 8),
-              (16, 32, 128, 4, 1, 8)]
+              (16, 64, 128, 4, 4, 8), (16, 32, 128, 4, 1, 8)]
     mid = [(128, 128, 64, 8, 4, 1), (64, 64, 128, 4, 3, 0), (64, 128, 64, 4, 4, 0), (128, 128, 64, 8, 4, 4)]
-    prefill = [(128, 128, 64, 8, 4, 1), (256, 128, 64, 8, 3, 1), (128, 256, 64, 8, 3, 1)]
+    prefill = [(128, 128, 64, 8, 4, 1), (256, 128, 64, 8, 3, 1), (256, 128, 64, 8, 4, 1), (256, 128, 128, 8, 2, 1),
+               (128, 256, 64, 8, 3, 1)]
     shapes = [(16, 4096, 4096, decode), (16, 8192, 8192, decode), (1, 1288, 2688, decode),
               (128, 4096, 4096, mid), (128, 8192, 8192, mid), (8192, 8192, 8192, prefill)]
     for m, n, k, grid in shapes:
+        if args.m and m not in args.m:
+            continue
         lin, layer = layer_for(n, k)
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         qa = fp4linear.quantize(x, layer.input_global_scale, k_align=layer.k_padded)
@@ -115,6 +118,7 @@ def run_configs(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", action="store_true")
+    p.add_argument("--m", type=int, nargs="*", help="--configs: only these M")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args()
     if not torch.cuda.is_available():

@@ -113,8 +113,8 @@ def nvfp4_gemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,  # 64 or 128
     GROUP_M: tl.constexpr,
-    WORD_DECODE: tl.constexpr = False,  # decode 32-bit words of 8 codes into half2 pairs (experimental)
-    A_FP16: tl.constexpr = False,  # a_ptr holds A already dequantized, fp16 [M, Kp] (experimental)
+    WORD_DECODE: tl.constexpr = False,  # decode 32-bit words of 8 codes into half2 pairs
+    A_FP16: tl.constexpr = False,  # a_ptr holds A already dequantized, fp16 [M, Kp]
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4

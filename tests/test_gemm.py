@@ -90,8 +90,8 @@ def test_hypothesis_shapes(device, m, n, k, seed):
 
 
 @pytest.mark.parametrize("m, n, k", [(5, 40, 192), (17, 96, 2688), (130, 64, 1368)])
-@pytest.mark.parametrize("word_decode, predequant_a", [(True, False), (False, True), (True, True)])
-def test_experimental_decode_variants(device, m, n, k, word_decode, predequant_a):
+@pytest.mark.parametrize("word_decode, predequant_a", [(False, False), (True, False), (False, True), (True, True)])
+def test_decode_variants(device, m, n, k, word_decode, predequant_a):
     # The half2-pair decode permutes K identically in both operands, and a pre-dequantized A is
     # exact in fp16: the products are the same, so the same fp32-accumulation bound holds.
     import dataclasses
