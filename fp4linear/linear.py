@@ -100,6 +100,9 @@ class Linear(nn.Module):
         for name in ("weight_scale_2", "input_scale", "alpha", "input_global_scale"):
             self.register_buffer(name, torch.ones(1, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+        # A tensor divisor: CUDA divides by a Python scalar as a multiply by its rounded reciprocal,
+        # one ulp away from the correctly rounded amax / 2688 a checkpoint's input_scale holds.
+        self.register_buffer("_act_decode_max", torch.full((1,), E4M3_MAX * E2M1_MAX, device=device), persistent=False)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -165,7 +168,7 @@ class Linear(nn.Module):
         if self.dynamic_input_scale:
             # On the device, the same arithmetic as a static input_scale = amax(x) / 2688.
             # (amax >= 1e-30 keeps 1 / input_scale finite for an all-zero x.)
-            input_scale = x2.abs().amax().float().clamp(min=1e-30).reshape(1) / (E4M3_MAX * E2M1_MAX)
+            input_scale = x2.abs().amax().float().clamp(min=1e-30).reshape(1) / self._act_decode_max
             global_scale, alpha = 1.0 / input_scale, input_scale * self.weight_scale_2
         a_data, a_scale = ops.quantize(x2, global_scale, self.k_padded, SWIZZLE_128x4.row_tile)
         out = self.backend.gemm(a_data, a_scale, self.weight, self.weight_scale, alpha, self.bias,

@@ -161,9 +161,10 @@ def test_dynamic_input_scale_matches_emulation(device):
     ckpt, q = modelopt_checkpoint(48, 160, bias=True)
     dynamic = fp4linear.Linear.from_modelopt(**{**{n: t.to(device) for n, t in ckpt.items()}, "input_scale": None})
     assert dynamic.dynamic_input_scale and "dynamic_input_scale=True" in repr(dynamic)
-    for scale in (0.1, 30.0):
+    for scale in (0.1, 30.0, *torch.rand(10, generator=torch.Generator().manual_seed(3)).mul(50).tolist()):
         x = (torch.randn(6, 160) * scale).to(device)
-        static = dict(ckpt, input_scale=(x.abs().amax().float().cpu() / 2688))
+        # correctly rounded fp32 amax / 2688 (fp64 division then rounding to fp32 is exact here)
+        static = dict(ckpt, input_scale=torch.tensor(x.abs().amax().item() / 2688, dtype=torch.float32))
         got = dynamic(x)
         assert torch.equal(got, fp4linear.Linear.from_modelopt(**{n: t.to(device) for n, t in static.items()})(x))
         assert rel_err(got, emulate(x, static, q)) < 1e-5
