@@ -38,6 +38,47 @@ def build(hidden, inter, layers, device, dtype):
     return LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval(), cfg
 
 
+def modelopt_layer_outputs(model, ids):
+    """Per quantized Linear: its input, ModelOpt's fake-quantized input and weight (one forward)."""
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args[0].detach()))
+             for name, m in model.named_modules() if hasattr(m, "weight_quantizer") and hasattr(m, "input_quantizer")]
+    with torch.no_grad():
+        model(ids)
+        for h in hooks:
+            h.remove()
+        return {name: (x, model.get_submodule(name).input_quantizer(x).float(),
+                       model.get_submodule(name).weight_quantizer(model.get_submodule(name).weight).float())
+                for name, x in seen.items()}
+
+
+def compare_layers(fake_layers, export_dir):
+    """Layer by layer, no error propagation: the fraction of elements where ModelOpt's fake-quantized
+    weight / input differ (beyond bf16 rounding) from the exported tensors decoded by our reference."""
+    from safetensors.torch import load_file
+
+    from fp4linear import reference
+
+    stored = {}
+    for f in sorted(Path(export_dir).glob("*.safetensors")):
+        stored.update(load_file(f))
+    w_diff, x_diff = [], []
+    for name, (x, x_fq, w_fq) in fake_layers.items():
+        t = {k: stored[f"{name}.{k}"].to(x.device) for k in ("weight", "weight_scale", "weight_scale_2", "input_scale")}
+        codes = reference.unpack_nibbles(t["weight"])
+        w = (reference.e2m1_decode(codes) * t["weight_scale"].float().repeat_interleave(16, dim=1)
+             * t["weight_scale_2"].float())
+        qx = reference.quantize(x.float().reshape(-1, x.shape[-1]), (1 / t["input_scale"].float()).reshape(1), k_align=16)
+        xd = reference.dequantize(qx).reshape(x_fq.shape)
+
+        def differ(a, b):
+            return ((a - b).abs() > 2**-7 * b.abs().clamp(min=1e-30)).float().mean().item()
+
+        w_diff.append(differ(w_fq, w))
+        x_diff.append(differ(x_fq, xd))
+    return {"weight_elems_differ_max": max(w_diff), "input_elems_differ_max": max(x_diff)}
+
+
 def run(hidden, inter, layers, device, dtype, prefill_len):
     import modelopt.torch.quantization as mtq
     from modelopt.torch.export import export_hf_checkpoint
@@ -60,8 +101,10 @@ def run(hidden, inter, layers, device, dtype, prefill_len):
         requantize_resmooth_fused_llm_layers(model)
         with torch.no_grad():
             fake = model(ids).logits.float()
+        fake_layers = modelopt_layer_outputs(model, ids)
     with tempfile.TemporaryDirectory() as d:
         export_hf_checkpoint(model, export_dir=d)
+        layer_diff = compare_layers(fake_layers, d) if device == "cuda" else {}
         del model
         torch.manual_seed(5)
         fresh = LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
@@ -79,7 +122,7 @@ def run(hidden, inter, layers, device, dtype, prefill_len):
 
     agree = (ours.argmax(-1) == fake.argmax(-1)).float().mean().item() if fake is not None else float("nan")
     row = dict(hidden=hidden, inter=inter, layers=layers, rel_err_vs_modelopt=rel(ours, fake), top1_agree=agree,
-               modelopt_vs_bf16=rel(fake, ref), ours_vs_bf16=rel(ours, ref), load_s=load_s)
+               modelopt_vs_bf16=rel(fake, ref), ours_vs_bf16=rel(ours, ref), **layer_diff, load_s=load_s)
     if device == "cuda":
         from common import median_us
 

@@ -7,6 +7,7 @@ kernels (and the helpers they call) are InterpretedFunctions that accept CPU ten
 """
 
 import importlib.util
+import inspect
 import sys
 
 from triton import knobs
@@ -14,10 +15,41 @@ from triton import knobs
 _copies = {}
 
 
+def _index_size1_arrays() -> None:
+    """Triton <= 3.6's interpreter turns a runtime loop bound into `int(ndarray of shape (1,))`,
+    which NumPy >= 2.4 refuses (the expired ndim > 0 conversion); later Triton squeezes first.
+    On an interpreter with the old line, override it the way that version patches (3.6: a scope
+    restored last-in first-out; 3.5: a plain attribute, as its own patch is)."""
+    from triton.runtime import interpreter
+
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "fp4linear_shim", False):
+        return
+    try:
+        if "int(self.handle.data)" not in inspect.getsource(patch):
+            return
+    except OSError:
+        return
+
+    def index(self):
+        return int(self.handle.data.item())
+
+    def patch_lang_tensor(tensor, *scope):
+        patch(tensor, *scope)
+        if scope:
+            scope[0].set_attr(tensor, "__index__", index)
+        else:
+            tensor.__index__ = index
+
+    patch_lang_tensor.fp4linear_shim = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
 def interpreted(module):
     """The interpreted twin of an already imported kernel module."""
     name = module.__name__ + "._interpreted"
     if name not in _copies:
+        _index_size1_arrays()
         spec = importlib.util.spec_from_file_location(name, module.__file__)
         twin = importlib.util.module_from_spec(spec)
         with knobs.runtime.scope():
