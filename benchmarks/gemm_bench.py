@@ -78,7 +78,8 @@ def run_configs(args):
     """Tuning aid: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, split_k; 0 = auto) per shape."""
     decode = [(16, 64, 128, 4, 1, 0), (16, 64, 128, 4, 4, 0), (16, 128, 128, 4, 1, 0), (16, 64, 128, 4, 1, 8),
               (16, 64, 128, 4, 4, 8), (16, 32, 128, 4, 1, 8)]
-    mid = [(128, 128, 64, 8, 4, 1), (64, 64, 128, 4, 3, 0), (64, 128, 64, 4, 4, 0), (128, 128, 64, 8, 4, 4)]
+    mid = [(128, 128, 64, 8, 4, 1), (64, 64, 128, 4, 3, 0), (64, 128, 64, 4, 4, 0), (128, 128, 64, 8, 4, 4),
+           (64, 128, 64, 4, 4, 4), (128, 64, 64, 4, 4, 4), (128, 128, 128, 8, 3, 4), (128, 128, 64, 8, 4, 8)]
     prefill = [(128, 128, 64, 8, 4, 1), (256, 128, 64, 8, 3, 1), (256, 128, 64, 8, 4, 1), (256, 128, 128, 8, 2, 1),
                (128, 256, 64, 8, 3, 1)]
     shapes = [(16, 4096, 4096, decode), (16, 8192, 8192, decode), (1, 1288, 2688, decode),
@@ -93,7 +94,7 @@ def run_configs(args):
         t_cublas = median_us(lambda: x @ lin.weight.t(), graph=True)
         want = kernels.nvfp4_gemm(qa.data, qa.scale, layer.weight, layer.weight_scale, layer.alpha, None, out).float()
         res = []
-        flags = [(False, False), (True, False)] + ([(False, True), (True, True)] if m > 16 else [])
+        flags = [(False, False), (True, False)] if m <= 16 else [(True, False), (True, True)]
         variants = [(c, word, pre) for c in grid for word, pre in flags]
         for (bm, bn, bk, w, st, sk), word, pre in tqdm(variants, desc=f"{m}x{n}x{k}", file=sys.stderr):
             cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=sk, word_decode=word, predequant_a=pre)

@@ -41,8 +41,11 @@ def build(hidden, inter, layers, device, dtype):
 def modelopt_layer_outputs(model, ids):
     """Per quantized Linear: its input, ModelOpt's fake-quantized input and weight (one forward)."""
     seen = {}
+    quantized = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                 and getattr(getattr(m, "weight_quantizer", None), "is_enabled", False)
+                 and getattr(getattr(m, "input_quantizer", None), "is_enabled", False)]
     hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args[0].detach()))
-             for name, m in model.named_modules() if hasattr(m, "weight_quantizer") and hasattr(m, "input_quantizer")]
+             for name, m in quantized]
     with torch.no_grad():
         model(ids)
         for h in hooks:
@@ -64,6 +67,8 @@ def compare_layers(fake_layers, export_dir):
         stored.update(load_file(f))
     w_diff, x_diff = [], []
     for name, (x, x_fq, w_fq) in fake_layers.items():
+        if f"{name}.weight_scale" not in stored:  # exported unquantized (exclude_modules)
+            continue
         t = {k: stored[f"{name}.{k}"].to(x.device) for k in ("weight", "weight_scale", "weight_scale_2", "input_scale")}
         codes = reference.unpack_nibbles(t["weight"])
         w = (reference.e2m1_decode(codes) * t["weight_scale"].float().repeat_interleave(16, dim=1)
@@ -76,7 +81,7 @@ def compare_layers(fake_layers, export_dir):
 
         w_diff.append(differ(w_fq, w))
         x_diff.append(differ(x_fq, xd))
-    return {"weight_elems_differ_max": max(w_diff), "input_elems_differ_max": max(x_diff)}
+    return {"layers_compared": len(w_diff), "weight_elems_differ_max": max(w_diff), "input_elems_differ_max": max(x_diff)}
 
 
 def run(hidden, inter, layers, device, dtype, prefill_len):
