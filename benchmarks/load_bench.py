@@ -81,7 +81,8 @@ def compare_layers(fake_layers, export_dir):
 
         w_diff.append(differ(w_fq, w))
         x_diff.append(differ(x_fq, xd))
-    return {"layers_compared": len(w_diff), "weight_elems_differ_max": max(w_diff), "input_elems_differ_max": max(x_diff)}
+    return {"layers_compared": len(w_diff), "weight_elems_differ_max_%": 100 * max(w_diff),
+            "input_elems_differ_max_%": 100 * max(x_diff)}
 
 
 def run(hidden, inter, layers, device, dtype, prefill_len):
@@ -128,7 +129,7 @@ def run(hidden, inter, layers, device, dtype, prefill_len):
     agree = (ours.argmax(-1) == fake.argmax(-1)).float().mean().item() if fake is not None else float("nan")
     row = dict(hidden=hidden, inter=inter, layers=layers, rel_err_vs_modelopt=rel(ours, fake), top1_agree=agree,
                modelopt_vs_bf16=rel(fake, ref), ours_vs_bf16=rel(ours, ref), **layer_diff, load_s=load_s)
-    if device == "cuda":
+    if device == "cuda" and dtype == torch.bfloat16:  # speed: the dtype models are served in
         from common import median_us
 
         for name, length in (("decode", 1), ("prefill", prefill_len)):
@@ -148,8 +149,9 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--tiny-only", action="store_true")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], help="model dtype (default: bfloat16 on CUDA)")
     a = p.parse_args()
-    dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
+    dtype = getattr(torch, a.dtype) if a.dtype else torch.bfloat16 if a.device == "cuda" else torch.float32
     shapes = [(128, 464, 2)] + ([] if a.tiny_only else [(2688, 1856, a.layers)])
     rows = [run(h, i, n, a.device, dtype, prefill_len=512) for h, i, n in shapes]
     from common import publish
