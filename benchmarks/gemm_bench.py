@@ -82,8 +82,14 @@ def run_configs(args):
            (64, 128, 64, 4, 4, 4), (128, 64, 64, 4, 4, 4), (128, 128, 128, 8, 3, 4), (128, 128, 64, 8, 4, 8)]
     prefill = [(128, 128, 64, 8, 4, 1), (256, 128, 64, 8, 3, 1), (256, 128, 64, 8, 4, 1), (256, 128, 128, 8, 2, 1),
                (128, 256, 64, 8, 3, 1)]
+    # per-rank shapes whose 256x128 tiles fill less than two waves of SMs
+    narrow = [(256, 128, 64, 8, 4, 1), (128, 128, 64, 8, 4, 1), (128, 128, 64, 8, 4, 2), (128, 64, 64, 4, 4, 1),
+              (64, 128, 64, 4, 4, 1)]
     shapes = [(16, 4096, 4096, decode), (16, 8192, 8192, decode), (1, 1288, 2688, decode),
               (128, 4096, 4096, mid), (128, 8192, 8192, mid), (8192, 8192, 8192, prefill)]
+    if args.narrow:
+        shapes = [(2048, 1288, 2688, narrow), (2048, 2576, 2688, narrow), (2048, 2688, 464, narrow),
+                  (8192, 1288, 2688, narrow), (8192, 2576, 2688, narrow), (2048, 8192, 3696, narrow)]
     for m, n, k, grid in shapes:
         if args.m and m not in args.m:
             continue
@@ -94,7 +100,7 @@ def run_configs(args):
         t_cublas = median_us(lambda: x @ lin.weight.t(), graph=True)
         want = kernels.nvfp4_gemm(qa.data, qa.scale, layer.weight, layer.weight_scale, layer.alpha, None, out).float()
         res = []
-        flags = [(False, False), (True, False)] if m <= 16 else [(True, False), (True, True)]
+        flags = [(False, False), (True, False)] if m <= 16 else [(True, True)] if args.narrow else [(True, False), (True, True)]
         variants = [(c, word, pre) for c in grid for word, pre in flags]
         for (bm, bn, bk, w, st, sk), word, pre in tqdm(variants, desc=f"{m}x{n}x{k}", file=sys.stderr):
             cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=sk, word_decode=word, predequant_a=pre)
@@ -120,6 +126,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", action="store_true")
     p.add_argument("--m", type=int, nargs="*", help="--configs: only these M")
+    p.add_argument("--narrow", action="store_true", help="--configs: large M on narrow per-rank shapes")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args()
     if not torch.cuda.is_available():
