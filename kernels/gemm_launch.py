@@ -42,9 +42,10 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
         return GemmConfig(16, 64, block_k, 4, 4, split_k=0)
     if m <= 256:  # too few 128x128 tiles to fill 132 SMs: split K four ways
         return GemmConfig(128, 128, 64, 8, 4, split_k=4, predequant_a=True)
-    if triton.cdiv(m, 256) * triton.cdiv(n, 128) < 2 * sm_count:
-        # Narrow per-rank shapes: 256x128 tiles would not fill two waves (2048x1288x2688: 53.6 us
-        # with 128x64 tiles vs 65.7; 2048x2576x2688: 98.1 vs 121.1).
+    if 2 * triton.cdiv(m, 256) * triton.cdiv(n, 128) < 3 * sm_count:
+        # Narrow per-rank shapes: 256x128 tiles would fill under 1.5 waves (2048x1288x2688: 54.5 us
+        # with 128x64 tiles vs 67.0; 2048x2576x2688: 97.6 vs 119). At 1.94 waves (2048x4096x4096)
+        # 256x128 still wins: 167 us vs 221.
         return GemmConfig(128, 64, 64, 4, 4, predequant_a=True)
     return GemmConfig(256, 128, 64, 8, 4, predequant_a=True)  # 8192^3: 2515 us vs 2660 (s3), 2786 (128x128)
 
