@@ -78,7 +78,7 @@ def per_rank_shape(layer: Layer, tp: int) -> tuple[int, int]:
 def nvfp4_row_bytes(k: int) -> int:
     """Packed data + 128x4 scale bytes of one activation row of width k (unpadded beyond 16)."""
     k16 = round_up(k, BLOCK_SIZE)
-    return k16 // 2 + round_up(k16 // BLOCK_SIZE, 4)
+    return k16 // 2 + fp4linear.SWIZZLE_128x4.padded_shape(1, k16)[1]
 
 
 def analytic_rows():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops, reference
-from .format import BLOCK_SIZE, SWIZZLE_128x4, round_up
+from .format import BLOCK_SIZE, SWIZZLE_128x4, pad_k, round_up
 
 BACKEND_NAMES = ("triton", "flashinfer_cutlass", "flashinfer_cudnn", "flashinfer_trtllm")
 
@@ -204,14 +204,14 @@ def plan(out_features: int, in_features: int, *, backend: str | Backend = "auto"
     """Padded N and K for a layer of `out_features` x `in_features` on `backend`, with the cost."""
     b = resolve(backend, device)
     n, k = out_features, in_features
-    np_, kp = round_up(n, b.n_align), round_up(k, b.k_align)
-    k16 = round_up(k, BLOCK_SIZE)  # the unpadded NVFP4 width (block granularity)
+    np_, kp = round_up(n, b.n_align), pad_k(k, b.k_align)
+    k16 = pad_k(k, BLOCK_SIZE)  # the unpadded NVFP4 width (block granularity)
 
-    def scale_cols(width):
-        return width // BLOCK_SIZE
+    def row_bytes(width):  # packed codes + scale bytes of one row (activation scales: 128x4 columns)
+        return width // 2, SWIZZLE_128x4.padded_shape(1, width)[1]
 
-    weight_pad = (np_ * kp // 2 + np_ * scale_cols(kp)) - (n * k16 // 2 + n * scale_cols(k16))
-    act_pad = (kp - k16) // 2 + (round_up(scale_cols(kp), 4) - round_up(scale_cols(k16), 4))
+    weight_pad = np_ * (kp // 2 + kp // BLOCK_SIZE) - n * (k16 // 2 + k16 // BLOCK_SIZE)
+    act_pad = sum(row_bytes(kp)) - sum(row_bytes(k16))
     steps = []
     if np_ != n:
         steps.append(f"N % {b.n_align} != 0")

@@ -19,6 +19,24 @@ SCALE_NAN_BYTE = 0x7F  # E4M3 NaN: the scale of a block holding NaN or +-Inf
 QUANTIZABLE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # what the quantize kernel reads
 
 
+def abs_amax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| as an fp32 0-d tensor, on x's device: one read of x and no |x| temporary
+    (max(-min, max) equals max |x| exactly; NaN propagates)."""
+    lo, hi = torch.aminmax(x)
+    return torch.maximum(-lo, hi).float()
+
+
+def decode_scale(amax: torch.Tensor, divisor: torch.Tensor | None = None) -> torch.Tensor:
+    """ModelOpt's decode scale amax / (448 * 6) (`input_scale`, `weight_scale_2`) as fp32 [1],
+    correctly rounded on every device: CUDA divides by a Python scalar as a multiply by its rounded
+    reciprocal, one ulp off, so the divisor is a tensor on amax's device (`divisor` lets a forward
+    path pass a cached one). amax >= 1e-30 keeps 1 / scale finite for all-zero data."""
+    amax = amax.float().clamp(min=1e-30).reshape(1)
+    if divisor is None:
+        divisor = torch.full_like(amax, E4M3_MAX * E2M1_MAX)
+    return amax / divisor
+
+
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from . import kernels, ops, reference
 from .backends import Backend, plan, resolve
-from .format import BLOCK_SIZE, E2M1_MAX, E4M3_MAX, QUANTIZABLE_DTYPES, SWIZZLE_128x4, NVFP4Tensor
+from .format import (BLOCK_SIZE, E2M1_MAX, E4M3_MAX, QUANTIZABLE_DTYPES, SWIZZLE_128x4, NVFP4Tensor, abs_amax,
+                     decode_scale)
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,13 @@ def quantize_weight(w: torch.Tensor) -> dict:
     (= amax / 2688, the decode scale). K16 = K rounded up to the 16-element block."""
     if w.dtype not in QUANTIZABLE_DTYPES or w.dim() != 2:
         raise TypeError(f"weight must be a 2-D bf16, fp16 or fp32 tensor, got {w.dtype} {tuple(w.shape)}")
-    gs_w = (448.0 * 6.0 / w.float().abs().amax().clamp(min=torch.finfo(torch.float32).tiny)).reshape(1)
+    weight_scale_2 = decode_scale(abs_amax(w))
+    gs_w = 1.0 / weight_scale_2  # the encode scale a checkpoint's weight_scale_2 implies
     q = NVFP4Tensor.empty(w.shape, k_align=BLOCK_SIZE, device=w.device)
     kernels.pad_quantize(w, gs_w, q.data, q.scale, sf_row_tile=SWIZZLE_128x4.row_tile)
     rows = reference.unswizzle(q.scale.view(torch.uint8), SWIZZLE_128x4)[: w.shape[0], : q.kp // BLOCK_SIZE]
     return dict(weight=q.data, weight_scale=rows.contiguous().view(torch.float8_e4m3fn),
-                weight_scale_2=(1.0 / gs_w).reshape(()))
+                weight_scale_2=weight_scale_2.reshape(()))
 
 
 class Linear(nn.Module):
@@ -100,9 +102,8 @@ class Linear(nn.Module):
         for name in ("weight_scale_2", "input_scale", "alpha", "input_global_scale"):
             self.register_buffer(name, torch.ones(1, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
-        # A tensor divisor: CUDA divides by a Python scalar as a multiply by its rounded reciprocal,
-        # one ulp away from the correctly rounded amax / 2688 a checkpoint's input_scale holds.
-        self.register_buffer("_act_decode_max", torch.full((1,), E4M3_MAX * E2M1_MAX, device=device), persistent=False)
+        # decode_scale's divisor, cached so the dynamic-scale forward launches no fill kernel
+        self.register_buffer("_decode_divisor", torch.full((1,), E4M3_MAX * E2M1_MAX, device=device), persistent=False)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -166,9 +167,8 @@ class Linear(nn.Module):
             x2 = x2.contiguous()
         global_scale, alpha = self.input_global_scale, self.alpha
         if self.dynamic_input_scale:
-            # On the device, the same arithmetic as a static input_scale = amax(x) / 2688.
-            # (amax >= 1e-30 keeps 1 / input_scale finite for an all-zero x.)
-            input_scale = x2.abs().amax().float().clamp(min=1e-30).reshape(1) / self._act_decode_max
+            # On the device, the same bits as a static input_scale = amax(x) / 2688 (`calibrate`).
+            input_scale = decode_scale(abs_amax(x2), self._decode_divisor)
             global_scale, alpha = 1.0 / input_scale, input_scale * self.weight_scale_2
         a_data, a_scale = ops.quantize(x2, global_scale, self.k_padded, SWIZZLE_128x4.row_tile)
         out = self.backend.gemm(a_data, a_scale, self.weight, self.weight_scale, alpha, self.bias,

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .format import BLOCK_SIZE
+from .format import BLOCK_SIZE, round_up
 from .linear import Linear
 
 
@@ -25,7 +25,7 @@ def partition(size: int, tp_size: int) -> list[tuple[int, int]]:
     """
     if tp_size < 1:
         raise ValueError(f"tp_size must be >= 1, got {tp_size}")
-    blocks = -(-size // BLOCK_SIZE)
+    blocks = round_up(size, BLOCK_SIZE) // BLOCK_SIZE
     if blocks < tp_size:
         raise ValueError(f"cannot split {size} ({blocks} blocks of {BLOCK_SIZE}) over tp_size={tp_size}")
     base, extra = divmod(blocks, tp_size)
@@ -52,7 +52,7 @@ def shard_modelopt(weight, weight_scale, weight_scale_2, input_scale, bias=None,
                     input_scale=input_scale, bias=None if bias is None else bias[start:end], in_features=in_features)
     if mode == "row":
         start, end = partition(in_features, tp_size)[rank]
-        k_end = -(-end // BLOCK_SIZE) * BLOCK_SIZE  # the checkpoint's own 16-padding stays with the last rank
+        k_end = round_up(end, BLOCK_SIZE)  # the checkpoint's own 16-padding stays with the last rank
         return dict(weight=weight[:, start // 2 : k_end // 2], weight_scale=weight_scale[:, start // 16 : k_end // 16],
                     weight_scale_2=weight_scale_2, input_scale=input_scale, bias=None, in_features=end - start)
     raise ValueError(f"mode must be 'column' or 'row', got {mode!r}")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .format import E2M1_MAX, E4M3_MAX
+from .format import abs_amax, decode_scale
 from .linear import Linear
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def calibrate(model: nn.Module, batches: Iterable, *, skip: Skip = None) -> dict
 
     def hook(name):
         def record(module, args):
-            a = args[0].detach().abs().amax().float()
+            a = abs_amax(args[0].detach())
             amax[name] = torch.maximum(amax[name], a) if name in amax else a
 
         return record
@@ -68,8 +68,8 @@ def calibrate(model: nn.Module, batches: Iterable, *, skip: Skip = None) -> dict
     missing = sorted(set(layers) - set(amax))
     if missing:
         log.warning("calibrate: %d Linear layers saw no input (e.g. %s); they get no input_scale", len(missing), missing[0])
-    # A layer that only ever saw zeros gets the smallest positive scale instead of 0.
-    return {name: a.clamp(min=1e-30) / (E4M3_MAX * E2M1_MAX) for name, a in amax.items()}
+    # (a layer that only ever saw zeros gets the smallest positive scale instead of 0)
+    return {name: decode_scale(a).reshape(()) for name, a in amax.items()}
 
 
 def swap(model: nn.Module, *, backend="auto", skip: Skip = None,

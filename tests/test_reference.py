@@ -142,3 +142,21 @@ def test_padding_and_shapes():
     deq = reference.dequantize(q)
     assert deq.shape == x.shape
     assert (deq - x).norm() / x.norm() < 0.15
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_abs_amax_and_decode_scale(device, dtype):
+    """The one amax -> decode-scale rule (calibrate, dynamic scales, quantize_weight): max |x| in
+    one pass, and amax / 2688 correctly rounded on every device (fp64 then fp32 rounding is exact)."""
+    from fp4linear.format import abs_amax, decode_scale
+
+    g = torch.Generator().manual_seed(11)
+    for scale in torch.rand(20, generator=g).mul(1000).tolist():
+        x = (torch.randn(7, 3, 33, generator=g) * scale).to(dtype=dtype, device=device)
+        amax = abs_amax(x)
+        assert amax.dtype == torch.float32 and torch.equal(amax, x.abs().amax().float())
+        want = torch.tensor(amax.item() / 2688, dtype=torch.float32)
+        assert decode_scale(amax).item() == want.item()
+    x[0, 0, 0] = float("nan")
+    assert abs_amax(x).isnan()
+    assert decode_scale(torch.zeros((), device=device)).item() > 0  # all-zero data: finite 1 / scale
