@@ -36,16 +36,15 @@ def e4m3_to_fp16(scale_bytes):
 
 
 @triton.jit
-def _half2_pair(words, shift: tl.constexpr):
+def _half2_pair(words, shift: tl.constexpr):  # shift in (9, 5, 1, -3)
     """Codes i and i+4 of each 32-bit word of 8 codes -> one word of two fp16 (times 2^-14).
 
     -0x7FFF8000 is the int32 of 0x80008000 (the two sign bits)."""
     if shift >= 0:
         mag = (words << shift) & 0x0E000E00
-        sign = (words << (shift + 3)) & -0x7FFF8000
     else:
         mag = (words >> -shift) & 0x0E000E00
-        sign = (words >> (-shift - 3)) & -0x7FFF8000 if shift + 3 < 0 else (words << (shift + 3)) & -0x7FFF8000
+    sign = (words << (shift + 3)) & -0x7FFF8000  # every caller's shift is >= -3
     h = mag | sign
     low = h.to(tl.int16).to(tl.float16, bitcast=True)
     high = (h >> 16).to(tl.int16).to(tl.float16, bitcast=True)
