@@ -24,7 +24,7 @@ SIG = {"a_ptr": "*u8", "a_scale_ptr": "*u8", "w_ptr": "*u8", "w_scale_ptr": "*u8
 
 def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90, word_decode=False, predequant_a=False):
     consts = dict(HAS_BIAS=False, SPLIT_K=split, EVEN_K=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
-                  WORD_DECODE=word_decode, A_FP16=predequant_a)
+                  WORD_DECODE=word_decode, PREDEQUANT_A=predequant_a)
     sig = {**SIG, **{k: "constexpr" for k in consts}}
     src = ASTSource(gemm.nvfp4_gemm_kernel, sig, {(list(sig).index(k),): v for k, v in consts.items()},
                     {(i,): [["tt.divisibility", 16]] for i in range(7)})

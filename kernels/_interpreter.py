@@ -13,6 +13,7 @@ import sys
 from triton import knobs
 
 _copies = {}
+TWIN_PREFIX = "_interpreted_"
 
 
 def _index_size1_arrays() -> None:
@@ -46,8 +47,10 @@ def _index_size1_arrays() -> None:
 
 
 def interpreted(module):
-    """The interpreted twin of an already imported kernel module."""
-    name = module.__name__ + "._interpreted"
+    """The interpreted twin of an already imported kernel module (named `<package>._interpreted_<name>`,
+    so that its relative imports resolve in the same package)."""
+    package, _, base = module.__name__.rpartition(".")
+    name = f"{package}.{TWIN_PREFIX}{base}"
     if name not in _copies:
         _index_size1_arrays()
         spec = importlib.util.spec_from_file_location(name, module.__file__)
@@ -60,6 +63,15 @@ def interpreted(module):
     return _copies[name]
 
 
+def sibling(caller: str, name: str):
+    """Kernel module `name` of the caller's package, as the caller sees it: a kernel module that
+    calls another module's @triton.jit helpers imports it with `sibling(__name__, "layout")`, so
+    that its interpreted twin calls the interpreted twins of those helpers."""
+    package, _, base = caller.rpartition(".")
+    module = importlib.import_module(f"{package}.{name}")
+    return interpreted(module) if base.startswith(TWIN_PREFIX) else module
+
+
 def for_device(module, device):
     """`module` itself for GPU tensors, its interpreted twin for CPU tensors."""
     if device.type == "cpu" and not knobs.runtime.interpret:
@@ -67,4 +79,4 @@ def for_device(module, device):
     return module
 
 
-__all__ = ["for_device", "interpreted"]
+__all__ = ["for_device", "interpreted", "sibling"]

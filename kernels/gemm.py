@@ -13,72 +13,10 @@ Blackwell's FP4 tensor cores do. fp16, not bf16: Triton's interpreter computes b
 import triton
 import triton.language as tl
 
+from ._interpreter import sibling
 
-@triton.jit
-def e2m1_to_fp16(codes):
-    """4-bit E2M1 codes (int32) -> exact fp16 values.
-
-    E2M1 bits placed at fp16 bits 9..11 (sign at 15) read as an fp16 equal to the E2M1 value
-    times 2^-14 (subnormals included); one exact multiply by 2^14 restores it.
-    """
-    bits = ((codes & 7) << 9) | ((codes & 8) << 12)
-    return bits.to(tl.int16).to(tl.float16, bitcast=True) * 16384.0
-
-
-@triton.jit
-def e4m3_to_fp16(scale_bytes):
-    """E4M3 bytes (int32, sign 0) -> exact fp16 values; 0x7F (E4M3 NaN, a non-finite block) -> NaN.
-
-    E4M3 bits shifted left by 7 read as an fp16 equal to the E4M3 value times 2^-8.
-    """
-    value = (scale_bytes << 7).to(tl.int16).to(tl.float16, bitcast=True) * 256.0
-    return tl.where((scale_bytes & 0x7F) == 0x7F, float("nan"), value)
-
-
-@triton.jit
-def _half2_pair(words, shift: tl.constexpr):  # shift in (9, 5, 1, -3)
-    """Codes i and i+4 of each 32-bit word of 8 codes -> one word of two fp16 (times 2^-14).
-
-    -0x7FFF8000 is the int32 of 0x80008000 (the two sign bits)."""
-    if shift >= 0:
-        mag = (words << shift) & 0x0E000E00
-    else:
-        mag = (words >> -shift) & 0x0E000E00
-    sign = (words << (shift + 3)) & -0x7FFF8000  # every caller's shift is >= -3
-    h = mag | sign
-    low = h.to(tl.int16).to(tl.float16, bitcast=True)
-    high = (h >> 16).to(tl.int16).to(tl.float16, bitcast=True)
-    return low, high
-
-
-@triton.jit
-def _dequant_words(words, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """int32 words [ROWS, BLOCK_K/8] of packed codes -> fp16 [ROWS, BLOCK_K], K order permuted the
-    same way for every operand (codes 0,4,1,5,2,6,3,7 of each word), so dot products are unchanged."""
-    a0, b0 = _half2_pair(words, 9)
-    a1, b1 = _half2_pair(words, 5)
-    a2, b2 = _half2_pair(words, 1)
-    a3, b3 = _half2_pair(words, -3)
-    v = tl.join(tl.join(tl.join(a0, b0), tl.join(a1, b1)), tl.join(tl.join(a2, b2), tl.join(a3, b3)))
-    v = tl.reshape(v, [ROWS, BLOCK_K // 16, 16]) * 16384.0
-    v = v * e4m3_to_fp16(scale_bytes.to(tl.int32))[:, :, None]
-    return tl.reshape(v, [ROWS, BLOCK_K])
-
-
-@triton.jit
-def _dequant_tile(packed, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """packed uint8 [ROWS, BLOCK_K/2], scale bytes [ROWS, BLOCK_K/16] -> fp16 [ROWS, BLOCK_K]."""
-    p = packed.to(tl.int32)
-    codes = tl.reshape(tl.join(p & 0xF, p >> 4), [ROWS, BLOCK_K // 16, 16])  # even element low nibble
-    values = e2m1_to_fp16(codes) * e4m3_to_fp16(scale_bytes.to(tl.int32))[:, :, None]
-    return tl.reshape(values, [ROWS, BLOCK_K])
-
-
-@triton.jit
-def _scale_row_offset_128x4(rm64, S4):
-    """Offset of row m's first scale word in the 128x4 layout (SPEC section 3); the word of K
-    columns 64j..64j+63 is at + 512 * j."""
-    return (rm64 // 128) * (S4 * 128) + (rm64 % 32) * 16 + ((rm64 % 128) // 32) * 4
+layout = sibling(__name__, "layout")
+numerics = sibling(__name__, "numerics")
 
 
 @triton.jit
@@ -112,8 +50,8 @@ def nvfp4_gemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,  # 64 or 128
     GROUP_M: tl.constexpr,
-    WORD_DECODE: tl.constexpr = False,  # decode 32-bit words of 8 codes into half2 pairs
-    A_FP16: tl.constexpr = False,  # a_ptr holds A already dequantized, fp16 [M, Kp]
+    WORD_DECODE: tl.constexpr,  # GemmConfig.word_decode: 32-bit words of 8 codes -> half2 pairs
+    PREDEQUANT_A: tl.constexpr,  # GemmConfig.predequant_a: a_ptr holds A already dequantized, fp16 [M, Kp]
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -137,8 +75,7 @@ def nvfp4_gemm_kernel(
     n_ok = rn < N
     rm64 = rm.to(tl.int64)
     rn64 = rn.to(tl.int64)
-    # 128x4 layout: row m's scales for K columns 64j..64j+63 are one 4-byte word.
-    a_sf_row = _scale_row_offset_128x4(rm64, S4)
+    a_sf_row = layout.row_part_128x4(rm64, S4)
     a_rows = a_ptr + rm64[:, None] * (Kp // 2)
     w_rows = w_ptr + rn64[:, None] * (Kp // 2)
     w_sf_rows = w_scale_ptr + rn64[:, None] * S4
@@ -155,7 +92,7 @@ def nvfp4_gemm_kernel(
         unit = 2
     for k0 in range(k_begin, k_end, BLOCK_K):
         s = k0 // 16 + rs
-        a_sf_ptrs = a_scale_ptr + a_sf_row[:, None] + (s // 4)[None, :] * 512 + (s % 4)[None, :]
+        a_sf_ptrs = a_scale_ptr + a_sf_row[:, None] + layout.col_part_128x4(s)[None, :]
         if EVEN_K:
             a_packed = tl.load(a_rows + k0 // unit + rb[None, :], mask=m_ok[:, None], other=0)
             a_sf = tl.load(a_sf_ptrs, mask=m_ok[:, None], other=0)
@@ -168,18 +105,18 @@ def nvfp4_gemm_kernel(
             a_sf = tl.load(a_sf_ptrs, mask=m_ok[:, None] & k_ok_s[None, :], other=0)
             w_packed = tl.load(w_rows + k0 // unit + rb[None, :], mask=n_ok[:, None] & k_ok_b[None, :], other=0)
             w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
-        if A_FP16:
+        if PREDEQUANT_A:
             rk = k0 + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],
                         mask=m_ok[:, None] & (rk < Kp)[None, :], other=0.0)
         elif WORD_DECODE:
-            a = _dequant_words(a_packed, a_sf, BLOCK_M, BLOCK_K)
+            a = numerics.dequant_words(a_packed, a_sf, BLOCK_M, BLOCK_K)
         else:
-            a = _dequant_tile(a_packed, a_sf, BLOCK_M, BLOCK_K)
+            a = numerics.dequant_bytes(a_packed, a_sf, BLOCK_M, BLOCK_K)
         if WORD_DECODE:
-            w = _dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K)
+            w = numerics.dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K)
         else:
-            w = _dequant_tile(w_packed, w_sf, BLOCK_N, BLOCK_K)
+            w = numerics.dequant_bytes(w_packed, w_sf, BLOCK_N, BLOCK_K)
         # out^T = W @ A^T: the weight tile, dequantized in registers, is the MMA's left operand,
         # which Hopper's wgmma reads from registers (no shared-memory round trip for the big
         # operand), and a handful of tokens fits the right operand's small N (decode).
@@ -224,16 +161,16 @@ def dequantize_activation_kernel(a_ptr, a_scale_ptr, out_ptr, M, Kp_div64, WORD_
     m_ok = rm < M
     rm64 = rm.to(tl.int64)
     s = k0 // 16 + tl.arange(0, BLOCK_K // 16)
-    sf = tl.load(a_scale_ptr + _scale_row_offset_128x4(rm64, S4)[:, None]
-                 + (s // 4)[None, :] * 512 + (s % 4)[None, :], mask=m_ok[:, None], other=0)
+    sf = tl.load(a_scale_ptr + layout.row_part_128x4(rm64, S4)[:, None] + layout.col_part_128x4(s)[None, :],
+                 mask=m_ok[:, None], other=0)
     if WORD_DECODE:
         rw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
         words = tl.load(a_ptr.to(tl.pointer_type(tl.int32)) + rm64[:, None] * (Kp // 8) + rw[None, :],
                         mask=m_ok[:, None], other=0)
-        a = _dequant_words(words, sf, BLOCK_M, BLOCK_K)
+        a = numerics.dequant_words(words, sf, BLOCK_M, BLOCK_K)
     else:
         rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        a = _dequant_tile(tl.load(a_ptr + rm64[:, None] * (Kp // 2) + rb[None, :], mask=m_ok[:, None], other=0),
+        a = numerics.dequant_bytes(tl.load(a_ptr + rm64[:, None] * (Kp // 2) + rb[None, :], mask=m_ok[:, None], other=0),
                           sf, BLOCK_M, BLOCK_K)
     rk = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + rm64[:, None] * Kp + rk[None, :], a, mask=m_ok[:, None])

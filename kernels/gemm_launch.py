@@ -88,7 +88,7 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
         a_operand, a_scale.view(dtype=a_data.dtype), w_data, w_scale.view(dtype=a_data.dtype), alpha,
         bias if bias is not None else out, target, m, n, kp // 64, per_split, out.stride(0),
         HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=even_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, GROUP_M=config.group_m, WORD_DECODE=config.word_decode, A_FP16=config.predequant_a,
+        BLOCK_K=config.block_k, GROUP_M=config.group_m, WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split > 1:

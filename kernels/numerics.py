@@ -1,0 +1,155 @@
+"""NVFP4 numerics as Triton functions: encoding (the quantization recipe) and exact decoding.
+
+The one home of the recipe in kernel code (docs/nvfp4.md, "Quantization recipe"): every kernel
+that quantizes calls `quantize_blocks`, every kernel that reads NVFP4 calls the decoders. E4M3 and
+E2M1 are encoded with integer bit operations plus one IEEE add (no float8 casts, no inline asm), so
+the same code is exact on GPUs and under Triton's interpreter on CPU.
+"""
+
+import triton
+import triton.language as tl
+
+FLT_MAX = tl.constexpr(3.4028234663852886e38)
+
+
+@triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+# `tl.max` is itself a @triton.jit function, which an interpreted twin module
+# (kernels/_interpreter.py) cannot call; `tl.reduce` with triton's own max combiner is the same
+# reduction compiled, and the interpreter runs it as one numpy max instead of a Python loop.
+MAX_COMBINE = getattr(tl.standard, "_elementwise_max", _max_combine)
+
+
+# ---- encoding ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def e4m3_rne(v):
+    """v fp32 in [0, 448] -> (E4M3 code int32, its value fp32), round to nearest even.
+
+    Adding 2^(e+20), e = max(binade of v, -6), rounds v to 3 mantissa bits in one IEEE add
+    (the ulp of 2^(e+20) is E4M3's step in that binade; below 2^-6 the subnormal step 2^-9).
+    """
+    binade = tl.maximum(v.to(tl.int32, bitcast=True) & 0x7F800000, 121 << 23)
+    magic_bits = binade + (20 << 23)
+    magic = magic_bits.to(tl.float32, bitcast=True)
+    rounded = v + magic
+    steps = rounded.to(tl.int32, bitcast=True) - magic_bits  # 0..16 grid steps above the binade base
+    code = ((binade >> 23) - 121) * 8 + steps
+    return code, rounded - magic
+
+
+@triton.jit
+def e2m1_rne_magnitude(a):
+    """a = |y| fp32 (finite or +inf) -> E2M1 magnitude code 0..7, ties to even, saturating at 6.
+
+    Same trick as `e4m3_rne`: adding 2^(e+22), e = max(binade, 0), rounds to E2M1's step
+    (0.5 below 2, 1 in [2, 4), 2 in [4, 8)); the code is the step count plus 2 per binade above 1.
+    """
+    a = tl.minimum(a, 6.0)
+    binade = tl.maximum(a.to(tl.int32, bitcast=True) & 0x7F800000, 127 << 23)
+    magic_bits = binade + (22 << 23)
+    rounded = a + magic_bits.to(tl.float32, bitcast=True)
+    return rounded.to(tl.int32, bitcast=True) - magic_bits + ((binade >> 22) - 254)
+
+
+@triton.jit
+def quantize_blocks(x, gs):
+    """The recipe on blocks of 16: x fp32 [R, NB, 16], gs the fp32 encode scale (scalar) ->
+    (codes int32 [R, NB, 16] = sign << 3 | magnitude, scale byte int32 [R, NB], the scale's fp32
+    value [R, NB], finite [R, NB]). A non-finite block's scale byte is 0x7F (E4M3 NaN); its codes
+    are meaningless (`pack_codes` zeroes them).
+
+    "TE-exact" order: sf = e4m3(min(vmax * (gs * (1/6)), 448)); out = 1 / (sf * (1 / gs)) with
+    IEEE divisions; codes = e2m1(x * out), sign from y's sign bit (-0.0 encodes as 0x8).
+    """
+    # max |x| as an integer max of the sign-cleared bits: same order as the floats, and NaN (above
+    # +inf) cannot be dropped.
+    vmax_bits = tl.reduce(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 2, MAX_COMBINE)
+    finite = vmax_bits < 0x7F800000
+    vmax = vmax_bits.to(tl.float32, bitcast=True)
+    scale_code, scale_value = e4m3_rne(tl.minimum(vmax * (gs * (1.0 / 6.0)), 448.0))
+    inv_gs = tl.math.div_rn(tl.full([1, 1], 1.0, tl.float32), gs)
+    out_scale = tl.math.div_rn(tl.full(vmax.shape, 1.0, tl.float32), scale_value * inv_gs)
+    out_scale = tl.where(vmax_bits == 0, 0.0, tl.minimum(out_scale, FLT_MAX))
+    y = x * out_scale[:, :, None]
+    sign = (y.to(tl.int32, bitcast=True) >> 28) & 8
+    codes = e2m1_rne_magnitude(tl.abs(y)) | sign
+    return codes, tl.where(finite, scale_code, 0x7F), scale_value, finite
+
+
+@triton.jit
+def pack_codes(codes, finite):
+    """codes int32 [R, NB, 16] -> uint8 [R, NB, 8], element 2i in the low nibble; the bytes of a
+    non-finite block are 0."""
+    R: tl.constexpr = codes.shape[0]
+    NB: tl.constexpr = codes.shape[1]
+    low, high = tl.split(tl.reshape(codes, [R, NB, 8, 2]))
+    return tl.where(finite[:, :, None], low | (high << 4), 0).to(tl.uint8)
+
+
+# ---- decoding (exact in fp16) ----------------------------------------------------------------
+# Every E2M1 x E4M3 product is exact in fp16: magnitudes 2^-10 .. 2688, at most 6 significant bits.
+
+
+@triton.jit
+def e2m1_to_fp16(codes):
+    """4-bit E2M1 codes (int32) -> exact fp16 values.
+
+    E2M1 bits placed at fp16 bits 9..11 (sign at 15) read as an fp16 equal to the E2M1 value
+    times 2^-14 (subnormals included); one exact multiply by 2^14 restores it.
+    """
+    bits = ((codes & 7) << 9) | ((codes & 8) << 12)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True) * 16384.0
+
+
+@triton.jit
+def e4m3_to_fp16(scale_bytes):
+    """E4M3 bytes (int32, sign 0) -> exact fp16 values; 0x7F (E4M3 NaN, a non-finite block) -> NaN.
+
+    E4M3 bits shifted left by 7 read as an fp16 equal to the E4M3 value times 2^-8.
+    """
+    value = (scale_bytes << 7).to(tl.int16).to(tl.float16, bitcast=True) * 256.0
+    return tl.where((scale_bytes & 0x7F) == 0x7F, float("nan"), value)
+
+
+@triton.jit
+def _half2_pair(words, shift: tl.constexpr):  # shift in (9, 5, 1, -3)
+    """Codes i and i+4 of each 32-bit word of 8 codes -> one word of two fp16 (times 2^-14).
+
+    -0x7FFF8000 is the int32 of 0x80008000 (the two sign bits)."""
+    if shift >= 0:
+        mag = (words << shift) & 0x0E000E00
+    else:
+        mag = (words >> -shift) & 0x0E000E00
+    sign = (words << (shift + 3)) & -0x7FFF8000  # every caller's shift is >= -3
+    h = mag | sign
+    low = h.to(tl.int16).to(tl.float16, bitcast=True)
+    high = (h >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+    return low, high
+
+
+@triton.jit
+def dequant_words(words, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """int32 words [ROWS, BLOCK_K/8] of packed codes -> fp16 [ROWS, BLOCK_K], K order permuted the
+    same way for every operand (codes 0,4,1,5,2,6,3,7 of each word), so dot products are unchanged."""
+    a0, b0 = _half2_pair(words, 9)
+    a1, b1 = _half2_pair(words, 5)
+    a2, b2 = _half2_pair(words, 1)
+    a3, b3 = _half2_pair(words, -3)
+    v = tl.join(tl.join(tl.join(a0, b0), tl.join(a1, b1)), tl.join(tl.join(a2, b2), tl.join(a3, b3)))
+    v = tl.reshape(v, [ROWS, BLOCK_K // 16, 16]) * 16384.0
+    v = v * e4m3_to_fp16(scale_bytes.to(tl.int32))[:, :, None]
+    return tl.reshape(v, [ROWS, BLOCK_K])
+
+
+@triton.jit
+def dequant_bytes(packed, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """packed uint8 [ROWS, BLOCK_K/2], scale bytes [ROWS, BLOCK_K/16] -> fp16 [ROWS, BLOCK_K], K in order."""
+    p = packed.to(tl.int32)
+    codes = tl.reshape(tl.join(p & 0xF, p >> 4), [ROWS, BLOCK_K // 16, 16])  # even element low nibble
+    values = e2m1_to_fp16(codes) * e4m3_to_fp16(scale_bytes.to(tl.int32))[:, :, None]
+    return tl.reshape(values, [ROWS, BLOCK_K])
