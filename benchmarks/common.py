@@ -1,28 +1,59 @@
-"""Shared benchmark plumbing: timing, ceilings, the RESULTS.md appender."""
+"""Shared benchmark plumbing: timers, ceilings, the model-shape table, and where results go.
+
+Every benchmark prints its table, writes a CSV under `--results-dir` (default
+`benchmarks/results/`) and replaces its one section in `--results-md` (default
+`benchmarks/RESULTS.md`): one current table per benchmark, history in git.
+"""
 
 from __future__ import annotations
 
+import argparse
+import csv
 import datetime
-import os
+import re
 import sys
+import time
 from pathlib import Path
 
 import torch
-import triton
-import triton.language as tl
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS_MD = BENCH / "RESULTS.md"
+RESULTS_DIR = BENCH / "results"
+
+
+# ---- timers ---------------------------------------------------------------------------------
 
 
 def median_us(fn, *, graph: bool = False, rep_ms: int = 100) -> float:
-    """Median time of fn in microseconds (events; L2 flushed between reps by do_bench).
+    """Median device time of fn in microseconds (CUDA events, via triton.testing).
 
     graph=True captures fn in a CUDA graph and times replays: the device time alone, without
     the host-side launch cost that dominates tiny kernels.
     """
+    import triton
+
     if graph:
         return triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median") * 1e3
     return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median") * 1e3
+
+
+def eager_us(fn, *, calls: int = 300, repeats: int = 5) -> float:
+    """Eager wall time per call as a user sees it: a loop of `calls` calls and one synchronize,
+    median over `repeats` loops (after a warm-up loop). Host launch cost included."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(min(calls, 20)):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        times.append((time.perf_counter() - t) / calls * 1e6)
+    return sorted(times)[len(times) // 2]
 
 
 def copy_ceiling_tbps(nbytes: int = 1 << 30) -> float:
@@ -33,39 +64,104 @@ def copy_ceiling_tbps(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (t * 1e-6) / 1e12
 
 
-@triton.jit
-def _empty_kernel(x_ptr, n, BLOCK: tl.constexpr):
-    pass
+def matmul_ceiling_tflops(n: int = 8192) -> float:
+    """cuBLAS bf16 n^3 on random data, CUDA-graph replays."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    return 2 * n**3 / (median_us(lambda: a @ b, graph=True) * 1e-6) / 1e12
 
 
 def empty_launch_us() -> tuple[float, float]:
     """(do_bench median, CUDA-graph replay median) of an empty Triton launch."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def empty_kernel(x_ptr, n, BLOCK: tl.constexpr):
+        pass
+
     x = torch.empty(16, device="cuda")
-    fn = lambda: _empty_kernel[(1,)](x, 16, BLOCK=16)  # noqa: E731
+    fn = lambda: empty_kernel[(1,)](x, 16, BLOCK=16)  # noqa: E731
     fn()
     return median_us(fn), median_us(fn, graph=True)
 
 
 def card() -> str:
+    if not torch.cuda.is_available():
+        return "CPU"
     props = torch.cuda.get_device_properties(0)
     return f"{props.name} (SM{props.major}{props.minor}, {props.multi_processor_count} SMs)"
 
 
-def append_results(title: str, lines: list[str]) -> None:
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    versions = f"torch {torch.__version__}, triton {triton.__version__}"
-    block = [f"\n## {title}\n", f"{card()} · {stamp} · {versions} · `{' '.join(sys.argv)}`\n", *lines, ""]
-    with RESULTS.open("a") as f:
-        f.write("\n".join(block) + "\n")
-    out = os.environ.get("OUT")
-    if out:  # the device machine's results folder
-        (Path(out) / RESULTS.name).write_text(RESULTS.read_text())
+def gpu_slug() -> str:
+    """A short file-name tag for the card: 'h100', 'h200', ..., or 'cpu'."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    name = torch.cuda.get_device_name(0).lower()
+    m = re.search(r"\b([a-z]{1,2}\d{2,4}[a-z]?)\b", name)
+    return m.group(1) if m else re.sub(r"[^a-z0-9]+", "_", name).strip("_")
+
+
+# ---- real model shapes (per layer, whole model; tensor parallelism splits them) --------------
+
+
+class Layer:
+    __slots__ = ("model", "name", "n", "k", "split")
+
+    def __init__(self, model: str, name: str, n: int, k: int, split: str):
+        self.model, self.name, self.n, self.k, self.split = model, name, n, k, split  # split: "column" (N) or "row" (K)
+
+
+def _mlp(model, hidden, inter, prefix="mlp"):
+    return [Layer(model, f"{prefix}.up", inter, hidden, "column"), Layer(model, f"{prefix}.down", hidden, inter, "row")]
+
+
+def _attn(model, hidden, q, kv):
+    return [Layer(model, "attn.qkv", q + 2 * kv, hidden, "column"), Layer(model, "attn.o", hidden, q, "row")]
+
+
+MODELS: dict[str, list[Layer]] = {
+    "Nemotron-3-Nano-30B-A3B": [Layer("Nemotron-3-Nano-30B-A3B", "mamba.in_proj", 10304, 2688, "column"),
+                                *_mlp("Nemotron-3-Nano-30B-A3B", 2688, 3712, "shared_expert")],
+    "GLM-4.5-Air": [*_attn("GLM-4.5-Air", 4096, 12288, 1024), *_mlp("GLM-4.5-Air", 4096, 10944, "dense"),
+                    *_mlp("GLM-4.5-Air", 4096, 1408, "shared_expert")],
+    "Qwen2.5-72B": [*_attn("Qwen2.5-72B", 8192, 8192, 1024), *_mlp("Qwen2.5-72B", 8192, 29568)],
+    "Llama-3.1-8B": [*_attn("Llama-3.1-8B", 4096, 4096, 1024), *_mlp("Llama-3.1-8B", 4096, 14336)],
+    "Llama-3.1-70B": [*_attn("Llama-3.1-70B", 8192, 8192, 1024), *_mlp("Llama-3.1-70B", 8192, 28672)],
+    "all-MiniLM-L6-v2": [*_attn("all-MiniLM-L6-v2", 384, 384, 384), *_mlp("all-MiniLM-L6-v2", 384, 1536)],
+}
+
+# (N, K) of single linear layers the Linear benchmarks time: square controls, Llama-3.1-70B's MLP,
+# and per-rank shapes tensor parallelism makes (Nemotron in_proj at TP 4/8, Qwen2.5-72B down at
+# TP 8, Nemotron shared-expert down at TP 8).
+LINEAR_SHAPES = [(8192, 8192), (4096, 4096), (8192, 3696), (28672, 8192), (8192, 28672), (2576, 2688),
+                 (1288, 2688), (2688, 464)]
+
+
+# ---- where results go -------------------------------------------------------------------------
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="CSV folder (default %(default)s)")
+    p.add_argument("--results-md", type=Path, default=RESULTS_MD, help="markdown file whose section this "
+                   "benchmark replaces (default %(default)s)")
+    p.add_argument("--no-write", action="store_true", help="print only")
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
 
 
 def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     def fmt(v):
         if not isinstance(v, float):
             return str(v)
+        if v != v:
+            return "-"
         return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
 
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -73,10 +169,32 @@ def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     return out
 
 
-def publish(title: str, intro: str, header: list[str], rows: list[list], *, append: bool = True) -> list[str]:
-    """Print a result table (intro paragraph + markdown) and append it to RESULTS.md."""
-    lines = [intro, "", *markdown_table(header, rows)]
-    print("\n".join(lines))
-    if append:
-        append_results(title, lines)
-    return lines
+def replace_section(md: Path, title: str, body: list[str]) -> None:
+    """Put `## title` + body into md, replacing the section of that title if there is one."""
+    text = md.read_text() if md.is_file() else "# Benchmark results\n"
+    section = f"## {title}\n\n" + "\n".join(body).rstrip() + "\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(text)
+
+
+def publish(args, title: str, intro: str, header: list[str], rows: list[list], *, csv_name: str,
+            md_rows: list[list] | None = None, md_header: list[str] | None = None) -> None:
+    """Print the table, write the CSV (all columns) and replace this benchmark's RESULTS.md section
+    (md_header/md_rows: a narrower view for the markdown, default the same table)."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    import triton
+
+    meta = f"{card()} · {stamp} · torch {torch.__version__}, triton {triton.__version__} · `{' '.join(sys.argv)}`"
+    table = markdown_table(md_header or header, md_rows if md_rows is not None else rows)
+    print("\n".join([meta, intro, "", *table]))
+    if getattr(args, "no_write", False):
+        return
+    csv_path = args.results_dir / csv_name
+    write_csv(csv_path, header, rows)
+    rel = csv_path.relative_to(ROOT) if csv_path.is_relative_to(ROOT) else csv_path
+    replace_section(args.results_md, title, [meta, "", intro, "", *table, "", f"CSV: `{rel}`"])
