@@ -57,38 +57,69 @@ def e2m1_rne_magnitude(a):
 
 
 @triton.jit
+def e2m1_code(a, sign_bits):
+    """a = |y| fp32 (finite, +inf or NaN), sign_bits int32 whose bit 31 is y's sign bit -> int32
+    whose low 4 bits are y's E2M1 code, sign << 3 | magnitude (ties to even, saturating at 6);
+    the bits above them are not part of the result (mask with 15, or let a packer drop them).
+
+    `e2m1_rne_magnitude`'s magic add with the code assembled by the add itself: the magic
+    2^(e+22) carries 2 + 8 * sign in its mantissa (an even number of steps, so ties still round
+    to the even step count k) and the binade's 2 * biased exponent is added after, so the low bits
+    read 256 + 8 * sign + k + 2e = the code, modulo 16. 9 SASS ops with the sign, against 7 + 2.
+    """
+    a = tl.minimum(a, 6.0)
+    binade = tl.maximum(a.to(tl.int32, bitcast=True) & 0x7F800000, 127 << 23)
+    sign8 = (sign_bits >> 28) & 8
+    rounded = a + (binade + sign8 + ((22 << 23) + 2)).to(tl.float32, bitcast=True)
+    return rounded.to(tl.int32, bitcast=True) + (binade >> 22)
+
+
+@triton.jit
+def block_scales(vmax_bits, gs):
+    """The scale half of the recipe: vmax_bits int32 [R, NB] (max |x| of each block as float bits,
+    NaN above +inf), gs the fp32 encode scale -> (scale byte int32 [R, NB], 0x7F (E4M3 NaN) for a
+    non-finite block; its fp32 value; out_scale, the fp32 multiplier that takes x to E2M1 range;
+    finite [R, NB]).
+
+    "TE-exact" order: sf = e4m3(min(vmax * (gs * (1/6)), 448)); out = min(1 / (sf * (1 / gs)),
+    FLT_MAX) with IEEE divisions. An all-zero block (sf 0, out FLT_MAX) still gives y = x * out
+    = +-0, the reference's codes, so it needs no special case.
+    """
+    finite = vmax_bits < 0x7F800000
+    vmax = vmax_bits.to(tl.float32, bitcast=True)
+    scale_code, scale_value = e4m3_rne(tl.minimum(vmax * (gs * (1.0 / 6.0)), 448.0))
+    inv_gs = tl.math.div_rn(tl.full([1, 1], 1.0, tl.float32), gs)
+    out_scale = tl.math.div_rn(tl.full(vmax.shape, 1.0, tl.float32), scale_value * inv_gs)
+    return tl.where(finite, scale_code, 0x7F), scale_value, tl.minimum(out_scale, FLT_MAX), finite
+
+
+@triton.jit
 def quantize_blocks(x, gs):
     """The recipe on blocks of 16: x fp32 [R, NB, 16], gs the fp32 encode scale (scalar) ->
     (codes int32 [R, NB, 16] = sign << 3 | magnitude, scale byte int32 [R, NB], the scale's fp32
     value [R, NB], finite [R, NB]). A non-finite block's scale byte is 0x7F (E4M3 NaN); its codes
     are meaningless (`pack_codes` zeroes them).
 
-    "TE-exact" order: sf = e4m3(min(vmax * (gs * (1/6)), 448)); out = 1 / (sf * (1 / gs)) with
-    IEEE divisions; codes = e2m1(x * out), sign from y's sign bit (-0.0 encodes as 0x8).
+    Scales as `block_scales`; codes = e2m1(x * out), sign from y's sign bit (-0.0 encodes as 0x8).
     """
     # max |x| as an integer max of the sign-cleared bits: same order as the floats, and NaN (above
     # +inf) cannot be dropped.
     vmax_bits = tl.reduce(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 2, MAX_COMBINE)
-    finite = vmax_bits < 0x7F800000
-    vmax = vmax_bits.to(tl.float32, bitcast=True)
-    scale_code, scale_value = e4m3_rne(tl.minimum(vmax * (gs * (1.0 / 6.0)), 448.0))
-    inv_gs = tl.math.div_rn(tl.full([1, 1], 1.0, tl.float32), gs)
-    out_scale = tl.math.div_rn(tl.full(vmax.shape, 1.0, tl.float32), scale_value * inv_gs)
-    out_scale = tl.where(vmax_bits == 0, 0.0, tl.minimum(out_scale, FLT_MAX))
+    scale_byte, scale_value, out_scale, finite = block_scales(vmax_bits, gs)
     y = x * out_scale[:, :, None]
-    sign = (y.to(tl.int32, bitcast=True) >> 28) & 8
-    codes = e2m1_rne_magnitude(tl.abs(y)) | sign
-    return codes, tl.where(finite, scale_code, 0x7F), scale_value, finite
+    codes = e2m1_code(tl.abs(y), y.to(tl.int32, bitcast=True)) & 15
+    return codes, scale_byte, scale_value, finite
 
 
 @triton.jit
 def pack_codes(codes, finite):
-    """codes int32 [R, NB, 16] -> uint8 [R, NB, 8], element 2i in the low nibble; the bytes of a
-    non-finite block are 0."""
+    """codes int32 [R, NB, 16] (low 4 bits; higher bits are ignored) -> uint8 [R, NB, 8], element
+    2i in the low nibble; the bytes of a non-finite block are 0."""
     R: tl.constexpr = codes.shape[0]
     NB: tl.constexpr = codes.shape[1]
     low, high = tl.split(tl.reshape(codes, [R, NB, 8, 2]))
-    return tl.where(finite[:, :, None], low | (high << 4), 0).to(tl.uint8)
+    # the uint8 cast drops high's bits above its nibble
+    return tl.where(finite[:, :, None], (low & 15) | (high << 4), 0).to(tl.uint8)
 
 
 # ---- decoding (exact in fp16) ----------------------------------------------------------------
