@@ -2,8 +2,20 @@
 
 One launch writes every output byte: the K..Kp data padding, and the scale rows and columns that
 the swizzled layout pads, come out as zeros because the masked load reads them as zeros and an
-all-zero block quantizes to scale 0 and codes 0. The recipe itself is `numerics.quantize_blocks`;
-the scale offsets are `layout.scale_offset`.
+all-zero block quantizes to scale 0 and codes 0. The recipe itself is `numerics.block_scales`
+and `numerics.e2m1_code`; the scale offsets are `layout.scale_offset`.
+
+Variants (constexpr flags, `QuantConfig` fields, A/B-able in `benchmarks/quant_bench.py
+--configs`); all flags 0 is the kernel as first benchmarked:
+- GRID_2D: a (k tiles, m tiles) grid, no integer division per program, and one extra m tile of
+  zero scale rows per k column instead of one program per 128-row padding tile (decode: 192
+  programs instead of 1024 for 16 x 8192).
+- WORDS: bf16 read as 32-bit pairs: bits << 16 and bits & 0xFFFF0000 are the fp32 values, the
+  high element's |x| is one mask, and the signs come from the word.
+- RECIPE: 1 = e2m1_rne_magnitude plus a separate sign merge (as first benchmarked), 2 =
+  numerics.e2m1_code (sign and magnitude from one magic add).
+- PERSISTENT (with GRID_2D): each program walks m tiles of one k column, loading the next tile
+  before the current one's math.
 """
 
 import triton
@@ -13,6 +25,72 @@ from ._interpreter import sibling
 
 layout = sibling(__name__, "layout")
 numerics = sibling(__name__, "numerics")
+
+
+@triton.jit
+def _load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS: tl.constexpr):
+    """x[rows, 16*blocks ...] as fp32 [BM, NB, 16], or (WORDS) int32 words [BM, NB, 8] of bf16
+    pairs, element 2i in the low half; padding (rows >= M, columns >= K) reads as 0. K_units and
+    stride_units count elements, or words."""
+    row_ok = rows[:, None, None] < M
+    row_off = rows.to(tl.int64)[:, None, None] * stride_units
+    if WORDS:
+        cols = blocks[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
+        words_ptr = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+        return tl.load(words_ptr + row_off + cols, mask=row_ok & (cols < K_units), other=0)
+    else:
+        K = K_units
+        cols = blocks[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]
+        return tl.load(x_ptr + row_off + cols, mask=row_ok & (cols < K), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _quantize_store(tile, gs, data_ptr, scale_ptr, rows, blocks, M, Kp, S4, scale_rows,
+                    SF_ROW_TILE: tl.constexpr, WORDS: tl.constexpr, RECIPE: tl.constexpr):
+    BLOCK_M: tl.constexpr = tile.shape[0]
+    NB: tl.constexpr = tile.shape[1]
+    if WORDS:
+        low = tile << 16  # fp32 bits of the even elements
+        high_abs = tile & 0x7FFF0000  # |x| of the odd elements, as fp32 bits
+        vmax_bits = tl.reduce(tl.maximum(low & 0x7FFFFFFF, high_abs), 2, numerics.MAX_COMBINE)
+        scale_byte, _, out_scale, finite = numerics.block_scales(vmax_bits, gs)
+        out = out_scale[:, :, None]
+        # y's sign is x's (out_scale >= 0, never NaN): bit 31 of low and of the word
+        c_low = numerics.e2m1_code(tl.abs(low.to(tl.float32, bitcast=True) * out), low)
+        c_high = numerics.e2m1_code(high_abs.to(tl.float32, bitcast=True) * out, tile)
+        packed = tl.where(finite[:, :, None], (c_low & 15) | (c_high << 4), 0).to(tl.uint8)  # [BM, NB, 8]
+    else:
+        vmax_bits = tl.reduce(tile.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 2, numerics.MAX_COMBINE)
+        scale_byte, _, out_scale, finite = numerics.block_scales(vmax_bits, gs)
+        if RECIPE == 1:
+            out_scale = tl.where(vmax_bits == 0, 0.0, out_scale)
+        y = tile * out_scale[:, :, None]
+        y_bits = y.to(tl.int32, bitcast=True)
+        if RECIPE == 1:
+            codes = numerics.e2m1_rne_magnitude(tl.abs(y)) | ((y_bits >> 28) & 8)
+            low, high = tl.split(tl.reshape(codes, [BLOCK_M, NB, 8, 2]))
+            packed = tl.where(finite[:, :, None], low | (high << 4), 0).to(tl.uint8)
+        else:
+            packed = numerics.pack_codes(numerics.e2m1_code(tl.abs(y), y_bits), finite)
+
+    # Each thread holds 4 consecutive bytes and a warp covers whole row spans: capping the
+    # contiguity the compiler sees at 4 keeps this layout for the store instead of a
+    # shared-memory round trip to build 8-byte vectors.
+    byte_cols = tl.max_contiguous(blocks[None, :, None] * 8 + tl.arange(0, 8)[None, None, :], [1, 1, 4])
+    tl.store(data_ptr + rows.to(tl.int64)[:, None, None] * (Kp // 2) + byte_cols, packed,
+             mask=(rows[:, None, None] < M) & (byte_cols < Kp // 2))
+    r = rows.to(tl.int64)[:, None]
+    s = blocks[None, :]
+    tl.store(scale_ptr + layout.scale_offset(r, s, S4, SF_ROW_TILE), scale_byte.to(tl.uint8),
+             mask=(r < scale_rows) & (s < S4))
+
+
+@triton.jit
+def _store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE: tl.constexpr):
+    r = rows.to(tl.int64)[:, None]
+    s = blocks[None, :]
+    tl.store(scale_ptr + layout.scale_offset(r, s, S4, SF_ROW_TILE), tl.full([rows.shape[0], blocks.shape[0]], 0, tl.uint8),
+             mask=(r < scale_rows) & (s < S4))
 
 
 @triton.jit
@@ -30,43 +108,64 @@ def nvfp4_pad_quantize_kernel(
     SF_ROW_TILE: tl.constexpr,  # 128 for the 128x4 layout, 8 for 8x4
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,  # multiple of 64: whole 4-scale groups per tile
+    GRID_2D: tl.constexpr = 0,
+    WORDS: tl.constexpr = 0,  # x is bf16, K and the row stride even, x 4-byte aligned
+    RECIPE: tl.constexpr = 2,
+    PERSISTENT: tl.constexpr = 0,
 ):
     NB: tl.constexpr = BLOCK_K // 16
-    K = K_div * K_MULT
+    if WORDS:  # K_MULT and XM_MULT are even: the loads count words
+        K_units = K_div * (K_MULT // 2)
+        stride_units = stride_xm_div * (XM_MULT // 2)
+    else:
+        K_units = K_div * K_MULT
+        stride_units = stride_xm_div * XM_MULT
     Kp = Kp_div16 * 16
     S4 = (Kp_div16 + 3) // 4 * 4  # scale columns
     scale_rows = (M + SF_ROW_TILE - 1) // SF_ROW_TILE * SF_ROW_TILE
-    n_k_tiles = (S4 * 16 + BLOCK_K - 1) // BLOCK_K
-    pid = tl.program_id(0)
-    pid_m = pid // n_k_tiles
-    pid_k = pid % n_k_tiles
+    n_m_tiles = (M + BLOCK_M - 1) // BLOCK_M  # tiles holding real rows
+    n_m_all = (scale_rows + BLOCK_M - 1) // BLOCK_M  # with the tiles of scale-padding rows only
 
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    blocks = pid_k * NB + tl.arange(0, NB)  # scale column index
-
-    # rows >= M and blocks >= Kp/16 of the swizzled scales hold zeros.
-    r = rows.to(tl.int64)[:, None]
-    s = blocks[None, :]
-    sf_off = layout.scale_offset(r, s, S4, SF_ROW_TILE)
-    sf_mask = (r < scale_rows) & (s < S4)
-
-    if pid_m * BLOCK_M >= M:
-        # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
-        tl.store(scale_ptr + sf_off, tl.full([BLOCK_M, NB], 0, tl.uint8), mask=sf_mask)
+    if GRID_2D:
+        pid_k = tl.program_id(0)
+        blocks = pid_k * NB + tl.arange(0, NB)  # scale column index
+        if PERSISTENT:
+            first = tl.program_id(1)
+            step = tl.num_programs(1)
+            gs = tl.load(global_scale_ptr)
+            tile = _load_tile(x_ptr, first * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M, K_units, stride_units, WORDS)
+            for pid_m in tl.range(first, n_m_tiles, step, num_stages=1):
+                # the next tile's load is in flight during this tile's math (rows >= M: no traffic)
+                following = _load_tile(x_ptr, (pid_m + step) * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M, K_units,
+                                       stride_units, WORDS)
+                _quantize_store(tile, gs, data_ptr, scale_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M,
+                                Kp, S4, scale_rows, SF_ROW_TILE, WORDS, RECIPE)
+                tile = following
+            for pid_m in tl.range(n_m_tiles + first, n_m_all, step, num_stages=1):
+                _store_zero_scales(scale_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), blocks, S4, scale_rows,
+                                   SF_ROW_TILE)
+        else:
+            # axis 2 only when the tiles exceed the 65535 a grid's second axis allows
+            pid_m = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
+            rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+            if pid_m < n_m_tiles:
+                tile = _load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS)
+                _quantize_store(tile, tl.load(global_scale_ptr), data_ptr, scale_ptr, rows, blocks, M, Kp, S4,
+                                scale_rows, SF_ROW_TILE, WORDS, RECIPE)
+            elif pid_m < n_m_all:
+                # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
+                _store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE)
     else:
-        cols = blocks[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]  # [1, NB, 16]
-        row_off = rows.to(tl.int64)[:, None, None] * (stride_xm_div * XM_MULT)
-        x = tl.load(x_ptr + row_off + cols, mask=(rows[:, None, None] < M) & (cols < K), other=0.0)
-        codes, scale_byte, _, finite = numerics.quantize_blocks(x.to(tl.float32), tl.load(global_scale_ptr))
-        packed = numerics.pack_codes(codes, finite)  # [BLOCK_M, NB, 8]
-
-        # Each thread holds 4 consecutive bytes and a warp covers whole row spans: capping the
-        # contiguity the compiler sees at 4 keeps this layout for the store instead of a
-        # shared-memory round trip to build 8-byte vectors.
-        byte_cols = tl.max_contiguous(blocks[None, :, None] * 8 + tl.arange(0, 8)[None, None, :], [1, 1, 4])
-        tl.store(
-            data_ptr + rows.to(tl.int64)[:, None, None] * (Kp // 2) + byte_cols,
-            packed,
-            mask=(rows[:, None, None] < M) & (byte_cols < Kp // 2),
-        )
-        tl.store(scale_ptr + sf_off, scale_byte.to(tl.uint8), mask=sf_mask)
+        n_k_tiles = (S4 * 16 + BLOCK_K - 1) // BLOCK_K
+        pid = tl.program_id(0)
+        pid_m = pid // n_k_tiles
+        pid_k = pid % n_k_tiles
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        blocks = pid_k * NB + tl.arange(0, NB)
+        if pid_m * BLOCK_M >= M:
+            # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
+            _store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE)
+        else:
+            tile = _load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS)
+            _quantize_store(tile, tl.load(global_scale_ptr), data_ptr, scale_ptr, rows, blocks, M, Kp, S4,
+                            scale_rows, SF_ROW_TILE, WORDS, RECIPE)

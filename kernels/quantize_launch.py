@@ -4,6 +4,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import triton
 
 from . import _interpreter
@@ -15,11 +16,26 @@ class QuantConfig:
     block_m: int
     block_k: int  # multiple of 64
     num_warps: int
+    # Kernel variants (kernels/quantize.py); all off / recipe 1 is the kernel as first benchmarked.
+    grid_2d: bool = True
+    words: bool = True  # bf16 read as 32-bit pairs where x allows it (else the element path)
+    recipe: int = 2
+    persistent: int = 0  # > 0: with grid_2d, this many programs per SM walk the m tiles
 
+    @property
+    def label(self) -> str:
+        flags = [f"r{self.recipe}"] + [n for n, on in (("2d", self.grid_2d), ("words", self.words)) if on]
+        if self.persistent:
+            flags.append(f"p{self.persistent}")
+        return f"{self.block_m}x{self.block_k}w{self.num_warps}:" + ",".join(flags)
+
+
+BASELINE = dict(grid_2d=False, words=False, recipe=1, persistent=0)  # QuantConfig(..., **BASELINE)
 
 # Tiles measured on the H100 (benchmarks/quant_bench.py --configs, RESULTS.md): 8 x 512 with
 # two warps where K fills 512-wide tiles, 16 x 128 elsewhere (less waste on ragged K), and
-# 8 x 128 with four warps for decode-sized M.
+# 8 x 128 with four warps for decode-sized M. The variant flags' defaults are chosen by SASS
+# count (benchmarks/kernel_asm.py) and still need their GPU A/B.
 _GPU_WIDE = QuantConfig(8, 512, 2)
 _GPU_NARROW = QuantConfig(16, 128, 2)
 _GPU_DECODE = QuantConfig(8, 128, 4)
@@ -34,6 +50,21 @@ def quant_config(m: int, kp: int, device_type: str) -> QuantConfig:
     return _GPU_WIDE if kp % 512 == 0 else _GPU_NARROW
 
 
+def _sm_count(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def kernel_meta(config: QuantConfig, *, k: int, stride: int, m: int, dtype=torch.bfloat16, x_aligned: bool = True,
+                sf_row_tile: int = 128) -> dict:
+    """The kernel's constexprs for x of shape [m, k], row stride `stride` (shared with kernel_asm)."""
+    k_mult = math.gcd(k, 16)
+    xm_mult = math.gcd(stride, 16) if m > 1 else 16
+    words = config.words and dtype == torch.bfloat16 and k_mult % 2 == 0 and xm_mult % 2 == 0 and x_aligned
+    return dict(K_MULT=k_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, BLOCK_M=config.block_m,
+                BLOCK_K=config.block_k, GRID_2D=int(config.grid_2d), WORDS=int(words), RECIPE=config.recipe,
+                PERSISTENT=int(config.persistent > 0 and config.grid_2d))
+
+
 def pad_quantize(x, global_scale, data, scale, *, sf_row_tile: int, config: QuantConfig | None = None):
     """Quantize x [M, K] (unit column stride) into data [M, Kp/2] and swizzled scale [rows, S4].
 
@@ -45,15 +76,22 @@ def pad_quantize(x, global_scale, data, scale, *, sf_row_tile: int, config: Quan
     scale_rows, s4 = scale.shape
     if config is None:
         config = quant_config(m, kp, x.device.type)
-    n_tiles = triton.cdiv(s4 * 16, config.block_k) * triton.cdiv(scale_rows, config.block_m)
-    if n_tiles == 0:
+    n_k = triton.cdiv(s4 * 16, config.block_k)
+    n_m = triton.cdiv(scale_rows, config.block_m)  # m tiles, scale-padding-only ones included
+    if n_k == 0 or n_m == 0:
         return
-    k_mult = math.gcd(k, 16)
-    xm_mult = math.gcd(x.stride(0), 16) if m > 1 else 16
-    launch = _interpreter.for_device(quantize_module, x.device).nvfp4_pad_quantize_kernel[(n_tiles,)]
+    meta = kernel_meta(config, k=k, stride=x.stride(0), m=m, dtype=x.dtype, x_aligned=x.data_ptr() % 4 == 0,
+                       sf_row_tile=sf_row_tile)
+    if not meta["GRID_2D"]:
+        grid = (n_k * n_m,)
+    elif meta["PERSISTENT"]:
+        grid = (n_k, max(1, min(n_m, triton.cdiv(config.persistent * _sm_count(x.device), n_k))), 1)
+    else:
+        grid = (n_k, min(n_m, 65535), triton.cdiv(n_m, 65535))
+    k_mult, xm_mult = meta["K_MULT"], meta["XM_MULT"]
+    launch = _interpreter.for_device(quantize_module, x.device).nvfp4_pad_quantize_kernel[grid]
     args = (x, global_scale, data, scale.view(dtype=data.dtype), m, k // k_mult, x.stride(0) // xm_mult, kp // 16)
-    meta = dict(K_MULT=k_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, BLOCK_M=config.block_m,
-                BLOCK_K=config.block_k, num_warps=config.num_warps,
+    meta = dict(meta, num_warps=config.num_warps,
                 enable_fp_fusion=False)  # the recipe is a sequence of IEEE ops: no FMA contraction
     if x.device.type == "cpu":
         # 1 / 0 -> inf is part of the recipe (a block whose scale rounds to 0): numpy must not warn.
@@ -61,3 +99,6 @@ def pad_quantize(x, global_scale, data, scale, *, sf_row_tile: int, config: Quan
             launch(*args, **meta)
     else:
         launch(*args, **meta)
+
+
+__all__ = ["BASELINE", "QuantConfig", "kernel_meta", "pad_quantize", "quant_config"]

@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fp4linear
-from fp4linear import reference
-from fp4linear.format import NVFP4Tensor
+from fp4linear import kernels, reference
+from fp4linear.format import NVFP4Tensor, scale_layout
+from fp4linear.kernels.quantize_launch import BASELINE, QuantConfig
 
 
 def wide_range(shape, *, binades=12, dtype=torch.bfloat16, device="cpu", generator=None):
@@ -131,6 +132,35 @@ def test_hypothesis_shapes_and_values(device, m, k, k_align, sf_layout, dtype, b
     x = wide_range((m, k), binades=binades, dtype=dtype, device=device, generator=g)
     gs = global_scale_of(x) * (0.5 + torch.rand(1, generator=g)).to(device)  # not always amax-exact
     check(x, gs, k_align, sf_layout)
+
+
+# GPU tiles (smaller than the interpreter's) and every kernel variant: 128-row scale padding split
+# over several tiles, persistent programs walking several m tiles, words with an odd K or a base
+# that is not 4-byte aligned falling back to elements.
+VARIANTS = [
+    QuantConfig(8, 128, 4, **BASELINE),
+    QuantConfig(16, 256, 2, **dict(BASELINE, recipe=2)),
+    QuantConfig(8, 128, 4, recipe=2, words=True, grid_2d=False),
+    QuantConfig(16, 256, 2),
+    QuantConfig(8, 128, 4, persistent=1),
+    QuantConfig(2, 512, 2, persistent=2),
+]
+
+
+@pytest.mark.parametrize("config", VARIANTS, ids=lambda c: c.label)
+def test_kernel_variants_match_reference(device, config):
+    big = wide_range((37, 1400), device=device)
+    cases = [
+        (big[:, 2:1370], 64, "128x4"),  # row stride 1400, 4-byte aligned: words
+        (big[:, 3:1371], 32, "8x4"),  # 2-byte aligned base: elements
+        (wide_range((41, 7), device=device), 16, "128x4"),  # odd K
+        (wide_range((20, 200), dtype=torch.float16, device=device), 64, "8x4"),
+    ]
+    for x, k_align, sf_layout in cases:
+        out = poisoned(x.shape, k_align, sf_layout, device)
+        gs = global_scale_of(x)
+        kernels.pad_quantize(x, gs, out.data, out.scale, sf_row_tile=scale_layout(sf_layout).row_tile, config=config)
+        assert_same_bits(out, reference.quantize(x.cpu(), gs.cpu(), k_align=k_align, sf_layout=sf_layout))
 
 
 def test_dequantize_roundtrip_error(device):
