@@ -1,9 +1,13 @@
 """Compile the quantize kernel for a GPU target offline (no GPU needed) and count its SASS.
 
-    python benchmarks/kernel_asm.py [--arch 90] [--block-m 16 --block-k 256 --warps 4] [--dump DIR]
+    python benchmarks/kernel_asm.py [--arch 90] [--block-m 16 --block-k 256 --warps 4] [--baseline]
+                                    [--no-grid-2d] [--no-words] [--recipe 1|2] [--persistent N] [--dump DIR]
+    python benchmarks/kernel_asm.py --variants      # the table of variants x tiles (bf16, K % 16 == 0)
 
 Prints the instruction mix of the kernel and instructions per quantized element: the SPEC's lead
-is that the per-element instruction count, not the memory pattern, limits the kernel.
+is that the per-element instruction count, not the memory pattern, limits the kernel. Counts are
+static (straight-line SASS of the whole kernel, the division slow path and the padding-row branch
+included); 'main' leaves out the code after the last EXIT (the division slow-path subroutine).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import triton
@@ -22,20 +27,25 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels import quantize as quantize_module  # noqa: E402
+from kernels.quantize_launch import BASELINE, QuantConfig, kernel_meta  # noqa: E402
 
 
-def compile_quant(arch, block_m, block_k, warps, k_mult=16, xm_mult=16, sf_row_tile=128):
+def compile_quant(arch, config: QuantConfig, *, k=8192, stride=8192, m=4096, sf_row_tile=128, dtype="bf16"):
+    import torch
+
     fn = quantize_module.nvfp4_pad_quantize_kernel
-    sig = {"x_ptr": "*bf16", "global_scale_ptr": "*fp32", "data_ptr": "*u8", "scale_ptr": "*u8"}
+    sig = {"x_ptr": f"*{dtype}", "global_scale_ptr": "*fp32", "data_ptr": "*u8", "scale_ptr": "*u8"}
     for name in ("M", "K_div", "stride_xm_div", "Kp_div16"):
         sig[name] = "i32"
-    consts = dict(K_MULT=k_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, BLOCK_M=block_m, BLOCK_K=block_k)
+    tdtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    consts = kernel_meta(config, k=k, stride=stride, m=m, dtype=tdtype, sf_row_tile=sf_row_tile)
     for name in consts:
         sig[name] = "constexpr"
     aligned = [["tt.divisibility", 16]]
     attrs = {(i,): aligned for i in range(4)}  # 16-byte aligned pointers, as torch allocates
     src = ASTSource(fn, sig, {(list(sig).index(k),): v for k, v in consts.items()}, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "enable_fp_fusion": False})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": config.num_warps, "enable_fp_fusion": False})
 
 
 def sass_of(kernel) -> str:
@@ -46,22 +56,77 @@ def sass_of(kernel) -> str:
         return subprocess.run([str(tools / "cuobjdump"), "-sass", f.name], capture_output=True, text=True, check=True).stdout
 
 
+def sass_ops(sass: str) -> list[str]:
+    return re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.M)
+
+
+def counts(config: QuantConfig, arch: int = 90, **kw) -> tuple[int, int, collections.Counter, object, str]:
+    """(all SASS, main SASS, opcode mix of all, compiled kernel, sass) of one variant."""
+    kernel = compile_quant(arch, config, **kw)
+    sass = sass_of(kernel)
+    ops = sass_ops(sass)
+    last_exit = max((i for i, op in enumerate(ops) if op == "EXIT"), default=len(ops) - 1)
+    main = sum(1 for op in ops[: last_exit + 1] if op != "NOP")
+    return len(ops), main, collections.Counter(ops), kernel, sass
+
+
+VARIANTS = {
+    "baseline (as first benchmarked)": BASELINE,
+    "recipe 2": dict(BASELINE, recipe=2),
+    "recipe 2 + words": dict(BASELINE, recipe=2, words=True),
+    "recipe 2 + 2-D grid": dict(BASELINE, recipe=2, grid_2d=True),
+    "default: recipe 2 + words + 2-D grid": dict(recipe=2, words=True, grid_2d=True, persistent=0),
+    "default + persistent": dict(recipe=2, words=True, grid_2d=True, persistent=4),
+}
+TILES = [(8, 512, 2), (16, 128, 2), (8, 128, 4), (2, 4096, 4), (4, 2048, 4), (16, 512, 4)]
+
+
+def variants_table(arch: int) -> None:
+    print(f"sm_{arch}, bf16 x, K and row stride multiples of 16; SASS per quantized element, all / main "
+          "(main: without the division slow-path subroutine)")
+    print("| variant | " + " | ".join(f"{bm}x{bk} w{w}" for bm, bk, w in TILES) + " |")
+    print("|---|" + "---|" * len(TILES))
+    for name, flags in VARIANTS.items():
+        cells = []
+        for bm, bk, w in TILES:
+            total, main, _, _, _ = counts(QuantConfig(bm, bk, w, **flags), arch)
+            per = bm * bk / (32 * w)
+            cells.append(f"{total / per:.1f} / {main / per:.1f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--block-m", type=int, default=16)
     p.add_argument("--block-k", type=int, default=256)
     p.add_argument("--warps", type=int, default=4)
+    p.add_argument("--baseline", action="store_true", help="the kernel as first benchmarked (all variant flags off)")
+    p.add_argument("--no-grid-2d", action="store_true")
+    p.add_argument("--no-words", action="store_true")
+    p.add_argument("--recipe", type=int, choices=(1, 2))
+    p.add_argument("--persistent", type=int, help="programs per SM (0: off)")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--variants", action="store_true", help="print the variants x tiles table")
     p.add_argument("--dump", type=Path)
     a = p.parse_args()
-    kernel = compile_quant(a.arch, a.block_m, a.block_k, a.warps)
-    sass = sass_of(kernel)
-    ops = re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.M)
-    mix = collections.Counter(op.split(".")[0] for op in ops)
+    if a.variants:
+        variants_table(a.arch)
+        return
+    cfg = QuantConfig(a.block_m, a.block_k, a.warps, **(BASELINE if a.baseline else {}))
+    if a.no_grid_2d:
+        cfg = replace(cfg, grid_2d=False)
+    if a.no_words:
+        cfg = replace(cfg, words=False)
+    if a.recipe:
+        cfg = replace(cfg, recipe=a.recipe)
+    if a.persistent is not None:
+        cfg = replace(cfg, persistent=a.persistent)
+    total, main, mix, kernel, sass = counts(cfg, a.arch, dtype=a.dtype)
     elems_per_thread = a.block_m * a.block_k / (32 * a.warps)
-    print(f"sm_{a.arch} BLOCK_M={a.block_m} BLOCK_K={a.block_k} warps={a.warps}: {len(ops)} SASS instructions "
-          f"(straight-line, per thread) for {elems_per_thread:.0f} elements per thread = "
-          f"{len(ops) / elems_per_thread:.1f} per element; shared {kernel.metadata.shared} B")
+    print(f"sm_{a.arch} {cfg.label} {a.dtype}: {total} SASS instructions (straight-line, per thread; {main} main) "
+          f"for {elems_per_thread:.0f} elements per thread = {total / elems_per_thread:.1f} per element "
+          f"({main / elems_per_thread:.1f} main); shared {kernel.metadata.shared} B")
     print("  " + ", ".join(f"{k} {v}" for k, v in mix.most_common(24)))
     if a.dump:
         a.dump.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,10 @@ Same process, same card: device copy ceiling, empty Triton launch, F.pad + quant
 padded tensor, quantize of an already aligned Kp-wide tensor, torch.compile of the reference.
 Bytes per call = M*K*itemsize (read) + M*Kp/2 (data) + scale bytes (padded, swizzled).
 
-    python benchmarks/quant_bench.py                # full table, appended to RESULTS.md
-    python benchmarks/quant_bench.py --configs      # sweep tiles/warps per shape (tuning aid)
+    python benchmarks/quant_bench.py                # full table -> RESULTS.md section + results/quant_<gpu>.csv
+    python benchmarks/quant_bench.py --configs      # kernel variants x tiles per shape, A/B against the
+                                                    # kernel as first benchmarked (-> quant_configs_<gpu>.csv)
+    python benchmarks/quant_bench.py --configs --dry-run   # CPU: every variant checked bit for bit, tiny shapes
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,14 +26,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import card, copy_ceiling_tbps, empty_launch_us, median_us, publish  # noqa: E402
+from common import add_output_args, card, copy_ceiling_tbps, empty_launch_us, gpu_slug, median_us, publish  # noqa: E402
 from fp4linear import kernels, reference  # noqa: E402
 from fp4linear.format import NVFP4Tensor  # noqa: E402
+from kernels.quantize_launch import BASELINE, QuantConfig  # noqa: E402
 
 MS = [1, 16, 256, 4096, 16384]
 KS = [(464, 512), (1368, 1408), (2736, 2752), (3696, 3712), (4096, 4096), (8192, 8192)]
 K_ALIGN = 64  # gives exactly the Kp column above for every K
 COMPILE_SHAPES = {(256, 1368), (4096, 3696), (4096, 4096), (16384, 4096), (16384, 8192)}
+
+# --configs: the shapes of the goals (16384 x 8192 and every M >= 4096 shape kind, decode)
+CONFIG_SHAPES = [(16384, 8192, 8192), (16384, 1368, 1408), (16384, 3696, 3712), (4096, 3696, 3712),
+                 (4096, 464, 512), (4096, 8192, 8192), (16, 8192, 8192), (16, 1368, 1408), (1, 4096, 4096)]
+VARIANTS = {
+    "baseline": BASELINE,  # the kernel as first benchmarked
+    "r2": dict(BASELINE, recipe=2),
+    "r2+words": dict(BASELINE, recipe=2, words=True),
+    "r2+2d": dict(BASELINE, recipe=2, grid_2d=True),
+    "r2+words+2d": dict(recipe=2, words=True, grid_2d=True, persistent=0),
+    "r2+words+2d+p2": dict(recipe=2, words=True, grid_2d=True, persistent=2),
+    "r2+words+2d+p4": dict(recipe=2, words=True, grid_2d=True, persistent=4),
+}
+WIDE_TILES = [(8, 512, 2), (16, 128, 2), (8, 256, 2), (16, 256, 2), (16, 512, 4), (2, 4096, 4), (4, 2048, 4), (32, 256, 4)]
+DECODE_TILES = [(8, 128, 4), (16, 128, 4), (8, 256, 4), (16, 64, 2), (8, 512, 4), (4, 256, 4)]
 
 
 def moved_bytes(m, k, kp, itemsize=2):
@@ -91,54 +110,96 @@ def run_table(args):
              "host launch path, not the GPU. bf16 input, k_align=64, 128x4 scales, `out=` preallocated. "
              "'pad overhead' = fused K->Kp / quantize of an aligned Kp-wide input; 'vs X' = X / fused; "
              "compiled ref = torch.compile of fp4linear.reference.quantize, dynamo reset per shape.")
-    publish("Fused pad+quantize (benchmarks/quant_bench.py)", intro, header, rows, append=not args.no_append)
+    publish(args, "Fused pad+quantize (benchmarks/quant_bench.py)", intro, header, rows,
+            csv_name=f"quant_{gpu_slug()}.csv")
+
+
+def config_grid(m: int, kp: int, device_type: str = "cuda") -> list[QuantConfig]:
+    """Today's tile with the kernel as first benchmarked (the A/B reference), then every variant x tile."""
+    today = kernels.quant_config(m, kp, device_type)
+    grid = [replace(today, **BASELINE)]
+    for bm, bk, w in DECODE_TILES if m <= 16 else WIDE_TILES:
+        for flags in VARIANTS.values():
+            cfg = QuantConfig(bm, bk, w, **flags)
+            if cfg not in grid:
+                grid.append(cfg)
+    return grid
 
 
 def run_configs(args):
-    """Tuning aid: best (block_m, block_k, warps) per shape, by device time."""
-    grid = [(bm, bk, w) for bm in (8, 16, 32, 64) for bk in (128, 256, 512) for w in (2, 4, 8)
-            if 1024 <= bm * bk <= 16384 and bm * bk // (32 * w) >= 8]
-    for m, k, kp in [(16384, 8192, 8192), (16384, 1368, 1408), (4096, 3696, 3712), (4096, 464, 512), (16, 8192, 8192)]:
+    """Tuning aid and A/B: device time of every (variant, tile) per shape against the baseline."""
+    ceiling = copy_ceiling_tbps()
+    empty, empty_graph = empty_launch_us()
+    print(f"{card()}: copy ceiling {ceiling:.2f} TB/s; empty launch (graph replay) {empty_graph:.2f} us")
+    header = ["M", "K", "Kp", "config", "us", "TB/s", "% copy", "vs baseline"]
+    rows, best_rows = [], []
+    for m, k, kp in CONFIG_SHAPES:
         x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
         gs = (448 * 6 / x.float().abs().amax()).reshape(1)
         out = NVFP4Tensor.empty((m, k), k_align=K_ALIGN, device="cuda")
-        res = []
-        for bm, bk, w in tqdm(grid, desc=f"configs {m}x{k}", file=sys.stderr):
-            cfg = kernels.QuantConfig(bm, bk, w)
-            fn = lambda: kernels.pad_quantize(x, gs, out.data, out.scale, sf_row_tile=128, config=cfg)  # noqa: E731
-            res.append((median_us(fn, graph=True), bm, bk, w))
-        res.sort()
+        want = reference.quantize(x, gs, k_align=K_ALIGN)
         tb = moved_bytes(m, k, kp) / 1e12
-        print(f"{m}x{k}: " + "; ".join(f"{t:.1f}us {tb / (t * 1e-6):.2f}TB/s bm{bm} bk{bk} w{w}" for t, bm, bk, w in res[:5]))
+        res = []
+        for cfg in tqdm(config_grid(m, kp), desc=f"configs {m}x{k}", file=sys.stderr):
+            fn = lambda: kernels.pad_quantize(x, gs, out.data, out.scale, sf_row_tile=128, config=cfg)  # noqa: E731
+            out.data.fill_(0xFF)
+            fn()
+            if not (torch.equal(out.data, want.data) and torch.equal(out.scale.view(torch.uint8), want.scale.view(torch.uint8))):
+                raise SystemExit(f"{cfg.label} at {m}x{k}: bits differ from the reference")
+            res.append((median_us(fn, graph=True), cfg))
+        base, base_label = res[0][0], res[0][1].label
+        for t, cfg in res:
+            rows.append([m, k, kp, cfg.label, t, tb / (t * 1e-6), 100 * tb / (t * 1e-6) / ceiling, base / t])
+        res.sort(key=lambda r: r[0])
+        print(f"{m}x{k}: baseline {base:.2f} us; " + "; ".join(
+            f"{t:.2f}us {tb / (t * 1e-6):.2f}TB/s {cfg.label}" for t, cfg in res[:5]))
+        t, cfg = res[0]
+        best_rows.append([m, k, kp, base_label, base, cfg.label, t, tb / (t * 1e-6),
+                          100 * tb / (t * 1e-6) / ceiling, base / t])
+    intro = (f"Kernel variants (kernels/quantize.py flags, `QuantConfig` fields) x tiles, device time of "
+             f"`kernels.pad_quantize` (CUDA-graph replay medians, bf16, k_align=64, 128x4 scales; every config "
+             f"checked bit for bit against the reference first). Copy ceiling {ceiling:.2f} TB/s, empty launch "
+             f"{empty_graph:.2f} us. 'baseline' = today's tile with the kernel as first benchmarked "
+             f"(`BASELINE` flags); full grid in the CSV.")
+    publish(args, "Quantize kernel variants (benchmarks/quant_bench.py --configs)", intro, header, rows,
+            csv_name=f"quant_configs_{gpu_slug()}.csv", md_rows=best_rows,
+            md_header=["M", "K", "Kp", "baseline", "baseline us", "best", "best us", "TB/s", "% copy", "speedup"])
 
 
-def run_cpu_check():
-    """No GPU: run the kernel under Triton's interpreter on a few real shapes and check its bits."""
+def run_dry(configs: bool):
+    """No GPU: walk the code on CPU tensors (Triton interpreter) and check the bits."""
     import time
 
-    print("No CUDA GPU: timings need one. Checking the kernel (Triton interpreter) against the reference:")
-    for m, k in [(3, 1368), (16, 464), (130, 2736)]:
+    print("No CUDA GPU (or --dry-run): timings need one. Checking the kernel (Triton interpreter) against the reference:")
+    shapes = [(3, 1368), (16, 464), (130, 2736)] if not configs else [(3, 136), (20, 464), (9, 7)]
+    for m, k in shapes:
         x = torch.randn(m, k, dtype=torch.bfloat16)
         gs = (448 * 6 / x.float().abs().amax()).reshape(1)
-        t = time.perf_counter()
-        q = fp4linear.quantize(x, gs, k_align=K_ALIGN)
-        dt = time.perf_counter() - t
         r = reference.quantize(x, gs, k_align=K_ALIGN)
-        same = torch.equal(q.data, r.data) and torch.equal(q.scale.view(torch.uint8), r.scale.view(torch.uint8))
-        err = ((fp4linear.dequantize(q) - x.float()).norm() / x.float().norm()).item()
-        print(f"  M={m:4d} K={k:5d} -> Kp={q.kp:5d}: bit-exact={same}, rel. error {err:.3f}, {dt * 1e3:.0f} ms (interpreter)")
-        if not same:
-            raise SystemExit("kernel and reference disagree")
+        cfgs = config_grid(m, fp4linear.pad_k(k, K_ALIGN))[:: 7 if m > 16 else 3] if configs else [None]
+        for cfg in cfgs:
+            out = NVFP4Tensor.empty((m, k), k_align=K_ALIGN)
+            out.data.fill_(0xFF)
+            out.scale.view(torch.uint8).fill_(0xFF)
+            t = time.perf_counter()
+            kernels.pad_quantize(x, gs, out.data, out.scale, sf_row_tile=128, config=cfg)
+            dt = time.perf_counter() - t
+            same = torch.equal(out.data, r.data) and torch.equal(out.scale.view(torch.uint8), r.scale.view(torch.uint8))
+            label = cfg.label if cfg else "cpu config"
+            print(f"  M={m:4d} K={k:5d} {label:32s} bit-exact={same}, {dt * 1e3:.0f} ms (interpreter)")
+            if not same:
+                raise SystemExit("kernel and reference disagree")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", action="store_true", help="sweep kernel tiles/warps instead of the table")
+    p.add_argument("--configs", action="store_true", help="A/B kernel variants x tiles instead of the table")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    p.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    p.add_argument("--dry-run", action="store_true", help="CPU: check the code paths on tiny shapes, no timing")
+    add_output_args(p)
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        run_cpu_check()
+    if args.dry_run or not torch.cuda.is_available():
+        run_dry(args.configs)
         return
     run_configs(args) if args.configs else run_table(args)
 
