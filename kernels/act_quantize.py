@@ -1,0 +1,184 @@
+"""Activation (+ gate multiply) fused with NVFP4 quantization, and the same activation unfused.
+
+act_quantize: x [M, W] (W = 2I gated: gate = x[:, :I], up = x[:, I:]; W = I plain) -> packed E2M1
+[M, Ip/2] + swizzled E4M3 scales, Ip = I padded, in one launch (static global scale) or two
+(dynamic: `act_amax_kernel` writes per-program maxima of |act(x)|, then every quantize program
+reduces them to the encode scale itself). The activation is computed in fp32 and rounded to x's
+dtype before quantization, exactly as `activation_kernel` stores it, so act_quantize(x) has the
+bits of quantize(activation(x)) on the same device. The recipe is `numerics.quantize_blocks` /
+`numerics.pack_codes`; scale offsets `layout.scale_offset`.
+"""
+
+import triton
+import triton.language as tl
+
+from ._interpreter import sibling
+
+layout = sibling(__name__, "layout")
+numerics = sibling(__name__, "numerics")
+
+# ACT codes (the launcher maps names): gated ones multiply act(gate) by up.
+SILU_MUL = tl.constexpr(0)
+GELU_TANH_MUL = tl.constexpr(1)
+RELU2 = tl.constexpr(2)
+GELU = tl.constexpr(3)
+SILU = tl.constexpr(4)
+E4M3_E2M1_MAX = tl.constexpr(2688.0)  # 448 * 6: encode scale = 2688 / amax
+
+
+@triton.jit
+def _silu(g):
+    # torch's silu, x / (1 + exp(-x)); fast division (the result is rounded to bf16/fp16 anyway)
+    return tl.math.fdiv(g, 1.0 + tl.exp(-g), ieee_rounding=False)
+
+
+@triton.jit
+def _gelu_tanh(g):
+    # torch's order: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))), tanh(z) = 1 - 2 / (1 + e^2z)
+    # (no tanh in Triton's interpreter); absolute error of tanh ~1 ulp of 1, which is what 1 + tanh needs.
+    inner = 0.7978845608028654 * (g + 0.044715 * (g * g * g))
+    t = 1.0 - tl.math.fdiv(2.0, 1.0 + tl.exp(2.0 * inner), ieee_rounding=False)
+    return 0.5 * g * (1.0 + t)
+
+
+@triton.jit
+def activation_f32(g, u, ACT: tl.constexpr):
+    """act in fp32 on fp32 operands (u: the up half, unused for plain acts). NaN propagates as in
+    torch; act(0) = +0 for every act, so masked (padding) elements stay 0."""
+    if ACT == SILU_MUL:
+        return _silu(g) * u
+    elif ACT == GELU_TANH_MUL:
+        return _gelu_tanh(g) * u
+    elif ACT == RELU2:
+        r = tl.where(g < 0.0, 0.0, g)  # relu keeping NaN (torch's clamp_min)
+        return r * r
+    elif ACT == GELU:
+        return g * 0.5 * (1.0 + tl.math.erf(g * 0.7071067811865476))
+    else:
+        return _silu(g)
+
+
+@triton.jit
+def _round_to(h, dtype: tl.constexpr, BF16_BITS: tl.constexpr):
+    """fp32 h rounded to nearest even in `dtype`, as fp32. Triton's interpreter truncates fp32 ->
+    bf16 casts, so there (BF16_BITS) the rounding is done on the bits; GPUs round in cvt.rn."""
+    if (dtype == tl.bfloat16) and BF16_BITS:
+        bits = h.to(tl.int32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # carries into the exponent: inf past the max
+        return tl.where((bits & 0x7FFFFFFF) > 0x7F800000, bits, rounded).to(tl.float32, bitcast=True)
+    else:
+        return h.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _act_tile(x_ptr, rows, cols, M, I, stride_xm, ACT: tl.constexpr, GATED: tl.constexpr, BF16_BITS: tl.constexpr):
+    """act(x) of rows x cols (output columns < I), rounded to x's dtype, as fp32; 0 outside [M, I)."""
+    mask = (rows < M) & (cols < I)
+    ptr = x_ptr + rows.to(tl.int64) * stride_xm + cols
+    g = tl.load(ptr, mask=mask, other=0.0)
+    if GATED:
+        u = tl.load(ptr + I, mask=mask, other=0.0).to(tl.float32)
+    else:
+        u = g.to(tl.float32)
+    return _round_to(activation_f32(g.to(tl.float32), u, ACT), x_ptr.dtype.element_ty, BF16_BITS)
+
+
+@triton.jit
+def activation_kernel(x_ptr, y_ptr, M, I_div, stride_xm_div, stride_ym,
+                      I_MULT: tl.constexpr, XM_MULT: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
+                      BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """y [M, I] = act(x) in x's dtype (the unfused path the fused kernel is held to)."""
+    I = I_div * I_MULT
+    rows = (tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    cols = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N))[None, :]
+    h = _act_tile(x_ptr, rows, cols, M, I, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
+    tl.store(y_ptr + rows.to(tl.int64) * stride_ym + cols, h.to(y_ptr.dtype.element_ty), mask=(rows < M) & (cols < I))
+
+
+@triton.jit
+def _finite_abs_bits(h):
+    """|h| as int32 float bits, 0 where h is NaN or +-inf (they only poison their own block)."""
+    bits = h.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    return tl.where(bits < 0x7F800000, bits, 0)
+
+
+@triton.jit
+def act_amax_kernel(x_ptr, partial_ptr, M, I_div, stride_xm_div,
+                    I_MULT: tl.constexpr, XM_MULT: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
+                    BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """partial[pid_k * num_programs(1) + pid] = max finite |act(x)| over this program's tiles:
+    k tile pid_k, m tiles program_id(1), + num_programs(1), ... (every slot written: no zero fill)."""
+    I = I_div * I_MULT
+    pid_k = tl.program_id(0)
+    cols = (pid_k * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
+    n_m = (M + BLOCK_M - 1) // BLOCK_M
+    acc = tl.full([BLOCK_M, BLOCK_K], 0, tl.int32)
+    for pid_m in tl.range(tl.program_id(1), n_m, tl.num_programs(1)):
+        rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+        h = _act_tile(x_ptr, rows, cols, M, I, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
+        acc = tl.maximum(acc, _finite_abs_bits(h))
+    amax = tl.reduce(tl.reduce(acc, 1, numerics.MAX_COMBINE), 0, numerics.MAX_COMBINE)
+    tl.store(partial_ptr + pid_k * tl.num_programs(1) + tl.program_id(1), amax.to(tl.float32, bitcast=True))
+
+
+@triton.jit
+def act_quantize_kernel(
+    x_ptr,
+    global_scale_ptr,  # static: the encode scale; dynamic: where the computed one is written
+    partial_ptr,  # dynamic: act_amax_kernel's maxima
+    data_ptr,
+    scale_ptr,
+    M,
+    I_div,  # I // I_MULT
+    stride_xm_div,  # row stride of x // XM_MULT
+    Ip_div16,  # Ip // 16
+    n_partials,
+    I_MULT: tl.constexpr,  # multiples, as in the quantize kernel: aligned vector loads of gate and up
+    XM_MULT: tl.constexpr,
+    SF_ROW_TILE: tl.constexpr,
+    ACT: tl.constexpr,
+    GATED: tl.constexpr,
+    BF16_BITS: tl.constexpr,  # round to bf16 on the bits (the interpreter)
+    DYNAMIC: tl.constexpr,
+    PARTIALS: tl.constexpr,  # power of two >= n_partials
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,  # multiple of 64
+):
+    """Grid (k tiles, m tiles incl. tiles of scale-padding rows only); no integer division."""
+    NB: tl.constexpr = BLOCK_K // 16
+    I = I_div * I_MULT
+    Ip = Ip_div16 * 16
+    S4 = (Ip_div16 + 3) // 4 * 4
+    scale_rows = (M + SF_ROW_TILE - 1) // SF_ROW_TILE * SF_ROW_TILE
+    pid_k = tl.program_id(0)
+    pid_m = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    blocks = pid_k * NB + tl.arange(0, NB)
+    r = rows.to(tl.int64)[:, None]
+    s = blocks[None, :]
+    sf_off = layout.scale_offset(r, s, S4, SF_ROW_TILE)
+    sf_mask = (r < scale_rows) & (s < S4)
+
+    if DYNAMIC:
+        p = tl.arange(0, PARTIALS)
+        amax_bits = tl.reduce(tl.load(partial_ptr + p, mask=p < n_partials, other=0.0).to(tl.int32, bitcast=True),
+                              0, numerics.MAX_COMBINE)
+        # 2688 / amax correctly rounded, amax >= 1e-30 (format.decode_scale's clamp, inverted)
+        gs = tl.math.div_rn(E4M3_E2M1_MAX, tl.maximum(amax_bits.to(tl.float32, bitcast=True), 1e-30))
+        if (pid_k == 0) & (pid_m == 0):
+            tl.store(global_scale_ptr, gs)
+    else:
+        gs = tl.load(global_scale_ptr)
+
+    if pid_m * BLOCK_M < M:
+        cols = blocks[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]
+        h = _act_tile(x_ptr, rows[:, None, None], cols, M, I, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
+        codes, scale_byte, _, finite = numerics.quantize_blocks(h, gs)
+        packed = numerics.pack_codes(codes, finite)
+        byte_cols = tl.max_contiguous(blocks[None, :, None] * 8 + tl.arange(0, 8)[None, None, :], [1, 1, 4])
+        tl.store(data_ptr + rows.to(tl.int64)[:, None, None] * (Ip // 2) + byte_cols, packed,
+                 mask=(rows[:, None, None] < M) & (byte_cols < Ip // 2))
+        tl.store(scale_ptr + sf_off, scale_byte.to(tl.uint8), mask=sf_mask)
+    elif pid_m * BLOCK_M < scale_rows:
+        # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
+        tl.store(scale_ptr + sf_off, tl.full([BLOCK_M, NB], 0, tl.uint8), mask=sf_mask)

@@ -1,0 +1,110 @@
+"""Launchers of the activation kernels: act_quantize (fused, 1 launch static / 2 dynamic) and
+activation (unfused)."""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import triton
+
+from . import _interpreter
+from . import act_quantize as act_module
+from .quantize_launch import QuantConfig, quant_config
+
+# name -> (ACT code in kernels/act_quantize.py, gated)
+ACTS = {"silu_mul": (0, True), "gelu_tanh_mul": (1, True), "relu2": (2, False), "gelu": (3, False), "silu": (4, False)}
+
+
+@dataclass(frozen=True)
+class AmaxConfig:
+    block_m: int
+    block_k: int
+    num_warps: int
+    max_partials: int  # per-program maxima the quantize programs each reduce (every one reads all)
+
+
+def amax_config(device_type: str) -> AmaxConfig:
+    if device_type == "cpu":
+        return AmaxConfig(64, 1024, 4, 16)
+    # 256 programs of 16 x 512 tiles keep ~2 CTAs per SM streaming at M >= 4096, and cost each
+    # quantize program a 1 KB read of the maxima (L2)
+    return AmaxConfig(16, 512, 8, 256)
+
+
+def _multiples(x, width):
+    m = x.shape[0]
+    return math.gcd(width, 16), (math.gcd(x.stride(0), 16) if m > 1 else 16)
+
+
+def _run(launch, args, meta, device):
+    if device.type == "cpu":
+        # 1 / 0 -> inf is part of the recipe (a block whose scale rounds to 0): numpy must not warn.
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            launch(*args, **meta)
+    else:
+        launch(*args, **meta)
+
+
+def act_quantize(x, act: str, global_scale, data, scale, *, sf_row_tile: int, dynamic: bool,
+                 config: QuantConfig | None = None, amax: AmaxConfig | None = None):
+    """x [M, W] (unit column stride; W = 2I gated, I plain) -> data [M, Ip/2] and swizzled scale
+    [rows, S4] of act(x); Ip is read off `data`. Static: `global_scale` is read. Dynamic: the encode
+    scale 2688 / max(finite |act(x)|, 1e-30) is computed on the device and written to
+    `global_scale` (fp32, one element). Writes every byte of both outputs."""
+    code, gated = ACTS[act]
+    m, width = x.shape
+    i = width // 2 if gated else width
+    ip = data.shape[1] * 2
+    scale_rows, s4 = scale.shape
+    if config is None:
+        config = quant_config(m, ip, x.device.type)
+    i_mult, xm_mult = _multiples(x, i)
+    n_k = triton.cdiv(s4 * 16, config.block_k)
+    n_m = triton.cdiv(scale_rows, config.block_m)
+    mod = _interpreter.for_device(act_module, x.device)
+    partials, n_partials = global_scale, 1  # unused unless dynamic
+    if dynamic:
+        amax = amax or amax_config(x.device.type)
+        ak = max(1, triton.cdiv(i, amax.block_k))
+        am = max(1, min(triton.cdiv(m, amax.block_m), amax.max_partials // ak))
+        n_partials = ak * am
+        partials = torch.empty(n_partials, dtype=torch.float32, device=x.device)
+        _run(mod.act_amax_kernel[(ak, am)],
+             (x, partials, m, i // i_mult, x.stride(0) // xm_mult),
+             dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=x.device.type == "cpu", BLOCK_M=amax.block_m,
+                  BLOCK_K=amax.block_k, num_warps=amax.num_warps), x.device)
+    if n_k == 0 or n_m == 0:
+        if dynamic:  # no programs to write the scale: the same division on the device
+            amax_t = partials.max().clamp(min=1e-30).reshape(1)
+            global_scale.copy_(torch.full_like(amax_t, 2688.0) / amax_t)
+        return
+    grid = (n_k, min(n_m, 65535), triton.cdiv(n_m, 65535))
+    args = (x, global_scale, partials, data, scale.view(dtype=data.dtype), m, i // i_mult, x.stride(0) // xm_mult,
+            ip // 16, n_partials)
+    meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, ACT=code, GATED=gated,
+                BF16_BITS=x.device.type == "cpu", DYNAMIC=dynamic,
+                PARTIALS=triton.next_power_of_2(n_partials), BLOCK_M=config.block_m, BLOCK_K=config.block_k,
+                num_warps=config.num_warps,
+                enable_fp_fusion=False)  # IEEE ops in torch's order: no FMA contraction
+    _run(mod.act_quantize_kernel[grid], args, meta, x.device)
+
+
+def activation(x, act: str, out):
+    """out [M, I] = act(x [M, W]) in x's dtype (fp32 math, one rounding): the unfused path."""
+    code, gated = ACTS[act]
+    m, width = x.shape
+    i = out.shape[1]
+    if m == 0 or i == 0:
+        return
+    if x.device.type == "cpu":
+        bm, bn, warps = min(64, triton.next_power_of_2(m)), min(2048, triton.next_power_of_2(i)), 4
+    else:
+        bm, bn, warps = 4, 1024, 4
+    i_mult, xm_mult = _multiples(x, i)
+    grid = (triton.cdiv(i, bn), triton.cdiv(m, bm))
+    _run(_interpreter.for_device(act_module, x.device).activation_kernel[grid],
+         (x, out, m, i // i_mult, x.stride(0) // xm_mult, out.stride(0)),
+         dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=x.device.type == "cpu", BLOCK_M=bm,
+              BLOCK_N=bn, num_warps=warps,
+              enable_fp_fusion=False), x.device)
