@@ -12,6 +12,7 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")):
 from . import kernels, reference  # noqa: E402
 from .format import NVFP4Tensor, ScaleLayout, SWIZZLE_8x4, SWIZZLE_128x4, pad_k  # noqa: E402
 from .quant import quantize  # noqa: E402
+from .act import act_quantize, activation  # noqa: E402
 from .backends import BACKENDS, Plan, plan  # noqa: E402
 from .linear import Linear, quantize_weight  # noqa: E402
 from .swap import calibrate, swap  # noqa: E402
@@ -21,6 +22,8 @@ dequantize = reference.dequantize
 
 __all__ = [
     "BACKENDS",
+    "act_quantize",
+    "activation",
     "Linear",
     "calibrate",
     "load_modelopt",
