@@ -95,5 +95,5 @@ def act_quantize(x: torch.Tensor, global_scale: torch.Tensor | None, *, act: str
                                  "(the dynamic encode scale is written there)")
         else:
             gs = global_scale.reshape(1)
-    kernels.act_quantize(x2, act, gs, data, scale, sf_row_tile=layout.row_tile, dynamic=dynamic)
+    kernels.act_pad_quantize(x2, act, gs, data, scale, sf_row_tile=layout.row_tile, dynamic=dynamic)
     return NVFP4Tensor(data, scale, gs.reshape(1), shape, k_align, layout)

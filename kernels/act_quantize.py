@@ -11,6 +11,7 @@ bits of quantize(activation(x)) on the same device. The recipe is `numerics.quan
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from ._interpreter import sibling
 
@@ -27,41 +28,60 @@ E4M3_E2M1_MAX = tl.constexpr(2688.0)  # 448 * 6: encode scale = 2688 / amax
 
 
 @triton.jit
-def _silu(g):
-    # torch's silu, x / (1 + exp(-x)); fast division (the result is rounded to bf16/fp16 anyway)
-    return tl.math.fdiv(g, 1.0 + tl.exp(-g), ieee_rounding=False)
+def _exp(x, FAST: tl.constexpr):
+    if FAST:  # GPUs: ex2.approx.ftz, two instructions instead of five (Triton's exp handles denormals)
+        return libdevice.fast_expf(x)
+    else:  # the interpreter has no libdevice
+        return tl.exp(x)
 
 
 @triton.jit
-def _gelu_tanh(g):
+def _div(a, b, FAST: tl.constexpr):
+    if FAST:  # rcp.approx * a: 0 for |b| >= 2^126 (silu below -87.3: ~1e-37 -> 0)
+        return libdevice.fast_dividef(a, b)
+    else:
+        return tl.math.fdiv(a, b, ieee_rounding=False)
+
+
+@triton.jit
+def _silu(g, FAST: tl.constexpr):
+    return _div(g, 1.0 + _exp(-g, FAST), FAST)  # torch's x / (1 + exp(-x))
+
+
+@triton.jit
+def _gelu_tanh(g, FAST: tl.constexpr):
     # torch's order: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))), tanh(z) = 1 - 2 / (1 + e^2z)
-    # (no tanh in Triton's interpreter); absolute error of tanh ~1 ulp of 1, which is what 1 + tanh needs.
+    # (no tanh in Triton's interpreter, and tanh.approx is 11 bits); its absolute error ~1 ulp of 1
+    # is what 1 + tanh needs.
     inner = 0.7978845608028654 * (g + 0.044715 * (g * g * g))
-    t = 1.0 - tl.math.fdiv(2.0, 1.0 + tl.exp(2.0 * inner), ieee_rounding=False)
+    t = 1.0 - _div(2.0, 1.0 + _exp(2.0 * inner, FAST), FAST)
     return 0.5 * g * (1.0 + t)
 
 
 @triton.jit
-def activation_f32(g, u, ACT: tl.constexpr):
+def activation_f32(g, u, ACT: tl.constexpr, FAST: tl.constexpr):
     """act in fp32 on fp32 operands (u: the up half, unused for plain acts). NaN propagates as in
-    torch; act(0) = +0 for every act, so masked (padding) elements stay 0."""
+    torch; act(0) = +0 for every act, so masked (padding) elements stay 0. FAST (GPUs): approximate
+    exp and division, ~2 ulp of fp32, far below the dtype's rounding; the interpreter's numpy
+    ones differ from them by those ulps, so bits are compared on one device."""
     if ACT == SILU_MUL:
-        return _silu(g) * u
+        return _silu(g, FAST) * u
     elif ACT == GELU_TANH_MUL:
-        return _gelu_tanh(g) * u
+        return _gelu_tanh(g, FAST) * u
     elif ACT == RELU2:
         r = tl.where(g < 0.0, 0.0, g)  # relu keeping NaN (torch's clamp_min)
         return r * r
     elif ACT == GELU:
         return g * 0.5 * (1.0 + tl.math.erf(g * 0.7071067811865476))
     else:
-        return _silu(g)
+        return _silu(g, FAST)
 
 
 @triton.jit
 def _round_to(h, dtype: tl.constexpr, BF16_BITS: tl.constexpr):
     """fp32 h rounded to nearest even in `dtype`, as fp32. Triton's interpreter truncates fp32 ->
-    bf16 casts, so there (BF16_BITS) the rounding is done on the bits; GPUs round in cvt.rn."""
+    bf16 casts, so there (BF16_BITS, set for CPU tensors) the rounding is done on the bits; GPUs
+    round in cvt.rn."""
     if (dtype == tl.bfloat16) and BF16_BITS:
         bits = h.to(tl.int32, bitcast=True)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # carries into the exponent: inf past the max
@@ -80,7 +100,8 @@ def _act_tile(x_ptr, rows, cols, M, I, stride_xm, ACT: tl.constexpr, GATED: tl.c
         u = tl.load(ptr + I, mask=mask, other=0.0).to(tl.float32)
     else:
         u = g.to(tl.float32)
-    return _round_to(activation_f32(g.to(tl.float32), u, ACT), x_ptr.dtype.element_ty, BF16_BITS)
+    # the interpreter (BF16_BITS) has no fast math either
+    return _round_to(activation_f32(g.to(tl.float32), u, ACT, not BF16_BITS), x_ptr.dtype.element_ty, BF16_BITS)
 
 
 @triton.jit

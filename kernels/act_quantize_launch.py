@@ -46,8 +46,8 @@ def _run(launch, args, meta, device):
         launch(*args, **meta)
 
 
-def act_quantize(x, act: str, global_scale, data, scale, *, sf_row_tile: int, dynamic: bool,
-                 config: QuantConfig | None = None, amax: AmaxConfig | None = None):
+def act_pad_quantize(x, act: str, global_scale, data, scale, *, sf_row_tile: int, dynamic: bool,
+                     config: QuantConfig | None = None, amax: AmaxConfig | None = None):
     """x [M, W] (unit column stride; W = 2I gated, I plain) -> data [M, Ip/2] and swizzled scale
     [rows, S4] of act(x); Ip is read off `data`. Static: `global_scale` is read. Dynamic: the encode
     scale 2688 / max(finite |act(x)|, 1e-30) is computed on the device and written to

@@ -164,7 +164,7 @@ def test_gpu_tiles_and_two_pass_amax(device):
                                   (QuantConfig(8, 128, 4), None, False)]:
         out = poisoned((41, 300), 64, "128x4", device)
         gs = torch.empty(1, device=device) if dynamic else dynamic_scale(h)
-        kernels.act_quantize(x, "gelu_tanh_mul", gs, out.data, out.scale, sf_row_tile=128, dynamic=dynamic,
+        kernels.act_pad_quantize(x, "gelu_tanh_mul", gs, out.data, out.scale, sf_row_tile=128, dynamic=dynamic,
                              config=config, amax=amax)
         assert torch.equal(gs.cpu(), dynamic_scale(h).cpu())
         out.global_scale = gs
