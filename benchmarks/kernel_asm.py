@@ -3,6 +3,7 @@
     python benchmarks/kernel_asm.py [--arch 90] [--block-m 16 --block-k 256 --warps 4] [--baseline]
                                     [--no-grid-2d] [--no-words] [--recipe 1|2] [--persistent N] [--dump DIR]
     python benchmarks/kernel_asm.py --variants      # the table of variants x tiles (bf16, K % 16 == 0)
+    python benchmarks/kernel_asm.py --act silu_mul --block-m 8 --block-k 512 --warps 2 [--dynamic]
 
 Prints the instruction mix of the kernel and instructions per quantized element: the SPEC's lead
 is that the per-element instruction count, not the memory pattern, limits the kernel. Counts are
@@ -44,6 +45,26 @@ def compile_quant(arch, config: QuantConfig, *, k=8192, stride=8192, m=4096, sf_
     aligned = [["tt.divisibility", 16]]
     attrs = {(i,): aligned for i in range(4)}  # 16-byte aligned pointers, as torch allocates
     src = ASTSource(fn, sig, {(list(sig).index(k),): v for k, v in consts.items()}, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": config.num_warps, "enable_fp_fusion": False})
+
+
+def compile_act(arch, act: str, config: QuantConfig, *, i=4096, dynamic=False, sf_row_tile=128, dtype="bf16"):
+    """kernels/act_quantize.py's fused kernel for `act` (output width i, x row stride 2i or i)."""
+    from kernels import act_quantize as act_module
+    from kernels.act_quantize_launch import ACTS
+
+    code, gated = ACTS[act]
+    sig = {"x_ptr": f"*{dtype}", "global_scale_ptr": "*fp32", "partial_ptr": "*fp32", "data_ptr": "*u8",
+           "scale_ptr": "*u8"}
+    for name in ("M", "I_div", "stride_xm_div", "Ip_div16", "n_partials"):
+        sig[name] = "i32"
+    consts = dict(I_MULT=16, XM_MULT=16, SF_ROW_TILE=sf_row_tile, ACT=code, GATED=gated, BF16_BITS=False,
+                  DYNAMIC=dynamic, PARTIALS=256, BLOCK_M=config.block_m, BLOCK_K=config.block_k)
+    for name in consts:
+        sig[name] = "constexpr"
+    src = ASTSource(act_module.act_quantize_kernel, sig, {(list(sig).index(k),): v for k, v in consts.items()},
+                    {(i,): [["tt.divisibility", 16]] for i in range(5)})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": config.num_warps, "enable_fp_fusion": False})
 
@@ -108,6 +129,8 @@ def main():
     p.add_argument("--persistent", type=int, help="programs per SM (0: off)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--variants", action="store_true", help="print the variants x tiles table")
+    p.add_argument("--act", help="count kernels/act_quantize.py's fused kernel for this act instead (silu_mul, ...)")
+    p.add_argument("--dynamic", action="store_true", help="with --act: the dynamic-scale variant")
     p.add_argument("--dump", type=Path)
     a = p.parse_args()
     if a.variants:
@@ -122,9 +145,18 @@ def main():
         cfg = replace(cfg, recipe=a.recipe)
     if a.persistent is not None:
         cfg = replace(cfg, persistent=a.persistent)
-    total, main, mix, kernel, sass = counts(cfg, a.arch, dtype=a.dtype)
+    if a.act:
+        kernel = compile_act(a.arch, a.act, cfg, dynamic=a.dynamic, dtype=a.dtype)
+        sass = sass_of(kernel)
+        ops = sass_ops(sass)
+        last_exit = max((i for i, op in enumerate(ops) if op == "EXIT"), default=len(ops) - 1)
+        total, main, mix = len(ops), sum(1 for op in ops[: last_exit + 1] if op != "NOP"), collections.Counter(ops)
+        cfg_label = f"act_quantize {a.act}{' dynamic' if a.dynamic else ''} {a.block_m}x{a.block_k}w{a.warps}"
+    else:
+        total, main, mix, kernel, sass = counts(cfg, a.arch, dtype=a.dtype)
+        cfg_label = cfg.label
     elems_per_thread = a.block_m * a.block_k / (32 * a.warps)
-    print(f"sm_{a.arch} {cfg.label} {a.dtype}: {total} SASS instructions (straight-line, per thread; {main} main) "
+    print(f"sm_{a.arch} {cfg_label} {a.dtype}: {total} SASS instructions (straight-line, per thread; {main} main) "
           f"for {elems_per_thread:.0f} elements per thread = {total / elems_per_thread:.1f} per element "
           f"({main / elems_per_thread:.1f} main); shared {kernel.metadata.shared} B")
     print("  " + ", ".join(f"{k} {v}" for k, v in mix.most_common(24)))

@@ -1,0 +1,21 @@
+"""The GPU benchmarks' CPU dry runs: the code paths a GPU run takes (shapes, variants, the
+unfused pipelines, the bit checks) walk on tiny shapes, so the one GPU run does not die on them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("argv", [["act_quant_bench.py", "--dry-run"], ["act_quant_bench.py", "--dry-run", "--configs"],
+                                  ["quant_bench.py", "--dry-run", "--configs"]], ids=" ".join)
+def test_dry_run(argv, tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:], "--results-dir", str(tmp_path),
+                          "--results-md", str(tmp_path / "RESULTS.md")],
+                         capture_output=True, text=True, timeout=300, env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "bit-exact=False" not in out.stdout
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
