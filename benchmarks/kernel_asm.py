@@ -1,7 +1,8 @@
 """Compile the quantize kernel for a GPU target offline (no GPU needed) and count its SASS.
 
     python benchmarks/kernel_asm.py [--arch 90] [--block-m 16 --block-k 256 --warps 4] [--baseline]
-                                    [--no-grid-2d] [--no-words] [--recipe 1|2] [--persistent N] [--dump DIR]
+                                    [--no-grid-2d] [--no-words] [--recipe 1|2] [--persistent N] [--halves]
+                                    [--dump DIR]
     python benchmarks/kernel_asm.py --variants      # the table of variants x tiles (bf16, K % 16 == 0)
     python benchmarks/kernel_asm.py --act silu_mul --block-m 8 --block-k 512 --warps 2 [--dynamic]
 
@@ -98,6 +99,7 @@ VARIANTS = {
     "recipe 2 + 2-D grid": dict(BASELINE, recipe=2, grid_2d=True),
     "default: recipe 2 + words + 2-D grid": dict(recipe=2, words=True, grid_2d=True, persistent=0),
     "default + persistent": dict(recipe=2, words=True, grid_2d=True, persistent=4),
+    "default + halves (whole blocks per thread)": dict(recipe=2, words=True, grid_2d=True, persistent=0, halves=True),
 }
 TILES = [(8, 512, 2), (16, 128, 2), (8, 128, 4), (2, 4096, 4), (4, 2048, 4), (16, 512, 4)]
 
@@ -127,6 +129,7 @@ def main():
     p.add_argument("--no-words", action="store_true")
     p.add_argument("--recipe", type=int, choices=(1, 2))
     p.add_argument("--persistent", type=int, help="programs per SM (0: off)")
+    p.add_argument("--halves", action="store_true", help="whole blocks per thread (two 16-byte half loads)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--variants", action="store_true", help="print the variants x tiles table")
     p.add_argument("--act", help="count kernels/act_quantize.py's fused kernel for this act instead (silu_mul, ...)")
@@ -145,6 +148,8 @@ def main():
         cfg = replace(cfg, recipe=a.recipe)
     if a.persistent is not None:
         cfg = replace(cfg, persistent=a.persistent)
+    if a.halves:
+        cfg = replace(cfg, halves=True)
     if a.act:
         kernel = compile_act(a.arch, a.act, cfg, dynamic=a.dynamic, dtype=a.dtype)
         sass = sass_of(kernel)

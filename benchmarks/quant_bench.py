@@ -47,6 +47,8 @@ VARIANTS = {
     "r2+words+2d": dict(recipe=2, words=True, grid_2d=True, persistent=0),
     "r2+words+2d+p2": dict(recipe=2, words=True, grid_2d=True, persistent=2),
     "r2+words+2d+p4": dict(recipe=2, words=True, grid_2d=True, persistent=4),
+    "r2+words+2d+halves": dict(recipe=2, words=True, grid_2d=True, persistent=0, halves=True),
+    "r2+words+2d+halves+p2": dict(recipe=2, words=True, grid_2d=True, persistent=2, halves=True),
 }
 WIDE_TILES = [(8, 512, 2), (16, 128, 2), (8, 256, 2), (16, 256, 2), (16, 512, 4), (2, 4096, 4), (4, 2048, 4), (32, 256, 4)]
 DECODE_TILES = [(8, 128, 4), (16, 128, 4), (8, 256, 4), (16, 64, 2), (8, 512, 4), (4, 256, 4)]

@@ -21,16 +21,18 @@ class QuantConfig:
     words: bool = True  # bf16 read as 32-bit pairs where x allows it (else the element path)
     recipe: int = 2
     persistent: int = 0  # > 0: with grid_2d, this many programs per SM walk the m tiles
+    halves: bool = False  # whole blocks per thread, loaded as two 16-byte halves (lanes along blocks)
 
     @property
     def label(self) -> str:
-        flags = [f"r{self.recipe}"] + [n for n, on in (("2d", self.grid_2d), ("words", self.words)) if on]
+        flags = [f"r{self.recipe}"] + [n for n, on in (("2d", self.grid_2d), ("words", self.words),
+                                                       ("halves", self.halves)) if on]
         if self.persistent:
             flags.append(f"p{self.persistent}")
         return f"{self.block_m}x{self.block_k}w{self.num_warps}:" + ",".join(flags)
 
 
-BASELINE = dict(grid_2d=False, words=False, recipe=1, persistent=0)  # QuantConfig(..., **BASELINE)
+BASELINE = dict(grid_2d=False, words=False, recipe=1, persistent=0, halves=False)  # QuantConfig(..., **BASELINE)
 
 # Tiles measured on the H100 (benchmarks/quant_bench.py --configs, RESULTS.md): 8 x 512 with
 # two warps where K fills 512-wide tiles, 16 x 128 elsewhere (less waste on ragged K), and
@@ -61,7 +63,8 @@ def kernel_meta(config: QuantConfig, *, k: int, stride: int, m: int, dtype=torch
     xm_mult = math.gcd(stride, 16) if m > 1 else 16
     words = config.words and dtype == torch.bfloat16 and k_mult % 2 == 0 and xm_mult % 2 == 0 and x_aligned
     return dict(K_MULT=k_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, BLOCK_M=config.block_m,
-                BLOCK_K=config.block_k, GRID_2D=int(config.grid_2d), WORDS=int(words), RECIPE=config.recipe,
+                BLOCK_K=config.block_k, GRID_2D=int(config.grid_2d), WORDS=int(words), HALVES=int(config.halves),
+                RECIPE=config.recipe,
                 PERSISTENT=int(config.persistent > 0 and config.grid_2d))
 
 

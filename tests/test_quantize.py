@@ -144,6 +144,8 @@ VARIANTS = [
     QuantConfig(16, 256, 2),
     QuantConfig(8, 128, 4, persistent=1),
     QuantConfig(2, 512, 2, persistent=2),
+    QuantConfig(8, 256, 2, halves=True),
+    QuantConfig(4, 128, 4, **dict(BASELINE, recipe=2, halves=True)),
 ]
 
 
