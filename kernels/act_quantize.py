@@ -164,8 +164,9 @@ def act_quantize_kernel(
     PARTIALS: tl.constexpr,  # power of two >= n_partials
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,  # multiple of 64
+    ONE_PAD_TILE: tl.constexpr,  # one program per k column zeroes the scale-padding rows
 ):
-    """Grid (k tiles, m tiles incl. tiles of scale-padding rows only); no integer division."""
+    """Grid (k tiles, m tiles incl. the tiles of scale-padding rows); no integer division."""
     NB: tl.constexpr = BLOCK_K // 16
     I = I_div * I_MULT
     Ip = Ip_div16 * 16
@@ -200,6 +201,12 @@ def act_quantize_kernel(
         tl.store(data_ptr + rows.to(tl.int64)[:, None, None] * (Ip // 2) + byte_cols, packed,
                  mask=(rows[:, None, None] < M) & (byte_cols < Ip // 2))
         tl.store(scale_ptr + sf_off, scale_byte.to(tl.uint8), mask=sf_mask)
+    elif ONE_PAD_TILE:
+        # All scale-padding rows of this k column in one program (the quantize kernel's rule)
+        if pid_m * BLOCK_M < M + BLOCK_M:
+            pad_r = ((M + BLOCK_M - 1) // BLOCK_M * BLOCK_M + tl.arange(0, SF_ROW_TILE)).to(tl.int64)[:, None]
+            tl.store(scale_ptr + layout.scale_offset(pad_r, s, S4, SF_ROW_TILE), tl.full([SF_ROW_TILE, NB], 0, tl.uint8),
+                     mask=(pad_r < scale_rows) & (s < S4))
     elif pid_m * BLOCK_M < scale_rows:
         # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
         tl.store(scale_ptr + sf_off, tl.full([BLOCK_M, NB], 0, tl.uint8), mask=sf_mask)

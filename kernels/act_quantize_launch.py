@@ -10,7 +10,7 @@ import triton
 
 from . import _interpreter
 from . import act_quantize as act_module
-from .quantize_launch import QuantConfig, quant_config
+from .quantize_launch import QuantConfig, kernel_meta, quant_config
 
 # name -> (ACT code in kernels/act_quantize.py, gated)
 ACTS = {"silu_mul": (0, True), "gelu_tanh_mul": (1, True), "relu2": (2, False), "gelu": (3, False), "silu": (4, False)}
@@ -79,13 +79,17 @@ def act_pad_quantize(x, act: str, global_scale, data, scale, *, sf_row_tile: int
             amax_t = partials.max().clamp(min=1e-30).reshape(1)
             global_scale.copy_(torch.full_like(amax_t, 2688.0) / amax_t)
         return
+    meta = kernel_meta(config, k=i, stride=x.stride(0), m=m, sf_row_tile=sf_row_tile)
+    if meta["ONE_PAD_TILE"]:
+        real = triton.cdiv(m, config.block_m)
+        n_m = real + (scale_rows > real * config.block_m)
     grid = (n_k, min(n_m, 65535), triton.cdiv(n_m, 65535))
     args = (x, global_scale, partials, data, scale.view(dtype=data.dtype), m, i // i_mult, x.stride(0) // xm_mult,
             ip // 16, n_partials)
     meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, ACT=code, GATED=gated,
                 BF16_BITS=x.device.type == "cpu", DYNAMIC=dynamic,
                 PARTIALS=triton.next_power_of_2(n_partials), BLOCK_M=config.block_m, BLOCK_K=config.block_k,
-                num_warps=config.num_warps,
+                ONE_PAD_TILE=meta["ONE_PAD_TILE"], num_warps=config.num_warps,
                 enable_fp_fusion=False)  # IEEE ops in torch's order: no FMA contraction
     _run(mod.act_quantize_kernel[grid], args, meta, x.device)
 

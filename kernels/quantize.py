@@ -7,9 +7,9 @@ and `numerics.e2m1_code`; the scale offsets are `layout.scale_offset`.
 
 Variants (constexpr flags, `QuantConfig` fields, A/B-able in `benchmarks/quant_bench.py
 --configs`); all flags 0 is the kernel as first benchmarked:
-- GRID_2D: a (k tiles, m tiles) grid, no integer division per program, and one extra m tile of
-  zero scale rows per k column instead of one program per 128-row padding tile (decode: 192
-  programs instead of 1024 for 16 x 8192).
+- GRID_2D: a (k tiles, m tiles) grid, no integer division per program; with ONE_PAD_TILE (the
+  launcher sets it where the zero tile is at most 8 bytes a thread), one program per k column stores all the
+  scale-padding rows (decode, 16 x 8192 at 8 x 128 tiles: 192 programs instead of 1024).
 - WORDS: bf16 read as 32-bit pairs: bits << 16 and bits & 0xFFFF0000 are the fp32 values, the
   high element's |x| is one mask, and the signs come from the word.
 - RECIPE: 1 = e2m1_rne_magnitude plus a separate sign merge (as first benchmarked), 2 =
@@ -128,6 +128,7 @@ def nvfp4_pad_quantize_kernel(
     HALVES: tl.constexpr = 0,
     RECIPE: tl.constexpr = 2,
     PERSISTENT: tl.constexpr = 0,
+    ONE_PAD_TILE: tl.constexpr = 0,  # GRID_2D: one program per k column zeroes the padding rows
 ):
     NB: tl.constexpr = BLOCK_K // 16
     if WORDS:  # K_MULT and XM_MULT are even: the loads count words
@@ -168,6 +169,13 @@ def nvfp4_pad_quantize_kernel(
                 tile = _load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS, HALVES)
                 _quantize_store(tile, tl.load(global_scale_ptr), data_ptr, scale_ptr, rows, blocks, M, Kp, S4,
                                 scale_rows, SF_ROW_TILE, WORDS, RECIPE, HALVES)
+            elif ONE_PAD_TILE:
+                # All scale-padding rows of this k column (M up to the layout's row tile) in one
+                # program, the launcher's last m index: decode-sized M launches 1 + 1 programs per
+                # k column instead of 1 + 15.
+                if pid_m == n_m_tiles:
+                    _store_zero_scales(scale_ptr, n_m_tiles * BLOCK_M + tl.arange(0, SF_ROW_TILE), blocks, S4,
+                                       scale_rows, SF_ROW_TILE)
             elif pid_m < n_m_all:
                 # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
                 _store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE)

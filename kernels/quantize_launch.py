@@ -62,10 +62,14 @@ def kernel_meta(config: QuantConfig, *, k: int, stride: int, m: int, dtype=torch
     k_mult = math.gcd(k, 16)
     xm_mult = math.gcd(stride, 16) if m > 1 else 16
     words = config.words and dtype == torch.bfloat16 and k_mult % 2 == 0 and xm_mult % 2 == 0 and x_aligned
+    persistent = config.persistent > 0 and config.grid_2d
+    # one zero-store program per k column for the padding rows, where its tile is at most 8 bytes
+    # a thread (decode tiles; larger ones would add their stores' code to every program)
+    one_pad = config.grid_2d and not persistent and config.block_m < sf_row_tile and \
+        sf_row_tile * config.block_k // 16 <= 8 * 32 * config.num_warps
     return dict(K_MULT=k_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, BLOCK_M=config.block_m,
                 BLOCK_K=config.block_k, GRID_2D=int(config.grid_2d), WORDS=int(words), HALVES=int(config.halves),
-                RECIPE=config.recipe,
-                PERSISTENT=int(config.persistent > 0 and config.grid_2d))
+                RECIPE=config.recipe, PERSISTENT=int(persistent), ONE_PAD_TILE=int(one_pad))
 
 
 def pad_quantize(x, global_scale, data, scale, *, sf_row_tile: int, config: QuantConfig | None = None):
@@ -90,6 +94,9 @@ def pad_quantize(x, global_scale, data, scale, *, sf_row_tile: int, config: Quan
     elif meta["PERSISTENT"]:
         grid = (n_k, max(1, min(n_m, triton.cdiv(config.persistent * _sm_count(x.device), n_k))), 1)
     else:
+        if meta["ONE_PAD_TILE"]:
+            real = triton.cdiv(m, config.block_m)
+            n_m = real + (scale_rows > real * config.block_m)
         grid = (n_k, min(n_m, 65535), triton.cdiv(n_m, 65535))
     k_mult, xm_mult = meta["K_MULT"], meta["XM_MULT"]
     launch = _interpreter.for_device(quantize_module, x.device).nvfp4_pad_quantize_kernel[grid]

@@ -142,6 +142,7 @@ VARIANTS = [
     QuantConfig(16, 256, 2, **dict(BASELINE, recipe=2)),
     QuantConfig(8, 128, 4, recipe=2, words=True, grid_2d=False),
     QuantConfig(16, 256, 2),
+    QuantConfig(8, 128, 4),  # the decode tile: one program zeroes a k column's padding rows
     QuantConfig(8, 128, 4, persistent=1),
     QuantConfig(2, 512, 2, persistent=2),
     QuantConfig(8, 256, 2, halves=True),
