@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from . import kernels
-from .format import QUANTIZABLE_DTYPES, NVFP4Tensor, pad_k, scale_layout
-from .quant import _check_global_scale, _check_out
+from .format import NVFP4Tensor, pad_k, scale_layout
+from .quant import _check_global_scale, _check_out, _check_x
 
 ACTS = tuple(kernels.ACTS)
 GATED_ACTS = tuple(name for name, (_, gated) in kernels.ACTS.items() if gated)
@@ -28,12 +28,7 @@ GATED_ACTS = tuple(name for name, (_, gated) in kernels.ACTS.items() if gated)
 
 def _check_x_act(x, act: str) -> int:
     """-> I, the activation's width."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in QUANTIZABLE_DTYPES:
-        raise TypeError(f"x must be bfloat16, float16 or float32, got {x.dtype}")
-    if x.dim() < 1:
-        raise ValueError("x must have at least one dimension (..., width)")
+    _check_x(x, "width")
     if act not in kernels.ACTS:
         raise ValueError(f"act must be one of {ACTS}, got {act!r}")
     width = x.shape[-1]

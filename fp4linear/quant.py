@@ -8,6 +8,15 @@ from . import kernels, ops
 from .format import QUANTIZABLE_DTYPES, NVFP4Tensor, pad_k, scale_layout
 
 
+def _check_x(x, last_dim: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in QUANTIZABLE_DTYPES:
+        raise TypeError(f"x must be bfloat16, float16 or float32, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least one dimension (..., {last_dim})")
+
+
 def _check_global_scale(global_scale, x: torch.Tensor) -> None:
     if not isinstance(global_scale, torch.Tensor):
         raise TypeError(
@@ -49,12 +58,7 @@ def quantize(x: torch.Tensor, global_scale: torch.Tensor, *, k_align: int = 32, 
     written by the kernel. `out=` takes preallocated buffers (`NVFP4Tensor.empty`), e.g. for CUDA
     graphs. No host synchronisation.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in QUANTIZABLE_DTYPES:
-        raise TypeError(f"x must be bfloat16, float16 or float32, got {x.dtype}")
-    if x.dim() < 1:
-        raise ValueError("x must have at least one dimension (..., K)")
+    _check_x(x, "K")
     _check_global_scale(global_scale, x)
     layout = scale_layout(sf_layout)
     k = x.shape[-1]
