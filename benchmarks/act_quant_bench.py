@@ -36,6 +36,7 @@ IS = [1368, 3696, 232, 2048]
 K_ALIGN = 64
 OTHER_ACTS = ["gelu_tanh_mul", "relu2", "gelu", "silu"]  # timed at one shape, fused only vs torch + quantize
 TILES = [(8, 512, 2), (16, 128, 2), (8, 256, 4), (16, 256, 4), (4, 512, 4), (8, 128, 4), (16, 128, 4), (32, 128, 4)]
+HALVES_TILES = [(8, 512, 2), (16, 128, 2), (16, 256, 4), (8, 128, 4)]  # + whole blocks per thread (QuantConfig.halves)
 
 
 def moved_bytes(m: int, width: int, i: int) -> int:
@@ -121,15 +122,15 @@ def run_configs(dry: bool):
         out = NVFP4Tensor.empty((m, i), k_align=K_ALIGN, device=device)
         want = fp4linear.quantize(h, gs, k_align=K_ALIGN)
         res = []
-        for bm, bk, w in TILES:
-            cfg = kernels.QuantConfig(bm, bk, w)
+        configs = [kernels.QuantConfig(*t) for t in TILES] + [kernels.QuantConfig(*t, halves=True) for t in HALVES_TILES]
+        for cfg in configs:
             fn = lambda: kernels.act_pad_quantize(x, "silu_mul", gs, out.data, out.scale, sf_row_tile=128,  # noqa: E731
                                                   dynamic=False, config=cfg)
             out.data.fill_(0xFF)
             fn()
             if not (torch.equal(out.data, want.data) and torch.equal(out.scale.view(torch.uint8), want.scale.view(torch.uint8))):
-                raise SystemExit(f"tile {bm}x{bk}w{w} at {m}x{i}: bits differ from quantize(activation(x))")
-            res.append((time_us(fn), f"{bm}x{bk}w{w}"))
+                raise SystemExit(f"{cfg.label} at {m}x{i}: bits differ from quantize(activation(x))")
+            res.append((time_us(fn), f"{cfg.block_m}x{cfg.block_k}w{cfg.num_warps}{' halves' if cfg.halves else ''}"))
         tb = moved_bytes(m, 2 * i, i) / 1e12
         res.sort(key=lambda r: (math.isnan(r[0]), r[0]))
         print(f"{m}x{i} silu_mul: " + "; ".join(f"{t:.2f}us {tb / (t * 1e-6):.2f}TB/s {label}" for t, label in res))

@@ -60,9 +60,10 @@ def compile_act(arch, act: str, config: QuantConfig, *, i=4096, dynamic=False, s
            "scale_ptr": "*u8"}
     for name in ("M", "I_div", "stride_xm_div", "Ip_div16", "n_partials"):
         sig[name] = "i32"
-    one_pad = kernel_meta(config, k=i, stride=2 * i, m=4096, sf_row_tile=sf_row_tile)["ONE_PAD_TILE"]
+    meta = kernel_meta(config, k=i, stride=2 * i, m=4096, sf_row_tile=sf_row_tile)
     consts = dict(I_MULT=16, XM_MULT=16, SF_ROW_TILE=sf_row_tile, ACT=code, GATED=gated, BF16_BITS=False,
-                  DYNAMIC=dynamic, PARTIALS=256, BLOCK_M=config.block_m, BLOCK_K=config.block_k, ONE_PAD_TILE=one_pad)
+                  DYNAMIC=dynamic, PARTIALS=256, BLOCK_M=config.block_m, BLOCK_K=config.block_k,
+                  ONE_PAD_TILE=meta["ONE_PAD_TILE"], HALVES=meta["HALVES"])
     for name in consts:
         sig[name] = "constexpr"
     src = ASTSource(act_module.act_quantize_kernel, sig, {(list(sig).index(k),): v for k, v in consts.items()},

@@ -165,6 +165,7 @@ def act_quantize_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,  # multiple of 64
     ONE_PAD_TILE: tl.constexpr,  # one program per k column zeroes the scale-padding rows
+    HALVES: tl.constexpr,  # whole blocks per thread (QuantConfig.halves)
 ):
     """Grid (k tiles, m tiles incl. the tiles of scale-padding rows); no integer division."""
     NB: tl.constexpr = BLOCK_K // 16
@@ -193,11 +194,19 @@ def act_quantize_kernel(
         gs = tl.load(global_scale_ptr)
 
     if pid_m * BLOCK_M < M:
-        cols = blocks[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]
-        h = _act_tile(x_ptr, rows[:, None, None], cols, M, I, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
+        if HALVES:
+            # [half, row, block, 8] loads, whole blocks per thread after the permute (kernels/quantize.py's HALVES)
+            cols = blocks[None, None, :, None] * 16 + tl.arange(0, 2)[:, None, None, None] * 8 + \
+                tl.arange(0, 8)[None, None, None, :]
+            h = _act_tile(x_ptr, rows[None, :, None, None], cols, M, I, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
+            h = tl.reshape(tl.permute(h, (1, 2, 0, 3)), [BLOCK_M, NB, 16])
+        else:
+            cols = blocks[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]
+            h = _act_tile(x_ptr, rows[:, None, None], cols, M, I, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
         codes, scale_byte, _, finite = numerics.quantize_blocks(h, gs)
         packed = numerics.pack_codes(codes, finite)
-        byte_cols = tl.max_contiguous(blocks[None, :, None] * 8 + tl.arange(0, 8)[None, None, :], [1, 1, 4])
+        byte_cols = tl.max_contiguous(blocks[None, :, None] * 8 + tl.arange(0, 8)[None, None, :],
+                                      [1, 1, 8 if HALVES else 4])
         tl.store(data_ptr + rows.to(tl.int64)[:, None, None] * (Ip // 2) + byte_cols, packed,
                  mask=(rows[:, None, None] < M) & (byte_cols < Ip // 2))
         tl.store(scale_ptr + sf_off, scale_byte.to(tl.uint8), mask=sf_mask)

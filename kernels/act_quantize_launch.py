@@ -89,7 +89,7 @@ def act_pad_quantize(x, act: str, global_scale, data, scale, *, sf_row_tile: int
     meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, ACT=code, GATED=gated,
                 BF16_BITS=x.device.type == "cpu", DYNAMIC=dynamic,
                 PARTIALS=triton.next_power_of_2(n_partials), BLOCK_M=config.block_m, BLOCK_K=config.block_k,
-                ONE_PAD_TILE=meta["ONE_PAD_TILE"], num_warps=config.num_warps,
+                ONE_PAD_TILE=meta["ONE_PAD_TILE"], HALVES=meta["HALVES"], num_warps=config.num_warps,
                 enable_fp_fusion=False)  # IEEE ops in torch's order: no FMA contraction
     _run(mod.act_quantize_kernel[grid], args, meta, x.device)
 

@@ -160,7 +160,7 @@ def test_gpu_tiles_and_two_pass_amax(device):
     x = act_input(41, 300, "gelu_tanh_mul", device=device)
     h = fp4linear.activation(x, "gelu_tanh_mul")
     for config, amax, dynamic in [(QuantConfig(8, 128, 4), AmaxConfig(16, 128, 4, 8), True),
-                                  (QuantConfig(16, 64, 2), AmaxConfig(8, 64, 2, 64), True),
+                                  (QuantConfig(16, 64, 2, halves=True), AmaxConfig(8, 64, 2, 64), True),
                                   (QuantConfig(8, 128, 4), None, False)]:
         out = poisoned((41, 300), 64, "128x4", device)
         gs = torch.empty(1, device=device) if dynamic else dynamic_scale(h)
