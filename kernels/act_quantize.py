@@ -5,8 +5,8 @@ act_quantize: x [M, W] (W = 2I gated: gate = x[:, :I], up = x[:, I:]; W = I plai
 (dynamic: `act_amax_kernel` writes per-program maxima of |act(x)|, then every quantize program
 reduces them to the encode scale itself). The activation is computed in fp32 and rounded to x's
 dtype before quantization, exactly as `activation_kernel` stores it, so act_quantize(x) has the
-bits of quantize(activation(x)) on the same device. The recipe is `numerics.quantize_blocks` /
-`numerics.pack_codes`; scale offsets `layout.scale_offset`.
+bits of quantize(activation(x)) on the same device. Quantization and stores are the quantize
+kernel's own `quantize.quantize_store` (numerics.block_scales / e2m1_code, layout.scale_offset).
 """
 
 import triton
@@ -15,8 +15,8 @@ from triton.language.extra import libdevice
 
 from ._interpreter import sibling
 
-layout = sibling(__name__, "layout")
 numerics = sibling(__name__, "numerics")
+quantize = sibling(__name__, "quantize")
 
 # ACT codes (the launcher maps names): gated ones multiply act(gate) by up.
 SILU_MUL = tl.constexpr(0)
@@ -177,10 +177,6 @@ def act_quantize_kernel(
     pid_m = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     blocks = pid_k * NB + tl.arange(0, NB)
-    r = rows.to(tl.int64)[:, None]
-    s = blocks[None, :]
-    sf_off = layout.scale_offset(r, s, S4, SF_ROW_TILE)
-    sf_mask = (r < scale_rows) & (s < S4)
 
     if DYNAMIC:
         p = tl.arange(0, PARTIALS)
@@ -194,28 +190,20 @@ def act_quantize_kernel(
         gs = tl.load(global_scale_ptr)
 
     if pid_m * BLOCK_M < M:
-        if HALVES:
-            # [half, row, block, 8] loads, whole blocks per thread after the permute (kernels/quantize.py's HALVES)
+        if HALVES:  # [half, row, block, 8]: whole blocks per thread (kernels/quantize.py's HALVES)
             cols = blocks[None, None, :, None] * 16 + tl.arange(0, 2)[:, None, None, None] * 8 + \
                 tl.arange(0, 8)[None, None, None, :]
             h = _act_tile(x_ptr, rows[None, :, None, None], cols, M, I, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
-            h = tl.reshape(tl.permute(h, (1, 2, 0, 3)), [BLOCK_M, NB, 16])
         else:
             cols = blocks[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]
             h = _act_tile(x_ptr, rows[:, None, None], cols, M, I, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
-        codes, scale_byte, _, finite = numerics.quantize_blocks(h, gs)
-        packed = numerics.pack_codes(codes, finite)
-        byte_cols = tl.max_contiguous(blocks[None, :, None] * 8 + tl.arange(0, 8)[None, None, :],
-                                      [1, 1, 8 if HALVES else 4])
-        tl.store(data_ptr + rows.to(tl.int64)[:, None, None] * (Ip // 2) + byte_cols, packed,
-                 mask=(rows[:, None, None] < M) & (byte_cols < Ip // 2))
-        tl.store(scale_ptr + sf_off, scale_byte.to(tl.uint8), mask=sf_mask)
+        quantize.quantize_store(h, gs, data_ptr, scale_ptr, rows, blocks, M, Ip, S4, scale_rows, SF_ROW_TILE,
+                                0, 2, HALVES)
     elif ONE_PAD_TILE:
         # All scale-padding rows of this k column in one program (the quantize kernel's rule)
         if pid_m * BLOCK_M < M + BLOCK_M:
-            pad_r = ((M + BLOCK_M - 1) // BLOCK_M * BLOCK_M + tl.arange(0, SF_ROW_TILE)).to(tl.int64)[:, None]
-            tl.store(scale_ptr + layout.scale_offset(pad_r, s, S4, SF_ROW_TILE), tl.full([SF_ROW_TILE, NB], 0, tl.uint8),
-                     mask=(pad_r < scale_rows) & (s < S4))
+            quantize.store_zero_scales(scale_ptr, (M + BLOCK_M - 1) // BLOCK_M * BLOCK_M + tl.arange(0, SF_ROW_TILE),
+                                       blocks, S4, scale_rows, SF_ROW_TILE)
     elif pid_m * BLOCK_M < scale_rows:
         # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
-        tl.store(scale_ptr + sf_off, tl.full([BLOCK_M, NB], 0, tl.uint8), mask=sf_mask)
+        quantize.store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE)

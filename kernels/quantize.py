@@ -32,16 +32,14 @@ numerics = sibling(__name__, "numerics")
 
 
 @triton.jit
-def _load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS: tl.constexpr, HALVES: tl.constexpr):
+def load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS: tl.constexpr, HALVES: tl.constexpr):
     """x[rows, 16*blocks ...] as fp32 [BM, NB, 16], or (WORDS) int32 words [BM, NB, 8] of bf16
     pairs, element 2i in the low half; padding (rows >= M, columns >= K) reads as 0. K_units and
-    stride_units count elements, or words. HALVES: loaded as [BM, 2, NB, 8 or 4] (a 16-byte half
-    block per load, lanes along blocks) so that one thread holds whole blocks."""
-    BM: tl.constexpr = rows.shape[0]
-    NB: tl.constexpr = blocks.shape[0]
+    stride_units count elements, or words. HALVES: [2, BM, NB, 8 or 4], half h of each block at
+    [h]: a 16-byte half block per load with lanes along blocks, so one thread holds whole blocks
+    (the half outermost, so that warps split rows, not halves)."""
     E: tl.constexpr = 8 if WORDS else 16  # units per block
     if HALVES:
-        # [half, row, block, unit]: the half outermost, so that warps split rows, not halves
         row_off = rows.to(tl.int64)[None, :, None, None] * stride_units
         cols = blocks[None, None, :, None] * E + tl.arange(0, 2)[:, None, None, None] * (E // 2) + \
             tl.arange(0, E // 2)[None, None, None, :]
@@ -51,49 +49,80 @@ def _load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS: tl.constexp
         cols = blocks[None, :, None] * E + tl.arange(0, E)[None, None, :]
         mask = (rows[:, None, None] < M) & (cols < K_units)
     if WORDS:
-        tile = tl.load(x_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + row_off + cols, mask=mask, other=0)
+        return tl.load(x_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + row_off + cols, mask=mask, other=0)
     else:
-        tile = tl.load(x_ptr + row_off + cols, mask=mask, other=0.0).to(tl.float32)
-    if HALVES:
-        tile = tl.reshape(tl.permute(tile, (1, 2, 0, 3)), [BM, NB, E])
-    return tile
+        return tl.load(x_ptr + row_off + cols, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _quantize_store(tile, gs, data_ptr, scale_ptr, rows, blocks, M, Kp, S4, scale_rows,
-                    SF_ROW_TILE: tl.constexpr, WORDS: tl.constexpr, RECIPE: tl.constexpr, HALVES: tl.constexpr):
-    BLOCK_M: tl.constexpr = tile.shape[0]
-    NB: tl.constexpr = tile.shape[1]
+def _block_max(bits, HALVES: tl.constexpr):
+    """[BM, NB]: the max over each block's units (both halves)."""
+    if HALVES:
+        return tl.reduce(tl.reduce(bits, 3, numerics.MAX_COMBINE), 0, numerics.MAX_COMBINE)
+    else:
+        return tl.reduce(bits, 2, numerics.MAX_COMBINE)
+
+
+@triton.jit
+def _per_unit(v, HALVES: tl.constexpr):
+    """[BM, NB] broadcastable against the tile."""
+    if HALVES:
+        return v[None, :, :, None]
+    else:
+        return v[:, :, None]
+
+
+@triton.jit
+def quantize_store(tile, gs, data_ptr, scale_ptr, rows, blocks, M, Kp, S4, scale_rows,
+                   SF_ROW_TILE: tl.constexpr, WORDS: tl.constexpr, RECIPE: tl.constexpr, HALVES: tl.constexpr):
+    """Quantize a `load_tile` tile (rows x blocks, WORDS / HALVES as loaded) and store its codes
+    and scales: the recipe is numerics.block_scales + numerics.e2m1_code (RECIPE 1: the first
+    magnitude encoder); also the act_quantize kernel's tail."""
+    BLOCK_M: tl.constexpr = rows.shape[0]
+    NB: tl.constexpr = blocks.shape[0]
     if WORDS:
         low = tile << 16  # fp32 bits of the even elements
         high_abs = tile & 0x7FFF0000  # |x| of the odd elements, as fp32 bits
-        vmax_bits = tl.reduce(tl.maximum(low & 0x7FFFFFFF, high_abs), 2, numerics.MAX_COMBINE)
+        vmax_bits = _block_max(tl.maximum(low & 0x7FFFFFFF, high_abs), HALVES)
         scale_byte, _, out_scale, finite = numerics.block_scales(vmax_bits, gs)
-        out = out_scale[:, :, None]
+        out = _per_unit(out_scale, HALVES)
         # y's sign is x's (out_scale >= 0, never NaN): bit 31 of low and of the word
         c_low = numerics.e2m1_code(tl.abs(low.to(tl.float32, bitcast=True) * out), low)
         c_high = numerics.e2m1_code(high_abs.to(tl.float32, bitcast=True) * out, tile)
-        packed = tl.where(finite[:, :, None], (c_low & 15) | (c_high << 4), 0).to(tl.uint8)  # [BM, NB, 8]
+        packed = tl.where(_per_unit(finite, HALVES), (c_low & 15) | (c_high << 4), 0).to(tl.uint8)  # a byte a word
     else:
-        vmax_bits = tl.reduce(tile.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 2, numerics.MAX_COMBINE)
+        vmax_bits = _block_max(tile.to(tl.int32, bitcast=True) & 0x7FFFFFFF, HALVES)
         scale_byte, _, out_scale, finite = numerics.block_scales(vmax_bits, gs)
         if RECIPE == 1:
             out_scale = tl.where(vmax_bits == 0, 0.0, out_scale)
-        y = tile * out_scale[:, :, None]
+        y = tile * _per_unit(out_scale, HALVES)
         y_bits = y.to(tl.int32, bitcast=True)
         if RECIPE == 1:
             codes = numerics.e2m1_rne_magnitude(tl.abs(y)) | ((y_bits >> 28) & 8)
-            low, high = tl.split(tl.reshape(codes, [BLOCK_M, NB, 8, 2]))
-            packed = tl.where(finite[:, :, None], low | (high << 4), 0).to(tl.uint8)
         else:
-            packed = numerics.pack_codes(numerics.e2m1_code(tl.abs(y), y_bits), finite)
+            codes = numerics.e2m1_code(tl.abs(y), y_bits)
+        if HALVES:
+            low, high = tl.split(tl.reshape(codes, [2, BLOCK_M, NB, 4, 2]))
+        else:
+            low, high = tl.split(tl.reshape(codes, [BLOCK_M, NB, 8, 2]))
+        if RECIPE == 1:
+            packed = tl.where(_per_unit(finite, HALVES), low | (high << 4), 0).to(tl.uint8)
+        else:  # numerics.pack_codes' packing: high's bits above its nibble drop in the cast
+            packed = tl.where(_per_unit(finite, HALVES), (low & 15) | (high << 4), 0).to(tl.uint8)
 
-    # Each thread holds 4 (HALVES: 8) consecutive bytes and a warp covers whole row spans: capping
-    # the contiguity the compiler sees there keeps this layout for the store instead of a
-    # shared-memory round trip to build wider vectors.
-    byte_cols = tl.max_contiguous(blocks[None, :, None] * 8 + tl.arange(0, 8)[None, None, :], [1, 1, 8 if HALVES else 4])
-    tl.store(data_ptr + rows.to(tl.int64)[:, None, None] * (Kp // 2) + byte_cols, packed,
-             mask=(rows[:, None, None] < M) & (byte_cols < Kp // 2))
+    # Each thread holds 4 consecutive bytes (HALVES: twice) and a warp covers whole row spans:
+    # capping the contiguity the compiler sees at 4 keeps this layout for the store instead of a
+    # shared-memory round trip to build 8-byte vectors.
+    if HALVES:
+        byte_cols = tl.max_contiguous(blocks[None, None, :, None] * 8 + tl.arange(0, 2)[:, None, None, None] * 4 +
+                                      tl.arange(0, 4)[None, None, None, :], [1, 1, 1, 4])
+        row_off = rows.to(tl.int64)[None, :, None, None] * (Kp // 2)
+        row_ok = rows[None, :, None, None] < M
+    else:
+        byte_cols = tl.max_contiguous(blocks[None, :, None] * 8 + tl.arange(0, 8)[None, None, :], [1, 1, 4])
+        row_off = rows.to(tl.int64)[:, None, None] * (Kp // 2)
+        row_ok = rows[:, None, None] < M
+    tl.store(data_ptr + row_off + byte_cols, packed, mask=row_ok & (byte_cols < Kp // 2))
     r = rows.to(tl.int64)[:, None]
     s = blocks[None, :]
     tl.store(scale_ptr + layout.scale_offset(r, s, S4, SF_ROW_TILE), scale_byte.to(tl.uint8),
@@ -101,7 +130,7 @@ def _quantize_store(tile, gs, data_ptr, scale_ptr, rows, blocks, M, Kp, S4, scal
 
 
 @triton.jit
-def _store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE: tl.constexpr):
+def store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE: tl.constexpr):
     r = rows.to(tl.int64)[:, None]
     s = blocks[None, :]
     tl.store(scale_ptr + layout.scale_offset(r, s, S4, SF_ROW_TILE), tl.full([rows.shape[0], blocks.shape[0]], 0, tl.uint8),
@@ -150,35 +179,35 @@ def nvfp4_pad_quantize_kernel(
             first = tl.program_id(1)
             step = tl.num_programs(1)
             gs = tl.load(global_scale_ptr)
-            tile = _load_tile(x_ptr, first * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M, K_units, stride_units, WORDS, HALVES)
+            tile = load_tile(x_ptr, first * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M, K_units, stride_units, WORDS, HALVES)
             for pid_m in tl.range(first, n_m_tiles, step, num_stages=1):
                 # the next tile's load is in flight during this tile's math (rows >= M: no traffic)
-                following = _load_tile(x_ptr, (pid_m + step) * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M, K_units,
+                following = load_tile(x_ptr, (pid_m + step) * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M, K_units,
                                        stride_units, WORDS, HALVES)
-                _quantize_store(tile, gs, data_ptr, scale_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M,
+                quantize_store(tile, gs, data_ptr, scale_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M,
                                 Kp, S4, scale_rows, SF_ROW_TILE, WORDS, RECIPE, HALVES)
                 tile = following
             for pid_m in tl.range(n_m_tiles + first, n_m_all, step, num_stages=1):
-                _store_zero_scales(scale_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), blocks, S4, scale_rows,
+                store_zero_scales(scale_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), blocks, S4, scale_rows,
                                    SF_ROW_TILE)
         else:
             # axis 2 only when the tiles exceed the 65535 a grid's second axis allows
             pid_m = tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
             rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
             if pid_m < n_m_tiles:
-                tile = _load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS, HALVES)
-                _quantize_store(tile, tl.load(global_scale_ptr), data_ptr, scale_ptr, rows, blocks, M, Kp, S4,
+                tile = load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS, HALVES)
+                quantize_store(tile, tl.load(global_scale_ptr), data_ptr, scale_ptr, rows, blocks, M, Kp, S4,
                                 scale_rows, SF_ROW_TILE, WORDS, RECIPE, HALVES)
             elif ONE_PAD_TILE:
                 # All scale-padding rows of this k column (M up to the layout's row tile) in one
                 # program, the launcher's last m index: decode-sized M launches 1 + 1 programs per
                 # k column instead of 1 + 15.
                 if pid_m == n_m_tiles:
-                    _store_zero_scales(scale_ptr, n_m_tiles * BLOCK_M + tl.arange(0, SF_ROW_TILE), blocks, S4,
+                    store_zero_scales(scale_ptr, n_m_tiles * BLOCK_M + tl.arange(0, SF_ROW_TILE), blocks, S4,
                                        scale_rows, SF_ROW_TILE)
             elif pid_m < n_m_all:
                 # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
-                _store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE)
+                store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE)
     else:
         n_k_tiles = (S4 * 16 + BLOCK_K - 1) // BLOCK_K
         pid = tl.program_id(0)
@@ -188,8 +217,8 @@ def nvfp4_pad_quantize_kernel(
         blocks = pid_k * NB + tl.arange(0, NB)
         if pid_m * BLOCK_M >= M:
             # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
-            _store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE)
+            store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE)
         else:
-            tile = _load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS, HALVES)
-            _quantize_store(tile, tl.load(global_scale_ptr), data_ptr, scale_ptr, rows, blocks, M, Kp, S4,
+            tile = load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS, HALVES)
+            quantize_store(tile, tl.load(global_scale_ptr), data_ptr, scale_ptr, rows, blocks, M, Kp, S4,
                             scale_rows, SF_ROW_TILE, WORDS, RECIPE, HALVES)
