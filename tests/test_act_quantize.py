@@ -227,10 +227,30 @@ def test_errors_name_the_argument():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("act", ACTS)
-def test_large_shapes_on_gpu(act):
-    for m, i in [(4096, 1368), (16, 3696), (130, 7)]:
-        x = act_input(m, i, act, device="cuda", binades=4)
-        check_fused(x, act, None, 64, "128x4")
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_large_shapes_on_gpu(act, dynamic):
+    """GPU tiles and sizes: poisoned outputs, odd I, strided rows, NaN/Inf, both layouts."""
+    for m, i, k_align, sf_layout in [(4096, 1368, 64, "128x4"), (16, 3696, 64, "8x4"), (130, 7, 16, "128x4"),
+                                     (1000, 232, 32, "128x4"), (3, 2048, 128, "8x4")]:
+        x = act_input(m, i + 3, act, device="cuda", binades=4)
+        x = x[:, 1 : 1 + (2 * i if act in GATED_ACTS else i)]  # strided rows, a 2-byte aligned base
+        if m > 100:
+            x[7, 0], x[99, -1] = math.nan, -math.inf
+        gs = None if dynamic else dynamic_scale(torch_act(x, act)) * 0.8
+        check_fused(x, act, gs, k_align, sf_layout)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 1200), i=st.integers(1, 2500), act=st.sampled_from(ACTS), dynamic=st.booleans(),
+       k_align=st.sampled_from([16, 32, 64, 128]), sf_layout=st.sampled_from(["128x4", "8x4"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_hypothesis_shapes_on_gpu(m, i, act, dynamic, k_align, sf_layout, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = act_input(m, i, act, device="cuda", generator=g)
+    gs = None if dynamic else dynamic_scale(torch_act(x, act)) * (0.5 + torch.rand(1, generator=g)).cuda()
+    check_fused(x, act, gs, k_align, sf_layout)
 
 
 @pytest.mark.cuda

@@ -166,6 +166,25 @@ def test_kernel_variants_match_reference(device, config):
         assert_same_bits(out, reference.quantize(x.cpu(), gs.cpu(), k_align=k_align, sf_layout=sf_layout))
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_kernel_variants_on_gpu():
+    """GPU-sized shapes for every variant: several waves of tiles, ragged K, 16 decode rows,
+    strided bf16 rows (the reference computed once per shape)."""
+    configs = VARIANTS + [QuantConfig(8, 512, 2), QuantConfig(2, 4096, 4, persistent=4), QuantConfig(8, 512, 2, halves=True)]
+    big = wide_range((600, 8200), device="cuda")
+    for x, k_align, sf_layout in [(big[:, 4:8196], 64, "128x4"), (big[:, :1368], 64, "128x4"),
+                                  (big[:16, 2:3698], 32, "8x4"),
+                                  (wide_range((300, 464), dtype=torch.float16, device="cuda"), 128, "128x4")]:
+        gs = global_scale_of(x)
+        want = reference.quantize(x.cpu(), gs.cpu(), k_align=k_align, sf_layout=sf_layout)
+        for config in configs:
+            out = poisoned(x.shape, k_align, sf_layout, "cuda")
+            kernels.pad_quantize(x, gs, out.data, out.scale, sf_row_tile=scale_layout(sf_layout).row_tile,
+                                 config=config)
+            assert_same_bits(out, want)
+
+
 def test_dequantize_roundtrip_error(device):
     x = torch.randn(64, 512, dtype=torch.bfloat16, device=device)
     q = fp4linear.quantize(x, global_scale_of(x))
