@@ -2,7 +2,7 @@
 
     python benchmarks/kernel_asm.py [--arch 90] [--block-m 16 --block-k 256 --warps 4] [--dump DIR]
 
-Prints the instruction mix of the kernel and instructions per quantized element: the SPEC's lead
+Prints the instruction mix of the kernel and instructions per quantized element: benchmarks/NOTES.md's lead
 is that the per-element instruction count, not the memory pattern, limits the kernel.
 """
 

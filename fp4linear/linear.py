@@ -11,7 +11,7 @@ import logging
 import torch
 from torch import nn
 
-from . import kernels, ops, reference
+from . import kernels, ops
 from .backends import Backend, plan, resolve
 from .format import (BLOCK_SIZE, E2M1_MAX, E4M3_MAX, QUANTIZABLE_DTYPES, SWIZZLE_128x4, NVFP4Tensor, abs_amax,
                      decode_scale)
@@ -62,12 +62,17 @@ def quantize_weight(w: torch.Tensor) -> dict:
     (= amax / 2688, the decode scale). K16 = K rounded up to the 16-element block."""
     if w.dtype not in QUANTIZABLE_DTYPES or w.dim() != 2:
         raise TypeError(f"weight must be a 2-D bf16, fp16 or fp32 tensor, got {w.dtype} {tuple(w.shape)}")
-    weight_scale_2 = decode_scale(abs_amax(w))
+    if w.numel() == 0:
+        raise ValueError(f"weight must not be empty, got shape {tuple(w.shape)}")
+    amax = abs_amax(w)
+    if not bool(torch.isfinite(amax)):  # load time: one host read is fine here
+        raise ValueError("weight holds NaN or Inf values: it cannot be quantized")
+    weight_scale_2 = decode_scale(amax)
     gs_w = 1.0 / weight_scale_2  # the encode scale a checkpoint's weight_scale_2 implies
     q = NVFP4Tensor.empty(w.shape, k_align=BLOCK_SIZE, device=w.device)
     kernels.pad_quantize(w, gs_w, q.data, q.scale, sf_row_tile=SWIZZLE_128x4.row_tile)
-    rows = reference.unswizzle(q.scale.view(torch.uint8), SWIZZLE_128x4)[: w.shape[0], : q.kp // BLOCK_SIZE]
-    return dict(weight=q.data, weight_scale=rows.contiguous().view(torch.float8_e4m3fn),
+    rows = SWIZZLE_128x4.unswizzle(q.scale.view(torch.uint8), w.shape[0], q.kp // BLOCK_SIZE)
+    return dict(weight=q.data, weight_scale=rows.view(torch.float8_e4m3fn),
                 weight_scale_2=weight_scale_2.reshape(()))
 
 
@@ -87,11 +92,11 @@ class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, *, bias: bool = False, backend="auto", device=None,
                  bias_dtype=torch.bfloat16, dynamic_input_scale: bool = False):
         super().__init__()
+        p = plan(out_features, in_features, backend=backend, device=device)  # validates both sizes
         self.in_features, self.out_features = in_features, out_features
         self.dynamic_input_scale = dynamic_input_scale
         self.backend: Backend = resolve(backend, device)
         b = self.backend
-        p = plan(out_features, in_features, backend=b)
         self.n_padded, self.k_padded = p.n_padded, p.k_padded
         data, scale = b.prepare_weight(
             torch.zeros(self.n_padded, self.k_padded // 2, dtype=torch.uint8, device=device),
@@ -146,6 +151,8 @@ class Linear(nn.Module):
         """Quantize an nn.Linear's weight with the same fused kernel (weight global scale from its
         amax, ModelOpt's recipe); `input_scale` is the static activation decode scale (amax / 2688),
         or None for a dynamic per-call activation scale."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
         w = linear.weight.detach()
         return cls.from_modelopt(**quantize_weight(w), input_scale=input_scale,
                                  bias=linear.bias.detach() if linear.bias is not None else None,
@@ -155,8 +162,8 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype not in QUANTIZABLE_DTYPES:
             raise TypeError(f"x must be bf16, fp16 or fp32, got {x.dtype}")
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"x has {x.shape[-1]} features in its last dimension, this layer takes {self.in_features}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have shape (..., {self.in_features}), got {tuple(x.shape)}")
         if x.device != self.weight.device:
             raise ValueError(f"x is on {x.device} but the layer's weights are on {self.weight.device}")
         if self.backend.sm is not None:

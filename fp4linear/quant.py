@@ -53,15 +53,15 @@ def quantize(x: torch.Tensor, global_scale: torch.Tensor, *, k_align: int = 32, 
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in QUANTIZABLE_DTYPES:
         raise TypeError(f"x must be bfloat16, float16 or float32, got {x.dtype}")
-    if x.dim() < 1:
-        raise ValueError("x must have at least one dimension (..., K)")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x must have shape (..., K) with K >= 1, got {tuple(x.shape)}")
     _check_global_scale(global_scale, x)
     layout = scale_layout(sf_layout)
     k = x.shape[-1]
     kp = pad_k(k, k_align)
     if x.stride(-1) != 1:
         x = x.contiguous()  # the kernel reads rows of unit stride; any row stride is fine
-    x2 = x.reshape(-1, k) if k else x.reshape(-1, 0)
+    x2 = x.reshape(-1, k)
     m = x2.shape[0]
 
     if out is None:

@@ -60,8 +60,9 @@ def e2m1_rne_magnitude(a):
 def quantize_blocks(x, gs):
     """The recipe on blocks of 16: x fp32 [R, NB, 16], gs the fp32 encode scale (scalar) ->
     (codes int32 [R, NB, 16] = sign << 3 | magnitude, scale byte int32 [R, NB], the scale's fp32
-    value [R, NB], finite [R, NB]). A non-finite block's scale byte is 0x7F (E4M3 NaN); its codes
-    are meaningless (`pack_codes` zeroes them).
+    value [R, NB], finite [R, NB]). A non-finite block (NaN or +-Inf inside, or a nonzero value under
+    a global scale that is not finite and positive) gets scale byte 0x7F (E4M3 NaN); its codes are meaningless
+    (`pack_codes` zeroes them).
 
     "TE-exact" order: sf = e4m3(min(vmax * (gs * (1/6)), 448)); out = 1 / (sf * (1 / gs)) with
     IEEE divisions; codes = e2m1(x * out), sign from y's sign bit (-0.0 encodes as 0x8).
@@ -69,7 +70,13 @@ def quantize_blocks(x, gs):
     # max |x| as an integer max of the sign-cleared bits: same order as the floats, and NaN (above
     # +inf) cannot be dropped.
     vmax_bits = tl.reduce(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 2, MAX_COMBINE)
-    finite = vmax_bits < 0x7F800000
+    # A global scale that is not finite and positive (read on the device, never checked on the
+    # host) marks every block holding a nonzero value non-finite: NaN downstream rather than
+    # plausible garbage; all-zero blocks (the padding among them) stay 0.
+    gs_bits = gs.to(tl.int32, bitcast=True)  # in (0, 0x7F800000) exactly when gs is finite and > 0
+    gs_ok = (gs_bits > 0) & (gs_bits < 0x7F800000)
+    finite = vmax_bits < tl.where(gs_ok, 0x7F800000, 1)
+    gs = tl.where(gs_ok, gs, 1.0)  # keeps the all-zero blocks' arithmetic finite (scale 0, codes 0)
     vmax = vmax_bits.to(tl.float32, bitcast=True)
     scale_code, scale_value = e4m3_rne(tl.minimum(vmax * (gs * (1.0 / 6.0)), 448.0))
     inv_gs = tl.math.div_rn(tl.full([1, 1], 1.0, tl.float32), gs)
