@@ -76,6 +76,10 @@ def quantize_weight(w: torch.Tensor) -> dict:
                 weight_scale_2=weight_scale_2.reshape(()))
 
 
+def _refresh_after_load(module, incompatible_keys) -> None:
+    module._refresh_alpha_host()
+
+
 class Linear(nn.Module):
     """NVFP4 W4A4 linear layer. Build with `from_modelopt` or `from_linear`.
 
@@ -107,9 +111,12 @@ class Linear(nn.Module):
         for name in ("weight_scale_2", "input_scale", "alpha", "input_global_scale"):
             self.register_buffer(name, torch.ones(1, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
-        # decode_scale's divisor, cached so the dynamic-scale forward launches no fill kernel
-        self.register_buffer("_decode_divisor", torch.full((1,), E4M3_MAX * E2M1_MAX, device=device), persistent=False)
+        self._triton = b.name == "triton"
+        self._alpha_host = 1.0  # alpha as a Python float, for GEMMs that take it on the host (cuBLAS)
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
+    def _refresh_alpha_host(self) -> None:
+        self._alpha_host = float(self.alpha)  # load time: one host read
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_modelopt(cls, weight, weight_scale, weight_scale_2, input_scale, bias=None, *, backend="auto",
@@ -141,6 +148,7 @@ class Linear(nn.Module):
         layer.input_scale.copy_(in_scale)
         layer.alpha.copy_(in_scale * ws2)
         layer.input_global_scale.copy_(1.0 / in_scale)
+        layer._refresh_alpha_host()
         if bias is not None:
             layer.bias.copy_(bias)
         log.debug("fp4linear.Linear %s", layer.extra_repr())
@@ -166,21 +174,22 @@ class Linear(nn.Module):
             raise ValueError(f"x must have shape (..., {self.in_features}), got {tuple(x.shape)}")
         if x.device != self.weight.device:
             raise ValueError(f"x is on {x.device} but the layer's weights are on {self.weight.device}")
-        if self.backend.sm is not None:
-            self.backend.check_available(x.device)
-        lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        global_scale, alpha = self.input_global_scale, self.alpha
-        if self.dynamic_input_scale:
-            # On the device, the same bits as a static input_scale = amax(x) / 2688 (`calibrate`).
-            input_scale = decode_scale(abs_amax(x2), self._decode_divisor)
-            global_scale, alpha = 1.0 / input_scale, input_scale * self.weight_scale_2
-        a_data, a_scale = ops.quantize(x2, global_scale, self.k_padded, SWIZZLE_128x4.row_tile)
-        out = self.backend.gemm(a_data, a_scale, self.weight, self.weight_scale, alpha, self.bias,
-                                self.out_features, x.dtype)
-        return out.reshape(*lead, self.out_features)
+        if self._triton:
+            out = ops.linear(x2, self.weight, self.weight_scale, self.input_global_scale, self.alpha, self.weight_scale_2,
+                             self.bias, self.out_features, self.dynamic_input_scale, self._alpha_host)
+        else:
+            self.backend.check_available(x.device)
+            global_scale, alpha = self.input_global_scale, self.alpha
+            if self.dynamic_input_scale:
+                scales = kernels.dynamic_scales(x2, self.weight_scale_2)
+                global_scale, alpha = scales[0:1], scales[1:2]
+            a_data, a_scale = ops.quantize(x2, global_scale, self.k_padded, SWIZZLE_128x4.row_tile)
+            out = self.backend.gemm(a_data, a_scale, self.weight, self.weight_scale, alpha, self.bias,
+                                    self.out_features, x.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -4,7 +4,12 @@ Kernels and their launchers only: no torch.nn, no backend policy. Launchers take
 validated, already allocated tensors; `fp4linear` does the checking and allocation.
 """
 
-from .gemm_launch import GemmConfig, gemm_config, nvfp4_gemm
+from .gemm_launch import GemmConfig, gemm_config, nvfp4_gemm, nvfp4_gemm_dequantized_a
+from .quant_dequant_launch import dequantize_rows, fake_quantize
 from .quantize_launch import QuantConfig, pad_quantize, quant_config
+from .scales_launch import dynamic_scales
+from .small_m_linear_launch import MAX_M as SMALL_M, SmallMConfig, linear_small_m, small_m_config
 
-__all__ = ["GemmConfig", "QuantConfig", "gemm_config", "nvfp4_gemm", "pad_quantize", "quant_config"]
+__all__ = ["SMALL_M", "GemmConfig", "QuantConfig", "SmallMConfig", "dequantize_rows", "dynamic_scales",
+           "fake_quantize", "gemm_config", "linear_small_m", "nvfp4_gemm", "nvfp4_gemm_dequantized_a", "pad_quantize",
+           "quant_config", "small_m_config"]

@@ -1,13 +1,15 @@
 """Launcher of the NVFP4 GEMM: tile choice and the single launch."""
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 
 from . import _interpreter
 from . import gemm as gemm_module
+from .launch import CachedLaunch
+from .workspace import scratch
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
 
     a_data uint8 [M, Kp/2]; a_scale 128x4-swizzled [round_up(M, 128), Kp/16] (Kp % 64 == 0);
     w_data uint8 [>= N, Kp/2]; w_scale uint8 row-major [>= N, Kp/16]; alpha fp32 [1].
-    Split-K (small M) writes fp32 partials and sums them in a second, deterministic launch.
+    With `predequant_a` A is first dequantized once to fp16 (an extra pass, a temporary [M, Kp]).
     """
     m, n = out.shape
     kp = a_data.shape[1] * 2
@@ -68,31 +70,56 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
         return out
     if config is None:
         config = gemm_config(m, n, kp, out.device.type, _sm_count(out.device))
+    if not config.predequant_a:
+        return _gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, config)
+    module = _interpreter.for_device(gemm_module, out.device)
+    a_units = torch.empty((m, kp), dtype=torch.float16, device=out.device)
+    module.dequantize_activation_kernel[(triton.cdiv(m, 32), kp // 64)](
+        a_data, a_scale.view(dtype=a_data.dtype), a_units, m, kp // 64, WORD_DECODE=config.word_decode,
+        BLOCK_M=32, BLOCK_K=64, num_warps=4)
+    return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config)
+
+
+def nvfp4_gemm_dequantized_a(a_units, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None):
+    """The same GEMM with A already dequantized: fp16 [M, Kp] in units of 2^-14, in the weight
+    decode's K order (`fake_quantize(..., units=True)`)."""
+    m, n = out.shape
+    if m == 0 or n == 0:
+        return out
+    if config is None:
+        config = gemm_config(m, n, a_units.shape[1], out.device.type, _sm_count(out.device))
+    return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, replace(config, predequant_a=True, word_decode=True))
+
+
+_launch = CachedLaunch(gemm_module.nvfp4_gemm_kernel)
+
+
+def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config):
+    m, n = out.shape
+    kp = w_data.shape[1] * 2
+    device = out.device
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
     k_tiles = triton.cdiv(kp, config.block_k)
     split = config.split_k
     if split == 0:  # enough programs for two per SM, each at least 4 K tiles long
-        split = max(1, min(triton.cdiv(2 * _sm_count(out.device), tiles), k_tiles // 4))
+        split = max(1, min(triton.cdiv(2 * _sm_count(device), tiles), k_tiles // 4))
     per_split = triton.cdiv(k_tiles, split)
     split = triton.cdiv(k_tiles, per_split)  # no empty splits
-    even_k = kp % config.block_k == 0
-    module = _interpreter.for_device(gemm_module, out.device)
-    a_operand = a_data
-    if config.predequant_a:  # one pass writing A as exact fp16 [M, Kp]; the GEMM then reads it directly
-        a_operand = torch.empty((m, kp), dtype=torch.float16, device=out.device)
-        module.dequantize_activation_kernel[(triton.cdiv(m, 32), kp // 64)](
-            a_data, a_scale.view(dtype=a_data.dtype), a_operand, m, kp // 64, WORD_DECODE=config.word_decode,
-            BLOCK_M=32, BLOCK_K=64, num_warps=4)
-    target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=out.device)
-    module.nvfp4_gemm_kernel[(tiles * split,)](
-        a_operand, a_scale.view(dtype=a_data.dtype), w_data, w_scale.view(dtype=a_data.dtype), alpha,
-        bias if bias is not None else out, target, m, n, kp // 64, per_split, out.stride(0),
-        HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=even_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, GROUP_M=config.group_m, WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
     if split > 1:
-        grid = (triton.cdiv(m, 16), triton.cdiv(n, 128))
-        module.splitk_reduce_kernel[grid](target, alpha, bias if bias is not None else out, out, m, n, out.stride(0),
-                                          SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=128, num_warps=4)
+        partials, tickets = scratch(device).get(split * m * n, tiles)
+    else:
+        partials = tickets = out  # unused
+    args = (a, a_scale.view(dtype=torch.uint8) if a_scale.dtype != torch.float16 else a_scale, w_data,
+            w_scale.view(dtype=torch.uint8), alpha, bias if bias is not None else out, out, partials, tickets, m, n,
+            kp // 64, per_split, out.stride(0))
+    meta = dict(HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0, BLOCK_M=config.block_m,
+                BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m, WORD_DECODE=config.word_decode,
+                PREDEQUANT_A=config.predequant_a)
+    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    grid = (tiles * split,)
+    if device.type == "cpu":
+        _interpreter.interpreted(gemm_module).nvfp4_gemm_kernel[grid](*args, **meta, **options)
+    else:
+        key = (device.index, a.dtype, out.dtype, None if bias is None else bias.dtype, n, kp, per_split, *meta.values())
+        _launch(key, grid, args, meta, options)
     return out
