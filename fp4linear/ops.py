@@ -6,11 +6,11 @@ op `fp4linear::linear`, a `torch.library.triton_op` on CUDA (Inductor sees and l
 kernels itself) and an opaque custom op on CPU (the interpreter cannot be traced).
 
 Paths of `triton_linear` by the number of rows M (docs/nvfp4.md, "Triton backend paths"):
-- M <= 16: one launch (`kernels.linear_small_m`: quantize, GEMM, split-K reduce);
-- larger M: one quantize-dequantize pass of x, then either the Triton GEMM on the dequantized
-  activation (one launch, split-K reduced inside) or, for large M with a static scale and a
+- M <= 4 on small weights: one launch (`kernels.linear_small_m`: quantize, GEMM, split-K reduce);
+- otherwise one quantize-dequantize pass of x, then either the Triton GEMM on the dequantized
+  activation (one launch, split-K reduced inside) or, for larger M with a static scale and a
   bf16/fp16 input, cuBLAS on exactly dequantized operands with fp32 accumulation (the weight
-  dequantized in row chunks, never kept): `use_cublas`.
+  dequantized in row chunks, never kept): `use_one_launch`, `use_cublas`.
 With a dynamic activation scale one small launch (`kernels.dynamic_scales`) comes first.
 """
 
@@ -29,9 +29,20 @@ CUBLAS_CHUNK_BYTES = 64 << 20
 
 
 def use_cublas(m: int, n: int, kp: int) -> bool:
-    """Large M: cuBLAS on dequantized operands beats the Triton GEMM (H100 measurements in
-    benchmarks/RESULTS.md, "Linear"); the weight's dequantization costs one pass over it per call."""
-    return m >= 1024
+    """cuBLAS on dequantized operands beats the Triton GEMM from M = 512 (the weight's
+    dequantization, one pass over it per call, is then small against the GEMM), and from M = 64 on
+    small weights. H100, whole layer, CUDA-graph medians (linear_bench.py --tune): 512x8192x8192
+    167.7 us vs 235.3, 512x4096x4096 43.5 vs 74.1, 128x1288x2688 12.7 vs 17.2; but 128x8192x8192
+    131.1 vs 86.5, 128x4096x4096 31.8 vs 26.0."""
+    return m >= 512 or (m >= 64 and n * kp <= 4 * 2**20)
+
+
+def use_one_launch(m: int, n: int, kp: int) -> bool:
+    """M <= 4 on weights up to 24M elements: the single launch that quantizes inside the GEMM
+    (one kernel launch of host time instead of two; device time within 5% of the two-launch path:
+    1x4096x4096 15.5 us vs 16.2, 1x1288x2688 11.2 vs 11.8). Larger weights or M: quantize once,
+    then the GEMM (1x8192x8192: 31.1 us vs 42.8; 16x4096x4096: 16.0 vs 17.7)."""
+    return m <= 4 and n * kp < 24 * 2**20
 
 
 @contextlib.contextmanager
@@ -49,7 +60,7 @@ def _fp32_reductions():
 def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None = None) -> int:
     """Per-call temporary device memory of `triton_linear` (besides the output and the per-stream
     split-K scratch): the dequantized activation, and the weight chunk on the cuBLAS path."""
-    if m <= kernels.SMALL_M:
+    if m <= kernels.SMALL_M and use_one_launch(m, n, kp):
         return 0
     cublas = use_cublas(m, n, kp) if cublas is None else cublas
     if not cublas:
@@ -74,7 +85,7 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
     if dynamic:
         scales = kernels.dynamic_scales(x, weight_scale_2)
         gs, alpha = scales[0:1], scales[1:2]
-    if m <= kernels.SMALL_M:
+    if m <= kernels.SMALL_M and use_one_launch(m, n, kp):
         return kernels.linear_small_m(x, gs, alpha, weight, weight_scale, bias, out)
     if cublas is None:
         cublas = use_cublas(m, n, kp)

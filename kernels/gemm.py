@@ -15,15 +15,23 @@ import triton.language as tl
 
 from ._interpreter import sibling
 
-layout = sibling(__name__, "layout")
-numerics = sibling(__name__, "numerics")
+# The helpers as plain globals (torch.compile rebuilds user kernels from their source and globals);
+# `sibling` gives the interpreted twins their interpreted helpers.
+
+_layout = sibling(__name__, "layout")
+col_part_128x4 = _layout.col_part_128x4
+row_part_128x4 = _layout.row_part_128x4
+_numerics = sibling(__name__, "numerics")
+DECODE_UNIT_SCALE = _numerics.DECODE_UNIT_SCALE
+dequant_bytes = _numerics.dequant_bytes
+dequant_words = _numerics.dequant_words
 
 
 @triton.jit
 def _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS: tl.constexpr):
     """acc [BLOCK_N, BLOCK_M] fp32 (a dot of operands in units of 2^-14) -> out[m, n] = alpha * acc
     (+ bias[n]), cast to out's dtype."""
-    out = acc * (tl.load(alpha_ptr) * numerics.DECODE_UNIT_SCALE)
+    out = acc * (tl.load(alpha_ptr) * DECODE_UNIT_SCALE)
     if HAS_BIAS:
         out += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     tl.store(out_ptr + rm64[None, :] * stride_om + rn[:, None], out.to(out_ptr.dtype.element_ty),
@@ -78,7 +86,7 @@ def nvfp4_gemm_kernel(
     n_ok = rn < N
     rm64 = rm.to(tl.int64)
     rn64 = rn.to(tl.int64)
-    a_sf_row = layout.row_part_128x4(rm64, S4)
+    a_sf_row = row_part_128x4(rm64, S4)
     a_rows = a_ptr + rm64[:, None] * (Kp // 2)
     w_rows = w_ptr + rn64[:, None] * (Kp // 2)
     w_sf_rows = w_scale_ptr + rn64[:, None] * S4
@@ -108,17 +116,17 @@ def nvfp4_gemm_kernel(
                         mask=m_ok[:, None] & (rk < Kp)[None, :], other=0.0)
         else:
             a_packed = tl.load(a_rows + k0 // unit + rb[None, :], mask=m_ok[:, None] & k_ok_b[None, :], other=0)
-            a_sf = tl.load(a_scale_ptr + a_sf_row[:, None] + layout.col_part_128x4(s)[None, :],
+            a_sf = tl.load(a_scale_ptr + a_sf_row[:, None] + col_part_128x4(s)[None, :],
                            mask=m_ok[:, None] & k_ok_s[None, :], other=0)
             if WORD_DECODE:
-                a = numerics.dequant_words(a_packed, a_sf, BLOCK_M, BLOCK_K, True)
+                a = dequant_words(a_packed, a_sf, BLOCK_M, BLOCK_K, True)
             else:
-                a = numerics.dequant_bytes(a_packed, a_sf, BLOCK_M, BLOCK_K, True)
+                a = dequant_bytes(a_packed, a_sf, BLOCK_M, BLOCK_K, True)
         # weight scales are validated at load (no E4M3 NaN): no NaN check
         if WORD_DECODE:
-            w = numerics.dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
+            w = dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
         else:
-            w = numerics.dequant_bytes(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
+            w = dequant_bytes(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
         # out^T = W @ A^T: the weight tile, decoded in registers, is the MMA's left operand (the
         # 64-row side of wgmma; Triton stages it through shared memory), and a handful of tokens
         # fits the right operand's small N (decode).
@@ -154,16 +162,16 @@ def dequantize_activation_kernel(a_ptr, a_scale_ptr, out_ptr, M, Kp_div64, WORD_
     m_ok = rm < M
     rm64 = rm.to(tl.int64)
     s = k0 // 16 + tl.arange(0, BLOCK_K // 16)
-    sf = tl.load(a_scale_ptr + layout.row_part_128x4(rm64, S4)[:, None] + layout.col_part_128x4(s)[None, :],
+    sf = tl.load(a_scale_ptr + row_part_128x4(rm64, S4)[:, None] + col_part_128x4(s)[None, :],
                  mask=m_ok[:, None], other=0)
     if WORD_DECODE:
         rw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
         words = tl.load(a_ptr.to(tl.pointer_type(tl.int32)) + rm64[:, None] * (Kp // 8) + rw[None, :],
                         mask=m_ok[:, None], other=0)
-        a = numerics.dequant_words(words, sf, BLOCK_M, BLOCK_K, True)
+        a = dequant_words(words, sf, BLOCK_M, BLOCK_K, True)
     else:
         rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        a = numerics.dequant_bytes(tl.load(a_ptr + rm64[:, None] * (Kp // 2) + rb[None, :], mask=m_ok[:, None], other=0),
+        a = dequant_bytes(tl.load(a_ptr + rm64[:, None] * (Kp // 2) + rb[None, :], mask=m_ok[:, None], other=0),
                                    sf, BLOCK_M, BLOCK_K, True)
     rk = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + rm64[:, None] * Kp + rk[None, :], a, mask=m_ok[:, None])

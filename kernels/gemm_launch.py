@@ -35,15 +35,21 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
         # Interpreter: few, large programs; the GPU's split-K and pre-dequantized-A paths still exercised.
         return GemmConfig(min(64, max(16, triton.next_power_of_2(m))), min(64, max(16, triton.next_power_of_2(n))),
                           block_k, 4, 1, split_k=2 if m <= 16 and kp >= 4 * block_k else 1, predequant_a=m > 16)
-    # Measured on the H100 (gemm_bench.py --configs, RESULTS.md). Decode: 16-token tiles, split-K
-    # to fill the SMs; 4-stage cp.async pipelining won except for mid-sized weights, where 8 short
-    # unpipelined K splits won (16x4096x4096: 12.5 vs 14.9 us).
+    # Measured on the H100 (linear_bench.py --tune; whole layer, weights cold in L2, CUDA-graph
+    # medians). Decode, A already dequantized: 16-token tiles, 64 weight rows, split-K to two programs
+    # per SM; 256-wide K tiles with 3 stages where K allows (1x8192x8192: 31.1 us vs 34.2 with 128x4
+    # stages; 1x28672x8192: 87.7 vs 91.1), 128 with 4 stages otherwise (1x2688x464: 6.3 vs 6.7).
     if m <= 16:
-        if 8 * 2**20 <= n * kp < 48 * 2**20:
-            return GemmConfig(16, 64, block_k, 4, 1, split_k=8)
-        return GemmConfig(16, 64, block_k, 4, 4, split_k=0)
-    if m <= 256:  # too few 128x128 tiles to fill 132 SMs: split K four ways
-        return GemmConfig(128, 128, 64, 8, 4, split_k=4, predequant_a=True)
+        if kp % 256 == 0 and kp >= 2048:
+            return GemmConfig(16, 64, 256, 4, 3, split_k=0, predequant_a=True)
+        return GemmConfig(16, 64, block_k, 4, 4, split_k=0, predequant_a=True)
+    # Mid M on the Triton GEMM (the cuBLAS path takes over from M = 512, `fp4linear.ops.use_cublas`):
+    # 64x64x128 tiles, 3 stages (128x4096x4096: 26.0 us vs 38.2 with 128x64x64; 128x1288x2688: 17.2
+    # vs 30.3), but 128x64x64 with 4 stages for 8192-wide layers (128x8192x8192: 86.5 vs 91.7).
+    if m < 512:
+        if 32 * 2**20 <= n * kp < 128 * 2**20:
+            return GemmConfig(128, 64, 64, 4, 4, split_k=0, predequant_a=True)
+        return GemmConfig(64, 64, block_k, 4, 3, split_k=0, predequant_a=True)
     if 2 * triton.cdiv(m, 256) * triton.cdiv(n, 128) < 3 * sm_count:
         # Narrow per-rank shapes: 256x128 tiles would fill under 1.5 waves (2048x1288x2688: 54.5 us
         # with 128x64 tiles vs 67.0; 2048x2576x2688: 97.6 vs 119). At 1.94 waves (2048x4096x4096)

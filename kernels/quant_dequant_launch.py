@@ -42,10 +42,11 @@ def dequantize_rows(w_data, w_scale, row_begin: int, out):
     n = row_begin + rows
     block_n, block_k = 32, 128
     grid = (triton.cdiv(rows, block_n), triton.cdiv(kp, block_k))
-    args = (w_data, w_scale.view(torch.uint8), out, row_begin, n, kp)
+    args = (w_data, w_scale.view(torch.uint8), out, row_begin, n, kp, out.stride(0))
     meta = dict(BLOCK_N=block_n, BLOCK_K=block_k)
     if out.device.type == "cpu":
         _interpreter.interpreted(qd_module).dequantize_rows_kernel[grid](*args, **meta)
     else:
-        _launch_rows((out.device.index, out.dtype, row_begin, n, kp), grid, args, meta, dict(num_warps=4))
+        _launch_rows((out.device.index, out.dtype, row_begin, n, kp, *alignment_key(out)), grid, args, meta,
+                     dict(num_warps=4))
     return out

@@ -2,8 +2,8 @@
 
 One launch writes every output byte: the K..Kp data padding, and the scale rows and columns that
 the swizzled layout pads, come out as zeros because the masked load reads them as zeros and an
-all-zero block quantizes to scale 0 and codes 0. The recipe itself is `numerics.quantize_blocks`;
-the scale offsets are `layout.scale_offset`.
+all-zero block quantizes to scale 0 and codes 0. The recipe itself is `quantize_blocks`;
+the scale offsets are `scale_offset`.
 """
 
 import triton
@@ -11,8 +11,14 @@ import triton.language as tl
 
 from ._interpreter import sibling
 
-layout = sibling(__name__, "layout")
-numerics = sibling(__name__, "numerics")
+# The helpers as plain globals (torch.compile rebuilds user kernels from their source and globals);
+# `sibling` gives the interpreted twins their interpreted helpers.
+
+_layout = sibling(__name__, "layout")
+scale_offset = _layout.scale_offset
+_numerics = sibling(__name__, "numerics")
+pack_codes = _numerics.pack_codes
+quantize_blocks = _numerics.quantize_blocks
 
 
 @triton.jit
@@ -47,7 +53,7 @@ def nvfp4_pad_quantize_kernel(
     # rows >= M and blocks >= Kp/16 of the swizzled scales hold zeros.
     r = rows.to(tl.int64)[:, None]
     s = blocks[None, :]
-    sf_off = layout.scale_offset(r, s, S4, SF_ROW_TILE)
+    sf_off = scale_offset(r, s, S4, SF_ROW_TILE)
     sf_mask = (r < scale_rows) & (s < S4)
 
     if pid_m * BLOCK_M >= M:
@@ -57,8 +63,8 @@ def nvfp4_pad_quantize_kernel(
         cols = blocks[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]  # [1, NB, 16]
         row_off = rows.to(tl.int64)[:, None, None] * (stride_xm_div * XM_MULT)
         x = tl.load(x_ptr + row_off + cols, mask=(rows[:, None, None] < M) & (cols < K), other=0.0)
-        codes, scale_byte, _, finite = numerics.quantize_blocks(x.to(tl.float32), tl.load(global_scale_ptr))
-        packed = numerics.pack_codes(codes, finite)  # [BLOCK_M, NB, 8]
+        codes, scale_byte, _, finite = quantize_blocks(x.to(tl.float32), tl.load(global_scale_ptr))
+        packed = pack_codes(codes, finite)  # [BLOCK_M, NB, 8]
 
         # Each thread holds 4 consecutive bytes and a warp covers whole row spans: capping the
         # contiguity the compiler sees at 4 keeps this layout for the store instead of a

@@ -3,7 +3,7 @@
 Every program reduces its rows to max |x| (as int32 bits: order-preserving for non-negative
 floats, NaN above +inf) and folds it into one word with an atomic max; the last program to take a
 ticket reads the maximum, writes (gs, alpha) exactly as the static path would compute them from
-input_scale = amax / 2688 (`numerics.dynamic_scales`), and zeroes both words for the next call.
+input_scale = amax / 2688 (`dynamic_scales`), and zeroes both words for the next call.
 Consumers read gs and alpha through pointers, like a static layer's buffers.
 """
 
@@ -12,7 +12,13 @@ import triton.language as tl
 
 from ._interpreter import sibling
 
-numerics = sibling(__name__, "numerics")
+# The helpers as plain globals (torch.compile rebuilds user kernels from their source and globals);
+# `sibling` gives the interpreted twins their interpreted helpers.
+
+_numerics = sibling(__name__, "numerics")
+MAX_COMBINE = _numerics.MAX_COMBINE
+dynamic_scales = _numerics.dynamic_scales
+max_abs_bits = _numerics.max_abs_bits
 
 
 @triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["weight_scale_2_ptr"])
@@ -25,13 +31,13 @@ def dynamic_scale_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, M, K,
         cols = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :],
                     mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
-        acc = tl.maximum(acc, numerics.max_abs_bits(x))
-    tl.atomic_max(words_ptr, tl.reduce(acc, 0, numerics.MAX_COMBINE), sem="relaxed", scope="gpu")
+        acc = tl.maximum(acc, max_abs_bits(x))
+    tl.atomic_max(words_ptr, tl.reduce(acc, 0, MAX_COMBINE), sem="relaxed", scope="gpu")
     tl.debug_barrier()
     ticket = tl.atomic_add(words_ptr + 1, 1, sem="acq_rel", scope="gpu")
     if ticket == tl.num_programs(0) - 1:
         amax_bits = tl.atomic_xchg(words_ptr, 0, sem="acq_rel", scope="gpu")
-        gs, alpha = numerics.dynamic_scales(amax_bits, tl.load(weight_scale_2_ptr))
+        gs, alpha = dynamic_scales(amax_bits, tl.load(weight_scale_2_ptr))
         tl.store(scales_ptr, gs)
         tl.store(scales_ptr + 1, alpha)
         tl.atomic_xchg(words_ptr + 1, 0, sem="relaxed", scope="gpu")

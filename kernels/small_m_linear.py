@@ -1,7 +1,7 @@
 """The whole NVFP4 Linear for a few rows (decode) in one launch: quantize, GEMM, split-K reduce.
 
 out[M, N] = alpha * (quantize(x) @ W^T) (+ bias) for M <= 16. Each program quantizes the slice of
-x it multiplies (x is tiny at decode and stays in L2; `numerics.quantize_blocks`, so the codes and
+x it multiplies (x is tiny at decode and stays in L2; `quantize_blocks`, so the codes and
 scales are bit-identical to `fp4linear.quantize`'s), decodes its weight tile to fp16 in registers,
 and runs an fp16 tensor-core dot with fp32 accumulation (the weight is wgmma's register operand).
 K is split over programs so the grid fills the GPU; the last program to finish an N tile (an
@@ -17,7 +17,15 @@ import triton.language as tl
 
 from ._interpreter import sibling
 
-numerics = sibling(__name__, "numerics")
+# The helpers as plain globals (torch.compile rebuilds user kernels from their source and globals);
+# `sibling` gives the interpreted twins their interpreted helpers.
+
+_numerics = sibling(__name__, "numerics")
+DECODE_UNIT_SCALE = _numerics.DECODE_UNIT_SCALE
+dequant_words = _numerics.dequant_words
+e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
+quantize_blocks = _numerics.quantize_blocks
+word_order = _numerics.word_order
 
 BLOCK_M = tl.constexpr(16)  # tokens per MMA (the dot's N side); M <= 16
 
@@ -63,7 +71,7 @@ def nvfp4_linear_small_m_kernel(
     if NATURAL_X:  # 16-byte loads; the quantized values are permuted in registers instead
         xk = tl.arange(0, BLOCK_K)
     else:
-        xk = numerics.word_order(tl.arange(0, BLOCK_K))
+        xk = word_order(tl.arange(0, BLOCK_K))
     x_rows = x_ptr + xr.to(tl.int64)[:, None] * stride_xm
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * (Kp // 8)
     ws_rows = w_scale_ptr + rn.to(tl.int64)[:, None] * (Kp // 16)
@@ -76,9 +84,9 @@ def nvfp4_linear_small_m_kernel(
     for k0 in range(k_begin, k_end, BLOCK_K):
         cols = k0 + xk
         x = tl.load(x_rows + cols[None, :], mask=(xr < M)[:, None] & (cols < K)[None, :], other=0.0)
-        codes, _, scale, finite = numerics.quantize_blocks(tl.reshape(x.to(tl.float32), [X_ROWS, BLOCK_K // 16, 16]), gs)
+        codes, _, scale, finite = quantize_blocks(tl.reshape(x.to(tl.float32), [X_ROWS, BLOCK_K // 16, 16]), gs)
         scale = tl.where(finite, scale, float("nan")).to(tl.float16)  # exact: an E4M3 value
-        a = tl.reshape(numerics.e2m1_to_fp16_units(codes) * scale[:, :, None], [X_ROWS, BLOCK_K])
+        a = tl.reshape(e2m1_to_fp16_units(codes) * scale[:, :, None], [X_ROWS, BLOCK_K])
         if NATURAL_X:  # natural K (h, i) -> the decode's word order (i, h) within each 8-element word
             a = tl.reshape(tl.permute(tl.reshape(a, [X_ROWS, BLOCK_K // 8, 2, 4]), [0, 1, 3, 2]), [X_ROWS, BLOCK_K])
         if X_ROWS < BLOCK_M:  # rows >= X_ROWS repeat earlier rows; their outputs are never stored
@@ -90,12 +98,12 @@ def nvfp4_linear_small_m_kernel(
             words = tl.load(w_rows + (k0 // 8 + wc)[None, :], mask=n_ok[:, None] & (k0 + wc * 8 < Kp)[None, :], other=0)
             w_sf = tl.load(ws_rows + (k0 // 16 + sc)[None, :], mask=n_ok[:, None] & (k0 + sc * 16 < Kp)[None, :],
                            other=0)
-        w = numerics.dequant_words(words, w_sf, BLOCK_N, BLOCK_K, False)  # weight scales: validated at load
+        w = dequant_words(words, w_sf, BLOCK_N, BLOCK_K, False)  # weight scales: validated at load
         acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.float32)
 
     rm = tl.arange(0, BLOCK_M)
     m_ok = rm < M
-    alpha = alpha * numerics.DECODE_UNIT_SCALE  # both operands are in units of 2^-14 (exact)
+    alpha = alpha * DECODE_UNIT_SCALE  # both operands are in units of 2^-14 (exact)
     if SPLIT_K == 1:
         _store_out(acc * alpha, bias_ptr, out_ptr, rm, rn, m_ok, n_ok, stride_om, HAS_BIAS)
     else:

@@ -137,13 +137,16 @@ def test_fake_quantize_holds_the_quantized_values(device):
     assert torch.equal(units.float().cpu() * 2.0**14, values[:, order])
 
 
-def test_dequantize_rows_equals_the_reference(device):
-    layer, ckpt, q = layer_for(70, 200, device)
-    out = torch.empty(30, layer.k_padded, dtype=torch.bfloat16, device=device)
+@pytest.mark.parametrize("k", [200, 48])  # Kp 256 and 64 (under one 128-wide tile: masks)
+def test_dequantize_rows_equals_the_reference(device, k):
+    layer, ckpt, q = layer_for(70, k, device)
+    big = torch.full((32, layer.k_padded + 8), math.nan, dtype=torch.bfloat16, device=device)
+    out = big[1:31, : layer.k_padded]
     kernels.dequantize_rows(layer.weight, layer.weight_scale, 40, out)
     want = torch.zeros(30, layer.k_padded)
-    want[:, :200] = reference.dequantize(q)[40:70] * q.global_scale  # e2m1 * e4m3: no global scale
+    want[:, :k] = reference.dequantize(q)[40:70] * q.global_scale  # e2m1 * e4m3: no global scale
     assert torch.equal(out.float().cpu(), want.to(torch.bfloat16).float())
+    assert big[0].isnan().all() and big[31].isnan().all() and big[:, layer.k_padded :].isnan().all()
 
 
 # ---- GPU: graphs, no host sync, determinism, cached launches, torch.compile ---------------------
