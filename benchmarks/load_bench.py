@@ -5,12 +5,12 @@ Two steps, because the GPU machine has neither nvidia-modelopt nor llm-compresso
 and a compressed-tensors (llm-compressor) checkpoint of one random Llama on the CPU, carry them
 over, load and time them there.
 
-    # CPU, with the dev extra: hidden 2048, 2 layers, 55 MiB; plus accelerate for a GPU image without it
+    # CPU, with the dev extra: hidden 2048, 2 layers, 55 MiB; accelerate for the GPU (gpu_wheels.sh does it too)
     python benchmarks/load_bench.py --make-checkpoints .carry/load_bench
-    python -m pip download -q --no-deps -d .carry/load_bench/wheels accelerate
-    # GPU, carrying .carry/load_bench: load, measure, publish (RESULTS.md section, results/load_bench.csv)
-    (python -c "import accelerate" 2>/dev/null || python -m pip install -q --no-index --no-deps --target /tmp/site \
-        .carry/load_bench/wheels/*.whl) && PYTHONPATH=/tmp/site python benchmarks/load_bench.py --checkpoints .carry/load_bench
+    python -m pip download -q --no-deps -d .whl accelerate
+    # GPU, carrying [".whl", ".carry/load_bench"]: load, measure, publish (RESULTS.md, results/load_bench.csv)
+    python -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site python benchmarks/load_bench.py --checkpoints .carry/load_bench
     # CPU: both steps on a tiny model, print only
     python benchmarks/load_bench.py --dry-run
 
