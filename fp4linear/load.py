@@ -283,6 +283,11 @@ def load_checkpoint(model: nn.Module, checkpoint_dir, scheme: Scheme | None = No
         log.warning("load: %d checkpoint tensors match no model parameter (e.g. %s)", len(unexpected), unexpected[0])
     if missing:
         raise KeyError(f"tensor {missing[0]!r} of the model is missing from the checkpoint ({len(missing)} missing)")
+    still_meta = [k for k, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:  # e.g. a rotary table the model computes in __init__, built on meta
+        raise ValueError(f"tensor {still_meta[0]!r} of the model is on the meta device and not in the checkpoint: "
+                         "build the model with only its parameters on meta (accelerate's "
+                         "init_empty_weights(include_buffers=False))")
     log.info("load: %s checkpoint, %d NVFP4 Linear layers (backend=%s), %d other tensors", fmt.name, len(fp4_names),
              backend, len(loaded))
     return model

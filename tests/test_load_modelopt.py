@@ -75,3 +75,18 @@ def test_config_json_alone_is_read(modelopt_dir, tmp_path):
     model = fp4linear.from_pretrained(only, backend="triton", device="cpu")
     assert type(model.lm_head) is nn.Linear
     assert sum(isinstance(m, fp4linear.Linear) for m in model.modules()) == 14
+
+
+def test_model_on_meta(modelopt_dir):
+    config = transformers.AutoConfig.from_pretrained(modelopt_dir)
+    del config.quantization_config
+    with torch.device("meta"):  # buffers too: the rotary table computed in __init__ has no values
+        model = transformers.LlamaForCausalLM(config)
+    with pytest.raises(ValueError, match="'model.rotary_emb.inv_freq' of the model is on the meta device"):
+        fp4linear.load_modelopt(model, modelopt_dir)
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        model = transformers.LlamaForCausalLM(config)
+    fp4linear.load_modelopt(model, modelopt_dir, backend="triton")
+    assert not any(t.is_meta for t in model.state_dict().values())
