@@ -16,12 +16,13 @@ from .quant import quantize  # noqa: E402
 from .backends import BACKENDS, Plan, plan  # noqa: E402
 from .linear import Linear, quantize_weight  # noqa: E402
 from .swap import calibrate, swap  # noqa: E402
-from .load import load_modelopt  # noqa: E402
+from .load import from_pretrained, load_modelopt  # noqa: E402
 
 __all__ = [
     "BACKENDS",
     "Linear",
     "calibrate",
+    "from_pretrained",
     "load_modelopt",
     "swap",
     "Plan",

@@ -13,47 +13,11 @@ from torch import nn
 
 from . import kernels, ops
 from .backends import Backend, plan, resolve
+from .checkpoint import COMPRESSED_TENSORS, MODELOPT, Format, check_packed, linear_scales
 from .format import (BLOCK_SIZE, E2M1_MAX, E4M3_MAX, QUANTIZABLE_DTYPES, SWIZZLE_128x4, NVFP4Tensor, abs_amax,
                      decode_scale)
 
 log = logging.getLogger(__name__)
-
-
-
-def _check_scalar(name: str, t) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        t = torch.tensor(float(t))
-    if t.numel() != 1:
-        raise ValueError(f"{name} must be a scalar (one element), got shape {tuple(t.shape)}")
-    if not t.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    value = float(t.float().reshape(()))  # load time: reading it on the host is fine here
-    if not (value > 0 and value < float("inf")):
-        raise ValueError(f"{name} must be finite and positive, got {value}")
-    return t.detach().float().reshape(1)
-
-
-def _check_checkpoint(weight, weight_scale, bias) -> tuple[int, int]:
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise ValueError(f"weight must be a 2-D packed NVFP4 tensor [N, K/2], got {getattr(weight, 'shape', weight)}")
-    if weight.dtype not in (torch.uint8, getattr(torch, "float4_e2m1fn_x2", torch.uint8)):
-        raise TypeError(f"weight must be uint8 (two E2M1 codes per byte), got {weight.dtype}")
-    n, k = weight.shape[0], weight.shape[1] * 2
-    if not isinstance(weight_scale, torch.Tensor) or tuple(weight_scale.shape) != (n, k // BLOCK_SIZE):
-        got = tuple(weight_scale.shape) if isinstance(weight_scale, torch.Tensor) else type(weight_scale).__name__
-        raise ValueError(f"weight_scale must have shape {(n, k // BLOCK_SIZE)} for weight {tuple(weight.shape)}, got {got}")
-    if weight_scale.dtype not in (torch.float8_e4m3fn, torch.uint8):
-        raise TypeError(f"weight_scale must be float8_e4m3fn (or its uint8 bytes), got {weight_scale.dtype}")
-    if weight_scale.device != weight.device:
-        raise ValueError(f"weight_scale is on {weight_scale.device} but weight is on {weight.device}")
-    sb = weight_scale.view(torch.uint8)
-    if bool(((sb & 0x7F) == 0x7F).any()):
-        raise ValueError("weight_scale holds E4M3 NaN bytes (0x7F/0xFF): the checkpoint is corrupt")
-    if bool((sb & 0x80).any()):
-        raise ValueError("weight_scale holds negative block scales")
-    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (n,)):
-        raise ValueError(f"bias must have shape ({n},), got {getattr(bias, 'shape', bias)}")
-    return n, k
 
 
 def quantize_weight(w: torch.Tensor) -> dict:
@@ -129,13 +93,30 @@ class Linear(nn.Module):
         Validates every tensor (clear errors naming it), pads N and K for the backend, prepares the
         backend's layout. Done once; nothing of this runs in forward.
         """
-        n, k = _check_checkpoint(weight, weight_scale, bias)
-        ws2 = _check_scalar("weight_scale_2", weight_scale_2).to(weight.device)
-        dynamic = input_scale is None
-        in_scale = torch.ones(1, device=weight.device) if dynamic else _check_scalar("input_scale", input_scale).to(weight.device)
+        return cls._from_checkpoint(MODELOPT, weight, weight_scale, weight_scale_2, input_scale, bias,
+                                    backend=backend, in_features=in_features)
+
+    @classmethod
+    def from_compressed_tensors(cls, weight_packed, weight_scale, weight_global_scale, input_global_scale,
+                                bias=None, *, backend="auto", in_features: int | None = None) -> "Linear":
+        """From compressed-tensors `nvfp4-pack-quantized` tensors as stored: weight_packed uint8
+        [N, K/2] (same codes and nibble order as ModelOpt), weight_scale e4m3 [N, K/16],
+        weight_global_scale and input_global_scale fp32 encode scales (2688 / amax, the inverses of
+        ModelOpt's). input_global_scale is used as stored to quantize activations;
+        input_global_scale=None quantizes them with a per-call (dynamic) global scale.
+        """
+        return cls._from_checkpoint(COMPRESSED_TENSORS, weight_packed, weight_scale, weight_global_scale,
+                                    input_global_scale, bias, backend=backend, in_features=in_features)
+
+    @classmethod
+    def _from_checkpoint(cls, fmt: Format, weight, weight_scale, weight_global, input_global, bias, *, backend,
+                         in_features) -> "Linear":
+        n, k = check_packed(weight, weight_scale, bias, fmt=fmt)
+        scales = linear_scales(fmt, weight_global, input_global, weight.device)
+        dynamic = input_global is None
         in_features = k if in_features is None else in_features
         if not (k - BLOCK_SIZE < in_features <= k):
-            raise ValueError(f"in_features={in_features} does not fit weight with K={k}")
+            raise ValueError(f"in_features={in_features} does not fit {fmt.weight} with K={k}")
         layer = cls(in_features, n, bias=bias is not None, backend=backend, device=weight.device,
                     bias_dtype=bias.dtype if bias is not None else torch.bfloat16, dynamic_input_scale=dynamic)
         np_, kp = layer.n_padded, layer.k_padded
@@ -144,10 +125,9 @@ class Linear(nn.Module):
         scale = torch.zeros(np_, kp // BLOCK_SIZE, dtype=torch.uint8, device=weight.device)
         scale[:n, : k // BLOCK_SIZE] = weight_scale.view(torch.uint8)
         layer.weight, layer.weight_scale = layer.backend.prepare_weight(data, scale)
-        layer.weight_scale_2.copy_(ws2)
-        layer.input_scale.copy_(in_scale)
-        layer.alpha.copy_(in_scale * ws2)
-        layer.input_global_scale.copy_(1.0 / in_scale)
+        for name, value in scales.items():
+            if value is not None:  # dynamic: the activation scalars stay 1 (forward derives its own)
+                getattr(layer, name).copy_(value)
         layer._refresh_alpha_host()
         if bias is not None:
             layer.bias.copy_(bias)

@@ -77,6 +77,33 @@ def test_bad_checkpoint_tensors_raise():
         neg(**{**ckpt, "weight_scale_2": torch.tensor(-math.inf)})
     with pytest.raises(ValueError, match="backend must be"):
         fp4linear.Linear.from_modelopt(**ckpt, backend="cublas")
+    # K = 1368 codes ends mid-block: 85 scales cover 1360 of them (a checkpoint pads K to 16)
+    w, s = torch.zeros(32, 684, dtype=torch.uint8), torch.ones(32, 85).to(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match=r"weight \(32, 684\) holds K = 1368 codes per row, not a multiple of"):
+        fp4linear.Linear.from_modelopt(w, s, ckpt["weight_scale_2"], ckpt["input_scale"])
+    with pytest.raises(ValueError, match=r"weight_packed \(32, 684\) holds K = 1368"):
+        fp4linear.Linear.from_compressed_tensors(w, s, torch.tensor([100.0]), torch.tensor([10.0]))
+    with pytest.raises(ValueError, match="weight_global_scale must be finite and positive"):
+        fp4linear.Linear.from_compressed_tensors(ckpt["weight"], ckpt["weight_scale"], torch.tensor([-1.0]), None)
+
+
+@pytest.mark.parametrize("n, k", [(72, 176), (33, 48)])
+def test_from_compressed_tensors_matches_emulation(device, n, k):
+    # Same codes and block scales as ModelOpt; the scalars are encode scales (2688 / amax), kept
+    # bit for bit where the layer uses them (input_global_scale), inverted once otherwise.
+    ckpt, q = modelopt_checkpoint(n, k, bias=True, seed=k)
+    wgs = q.global_scale.reshape(1)  # the encode scale the weight was quantized with
+    igs = torch.tensor([2688 / 3.0])
+    ct = dict(weight_packed=ckpt["weight"], weight_scale=ckpt["weight_scale"], weight_global_scale=wgs,
+              input_global_scale=igs, bias=ckpt["bias"])
+    layer = fp4linear.Linear.from_compressed_tensors(**{name: t.to(device) for name, t in ct.items()}, backend="triton")
+    assert layer.input_global_scale.cpu().view(torch.int32).equal(igs.view(torch.int32))
+    assert layer.weight_scale_2.item() == (1 / wgs.double()).float().item()
+    assert layer.alpha.item() == (1 / (igs.double() * wgs.double())).float().item()
+    x = torch.randn(5, k).to(device)
+    qx = reference.quantize(x.cpu(), igs, k_align=16)
+    want = fp4linear.dequantize(qx).double() @ fp4linear.dequantize(q).double().T + ckpt["bias"].double()
+    assert rel_err(layer(x), want) < 1e-5
 
 
 def test_bad_inputs_raise():
