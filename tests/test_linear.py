@@ -8,6 +8,8 @@ from torch import nn
 
 import fp4linear
 
+from fp4linear import reference
+
 from .conftest import emulate, modelopt_checkpoint, rel_err
 
 
