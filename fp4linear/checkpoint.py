@@ -101,8 +101,8 @@ def linear_scales(fmt: Format, weight_global, input_global, device) -> dict[str,
     to fp32 (computed in fp64, where x * w is exact and the second rounding to fp32 never changes
     the result). input_global=None (a per-call activation scale): the activation entries are None.
     """
-    w = check_scalar(fmt.weight_global, weight_global).double()
-    x = None if input_global is None else check_scalar(fmt.input_global, input_global).double()
+    w = check_scalar(fmt.weight_global, weight_global).double().cpu()  # load time: on the host
+    x = None if input_global is None else check_scalar(fmt.input_global, input_global).double().cpu()
     if fmt.global_is_encode:  # 2688 / amax: the Linear's decode scales are the inverses
         out = dict(weight_scale_2=1 / w, input_scale=None if x is None else 1 / x, input_global_scale=x,
                    alpha=None if x is None else 1 / (x * w))

@@ -8,19 +8,22 @@ the same code is exact on GPUs and under Triton's interpreter on CPU.
 
 import triton
 import triton.language as tl
+from triton import knobs
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
 
 @triton.jit
-def _max_combine(a, b):
+def max_combine(a, b):
     return tl.maximum(a, b)
 
 
-# `tl.max` is itself a @triton.jit function, which an interpreted twin module
-# (kernels/_interpreter.py) cannot call; `tl.reduce` with triton's own max combiner is the same
-# reduction compiled, and the interpreter runs it as one numpy max instead of a Python loop.
-MAX_COMBINE = getattr(tl.standard, "_elementwise_max", _max_combine)
+if knobs.runtime.interpret:
+    # This module is an interpreted twin (kernels/_interpreter.py): triton's own max combiner lets
+    # the interpreter run `tl.reduce` as one numpy max instead of a Python loop. (Compiled kernels
+    # keep the function above under its own name: torch.compile rebuilds kernels from their source,
+    # where a global must carry its function's name.)
+    max_combine = tl.standard._elementwise_max
 
 
 # ---- encoding ---------------------------------------------------------------------------------
@@ -69,7 +72,7 @@ def quantize_blocks(x, gs):
     """
     # max |x| as an integer max of the sign-cleared bits: same order as the floats, and NaN (above
     # +inf) cannot be dropped.
-    vmax_bits = tl.reduce(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 2, MAX_COMBINE)
+    vmax_bits = tl.reduce(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 2, max_combine)
     # A global scale that is not finite and positive (read on the device, never checked on the
     # host) marks every block holding a nonzero value non-finite: NaN downstream rather than
     # plausible garbage; all-zero blocks (the padding among them) stay 0.
@@ -176,7 +179,7 @@ def dequant_bytes(packed, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr
 @triton.jit
 def max_abs_bits(x):
     """max |x| over the last axis as int32 bits of the fp32 value (NaN bits sort above +inf)."""
-    return tl.reduce(x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF, len(x.shape) - 1, MAX_COMBINE)
+    return tl.reduce(x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF, len(x.shape) - 1, max_combine)
 
 
 @triton.jit

@@ -16,7 +16,7 @@ from ._interpreter import sibling
 # `sibling` gives the interpreted twins their interpreted helpers.
 
 _numerics = sibling(__name__, "numerics")
-MAX_COMBINE = _numerics.MAX_COMBINE
+max_combine = _numerics.max_combine
 dynamic_scales = _numerics.dynamic_scales
 max_abs_bits = _numerics.max_abs_bits
 
@@ -32,7 +32,7 @@ def dynamic_scale_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, M, K,
         x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :],
                     mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
         acc = tl.maximum(acc, max_abs_bits(x))
-    tl.atomic_max(words_ptr, tl.reduce(acc, 0, MAX_COMBINE), sem="relaxed", scope="gpu")
+    tl.atomic_max(words_ptr, tl.reduce(acc, 0, max_combine), sem="relaxed", scope="gpu")
     tl.debug_barrier()
     ticket = tl.atomic_add(words_ptr + 1, 1, sem="acq_rel", scope="gpu")
     if ticket == tl.num_programs(0) - 1:
