@@ -76,8 +76,8 @@ def run_table(args):
     copy = copy_ceiling_tbps() if device == "cuda" else float("nan")
     header = ["m", "n", "k", "input_scale", "bf16_graph_us", "fp4_graph_us", "bf16_eager_us", "fp4_eager_us",
               "temp_bytes"]
-    rows, md = [], []
-    todo = [(n, k, m) for n, k in shapes for m in ms]
+    rows = []
+    todo = [(n, k, m) for n, k in (args.shapes or shapes) for m in ms]
     cache = {}
     for n, k, m in tqdm(todo, desc="linear", file=sys.stderr):
         wbytes_bf16 = n * k * 2
@@ -93,16 +93,28 @@ def run_table(args):
         bf16_graph = graph_us(chain([c[0] for c in layers], x)) / copies
         bf16_eager = wall_us(lambda: layers[0][0](x)) if eager else float("nan")
         lin0 = layers[0][1]
-        wbytes = lin0.n_padded * lin0.k_padded * 9 // 16  # codes + scales
         for mode, idx in (("static", 1), ("dynamic", 2)):
             fp4_graph = graph_us(chain([c[idx] for c in layers], x)) / copies
             fp4_eager = wall_us(lambda: layers[0][idx](x)) if eager else float("nan")
             temp = ops.temp_bytes(m, n, lin0.k_padded, x.dtype,
                                   cublas=None if mode == "static" else False)
             rows.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp])
-            tbps = wbytes / (fp4_graph * 1e-6) / 1e12
-            md.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_graph / fp4_graph, tbps, 100 * tbps / copy,
-                       bf16_eager, fp4_eager, bf16_eager / fp4_eager, temp / 2**20])
+    csv_path = args.results_dir / f"linear_{gpu_slug()}.csv"
+    if args.update and csv_path.is_file():  # keep the other rows of an earlier run of this card
+        import csv
+
+        new = {tuple(r[:4]) for r in rows}
+        with csv_path.open() as f:
+            old = [[int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:8]), int(r[8])] for r in list(csv.reader(f))[1:]]
+        rows = [r for r in old if tuple(r[:4]) not in new] + rows
+        order = {s: i for i, s in enumerate(LINEAR_SHAPES)}
+        rows.sort(key=lambda r: (order.get((r[1], r[2]), 99), r[0], r[3] != "static"))
+    md = []
+    for m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp in rows:
+        p = fp4linear.plan(n, k, backend="triton")
+        tbps = p.n_padded * p.k_padded * 9 // 16 / (fp4_graph * 1e-6) / 1e12
+        md.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_graph / fp4_graph, tbps, 100 * tbps / copy,
+                   bf16_eager, fp4_eager, bf16_eager / fp4_eager, temp / 2**20])
     md_header = ["M", "N", "K", "scale", "bf16 us", "fp4 us", "speed-up", "weight TB/s", "% copy", "bf16 eager us",
                  "fp4 eager us", "eager speed-up", "temp MiB"]
     intro = (f"Whole layer, bf16 input, no bias; device times are CUDA-graph replay medians (decode rows: a chain "
@@ -199,6 +211,7 @@ def main():
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (no timings of note)")
     p.add_argument("--m", type=int, nargs="*", help="only these M")
     p.add_argument("--shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", help="only these NxK")
+    p.add_argument("--update", action="store_true", help="replace only the measured rows of this card's CSV")
     add_output_args(p)
     args = p.parse_args()
     if args.tune:

@@ -92,25 +92,18 @@ def nvfp4_gemm_dequantized_a(a_units, w_data, w_scale, alpha, bias, out, *, conf
     m, n = out.shape
     if m == 0 or n == 0:
         return out
-    if config is None:
-        config = gemm_config(m, n, a_units.shape[1], out.device.type, _sm_count(out.device))
-    return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, replace(config, predequant_a=True, word_decode=True))
+    return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config, dequantized_a=True)
 
 
 _launch = CachedLaunch(gemm_module.nvfp4_gemm_kernel)
 
 
-def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config):
+def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, dequantized_a=False):
     m, n = out.shape
     kp = w_data.shape[1] * 2
     device = out.device
-    tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
-    k_tiles = triton.cdiv(kp, config.block_k)
-    split = config.split_k
-    if split == 0:  # enough programs for two per SM, each at least 4 K tiles long
-        split = max(1, min(triton.cdiv(2 * _sm_count(device), tiles), k_tiles // 4))
-    per_split = triton.cdiv(k_tiles, split)
-    split = triton.cdiv(k_tiles, per_split)  # no empty splits
+    grid, meta, options, split, tiles, per_split, tail = _gemm_plan(
+        device, m, n, kp, config, dequantized_a, a.dtype, out.dtype, None if bias is None else bias.dtype)
     if split > 1:
         partials, tickets = scratch(device).get(split * m * n, tiles)
     else:
@@ -118,14 +111,30 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config):
     args = (a, a_scale.view(dtype=torch.uint8) if a_scale.dtype != torch.float16 else a_scale, w_data,
             w_scale.view(dtype=torch.uint8), alpha, bias if bias is not None else out, out, partials, tickets, m, n,
             kp // 64, per_split, out.stride(0))
-    meta = dict(HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0, BLOCK_M=config.block_m,
-                BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m, WORD_DECODE=config.word_decode,
-                PREDEQUANT_A=config.predequant_a)
-    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
-    grid = (tiles * split,)
     if device.type == "cpu":
         _interpreter.interpreted(gemm_module).nvfp4_gemm_kernel[grid](*args, **meta, **options)
     else:
-        key = (device.index, a.dtype, out.dtype, None if bias is None else bias.dtype, n, kp, per_split, *meta.values())
-        _launch(key, grid, args, meta, options)
+        _launch(tail, grid, args, meta, options)
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _gemm_plan(device, m, n, kp, config, dequantized_a, a_dtype, out_dtype, bias_dtype):
+    """Config, split-K, grid, constexprs and launch key of one shape: worked out once."""
+    if config is None:
+        config = gemm_config(m, n, kp, device.type, _sm_count(device))
+    if dequantized_a:
+        config = replace(config, predequant_a=True, word_decode=True)
+    tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
+    k_tiles = triton.cdiv(kp, config.block_k)
+    split = config.split_k
+    if split == 0:  # enough programs for two per SM, each at least 4 K tiles long
+        split = max(1, min(triton.cdiv(2 * _sm_count(device), tiles), k_tiles // 4))
+    per_split = triton.cdiv(k_tiles, split)
+    split = triton.cdiv(k_tiles, per_split)  # no empty splits
+    meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
+                BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
+                WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a)
+    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    tail = (device.index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values())
+    return (tiles * split,), meta, options, split, tiles, per_split, tail

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import triton
@@ -23,17 +25,25 @@ def fake_quantize(x, global_scale, out, *, units: bool):
     if m == 0:
         return out
     device = x.device
-    block_m, block_k = (32, 128) if device.type == "cuda" else (min(64, triton.next_power_of_2(m)), 128)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(kp, block_k))
+    grid, meta, tail = _fake_plan(device, m, k, kp, units, x.dtype, out.dtype)
     args = (x, global_scale, out, m, k, kp, x.stride(0))
-    meta = dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k)
     if device.type == "cpu":
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
             _interpreter.interpreted(qd_module).fake_quantize_kernel[grid](*args, **meta)
     else:
-        _launch_fake((device.index, x.dtype, *alignment_key(x), out.dtype, k, kp, units), grid, args, meta,
-                     dict(num_warps=4))
+        _launch_fake((*tail, *alignment_key(x)), grid, args, meta, _OPTIONS)
     return out
+
+
+_OPTIONS = dict(num_warps=4)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fake_plan(device, m, k, kp, units, x_dtype, out_dtype):
+    """Grid, constexprs and launch key of one shape: worked out once (host time per call matters)."""
+    block_m, block_k = (32, 128) if device.type == "cuda" else (min(64, triton.next_power_of_2(m)), 128)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(kp, block_k))
+    return grid, dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k), (device.index, x_dtype, out_dtype, k, kp, units)
 
 
 def dequantize_rows(w_data, w_scale, row_begin: int, out):

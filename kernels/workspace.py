@@ -21,6 +21,7 @@ class Scratch:
         self.tickets = torch.zeros(0, dtype=torch.int32, device=device)
         self.scale_words = torch.zeros(2, dtype=torch.int32, device=device)  # running max, ticket
         self.scales = torch.empty(2, dtype=torch.float32, device=device)  # gs, alpha
+        self.activation = torch.empty(0, dtype=torch.float16, device=device)
 
     def get(self, part_numel: int, n_tickets: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.partials.numel() < part_numel:
@@ -30,13 +31,28 @@ class Scratch:
         return self.partials, self.tickets
 
 
+    def dequantized_activation(self, m: int, kp: int) -> torch.Tensor:
+        """fp16 [m, kp] for the dequantized activation (decode and mid-size M: no allocation)."""
+        if self.activation.numel() < m * kp:
+            self.activation = torch.empty(m * kp, dtype=torch.float16, device=self.device)
+        return self.activation[: m * kp].view(m, kp)
+
+
 class _Fresh(Scratch):
     """Buffers of one call (CUDA-graph capture, CPU): made for it, never kept. (Under capture the
     zeroing is itself captured, so every replay starts from zero.)"""
 
+    def __init__(self, device):
+        self.device = device
+        self.scale_words = torch.zeros(2, dtype=torch.int32, device=device)
+        self.scales = torch.empty(2, dtype=torch.float32, device=device)
+
     def get(self, part_numel, n_tickets):
         return (torch.empty(part_numel, dtype=torch.float32, device=self.device),
                 torch.zeros(n_tickets, dtype=torch.int32, device=self.device))
+
+    def dequantized_activation(self, m, kp):
+        return torch.empty((m, kp), dtype=torch.float16, device=self.device)
 
 
 _scratch: dict = {}
