@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
+from common import empty_kernel  # noqa: E402
 from fp4linear import kernels, ops  # noqa: E402
 from fp4linear.kernels import small_m_linear_launch as sml  # noqa: E402
 from fp4linear.kernels.workspace import scratch  # noqa: E402
@@ -37,13 +39,6 @@ def host_us(fn, n=2000):
 
 
 def main():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def empty_kernel(x_ptr, n, BLOCK: tl.constexpr):
-        pass
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--k", type=int, default=4096)
