@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -32,8 +34,6 @@ def median_us(fn, *, graph: bool = False, rep_ms: int = 100) -> float:
     graph=True captures fn in a CUDA graph and times replays: the device time alone, without
     the host-side launch cost that dominates tiny kernels.
     """
-    import triton
-
     if graph:
         return triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median") * 1e3
     return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median") * 1e3
@@ -71,15 +71,13 @@ def matmul_ceiling_tflops(n: int = 8192) -> float:
     return 2 * n**3 / (median_us(lambda: a @ b, graph=True) * 1e-6) / 1e12
 
 
+@triton.jit
+def empty_kernel(x_ptr, n, BLOCK: tl.constexpr):
+    pass
+
+
 def empty_launch_us() -> tuple[float, float]:
     """(do_bench median, CUDA-graph replay median) of an empty Triton launch."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def empty_kernel(x_ptr, n, BLOCK: tl.constexpr):
-        pass
-
     x = torch.empty(16, device="cuda")
     fn = lambda: empty_kernel[(1,)](x, 16, BLOCK=16)  # noqa: E731
     fn()
@@ -187,7 +185,6 @@ def publish(args, title: str, intro: str, header: list[str], rows: list[list], *
     """Print the table, write the CSV (all columns) and replace this benchmark's RESULTS.md section
     (md_header/md_rows: a narrower view for the markdown, default the same table)."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    import triton
 
     meta = f"{card()} · {stamp} · torch {torch.__version__}, triton {triton.__version__} · `{' '.join(sys.argv)}`"
     table = markdown_table(md_header or header, md_rows if md_rows is not None else rows)

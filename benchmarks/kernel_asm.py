@@ -6,7 +6,7 @@
     python benchmarks/kernel_asm.py --variants      # the table of variants x tiles (bf16, K % 16 == 0)
     python benchmarks/kernel_asm.py --act silu_mul --block-m 8 --block-k 512 --warps 2 [--dynamic]
 
-Prints the instruction mix of the kernel and instructions per quantized element: the SPEC's lead
+Prints the instruction mix of the kernel and instructions per quantized element: benchmarks/NOTES.md's lead
 is that the per-element instruction count, not the memory pattern, limits the kernel. Counts are
 static (straight-line SASS of the whole kernel, the division slow path and the padding-row branch
 included); 'main' leaves out the code after the last EXIT (the division slow-path subroutine).

@@ -1,17 +1,32 @@
-"""ModelOpt NVFP4 export -> fp4linear.load_modelopt, against ModelOpt's own fake-quantized model.
+"""NVFP4 checkpoints of both formats -> fp4linear.from_pretrained: load time, peak memory, and the
+loaded model's decode and prefill speed against the same network in bf16.
 
-For a tiny Llama (hidden 128, intermediate 464) and a larger one (hidden 2688, intermediate 1856:
-TP=8 shards of 232 are not multiples of 16... of 32/64), on the device: quantize with ModelOpt
-(NVFP4_DEFAULT_CFG), keep its fake-quantized logits, export, load the export with fp4linear and
-compare logits; time the load and decode (1 token) / prefill (512 tokens) forwards against the
-BF16 model. Appends to RESULTS.md on a GPU.
+Two steps, because the GPU machine has neither nvidia-modelopt nor llm-compressor: make a ModelOpt
+and a compressed-tensors (llm-compressor) checkpoint of one random Llama on the CPU, carry them
+over, load and time them there.
 
-    python benchmarks/load_bench.py [--device cuda] [--layers 4]
+    # CPU, with the dev extra: hidden 2048, 2 layers, 55 MiB; accelerate for the GPU (gpu_wheels.sh does it too)
+    python benchmarks/load_bench.py --make-checkpoints .carry/load_bench
+    python -m pip download -q --no-deps -d .whl accelerate
+    # GPU, carrying [".whl", ".carry/load_bench"]: load, measure, publish (RESULTS.md, results/load_bench.csv)
+    python -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site python benchmarks/load_bench.py --checkpoints .carry/load_bench
+    # CPU: both steps on a tiny model, print only
+    python benchmarks/load_bench.py --dry-run
+
+Per format: load_s (from_pretrained wall time, second of two loads), peak_load_MiB (the device's
+max_memory_allocated during the load, over what was allocated before) against the bound
+1.25 x model + largest checkpoint tensor, the model's bytes against the bf16 twin's, and whole-model
+forwards at batch 1 without a KV cache (decode: 1 token; prefill: --prefill tokens): CUDA-graph
+replay medians (device time, `median_us`) and eager wall time per call (`eager_us`). The bf16 twin
+is the same network with every NVFP4 weight decoded (`fp4linear.reference`) and the stored
+non-quantized tensors: `logits_rel_err` against it is the cost of quantizing activations.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tempfile
 import time
@@ -24,145 +39,162 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fp4linear  # noqa: E402
+from common import add_output_args, eager_us, median_us, publish  # noqa: E402
+from fp4linear import reference  # noqa: E402
+from fp4linear.checkpoint import linear_scales  # noqa: E402
+from fp4linear.load import read_scheme  # noqa: E402
+
+FORMATS = ("modelopt", "compressed-tensors")
+MIB = 2**20
 
 
-def build(hidden, inter, layers, device, dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def llama_config(hidden, inter, layers, vocab):
+    from transformers import LlamaConfig
 
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=max(1, hidden // 128),
-                      num_key_value_heads=3 if hidden // 128 == 21 else 1,  # 2688: 21 heads, GQA groups of 7
-                      head_dim=128 if hidden >= 128 else hidden, vocab_size=1024, max_position_embeddings=1024,
-                      architectures=["LlamaForCausalLM"], tie_word_embeddings=False)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval(), cfg
+    heads = max(1, hidden // 128)
+    return LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=max(1, heads // 4), head_dim=min(128, hidden), vocab_size=vocab,
+                       max_position_embeddings=2048, architectures=["LlamaForCausalLM"], tie_word_embeddings=False)
 
 
-def modelopt_layer_outputs(model, ids):
-    """Per quantized Linear: its input, ModelOpt's fake-quantized input and weight (one forward)."""
-    seen = {}
-    quantized = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-                 and getattr(getattr(m, "weight_quantizer", None), "is_enabled", False)
-                 and getattr(getattr(m, "input_quantizer", None), "is_enabled", False)]
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args[0].detach()))
-             for name, m in quantized]
-    with torch.no_grad():
-        model(ids)
-        for h in hooks:
-            h.remove()
-        return {name: (x, model.get_submodule(name).input_quantizer(x).float(),
-                       model.get_submodule(name).weight_quantizer(model.get_submodule(name).weight).float())
-                for name, x in seen.items()}
+def make_checkpoints(out: Path, config, dtype=torch.bfloat16) -> None:
+    """Both formats' checkpoints of one random model, calibrated on the same random tokens (here,
+    where nvidia-modelopt and llmcompressor are installed: the `dev` extra)."""
+    from tests.checkpoints import make_compressed_tensors, make_modelopt
+
+    out.mkdir(parents=True, exist_ok=True)
+    calib = torch.randint(0, config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(1))
+    make_modelopt(out / "modelopt", config, dtype=dtype, calib=calib)
+    with tempfile.TemporaryDirectory() as base:  # llm-compressor reads the model from a directory: not carried
+        make_compressed_tensors(out / "compressed-tensors", config, dtype=dtype, calib=calib, base=Path(base) / "bf16")
+    for fmt in FORMATS:
+        size = sum(f.stat().st_size for f in (out / fmt).iterdir())
+        print(f"{out / fmt}: {size / MIB:.1f} MiB")
+    print(f"total {sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / MIB:.1f} MiB (a device call carries 64 MiB)")
 
 
-def compare_layers(fake_layers, export_dir):
-    """Layer by layer, no error propagation: the fraction of elements where ModelOpt's fake-quantized
-    weight / input differ (beyond bf16 rounding) from the exported tensors decoded by our reference."""
-    from safetensors.torch import load_file
+def stored(path: Path) -> dict:
+    """Checkpoint tensor name -> tensor, memory-mapped."""
+    from safetensors import safe_open
 
-    from fp4linear import reference
-
-    stored = {}
-    for f in sorted(Path(export_dir).glob("*.safetensors")):
-        stored.update(load_file(f))
-    w_diff, x_diff = [], []
-    for name, (x, x_fq, w_fq) in fake_layers.items():
-        if f"{name}.weight_scale" not in stored:  # exported unquantized (exclude_modules)
-            continue
-        t = {k: stored[f"{name}.{k}"].to(x.device) for k in ("weight", "weight_scale", "weight_scale_2", "input_scale")}
-        codes = reference.unpack_nibbles(t["weight"])
-        w = (reference.e2m1_decode(codes) * t["weight_scale"].float().repeat_interleave(16, dim=1)
-             * t["weight_scale_2"].float())
-        qx = reference.quantize(x.float().reshape(-1, x.shape[-1]), (1 / t["input_scale"].float()).reshape(1), k_align=16)
-        xd = reference.dequantize(qx).reshape(x_fq.shape)
-
-        def differ(a, b):
-            return ((a - b).abs() > 2**-7 * b.abs().clamp(min=1e-30)).float().mean().item()
-
-        w_diff.append(differ(w_fq, w))
-        x_diff.append(differ(x_fq, xd))
-    return {"layers_compared": len(w_diff), "weight_elems_differ_max_%": 100 * max(w_diff),
-            "input_elems_differ_max_%": 100 * max(x_diff)}
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        h = safe_open(f, "pt")
+        out.update({k: h.get_tensor(k) for k in h.keys()})
+    return out
 
 
-def run(hidden, inter, layers, device, dtype, prefill_len):
-    import modelopt.torch.quantization as mtq
-    from modelopt.torch.export import export_hf_checkpoint
-    from transformers import LlamaForCausalLM
+def bf16_twin(model, path: Path, device):
+    """The loaded network in bf16 with each NVFP4 weight decoded from the checkpoint."""
+    from transformers import AutoModelForCausalLM
 
-    model, cfg = build(hidden, inter, layers, device, dtype)
-    bf16, _ = build(hidden, inter, layers, device, dtype)  # same seed: the unquantized twin
-    calib = torch.randint(0, 1024, (4, 64), device=device)
-    mtq.quantize(model, mtq.NVFP4_DEFAULT_CFG, lambda m: m(calib))
-    ids = torch.randint(0, 1024, (2, 48), device=device, generator=torch.Generator(device).manual_seed(1))
-    fake = None
-    with torch.no_grad():
-        ref = bf16(ids).logits.float()
-    if device == "cuda":  # ModelOpt's fake quantization of NVFP4 runs on CUDA only
-        # export_hf_checkpoint first unifies, in the model, the input and weight amax of layers that
-        # share an input (q/k/v, gate/up) and then writes those scales: run that step before taking
-        # the fake-quantized logits so that both sides quantize with the same scales.
-        from modelopt.torch.export.unified_export_hf import requantize_resmooth_fused_llm_layers
+    fmt = read_scheme(path).fmt
+    tensors = stored(path)
+    with torch.device(device):
+        twin = AutoModelForCausalLM.from_config(model.config, dtype=torch.bfloat16)
+    fp4 = {n for n, m in model.named_modules() if isinstance(m, fp4linear.Linear)}
+    state = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] not in fp4}
+    for name in fp4:
+        codes = reference.e2m1_decode(reference.unpack_nibbles(tensors[f"{name}.{fmt.weight}"].to(device)))
+        blocks = tensors[f"{name}.{fmt.weight_scale}"].to(device).float().repeat_interleave(16, dim=1)
+        decode = linear_scales(fmt, tensors[f"{name}.{fmt.weight_global}"], None, device)["weight_scale_2"]
+        k = twin.get_submodule(name).in_features
+        state[f"{name}.weight"] = (codes * blocks * decode)[:, :k].to(torch.bfloat16)
+    missing, unexpected = twin.load_state_dict(state, strict=False)
+    assert not unexpected and not [k for k in missing if not k.endswith("inv_freq")], (missing, unexpected)
+    return twin.eval()
 
-        requantize_resmooth_fused_llm_layers(model)
-        with torch.no_grad():
-            fake = model(ids).logits.float()
-        fake_layers = modelopt_layer_outputs(model, ids)
-    with tempfile.TemporaryDirectory() as d:
-        export_hf_checkpoint(model, export_dir=d)
-        layer_diff = compare_layers(fake_layers, d) if device == "cuda" else {}
-        del model
-        torch.manual_seed(5)
-        fresh = LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
-        if device == "cuda":
-            torch.cuda.synchronize()
+
+def model_mib(model) -> float:
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in [*model.parameters(), *model.buffers()]}.values()) / MIB
+
+
+def measure(path: Path, fmt: str, device: torch.device, backend: str, prefill: int) -> dict:
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for attempt in range(2):  # the first load pays imports and cold file reads
+        model = None
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        sync()
         t = time.perf_counter()
-        fp4linear.load_modelopt(fresh, d, backend="auto")
-        if device == "cuda":
-            torch.cuda.synchronize()
+        model = fp4linear.from_pretrained(path, backend=backend, device=device)
+        sync()
         load_s = time.perf_counter() - t
+    peak = (torch.cuda.max_memory_allocated() - before) / MIB if cuda else float("nan")
+    largest = max(v.nbytes for v in stored(path).values()) / MIB
+    twin = bf16_twin(model, path, device)
+    cfg = model.config
+    row = dict(format=fmt, hidden=cfg.hidden_size, inter=cfg.intermediate_size, layers=cfg.num_hidden_layers,
+               backend=model.get_submodule(next(n for n, m in model.named_modules()
+                                                if isinstance(m, fp4linear.Linear))).backend.name,
+               load_s=load_s, peak_load_MiB=peak, bound_MiB=1.25 * model_mib(model) + largest,
+               model_MiB=model_mib(model), bf16_MiB=model_mib(twin))
+    g = torch.Generator().manual_seed(3)
+    inputs = {"decode": torch.randint(0, cfg.vocab_size, (1, 1), generator=g).to(device),
+              "prefill": torch.randint(0, cfg.vocab_size, (1, prefill), generator=g).to(device)}
     with torch.no_grad():
-        ours = fresh(ids).logits.float()
-    def rel(a, b):
-        return ((a - b).norm() / b.norm()).item() if a is not None and b is not None else float("nan")
-
-    agree = (ours.argmax(-1) == fake.argmax(-1)).float().mean().item() if fake is not None else float("nan")
-    row = dict(hidden=hidden, inter=inter, layers=layers, rel_err_vs_modelopt=rel(ours, fake), top1_agree=agree,
-               modelopt_vs_bf16=rel(fake, ref), ours_vs_bf16=rel(ours, ref), **layer_diff, load_s=load_s)
-    if device == "cuda" and dtype == torch.bfloat16:  # speed: the dtype models are served in
-        from common import median_us
-
-        for name, length in (("decode", 1), ("prefill", prefill_len)):
-            x = torch.randint(0, 1024, (1, length), device=device)
-            with torch.no_grad():
-                for graph, tag in ((False, "eager"), (True, "graph")):
-                    for label, m in (("", fresh), ("_bf16", bf16)):
-                        try:
-                            row[f"{name}{label}_{tag}_us"] = median_us(lambda m=m: m(x, use_cache=False), graph=graph)
-                        except Exception as e:  # e.g. a host sync inside the model makes capture fail
-                            print(f"{name}{label} {tag}: {type(e).__name__}: {str(e)[:200]}")
+        got, want = model(inputs["prefill"]).logits.float(), twin(inputs["prefill"]).logits.float()
+        row["logits_rel_err"] = ((got - want).norm() / want.norm()).item()
+        for phase, x in inputs.items():
+            for label, m in (("nvfp4", model), ("bf16", twin)):
+                fn = lambda m=m, x=x: m(x, use_cache=False)  # noqa: E731
+                if cuda:
+                    try:
+                        row[f"{phase}_{label}_graph_us"] = median_us(fn, graph=True)
+                    except Exception as e:  # a host sync inside the model makes capture fail: say so, go on
+                        print(f"{fmt} {phase} {label}: no CUDA graph ({type(e).__name__}: {str(e)[:160]})")
+                        row[f"{phase}_{label}_graph_us"] = float("nan")
+                row[f"{phase}_{label}_eager_us"] = eager_us(fn) if cuda else eager_us(fn, calls=1, repeats=1)
     return row
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--tiny-only", action="store_true")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], help="model dtype (default: bfloat16 on CUDA)")
-    a = p.parse_args()
-    dtype = getattr(torch, a.dtype) if a.dtype else torch.bfloat16 if a.device == "cuda" else torch.float32
-    shapes = [(128, 464, 2)] + ([] if a.tiny_only else [(2688, 1856, a.layers)])
-    rows = [run(h, i, n, a.device, dtype, prefill_len=512) for h, i, n in shapes]
-    from common import publish
+def run(checkpoints: Path, args) -> list[dict]:
+    device = torch.device(args.device)
+    rows = [measure(checkpoints / fmt, fmt, device, args.backend, args.prefill) for fmt in FORMATS]
+    header = list(rows[0])
+    intro = (f"`fp4linear.from_pretrained` of a random Llama's ModelOpt and compressed-tensors (llm-compressor) "
+             f"NVFP4 checkpoints, made on a CPU, loaded on {device} (dtype bfloat16). Peak = max_memory_allocated during "
+             "the load; bound = 1.25 x model + largest checkpoint tensor. Whole-model forwards, batch 1, no KV cache: "
+             "decode 1 token, prefill "
+             f"{args.prefill} tokens; graph = CUDA-graph replay medians (device time), eager = wall time per call with "
+             "the host's launch cost. bf16 = the same network with the NVFP4 weights decoded; logits_rel_err is the "
+             "NVFP4 model against it (activation quantization).")
+    publish(args, "NVFP4 checkpoints -> from_pretrained (benchmarks/load_bench.py)", intro, header,
+            [[r.get(k, float("nan")) for k in header] for r in rows], csv_name="load_bench.csv")
+    return rows
 
-    header = list(dict.fromkeys(k for r in rows for k in r))
-    intro = (f"ModelOpt {__import__('modelopt').__version__} NVFP4_DEFAULT_CFG export loaded with fp4linear "
-             f"(backend auto) on {a.device}, {dtype}; logits vs ModelOpt's fake-quantized model; forwards of "
-             "the whole model, batch 1, no KV cache: 'eager' = do_bench medians with the host's launch cost "
-             "(this machine's CPU), 'graph' = CUDA-graph replay medians (device time).")
-    publish("ModelOpt export -> load_modelopt (benchmarks/load_bench.py)", intro, header,
-            [[r.get(k, float("nan")) for k in header] for r in rows], append=a.device == "cuda")
+
+def main(argv=None) -> list[dict] | None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    step = p.add_mutually_exclusive_group(required=True)
+    step.add_argument("--make-checkpoints", type=Path, metavar="DIR", help="CPU: write DIR/modelopt and "
+                      "DIR/compressed-tensors")
+    step.add_argument("--checkpoints", type=Path, metavar="DIR", help="load and time DIR/<format> (made by "
+                      "--make-checkpoints)")
+    step.add_argument("--dry-run", action="store_true", help="both steps on a tiny model, on the CPU, print only")
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--inter", type=int, default=1856, help="MLP width (1856 = 116 blocks of 16)")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--vocab", type=int, default=512)
+    p.add_argument("--prefill", type=int, default=512)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_output_args(p)
+    a = p.parse_args(argv)
+    if a.make_checkpoints:
+        make_checkpoints(a.make_checkpoints, llama_config(a.hidden, a.inter, a.layers, a.vocab))
+    elif a.checkpoints:
+        return run(a.checkpoints, a)
+    else:
+        a.no_write, a.device, a.prefill = True, "cpu", min(a.prefill, 16)
+        with tempfile.TemporaryDirectory() as d:
+            make_checkpoints(Path(d), llama_config(128, 464, 2, 256), dtype=torch.float32)
+            return run(Path(d), a)
 
 
 if __name__ == "__main__":

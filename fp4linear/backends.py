@@ -1,4 +1,5 @@
-"""GEMM backends, each declared once with its alignment and where it runs (SPEC section 4).
+"""GEMM backends, each declared once with its alignment, where it runs and its weight layout
+(docs/nvfp4.md, "Backends and alignment").
 
 A backend knows: the N and K multiples its kernel accepts, the GPUs it runs on, how to prepare a
 padded weight once at load (`prepare_weight`), and how to run the GEMM on an activation that
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ops, reference
-from .format import BLOCK_SIZE, SWIZZLE_128x4, pad_k, round_up
+from . import ops
+from .format import BLOCK_SIZE, SWIZZLE_128x4, ScaleLayout, pad_k, round_up
 
 BACKEND_NAMES = ("triton", "flashinfer_cutlass", "flashinfer_cudnn", "flashinfer_trtllm")
 
@@ -37,6 +38,47 @@ def _sm(device: torch.device) -> int | None:
     return major * 10 + minor
 
 
+def trtllm_row_order(n: int, device=None) -> torch.Tensor:
+    """Row gather index of TRT-LLM-gen's shuffleMatrixA for epilogue_tile_m=128 (n % 32 == 0):
+    new row a*8 + b <- old row b*4 + a within each block of 32 rows."""
+    return torch.arange(n, device=device).view(-1, 8, 4).transpose(1, 2).reshape(-1)
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """How a backend stores a weight padded to [Np, Kp]: packed codes uint8 [Np, Kp/2] with rows in
+    order or shuffled, and block scales row-major ([Np, Kp/16] bytes) or in a swizzled ScaleLayout."""
+
+    name: str
+    scale_layout: ScaleLayout | None = None  # None: row-major scales
+    trtllm_rows: bool = False  # rows (and their scales) in TRT-LLM-gen's shuffled order
+
+    def swizzle(self, data: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row-major (uint8 [Np, Kp/2], scale bytes uint8 [Np, Kp/16]) -> this layout."""
+        if self.trtllm_rows:
+            rows = trtllm_row_order(data.shape[0], data.device)
+            data, scale = data[rows], scale[rows]
+        if self.scale_layout is not None:
+            scale = self.scale_layout.swizzle(scale).view(torch.float8_e4m3fn)
+        return data.contiguous(), scale.contiguous()
+
+    def unswizzle(self, data: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inverse of `swizzle`: -> row-major (codes [Np, Kp/2], scale bytes uint8 [Np, Kp/16])."""
+        scale = scale.view(torch.uint8)
+        if self.scale_layout is not None:
+            scale = self.scale_layout.unswizzle(scale, data.shape[0], data.shape[1] * 2 // BLOCK_SIZE)
+        if self.trtllm_rows:
+            inverse = torch.argsort(trtllm_row_order(data.shape[0], data.device))
+            data, scale = data[inverse], scale[inverse]
+        return data.contiguous(), scale.contiguous()
+
+
+ROW_MAJOR = WeightLayout("packed E2M1 [N, Kp/2] + row-major E4M3 scales [N, Kp/16]")
+SCALES_128x4 = WeightLayout("packed E2M1 [N, Kp/2] + 128x4-swizzled scales", SWIZZLE_128x4)
+TRTLLM_SHUFFLE = WeightLayout("rows shuffled as shuffle_matrix_a (epilogue_tile_m=128) + 128x4 scales "
+                              "as shuffle_matrix_sf_a", SWIZZLE_128x4, trtllm_rows=True)
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -44,7 +86,7 @@ class Backend:
     k_align: int  # K padded to a multiple of this (weights at load, activations by the quant kernel)
     runs_on: str  # for people
     sm: tuple[int, ...] | None  # compute capabilities (major*10+minor); None: any GPU Triton supports, and CPU
-    weight_prep: str
+    weight_layout: WeightLayout
     rule: str  # why these multiples
 
     # -- availability ------------------------------------------------------------------------
@@ -71,7 +113,7 @@ class Backend:
     # -- weights -----------------------------------------------------------------------------
     def prepare_weight(self, data: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded weight (uint8 [Np, Kp/2], row-major scale bytes uint8 [Np, Kp/16]) -> this backend's layout."""
-        raise NotImplementedError
+        return self.weight_layout.swizzle(data, scale)
 
     # -- forward -----------------------------------------------------------------------------
     def gemm(self, a_data, a_scale, w_data, w_scale, alpha, bias, n: int, out_dtype) -> torch.Tensor:
@@ -79,19 +121,12 @@ class Backend:
 
 
 class TritonBackend(Backend):
-    def prepare_weight(self, data, scale):
-        # The Triton GEMM reads weight scales row-major: one contiguous run of Kp/16 bytes per row.
-        return data.contiguous(), scale.contiguous()
-
     def gemm(self, a_data, a_scale, w_data, w_scale, alpha, bias, n, out_dtype):
         return ops.nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, n, out_dtype)
 
 
 class FlashInferBackend(Backend):
     mm_fp4_backend: str = ""
-
-    def prepare_weight(self, data, scale):
-        return data.contiguous(), swizzled_128x4(scale)
 
     def mm_fp4_args(self, a_data, a_scale, w_data, w_scale, alpha, out_dtype) -> dict:
         """The arguments `gemm` passes to flashinfer.mm_fp4 (tests run FlashInfer's own checks on them)."""
@@ -118,26 +153,6 @@ class CudnnBackend(FlashInferBackend):
 
 class TrtllmBackend(FlashInferBackend):
     mm_fp4_backend = "trtllm"
-    epilogue_tile_m = 128
-
-    def prepare_weight(self, data, scale):
-        # TRT-LLM-gen reads weight rows in blocks of 32 (epilogue_tile_m=128), interleaved as
-        # new row a*8 + b <- old row b*4 + a; the scales follow their rows, then 128x4 swizzle.
-        # Equal to flashinfer's shuffle_matrix_a / shuffle_matrix_sf_a (tests check it).
-        rows = trtllm_row_order(data.shape[0], data.device)
-        return data[rows].contiguous(), swizzled_128x4(scale[rows])
-
-
-def trtllm_row_order(n: int, device=None) -> torch.Tensor:
-    """Row gather index of TRT-LLM-gen's shuffleMatrixA for epilogue_tile_m=128 (n % 32 == 0)."""
-    return torch.arange(n, device=device).view(-1, 8, 4).transpose(1, 2).reshape(-1)
-
-
-def swizzled_128x4(scale: torch.Tensor) -> torch.Tensor:
-    """Row-major scale bytes [rows, cols] -> the 128x4 layout, zero-padded to [round_up(rows, 128), round_up(cols, 4)]."""
-    padded = scale.new_zeros(SWIZZLE_128x4.padded_shape(scale.shape[0], scale.shape[1] * BLOCK_SIZE))
-    padded[: scale.shape[0], : scale.shape[1]] = scale
-    return reference.swizzle(padded, SWIZZLE_128x4).view(torch.float8_e4m3fn)
 
 
 _BLACKWELL = (100, 103, 110, 120, 121)
@@ -146,20 +161,19 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         TritonBackend(
             "triton", 1, 64, "Hopper (measured) and other CUDA GPUs Triton supports; CPU through the interpreter", None,
-            "packed E2M1 [N, Kp/2] + row-major E4M3 scales [N, Kp/16]",
+            ROW_MAJOR,  # the Triton GEMM reads a weight row's scales as one contiguous run
             "the Triton GEMM masks N; it reads activation scales one 4-byte word (64 K columns) at a time, so K % 64",
         ),
         CutlassBackend(
-            "flashinfer_cutlass", 32, 32, "SM100/103/110/120/121", _BLACKWELL, "scales 128x4",
+            "flashinfer_cutlass", 32, 32, "SM100/103/110/120/121", _BLACKWELL, SCALES_128x4,
             "FlashInfer CUTLASS FP4 GEMM needs N % 32 and K % 32 (SGLang PR #17300, mm_fp4)",
         ),
         CudnnBackend(
-            "flashinfer_cudnn", 32, 32, "SM100/103/110/120/121", _BLACKWELL, "scales 128x4",
+            "flashinfer_cudnn", 32, 32, "SM100/103/110/120/121", _BLACKWELL, SCALES_128x4,
             "FlashInfer cuDNN FP4 GEMM needs N % 32 and K % 32 (SGLang PR #17300, mm_fp4)",
         ),
         TrtllmBackend(
-            "flashinfer_trtllm", 128, 64, "SM100/103", (100, 103),
-            "shuffle_matrix_a + shuffle_matrix_sf_a (epilogue_tile_m=128)",
+            "flashinfer_trtllm", 128, 64, "SM100/103", (100, 103), TRTLLM_SHUFFLE,
             "TRT-LLM-gen FP4 GEMM needs N % 128 and K % 64 (K/16 % 4) (SGLang PR #17300, mm_fp4)",
         ),
     )
@@ -202,6 +216,9 @@ class Plan:
 
 def plan(out_features: int, in_features: int, *, backend: str | Backend = "auto", device=None) -> Plan:
     """Padded N and K for a layer of `out_features` x `in_features` on `backend`, with the cost."""
+    for name, v in (("out_features", out_features), ("in_features", in_features)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
     b = resolve(backend, device)
     n, k = out_features, in_features
     np_, kp = round_up(n, b.n_align), pad_k(k, b.k_align)
@@ -221,4 +238,4 @@ def plan(out_features: int, in_features: int, *, backend: str | Backend = "auto"
     return Plan(b.name, n, k, np_, kp, weight_pad, act_pad, why)
 
 
-__all__ = ["BACKENDS", "Backend", "Plan", "plan", "resolve", "swizzled_128x4", "trtllm_row_order"]
+__all__ = ["BACKENDS", "Backend", "Plan", "WeightLayout", "plan", "resolve", "trtllm_row_order"]

@@ -1,7 +1,8 @@
-"""The NVFP4 format: constants, the padding rule, scale layouts and the tensor container.
+"""The NVFP4 format: constants, the global-scale rules, the padding rule, scale layouts and the
+tensor container (docs/nvfp4.md).
 
-SPEC sections 1 and 3. Everything here is plain metadata; the bits are produced by the Triton
-kernel (`fp4linear.kernels`) and defined by the pure-torch reference (`fp4linear.reference`).
+The bits are produced by the Triton kernels (`fp4linear.kernels`) and defined independently by the
+pure-torch reference (`fp4linear.reference`), which library code never calls.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ E4M3_MAX = 448.0
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 SCALE_NAN_BYTE = 0x7F  # E4M3 NaN: the scale of a block holding NaN or +-Inf
 QUANTIZABLE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # what the quantize kernel reads
+# fp32 value of each 4-bit code (sign bit 3): the decode table of `NVFP4Tensor.dequantize`
+_E2M1_TABLE = torch.tensor(E2M1_VALUES + tuple(-v for v in E2M1_VALUES), dtype=torch.float32)
 
 
 def abs_amax(x: torch.Tensor) -> torch.Tensor:
@@ -31,10 +34,21 @@ def decode_scale(amax: torch.Tensor, divisor: torch.Tensor | None = None) -> tor
     correctly rounded on every device: CUDA divides by a Python scalar as a multiply by its rounded
     reciprocal, one ulp off, so the divisor is a tensor on amax's device (`divisor` lets a forward
     path pass a cached one). amax >= 1e-30 keeps 1 / scale finite for all-zero data."""
+    if not isinstance(amax, torch.Tensor) or amax.numel() != 1:
+        raise TypeError(f"amax must be a one-element tensor, got {amax!r}")
     amax = amax.float().clamp(min=1e-30).reshape(1)
     if divisor is None:
         divisor = torch.full_like(amax, E4M3_MAX * E2M1_MAX)
     return amax / divisor
+
+
+def encode_scale(amax: torch.Tensor) -> torch.Tensor:
+    """The global encode scale gs = 448 * 6 / amax (what `quantize` takes) as fp32 [1], correctly
+    rounded on every device (a tensor numerator: see `decode_scale`); amax >= 1e-30 as there."""
+    if not isinstance(amax, torch.Tensor) or amax.numel() != 1:
+        raise TypeError(f"amax must be a one-element tensor, got {amax!r}")
+    amax = amax.float().clamp(min=1e-30).reshape(1)
+    return torch.full_like(amax, E4M3_MAX * E2M1_MAX) / amax
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -54,12 +68,12 @@ def pad_k(k: int, k_align: int) -> int:
 
 @dataclass(frozen=True)
 class ScaleLayout:
-    """A swizzled layout of the per-block scales: `row_tile` rows x 4 scale columns per atom.
+    """A swizzled layout of the per-block scales: atoms of `row_tile` rows x 4 scale columns.
 
-    An atom of `row_tile` rows and 4 scale columns (64 elements of K) is one contiguous chunk of
-    `row_tile * 4` bytes. 128x4 is what cuBLASLt / CUTLASS / FlashInfer read; 8x4 is TRT-LLM's
-    layout for small-M activations. The byte order inside an atom is defined by
-    `fp4linear.reference.swizzle` (torch reshape/permute) and by index arithmetic in the kernel.
+    An atom (`row_tile` rows x 64 elements of K) is one contiguous run of `row_tile * 4` bytes.
+    128x4 is what cuBLASLt / CUTLASS / FlashInfer read; 8x4 is TRT-LLM's layout for small-M
+    activations. The offsets come from `fp4linear.kernels.layout`, the very functions the kernels
+    compile, run here on torch index tensors.
     """
 
     name: str
@@ -68,6 +82,32 @@ class ScaleLayout:
     def padded_shape(self, m: int, kp: int) -> tuple[int, int]:
         """Shape of the scale tensor for `m` rows and padded K `kp`: [round_up(m, row_tile), S4]."""
         return round_up(m, self.row_tile), round_up(kp // BLOCK_SIZE, 4)
+
+    def offsets(self, rows: int, s4: int, device=None) -> torch.Tensor:
+        """int64 [rows, s4]: the flat byte offset of scale (row, column) in this layout."""
+        from .kernels import layout
+
+        row_part, col_part = {128: (layout.row_part_128x4, layout.col_part_128x4),
+                              8: (layout.row_part_8x4, layout.col_part_8x4)}[self.row_tile]
+        r = torch.arange(rows, device=device)[:, None]
+        c = torch.arange(s4, device=device)[None, :]
+        return row_part.fn(r, s4) + col_part.fn(c)
+
+    def swizzle(self, scales: torch.Tensor) -> torch.Tensor:
+        """Row-major scale bytes [rows, cols] -> this layout, zero-padded to padded_shape(rows, 16 * cols)."""
+        rows, cols = scales.shape
+        shape = self.padded_shape(rows, cols * BLOCK_SIZE)
+        out = scales.new_zeros(shape[0] * shape[1])
+        out[self.offsets(rows, shape[1], scales.device)[:, :cols].reshape(-1)] = scales.reshape(-1)
+        return out.view(shape)
+
+    def unswizzle(self, swizzled: torch.Tensor, rows: int | None = None, cols: int | None = None) -> torch.Tensor:
+        """Inverse of `swizzle`: [padded rows, S4] in this layout -> row-major [rows, cols] (default: all)."""
+        padded_rows, s4 = swizzled.shape
+        rows = padded_rows if rows is None else rows
+        cols = s4 if cols is None else cols
+        flat = swizzled.reshape(-1)
+        return flat[self.offsets(rows, s4, swizzled.device)[:, :cols]]
 
 
 SWIZZLE_128x4 = ScaleLayout("128x4", 128)
@@ -132,13 +172,28 @@ class NVFP4Tensor:
             global_scale = torch.ones(1, dtype=torch.float32, device=device)
         return cls(data, scale, global_scale, shape, k_align, layout)
 
-    def dequantize(self) -> torch.Tensor:
-        from . import reference
+    def block_scales(self) -> torch.Tensor:
+        """The fp32 block scales [M, Kp/16], row-major (swizzle undone, padding dropped)."""
+        rows = self.sf_layout.unswizzle(self.scale.view(torch.uint8), self.m, self.kp // BLOCK_SIZE)
+        return rows.view(torch.float8_e4m3fn).float()
 
-        return reference.dequantize(self)
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Values e2m1 * scale / gs in the logical shape (padding dropped); NaN for a non-finite block."""
+        data = self.data
+        codes = torch.stack([data & 0xF, data >> 4], dim=-1).reshape(self.m, self.kp).long()
+        values = _E2M1_TABLE.to(data.device)[codes].reshape(self.m, self.kp // BLOCK_SIZE, BLOCK_SIZE)
+        values = (values * self.block_scales()[..., None]).reshape(self.m, self.kp)[:, : self.k]
+        return (values / self.global_scale.float()).to(dtype).reshape(self.shape)
 
     def __repr__(self) -> str:
         return (
             f"NVFP4Tensor(shape={tuple(self.shape)}, kp={self.kp}, k_align={self.k_align}, "
             f"sf_layout={self.sf_layout.name}, device={self.device})"
         )
+
+
+def dequantize(q: NVFP4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`q.dequantize(dtype)`: e2m1 * scale / gs in q's logical shape."""
+    if not isinstance(q, NVFP4Tensor):
+        raise TypeError(f"q must be an NVFP4Tensor, got {type(q).__name__}")
+    return q.dequantize(dtype)

@@ -1,15 +1,150 @@
-"""The kernels as torch.library custom ops, so `torch.compile(fullgraph=True)` can trace them.
+"""The Triton backend's forward (`triton_linear`), and the kernels as torch.library ops.
 
-Eager calls go straight to the launchers (a custom-op dispatch costs host time that decode-size
-calls feel); traced calls go through the registered ops and their fake implementations.
+Eager calls go straight to the launchers, which launch already compiled kernels (a dispatcher
+round trip costs host time that decode-size calls feel). Under `torch.compile` the forward is the
+op `fp4linear::linear`, a `torch.library.triton_op` on CUDA (Inductor sees and launches the Triton
+kernels itself) and an opaque custom op on CPU (the interpreter cannot be traced).
+
+Paths of `triton_linear` by the number of rows M (docs/nvfp4.md, "Triton backend paths"):
+- M <= 4 on small weights: one launch (`kernels.linear_small_m`: quantize, GEMM, split-K reduce);
+- otherwise one quantize-dequantize pass of x, then either the Triton GEMM on the dequantized
+  activation (one launch, split-K reduced inside) or, for larger M with a static scale and a
+  bf16/fp16 input, cuBLAS on exactly dequantized operands with fp32 accumulation (the weight
+  dequantized in row chunks, never kept): `use_one_launch`, `use_cublas`.
+With a dynamic activation scale one small launch (`kernels.dynamic_scales`) comes first.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from . import kernels
 from .format import SCALE_LAYOUTS, pad_k
+from .kernels import launch as _launch_mod
+from .kernels.workspace import scratch
+
+# cuBLAS path: the dequantized weight chunk is at most this many bytes (a per-call temporary)
+CUBLAS_CHUNK_BYTES = 64 << 20
+
+
+def use_cublas(m: int, n: int, kp: int) -> bool:
+    """cuBLAS on dequantized operands beats the Triton GEMM from M = 512 (the weight's
+    dequantization, one pass over it per call, is then small against the GEMM), and from M = 64 on
+    small weights. H100, whole layer, CUDA-graph medians (linear_bench.py --tune): 512x8192x8192
+    167.7 us vs 235.3, 512x4096x4096 43.5 vs 74.1, 128x1288x2688 12.7 vs 17.2; but 128x8192x8192
+    131.1 vs 86.5, 128x4096x4096 31.8 vs 26.0."""
+    return m >= 512 or (m >= 64 and n * kp <= 4 * 2**20)
+
+
+def use_one_launch(m: int, n: int, kp: int) -> bool:
+    """M <= 4 on weights up to 24M elements: the single launch that quantizes inside the GEMM
+    (one kernel launch of host time instead of two; device time within 5% of the two-launch path:
+    1x4096x4096 15.5 us vs 16.2, 1x1288x2688 11.2 vs 11.8). Larger weights or M: quantize once,
+    then the GEMM (1x8192x8192: 31.1 us vs 42.8; 16x4096x4096: 16.0 vs 17.7)."""
+    return m <= 4 and n * kp < 24 * 2**20
+
+
+@contextlib.contextmanager
+def _fp32_reductions():
+    """cuBLAS may reduce split-K partials in bf16/fp16 unless told not to: fp32 accumulation only."""
+    m = torch.backends.cuda.matmul
+    saved = m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction
+    m.allow_bf16_reduced_precision_reduction = m.allow_fp16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
+
+
+def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None = None) -> int:
+    """Temporary device memory of `triton_linear` besides the output: the dequantized activation
+    (per-stream scratch on the Triton path, reused from call to call; allocated per call on the
+    cuBLAS path, with the weight chunk). Split-K partials (per-stream scratch) not counted."""
+    if m <= kernels.SMALL_M and use_one_launch(m, n, kp):
+        return 0
+    cublas = use_cublas(m, n, kp) if cublas is None else cublas
+    if not cublas:
+        return m * kp * 2
+    return m * kp * dtype.itemsize + _chunk_rows(n, kp, dtype) * kp * dtype.itemsize
+
+
+def _chunk_rows(n: int, kp: int, dtype: torch.dtype) -> int:
+    """Weight rows dequantized per cuBLAS call: within CUBLAS_CHUNK_BYTES, and a multiple of 128 so
+    that every chunk's output columns start 16-byte aligned (cuBLAS falls back to slow kernels on
+    unaligned pointers: 2048x8192x28672 ran 6120 us with 1170-row chunks vs 1320 us for bf16)."""
+    rows = CUBLAS_CHUNK_BYTES // (kp * dtype.itemsize) // 128 * 128
+    return min(n, max(128, rows))
+
+
+def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: int, dynamic: bool,
+                  alpha_host: float | None, cublas: bool | None = None) -> torch.Tensor:
+    """x [M, K] (unit column stride) -> alpha * quantize(x) @ dequant(W)^T (+ bias), [M, n] in x's dtype.
+
+    weight uint8 [Np, Kp/2], weight_scale uint8 row-major [Np, Kp/16]; gs, alpha: the static
+    encode scale and alpha (ignored when `dynamic`); weight_scale_2: the weight's decode scale;
+    alpha_host: alpha as a Python float (static layers; the cuBLAS path needs it on the host).
+    """
+    m = x.shape[0]
+    kp = weight.shape[1] * 2
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    if dynamic:
+        scales = kernels.dynamic_scales(x, weight_scale_2)
+        gs, alpha = scales[0:1], scales[1:2]
+    if m <= kernels.SMALL_M and use_one_launch(m, n, kp):
+        return kernels.linear_small_m(x, gs, alpha, weight, weight_scale, bias, out)
+    if cublas is None:
+        cublas = use_cublas(m, n, kp)
+    if cublas and not dynamic and alpha_host is not None and x.dtype in (torch.bfloat16, torch.float16):
+        a = kernels.fake_quantize(x, gs, torch.empty((m, kp), dtype=x.dtype, device=x.device), units=False)
+        rows = _chunk_rows(n, kp, x.dtype)
+        chunk = torch.empty((rows, kp), dtype=x.dtype, device=x.device)
+        with _fp32_reductions():
+            for r0 in range(0, n, rows):
+                r1 = min(n, r0 + rows)
+                w = kernels.dequantize_rows(weight, weight_scale, r0, chunk[: r1 - r0])
+                o = out[:, r0:r1]  # a view: cuBLAS writes it in place (leading dimension n)
+                if bias is None:
+                    torch.addmm(o, a, w.t(), beta=0, alpha=alpha_host, out=o)  # beta=0: o is not read
+                else:
+                    torch.addmm(bias[r0:r1].to(x.dtype), a, w.t(), alpha=alpha_host, out=o)
+        return out
+    a = kernels.fake_quantize(x, gs, scratch(x.device).dequantized_activation(m, kp), units=True)
+    return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
+
+
+# ---- torch.library ops (what torch.compile traces) -------------------------------------------
+
+
+@torch.library.triton_op("fp4linear::linear", mutates_args=())
+def _linear_op(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, gs: torch.Tensor,
+               alpha: torch.Tensor, weight_scale_2: torch.Tensor, bias: torch.Tensor | None, n: int, dynamic: bool,
+               alpha_host: float | None) -> torch.Tensor:
+    with _launch_mod.wrapped_for_compile():
+        return triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n, dynamic, alpha_host)
+
+
+@torch.library.custom_op("fp4linear::linear_cpu", mutates_args=())
+def _linear_cpu_op(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, gs: torch.Tensor,
+                   alpha: torch.Tensor, weight_scale_2: torch.Tensor, bias: torch.Tensor | None, n: int, dynamic: bool,
+                   alpha_host: float | None) -> torch.Tensor:
+    return triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n, dynamic, alpha_host)
+
+
+@_linear_cpu_op.register_fake
+def _(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n, dynamic, alpha_host):
+    return x.new_empty((x.shape[0], n))
+
+
+def linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: int, dynamic: bool, alpha_host):
+    """`triton_linear`, through the registered op when torch.compile is tracing."""
+    if torch.compiler.is_compiling():
+        op = torch.ops.fp4linear.linear if x.is_cuda else torch.ops.fp4linear.linear_cpu
+        return op(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n, dynamic, alpha_host)
+    return triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n, dynamic, alpha_host)
 
 
 def _scale_shape(m: int, kp: int, row_tile: int) -> tuple[int, int]:
@@ -65,7 +200,7 @@ def _(a_data, a_scale, w_data, w_scale, alpha, bias, n, out_dtype):
 
 
 def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, n: int, out_dtype: torch.dtype) -> torch.Tensor:
-    """alpha * dequant(A) @ dequant(W)^T (+ bias) -> [M, n] of out_dtype."""
+    """alpha * dequant(A) @ dequant(W)^T (+ bias) -> [M, n] of out_dtype (packed A: the kernel-level GEMM)."""
     if torch.compiler.is_compiling():
         return torch.ops.fp4linear.nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, n, out_dtype)
     return _gemm_impl(a_data, a_scale, w_data, w_scale, alpha, bias, n, out_dtype)

@@ -23,8 +23,10 @@ def partition(size: int, tp_size: int) -> list[tuple[int, int]]:
     Blocks are spread as evenly as possible; the spare blocks go to the last ranks, which also
     hold the partial tail block, so shard widths differ by at most 16.
     """
-    if tp_size < 1:
-        raise ValueError(f"tp_size must be >= 1, got {tp_size}")
+    if isinstance(tp_size, bool) or not isinstance(tp_size, int) or tp_size < 1:
+        raise ValueError(f"tp_size must be a positive int, got {tp_size!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
     blocks = round_up(size, BLOCK_SIZE) // BLOCK_SIZE
     if blocks < tp_size:
         raise ValueError(f"cannot split {size} ({blocks} blocks of {BLOCK_SIZE}) over tp_size={tp_size}")

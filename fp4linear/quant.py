@@ -13,8 +13,8 @@ def _check_x(x, last_dim: str) -> None:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in QUANTIZABLE_DTYPES:
         raise TypeError(f"x must be bfloat16, float16 or float32, got {x.dtype}")
-    if x.dim() < 1:
-        raise ValueError(f"x must have at least one dimension (..., {last_dim})")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x must have shape (..., {last_dim}) with {last_dim} >= 1, got {tuple(x.shape)}")
 
 
 def _check_global_scale(global_scale, x: torch.Tensor) -> None:
@@ -65,7 +65,7 @@ def quantize(x: torch.Tensor, global_scale: torch.Tensor, *, k_align: int = 32, 
     kp = pad_k(k, k_align)
     if x.stride(-1) != 1:
         x = x.contiguous()  # the kernel reads rows of unit stride; any row stride is fine
-    x2 = x.reshape(-1, k) if k else x.reshape(-1, 0)
+    x2 = x.reshape(-1, k)
     m = x2.shape[0]
 
     if out is None:

@@ -1,4 +1,4 @@
-"""Pure-torch reference of NVFP4 quantization: the spec (SPEC sections 2-3) in code.
+"""Pure-torch reference of NVFP4 quantization: docs/nvfp4.md (sections 1-3) in code.
 
 Written to be read, not to be fast, and independently of the Triton kernel: E4M3 rounding is
 torch's own float8 cast, E2M1 rounding is a nearest-value search with ties to the even code, and
@@ -79,6 +79,8 @@ def quantize_blocks(x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.
     m, k = x.shape
     blocks = x.float().reshape(m, k // BLOCK_SIZE, BLOCK_SIZE)
     gs = global_scale.float().reshape(())
+    gs_ok = torch.isfinite(gs) & (gs > 0)
+    gs = torch.where(gs_ok, gs, 1.0)  # a bad gs: all-zero blocks stay 0, every other block is bad
     vmax = blocks.abs().amax(-1)  # NaN propagates: such blocks are overwritten below
     inv_six = torch.tensor(1 / 6, dtype=torch.float32, device=x.device)
     scale = torch.clamp(vmax * (gs * inv_six), max=E4M3_MAX).to(torch.float8_e4m3fn)
@@ -87,7 +89,7 @@ def quantize_blocks(x: torch.Tensor, global_scale: torch.Tensor) -> tuple[torch.
     out_scale = torch.where(vmax == 0, torch.zeros_like(out_scale), out_scale)
     codes = e2m1_encode(blocks * out_scale.unsqueeze(-1))
 
-    bad = ~torch.isfinite(blocks).all(-1)
+    bad = ~torch.isfinite(blocks).all(-1) | (~gs_ok & (vmax != 0))
     scale_bytes = torch.where(bad, SCALE_NAN_BYTE, scale.view(torch.uint8).int()).to(torch.uint8)
     codes = torch.where(bad.unsqueeze(-1), 0, codes.int()).to(torch.uint8)
     return codes.reshape(m, k), scale_bytes

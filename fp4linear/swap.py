@@ -81,6 +81,8 @@ def swap(model: nn.Module, *, backend="auto", skip: Skip = None,
     on the device; one extra reduction per layer). skip: layer names or fnmatch patterns ("*.lm_head"), or a callable
     (name, module) -> bool, for layers to keep as they are.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     layers = linear_layers(model, skip)
     dynamic = input_scales is None
     input_scales = dict(input_scales or {})
@@ -93,7 +95,11 @@ def swap(model: nn.Module, *, backend="auto", skip: Skip = None,
     for name, module in layers.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Linear.from_linear(module, input_scale=input_scales.get(name), backend=backend))
+        try:
+            layer = Linear.from_linear(module, input_scale=input_scales.get(name), backend=backend)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"layer {name!r}: {e}") from e
+        setattr(parent, child, layer)
     log.info("fp4linear.swap: replaced %d Linear layers (backend=%s, %s activation scales)", len(layers), backend,
              "dynamic" if dynamic else "static")
     return model

@@ -138,7 +138,7 @@ def act_amax_kernel(x_ptr, partial_ptr, M, I_div, stride_xm_div,
         rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
         h = _act_tile(x_ptr, rows, cols, M, I, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
         acc = tl.maximum(acc, _finite_abs_bits(h))
-    amax = tl.reduce(tl.reduce(acc, 1, numerics.MAX_COMBINE), 0, numerics.MAX_COMBINE)
+    amax = tl.reduce(tl.reduce(acc, 1, numerics.max_combine), 0, numerics.max_combine)
     tl.store(partial_ptr + pid_k * tl.num_programs(1) + tl.program_id(1), amax.to(tl.float32, bitcast=True))
 
 
@@ -181,7 +181,7 @@ def act_quantize_kernel(
     if DYNAMIC:
         p = tl.arange(0, PARTIALS)
         amax_bits = tl.reduce(tl.load(partial_ptr + p, mask=p < n_partials, other=0.0).to(tl.int32, bitcast=True),
-                              0, numerics.MAX_COMBINE)
+                              0, numerics.max_combine)
         # 2688 / amax correctly rounded, amax >= 1e-30 (format.decode_scale's clamp, inverted)
         gs = tl.math.div_rn(E4M3_E2M1_MAX, tl.maximum(amax_bits.to(tl.float32, bitcast=True), 1e-30))
         if (pid_k == 0) & (pid_m == 0):

@@ -4,10 +4,10 @@ out[M, N] = alpha * (A @ W^T) (+ bias), A = the quantize kernel's output as is (
 [M, Kp/2] + 128x4-swizzled E4M3 scales), W = a weight prepared once at load (packed E2M1
 [N, Kp/2] + row-major E4M3 scale bytes [N, Kp/16]).
 
-Every E2M1 x E4M3 value is exact in fp16 (at most 6 significant bits, magnitudes 2^-10..2688), so
-each operand is dequantized in registers with integer bit operations and two exact fp16
-multiplies, and an fp16 tensor-core dot with fp32 accumulation computes the same products that
-Blackwell's FP4 tensor cores do. fp16, not bf16: Triton's interpreter computes bf16 dots wrongly.
+Every E2M1 x E4M3 value is exact in fp16 (`numerics`: decoded in units of 2^-14, one multiply per
+element), so each operand is dequantized in registers with integer bit operations and an fp16
+tensor-core dot with fp32 accumulation computes the same products that Blackwell's FP4 tensor
+cores do. fp16, not bf16: Triton's interpreter computes bf16 dots wrongly.
 """
 
 import triton
@@ -15,21 +15,30 @@ import triton.language as tl
 
 from ._interpreter import sibling
 
-layout = sibling(__name__, "layout")
-numerics = sibling(__name__, "numerics")
+# The helpers as plain globals (torch.compile rebuilds user kernels from their source and globals);
+# `sibling` gives the interpreted twins their interpreted helpers.
+
+_layout = sibling(__name__, "layout")
+col_part_128x4 = _layout.col_part_128x4
+row_part_128x4 = _layout.row_part_128x4
+_numerics = sibling(__name__, "numerics")
+DECODE_UNIT_SCALE = _numerics.DECODE_UNIT_SCALE
+dequant_bytes = _numerics.dequant_bytes
+dequant_words = _numerics.dequant_words
 
 
 @triton.jit
 def _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS: tl.constexpr):
-    """acc [BLOCK_N, BLOCK_M] fp32 -> out[m, n] = alpha * acc (+ bias[n]), cast to out's dtype."""
-    out = acc * tl.load(alpha_ptr)
+    """acc [BLOCK_N, BLOCK_M] fp32 (a dot of operands in units of 2^-14) -> out[m, n] = alpha * acc
+    (+ bias[n]), cast to out's dtype."""
+    out = acc * (tl.load(alpha_ptr) * DECODE_UNIT_SCALE)
     if HAS_BIAS:
         out += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     tl.store(out_ptr + rm64[None, :] * stride_om + rn[:, None], out.to(out_ptr.dtype.element_ty),
              mask=m_ok[None, :] & n_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "stride_om"])
 def nvfp4_gemm_kernel(
     a_ptr,  # uint8 [M, Kp/2]
     a_scale_ptr,  # uint8, 128x4 swizzled [round_up(M, 128), S4]
@@ -37,7 +46,9 @@ def nvfp4_gemm_kernel(
     w_scale_ptr,  # uint8 row-major [N, Kp/16]
     alpha_ptr,  # fp32 [1]: 1 / (gs_a * gs_w)
     bias_ptr,  # [N] or unused
-    out_ptr,  # [M, N] with row stride stride_om; with SPLIT_K > 1: fp32 partials [SPLIT_K, M, N]
+    out_ptr,  # [M, N] with row stride stride_om
+    part_ptr,  # SPLIT_K > 1: fp32 partials [SPLIT_K, M, N]
+    ticket_ptr,  # SPLIT_K > 1: int32 [tiles], zero between calls
     M,
     N,
     Kp_div64,  # Kp // 64
@@ -75,7 +86,7 @@ def nvfp4_gemm_kernel(
     n_ok = rn < N
     rm64 = rm.to(tl.int64)
     rn64 = rn.to(tl.int64)
-    a_sf_row = layout.row_part_128x4(rm64, S4)
+    a_sf_row = row_part_128x4(rm64, S4)
     a_rows = a_ptr + rm64[:, None] * (Kp // 2)
     w_rows = w_ptr + rn64[:, None] * (Kp // 2)
     w_sf_rows = w_scale_ptr + rn64[:, None] * S4
@@ -92,68 +103,58 @@ def nvfp4_gemm_kernel(
         unit = 2
     for k0 in range(k_begin, k_end, BLOCK_K):
         s = k0 // 16 + rs
-        a_sf_ptrs = a_scale_ptr + a_sf_row[:, None] + layout.col_part_128x4(s)[None, :]
-        if EVEN_K:
-            a_packed = tl.load(a_rows + k0 // unit + rb[None, :], mask=m_ok[:, None], other=0)
-            a_sf = tl.load(a_sf_ptrs, mask=m_ok[:, None], other=0)
-            w_packed = tl.load(w_rows + k0 // unit + rb[None, :], mask=n_ok[:, None], other=0)
-            w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None], other=0)
-        else:
-            k_ok_b = (k0 // unit + rb) < Kp // unit
-            k_ok_s = s < S4
-            a_packed = tl.load(a_rows + k0 // unit + rb[None, :], mask=m_ok[:, None] & k_ok_b[None, :], other=0)
-            a_sf = tl.load(a_sf_ptrs, mask=m_ok[:, None] & k_ok_s[None, :], other=0)
-            w_packed = tl.load(w_rows + k0 // unit + rb[None, :], mask=n_ok[:, None] & k_ok_b[None, :], other=0)
-            w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
+        k_ok_b = (k0 // unit + rb) < Kp // unit
+        k_ok_s = s < S4
+        if EVEN_K:  # every split covers whole K tiles: no K masks
+            k_ok_b = k_ok_b | True
+            k_ok_s = k_ok_s | True
+        w_packed = tl.load(w_rows + k0 // unit + rb[None, :], mask=n_ok[:, None] & k_ok_b[None, :], other=0)
+        w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
         if PREDEQUANT_A:
             rk = k0 + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],
                         mask=m_ok[:, None] & (rk < Kp)[None, :], other=0.0)
-        elif WORD_DECODE:
-            a = numerics.dequant_words(a_packed, a_sf, BLOCK_M, BLOCK_K)
         else:
-            a = numerics.dequant_bytes(a_packed, a_sf, BLOCK_M, BLOCK_K)
+            a_packed = tl.load(a_rows + k0 // unit + rb[None, :], mask=m_ok[:, None] & k_ok_b[None, :], other=0)
+            a_sf = tl.load(a_scale_ptr + a_sf_row[:, None] + col_part_128x4(s)[None, :],
+                           mask=m_ok[:, None] & k_ok_s[None, :], other=0)
+            if WORD_DECODE:
+                a = dequant_words(a_packed, a_sf, BLOCK_M, BLOCK_K, True)
+            else:
+                a = dequant_bytes(a_packed, a_sf, BLOCK_M, BLOCK_K, True)
+        # weight scales are validated at load (no E4M3 NaN): no NaN check
         if WORD_DECODE:
-            w = numerics.dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K)
+            w = dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
         else:
-            w = numerics.dequant_bytes(w_packed, w_sf, BLOCK_N, BLOCK_K)
-        # out^T = W @ A^T: the weight tile, dequantized in registers, is the MMA's left operand,
-        # which Hopper's wgmma reads from registers (no shared-memory round trip for the big
-        # operand), and a handful of tokens fits the right operand's small N (decode).
+            w = dequant_bytes(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
+        # out^T = W @ A^T: the weight tile, decoded in registers, is the MMA's left operand (the
+        # 64-row side of wgmma; Triton stages it through shared memory), and a handful of tokens
+        # fits the right operand's small N (decode).
         acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.float32)
 
     if SPLIT_K == 1:
         _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
     else:
-        # fp32 partial of this K split; splitk_reduce_kernel sums the splits in a fixed order.
-        part = out_ptr + pid_k.to(tl.int64) * M * N
-        tl.store(part + rm64[None, :] * N + rn[:, None], acc, mask=m_ok[None, :] & n_ok[:, None])
-
-
-@triton.jit
-def splitk_reduce_kernel(part_ptr, alpha_ptr, bias_ptr, out_ptr, M, N, stride_om, SPLIT_K: tl.constexpr,
-                         HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out = alpha * sum_s partials[s] (+ bias): deterministic order, one pass over the partials."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = rm < M
-    n_ok = rn < N
-    rm64 = rm.to(tl.int64)
-    offs = rm64[None, :] * N + rn[:, None]
-    mask = m_ok[None, :] & n_ok[:, None]
-    acc = tl.load(part_ptr + offs, mask=mask, other=0.0)
-    for s in range(1, SPLIT_K):
-        acc += tl.load(part_ptr + s * M * N + offs, mask=mask, other=0.0)
-    _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
+        # fp32 partial of this K split; the last split of the tile to finish (an atomic ticket) sums
+        # them in split order (deterministic) and resets the ticket for the next call.
+        tile = part_ptr + rm64[None, :] * N + rn[:, None]
+        mask = m_ok[None, :] & n_ok[:, None]
+        tl.store(tile + pid_k.to(tl.int64) * M * N, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partial is written before the ticket releases it
+        ticket = tl.atomic_add(ticket_ptr + pid, 1, sem="acq_rel", scope="gpu")
+        if ticket == SPLIT_K - 1:
+            total = tl.load(tile, mask=mask, other=0.0, cache_modifier=".cg")
+            for s in range(1, SPLIT_K):
+                total += tl.load(tile + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+            _epilogue(total, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
+            tl.atomic_xchg(ticket_ptr + pid, 0)
 
 
 @triton.jit
 def dequantize_activation_kernel(a_ptr, a_scale_ptr, out_ptr, M, Kp_div64, WORD_DECODE: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A (packed + 128x4 scales) -> fp16 [M, Kp], exact, in the K order the GEMM's weight decode
-    uses (WORD_DECODE permutes K within each 8-code word, the same way for both operands)."""
+    """A (packed + 128x4 scales) -> fp16 [M, Kp] in units of 2^-14 (exact), in the K order the GEMM's
+    weight decode uses (WORD_DECODE permutes K within each 8-code word, the same way for both operands)."""
     Kp = Kp_div64 * 64
     S4 = Kp // 16
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -161,16 +162,16 @@ def dequantize_activation_kernel(a_ptr, a_scale_ptr, out_ptr, M, Kp_div64, WORD_
     m_ok = rm < M
     rm64 = rm.to(tl.int64)
     s = k0 // 16 + tl.arange(0, BLOCK_K // 16)
-    sf = tl.load(a_scale_ptr + layout.row_part_128x4(rm64, S4)[:, None] + layout.col_part_128x4(s)[None, :],
+    sf = tl.load(a_scale_ptr + row_part_128x4(rm64, S4)[:, None] + col_part_128x4(s)[None, :],
                  mask=m_ok[:, None], other=0)
     if WORD_DECODE:
         rw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
         words = tl.load(a_ptr.to(tl.pointer_type(tl.int32)) + rm64[:, None] * (Kp // 8) + rw[None, :],
                         mask=m_ok[:, None], other=0)
-        a = numerics.dequant_words(words, sf, BLOCK_M, BLOCK_K)
+        a = dequant_words(words, sf, BLOCK_M, BLOCK_K, True)
     else:
         rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        a = numerics.dequant_bytes(tl.load(a_ptr + rm64[:, None] * (Kp // 2) + rb[None, :], mask=m_ok[:, None], other=0),
-                          sf, BLOCK_M, BLOCK_K)
+        a = dequant_bytes(tl.load(a_ptr + rm64[:, None] * (Kp // 2) + rb[None, :], mask=m_ok[:, None], other=0),
+                                   sf, BLOCK_M, BLOCK_K, True)
     rk = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + rm64[:, None] * Kp + rk[None, :], a, mask=m_ok[:, None])

@@ -1,13 +1,15 @@
 """Launcher of the NVFP4 GEMM: tile choice and the single launch."""
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 
 from . import _interpreter
 from . import gemm as gemm_module
+from .launch import CachedLaunch
+from .workspace import scratch
 
 
 @dataclass(frozen=True)
@@ -33,15 +35,21 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
         # Interpreter: few, large programs; the GPU's split-K and pre-dequantized-A paths still exercised.
         return GemmConfig(min(64, max(16, triton.next_power_of_2(m))), min(64, max(16, triton.next_power_of_2(n))),
                           block_k, 4, 1, split_k=2 if m <= 16 and kp >= 4 * block_k else 1, predequant_a=m > 16)
-    # Measured on the H100 (gemm_bench.py --configs, RESULTS.md). Decode: 16-token tiles, split-K
-    # to fill the SMs; 4-stage cp.async pipelining won except for mid-sized weights, where 8 short
-    # unpipelined K splits won (16x4096x4096: 12.5 vs 14.9 us).
+    # Measured on the H100 (linear_bench.py --tune; whole layer, weights cold in L2, CUDA-graph
+    # medians). Decode, A already dequantized: 16-token tiles, 64 weight rows, split-K to two programs
+    # per SM; 256-wide K tiles with 3 stages where K allows (1x8192x8192: 31.1 us vs 34.2 with 128x4
+    # stages; 1x28672x8192: 87.7 vs 91.1), 128 with 4 stages otherwise (1x2688x464: 6.3 vs 6.7).
     if m <= 16:
-        if 8 * 2**20 <= n * kp < 48 * 2**20:
-            return GemmConfig(16, 64, block_k, 4, 1, split_k=8)
-        return GemmConfig(16, 64, block_k, 4, 4, split_k=0)
-    if m <= 256:  # too few 128x128 tiles to fill 132 SMs: split K four ways
-        return GemmConfig(128, 128, 64, 8, 4, split_k=4, predequant_a=True)
+        if kp % 256 == 0 and kp >= 2048:
+            return GemmConfig(16, 64, 256, 4, 3, split_k=0, predequant_a=True)
+        return GemmConfig(16, 64, block_k, 4, 4, split_k=0, predequant_a=True)
+    # Mid M on the Triton GEMM (the cuBLAS path takes over from M = 512, `fp4linear.ops.use_cublas`):
+    # 64x64x128 tiles, 3 stages (128x4096x4096: 26.0 us vs 38.2 with 128x64x64; 128x1288x2688: 17.2
+    # vs 30.3), but 128x64x64 with 4 stages for 8192-wide layers (128x8192x8192: 86.5 vs 91.7).
+    if m < 512:
+        if 32 * 2**20 <= n * kp < 128 * 2**20:
+            return GemmConfig(128, 64, 64, 4, 4, split_k=0, predequant_a=True)
+        return GemmConfig(64, 64, block_k, 4, 3, split_k=0, predequant_a=True)
     if 2 * triton.cdiv(m, 256) * triton.cdiv(n, 128) < 3 * sm_count:
         # Narrow per-rank shapes: 256x128 tiles would fill under 1.5 waves (2048x1288x2688: 54.5 us
         # with 128x64 tiles vs 67.0; 2048x2576x2688: 97.6 vs 119). At 1.94 waves (2048x4096x4096)
@@ -60,7 +68,7 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
 
     a_data uint8 [M, Kp/2]; a_scale 128x4-swizzled [round_up(M, 128), Kp/16] (Kp % 64 == 0);
     w_data uint8 [>= N, Kp/2]; w_scale uint8 row-major [>= N, Kp/16]; alpha fp32 [1].
-    Split-K (small M) writes fp32 partials and sums them in a second, deterministic launch.
+    With `predequant_a` A is first dequantized once to fp16 (an extra pass, a temporary [M, Kp]).
     """
     m, n = out.shape
     kp = a_data.shape[1] * 2
@@ -68,31 +76,65 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
         return out
     if config is None:
         config = gemm_config(m, n, kp, out.device.type, _sm_count(out.device))
+    if not config.predequant_a:
+        return _gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, config)
+    module = _interpreter.for_device(gemm_module, out.device)
+    a_units = torch.empty((m, kp), dtype=torch.float16, device=out.device)
+    module.dequantize_activation_kernel[(triton.cdiv(m, 32), kp // 64)](
+        a_data, a_scale.view(dtype=a_data.dtype), a_units, m, kp // 64, WORD_DECODE=config.word_decode,
+        BLOCK_M=32, BLOCK_K=64, num_warps=4)
+    return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config)
+
+
+def nvfp4_gemm_dequantized_a(a_units, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None):
+    """The same GEMM with A already dequantized: fp16 [M, Kp] in units of 2^-14, in the weight
+    decode's K order (`fake_quantize(..., units=True)`)."""
+    m, n = out.shape
+    if m == 0 or n == 0:
+        return out
+    return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config, dequantized_a=True)
+
+
+_launch = CachedLaunch(gemm_module.nvfp4_gemm_kernel)
+
+
+def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, dequantized_a=False):
+    m, n = out.shape
+    kp = w_data.shape[1] * 2
+    device = out.device
+    grid, meta, options, split, tiles, per_split, tail = _gemm_plan(
+        device, m, n, kp, config, dequantized_a, a.dtype, out.dtype, None if bias is None else bias.dtype)
+    if split > 1:
+        partials, tickets = scratch(device).get(split * m * n, tiles)
+    else:
+        partials = tickets = out  # unused
+    args = (a, a_scale.view(dtype=torch.uint8) if a_scale.dtype != torch.float16 else a_scale, w_data,
+            w_scale.view(dtype=torch.uint8), alpha, bias if bias is not None else out, out, partials, tickets, m, n,
+            kp // 64, per_split, out.stride(0))
+    if device.type == "cpu":
+        _interpreter.interpreted(gemm_module).nvfp4_gemm_kernel[grid](*args, **meta, **options)
+    else:
+        _launch(tail, grid, args, meta, options)
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _gemm_plan(device, m, n, kp, config, dequantized_a, a_dtype, out_dtype, bias_dtype):
+    """Config, split-K, grid, constexprs and launch key of one shape: worked out once."""
+    if config is None:
+        config = gemm_config(m, n, kp, device.type, _sm_count(device))
+    if dequantized_a:
+        config = replace(config, predequant_a=True, word_decode=True)
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
     k_tiles = triton.cdiv(kp, config.block_k)
     split = config.split_k
     if split == 0:  # enough programs for two per SM, each at least 4 K tiles long
-        split = max(1, min(triton.cdiv(2 * _sm_count(out.device), tiles), k_tiles // 4))
+        split = max(1, min(triton.cdiv(2 * _sm_count(device), tiles), k_tiles // 4))
     per_split = triton.cdiv(k_tiles, split)
     split = triton.cdiv(k_tiles, per_split)  # no empty splits
-    even_k = kp % config.block_k == 0
-    module = _interpreter.for_device(gemm_module, out.device)
-    a_operand = a_data
-    if config.predequant_a:  # one pass writing A as exact fp16 [M, Kp]; the GEMM then reads it directly
-        a_operand = torch.empty((m, kp), dtype=torch.float16, device=out.device)
-        module.dequantize_activation_kernel[(triton.cdiv(m, 32), kp // 64)](
-            a_data, a_scale.view(dtype=a_data.dtype), a_operand, m, kp // 64, WORD_DECODE=config.word_decode,
-            BLOCK_M=32, BLOCK_K=64, num_warps=4)
-    target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=out.device)
-    module.nvfp4_gemm_kernel[(tiles * split,)](
-        a_operand, a_scale.view(dtype=a_data.dtype), w_data, w_scale.view(dtype=a_data.dtype), alpha,
-        bias if bias is not None else out, target, m, n, kp // 64, per_split, out.stride(0),
-        HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=even_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, GROUP_M=config.group_m, WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
-    if split > 1:
-        grid = (triton.cdiv(m, 16), triton.cdiv(n, 128))
-        module.splitk_reduce_kernel[grid](target, alpha, bias if bias is not None else out, out, m, n, out.stride(0),
-                                          SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=128, num_warps=4)
-    return out
+    meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
+                BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
+                WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a)
+    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    tail = (device.index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values())
+    return (tiles * split,), meta, options, split, tiles, per_split, tail

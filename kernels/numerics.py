@@ -8,19 +8,22 @@ the same code is exact on GPUs and under Triton's interpreter on CPU.
 
 import triton
 import triton.language as tl
+from triton import knobs
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
 
 @triton.jit
-def _max_combine(a, b):
+def max_combine(a, b):
     return tl.maximum(a, b)
 
 
-# `tl.max` is itself a @triton.jit function, which an interpreted twin module
-# (kernels/_interpreter.py) cannot call; `tl.reduce` with triton's own max combiner is the same
-# reduction compiled, and the interpreter runs it as one numpy max instead of a Python loop.
-MAX_COMBINE = getattr(tl.standard, "_elementwise_max", _max_combine)
+if knobs.runtime.interpret:
+    # This module is an interpreted twin (kernels/_interpreter.py): triton's own max combiner lets
+    # the interpreter run `tl.reduce` as one numpy max instead of a Python loop. (Compiled kernels
+    # keep the function above under its own name: torch.compile rebuilds kernels from their source,
+    # where a global must carry its function's name.)
+    max_combine = tl.standard._elementwise_max
 
 
 # ---- encoding ---------------------------------------------------------------------------------
@@ -78,14 +81,21 @@ def e2m1_code(a, sign_bits):
 def block_scales(vmax_bits, gs):
     """The scale half of the recipe: vmax_bits int32 [R, NB] (max |x| of each block as float bits,
     NaN above +inf), gs the fp32 encode scale -> (scale byte int32 [R, NB], 0x7F (E4M3 NaN) for a
-    non-finite block; its fp32 value; out_scale, the fp32 multiplier that takes x to E2M1 range;
+    non-finite block (NaN/Inf inside, or a nonzero block under a global scale that is not finite and
+    positive); its fp32 value; out_scale, the fp32 multiplier that takes x to E2M1 range;
     finite [R, NB]).
 
     "TE-exact" order: sf = e4m3(min(vmax * (gs * (1/6)), 448)); out = min(1 / (sf * (1 / gs)),
     FLT_MAX) with IEEE divisions. An all-zero block (sf 0, out FLT_MAX) still gives y = x * out
     = +-0, the reference's codes, so it needs no special case.
     """
-    finite = vmax_bits < 0x7F800000
+    # A global scale that is not finite and positive (read on the device, never checked on the
+    # host) marks every block holding a nonzero value non-finite: NaN downstream rather than
+    # plausible garbage; all-zero blocks (the padding among them) stay 0.
+    gs_bits = gs.to(tl.int32, bitcast=True)  # in (0, 0x7F800000) exactly when gs is finite and > 0
+    gs_ok = (gs_bits > 0) & (gs_bits < 0x7F800000)
+    finite = vmax_bits < tl.where(gs_ok, 0x7F800000, 1)
+    gs = tl.where(gs_ok, gs, 1.0)  # keeps the all-zero blocks' arithmetic finite (scale 0, codes 0)
     vmax = vmax_bits.to(tl.float32, bitcast=True)
     scale_code, scale_value = e4m3_rne(tl.minimum(vmax * (gs * (1.0 / 6.0)), 448.0))
     inv_gs = tl.math.div_rn(tl.full([1, 1], 1.0, tl.float32), gs)
@@ -97,14 +107,15 @@ def block_scales(vmax_bits, gs):
 def quantize_blocks(x, gs):
     """The recipe on blocks of 16: x fp32 [R, NB, 16], gs the fp32 encode scale (scalar) ->
     (codes int32 [R, NB, 16] = sign << 3 | magnitude, scale byte int32 [R, NB], the scale's fp32
-    value [R, NB], finite [R, NB]). A non-finite block's scale byte is 0x7F (E4M3 NaN); its codes
-    are meaningless (`pack_codes` zeroes them).
+    value [R, NB], finite [R, NB]). A non-finite block (NaN or +-Inf inside, or a nonzero value under
+    a global scale that is not finite and positive) gets scale byte 0x7F (E4M3 NaN); its codes are meaningless
+    (`pack_codes` zeroes them).
 
     Scales as `block_scales`; codes = e2m1(x * out), sign from y's sign bit (-0.0 encodes as 0x8).
     """
     # max |x| as an integer max of the sign-cleared bits: same order as the floats, and NaN (above
     # +inf) cannot be dropped.
-    vmax_bits = tl.reduce(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 2, MAX_COMBINE)
+    vmax_bits = tl.reduce(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 2, max_combine)
     scale_byte, scale_value, out_scale, finite = block_scales(vmax_bits, gs)
     y = x * out_scale[:, :, None]
     codes = e2m1_code(tl.abs(y), y.to(tl.int32, bitcast=True)) & 15
@@ -122,29 +133,32 @@ def pack_codes(codes, finite):
     return tl.where(finite[:, :, None], (low & 15) | (high << 4), 0).to(tl.uint8)
 
 
-# ---- decoding (exact in fp16) ----------------------------------------------------------------
-# Every E2M1 x E4M3 product is exact in fp16: magnitudes 2^-10 .. 2688, at most 6 significant bits.
+# ---- decoding (exact in fp16, in units of 2^-14) ----------------------------------------------
+# Every E2M1 x E4M3 value v (a multiple of 2^-10 with at most 6 significant bits, |v| <= 2688) is
+# exact in fp16 even scaled by 2^-14: v * 2^-14 is a multiple of 2^-24 (fp16's subnormal step) and
+# has at most 6 significant bits. The decoders return v * 2^-14, which costs one fp16 multiply per
+# element (E2M1 bits placed in an fp16 read as e2m1 * 2^-14; times the E4M3 scale as fp16). A dot
+# of two such operands is the exact dot times 2^-28: every product, and every fp32 partial sum,
+# scaled by a power of two, so the epilogue's alpha * 2^28 gives the same bits as unscaled values.
+DECODE_UNIT_SCALE = tl.constexpr(2.0**28)  # what a dot of two decoded operands is multiplied by
 
 
 @triton.jit
-def e2m1_to_fp16(codes):
-    """4-bit E2M1 codes (int32) -> exact fp16 values.
-
-    E2M1 bits placed at fp16 bits 9..11 (sign at 15) read as an fp16 equal to the E2M1 value
-    times 2^-14 (subnormals included); one exact multiply by 2^14 restores it.
-    """
+def e2m1_to_fp16_units(codes):
+    """4-bit E2M1 codes (int32, sign at bit 3) -> fp16 equal to the E2M1 value times 2^-14."""
     bits = ((codes & 7) << 9) | ((codes & 8) << 12)
-    return bits.to(tl.int16).to(tl.float16, bitcast=True) * 16384.0
+    return bits.to(tl.int16).to(tl.float16, bitcast=True)
 
 
 @triton.jit
-def e4m3_to_fp16(scale_bytes):
-    """E4M3 bytes (int32, sign 0) -> exact fp16 values; 0x7F (E4M3 NaN, a non-finite block) -> NaN.
-
-    E4M3 bits shifted left by 7 read as an fp16 equal to the E4M3 value times 2^-8.
-    """
-    value = (scale_bytes << 7).to(tl.int16).to(tl.float16, bitcast=True) * 256.0
-    return tl.where((scale_bytes & 0x7F) == 0x7F, float("nan"), value)
+def e4m3_to_fp16(scale_bytes, CHECK_NAN: tl.constexpr):
+    """E4M3 bytes -> exact fp16 values (one hardware conversion per two bytes on GPUs). CHECK_NAN:
+    0x7F/0xFF (E4M3 NaN, a non-finite block) -> NaN also under the CPU interpreter, whose float8
+    conversion reads them as +-480; weight scales are validated at load and skip it."""
+    value = scale_bytes.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
+    if CHECK_NAN:
+        value = tl.where((scale_bytes & 0x7F) == 0x7F, float("nan"), value)
+    return value
 
 
 @triton.jit
@@ -164,23 +178,48 @@ def _half2_pair(words, shift: tl.constexpr):  # shift in (9, 5, 1, -3)
 
 
 @triton.jit
-def dequant_words(words, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """int32 words [ROWS, BLOCK_K/8] of packed codes -> fp16 [ROWS, BLOCK_K], K order permuted the
-    same way for every operand (codes 0,4,1,5,2,6,3,7 of each word), so dot products are unchanged."""
+def word_order(j):
+    """Logical K index of position j in `dequant_words`' order: within each 8-code word, positions
+    0..7 hold codes 0, 2, 1, 3, 4, 6, 5, 7 (the two low bits of the position swapped)."""
+    return (j // 8) * 8 + (j % 2) * 4 + (j % 8) // 2
+
+
+@triton.jit
+def dequant_words(words, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, CHECK_NAN: tl.constexpr):
+    """int32 words [ROWS, BLOCK_K/8] of packed codes + scale bytes [ROWS, BLOCK_K/16] -> fp16
+    [ROWS, BLOCK_K] in units of 2^-14, K in `word_order` (the same permutation for every operand
+    leaves dot products unchanged; the joins keep each half2 pair of one 32-bit register together)."""
     a0, b0 = _half2_pair(words, 9)
     a1, b1 = _half2_pair(words, 5)
     a2, b2 = _half2_pair(words, 1)
     a3, b3 = _half2_pair(words, -3)
-    v = tl.join(tl.join(tl.join(a0, b0), tl.join(a1, b1)), tl.join(tl.join(a2, b2), tl.join(a3, b3)))
-    v = tl.reshape(v, [ROWS, BLOCK_K // 16, 16]) * 16384.0
-    v = v * e4m3_to_fp16(scale_bytes.to(tl.int32))[:, :, None]
+    v = tl.join(tl.join(tl.join(a0, a2), tl.join(a1, a3)), tl.join(tl.join(b0, b2), tl.join(b1, b3)))
+    v = tl.reshape(v, [ROWS, BLOCK_K // 16, 16]) * e4m3_to_fp16(scale_bytes, CHECK_NAN)[:, :, None]
     return tl.reshape(v, [ROWS, BLOCK_K])
 
 
 @triton.jit
-def dequant_bytes(packed, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """packed uint8 [ROWS, BLOCK_K/2], scale bytes [ROWS, BLOCK_K/16] -> fp16 [ROWS, BLOCK_K], K in order."""
+def dequant_bytes(packed, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, CHECK_NAN: tl.constexpr):
+    """packed uint8 [ROWS, BLOCK_K/2] + scale bytes [ROWS, BLOCK_K/16] -> fp16 [ROWS, BLOCK_K] in
+    units of 2^-14, K in order."""
     p = packed.to(tl.int32)
     codes = tl.reshape(tl.join(p & 0xF, p >> 4), [ROWS, BLOCK_K // 16, 16])  # even element low nibble
-    values = e2m1_to_fp16(codes) * e4m3_to_fp16(scale_bytes.to(tl.int32))[:, :, None]
+    values = e2m1_to_fp16_units(codes) * e4m3_to_fp16(scale_bytes, CHECK_NAN)[:, :, None]
     return tl.reshape(values, [ROWS, BLOCK_K])
+
+
+@triton.jit
+def max_abs_bits(x):
+    """max |x| over the last axis as int32 bits of the fp32 value (NaN bits sort above +inf)."""
+    return tl.reduce(x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF, len(x.shape) - 1, max_combine)
+
+
+@triton.jit
+def dynamic_scales(amax_bits, weight_scale_2):
+    """From max |x| (int32 bits, NaN kept) the dynamic activation scales, with the same bits as
+    `fp4linear.format.decode_scale` and the Linear's static path: input_scale = max(amax, 1e-30) /
+    2688, gs = 1 / input_scale, alpha = input_scale * weight_scale_2 (all IEEE fp32)."""
+    amax = tl.where(amax_bits < 0x0DA24260, 1e-30, amax_bits.to(tl.float32, bitcast=True))  # 0x0DA24260: 1e-30
+    input_scale = tl.math.div_rn(amax, 2688.0)
+    gs = tl.math.div_rn(1.0, input_scale)
+    return gs, input_scale * weight_scale_2

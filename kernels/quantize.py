@@ -27,8 +27,14 @@ import triton.language as tl
 
 from ._interpreter import sibling
 
-layout = sibling(__name__, "layout")
-numerics = sibling(__name__, "numerics")
+# The helpers as plain globals (torch.compile rebuilds user kernels from their source and globals);
+# `sibling` gives the interpreted twins their interpreted helpers.
+
+_layout = sibling(__name__, "layout")
+scale_offset = _layout.scale_offset
+_numerics = sibling(__name__, "numerics")
+pack_codes = _numerics.pack_codes
+quantize_blocks = _numerics.quantize_blocks
 
 
 @triton.jit
@@ -58,9 +64,9 @@ def load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS: tl.constexpr
 def _block_max(bits, HALVES: tl.constexpr):
     """[BM, NB]: the max over each block's units (both halves)."""
     if HALVES:
-        return tl.reduce(tl.reduce(bits, 3, numerics.MAX_COMBINE), 0, numerics.MAX_COMBINE)
+        return tl.reduce(tl.reduce(bits, 3, numerics.max_combine), 0, numerics.max_combine)
     else:
-        return tl.reduce(bits, 2, numerics.MAX_COMBINE)
+        return tl.reduce(bits, 2, numerics.max_combine)
 
 
 @triton.jit

@@ -1,15 +1,32 @@
+"""Shared fixtures and helpers of the test suite.
+
+Every test that needs a GPU carries the `cuda` marker (tests parametrized over `device` get it on
+their cuda case automatically) and is skipped where there is none: `pytest -m cuda` runs them all
+on a GPU machine.
+"""
+
 import pytest
 import torch
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+import fp4linear
+from fp4linear import reference
+
+HAVE_CUDA = torch.cuda.is_available()
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: needs a CUDA GPU")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
     config.addinivalue_line("markers", "flashinfer: needs flashinfer-python importable")
 
 
-@pytest.fixture(params=DEVICES)
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords and not HAVE_CUDA:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def device(request):
     return torch.device(request.param)
 
@@ -21,3 +38,76 @@ def flashinfer():
     except Exception as e:  # ImportError, or a broken install
         pytest.skip(f"flashinfer not importable: {e}")
     return flashinfer
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+def wide_range(shape, *, binades=12, dtype=torch.bfloat16, device="cpu", generator=None):
+    """Random values whose magnitudes span `binades` powers of two within every row."""
+    mant = torch.rand(shape, generator=generator) + 0.5
+    exp = torch.randint(-binades // 2, binades - binades // 2, shape, generator=generator).float()
+    sign = torch.where(torch.rand(shape, generator=generator) < 0.5, -1.0, 1.0)
+    return (sign * mant * torch.exp2(exp)).to(dtype).to(device)
+
+
+def global_scale_of(x):
+    """The encode scale 2688 / amax(x) (fp32 [1], on x's device)."""
+    return fp4linear.encode_scale(x.float().abs().amax())
+
+
+def rel_err(out, ref):
+    return ((out.double().cpu() - ref.double().cpu()).norm() / ref.double().cpu().norm()).item()
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+
+def modelopt_checkpoint(n, k, *, seed=0, bias=False):
+    """Tensors as a ModelOpt NVFP4 export stores them (made with the reference recipe), and the
+    reference NVFP4Tensor of the weight."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    gs_w = global_scale_of(w)
+    q = reference.quantize(w, gs_w, k_align=16)
+    scale = reference.unswizzle(q.scale.view(torch.uint8), q.sf_layout)[:n, : -(-k // 16)].contiguous()
+    ckpt = dict(weight=q.data, weight_scale=scale.view(torch.float8_e4m3fn), weight_scale_2=(1 / gs_w).reshape(()),
+                input_scale=fp4linear.decode_scale(torch.tensor(3.0)).reshape(()))
+    if bias:
+        ckpt["bias"] = torch.randn(n, generator=g).to(torch.bfloat16)
+    return ckpt, q
+
+
+def emulate(x, ckpt, q):
+    """fp64: reference quantize of x (gs = 1 / input_scale) times the dequantized checkpoint weight."""
+    k = x.shape[-1]
+    qx = reference.quantize(x.cpu(), (1 / ckpt["input_scale"].float()).reshape(1), k_align=16)
+    out = reference.dequantize(qx).double().reshape(-1, k) @ reference.dequantize(q).double().T
+    if "bias" in ckpt:
+        out = out + ckpt["bias"].double()
+    return out.reshape(*x.shape[:-1], -1)
+
+
+# Real checkpoints, made once per session on the CPU (tests/checkpoints.py).
+@pytest.fixture(scope="session")
+def modelopt_dir(tmp_path_factory):
+    pytest.importorskip("transformers")
+    pytest.importorskip("modelopt.torch.quantization")
+    from tests.checkpoints import make_modelopt, tiny_config
+
+    return make_modelopt(tmp_path_factory.mktemp("modelopt_nvfp4"), tiny_config())
+
+
+@pytest.fixture(scope="session")
+def compressed_tensors_dir(tmp_path_factory):
+    pytest.importorskip("transformers")
+    pytest.importorskip("llmcompressor")
+    from tests.checkpoints import make_compressed_tensors, tiny_config
+
+    return make_compressed_tensors(tmp_path_factory.mktemp("ct_nvfp4") / "ckpt", tiny_config())
+
+
+@pytest.fixture(params=["modelopt", "compressed-tensors"])
+def checkpoint_dir(request):
+    """Each format's checkpoint of the same tiny Llama."""
+    return request.getfixturevalue("modelopt_dir" if request.param == "modelopt" else "compressed_tensors_dir")

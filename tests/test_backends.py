@@ -7,7 +7,7 @@ import fp4linear
 from fp4linear import reference
 from fp4linear.backends import BACKENDS, trtllm_row_order
 
-from .test_linear import modelopt_checkpoint
+from .conftest import modelopt_checkpoint
 
 
 def test_alignment_table_is_spec_section_4():
@@ -83,7 +83,7 @@ def test_cutlass_weight_scales_are_128x4_of_the_checkpoint():
     assert torch.equal(layer.weight[:n, : ckpt["weight"].shape[1]], ckpt["weight"]) and layer.weight[n:].eq(0).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlashInfer's block_scale_interleave runs on CUDA")
+@pytest.mark.cuda
 def test_trtllm_weight_equals_flashinfer_shuffles(flashinfer):
     from flashinfer import shuffle_matrix_a, shuffle_matrix_sf_a
 

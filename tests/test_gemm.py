@@ -10,12 +10,14 @@ from hypothesis import strategies as st
 import fp4linear
 from fp4linear import kernels, reference
 
+from .conftest import global_scale_of, rel_err
+
 
 def operands(m, n, k, device, *, generator=None, k_align=64):
     x = torch.randn(m, k, generator=generator).to(torch.bfloat16).to(device)
     w = torch.randn(n, k, generator=generator).to(torch.bfloat16)
-    gs_a = (448 * 6 / x.float().abs().amax()).reshape(1)
-    gs_w = (448 * 6 / w.float().abs().amax()).reshape(1)
+    gs_a = global_scale_of(x)
+    gs_w = global_scale_of(w)
     qa = fp4linear.quantize(x, gs_a, k_align=k_align)
     qw = reference.quantize(w, gs_w, k_align=k_align)
     w_scale = reference.unswizzle(qw.scale.view(torch.uint8), qw.sf_layout)[:n].contiguous()
@@ -26,10 +28,6 @@ def operands(m, n, k, device, *, generator=None, k_align=64):
 def fp64_reference(qa, qw, bias=None):
     out = fp4linear.dequantize(qa).double().cpu() @ fp4linear.dequantize(qw).double().T
     return out + bias.double().cpu() if bias is not None else out
-
-
-def rel_err(out, ref):
-    return ((out.double().cpu() - ref).norm() / ref.norm()).item()
 
 
 def assert_within_fp32_accumulation(out, qa, qw, bias=None):

@@ -7,35 +7,10 @@ import torch
 from torch import nn
 
 import fp4linear
+
 from fp4linear import reference
 
-
-def modelopt_checkpoint(n, k, *, seed=0, bias=False):
-    """Tensors as a ModelOpt NVFP4 export stores them (made with the reference recipe)."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g) * 0.05
-    gs_w = (448 * 6 / w.abs().amax()).reshape(1)
-    q = reference.quantize(w, gs_w, k_align=16)
-    scale = reference.unswizzle(q.scale.view(torch.uint8), q.sf_layout)[:n, : k // 16].contiguous()
-    ckpt = dict(weight=q.data, weight_scale=scale.view(torch.float8_e4m3fn), weight_scale_2=(1 / gs_w).reshape(()),
-                input_scale=torch.tensor(3.0 / 2688))
-    if bias:
-        ckpt["bias"] = torch.randn(n, generator=g).to(torch.bfloat16)
-    return ckpt, q
-
-
-def emulate(x, ckpt, q):
-    """fp64: reference quantize of x (gs = 1 / input_scale) times the dequantized checkpoint weight."""
-    k = x.shape[-1]
-    qx = reference.quantize(x.cpu(), (1 / ckpt["input_scale"].float()).reshape(1), k_align=16)
-    out = fp4linear.dequantize(qx).double().reshape(-1, k) @ fp4linear.dequantize(q).double().T
-    if "bias" in ckpt:
-        out = out + ckpt["bias"].double()
-    return out.reshape(*x.shape[:-1], -1)
-
-
-def rel_err(out, ref):
-    return ((out.double().cpu() - ref).norm() / ref.norm()).item()
+from .conftest import emulate, modelopt_checkpoint, rel_err
 
 
 @pytest.mark.parametrize("n, k, lead", [(200, 464, (7,)), (33, 48, (2, 3)), (96, 1376, (1,)), (130, 64, (129,))])
@@ -64,7 +39,7 @@ def test_from_linear_error_vs_bf16(device):
     torch.manual_seed(0)
     lin = nn.Linear(1368, 200, bias=True).to(torch.bfloat16).to(device)
     x = torch.randn(16, 1368, dtype=torch.bfloat16, device=device)
-    layer = fp4linear.Linear.from_linear(lin, input_scale=x.float().abs().amax() / 2688)
+    layer = fp4linear.Linear.from_linear(lin, input_scale=fp4linear.decode_scale(x.float().abs().amax()))
     assert layer.in_features == 1368 and layer.k_padded == 1408
     err = rel_err(layer(x), lin(x).double().cpu())
     assert 0.08 < err < 0.18, err
@@ -104,12 +79,39 @@ def test_bad_checkpoint_tensors_raise():
         neg(**{**ckpt, "weight_scale_2": torch.tensor(-math.inf)})
     with pytest.raises(ValueError, match="backend must be"):
         fp4linear.Linear.from_modelopt(**ckpt, backend="cublas")
+    # K = 1368 codes ends mid-block: 85 scales cover 1360 of them (a checkpoint pads K to 16)
+    w, s = torch.zeros(32, 684, dtype=torch.uint8), torch.ones(32, 85).to(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match=r"weight \(32, 684\) holds K = 1368 codes per row, not a multiple of"):
+        fp4linear.Linear.from_modelopt(w, s, ckpt["weight_scale_2"], ckpt["input_scale"])
+    with pytest.raises(ValueError, match=r"weight_packed \(32, 684\) holds K = 1368"):
+        fp4linear.Linear.from_compressed_tensors(w, s, torch.tensor([100.0]), torch.tensor([10.0]))
+    with pytest.raises(ValueError, match="weight_global_scale must be finite and positive"):
+        fp4linear.Linear.from_compressed_tensors(ckpt["weight"], ckpt["weight_scale"], torch.tensor([-1.0]), None)
+
+
+@pytest.mark.parametrize("n, k", [(72, 176), (33, 48)])
+def test_from_compressed_tensors_matches_emulation(device, n, k):
+    # Same codes and block scales as ModelOpt; the scalars are encode scales (2688 / amax), kept
+    # bit for bit where the layer uses them (input_global_scale), inverted once otherwise.
+    ckpt, q = modelopt_checkpoint(n, k, bias=True, seed=k)
+    wgs = q.global_scale.reshape(1)  # the encode scale the weight was quantized with
+    igs = torch.tensor([2688 / 3.0])
+    ct = dict(weight_packed=ckpt["weight"], weight_scale=ckpt["weight_scale"], weight_global_scale=wgs,
+              input_global_scale=igs, bias=ckpt["bias"])
+    layer = fp4linear.Linear.from_compressed_tensors(**{name: t.to(device) for name, t in ct.items()}, backend="triton")
+    assert layer.input_global_scale.cpu().view(torch.int32).equal(igs.view(torch.int32))
+    assert layer.weight_scale_2.item() == (1 / wgs.double()).float().item()
+    assert layer.alpha.item() == (1 / (igs.double() * wgs.double())).float().item()
+    x = torch.randn(5, k).to(device)
+    qx = reference.quantize(x.cpu(), igs, k_align=16)
+    want = fp4linear.dequantize(qx).double() @ fp4linear.dequantize(q).double().T + ckpt["bias"].double()
+    assert rel_err(layer(x), want) < 1e-5
 
 
 def test_bad_inputs_raise():
     ckpt, _ = modelopt_checkpoint(32, 64)
     layer = fp4linear.Linear.from_modelopt(**ckpt)
-    with pytest.raises(ValueError, match="x has 63 features"):
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 64\), got \(2, 63\)"):
         layer(torch.randn(2, 63, dtype=torch.bfloat16))
     with pytest.raises(TypeError, match="x must be"):
         layer(torch.ones(2, 64, dtype=torch.int32))
@@ -131,7 +133,7 @@ def test_compile_fullgraph_traces_the_custom_ops():
     assert torch.equal(compiled(x), layer(x))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_gpu_compile_graph_no_sync_and_sm90_refusal():
     ckpt, q = modelopt_checkpoint(200, 464, bias=True)
     layer = fp4linear.Linear.from_modelopt(**{n: t.cuda() for n, t in ckpt.items()})

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import fp4linear
 from fp4linear import parallel
 
-from .test_linear import modelopt_checkpoint
+from .conftest import modelopt_checkpoint
 
 
 @given(size=st.integers(16, 40000), tp=st.sampled_from([1, 2, 4, 8]))

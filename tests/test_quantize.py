@@ -12,17 +12,7 @@ from fp4linear import kernels, reference
 from fp4linear.format import NVFP4Tensor, scale_layout
 from fp4linear.kernels.quantize_launch import BASELINE, QuantConfig
 
-
-def wide_range(shape, *, binades=12, dtype=torch.bfloat16, device="cpu", generator=None):
-    """Random values whose magnitudes span `binades` powers of two within every row."""
-    mant = torch.rand(shape, generator=generator) + 0.5
-    exp = torch.randint(-binades // 2, binades - binades // 2, shape, generator=generator).float()
-    sign = torch.where(torch.rand(shape, generator=generator) < 0.5, -1.0, 1.0)
-    return (sign * mant * torch.exp2(exp)).to(dtype).to(device)
-
-
-def global_scale_of(x):
-    return (448.0 * 6.0 / x.float().abs().amax().clamp(min=1e-30)).reshape(1).to(torch.float32)
+from .conftest import global_scale_of, wide_range
 
 
 def poisoned(shape, k_align, sf_layout, device):
@@ -225,7 +215,7 @@ def test_errors_name_the_argument():
         fp4linear.quantize(x, gs, out=wrong)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_errors_on_device_mismatch():
     x = torch.randn(4, 32, dtype=torch.bfloat16, device="cuda")
     with pytest.raises(ValueError, match="global_scale is on cpu"):
@@ -238,7 +228,6 @@ def test_errors_on_device_mismatch():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_no_host_sync_and_cuda_graph():
     x = wide_range((40, 1368), device="cuda")
     gs = global_scale_of(x)
@@ -262,7 +251,6 @@ def test_no_host_sync_and_cuda_graph():
 
 @pytest.mark.cuda
 @pytest.mark.flashinfer
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("m, k", [(1, 64), (130, 1368), (256, 4096), (7, 464)])
 def test_scales_equal_flashinfer_block_scale_interleave(flashinfer, m, k):
     from flashinfer.fp4_quantization import block_scale_interleave

@@ -1,4 +1,4 @@
-"""The reference against hand-worked cases (SPEC sections 1-3)."""
+"""The reference against hand-worked cases (docs/nvfp4.md, sections 1-3)."""
 
 import math
 

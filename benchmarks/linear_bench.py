@@ -1,0 +1,224 @@
+"""fp4linear.Linear (triton backend) against cuBLAS bf16 nn.Linear, same process, same card.
+
+For each (N, K) of `common.LINEAR_SHAPES` and each M: device time (CUDA-graph replays) of the
+whole layer (quantize + GEMM, the dynamic scale's pass included) with a static and a dynamic
+activation scale, and eager wall time (a loop of calls, one synchronize), against nn.Linear bf16.
+Decode-sized M rotate through enough copies of the layer that its weights cannot stay in L2 (as in
+a model, where every layer's weights come from DRAM): the time per layer is the replay time of the
+chain over its length. Weight bandwidth counts the padded NVFP4 weight's bytes (codes + scales).
+
+    python benchmarks/linear_bench.py                  # table + results/linear_<gpu>.csv + RESULTS.md
+    python benchmarks/linear_bench.py --tune           # tile sweeps for the small-M kernel and the paths
+    python benchmarks/linear_bench.py --dry-run        # walk the code on tiny CPU shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fp4linear  # noqa: E402
+from common import (LINEAR_SHAPES, add_output_args, copy_ceiling_tbps, eager_us, gpu_slug, median_us,  # noqa: E402
+                    publish)
+from fp4linear import kernels, ops  # noqa: E402
+
+MS = [1, 2, 4, 8, 16, 128, 256, 512, 2048, 4096, 8192]
+L2_ROTATE_BYTES = 256 << 20  # decode: rotate copies of a layer until their bf16 weights pass this
+
+
+def make_layers(n, k, copies, device, dtype):
+    """`copies` pairs (nn.Linear bf16, fp4linear static, fp4linear dynamic) with distinct weights."""
+    out = []
+    x_amax = 4.0
+    for _ in range(copies):
+        lin = torch.nn.Linear(k, n, bias=False, device=device, dtype=dtype)
+        static = fp4linear.Linear.from_linear(lin, input_scale=fp4linear.decode_scale(torch.tensor(x_amax)),
+                                              backend="triton")
+        dynamic = fp4linear.Linear.from_linear(lin, backend="triton")
+        out.append((lin, static, dynamic))
+    return out
+
+
+def chain(layers, x):
+    def run():
+        for layer in layers:
+            layer(x)
+    return run
+
+
+def timers(device):
+    if device == "cuda":
+        return (lambda fn: median_us(fn, graph=True, rep_ms=50)), (lambda fn: eager_us(fn, calls=100, repeats=3))
+
+    def cpu(fn):  # dry run: wall time of a few calls
+        fn()
+        t = time.perf_counter()
+        for _ in range(2):
+            fn()
+        return (time.perf_counter() - t) / 2 * 1e6
+    return cpu, cpu
+
+
+def run_table(args):
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, wall_us = timers(device)
+    shapes = [(64, 48), (200, 464)] if device == "cpu" else LINEAR_SHAPES
+    ms = [1, 16, 40] if device == "cpu" else (args.m or MS)
+    copy = copy_ceiling_tbps() if device == "cuda" else float("nan")
+    header = ["m", "n", "k", "input_scale", "bf16_graph_us", "fp4_graph_us", "bf16_eager_us", "fp4_eager_us",
+              "temp_bytes"]
+    rows = []
+    todo = [(n, k, m) for n, k in (args.shapes or shapes) for m in ms]
+    cache = {}
+    for n, k, m in tqdm(todo, desc="linear", file=sys.stderr):
+        wbytes_bf16 = n * k * 2
+        copies = 1 if m > 16 else max(1, min(32, -(-L2_ROTATE_BYTES // wbytes_bf16)))
+        if device == "cpu":
+            copies = 1
+        if cache.get("key") != (n, k, copies):
+            cache.clear()
+            cache.update(key=(n, k, copies), layers=make_layers(n, k, copies, device, torch.bfloat16))
+        layers = cache["layers"]
+        x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+        eager = m <= 16  # users run decode eagerly; prefill is GPU-bound either way
+        bf16_graph = graph_us(chain([c[0] for c in layers], x)) / copies
+        bf16_eager = wall_us(lambda: layers[0][0](x)) if eager else float("nan")
+        lin0 = layers[0][1]
+        for mode, idx in (("static", 1), ("dynamic", 2)):
+            fp4_graph = graph_us(chain([c[idx] for c in layers], x)) / copies
+            fp4_eager = wall_us(lambda: layers[0][idx](x)) if eager else float("nan")
+            temp = ops.temp_bytes(m, n, lin0.k_padded, x.dtype,
+                                  cublas=None if mode == "static" else False)
+            rows.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp])
+    csv_path = args.results_dir / f"linear_{gpu_slug()}.csv"
+    if args.update and csv_path.is_file():  # keep the other rows of an earlier run of this card
+        import csv
+
+        new = {tuple(r[:4]) for r in rows}
+        with csv_path.open() as f:
+            old = [[int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:8]), int(r[8])] for r in list(csv.reader(f))[1:]]
+        rows = [r for r in old if tuple(r[:4]) not in new] + rows
+        order = {s: i for i, s in enumerate(LINEAR_SHAPES)}
+        rows.sort(key=lambda r: (order.get((r[1], r[2]), 99), r[0], r[3] != "static"))
+    md = []
+    for m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp in rows:
+        p = fp4linear.plan(n, k, backend="triton")
+        tbps = p.n_padded * p.k_padded * 9 // 16 / (fp4_graph * 1e-6) / 1e12
+        md.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_graph / fp4_graph, tbps, 100 * tbps / copy,
+                   bf16_eager, fp4_eager, bf16_eager / fp4_eager, temp / 2**20])
+    md_header = ["M", "N", "K", "scale", "bf16 us", "fp4 us", "speed-up", "weight TB/s", "% copy", "bf16 eager us",
+                 "fp4 eager us", "eager speed-up", "temp MiB"]
+    intro = (f"Whole layer, bf16 input, no bias; device times are CUDA-graph replay medians (decode rows: a chain "
+             f"of layer copies whose bf16 weights exceed {L2_ROTATE_BYTES >> 20} MiB, so weights come from DRAM), "
+             f"eager (M <= 16) = wall time per call of a loop of 100 calls and one synchronize, median of 3. 'speed-up' = bf16 / fp4 "
+             f"(> 1: fp4linear faster). Weight TB/s: the padded NVFP4 weight's bytes per fp4 device time; copy "
+             f"ceiling {copy:.2f} TB/s measured in the same run. temp = per-call temporary (the dequantized "
+             f"activation; on the cuBLAS path also the weight chunk).")
+    if device == "cpu":
+        args.no_write = True
+    publish(args, "Linear: fp4linear vs cuBLAS bf16 (benchmarks/linear_bench.py)", intro, header, rows,
+            csv_name=f"linear_{gpu_slug()}.csv", md_header=md_header, md_rows=md)
+
+
+def run_tune(args):
+    """Tuning aid: the small-M paths (one launch with the activation quantized inside, or a
+    quantize-dequantize launch + the GEMM), Triton-GEMM tiles for mid M, and host time per call."""
+    device = "cuda"
+    single = [kernels.SmallMConfig(bn, bk, w, st, waves=wv) for bn, bk, w, st, wv in
+              ((64, 128, 4, 2, 2), (128, 128, 4, 2, 2), (128, 128, 8, 2, 2), (256, 128, 8, 2, 1), (128, 256, 4, 2, 2))]
+    two = [kernels.GemmConfig(16, bn, bk, w, st, split_k=sk) for bn, bk, w, st, sk in
+           ((64, 128, 4, 4, 0), (128, 128, 4, 3, 0), (64, 256, 4, 3, 0), (128, 128, 8, 3, 0), (64, 128, 4, 1, 8))]
+    for n, k in args.shapes or LINEAR_SHAPES:
+        copies = max(1, min(32, -(-L2_ROTATE_BYTES // (n * k * 2))))
+        layers = [c[1] for c in make_layers(n, k, copies, device, torch.bfloat16)]
+        wbytes = layers[0].n_padded * layers[0].k_padded * 9 // 16
+        for m in (1, 4, 16):
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in layers]
+            a = torch.empty(m, layers[0].k_padded, device=device, dtype=torch.float16)
+            res = []
+            for cfg in single:
+                def run(cfg=cfg):
+                    for layer, out in zip(layers, outs):
+                        kernels.linear_small_m(x, layer.input_global_scale, layer.alpha, layer.weight,
+                                               layer.weight_scale, None, out, config=cfg)
+                res.append((run, f"one-launch bn{cfg.block_n} bk{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} "
+                                 f"waves{cfg.waves}"))
+            for cfg in two:
+                def run(cfg=cfg):
+                    for layer, out in zip(layers, outs):
+                        kernels.fake_quantize(x, layer.input_global_scale, a, units=True)
+                        kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, None, out,
+                                                         config=cfg)
+                res.append((run, f"two-launch bn{cfg.block_n} bk{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} "
+                                 f"split{cfg.split_k}"))
+            timed = []
+            for fn, name in res:
+                try:
+                    timed.append((median_us(fn, graph=True, rep_ms=30) / copies, name))
+                except Exception as e:  # e.g. out of shared memory
+                    print(f"  {name}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+            timed.sort()
+            print(f"small-M {m}x{n}x{k}: " + "; ".join(f"{t:.2f}us {wbytes / t / 1e6:.2f}TB/s {name}"
+                                                        for t, name in timed[:5]), flush=True)
+    mid = [kernels.GemmConfig(bm, bn, bk, w, st, split_k=0) for bm, bn, bk, w, st in
+           ((128, 128, 64, 8, 4), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 128, 4, 3), (64, 128, 128, 4, 3))]
+    for n, k in args.shapes or LINEAR_SHAPES:
+        layer = make_layers(n, k, 1, device, torch.bfloat16)[0][1]
+        for m in (128, 512):
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            a = torch.empty(m, layer.k_padded, device=device, dtype=torch.float16)
+            out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
+            lin = torch.nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16)
+            t_bf16 = median_us(lambda: lin(x), graph=True, rep_ms=30)
+            timed = []
+            for cfg in mid:
+                def run(cfg=cfg):
+                    kernels.fake_quantize(x, layer.input_global_scale, a, units=True)
+                    kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, None, out,
+                                                     config=cfg)
+                try:
+                    timed.append((median_us(run, graph=True, rep_ms=30), cfg))
+                except Exception as e:
+                    print(f"  {cfg}: {type(e).__name__}", flush=True)
+            timed.sort(key=lambda r: r[0])
+            print(f"mid {m}x{n}x{k}: bf16 {t_bf16:.1f}us; " + "; ".join(
+                f"{t:.1f}us ({t_bf16 / t:.2f}x) {c.block_m}x{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages}"
+                for t, c in timed[:3]), flush=True)
+    # host time per call (eager), decode-sized
+    n, k = 4096, 4096
+    lin, static, dynamic = make_layers(n, k, 1, device, torch.bfloat16)[0]
+    x = torch.rand(1, k, device=device).to(torch.bfloat16)
+    e = torch.empty(1, device=device)
+    for name, fn in [("nn.Linear bf16", lambda: lin(x)), ("fp4 static", lambda: static(x)),
+                     ("fp4 dynamic", lambda: dynamic(x)), ("torch.empty", lambda: torch.empty(1, n, device=device)),
+                     ("fill_", lambda: e.fill_(1.0))]:
+        print(f"eager M=1 {n}x{k} {name}: {eager_us(fn):.1f} us per call", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tune", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (no timings of note)")
+    p.add_argument("--m", type=int, nargs="*", help="only these M")
+    p.add_argument("--shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", help="only these NxK")
+    p.add_argument("--update", action="store_true", help="replace only the measured rows of this card's CSV")
+    add_output_args(p)
+    args = p.parse_args()
+    if args.tune:
+        run_tune(args)
+    else:
+        run_table(args)
+
+
+if __name__ == "__main__":
+    main()

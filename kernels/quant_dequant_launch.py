@@ -1,0 +1,62 @@
+"""Launchers of the quantize-dequantize pass and of the weight-row dequantization."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import triton
+
+from . import _interpreter
+from . import quant_dequant as qd_module
+from .launch import CachedLaunch, alignment_key
+
+_launch_fake = CachedLaunch(qd_module.fake_quantize_kernel)
+_launch_rows = CachedLaunch(qd_module.dequantize_rows_kernel)
+
+
+def fake_quantize(x, global_scale, out, *, units: bool):
+    """out [M, Kp] = the NVFP4 values of x (e2m1 * e4m3, no global scale; zeros beyond K).
+    units=True: fp16 in units of 2^-14 in the weight decode's K order (Triton GEMM operand);
+    False: true values in out's dtype (bf16/fp16), natural order (cuBLAS operand)."""
+    m, k = x.shape
+    kp = out.shape[1]
+    if m == 0:
+        return out
+    device = x.device
+    grid, meta, tail = _fake_plan(device, m, k, kp, units, x.dtype, out.dtype)
+    args = (x, global_scale, out, m, k, kp, x.stride(0))
+    if device.type == "cpu":
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
+            _interpreter.interpreted(qd_module).fake_quantize_kernel[grid](*args, **meta)
+    else:
+        _launch_fake((*tail, *alignment_key(x)), grid, args, meta, _OPTIONS)
+    return out
+
+
+_OPTIONS = dict(num_warps=4)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fake_plan(device, m, k, kp, units, x_dtype, out_dtype):
+    """Grid, constexprs and launch key of one shape: worked out once (host time per call matters)."""
+    block_m, block_k = (32, 128) if device.type == "cuda" else (min(64, triton.next_power_of_2(m)), 128)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(kp, block_k))
+    return grid, dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k), (device.index, x_dtype, out_dtype, k, kp, units)
+
+
+def dequantize_rows(w_data, w_scale, row_begin: int, out):
+    """out [rows, Kp] (bf16/fp16) = true values of weight rows row_begin .. row_begin + rows."""
+    rows, kp = out.shape
+    n = row_begin + rows
+    block_n, block_k = 32, 128
+    grid = (triton.cdiv(rows, block_n), triton.cdiv(kp, block_k))
+    args = (w_data, w_scale.view(torch.uint8), out, row_begin, n, kp, out.stride(0))
+    meta = dict(BLOCK_N=block_n, BLOCK_K=block_k)
+    if out.device.type == "cpu":
+        _interpreter.interpreted(qd_module).dequantize_rows_kernel[grid](*args, **meta)
+    else:
+        _launch_rows((out.device.index, out.dtype, row_begin, n, kp, *alignment_key(out)), grid, args, meta,
+                     dict(num_warps=4))
+    return out

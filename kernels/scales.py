@@ -1,0 +1,43 @@
+"""The dynamic activation scale in one launch: max |x| over the whole input, then gs and alpha.
+
+Every program reduces its rows to max |x| (as int32 bits: order-preserving for non-negative
+floats, NaN above +inf) and folds it into one word with an atomic max; the last program to take a
+ticket reads the maximum, writes (gs, alpha) exactly as the static path would compute them from
+input_scale = amax / 2688 (`dynamic_scales`), and zeroes both words for the next call.
+Consumers read gs and alpha through pointers, like a static layer's buffers.
+"""
+
+import triton
+import triton.language as tl
+
+from ._interpreter import sibling
+
+# The helpers as plain globals (torch.compile rebuilds user kernels from their source and globals);
+# `sibling` gives the interpreted twins their interpreted helpers.
+
+_numerics = sibling(__name__, "numerics")
+max_combine = _numerics.max_combine
+dynamic_scales = _numerics.dynamic_scales
+max_abs_bits = _numerics.max_abs_bits
+
+
+@triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["weight_scale_2_ptr"])
+def dynamic_scale_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, M, K, stride_xm,
+                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """scales[0] = gs, scales[1] = alpha; words: int32 [2] (running max, ticket), zero on entry and exit."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    acc = tl.full([BLOCK_R], 0, tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :],
+                    mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
+        acc = tl.maximum(acc, max_abs_bits(x))
+    tl.atomic_max(words_ptr, tl.reduce(acc, 0, max_combine), sem="relaxed", scope="gpu")
+    tl.debug_barrier()
+    ticket = tl.atomic_add(words_ptr + 1, 1, sem="acq_rel", scope="gpu")
+    if ticket == tl.num_programs(0) - 1:
+        amax_bits = tl.atomic_xchg(words_ptr, 0, sem="acq_rel", scope="gpu")
+        gs, alpha = dynamic_scales(amax_bits, tl.load(weight_scale_2_ptr))
+        tl.store(scales_ptr, gs)
+        tl.store(scales_ptr + 1, alpha)
+        tl.atomic_xchg(words_ptr + 1, 0, sem="relaxed", scope="gpu")

@@ -1,0 +1,107 @@
+"""Launcher of the single-launch small-M Linear: tile choice, split-K, the per-stream workspace."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import triton
+
+from . import _interpreter
+from . import small_m_linear as small_m_module
+from .launch import CachedLaunch, alignment_key
+from .workspace import scratch
+
+MAX_M = 16  # rows the kernel takes (one 16-token MMA tile)
+
+
+@dataclass(frozen=True)
+class SmallMConfig:
+    block_n: int
+    block_k: int  # 64, 128 or 256
+    num_warps: int
+    num_stages: int
+    split_k: int = 0  # 0: enough K splits for about `waves` programs per SM
+    waves: int = 1
+    natural_x: bool = True  # load x in order (vector loads) and permute after quantizing
+
+
+def small_m_config(n: int, kp: int, device_type: str) -> SmallMConfig:
+    if device_type == "cpu":
+        # Interpreter: few, large programs; split K (and so the ticketed reduce) whenever there is room.
+        return SmallMConfig(min(64, max(16, triton.next_power_of_2(n))), 64, 4, 1, split_k=2 if kp >= 128 else 1)
+    # H100 (linear_bench.py --tune, weights cold in L2): 1x4096x4096 15.5 us with 128 rows x 8 warps;
+    # 1x1288x2688 11.2 us with 64 rows x 4 warps; two programs per SM, 2 stages.
+    if n >= 4096:
+        return SmallMConfig(128, 128, 8, 2, waves=2)
+    return SmallMConfig(64, 128, 4, 2, waves=2)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def split_k_for(config: SmallMConfig, n: int, kp: int, device: torch.device) -> tuple[int, int]:
+    """(splits, K tiles per split): no empty split, each at least 2 tiles long where K allows."""
+    k_tiles = triton.cdiv(kp, config.block_k)
+    split = config.split_k
+    if split == 0:
+        n_tiles = triton.cdiv(n, config.block_n)
+        split = max(1, min(triton.cdiv(config.waves * _sm_count(device), n_tiles), k_tiles // 2))
+    per_split = triton.cdiv(k_tiles, split)
+    return triton.cdiv(k_tiles, per_split), per_split
+
+
+_launch_main = CachedLaunch(small_m_module.nvfp4_linear_small_m_kernel)
+
+
+def linear_small_m(x, gs, alpha, w_data, w_scale, bias, out, *, config: SmallMConfig | None = None):
+    """out[M, N] = alpha * quantize(x, gs) @ dequant(W)^T (+ bias), M <= 16, in one launch.
+
+    x [M, K] with unit column stride; gs, alpha: fp32 one-element tensors (read on the device);
+    w_data uint8 [Np, Kp/2] (Kp % 64 == 0); w_scale uint8 row-major [Np, Kp/16]; N = out.shape[1].
+    """
+    m, k = x.shape
+    n = out.shape[1]
+    kp = w_data.shape[1] * 2
+    if m == 0:
+        return out
+    device = out.device
+    # Everything that depends only on the shapes and dtypes is worked out once (host time is what a
+    # decode-sized call costs outside CUDA graphs).
+    plan_key = (device, n, k, kp, min(MAX_M, triton.next_power_of_2(m)), bias is None or bias.dtype, x.dtype,
+                out.dtype, config)
+    plan = _plans.get(plan_key)
+    if plan is None:
+        plan = _plans[plan_key] = _plan(device, n, k, kp, plan_key[4], bias is not None, config, plan_key[5:8])
+    grid, meta, options, split, per_split, n_tiles, tail = plan
+    if split > 1:
+        partials, tickets = scratch(device).get(split * MAX_M * n, n_tiles)
+    else:
+        partials = tickets = out  # unused
+    args = (x, gs, alpha, w_data.view(torch.int32), w_scale, bias if bias is not None else out, out, partials,
+            tickets, m, x.stride(0), out.stride(0), n, k, kp // 64, per_split)
+    if device.type == "cpu":
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
+            _interpreter.interpreted(small_m_module).nvfp4_linear_small_m_kernel[grid](*args, **meta, **options)
+    else:
+        _launch_main((*tail, *alignment_key(x)), grid, args, meta, options)
+    return out
+
+
+_plans: dict = {}
+
+
+def _plan(device, n, k, kp, x_rows, has_bias, config, dtypes):
+    if config is None:
+        config = small_m_config(n, kp, device.type)
+    split, per_split = split_k_for(config, n, kp, device)
+    n_tiles = triton.cdiv(n, config.block_n)
+    meta = dict(X_ROWS=x_rows, HAS_BIAS=has_bias, SPLIT_K=split, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                EVEN_K=kp % config.block_k == 0, NATURAL_X=config.natural_x)
+    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    tail = (device.index, *dtypes, n, k, kp, config, split, *meta.values())  # with x's alignment: the launch key
+    return (n_tiles * split,), meta, options, split, per_split, n_tiles, tail

@@ -1,0 +1,220 @@
+"""The Triton backend's forward paths (docs/nvfp4.md, "Triton backend paths") against fp64.
+
+Small M: one launch (quantize + GEMM + split-K reduce). Larger M: quantize-dequantize, then the
+Triton GEMM or cuBLAS on exactly dequantized operands. Every path must compute the same exact
+products with fp32 accumulation, give bit-identical results for a dynamic scale and the equivalent
+static one, and write every output element.
+"""
+
+import math
+
+import pytest
+import torch
+
+import fp4linear
+from fp4linear import kernels, ops, reference
+
+from .conftest import modelopt_checkpoint
+
+
+def layer_for(n, k, device, *, bias=True, dynamic=False, seed=0):
+    ckpt, q = modelopt_checkpoint(n, k, bias=bias, seed=seed)
+    if dynamic:
+        ckpt["input_scale"] = None
+    layer = fp4linear.Linear.from_modelopt(**{k_: (t.to(device) if t is not None else None) for k_, t in ckpt.items()},
+                                           backend="triton")
+    return layer, ckpt, q
+
+
+def fp64_bound(x, layer, q, input_scale):
+    """(reference, elementwise bound): fp64 of the reference-quantized x times the weight, and the
+    fp32-accumulation bound Kp * 2^-22 * alpha * (|A| @ |W|^T) (+ bias)."""
+    gs = (1 / input_scale.float().cpu()).reshape(1)
+    qx = reference.quantize(x.float().cpu(), gs, k_align=16)
+    a, w = reference.dequantize(qx).double(), reference.dequantize(q).double()
+    ref = a @ w.T
+    bound = layer.k_padded * 2.0**-22 * (a.abs() @ w.abs().T) + 1e-30
+    if layer.bias is not None:
+        ref = ref + layer.bias.double().cpu()
+    return ref, bound
+
+
+def check(out, ref, bound, out_dtype):
+    err = (out.double().cpu() - ref).abs()
+    if out_dtype == torch.float32:
+        assert (err <= bound + 1e-6 * ref.abs()).all(), f"max err/bound {(err / bound).max():.3g}"
+    else:  # one rounding to bf16/fp16 on top (the CPU interpreter truncates: 2^-7)
+        tol = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[out_dtype]
+        assert (err <= bound + tol * ref.abs() + 1e-30).all(), f"max rel err {(err / ref.abs()).max():.3g}"
+    assert not out.isnan().any()
+
+
+PATHS = [("small", 1), ("small", 3), ("small", 16), ("triton", 17), ("triton", 70), ("cublas", 40)]
+
+
+@pytest.mark.parametrize("path, m", PATHS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_paths_match_fp64(device, path, m, dtype):
+    if path == "cublas" and dtype == torch.float32:
+        pytest.skip("the cuBLAS path takes bf16/fp16 activations")
+    n, k = 72, 464  # K % 64 != 0 (Kp 512), N not a tile multiple
+    layer, ckpt, q = layer_for(n, k, device, seed=m)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(dtype).to(device)
+    out = ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
+                            layer.weight_scale_2, layer.bias, n, False, layer._alpha_host, cublas=path == "cublas")
+    assert out.shape == (m, n) and out.dtype == dtype
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(out, ref, bound, dtype)
+
+
+@pytest.mark.parametrize("path, m", PATHS)
+def test_dynamic_scale_is_bit_identical_to_the_static_one(device, path, m):
+    n, k = 40, 192
+    dyn, ckpt, q = layer_for(n, k, device, dynamic=True)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(7)) * 5).to(torch.bfloat16).to(device)
+    static, _, _ = layer_for(n, k, device)
+    static.input_scale.copy_(fp4linear.decode_scale(x.float().abs().amax()))
+    static.input_global_scale.copy_(1.0 / static.input_scale)
+    static.alpha.copy_(static.input_scale * static.weight_scale_2)
+    static._refresh_alpha_host()
+    cublas = path == "cublas"
+    args = (dyn.weight, dyn.weight_scale)
+    got = ops.triton_linear(x, *args, dyn.input_global_scale, dyn.alpha, dyn.weight_scale_2, dyn.bias, n, True,
+                            None, cublas=cublas)
+    want = ops.triton_linear(x, *args, static.input_global_scale, static.alpha, static.weight_scale_2, static.bias, n,
+                             False, static._alpha_host if not cublas else None, cublas=False)
+    # a dynamic scale never takes the cuBLAS path (alpha lives on the device): cublas=True falls back
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("m", [1, 5, 16])
+def test_small_m_kernel_writes_every_element(device, m):
+    n, k = 200, 1376
+    layer, ckpt, q = layer_for(n, k, device)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(device)
+    out = torch.full((m, n), math.nan, device=device)  # poisoned
+    kernels.linear_small_m(x, layer.input_global_scale, layer.alpha, layer.weight, layer.weight_scale, layer.bias, out)
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(out, ref, bound, torch.float32)
+
+
+def test_dequantized_a_gemm_writes_every_element_with_a_strided_output(device):
+    m, n, k = 33, 96, 320
+    layer, ckpt, q = layer_for(n, k, device)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).to(device)
+    a = kernels.fake_quantize(x, layer.input_global_scale, torch.empty(m, layer.k_padded, dtype=torch.float16,
+                                                                          device=device), units=True)
+    big = torch.full((m, n + 24), math.nan, device=device)
+    out = big[:, 8 : 8 + n]
+    kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, layer.bias, out)
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(out, ref, bound, torch.float32)
+    assert big[:, :8].isnan().all() and big[:, 8 + n :].isnan().all()
+
+
+@pytest.mark.parametrize("path, m", PATHS)
+def test_nan_rows_stay_visible(device, path, m):
+    n, k = 48, 128
+    layer, _, _ = layer_for(n, k, device, bias=False)
+    x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
+    x[0, 5] = math.nan
+    out = ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
+                            layer.weight_scale_2, None, n, False, layer._alpha_host, cublas=path == "cublas")
+    assert out[0].isnan().all() and not out[1:].isnan().any()
+
+
+def test_fake_quantize_holds_the_quantized_values(device):
+    x = torch.randn(19, 200, dtype=torch.bfloat16, generator=None).to(device)
+    gs = fp4linear.encode_scale(x.float().abs().amax())
+    q = reference.quantize(x.cpu(), gs.cpu(), k_align=64)
+    blocks = reference.block_scales(q)  # [19, Kp/16]
+    values = reference.e2m1_decode(reference.unpack_nibbles(q.data)).reshape(19, -1, 16) * blocks[..., None]
+    values = values.reshape(19, q.kp)
+    true = kernels.fake_quantize(x, gs, torch.empty(19, q.kp, dtype=torch.bfloat16, device=device), units=False)
+    assert torch.equal(true.float().cpu(), values)
+    units = kernels.fake_quantize(x, gs, torch.empty(19, q.kp, dtype=torch.float16, device=device), units=True)
+    order = torch.arange(q.kp).view(-1, 2, 4).transpose(1, 2).reshape(-1)  # the weight decode's K order
+    assert torch.equal(units.float().cpu() * 2.0**14, values[:, order])
+
+
+@pytest.mark.parametrize("k", [200, 48])  # Kp 256 and 64 (under one 128-wide tile: masks)
+def test_dequantize_rows_equals_the_reference(device, k):
+    layer, ckpt, q = layer_for(70, k, device)
+    big = torch.full((32, layer.k_padded + 8), math.nan, dtype=torch.bfloat16, device=device)
+    out = big[1:31, : layer.k_padded]
+    kernels.dequantize_rows(layer.weight, layer.weight_scale, 40, out)
+    want = torch.zeros(30, layer.k_padded)
+    want[:, :k] = reference.dequantize(q)[40:70] * q.global_scale  # e2m1 * e4m3: no global scale
+    assert torch.equal(out.float().cpu(), want.to(torch.bfloat16).float())
+    assert big[0].isnan().all() and big[31].isnan().all() and big[:, layer.k_padded :].isnan().all()
+
+
+# ---- GPU: graphs, no host sync, determinism, cached launches, torch.compile ---------------------
+
+GPU_PATHS = [("small", 1), ("small", 16), ("triton", 64), ("triton", 300), ("cublas", 1100)]
+
+
+def _forward(layer, x, path):
+    return ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
+                             layer.weight_scale_2, layer.bias, layer.out_features, layer.dynamic_input_scale,
+                             layer._alpha_host, cublas=path == "cublas")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("path, m", GPU_PATHS)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_gpu_paths_no_sync_graph_deterministic(path, m, dynamic):
+    n, k = 1288, 2688  # a TP-8 per-rank shape
+    layer, ckpt, q = layer_for(n, k, "cuda", dynamic=dynamic, seed=m)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
+    first = _forward(layer, x, path)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        again = [_forward(layer, x, path) for _ in range(3)]  # tickets and scale words reset each call
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.equal(first, a) for a in again)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = _forward(layer, x, path)
+    x.copy_(torch.randn_like(x) * 3)
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, _forward(layer, x, path))
+    if not dynamic:
+        ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+        check(y, ref, bound, torch.bfloat16)
+
+
+@pytest.mark.cuda
+def test_gpu_cached_launches_follow_shape_dtype_and_stride_changes():
+    from fp4linear.kernels import launch
+
+    layer, ckpt, q = layer_for(200, 464, "cuda")
+    big = torch.randn(40, 600, device="cuda")
+    inputs = [big[:1, :464], big[:16, :464].to(torch.float16), big[3:8, 7:471], big[:3, :464].bfloat16(),
+              big[:40, :464].to(torch.float16), big[:17, 100:564], big[:2, :464]]
+    cached = [layer(x) for x in inputs * 2]
+    launch.ENABLED = False
+    try:
+        fresh = [layer(x) for x in inputs * 2]
+    finally:
+        launch.ENABLED = True
+    for x, a, b in zip(inputs * 2, cached, fresh):
+        assert a.dtype == x.dtype and torch.equal(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_gpu_compile_swapped_model(mode):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(464, 1288), torch.nn.ReLU(), torch.nn.Linear(1288, 200)).cuda().bfloat16()
+    fp4linear.swap(model)  # dynamic scales
+    compiled = torch.compile(model, fullgraph=True, mode=mode)
+    for m in (1, 16, 64):
+        x = torch.randn(m, 464, device="cuda", dtype=torch.bfloat16)
+        want = model(x)
+        for _ in range(3):
+            got = compiled(x)
+        assert torch.equal(got, want), m
