@@ -27,14 +27,8 @@ import triton.language as tl
 
 from ._interpreter import sibling
 
-# The helpers as plain globals (torch.compile rebuilds user kernels from their source and globals);
-# `sibling` gives the interpreted twins their interpreted helpers.
-
-_layout = sibling(__name__, "layout")
-scale_offset = _layout.scale_offset
-_numerics = sibling(__name__, "numerics")
-pack_codes = _numerics.pack_codes
-quantize_blocks = _numerics.quantize_blocks
+layout = sibling(__name__, "layout")
+numerics = sibling(__name__, "numerics")
 
 
 @triton.jit

@@ -131,11 +131,11 @@ VARIANTS = [
     QuantConfig(8, 128, 4, **BASELINE),
     QuantConfig(16, 256, 2, **dict(BASELINE, recipe=2)),
     QuantConfig(8, 128, 4, recipe=2, words=True, grid_2d=False),
-    QuantConfig(16, 256, 2),
-    QuantConfig(8, 128, 4),  # the decode tile: one program zeroes a k column's padding rows
-    QuantConfig(8, 128, 4, persistent=1),
-    QuantConfig(2, 512, 2, persistent=2),
-    QuantConfig(8, 256, 2, halves=True),
+    QuantConfig(16, 256, 2, grid_2d=True, words=True, recipe=2),
+    QuantConfig(8, 128, 4, grid_2d=True, words=True, recipe=2),  # the decode tile: one program zeroes a k column's padding rows
+    QuantConfig(8, 128, 4, grid_2d=True, words=True, recipe=2, persistent=1),
+    QuantConfig(2, 512, 2, grid_2d=True, words=True, recipe=2, persistent=2),
+    QuantConfig(8, 256, 2, grid_2d=True, words=True, recipe=2, halves=True),
     QuantConfig(4, 128, 4, **dict(BASELINE, recipe=2, halves=True)),
 ]
 
@@ -161,7 +161,8 @@ def test_kernel_variants_match_reference(device, config):
 def test_kernel_variants_on_gpu():
     """GPU-sized shapes for every variant: several waves of tiles, ragged K, 16 decode rows,
     strided bf16 rows (the reference computed once per shape)."""
-    configs = VARIANTS + [QuantConfig(8, 512, 2), QuantConfig(2, 4096, 4, persistent=4), QuantConfig(8, 512, 2, halves=True)]
+    configs = VARIANTS + [QuantConfig(8, 512, 2, grid_2d=True, words=True, recipe=2), QuantConfig(2, 4096, 4, grid_2d=True, words=True, recipe=2, persistent=4),
+                          QuantConfig(8, 512, 2, grid_2d=True, words=True, recipe=2, halves=True)]
     big = wide_range((600, 8200), device="cuda")
     for x, k_align, sf_layout in [(big[:, 4:8196], 64, "128x4"), (big[:, :1368], 64, "128x4"),
                                   (big[:16, 2:3698], 32, "8x4"),
