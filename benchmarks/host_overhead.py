@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fp4linear  # noqa: E402
 from common import empty_kernel  # noqa: E402
 from fp4linear import kernels, ops  # noqa: E402
-from fp4linear.kernels import small_m_linear_launch as sml  # noqa: E402
 from fp4linear.kernels.workspace import scratch  # noqa: E402
 
 
@@ -82,7 +81,6 @@ def main():
         prof.disable()
         print(f"--- cProfile of 2000 calls, {label}")
         pstats.Stats(prof).sort_stats("tottime").print_stats(14)
-    del sml
 
 
 if __name__ == "__main__":

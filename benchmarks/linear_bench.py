@@ -15,7 +15,6 @@ chain over its length. Weight bandwidth counts the padded NVFP4 weight's bytes (
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import time
 from pathlib import Path

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fp4linear  # noqa: E402
-from common import MODELS, add_output_args  # noqa: E402
+from common import MODELS, Layer, add_output_args  # noqa: E402
 from fp4linear.backends import BACKENDS  # noqa: E402
 from fp4linear.format import BLOCK_SIZE, round_up  # noqa: E402
 from fp4linear.parallel import partition  # noqa: E402

@@ -14,8 +14,7 @@ from torch import nn
 from . import kernels, ops
 from .backends import Backend, plan, resolve
 from .checkpoint import COMPRESSED_TENSORS, MODELOPT, Format, check_packed, linear_scales
-from .format import (BLOCK_SIZE, E2M1_MAX, E4M3_MAX, QUANTIZABLE_DTYPES, SWIZZLE_128x4, NVFP4Tensor, abs_amax,
-                     decode_scale)
+from .format import BLOCK_SIZE, QUANTIZABLE_DTYPES, SWIZZLE_128x4, NVFP4Tensor, abs_amax, decode_scale
 
 log = logging.getLogger(__name__)
 

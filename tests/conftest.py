@@ -56,6 +56,21 @@ def global_scale_of(x):
     return fp4linear.encode_scale(x.float().abs().amax())
 
 
+def poisoned(shape, k_align, sf_layout, device):
+    """NVFP4 output buffers filled with 0xFF: a kernel must overwrite every byte."""
+    out = fp4linear.NVFP4Tensor.empty(shape, k_align=k_align, sf_layout=sf_layout, device=device)
+    out.data.fill_(0xFF)
+    out.scale.view(torch.uint8).fill_(0xFF)
+    return out
+
+
+def assert_same_bits(q, r):
+    assert q.shape == r.shape and q.kp == r.kp
+    assert q.data.dtype == torch.uint8 and q.scale.dtype == torch.float8_e4m3fn
+    assert torch.equal(q.data.cpu(), r.data), "packed data differs from the reference"
+    assert torch.equal(q.scale.view(torch.uint8).cpu(), r.scale.view(torch.uint8)), "scales differ from the reference"
+
+
 def rel_err(out, ref):
     return ((out.double().cpu() - ref.double().cpu()).norm() / ref.double().cpu().norm()).item()
 

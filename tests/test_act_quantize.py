@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 import fp4linear
 from fp4linear import kernels, reference
 from fp4linear.act import ACTS, GATED_ACTS
-from fp4linear.format import NVFP4Tensor, scale_layout
+from fp4linear.format import NVFP4Tensor
 from fp4linear.kernels.act_quantize_launch import AmaxConfig
 from fp4linear.kernels.quantize_launch import QuantConfig
 
-from .test_quantize import assert_same_bits, poisoned, wide_range
+from .conftest import assert_same_bits, poisoned, wide_range
 
 
 def torch_act(x: torch.Tensor, act: str) -> torch.Tensor:

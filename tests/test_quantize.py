@@ -12,21 +12,7 @@ from fp4linear import kernels, reference
 from fp4linear.format import NVFP4Tensor, scale_layout
 from fp4linear.kernels.quantize_launch import BASELINE, QuantConfig
 
-from .conftest import global_scale_of, wide_range
-
-
-def poisoned(shape, k_align, sf_layout, device):
-    out = NVFP4Tensor.empty(shape, k_align=k_align, sf_layout=sf_layout, device=device)
-    out.data.fill_(0xFF)
-    out.scale.view(torch.uint8).fill_(0xFF)
-    return out
-
-
-def assert_same_bits(q, r):
-    assert q.shape == r.shape and q.kp == r.kp
-    assert q.data.dtype == torch.uint8 and q.scale.dtype == torch.float8_e4m3fn
-    assert torch.equal(q.data.cpu(), r.data), "packed data differs from the reference"
-    assert torch.equal(q.scale.view(torch.uint8).cpu(), r.scale.view(torch.uint8)), "scales differ from the reference"
+from .conftest import assert_same_bits, global_scale_of, poisoned, wide_range
 
 
 def check(x, gs, k_align, sf_layout, *, poison=True):
