@@ -29,17 +29,15 @@ def abs_amax(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(-lo, hi).float()
 
 
-def decode_scale(amax: torch.Tensor, divisor: torch.Tensor | None = None) -> torch.Tensor:
+def decode_scale(amax: torch.Tensor) -> torch.Tensor:
     """ModelOpt's decode scale amax / (448 * 6) (`input_scale`, `weight_scale_2`) as fp32 [1],
     correctly rounded on every device: CUDA divides by a Python scalar as a multiply by its rounded
-    reciprocal, one ulp off, so the divisor is a tensor on amax's device (`divisor` lets a forward
-    path pass a cached one). amax >= 1e-30 keeps 1 / scale finite for all-zero data."""
+    reciprocal, one ulp off, so the divisor is a tensor on amax's device. amax >= 1e-30 keeps
+    1 / scale finite for all-zero data."""
     if not isinstance(amax, torch.Tensor) or amax.numel() != 1:
         raise TypeError(f"amax must be a one-element tensor, got {amax!r}")
     amax = amax.float().clamp(min=1e-30).reshape(1)
-    if divisor is None:
-        divisor = torch.full_like(amax, E4M3_MAX * E2M1_MAX)
-    return amax / divisor
+    return amax / torch.full_like(amax, E4M3_MAX * E2M1_MAX)
 
 
 def encode_scale(amax: torch.Tensor) -> torch.Tensor:

@@ -185,6 +185,13 @@ def word_order(j):
 
 
 @triton.jit
+def to_word_order(v, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """values [ROWS, BLOCK_K] in natural K order -> `word_order` (within each 8-element word the
+    halves h and positions i swap: natural 4h + i -> 2i + h)."""
+    return tl.reshape(tl.permute(tl.reshape(v, [ROWS, BLOCK_K // 8, 2, 4]), [0, 1, 3, 2]), [ROWS, BLOCK_K])
+
+
+@triton.jit
 def dequant_words(words, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, CHECK_NAN: tl.constexpr):
     """int32 words [ROWS, BLOCK_K/8] of packed codes + scale bytes [ROWS, BLOCK_K/16] -> fp16
     [ROWS, BLOCK_K] in units of 2^-14, K in `word_order` (the same permutation for every operand

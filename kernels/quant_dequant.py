@@ -22,6 +22,7 @@ _numerics = sibling(__name__, "numerics")
 dequant_bytes = _numerics.dequant_bytes
 e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 quantize_blocks = _numerics.quantize_blocks
+to_word_order = _numerics.to_word_order
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -37,8 +38,7 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, M, K, Kp, stride_xm, 
     scale = tl.where(finite, scale, float("nan"))
     if UNITS:
         v = e2m1_to_fp16_units(codes) * scale.to(tl.float16)[:, :, None]
-        # natural K (h, i) -> the decode's word order (i, h) within each 8-element word
-        v = tl.reshape(tl.permute(tl.reshape(v, [BLOCK_M, BLOCK_K // 8, 2, 4]), [0, 1, 3, 2]), [BLOCK_M, BLOCK_K])
+        v = to_word_order(v, BLOCK_M, BLOCK_K)
     else:
         v = (e2m1_to_fp16_units(codes).to(tl.float32) * 16384.0) * scale[:, :, None]  # exact
         v = tl.reshape(v, [BLOCK_M, BLOCK_K])

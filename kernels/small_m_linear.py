@@ -25,6 +25,7 @@ DECODE_UNIT_SCALE = _numerics.DECODE_UNIT_SCALE
 dequant_words = _numerics.dequant_words
 e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 quantize_blocks = _numerics.quantize_blocks
+to_word_order = _numerics.to_word_order
 word_order = _numerics.word_order
 
 BLOCK_M = tl.constexpr(16)  # tokens per MMA (the dot's N side); M <= 16
@@ -87,8 +88,8 @@ def nvfp4_linear_small_m_kernel(
         codes, _, scale, finite = quantize_blocks(tl.reshape(x.to(tl.float32), [X_ROWS, BLOCK_K // 16, 16]), gs)
         scale = tl.where(finite, scale, float("nan")).to(tl.float16)  # exact: an E4M3 value
         a = tl.reshape(e2m1_to_fp16_units(codes) * scale[:, :, None], [X_ROWS, BLOCK_K])
-        if NATURAL_X:  # natural K (h, i) -> the decode's word order (i, h) within each 8-element word
-            a = tl.reshape(tl.permute(tl.reshape(a, [X_ROWS, BLOCK_K // 8, 2, 4]), [0, 1, 3, 2]), [X_ROWS, BLOCK_K])
+        if NATURAL_X:
+            a = to_word_order(a, X_ROWS, BLOCK_K)
         if X_ROWS < BLOCK_M:  # rows >= X_ROWS repeat earlier rows; their outputs are never stored
             a = tl.reshape(tl.broadcast_to(a[None, :, :], [BLOCK_M // X_ROWS, X_ROWS, BLOCK_K]), [BLOCK_M, BLOCK_K])
         if EVEN_K:
