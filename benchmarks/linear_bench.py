@@ -9,6 +9,7 @@ chain over its length. Weight bandwidth counts the padded NVFP4 weight's bytes (
 
     python benchmarks/linear_bench.py                  # table + results/linear_<gpu>.csv + RESULTS.md
     python benchmarks/linear_bench.py --tune           # tile sweeps for the small-M kernel and the paths
+    python benchmarks/linear_bench.py --tune-gemv      # M <= 4: CUDA-core kernel tiles vs the tensor-core kernel
     python benchmarks/linear_bench.py --dry-run        # walk the code on tiny CPU shapes
 """
 
@@ -128,6 +129,61 @@ def run_table(args):
             csv_name=f"linear_{gpu_slug()}.csv", md_header=md_header, md_rows=md)
 
 
+GEMV_CONFIGS = [(64, 256, 4, 3, 2), (64, 256, 4, 2, 2), (128, 256, 4, 3, 2), (128, 128, 4, 3, 2), (32, 256, 2, 3, 4),
+                (64, 512, 4, 2, 2), (128, 256, 8, 3, 2), (64, 128, 2, 3, 4), (256, 128, 8, 3, 1), (64, 256, 4, 4, 4),
+                (128, 512, 8, 2, 2), (32, 512, 4, 3, 4)]
+
+
+def run_tune_gemv(args):
+    """Tuning aid for M <= 4: the CUDA-core kernel (kernels/gemv.py) per tile against the tensor-core
+    one-launch kernel, weights cold (a chain of layer copies), device time per layer."""
+    device = "cuda"
+    gemv_configs = [kernels.GemvConfig(bn, bk, w, st, waves=wv) for bn, bk, w, st, wv in GEMV_CONFIGS]
+    copy = copy_ceiling_tbps()
+    rows = []
+    todo = [(n, k) for n, k in (args.shapes or LINEAR_SHAPES)]
+    for n, k in tqdm(todo, desc="gemv tune", file=sys.stderr):
+        copies = max(1, min(32, -(-L2_ROTATE_BYTES // (n * k * 2))))
+        layers = [c[1] for c in make_layers(n, k, copies, device, torch.bfloat16)]
+        wbytes = layers[0].n_padded * layers[0].k_padded * 9 // 16
+        for m in args.m or (1, 2, 4):
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in layers]
+            res = []
+
+            def small_m():
+                for layer, out in zip(layers, outs):
+                    kernels.linear_small_m(x, layer.input_global_scale, layer.alpha, layer.weight,
+                                           layer.weight_scale, None, out)
+            res.append((small_m, "tensor-core one-launch (default)"))
+            for cfg in gemv_configs:
+                def run(cfg=cfg):
+                    for layer, out in zip(layers, outs):
+                        kernels.linear_gemv(x, layer.input_global_scale, layer.alpha, layer.weight,
+                                            layer.weight_scale, None, out, config=cfg)
+                res.append((run, f"gemv bn{cfg.block_n} bk{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} "
+                                 f"waves{cfg.waves}"))
+            lin = torch.nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16)
+            bf16 = median_us(lambda: lin(x), graph=True, rep_ms=30)  # one layer: a lower bound of its cold time
+            timed = []
+            for fn, name in res:
+                try:
+                    timed.append((median_us(fn, graph=True, rep_ms=30) / copies, name))
+                except Exception as e:  # e.g. out of registers or shared memory
+                    print(f"  {name}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+            for t, name in timed:
+                rows.append([m, n, k, name, t, wbytes / t / 1e6, 100 * wbytes / t / 1e6 / copy])
+            timed.sort()
+            print(f"gemv {m}x{n}x{k} (bf16 warm-L2 {bf16:.1f}us): " + "; ".join(
+                f"{t:.2f}us {wbytes / t / 1e6:.2f}TB/s {name}" for t, name in timed[:4]) +
+                f"; tensor-core {[t for t, nm in timed if nm.startswith('tensor')][0]:.2f}us", flush=True)
+    import csv
+
+    path = args.results_dir / f"gemv_tune_{gpu_slug()}.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["m", "n", "k", "kernel", "us", "weight_tbps", "pct_copy"], *rows])
+
+
 def run_tune(args):
     """Tuning aid: the small-M paths (one launch with the activation quantized inside, or a
     quantize-dequantize launch + the GEMM), Triton-GEMM tiles for mid M, and host time per call."""
@@ -207,13 +263,17 @@ def run_tune(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tune", action="store_true")
+    p.add_argument("--tune-gemv", action="store_true", help="M <= 4: CUDA-core kernel tiles vs the tensor-core kernel "
+                   "(-> results/gemv_tune_<gpu>.csv)")
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (no timings of note)")
     p.add_argument("--m", type=int, nargs="*", help="only these M")
     p.add_argument("--shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", help="only these NxK")
     p.add_argument("--update", action="store_true", help="replace only the measured rows of this card's CSV")
     add_output_args(p)
     args = p.parse_args()
-    if args.tune:
+    if args.tune_gemv:
+        run_tune_gemv(args)
+    elif args.tune:
         run_tune(args)
     else:
         run_table(args)

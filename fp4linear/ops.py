@@ -6,11 +6,14 @@ op `fp4linear::linear`, a `torch.library.triton_op` on CUDA (Inductor sees and l
 kernels itself) and an opaque custom op on CPU (the interpreter cannot be traced).
 
 Paths of `triton_linear` by the number of rows M (docs/nvfp4.md, "Triton backend paths"):
-- M <= 4 on small weights: one launch (`kernels.linear_small_m`: quantize, GEMM, split-K reduce);
+- M <= 2, and M <= 4 on small weights: one launch on CUDA cores (`kernels.linear_gemv`: quantize,
+  exact E2M1 x E2M1 products in fp16 pairs, split-K reduce); `use_gemv`;
 - otherwise one quantize-dequantize pass of x, then either the Triton GEMM on the dequantized
   activation (one launch, split-K reduced inside) or, for larger M with a static scale and a
   bf16/fp16 input, cuBLAS on exactly dequantized operands with fp32 accumulation (the weight
-  dequantized in row chunks, never kept): `use_one_launch`, `use_cublas`.
+  dequantized in row chunks, never kept): `use_cublas`.
+The tensor-core single-launch kernel for M <= 16 (`kernels.linear_small_m`) is not chosen: the
+CUDA-core kernel measured faster wherever a single launch won (see `use_gemv`).
 With a dynamic activation scale one small launch (`kernels.dynamic_scales`) comes first.
 """
 
@@ -38,12 +41,13 @@ def use_cublas(m: int, n: int, kp: int) -> bool:
     return m >= 512 or (m >= 64 and n * kp <= 4 * 2**20)
 
 
-def use_one_launch(m: int, n: int, kp: int) -> bool:
-    """M <= 4 on weights up to 24M elements: the single launch that quantizes inside the GEMM
-    (one kernel launch of host time instead of two; device time within 5% of the two-launch path:
-    1x4096x4096 15.5 us vs 16.2, 1x1288x2688 11.2 vs 11.8). Larger weights or M: quantize once,
-    then the GEMM (1x8192x8192: 31.1 us vs 42.8; 16x4096x4096: 16.0 vs 17.7)."""
-    return m <= 4 and n * kp < 24 * 2**20
+def use_gemv(m: int, n: int, kp: int) -> bool:
+    """M <= 2, and M <= 4 on weights under 24M elements: the CUDA-core kernel (`kernels.linear_gemv`,
+    one launch). H100, weights cold, device time (linear_bench.py --tune-gemv against the paths
+    below): 1x8192x8192 22.0 us vs 32.1, 2x8192x8192 26.6 vs 30.7, 1x28672x8192 58.5 vs 89.9,
+    1x2688x464 2.4 vs 7.3, 4x4096x4096 14.8 vs 16.0; but 4x8192x8192 41.0 vs 30.6 and 4x8192x3696 22.3
+    vs 21.0 (its products, one per weight element and row, then outweigh the decode it shares)."""
+    return m <= 2 or (m <= 4 and n * kp < 24 * 2**20)
 
 
 @contextlib.contextmanager
@@ -62,7 +66,7 @@ def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None 
     """Temporary device memory of `triton_linear` besides the output: the dequantized activation
     (per-stream scratch on the Triton path, reused from call to call; allocated per call on the
     cuBLAS path, with the weight chunk). Split-K partials (per-stream scratch) not counted."""
-    if m <= kernels.SMALL_M and use_one_launch(m, n, kp):
+    if use_gemv(m, n, kp):
         return 0
     cublas = use_cublas(m, n, kp) if cublas is None else cublas
     if not cublas:
@@ -94,8 +98,8 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
     if dynamic:
         scales = kernels.dynamic_scales(x, weight_scale_2)
         gs, alpha = scales[0:1], scales[1:2]
-    if m <= kernels.SMALL_M and use_one_launch(m, n, kp):
-        return kernels.linear_small_m(x, gs, alpha, weight, weight_scale, bias, out)
+    if use_gemv(m, n, kp):
+        return kernels.linear_gemv(x, gs, alpha, weight, weight_scale, bias, out)
     if cublas is None:
         cublas = use_cublas(m, n, kp)
     if cublas and not dynamic and alpha_host is not None and x.dtype in (torch.bfloat16, torch.float16):

@@ -218,3 +218,93 @@ def test_gpu_compile_swapped_model(mode):
         for _ in range(3):
             got = compiled(x)
         assert torch.equal(got, want), m
+
+
+# ---- M <= 4 on CUDA cores (kernels/gemv.py) ---------------------------------------------------
+
+
+def _gemv(layer, x, out, config=None):
+    return kernels.linear_gemv(x, layer.input_global_scale, layer.alpha, layer.weight, layer.weight_scale, layer.bias,
+                               out, config=config)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gemv_matches_fp64_and_writes_every_element(device, m, dtype):
+    n, k = 72, 464  # K % 64 != 0 (Kp 512), N not a tile multiple
+    layer, ckpt, q = layer_for(n, k, device, seed=10 + m)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(dtype).to(device)
+    out = torch.full((m, n), math.nan, dtype=dtype, device=device)  # poisoned
+    _gemv(layer, x, out)
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(out, ref, bound, dtype)
+
+
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_gemv_uneven_k_tiles_strided_rows_and_split_k(device, split_k):
+    m, n, k = 3, 40, 190  # Kp 192: one full 128-wide tile and a masked half tile
+    layer, ckpt, q = layer_for(n, k, device, seed=split_k)
+    big = torch.randn(m, k + 30, generator=torch.Generator().manual_seed(5)).to(device)
+    x = big[:, 11 : 11 + k]  # row stride k + 30
+    cfg = kernels.GemvConfig(32, 128, 4, 1, split_k=split_k, use_asm=device.type == "cuda")
+    out_big = torch.full((m, n + 8), math.nan, device=device)
+    out = out_big[:, :n]
+    _gemv(layer, x, out, cfg)
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(out, ref, bound, torch.float32)
+    assert out_big[:, n:].isnan().all()
+    again = torch.empty_like(out)
+    _gemv(layer, x, again, cfg)  # the tickets were reset: same bits
+    assert torch.equal(out, again)
+
+
+def test_gemv_nan_rows_stay_visible(device):
+    n, k = 48, 128
+    layer, _, _ = layer_for(n, k, device, bias=False)
+    x = torch.randn(3, k, dtype=torch.bfloat16, device=device)
+    x[1, 70] = math.inf
+    out = torch.empty(3, n, dtype=torch.bfloat16, device=device)
+    _gemv(layer, x, out)
+    assert out[1].isnan().all() and not out[0].isnan().any() and not out[2].isnan().any()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_gpu_gemv_fp16x2_ptx_equals_the_portable_path(m):
+    """The inline-PTX path and the portable one (what the CPU runs) give the same bits on the GPU."""
+    n, k = 1288, 2688
+    layer, ckpt, q = layer_for(n, k, "cuda", seed=m)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
+    outs = []
+    for use_asm in (True, False):
+        cfg = kernels.GemvConfig(64, 256, 4, 3, use_asm=use_asm)
+        outs.append(_gemv(layer, x, torch.full((m, n), math.nan, device="cuda"), cfg))
+    assert torch.equal(outs[0], outs[1])
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(outs[0], ref, bound, torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m", [1, 4])
+def test_gpu_gemv_no_sync_graph_deterministic(m):
+    n, k = 8192, 1024
+    layer, ckpt, q = layer_for(n, k, "cuda", seed=m)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
+    out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    first = _gemv(layer, x, out).clone()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        again = [_gemv(layer, x, torch.empty_like(out)) for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.equal(first, a) for a in again)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = _gemv(layer, x, torch.empty_like(out))
+    x.copy_(torch.randn_like(x) * 3)
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, _gemv(layer, x, torch.empty_like(out)))
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(y, ref, bound, torch.bfloat16)
