@@ -16,9 +16,8 @@ class QuantConfig:
     block_m: int
     block_k: int  # multiple of 64
     num_warps: int
-    # Kernel variants (kernels/quantize.py); all off / recipe 1 is the kernel as first benchmarked,
-    # and stays the default until `quant_bench.py --configs` has measured the others on a GPU
-    # (their SASS counts are lower: benchmarks/NOTES.md).
+    # Kernel variants (kernels/quantize.py); all off / recipe 1 is the kernel as first benchmarked
+    # (`BASELINE`, the A/B reference of `quant_bench.py --configs`; the GPU defaults below are measured).
     grid_2d: bool = False
     words: bool = False  # bf16 read as 32-bit pairs where x allows it (else the element path)
     recipe: int = 1
@@ -36,12 +35,16 @@ class QuantConfig:
 
 BASELINE = dict(grid_2d=False, words=False, recipe=1, persistent=0, halves=False)  # QuantConfig(..., **BASELINE)
 
-# Tiles measured on the H100 (benchmarks/quant_bench.py --configs, RESULTS.md): 8 x 512 with
-# two warps where K fills 512-wide tiles, 16 x 128 elsewhere (less waste on ragged K), and
-# 8 x 128 with four warps for decode-sized M.
-_GPU_WIDE = QuantConfig(8, 512, 2)
-_GPU_NARROW = QuantConfig(16, 128, 2)
-_GPU_DECODE = QuantConfig(8, 128, 4)
+# H100 defaults, each the fastest of `quant_bench.py --configs` (variants x tiles, every one checked
+# bit for bit first; CUDA-graph medians, benchmarks/results/quant_configs_h100.csv and RESULTS.md):
+# recipe 2 + 32-bit words + the 2-D grid wins everywhere measured; wide K at large M also gains from
+# 2 x 4096 tiles walked by two persistent programs per SM.
+#   16384x8192: 131.1 us (2.62 TB/s, 87.5% of copy) vs 148.3 as first benchmarked; 4096x8192: 35.9 vs 40.4
+#   16384x1368: 26.0 us vs 29.6 (16 x 128);  16x8192: 1.61 us vs 1.83 (8 x 128)
+_MEASURED = dict(recipe=2, words=True, grid_2d=True)
+_GPU_WIDE_K = QuantConfig(2, 4096, 4, persistent=2, **_MEASURED)
+_GPU_ROWS = QuantConfig(16, 128, 2, **_MEASURED)
+_GPU_DECODE = QuantConfig(8, 128, 4, **_MEASURED)
 
 
 def quant_config(m: int, kp: int, device_type: str) -> QuantConfig:
@@ -50,7 +53,9 @@ def quant_config(m: int, kp: int, device_type: str) -> QuantConfig:
         return QuantConfig(min(128, triton.next_power_of_2(max(m, 8))), min(1024, triton.next_power_of_2(max(kp, 64))), 4)
     if m <= 16:
         return _GPU_DECODE
-    return _GPU_WIDE if kp % 512 == 0 else _GPU_NARROW
+    if m >= 4096 and kp >= 8192 and kp % 4096 == 0:
+        return _GPU_WIDE_K
+    return _GPU_ROWS
 
 
 def _sm_count(device) -> int:
