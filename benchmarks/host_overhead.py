@@ -2,12 +2,16 @@
 
 For decode-sized inputs the kernels run in microseconds, so whatever Python and the launch path do
 around them is the latency a user sees outside CUDA graphs. Prints per-call host time of the
-pieces of `fp4linear.Linear.forward` and a cProfile of the layer call.
+pieces of `fp4linear.Linear.forward`, each cached launch through torch's static launcher
+(`kernels.launch.STATIC`, the default) and through Triton's runner, the whole layer both ways
+against nn.Linear (issue 14's targets: static <= 1.25x, dynamic <= 1.6x), and a cProfile of the
+layer call.
 
-    python benchmarks/host_overhead.py [--n 4096 --k 4096]
+    python benchmarks/host_overhead.py [--n 4096 --k 4096] [--no-profile]
 """
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import sys
@@ -22,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fp4linear  # noqa: E402
 from common import empty_kernel  # noqa: E402
 from fp4linear import kernels, ops  # noqa: E402
-from fp4linear.kernels.workspace import scratch  # noqa: E402
+from fp4linear.kernels import launch  # noqa: E402
+from fp4linear.kernels.workspace import scratch, scratch_for  # noqa: E402
 
 
 def host_us(fn, n=2000):
@@ -37,49 +42,122 @@ def host_us(fn, n=2000):
     return dt / n * 1e6
 
 
+@contextlib.contextmanager
+def static_launcher(on: bool):
+    saved, launch.STATIC = launch.STATIC, on
+    try:
+        yield
+    finally:
+        launch.STATIC = saved
+
+
+def both(fn):
+    """{'static': fn, 'runner': fn} run under STATIC on / off."""
+    def under(on):
+        def run():
+            with static_launcher(on):
+                return host_us(fn)
+        return run
+    return {"static": under(True), "runner": under(False)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--k", type=int, default=4096)
+    p.add_argument("--no-profile", action="store_true", help="skip the cProfile listings")
     a = p.parse_args()
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {__import__('triton').__version__}; "
+          f"static launcher {'available' if launch._static_launch is not None else 'ABSENT'}")
     lin = torch.nn.Linear(a.k, a.n, bias=False, device="cuda", dtype=torch.bfloat16)
     layer = fp4linear.Linear.from_linear(lin, input_scale=fp4linear.decode_scale(torch.tensor(4.0)), backend="triton")
     dyn = fp4linear.Linear.from_linear(lin, backend="triton")
     x1 = torch.randn(1, a.k, dtype=torch.bfloat16, device="cuda")
     x16 = torch.randn(16, a.k, dtype=torch.bfloat16, device="cuda")
     out = torch.empty(1, a.n, dtype=torch.bfloat16, device="cuda")
+    out16 = torch.empty(16, a.n, dtype=torch.bfloat16, device="cuda")
+    act16 = torch.empty(16, layer.k_padded, dtype=torch.float16, device="cuda")
     e = torch.empty(16, device="cuda")
-    empty_kernel[(1,)](e, 16, BLOCK=16)
     compiled = empty_kernel[(1,)](e, 16, BLOCK=16)
+    cached_empty = launch.CachedLaunch(empty_kernel)
+    empty_args = lambda: cached_empty("e", (1,), (e, 16), dict(BLOCK=16), dict(num_warps=4))  # noqa: E731
+    for _ in range(3):
+        empty_args()
+    entry = cached_empty._entries["e"]
     args = (x1, layer.input_global_scale, layer.alpha, layer.weight, layer.weight_scale, None, out)
-    kernels.linear_small_m(*args)
+    gemm_args = (act16, layer.weight, layer.weight_scale, layer.alpha, None, out16)
+    q16 = fp4linear.NVFP4Tensor.empty((16, a.k), k_align=64, device="cuda")
+    for fn in (lambda: kernels.linear_small_m(*args), lambda: kernels.nvfp4_gemm_dequantized_a(*gemm_args),
+               lambda: kernels.fake_quantize(x16, layer.input_global_scale, act16, units=True),
+               lambda: kernels.pad_quantize(x16, layer.input_global_scale, q16.data, q16.scale, sf_row_tile=128)):
+        for _ in range(3):
+            fn()
+
     cases = {
         "nn.Linear bf16, M=1": lambda: lin(x1),
-        "fp4linear.Linear static, M=1": lambda: layer(x1),
-        "fp4linear.Linear dynamic, M=1": lambda: dyn(x1),
-        "fp4linear.Linear static, M=16": lambda: layer(x16),
-        "ops.triton_linear, M=1": lambda: ops.triton_linear(x1, layer.weight, layer.weight_scale,
-                                                            layer.input_global_scale, layer.alpha,
-                                                            layer.weight_scale_2, None, a.n, False, 1.0),
-        "kernels.linear_small_m (out given)": lambda: kernels.linear_small_m(*args),
-        "kernels.dynamic_scales": lambda: kernels.dynamic_scales(x1, layer.weight_scale_2),
         "empty kernel, JIT dispatch": lambda: empty_kernel[(1,)](e, 16, BLOCK=16),
-        "empty kernel, compiled[grid]": lambda: compiled[(1, 1, 1)](e, 16, 16),
+        "empty kernel, compiled[grid] (runner)": lambda: compiled[(1, 1, 1)](e, 16, 16),
+        "empty kernel, CachedLaunch": both(empty_args),
         "torch.empty": lambda: torch.empty(1, a.n, dtype=torch.bfloat16, device="cuda"),
+        "x.new_empty": lambda: x1.new_empty((1, a.n)),
         "is_current_stream_capturing": torch.cuda.is_current_stream_capturing,
+        "torch._C._cuda_getDevice": torch._C._cuda_getDevice,
+        "raw stream (device 0)": lambda: torch._C._cuda_getCurrentRawStream(0),
+        "launch hooks check": launch._hooks_empty,
         "scratch(device)": lambda: scratch(x1.device),
+        "scratch_for(0)": lambda: scratch_for(0),
         "x.reshape + stride": lambda: x1.reshape(-1, a.k).stride(-1),
-        "x.device != w.device": lambda: x1.device != layer.weight.device,
+        "x.get_device() != w.get_device()": lambda: x1.get_device() != layer.weight.get_device(),
+        "kernels.linear_small_m (out given)": both(lambda: kernels.linear_small_m(*args)),
+        "kernels.dynamic_scales": both(lambda: kernels.dynamic_scales(x1, layer.weight_scale_2)),
+        "kernels.fake_quantize, M=16": both(lambda: kernels.fake_quantize(x16, layer.input_global_scale, act16,
+                                                                          units=True)),
+        "kernels.nvfp4_gemm_dequantized_a, M=16": both(lambda: kernels.nvfp4_gemm_dequantized_a(*gemm_args)),
+        "kernels.pad_quantize, M=16": both(lambda: kernels.pad_quantize(x16, layer.input_global_scale, q16.data,
+                                                                        q16.scale, sf_row_tile=128)),
+        "ops.triton_linear, M=1": both(lambda: ops.triton_linear(x1, layer.weight, layer.weight_scale,
+                                                                 layer.input_global_scale, layer.alpha,
+                                                                 layer.weight_scale_2, None, a.n, False, 1.0)),
+        "fp4linear.Linear static, M=1": both(lambda: layer(x1)),
+        "fp4linear.Linear dynamic, M=1": both(lambda: dyn(x1)),
+        "fp4linear.Linear static, M=16": both(lambda: layer(x16)),
+        "fp4linear.Linear dynamic, M=16": both(lambda: dyn(x16)),
     }
+    if entry.function is not None:  # the static launcher itself, the empty kernel's arguments as tensors or ints
+        tys, extra = entry.arg_tys, entry.extra
+        fn_, nw, sh = entry.function, entry.num_warps, entry.shared
+        cases["empty kernel, _launch_kernel (tensor)"] = lambda: launch._static_launch(
+            fn_, 1, 1, 1, nw, sh, tys, (e, 16) + extra, torch._C._cuda_getCurrentRawStream(0))
+        ptr = e.data_ptr()
+        cases["empty kernel, _launch_kernel (int pointer)"] = lambda: launch._static_launch(
+            fn_, 1, 1, 1, nw, sh, tys, (ptr, 16) + extra, torch._C._cuda_getCurrentRawStream(0))
+    else:
+        print("the empty kernel's key takes Triton's runner: no static-launcher rows")
+    results = {}
     for name, fn in cases.items():
-        print(f"{name:38s} {host_us(fn):7.2f} us host per call", flush=True)
+        if isinstance(fn, dict):
+            for mode, run in fn.items():
+                results[f"{name} [{mode}]"] = us = run()
+                print(f"{name + ' [' + mode + ']':50s} {us:7.2f} us host per call", flush=True)
+        else:
+            results[name] = us = host_us(fn)
+            print(f"{name:50s} {us:7.2f} us host per call", flush=True)
+    base = results["nn.Linear bf16, M=1"]
+    print(f"--- against nn.Linear bf16 M=1 ({base:.1f} us; targets: static <= 1.25x, dynamic <= 1.6x)")
+    for kind, target in (("static", 1.25), ("dynamic", 1.6)):
+        for mode in ("static", "runner"):
+            us = results[f"fp4linear.Linear {kind}, M=1 [{mode}]"]
+            print(f"{kind} layer, {mode + ' launcher:':17s} {us:6.1f} us = {us / base:4.2f}x "
+                  f"({'meets' if us <= target * base else 'misses'} {target}x)")
+    if a.no_profile:
+        return
     for label, fn in (("static M=1", lambda: layer(x1)), ("dynamic M=1", lambda: dyn(x1))):
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(2000):
             fn()
         prof.disable()
-        print(f"--- cProfile of 2000 calls, {label}")
+        print(f"--- cProfile of 2000 calls, {label} (static launcher {'on' if launch.STATIC else 'off'})")
         pstats.Stats(prof).sort_stats("tottime").print_stats(14)
 
 

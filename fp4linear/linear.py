@@ -7,6 +7,7 @@ GEMM, output exactly [..., N] in the input's dtype. No host synchronisation.
 from __future__ import annotations
 
 import logging
+import operator
 
 import torch
 from torch import nn
@@ -37,6 +38,12 @@ def quantize_weight(w: torch.Tensor) -> dict:
     rows = SWIZZLE_128x4.unswizzle(q.scale.view(torch.uint8), w.shape[0], q.kp // BLOCK_SIZE)
     return dict(weight=q.data, weight_scale=rows.view(torch.float8_e4m3fn),
                 weight_scale_2=weight_scale_2.reshape(()))
+
+
+_X_DTYPES = frozenset(QUANTIZABLE_DTYPES)
+# What forward reads from the buffer dict, in one C call.
+_FORWARD_BUFFERS = operator.itemgetter("weight", "weight_scale", "input_global_scale", "alpha", "weight_scale_2",
+                                       "bias")
 
 
 def _refresh_after_load(module, incompatible_keys) -> None:
@@ -146,29 +153,44 @@ class Linear(nn.Module):
                                  backend=backend, in_features=w.shape[1])
 
     # -- forward ------------------------------------------------------------------------------
+    # Host time matters here: a decode-sized call's kernels run in microseconds, so the checks are
+    # cheap ones (a frozenset, device indices), the buffers come from the live buffer dict in one C
+    # call (nn.Module.__getattr__ costs about 0.5 us a buffer; reading `_buffers` itself, never a
+    # copy, stays right after .to(), load_state_dict, reassignment or functional_call), and a
+    # 2-D input with unit column stride is used as it is (no reshapes).
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype not in QUANTIZABLE_DTYPES:
+        if x.dtype not in _X_DTYPES:
             raise TypeError(f"x must be bf16, fp16 or fp32, got {x.dtype}")
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"x must have shape (..., {self.in_features}), got {tuple(x.shape)}")
-        if x.device != self.weight.device:
-            raise ValueError(f"x is on {x.device} but the layer's weights are on {self.weight.device}")
-        x2 = x.reshape(-1, self.in_features)
-        if x2.stride(-1) != 1:
-            x2 = x2.contiguous()
+        shape = x.shape
+        if not shape or shape[-1] != self.in_features:
+            raise ValueError(f"x must have shape (..., {self.in_features}), got {tuple(shape)}")
+        compiling = torch.compiler.is_compiling()
+        if compiling:  # plain attributes, as torch.compile traces them
+            weight, weight_scale, gs, alpha, weight_scale_2, bias = (
+                self.weight, self.weight_scale, self.input_global_scale, self.alpha, self.weight_scale_2, self.bias)
+        else:
+            weight, weight_scale, gs, alpha, weight_scale_2, bias = _FORWARD_BUFFERS(self._buffers)
+        index = x.get_device()  # -1 off CUDA: then the devices themselves are compared
+        if index != weight.get_device() or (index < 0 and x.device != weight.device):
+            raise ValueError(f"x is on {x.device} but the layer's weights are on {weight.device}")
+        if len(shape) == 2 and x.stride(1) == 1:
+            x2 = x
+        else:
+            x2 = x.reshape(-1, self.in_features)
+            if x2.stride(-1) != 1:
+                x2 = x2.contiguous()
+        n = self.out_features
         if self._triton:
-            out = ops.linear(x2, self.weight, self.weight_scale, self.input_global_scale, self.alpha, self.weight_scale_2,
-                             self.bias, self.out_features, self.dynamic_input_scale, self._alpha_host)
+            out = (ops.linear if compiling else ops.triton_linear)(
+                x2, weight, weight_scale, gs, alpha, weight_scale_2, bias, n, self.dynamic_input_scale,
+                self._alpha_host)
         else:
             self.backend.check_available(x.device)
-            global_scale, alpha = self.input_global_scale, self.alpha
             if self.dynamic_input_scale:
-                scales = kernels.dynamic_scales(x2, self.weight_scale_2)
-                global_scale, alpha = scales[0:1], scales[1:2]
-            a_data, a_scale = ops.quantize(x2, global_scale, self.k_padded, SWIZZLE_128x4.row_tile)
-            out = self.backend.gemm(a_data, a_scale, self.weight, self.weight_scale, alpha, self.bias,
-                                    self.out_features, x.dtype)
-        return out.reshape(*x.shape[:-1], self.out_features)
+                gs, alpha = kernels.dynamic_gs_alpha(x2, weight_scale_2)
+            a_data, a_scale = ops.quantize(x2, gs, self.k_padded, SWIZZLE_128x4.row_tile)
+            out = self.backend.gemm(a_data, a_scale, weight, weight_scale, alpha, bias, n, x.dtype)
+        return out if len(shape) == 2 else out.reshape(*shape[:-1], n)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

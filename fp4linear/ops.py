@@ -92,12 +92,11 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
     """
     m = x.shape[0]
     kp = weight.shape[1] * 2
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    out = x.new_empty((m, n))
     if m == 0:
         return out
     if dynamic:
-        scales = kernels.dynamic_scales(x, weight_scale_2)
-        gs, alpha = scales[0:1], scales[1:2]
+        gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2)  # views of per-stream scratch, made once
     if use_gemv(m, n, kp):
         return kernels.linear_gemv(x, gs, alpha, weight, weight_scale, bias, out)
     if cublas is None:

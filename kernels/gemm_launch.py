@@ -9,7 +9,7 @@ import triton
 from . import _interpreter
 from . import gemm as gemm_module
 from .launch import CachedLaunch
-from .workspace import scratch
+from .workspace import scratch, scratch_for
 
 
 @dataclass(frozen=True)
@@ -95,32 +95,38 @@ def nvfp4_gemm_dequantized_a(a_units, w_data, w_scale, alpha, bias, out, *, conf
     return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config, dequantized_a=True)
 
 
-_launch = CachedLaunch(gemm_module.nvfp4_gemm_kernel)
+# The kernel reads scale bytes as uint8: only the JIT needs the views of e4m3 scales (`CachedLaunch`).
+_launch = CachedLaunch(gemm_module.nvfp4_gemm_kernel,
+                       views={1: (torch.float8_e4m3fn, torch.uint8), 3: (torch.float8_e4m3fn, torch.uint8)})
 
 
 def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, dequantized_a=False):
     m, n = out.shape
     kp = w_data.shape[1] * 2
-    device = out.device
-    grid, meta, options, split, tiles, per_split, tail = _gemm_plan(
-        device, m, n, kp, config, dequantized_a, a.dtype, out.dtype, None if bias is None else bias.dtype)
+    index = out.get_device()  # CUDA device index, -1 on the CPU
+    grid, meta, options, split, tiles, per_split, launch_id = _gemm_plan(
+        index, m, n, kp, config, dequantized_a, a.dtype, out.dtype, None if bias is None else bias.dtype)
     if split > 1:
-        partials, tickets = scratch(device).get(split * m * n, tiles)
+        partials, tickets = (scratch_for(index) if index >= 0 else scratch(out.device)).get(split * m * n, tiles)
     else:
         partials = tickets = out  # unused
-    args = (a, a_scale.view(dtype=torch.uint8) if a_scale.dtype != torch.float16 else a_scale, w_data,
-            w_scale.view(dtype=torch.uint8), alpha, bias if bias is not None else out, out, partials, tickets, m, n,
+    args = (a, a_scale, w_data, w_scale, alpha, bias if bias is not None else out, out, partials, tickets, m, n,
             kp // 64, per_split, out.stride(0))
-    if device.type == "cpu":
-        _interpreter.interpreted(gemm_module).nvfp4_gemm_kernel[grid](*args, **meta, **options)
+    if index < 0:
+        _interpreter.interpreted(gemm_module).nvfp4_gemm_kernel[grid](*_launch.jit_args(args), **meta, **options)
     else:
-        _launch(tail, grid, args, meta, options)
+        _launch(launch_id, grid, args, meta, options)
     return out
 
 
+_launch_ids: dict = {}
+
+
 @functools.lru_cache(maxsize=4096)
-def _gemm_plan(device, m, n, kp, config, dequantized_a, a_dtype, out_dtype, bias_dtype):
-    """Config, split-K, grid, constexprs and launch key of one shape: worked out once."""
+def _gemm_plan(index, m, n, kp, config, dequantized_a, a_dtype, out_dtype, bias_dtype):
+    """Config, split-K, grid, constexprs and launch key of one shape (device index -1: the CPU):
+    worked out once."""
+    device = torch.device("cuda", index) if index >= 0 else torch.device("cpu")
     if config is None:
         config = gemm_config(m, n, kp, device.type, _sm_count(device))
     if dequantized_a:
@@ -136,5 +142,5 @@ def _gemm_plan(device, m, n, kp, config, dequantized_a, a_dtype, out_dtype, bias
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a)
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
-    tail = (device.index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values())
-    return (tiles * split,), meta, options, split, tiles, per_split, tail
+    tail = (index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values(), *options.values())
+    return (tiles * split, 1, 1), meta, options, split, tiles, per_split, _launch_ids.setdefault(tail, len(_launch_ids))

@@ -10,9 +10,9 @@ import triton
 
 from . import _interpreter
 from . import gemv as gemv_module
-from .launch import CachedLaunch, alignment_key
+from .launch import CachedLaunch, compile_tracing
 from .small_m_linear_launch import _sm_count
-from .workspace import scratch
+from .workspace import scratch, scratch_for
 
 MAX_M = 4  # rows the kernel takes
 
@@ -60,8 +60,8 @@ def _split_k(config: GemvConfig, n: int, kp: int, device) -> tuple[int, int]:
     return triton.cdiv(k_tiles, per_split), per_split
 
 
-_launch_main = CachedLaunch(gemv_module.nvfp4_gemv_kernel)
-_plans: dict = {}
+# The kernel reads the weight as int32 words: only the JIT needs the int32 view (`CachedLaunch`).
+_launch_main = CachedLaunch(gemv_module.nvfp4_gemv_kernel, views={3: (torch.uint8, torch.int32)})
 
 
 def linear_gemv(x, gs, alpha, w_data, w_scale, bias, out, *, config: GemvConfig | None = None):
@@ -72,28 +72,38 @@ def linear_gemv(x, gs, alpha, w_data, w_scale, bias, out, *, config: GemvConfig 
     [Np, Kp/16]; N = out.shape[1].
     """
     m, k = x.shape
-    n = out.shape[1]
-    kp = w_data.shape[1] * 2
     if m == 0:
         return out
-    device = out.device
-    plan_key = (device, n, k, kp, triton.next_power_of_2(m), bias is None or bias.dtype, x.dtype, out.dtype, config)
+    n = out.shape[1]
+    kp = w_data.shape[1] * 2
+    index = out.get_device()  # CUDA device index, -1 on the CPU
+    # Worked out once per shape and dtypes (host time is what a decode-sized call costs eagerly).
+    plan_key = (index, n, k, kp, m, bias is None or bias.dtype, x.dtype, out.dtype, config)
     plan = _plans.get(plan_key)
     if plan is None:
-        plan = _plans[plan_key] = _plan(device, n, k, kp, plan_key[4], bias is not None, config, plan_key[5:8])
-    grid, meta, options, split, per_split, n_tiles, tail = plan
+        plan = _plans[plan_key] = _plan(out.device, n, k, kp, triton.next_power_of_2(m), bias is not None, config,
+                                        plan_key[5:8])
+    grid, meta, options, split, per_split, n_tiles, part_numel, launch_id = plan
     if split > 1:
-        partials, tickets = scratch(device).get(split * MAX_M * n, n_tiles)
+        partials, tickets = (scratch_for(index) if index >= 0 else scratch(out.device)).get(part_numel, n_tiles)
     else:
         partials = tickets = out  # unused
-    args = (x, gs, alpha, w_data.view(torch.int32), w_scale, bias if bias is not None else out, out, partials,
-            tickets, m, x.stride(0), out.stride(0), n, k, kp // 64, per_split)
-    if device.type == "cpu":
+    sx = x.stride(0)
+    args = (x, gs, alpha, w_data, w_scale, bias if bias is not None else out, out, partials, tickets, m, sx,
+            out.stride(0), n, k, kp // 64, per_split)
+    if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
-            _interpreter.interpreted(gemv_module).nvfp4_gemv_kernel[grid](*args, **meta, **options)
-    else:
-        _launch_main((*tail, *alignment_key(x)), grid, args, meta, options)
+            _interpreter.interpreted(gemv_module).nvfp4_gemv_kernel[grid](*_launch_main.jit_args(args), **meta,
+                                                                           **options)
+    elif compile_tracing():
+        _launch_main(None, grid, args, meta, options)
+    else:  # the launch key: the plan's, and what Triton specializes x on (alignment_key)
+        _launch_main((launch_id, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1), grid, args, meta, options)
     return out
+
+
+_plans: dict = {}
+_launch_ids: dict = {}  # a plan's launch key (dtypes, shape, config, constexprs) -> a small int
 
 
 def _plan(device, n, k, kp, m_rows, has_bias, config, dtypes):
@@ -107,4 +117,5 @@ def _plan(device, n, k, kp, m_rows, has_bias, config, dtypes):
                 EVEN_K=kp % config.block_k == 0, USE_ASM=config.use_asm and device.type == "cuda")
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     tail = (device.index, *dtypes, n, k, kp, config, split, *meta.values())  # with x's alignment: the launch key
-    return (n_tiles * split,), meta, options, split, per_split, n_tiles, tail
+    launch_id = _launch_ids.setdefault(tail, len(_launch_ids))
+    return (n_tiles * split, 1, 1), meta, options, split, per_split, n_tiles, split * MAX_M * n, launch_id

@@ -2,18 +2,50 @@
 
 `kernel[grid](*args)` binds and specializes every argument and looks the compiled kernel up on
 each call: tens of microseconds of host time, more than a decode-sized kernel runs. A
-`CachedLaunch` goes through the JIT once per key (compiling if needed) and afterwards calls the
-compiled kernel's runner directly. The caller's key must determine everything Triton specializes
-on: dtypes, integer arguments that are not `do_not_specialize`, and pointer alignment where not
-`do_not_specialize_on_alignment` (fp4linear passes only its own, freshly allocated buffers there).
+`CachedLaunch` goes through the JIT once per key (compiling if needed) and afterwards launches the
+compiled kernel directly. The caller's key must determine everything Triton specializes on:
+dtypes, integer arguments that are not `do_not_specialize` (== 1, % 16, 32/64 bits), and pointer
+alignment where not `do_not_specialize_on_alignment` (fp4linear passes only its own, freshly
+allocated buffers there, or puts the alignment in the key: `alignment_key`, `int_key`).
+
+Two ways to launch an already compiled kernel (H100, benchmarks/host_overhead.py):
+- `STATIC` (default): torch's C++ launcher for Triton kernels, the one Inductor uses
+  (`torch._C._StaticCudaLauncher._launch_kernel`): one C call with the kernel's function handle,
+  launch dimensions, the argument type string and the arguments Triton keeps (constexprs, None
+  and specialized-to-1 integers dropped), on torch's current raw stream. Skips Triton's Python
+  runner (driver and stream look-ups, launch-metadata and hook plumbing on every call).
+- the compiled kernel's runner, `compiled[grid](*args, *constexprs)` (Triton's own launcher):
+  used wherever the static launcher cannot reproduce Triton's launch exactly (`_static_plan` says
+  why, logged at debug level per key), when `STATIC` is False, while a Triton launch hook is set
+  (profilers such as proton rely on them), and when the current device is not the one the kernel
+  was loaded for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import operator
+
+import torch
+from triton import knobs
+
+log = logging.getLogger(__name__)
 
 _compile_tracing = False
 ENABLED = True  # False: every launch through the JIT (tests compare the two)
+STATIC = True  # False: cached launches through Triton's runner instead of torch's static launcher
+
+_runtime = knobs.runtime
+_HookChain = getattr(knobs, "HookChain", None)  # Triton >= 3.5 keeps hooks in (possibly empty) chains
+_launcher = getattr(torch._C, "_StaticCudaLauncher", None)
+_static_launch = getattr(_launcher, "_launch_kernel", None)
+_get_device = getattr(torch._C, "_cuda_getDevice", None)  # torch.cuda.current_device() without the Python
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # the current stream's handle, by device
+# Triton signature type -> the static launcher's argument code (its own table, less fp16 / bf16
+# scalars: Triton passes those as 2-byte values, the static launcher would pass a float).
+_TYPE_CODES = {"i1": "i", "i8": "b", "i16": "h", "i32": "i", "i64": "l", "u1": "I", "u8": "B", "u16": "H",
+               "u32": "I", "u64": "K", "fp32": "f", "f32": "f", "fp64": "d"}
 
 
 @contextlib.contextmanager
@@ -42,28 +74,175 @@ def alignment_key(t) -> tuple:
     return t.data_ptr() % 16 == 0, stride % 16 == 0, stride == 1
 
 
+def int_key(v: int) -> int:
+    """What Triton specializes on for a specialized integer argument: == 1 (a constexpr), % 16 == 0,
+    and whether it needs 64 bits."""
+    return (v == 1) | ((v % 16 == 0) << 1) | ((not -2**31 <= v < 2**31) << 2)
+
+
+def _hooks_empty() -> bool:
+    """No Triton launch hook set (an empty hook chain counts as none): checked on every launch,
+    since a profiler may set one at any time."""
+    enter, exit_ = _runtime.launch_enter_hook, _runtime.launch_exit_hook
+    return ((enter is None or (enter.__class__ is _HookChain and not enter.calls))
+            and (exit_ is None or (exit_.__class__ is _HookChain and not exit_.calls)))
+
+
+class _Entry:
+    """One key's compiled kernel: its runner's pieces and, where possible, its static launch."""
+
+    __slots__ = ("compiled", "tail", "function", "device", "num_warps", "shared", "arg_tys", "pick", "extra",
+                 "checked")
+
+    def __init__(self, compiled, tail):
+        self.compiled, self.tail = compiled, tail
+        self.function = None  # None: the runner only
+        self.device = -1
+        self.pick, self.extra = None, ()
+        self.checked = False
+
+
 class CachedLaunch:
-    def __init__(self, kernel):
+    def __init__(self, kernel, views: dict | None = None):
+        """`views`: {argument index: (dtype, as_dtype)}: a tensor argument of `dtype` that the kernel
+        reads as `as_dtype` (an int32 view of a uint8 weight, say). Only the JIT (which specializes
+        on the pointer's type) needs the view; launches by pointer take the tensor as it is, which
+        saves making a view on every call."""
         self.kernel = kernel
-        self._runners = {}
+        self._entries = {}
         self._constexpr_names = [kernel.arg_names[i] for i in kernel.constexprs]
+        self._views = tuple((i, dt, as_dt) for i, (dt, as_dt) in sorted((views or {}).items()))
+
+    def jit_args(self, args: tuple) -> tuple:
+        """`args` as the kernel itself must see them (the `views` applied): for a JIT or
+        interpreter launch of the kernel outside this class."""
+        if not self._views:
+            return args
+        out = list(args)
+        for i, dt, as_dt in self._views:
+            if out[i].dtype == dt:
+                out[i] = out[i].view(as_dt)
+        return tuple(out)
 
     def __call__(self, key, grid, args: tuple, constexprs: dict, options: dict) -> None:
         """Launch kernel[grid](*args, **constexprs, **options); `args` are the kernel's leading,
         non-constexpr parameters in order, its constexpr parameters all follow them and all are
         given in `constexprs`."""
         if _compile_tracing:
-            import torch
-
             # Inductor launches the kernel with its own compile options; fp4linear's kernels do not
             # depend on enable_fp_fusion=False (no multiply feeds an add directly in the recipe).
             options = {k: v for k, v in options.items() if k in ("num_warps", "num_stages")}
-            torch.library.wrap_triton(self.kernel)[grid](*args, **constexprs, **options)
+            torch.library.wrap_triton(self.kernel)[grid](*self.jit_args(args), **constexprs, **options)
             return
-        entry = self._runners.get(key) if ENABLED else None
-        if entry is not None:
-            compiled, tail = entry
-            compiled[(*grid, 1, 1)[:3]](*args, *tail)  # the compiled kernel's runner reads all three
+        entry = self._entries.get(key) if ENABLED else None
+        if entry is None:
+            compiled = self.kernel[grid](*self.jit_args(args), **constexprs, **options)
+            if ENABLED and hasattr(compiled, "metadata"):  # (an interpreted kernel returns nothing to keep)
+                self._entries[key] = self._entry(key, compiled, args, constexprs)
             return
-        compiled = self.kernel[grid](*args, **constexprs, **options)
-        self._runners[key] = (compiled, tuple(constexprs[name] for name in self._constexpr_names))
+        if len(grid) != 3:
+            grid = (*grid, 1, 1)[:3]  # both launchers take all three
+        if entry.function is not None and STATIC and _get_device() == entry.device and _hooks_empty():
+            kernel_args = args if entry.pick is None else entry.pick(args)
+            if entry.extra:
+                kernel_args = kernel_args + entry.extra
+            if not entry.checked:
+                return self._first_static(entry, grid, args, kernel_args)
+            _static_launch(entry.function, grid[0], grid[1], grid[2], entry.num_warps, entry.shared, entry.arg_tys,
+                           kernel_args, _raw_stream(entry.device))
+            return
+        entry.compiled[grid](*args, *entry.tail)
+
+    def _entry(self, key, compiled, args, constexprs) -> _Entry:
+        entry = _Entry(compiled, tuple(constexprs[name] for name in self._constexpr_names))
+        plan, why = _static_plan(compiled, len(args))
+        if plan is not None:
+            entry.function, entry.num_warps, entry.shared, entry.arg_tys, keep, entry.extra = plan
+            entry.device = torch.cuda.current_device()  # the device Triton loaded the function for
+            # Which arguments the compiled kernel takes: all of them, or a C-level picker.
+            if len(keep) == len(args):
+                entry.pick = None
+            elif len(keep) == 1:
+                entry.pick = lambda a, i=keep[0]: (a[i],)
+            else:
+                entry.pick = operator.itemgetter(*keep)
+        log.debug("%s %s: %s", self.kernel.fn.__name__, key,
+                  "torch's static launcher" if plan is not None else f"Triton's runner ({why})")
+        return entry
+
+    def _first_static(self, entry, grid, args, kernel_args) -> None:
+        """The key's first static launch: should this torch's launcher refuse it (an argument it
+        cannot convert, say: nothing is launched then), the key keeps to Triton's runner."""
+        entry.checked = True
+        try:
+            _static_launch(entry.function, grid[0], grid[1], grid[2], entry.num_warps, entry.shared, entry.arg_tys,
+                           kernel_args, _raw_stream(entry.device))
+        except (TypeError, ValueError, RuntimeError) as e:
+            try:
+                entry.compiled[grid](*args, *entry.tail)
+            except Exception:
+                entry.checked = False  # Triton's launcher refuses the arguments too: the caller's error
+                raise
+            log.warning("%s: torch's static launcher refused the launch (%s); using Triton's runner",
+                        self.kernel.fn.__name__, e)
+            entry.function = None
+
+
+def _static_plan(compiled, n_args: int):
+    """(function, num_warps, shared, arg_tys, kept argument indices, extra arguments), or None and
+    why the static launcher cannot launch `compiled` exactly as Triton's launcher would: it has
+    no launch attributes (clusters, cooperative grids, PDL), no tensor descriptors, no fp16
+    scalars, no scratch memory, and runs CUDA only."""
+    if _static_launch is None or _get_device is None or _raw_stream is None:
+        return None, "no torch._C._StaticCudaLauncher in this torch"
+    if torch.version.hip is not None:
+        return None, "ROCm"
+    md = compiled.metadata
+    target = getattr(md, "target", None)
+    if getattr(target, "backend", "cuda") != "cuda":
+        return None, f"backend {target.backend}"
+    if getattr(md, "num_ctas", 1) != 1 or any(d != 1 for d in getattr(md, "cluster_dims", None) or ()):
+        return None, "clusters"
+    for attr in ("launch_cooperative_grid", "launch_pdl", "instrumentation_mode", "tensordesc_meta"):
+        if getattr(md, attr, None):
+            return None, attr
+    function = getattr(compiled, "function", None)
+    if not function:
+        return None, "no loaded function"
+    src = compiled.src
+    fn = getattr(src, "fn", None)
+    if fn is None:
+        return None, "not compiled from a @triton.jit function"
+    names = list(fn.arg_names)
+
+    def index(key):  # signature / constants keys: names (Triton >= 3.3), (index,) tuples or indices
+        if isinstance(key, str):
+            return names.index(key)
+        return key[0] if isinstance(key, tuple) else key
+
+    signature = {index(k): v for k, v in src.signature.items()}
+    constants = {index(k) for k in getattr(src, "constants", {})}
+    arg_tys, keep = [], []
+    for i in range(len(names)):
+        ty = signature.get(i)
+        if ty is None:
+            return None, f"no signature entry for {names[i]}"
+        if ty == "constexpr" or i in constants:
+            continue  # the compiled kernel has no parameter for it
+        if i >= n_args:
+            return None, f"{names[i]} ({ty}) is not among the launch's arguments"
+        code = "O" if isinstance(ty, str) and ty.startswith("*") else _TYPE_CODES.get(ty)
+        if code is None:
+            return None, f"argument {names[i]} of type {ty}"
+        arg_tys.append(code)
+        keep.append(i)
+    extra = ()
+    # Triton appends scratch-memory pointers to the kernel's parameters (global scratch from
+    # Triton 3.3, profile scratch from 3.5): null where the kernel needs none, as Triton passes.
+    for attr in ("global_scratch_size", "profile_scratch_size"):
+        if hasattr(md, attr):
+            if getattr(md, attr) > 0:
+                return None, f"{attr} > 0"
+            arg_tys.append("O")
+            extra += (None,)
+    return (function, md.num_warps, md.shared, "".join(arg_tys), tuple(keep), extra), ""

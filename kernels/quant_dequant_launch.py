@@ -10,7 +10,7 @@ import triton
 
 from . import _interpreter
 from . import quant_dequant as qd_module
-from .launch import CachedLaunch, alignment_key
+from .launch import CachedLaunch, alignment_key, compile_tracing
 
 _launch_fake = CachedLaunch(qd_module.fake_quantize_kernel)
 _launch_rows = CachedLaunch(qd_module.dequantize_rows_kernel)
@@ -24,14 +24,17 @@ def fake_quantize(x, global_scale, out, *, units: bool):
     kp = out.shape[1]
     if m == 0:
         return out
-    device = x.device
-    grid, meta, tail = _fake_plan(device, m, k, kp, units, x.dtype, out.dtype)
-    args = (x, global_scale, out, m, k, kp, x.stride(0))
-    if device.type == "cpu":
+    index = x.get_device()  # CUDA device index, -1 on the CPU
+    grid, meta, launch_id = _fake_plan(index, m, k, kp, units, x.dtype, out.dtype)
+    sx = x.stride(0)
+    args = (x, global_scale, out, m, k, kp, sx)
+    if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
             _interpreter.interpreted(qd_module).fake_quantize_kernel[grid](*args, **meta)
-    else:
-        _launch_fake((*tail, *alignment_key(x)), grid, args, meta, _OPTIONS)
+    elif compile_tracing():
+        _launch_fake(None, grid, args, meta, _OPTIONS)
+    else:  # the launch key: the plan's, and what Triton specializes x on (alignment_key)
+        _launch_fake((launch_id, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1), grid, args, meta, _OPTIONS)
     return out
 
 
@@ -39,11 +42,16 @@ _OPTIONS = dict(num_warps=4)
 
 
 @functools.lru_cache(maxsize=4096)
-def _fake_plan(device, m, k, kp, units, x_dtype, out_dtype):
-    """Grid, constexprs and launch key of one shape: worked out once (host time per call matters)."""
-    block_m, block_k = (32, 128) if device.type == "cuda" else (min(64, triton.next_power_of_2(m)), 128)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(kp, block_k))
-    return grid, dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k), (device.index, x_dtype, out_dtype, k, kp, units)
+def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype):
+    """Grid, constexprs and launch key of one shape (device index -1: the CPU): worked out once
+    (host time per call matters)."""
+    block_m, block_k = (32, 128) if index >= 0 else (min(64, triton.next_power_of_2(m)), 128)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(kp, block_k), 1)
+    tail = (index, x_dtype, out_dtype, k, kp, units)  # with x's alignment: the launch key
+    return grid, dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k), _launch_ids.setdefault(tail, len(_launch_ids))
+
+
+_launch_ids: dict = {}
 
 
 def dequantize_rows(w_data, w_scale, row_begin: int, out):

@@ -9,6 +9,7 @@ import triton
 
 from . import _interpreter
 from . import quantize as quantize_module
+from .launch import CachedLaunch, compile_tracing, int_key
 
 
 @dataclass(frozen=True)
@@ -105,16 +106,27 @@ def pad_quantize(x, global_scale, data, scale, *, sf_row_tile: int, config: Quan
             n_m = real + (scale_rows > real * config.block_m)
         grid = (n_k, min(n_m, 65535), triton.cdiv(n_m, 65535))
     k_mult, xm_mult = meta["K_MULT"], meta["XM_MULT"]
-    launch = _interpreter.for_device(quantize_module, x.device).nvfp4_pad_quantize_kernel[grid]
-    args = (x, global_scale, data, scale.view(dtype=data.dtype), m, k // k_mult, x.stride(0) // xm_mult, kp // 16)
-    meta = dict(meta, num_warps=config.num_warps,
-                enable_fp_fusion=False)  # the recipe is a sequence of IEEE ops: no FMA contraction
+    args = (x, global_scale, data, scale, m, k // k_mult, x.stride(0) // xm_mult, kp // 16)
+    # the recipe is a sequence of IEEE ops: no FMA contraction
+    options = dict(num_warps=config.num_warps, enable_fp_fusion=False)
     if x.device.type == "cpu":
+        launch = _interpreter.for_device(quantize_module, x.device).nvfp4_pad_quantize_kernel[grid]
         # 1 / 0 -> inf is part of the recipe (a block whose scale rounds to 0): numpy must not warn.
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            launch(*args, **meta)
+            launch(*_launch.jit_args(args), **meta, **options)
+    elif compile_tracing():
+        _launch(None, grid, args, meta, options)
     else:
-        launch(*args, **meta)
+        # Nothing here is exempt from Triton's specialization: the key holds every dtype, every
+        # pointer's 16-byte alignment and every integer's int_key, besides the constexprs.
+        key = (x.get_device(), x.dtype, global_scale.dtype, data.dtype,
+               *meta.values(), config.num_warps, *[t.data_ptr() % 16 == 0 for t in args[:4]],
+               *[int_key(v) for v in args[4:]])
+        _launch(key, grid, args, meta, options)
+
+
+# The kernel reads scale bytes as uint8: only the JIT needs the view of e4m3 scales.
+_launch = CachedLaunch(quantize_module.nvfp4_pad_quantize_kernel, views={3: (torch.float8_e4m3fn, torch.uint8)})
 
 
 __all__ = ["BASELINE", "QuantConfig", "kernel_meta", "pad_quantize", "quant_config"]

@@ -11,8 +11,8 @@ import triton
 
 from . import _interpreter
 from . import small_m_linear as small_m_module
-from .launch import CachedLaunch, alignment_key
-from .workspace import scratch
+from .launch import CachedLaunch, compile_tracing
+from .workspace import scratch, scratch_for
 
 MAX_M = 16  # rows the kernel takes (one 16-token MMA tile)
 
@@ -55,7 +55,8 @@ def split_k_for(config: SmallMConfig, n: int, kp: int, device: torch.device) -> 
     return triton.cdiv(k_tiles, per_split), per_split
 
 
-_launch_main = CachedLaunch(small_m_module.nvfp4_linear_small_m_kernel)
+# The kernel reads the weight as int32 words: only the JIT needs the int32 view (`CachedLaunch`).
+_launch_main = CachedLaunch(small_m_module.nvfp4_linear_small_m_kernel, views={3: (torch.uint8, torch.int32)})
 
 
 def linear_small_m(x, gs, alpha, w_data, w_scale, bias, out, *, config: SmallMConfig | None = None):
@@ -65,34 +66,39 @@ def linear_small_m(x, gs, alpha, w_data, w_scale, bias, out, *, config: SmallMCo
     w_data uint8 [Np, Kp/2] (Kp % 64 == 0); w_scale uint8 row-major [Np, Kp/16]; N = out.shape[1].
     """
     m, k = x.shape
-    n = out.shape[1]
-    kp = w_data.shape[1] * 2
     if m == 0:
         return out
-    device = out.device
+    n = out.shape[1]
+    kp = w_data.shape[1] * 2
+    index = out.get_device()  # CUDA device index, -1 on the CPU
     # Everything that depends only on the shapes and dtypes is worked out once (host time is what a
-    # decode-sized call costs outside CUDA graphs).
-    plan_key = (device, n, k, kp, min(MAX_M, triton.next_power_of_2(m)), bias is None or bias.dtype, x.dtype,
-                out.dtype, config)
+    # decode-sized call costs outside CUDA graphs); the key is cheap to hash (ints, dtypes).
+    plan_key = (index, n, k, kp, m, bias is None or bias.dtype, x.dtype, out.dtype, config)
     plan = _plans.get(plan_key)
     if plan is None:
-        plan = _plans[plan_key] = _plan(device, n, k, kp, plan_key[4], bias is not None, config, plan_key[5:8])
-    grid, meta, options, split, per_split, n_tiles, tail = plan
+        plan = _plans[plan_key] = _plan(out.device, n, k, kp, min(MAX_M, triton.next_power_of_2(m)),
+                                        bias is not None, config, plan_key[5:8])
+    grid, meta, options, split, per_split, n_tiles, part_numel, launch_id = plan
     if split > 1:
-        partials, tickets = scratch(device).get(split * MAX_M * n, n_tiles)
+        partials, tickets = (scratch_for(index) if index >= 0 else scratch(out.device)).get(part_numel, n_tiles)
     else:
         partials = tickets = out  # unused
-    args = (x, gs, alpha, w_data.view(torch.int32), w_scale, bias if bias is not None else out, out, partials,
-            tickets, m, x.stride(0), out.stride(0), n, k, kp // 64, per_split)
-    if device.type == "cpu":
+    sx = x.stride(0)
+    args = (x, gs, alpha, w_data, w_scale, bias if bias is not None else out, out, partials, tickets, m, sx,
+            out.stride(0), n, k, kp // 64, per_split)
+    if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
-            _interpreter.interpreted(small_m_module).nvfp4_linear_small_m_kernel[grid](*args, **meta, **options)
-    else:
-        _launch_main((*tail, *alignment_key(x)), grid, args, meta, options)
+            _interpreter.interpreted(small_m_module).nvfp4_linear_small_m_kernel[grid](
+                *_launch_main.jit_args(args), **meta, **options)
+    elif compile_tracing():
+        _launch_main(None, grid, args, meta, options)
+    else:  # the launch key: the plan's, and what Triton specializes x on (alignment_key)
+        _launch_main((launch_id, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1), grid, args, meta, options)
     return out
 
 
 _plans: dict = {}
+_launch_ids: dict = {}  # a plan's launch key (dtypes, shape, config, constexprs) -> a small int
 
 
 def _plan(device, n, k, kp, x_rows, has_bias, config, dtypes):
@@ -104,4 +110,5 @@ def _plan(device, n, k, kp, x_rows, has_bias, config, dtypes):
                 EVEN_K=kp % config.block_k == 0, NATURAL_X=config.natural_x)
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     tail = (device.index, *dtypes, n, k, kp, config, split, *meta.values())  # with x's alignment: the launch key
-    return (n_tiles * split,), meta, options, split, per_split, n_tiles, tail
+    launch_id = _launch_ids.setdefault(tail, len(_launch_ids))
+    return (n_tiles * split, 1, 1), meta, options, split, per_split, n_tiles, split * MAX_M * n, launch_id

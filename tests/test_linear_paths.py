@@ -308,3 +308,70 @@ def test_gpu_gemv_no_sync_graph_deterministic(m):
         assert torch.equal(y, _gemv(layer, x, torch.empty_like(out)))
     ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
     check(y, ref, bound, torch.bfloat16)
+
+# ---- host-side caches: plans, launch keys, scratch views, the buffer look-up ---------------------
+
+
+def test_alternating_inputs_stay_right(device):
+    """Shapes (1-D, 2-D, 3-D; every path's M), dtypes, row and column strides and misaligned starts
+    alternate between calls: every result must be what that input alone gives (plans, launch keys
+    and scratch views follow each call's input)."""
+    n, k = 72, 464
+    static, ckpt, q = layer_for(n, k, device, seed=3)
+    dyn, _, _ = layer_for(n, k, device, dynamic=True, seed=3)
+    g = torch.Generator().manual_seed(5)
+    big = {dt: (torch.randn(48, 2 * k + 9, generator=g) * 3).to(dt).to(device)
+           for dt in (torch.float32, torch.bfloat16, torch.float16)}
+    f32, bf16, f16 = big.values()
+    tall = (torch.randn(k, 8, generator=g) * 3).to(device)  # its columns: rows of column stride 8
+    tall_bf16 = tall.bfloat16()
+    xs = [bf16[0, :k], f32[:3, :k], f16[:16, 7 : 7 + k], bf16[:17, 1 : 1 + k], f32[: 2 * 5, :k].reshape(2, 5, k),
+          tall_bf16[:, :1].t(), tall[:, 3:8].t(), bf16[:40, :k], f16[5:6, 9 : 9 + k], bf16[:4, : 2 * k : 2]]
+    first = [(static(x), dyn(x)) for x in xs]
+    again = [(static(x), dyn(x)) for x in reversed(xs)][::-1]
+    for x, (s1, d1), (s2, d2) in zip(xs, first, again):
+        assert s1.shape == d1.shape == (*x.shape[:-1], n) and s1.dtype == d1.dtype == x.dtype
+        assert torch.equal(s1, s2) and torch.equal(d1, d2)
+        x2 = x.reshape(-1, k)
+        ref, bound = fp64_bound(x2, static, q, ckpt["input_scale"])
+        check(s1.reshape(-1, n), ref, bound, x.dtype)
+        assert torch.equal(s1.reshape(-1, n), static(x2.contiguous()))
+
+
+def test_forward_follows_buffer_changes(device):
+    """forward reads the layer's buffers as they are now: after load_state_dict (in place or
+    assign=True), buffer reassignment, _apply / .to(), and inside torch.func.functional_call."""
+    a, _, _ = layer_for(40, 192, device, seed=1)
+    b, _, _ = layer_for(40, 192, device, seed=2)
+    x = torch.randn(3, 192, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16).to(device)
+    want_a, want_b = a(x), b(x)
+    assert not torch.equal(want_a, want_b)
+
+    got = torch.func.functional_call(a, dict(b.named_buffers()), (x,))
+    assert torch.equal(got, want_b) and torch.equal(a(x), want_a)  # and a's own buffers afterwards
+
+    c, _, _ = layer_for(40, 192, device, seed=1)
+    assert torch.equal(c(x), want_a)
+    c.load_state_dict(b.state_dict())  # copied in place
+    assert torch.equal(c(x), want_b)
+    c.load_state_dict(a.state_dict(), assign=True)  # new tensors
+    assert torch.equal(c(x), want_a)
+    for name, t in b.named_buffers():  # reassignment
+        setattr(c, name, t.clone())
+    c._refresh_alpha_host()
+    assert torch.equal(c(x), want_b)
+    c._apply(lambda t: t.clone())
+    assert torch.equal(c.to(device)(x), want_b)
+    c.bias = None
+    assert torch.equal(c(x), layer_for(40, 192, device, bias=False, seed=2)[0](x))
+    if device.type == "cuda":
+        a.cpu()
+        with pytest.raises(ValueError, match="x is on cuda:0 but the layer's weights are on cpu"):
+            a(x)
+        assert torch.equal(a.cuda()(x), want_a)
+
+
+def test_forward_compares_devices_of_other_kinds():
+    layer, _, _ = layer_for(32, 64, "cpu")
+    with pytest.raises(ValueError, match="x is on meta but the layer's weights are on cpu"):
+        layer(torch.empty(2, 64, dtype=torch.bfloat16, device="meta"))
