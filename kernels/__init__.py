@@ -4,7 +4,7 @@ Kernels and their launchers only: no torch.nn, no backend policy. Launchers take
 validated, already allocated tensors; `fp4linear` does the checking and allocation.
 """
 
-from .act_quantize_launch import ACTS, AmaxConfig, act_pad_quantize, activation, amax_config
+from .act_quantize_launch import ACTS, AmaxConfig, act_fake_quantize, act_pad_quantize, activation, amax_config
 from .gemv_launch import GemvConfig, gemv_config, linear_gemv
 from .gemm_launch import GemmConfig, gemm_config, nvfp4_gemm, nvfp4_gemm_dequantized_a
 from .quant_dequant_launch import dequantize_rows, fake_quantize
@@ -13,7 +13,7 @@ from .scales_launch import dynamic_gs_alpha, dynamic_scales
 from .small_m_linear_launch import MAX_M as SMALL_M, SmallMConfig, linear_small_m, small_m_config
 
 __all__ = ["ACTS", "SMALL_M", "AmaxConfig", "GemmConfig", "GemvConfig", "QuantConfig", "SmallMConfig",
-           "act_pad_quantize", "activation", "amax_config", "dequantize_rows", "dynamic_gs_alpha", "dynamic_scales",
+           "act_fake_quantize", "act_pad_quantize", "activation", "amax_config", "dequantize_rows", "dynamic_gs_alpha", "dynamic_scales",
            "fake_quantize", "gemm_config", "gemv_config", "linear_gemv", "linear_small_m", "nvfp4_gemm",
            "nvfp4_gemm_dequantized_a", "pad_quantize", "quant_config",
            "small_m_config"]

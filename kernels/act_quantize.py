@@ -7,6 +7,12 @@ reduces them to the encode scale itself). The activation is computed in fp32 and
 dtype before quantization, exactly as `activation_kernel` stores it, so act_quantize(x) has the
 bits of quantize(activation(x)) on the same device. Quantization and stores are the quantize
 kernel's own `quantize.quantize_store` (numerics.block_scales / e2m1_code, layout.scale_offset).
+
+act_fake_quantize: the same activation, quantized, written as the values its NVFP4 holds (the
+quantize-dequantize pass `quant_dequant.fake_quantize_tile`), for the GEMMs that take a dequantized
+activation: what `fp4linear.GatedMLP` feeds its down projection (fp4linear/ops.py, `triton_act_linear`).
+It is traced by torch.compile (inside that op), so the helpers it calls are plain globals named as
+their functions (`_act_tile` and its callees live here; `fake_quantize_tile` is bound below).
 """
 
 import triton
@@ -17,6 +23,7 @@ from ._interpreter import sibling
 
 numerics = sibling(__name__, "numerics")
 quantize = sibling(__name__, "quantize")
+fake_quantize_tile = sibling(__name__, "quant_dequant").fake_quantize_tile
 
 # ACT codes (the launcher maps names): gated ones multiply act(gate) by up.
 SILU_MUL = tl.constexpr(0)
@@ -207,3 +214,18 @@ def act_quantize_kernel(
     elif pid_m * BLOCK_M < scale_rows:
         # A tile of scale-padding rows only (M up to the layout's row tile): zeros, no math.
         quantize.store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE)
+
+
+@triton.jit(do_not_specialize=["M"])
+def act_fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, M, I_div, stride_xm_div, Kp,
+                             I_MULT: tl.constexpr, XM_MULT: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
+                             BF16_BITS: tl.constexpr, UNITS: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_K: tl.constexpr):
+    """out [M, Kp] = the NVFP4 values of act(x) (x [M, W], W = 2I gated), e2m1 * e4m3 without the
+    global scale, zeros beyond I: fp16 units in the weight decode's K order (UNITS) or true values
+    in out's dtype; the codes and scales `act_quantize_kernel` stores for the same x and scale."""
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    cols = (tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
+    h = _act_tile(x_ptr, rows, cols, M, I_div * I_MULT, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
+    v = fake_quantize_tile(h, tl.load(global_scale_ptr), UNITS)
+    tl.store(out_ptr + rows.to(tl.int64) * Kp + cols, v.to(out_ptr.dtype.element_ty), mask=(rows < M) & (cols < Kp))

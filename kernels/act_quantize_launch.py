@@ -1,6 +1,7 @@
-"""Launchers of the activation kernels: act_quantize (fused, 1 launch static / 2 dynamic) and
-activation (unfused)."""
+"""Launchers of the activation kernels: act_quantize (fused, 1 launch static / 2 dynamic),
+act_fake_quantize (fused, dequantized values for the down GEMM) and activation (unfused)."""
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import triton
 
 from . import _interpreter
 from . import act_quantize as act_module
+from .launch import CachedLaunch, alignment_key
 from .quantize_launch import QuantConfig, kernel_meta, quant_config
 
 # name -> (ACT code in kernels/act_quantize.py, gated)
@@ -112,3 +114,46 @@ def activation(x, act: str, out):
          dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=x.device.type == "cpu", BLOCK_M=bm,
               BLOCK_N=bn, num_warps=warps,
               enable_fp_fusion=False), x.device)
+
+
+_launch_fake = CachedLaunch(act_module.act_fake_quantize_kernel)
+
+
+def act_fake_quantize(x, act: str, global_scale, out, *, units: bool):
+    """out [M, Kp] = the NVFP4 values of act(x [M, W]) under the encode scale `global_scale` (fp32
+    [1], read on the device): e2m1 * e4m3 without the global scale, zeros beyond I. units=True:
+    fp16 in units of 2^-14 in the weight decode's K order (the Triton GEMM's dequantized A); False:
+    true values in out's dtype (bf16/fp16), natural order (cuBLAS). `kernels.fake_quantize` of
+    `activation(x)`, in one pass that never writes the activation."""
+    m, width = x.shape
+    kp = out.shape[1]
+    if m == 0:
+        return out
+    grid, meta, (i_div, xm_div), tail = _fake_plan(x.device, m, act, width, x.stride(0), kp, units, x.dtype,
+                                                   out.dtype)
+    args = (x, global_scale, out, m, i_div, xm_div, kp)
+    if x.device.type == "cpu":
+        _run(_interpreter.interpreted(act_module).act_fake_quantize_kernel[grid], args, meta, x.device)
+    else:
+        _launch_fake((*tail, *alignment_key(x)), grid, args, meta, _FAKE_OPTIONS)
+    return out
+
+
+_FAKE_OPTIONS = dict(num_warps=4, enable_fp_fusion=False)  # the activation's IEEE ops in torch's order, as
+# `activation` computes them (no FMA contraction; under torch.compile Inductor uses its own options)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fake_plan(device, m, act, width, stride, kp, units, x_dtype, out_dtype):
+    """Grid, constexprs and launch key of one shape: worked out once (host time per call matters).
+    Tiles as `fake_quantize`'s (not yet tuned on a GPU for the activation's second input)."""
+    code, gated = ACTS[act]
+    i = width // 2 if gated else width
+    i_mult = math.gcd(i, 16)
+    xm_mult = math.gcd(stride, 16) if m > 1 else 16
+    block_m, block_k = (32, 128) if device.type == "cuda" else (min(64, triton.next_power_of_2(m)), 128)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(kp, block_k))
+    meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=device.type == "cpu", UNITS=units,
+                BLOCK_M=block_m, BLOCK_K=block_k)
+    tail = (device.index, x_dtype, out_dtype, i, stride // xm_mult, kp, *meta.values())
+    return grid, meta, (i // i_mult, stride // xm_mult), tail

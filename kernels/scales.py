@@ -5,6 +5,11 @@ floats, NaN above +inf) and folds it into one word with an atomic max; the last 
 ticket reads the maximum, writes (gs, alpha) exactly as the static path would compute them from
 input_scale = amax / 2688 (`dynamic_scales`), and zeroes both words for the next call.
 Consumers read gs and alpha through pointers, like a static layer's buffers.
+
+With ACT set (a code of kernels/act_quantize.py) the maximum is of |act(x)| as the activation
+kernels compute it (x = [gate, up] for gated acts, K = I): the dynamic input scale of a down
+projection whose input is act(x) (`fp4linear.GatedMLP`), the bits the same Linear would derive
+from the activation's output.
 """
 
 import triton
@@ -19,18 +24,24 @@ _numerics = sibling(__name__, "numerics")
 max_combine = _numerics.max_combine
 dynamic_scales = _numerics.dynamic_scales
 max_abs_bits = _numerics.max_abs_bits
+_act_tile = sibling(__name__, "act_quantize")._act_tile
 
 
 @triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["weight_scale_2_ptr"])
 def dynamic_scale_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, M, K, stride_xm,
-                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """scales[0] = gs, scales[1] = alpha; words: int32 [2] (running max, ticket), zero on entry and exit."""
+                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
+                         BF16_BITS: tl.constexpr):
+    """scales[0] = gs, scales[1] = alpha; words: int32 [2] (running max, ticket), zero on entry and exit.
+    ACT < 0: max |x| over x [M, K]; else max |act(x)| over its [M, K] outputs (NaN kept, as for x)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     acc = tl.full([BLOCK_R], 0, tl.int32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :],
-                    mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
+        if ACT >= 0:
+            x = _act_tile(x_ptr, rows[:, None], cols[None, :], M, K, stride_xm, ACT, GATED, BF16_BITS)
+        else:
+            x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :],
+                        mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
         acc = tl.maximum(acc, max_abs_bits(x))
     tl.atomic_max(words_ptr, tl.reduce(acc, 0, max_combine), sem="relaxed", scope="gpu")
     tl.debug_barrier()
