@@ -16,6 +16,7 @@ from .quant import quantize  # noqa: E402
 from .act import act_quantize, activation  # noqa: E402
 from .backends import BACKENDS, Plan, plan  # noqa: E402
 from .linear import Linear, quantize_weight  # noqa: E402
+from .mlp import GatedMLP  # noqa: E402
 from .swap import calibrate, swap  # noqa: E402
 from .load import from_pretrained, load_modelopt  # noqa: E402
 
@@ -23,6 +24,7 @@ __all__ = [
     "BACKENDS",
     "act_quantize",
     "activation",
+    "GatedMLP",
     "Linear",
     "calibrate",
     "from_pretrained",

@@ -119,6 +119,60 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
     return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
 
 
+def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_host: float, out) -> torch.Tensor:
+    """out [M, N] = alpha_host * a @ dequant(W)^T (+ bias) with cuBLAS and fp32 accumulation: `a`
+    [M, Kp] holds an activation's exact NVFP4 values in out's dtype (bf16/fp16); the weight is
+    dequantized in chunks of `_chunk_rows` rows (never kept). `triton_linear`'s cuBLAS path, for
+    callers whose activation is already quantized (`triton_act_linear`)."""
+    n, kp = out.shape[1], a.shape[1]
+    rows = _chunk_rows(n, kp, a.dtype)
+    chunk = torch.empty((rows, kp), dtype=a.dtype, device=a.device)
+    with _fp32_reductions():
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            w = kernels.dequantize_rows(weight, weight_scale, r0, chunk[: r1 - r0])
+            o = out[:, r0:r1]  # a view: cuBLAS writes it in place (leading dimension n)
+            if bias is None:
+                torch.addmm(o, a, w.t(), beta=0, alpha=alpha_host, out=o)  # beta=0: o is not read
+            else:
+                torch.addmm(bias[r0:r1].to(a.dtype), a, w.t(), alpha=alpha_host, out=o)
+    return out
+
+
+def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: int, dynamic: bool,
+                      alpha_host: float | None, cublas: bool | None = None) -> torch.Tensor:
+    """h [M, 2I] ([gate, up], unit column stride) -> alpha * quantize(act(h)) @ dequant(W)^T (+ bias),
+    [M, n] in h's dtype: `triton_linear` of `activation(h, act)` (same scale rules, same paths
+    and GEMMs), with the activation fused into the pass that quantizes it, so act(h) is never
+    written. What `fp4linear.GatedMLP` runs for its down projection.
+
+    - dynamic: the scale pass reads h and computes max |act(h)| (`kernels.dynamic_scales(...,
+      act=)`: the bits `triton_linear` derives from activation(h));
+    - cuBLAS (large M, static scale, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype
+      (`kernels.act_fake_quantize`, units=False), then `cublas_dequantized_gemm`;
+    - otherwise, small M included: those values as fp16 units in the weight decode's order
+      (per-stream scratch), then `kernels.nvfp4_gemm_dequantized_a`. (The one-launch small-M
+      kernel quantizes a plain x inside its GEMM; the activation pass is one launch either way.)
+    Same quantized operand as `triton_linear(activation(h))` on every path, so the same bits
+    wherever that takes the same GEMM (M > 4, or larger weights).
+    """
+    m = h.shape[0]
+    kp = weight.shape[1] * 2
+    out = torch.empty((m, n), dtype=h.dtype, device=h.device)
+    if m == 0:
+        return out
+    if dynamic:
+        scales = kernels.dynamic_scales(h, weight_scale_2, act=act)
+        gs, alpha = scales[0:1], scales[1:2]
+    if cublas is None:
+        cublas = use_cublas(m, n, kp)
+    if cublas and not dynamic and alpha_host is not None and h.dtype in (torch.bfloat16, torch.float16):
+        a = kernels.act_fake_quantize(h, act, gs, torch.empty((m, kp), dtype=h.dtype, device=h.device), units=False)
+        return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_host, out)
+    a = kernels.act_fake_quantize(h, act, gs, scratch(h.device).dequantized_activation(m, kp), units=True)
+    return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
+
+
 # ---- torch.library ops (what torch.compile traces) -------------------------------------------
 
 
@@ -207,3 +261,61 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, n: int, out_dtype:
     if torch.compiler.is_compiling():
         return torch.ops.fp4linear.nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, n, out_dtype)
     return _gemm_impl(a_data, a_scale, w_data, w_scale, alpha, bias, n, out_dtype)
+
+
+@torch.library.triton_op("fp4linear::act_linear", mutates_args=())
+def _act_linear_op(h: torch.Tensor, act: str, weight: torch.Tensor, weight_scale: torch.Tensor, gs: torch.Tensor,
+                   alpha: torch.Tensor, weight_scale_2: torch.Tensor, bias: torch.Tensor | None, n: int, dynamic: bool,
+                   alpha_host: float | None) -> torch.Tensor:
+    with _launch_mod.wrapped_for_compile():
+        return triton_act_linear(h, act, weight, weight_scale, gs, alpha, weight_scale_2, bias, n, dynamic, alpha_host)
+
+
+@torch.library.custom_op("fp4linear::act_linear_cpu", mutates_args=())
+def _act_linear_cpu_op(h: torch.Tensor, act: str, weight: torch.Tensor, weight_scale: torch.Tensor, gs: torch.Tensor,
+                       alpha: torch.Tensor, weight_scale_2: torch.Tensor, bias: torch.Tensor | None, n: int,
+                       dynamic: bool, alpha_host: float | None) -> torch.Tensor:
+    return triton_act_linear(h, act, weight, weight_scale, gs, alpha, weight_scale_2, bias, n, dynamic, alpha_host)
+
+
+@_act_linear_cpu_op.register_fake
+def _(h, act, weight, weight_scale, gs, alpha, weight_scale_2, bias, n, dynamic, alpha_host):
+    return h.new_empty((h.shape[0], n))
+
+
+def act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: int, dynamic: bool,
+               alpha_host):
+    """`triton_act_linear`, through the registered op when torch.compile is tracing."""
+    if torch.compiler.is_compiling():
+        op = torch.ops.fp4linear.act_linear if h.is_cuda else torch.ops.fp4linear.act_linear_cpu
+        return op(h, act, weight, weight_scale, gs, alpha, weight_scale_2, bias, n, dynamic, alpha_host)
+    return triton_act_linear(h, act, weight, weight_scale, gs, alpha, weight_scale_2, bias, n, dynamic, alpha_host)
+
+
+def _act_quantize_impl(h: torch.Tensor, act: str, global_scale: torch.Tensor, kp: int, sf_row_tile: int):
+    m = h.shape[0]
+    data = torch.empty((m, kp // 2), dtype=torch.uint8, device=h.device)
+    scale = torch.empty(_scale_shape(m, kp, sf_row_tile), dtype=torch.float8_e4m3fn, device=h.device)
+    kernels.act_pad_quantize(h, act, global_scale, data, scale, sf_row_tile=sf_row_tile, dynamic=False)
+    return data, scale
+
+
+@torch.library.custom_op("fp4linear::act_quantize", mutates_args=())
+def _act_quantize_op(h: torch.Tensor, act: str, global_scale: torch.Tensor, kp: int,
+                     sf_row_tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _act_quantize_impl(h, act, global_scale, kp, sf_row_tile)
+
+
+@_act_quantize_op.register_fake
+def _(h, act, global_scale, kp, sf_row_tile):
+    m = h.shape[0]
+    return (h.new_empty((m, kp // 2), dtype=torch.uint8),
+            h.new_empty(_scale_shape(m, kp, sf_row_tile), dtype=torch.float8_e4m3fn))
+
+
+def act_quantize(h: torch.Tensor, act: str, global_scale: torch.Tensor, kp: int, sf_row_tile: int = 128):
+    """h [M, 2I] -> packed NVFP4 of act(h) padded to kp (data uint8 [M, kp/2], swizzled scale e4m3),
+    under the encode scale global_scale (read on the device): the packed GEMMs' operand."""
+    if torch.compiler.is_compiling():
+        return torch.ops.fp4linear.act_quantize(h, act, global_scale, kp, sf_row_tile)
+    return _act_quantize_impl(h, act, global_scale, kp, sf_row_tile)
