@@ -7,7 +7,8 @@ The format comes from `hf_quant_config.json` or config.json's `quantization_conf
 (docs/checkpoints.md). The model is built with its parameters on the meta device, so no
 full-precision copy of a quantized weight is ever allocated; the safetensors tensors are then read
 one at a time: each quantized nn.Linear becomes an `fp4linear.Linear` on `device`, every other
-tensor is converted to the model's dtype and placed on `device`. Whatever the loader cannot honour
+tensor is converted to the model's dtype and placed on `device`; Llama-style gated MLPs whose three
+projections are all quantized become one `fp4linear.GatedMLP` (`fuse_mlp`). Whatever the loader cannot honour
 (another algorithm or scheme, a missing or malformed tensor) raises an error naming the module and
 the tensor. `load_modelopt(model, path)` loads a ModelOpt checkpoint into a model you built.
 """
@@ -28,6 +29,7 @@ from torch import nn
 
 from .checkpoint import COMPRESSED_TENSORS, MODELOPT, Format
 from .linear import Linear
+from .mlp import GatedMLP, fusable_mlps
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +207,9 @@ def _place(model: nn.Module, key: str, value: torch.Tensor, device) -> None:
         module.register_buffer(leaf, new, persistent=leaf not in module._non_persistent_buffers_set)
 
 
-def _quantized_layer(name: str, module: nn.Linear, shards: _Shards, scheme: Scheme, backend, device) -> tuple:
-    """(fp4linear.Linear, checkpoint keys it used) for the nn.Linear `name`."""
+def _layer_tensors(name: str, module: nn.Linear, shards: _Shards, scheme: Scheme, device) -> tuple[dict, list]:
+    """(the checkpoint tensors of the quantized nn.Linear `name` by their format's names, on the
+    target device, bias included if stored; the keys used), checked against the module's shape."""
     fmt = scheme.fmt
     target = device or (module.weight.device if module.weight.device.type != "meta" else "cpu")
     tensors, used = {}, []
@@ -224,6 +227,13 @@ def _quantized_layer(name: str, module: nn.Linear, shards: _Shards, scheme: Sche
     if w.dim() != 2 or w.shape[0] != module.out_features or not (0 <= w.shape[1] * 2 - module.in_features < 16):
         raise ValueError(f"module {name!r}: tensor {name}.{fmt.weight} has shape {tuple(w.shape)}, which does not "
                          f"hold an NVFP4 [{module.out_features}, {module.in_features}] weight")
+    return tensors, used
+
+
+def _quantized_layer(name: str, module: nn.Linear, shards: _Shards, scheme: Scheme, backend, device) -> tuple:
+    """(fp4linear.Linear, checkpoint keys it used) for the nn.Linear `name`."""
+    fmt = scheme.fmt
+    tensors, used = _layer_tensors(name, module, shards, scheme, device)
     try:
         layer = getattr(Linear, fmt.constructor)(**tensors, backend=backend, in_features=module.in_features)
     except (ValueError, TypeError) as e:
@@ -231,26 +241,58 @@ def _quantized_layer(name: str, module: nn.Linear, shards: _Shards, scheme: Sche
     return layer, used
 
 
+def _gated_mlp(name: str, act: str, model: nn.Module, shards: _Shards, scheme: Scheme, backend, device) -> tuple:
+    """(fp4linear.GatedMLP, checkpoint keys it used) for the MLP `name` whose three projections the
+    checkpoint quantized."""
+    mlp = model.get_submodule(name)
+    parts, used = {}, []
+    for part in ("gate", "up", "down"):
+        tensors, keys = _layer_tensors(f"{name}.{part}_proj", getattr(mlp, f"{part}_proj"), shards, scheme, device)
+        parts[part] = tensors
+        used += keys
+    make = GatedMLP.from_modelopt if scheme.fmt is MODELOPT else GatedMLP.from_compressed_tensors
+    try:
+        layer = make(**parts, act=act, backend=backend, in_features=mlp.gate_proj.in_features,
+                     intermediate_size=mlp.gate_proj.out_features)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"module {name!r}: {e}") from e
+    return layer, used
+
+
 @torch.no_grad()
 def load_checkpoint(model: nn.Module, checkpoint_dir, scheme: Scheme | None = None, *, backend="auto",
-                    device=None) -> nn.Module:
+                    device=None, fuse_mlp: bool = True) -> nn.Module:
     """Replace each nn.Linear the checkpoint quantized with an fp4linear.Linear and load every other
     tensor, streaming the safetensors one tensor at a time. `model` may live on the meta device
     (what from_pretrained builds); `device=None` keeps each tensor where the model has it (CPU for
-    meta). Non-quantized tensors take the model's dtype. Returns the model."""
+    meta). Non-quantized tensors take the model's dtype. fuse_mlp: a Llama-style MLP whose gate,
+    up and down projections are all quantized becomes one fp4linear.GatedMLP (`fp4linear.swap`
+    says which MLPs qualify). Returns the model."""
     scheme = scheme or read_scheme(checkpoint_dir)
     fmt = scheme.fmt
     shards = _Shards(checkpoint_dir)
     used = set()
     # names only: each replaced nn.Linear (and a full-precision weight it may hold) is freed at once
     fp4_names = [n for n, m in model.named_modules() if scheme.quantizes(n, m)]
+    fp4_set = set(fp4_names)
+    replaced = []  # (module name, its fp4linear module)
+    mlps = fusable_mlps(model, fp4_set, caller="load") if fuse_mlp else {}
+    for name, act in mlps.items():
+        layer, keys = _gated_mlp(name, act, model, shards, scheme, backend, device)
+        used.update(keys)
+        replaced.append((name, layer))
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer)
+    in_mlps = {f"{name}.{c}_proj" for name in mlps for c in ("gate", "up", "down")}
     for name in fp4_names:
+        if name in in_mlps:
+            continue
         layer, keys = _quantized_layer(name, model.get_submodule(name), shards, scheme, backend, device)
         used.update(keys)
+        replaced.append((name, layer))
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
 
-    fp4_set = set(fp4_names)
     own = {k for k, _ in model.named_parameters()} | {k for k, _ in model.named_buffers()}
     loaded, unexpected, kv_scales = set(), [], []
     for key in shards.where:
@@ -274,7 +316,7 @@ def load_checkpoint(model: nn.Module, checkpoint_dir, scheme: Scheme | None = No
     _tie(model)
     if device is not None:
         _move_buffers(model, device)
-    fp4_buffers = {f"{n}.{b}" for n in fp4_names for b, _ in model.get_submodule(n).named_buffers()}
+    fp4_buffers = {f"{n}.{b}" for n, layer in replaced for b, _ in layer.named_buffers()}
     missing = [k for k in model.state_dict() if k not in loaded and k not in fp4_buffers and not _is_tied(model, k)]
     if kv_scales:
         log.warning("load: %d KV-cache scales skipped (e.g. %s): the KV cache stays in the model dtype",
@@ -288,8 +330,8 @@ def load_checkpoint(model: nn.Module, checkpoint_dir, scheme: Scheme | None = No
         raise ValueError(f"tensor {still_meta[0]!r} of the model is on the meta device and not in the checkpoint: "
                          "build the model with only its parameters on meta (accelerate's "
                          "init_empty_weights(include_buffers=False))")
-    log.info("load: %s checkpoint, %d NVFP4 Linear layers (backend=%s), %d other tensors", fmt.name, len(fp4_names),
-             backend, len(loaded))
+    log.info("load: %s checkpoint, %d NVFP4 Linear layers, %d of them in %d GatedMLPs (backend=%s), %d other tensors",
+             fmt.name, len(fp4_names), len(in_mlps), len(mlps), backend, len(loaded))
     return model
 
 
@@ -323,21 +365,24 @@ def _is_tied(model, key) -> bool:
     return p is not None and not p.is_meta and any(q is p for k, q in params.items() if k != key)
 
 
-def load_modelopt(model: nn.Module, checkpoint_dir, *, backend="auto", device=None) -> nn.Module:
+def load_modelopt(model: nn.Module, checkpoint_dir, *, backend="auto", device=None, fuse_mlp: bool = True) -> nn.Module:
     """Load a ModelOpt NVFP4 checkpoint into `model` (built by you, on any device or meta): quantized
-    nn.Linears become fp4linear.Linear, modules in `exclude_modules` keep their class and get their
+    nn.Linears become fp4linear.Linear (Llama-style MLPs one fp4linear.GatedMLP, unless
+    fuse_mlp=False), modules in `exclude_modules` keep their class and get their
     stored weights. A missing tensor, a shape that disagrees with the model or an unsupported
     quant_algo raises an error naming the module and the tensor. Returns the model."""
     scheme = read_scheme(checkpoint_dir)
     if scheme.fmt is not MODELOPT:
         raise ValueError(f"{scheme.source} describes a {scheme.fmt.name} checkpoint, not ModelOpt: "
                          "use fp4linear.from_pretrained (or fp4linear.load.load_checkpoint)")
-    return load_checkpoint(model, checkpoint_dir, scheme, backend=backend, device=device)
+    return load_checkpoint(model, checkpoint_dir, scheme, backend=backend, device=device, fuse_mlp=fuse_mlp)
 
 
-def from_pretrained(checkpoint_dir, *, backend="auto", device=None, dtype=torch.bfloat16) -> nn.Module:
+def from_pretrained(checkpoint_dir, *, backend="auto", device=None, dtype=torch.bfloat16,
+                    fuse_mlp: bool = True) -> nn.Module:
     """A transformers causal LM from an NVFP4 checkpoint directory (ModelOpt or compressed-tensors),
-    its quantized Linears as fp4linear.Linear, in eval mode.
+    its quantized Linears as fp4linear.Linear (Llama-style MLPs as fp4linear.GatedMLP unless
+    fuse_mlp=False), in eval mode.
 
     device: where everything goes (default: CUDA if available, else CPU). dtype: the dtype of every
     non-quantized tensor (converted from the stored one) and of the model's activations. The model
@@ -356,7 +401,7 @@ def from_pretrained(checkpoint_dir, *, backend="auto", device=None, dtype=torch.
     # Parameters on meta, buffers (rotary tables and the like, computed in __init__) real.
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    load_checkpoint(model, d, scheme, backend=backend, device=device)
+    load_checkpoint(model, d, scheme, backend=backend, device=device, fuse_mlp=fuse_mlp)
     if (d / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(d)
     return model.eval()
@@ -371,11 +416,13 @@ def main(argv=None):
     p.add_argument("--backend", default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--no-fuse-mlp", action="store_true", help="keep gate, up and down as separate Linears")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from transformers import AutoTokenizer
 
-    model = from_pretrained(a.checkpoint, backend=a.backend, device=a.device, dtype=getattr(torch, a.dtype))
+    model = from_pretrained(a.checkpoint, backend=a.backend, device=a.device, dtype=getattr(torch, a.dtype),
+                            fuse_mlp=not a.no_fuse_mlp)
     tok = AutoTokenizer.from_pretrained(a.checkpoint)
     ids = tok(a.prompt, return_tensors="pt").to(a.device)
     out = model.generate(**ids, max_new_tokens=a.max_new_tokens, do_sample=False)

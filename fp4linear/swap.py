@@ -1,7 +1,10 @@
 """Swap a model's nn.Linear layers for NVFP4 `fp4linear.Linear`, with static activation scales.
 
 `calibrate` runs a few batches through the BF16 model and records each layer's activation amax
-(ModelOpt's static `input_scale` = amax / (448 * 6)); `swap` replaces the layers in place.
+(ModelOpt's static `input_scale` = amax / (448 * 6)); `swap` replaces the layers in place, and
+Llama-style gated MLPs as a whole by `fp4linear.GatedMLP` (`fuse_mlp`). calibrate's scales are
+what GatedMLP needs: gate_proj and up_proj see the same input (the same scale), down_proj's input
+is the activation act(gate) * up.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import nn
 
 from .format import abs_amax, decode_scale
 from .linear import Linear
+from .mlp import GatedMLP, fusable_mlps, same_scalar
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +77,19 @@ def calibrate(model: nn.Module, batches: Iterable, *, skip: Skip = None) -> dict
 
 
 def swap(model: nn.Module, *, backend="auto", skip: Skip = None,
-         input_scales: Mapping[str, torch.Tensor | float] | None = None) -> nn.Module:
+         input_scales: Mapping[str, torch.Tensor | float] | None = None, fuse_mlp: bool = True) -> nn.Module:
     """Replace every nn.Linear of `model` (in place) by `fp4linear.Linear.from_linear`; returns model.
 
     input_scales: {layer name: static activation decode scale}, e.g. from `calibrate`; when given,
     every swapped layer needs one. None: every layer scales its activations dynamically (per call,
     on the device; one extra reduction per layer). skip: layer names or fnmatch patterns ("*.lm_head"), or a callable
     (name, module) -> bool, for layers to keep as they are.
+
+    fuse_mlp: each Llama/Qwen/Mistral-style MLP (children gate_proj, up_proj, down_proj, act_fn;
+    act_fn SiLU or tanh GELU; none of the three skipped) becomes one `fp4linear.GatedMLP`: gate and
+    up one GEMM on a shared weight global scale, the activation fused with the quantization of
+    down's input. Other MLPs keep their module, with each Linear swapped (logged). False: every
+    Linear is swapped on its own, as before.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -92,7 +102,29 @@ def swap(model: nn.Module, *, backend="auto", skip: Skip = None,
                        "fp4linear.calibrate(model, batches) and pass its result as input_scales, or skip them")
     if "" in layers:
         raise ValueError("model is itself an nn.Linear: use fp4linear.Linear.from_linear")
+    mlps = fusable_mlps(model, layers, caller="fp4linear.swap") if fuse_mlp else {}
+    fused = set()
+    for name, act in mlps.items():
+        mlp = model.get_submodule(name)
+        parts = [f"{name}.{c}" for c in ("gate_proj", "up_proj", "down_proj")]
+        gate_scale, up_scale, down_scale = (input_scales.get(p) for p in parts)
+        try:
+            if same_scalar(gate_scale, up_scale):
+                new = GatedMLP.from_linear(mlp.gate_proj, mlp.up_proj, mlp.down_proj, act=act, input_scale=gate_scale,
+                                           down_input_scale=down_scale, backend=backend)
+            else:  # exact: two GEMMs on their own scales (calibrate gives both the same; these were given apart)
+                log.info("fp4linear.swap: %s: gate_proj and up_proj have different input scales: two GEMMs", name)
+                new = GatedMLP((Linear.from_linear(mlp.gate_proj, input_scale=gate_scale, backend=backend),
+                                Linear.from_linear(mlp.up_proj, input_scale=up_scale, backend=backend)),
+                               Linear.from_linear(mlp.down_proj, input_scale=down_scale, backend=backend), act)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"MLP {name!r}: {e}") from e
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        fused.update(parts)
     for name, module in layers.items():
+        if name in fused:
+            continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         try:
@@ -100,8 +132,8 @@ def swap(model: nn.Module, *, backend="auto", skip: Skip = None,
         except (TypeError, ValueError) as e:
             raise type(e)(f"layer {name!r}: {e}") from e
         setattr(parent, child, layer)
-    log.info("fp4linear.swap: replaced %d Linear layers (backend=%s, %s activation scales)", len(layers), backend,
-             "dynamic" if dynamic else "static")
+    log.info("fp4linear.swap: replaced %d Linear layers, %d of them in %d GatedMLPs (backend=%s, %s activation "
+             "scales)", len(layers), len(fused), len(mlps), backend, "dynamic" if dynamic else "static")
     return model
 
 

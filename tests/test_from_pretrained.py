@@ -26,10 +26,17 @@ def nvfp4_names(model):
     return {n for n, m in model.named_modules() if isinstance(m, fp4linear.Linear)}
 
 
-def test_logits_match_fp64_emulation(checkpoint_dir):
-    model = fp4linear.from_pretrained(checkpoint_dir, backend="triton", device="cpu", dtype=torch.float32)
+@pytest.mark.parametrize("fuse_mlp", [False, True], ids=["unfused", "fused"])
+def test_logits_match_fp64_emulation(checkpoint_dir, fuse_mlp):
+    model = fp4linear.from_pretrained(checkpoint_dir, backend="triton", device="cpu", dtype=torch.float32,
+                                      fuse_mlp=fuse_mlp)
     emulated, quantized = emulated_model(checkpoint_dir)
-    assert nvfp4_names(model) == quantized and len(quantized) == 2 * 7  # q k v o gate up down, 2 layers
+    mlps = {n for n, m in model.named_modules() if isinstance(m, fp4linear.GatedMLP)}
+    assert len(mlps) == (2 if fuse_mlp else 0)  # both formats give gate and up one scale: one GEMM
+    assert all(model.get_submodule(n).fused for n in mlps)
+    names = {n for n in nvfp4_names(model) if not n.startswith(tuple(mlps))} | {
+        f"{n}.{c}_proj" for n in mlps for c in ("gate", "up", "down")}
+    assert names == quantized and len(quantized) == 2 * 7  # q k v o gate up down, 2 layers
     assert type(model.lm_head) is nn.Linear and not model.training
     x = ids()
     with torch.no_grad():
@@ -59,7 +66,7 @@ def test_compressed_tensors_weights_equal_its_own_decompression(compressed_tenso
     qc = json.loads((compressed_tensors_dir / "config.json").read_text())["quantization_config"]
     scheme = QuantizationConfig.model_validate(qc).config_groups["group_0"]
     stored = stored_tensors(compressed_tensors_dir)
-    model = fp4linear.from_pretrained(compressed_tensors_dir, backend="triton", device="cpu")
+    model = fp4linear.from_pretrained(compressed_tensors_dir, backend="triton", device="cpu", fuse_mlp=False)
     for name in nvfp4_names(model):
         layer = model.get_submodule(name)
         n, k = layer.out_features, layer.in_features

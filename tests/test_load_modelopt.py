@@ -21,10 +21,19 @@ def fresh_model(path):
     return transformers.LlamaForCausalLM(config).eval()
 
 
-def test_load_matches_independent_emulation(modelopt_dir):
+@pytest.mark.parametrize("fuse_mlp", [False, True], ids=["unfused", "fused"])
+def test_load_matches_independent_emulation(modelopt_dir, fuse_mlp):
     quant = json.loads((modelopt_dir / "hf_quant_config.json").read_text())["quantization"]
-    model = fp4linear.load_modelopt(fresh_model(modelopt_dir), modelopt_dir, backend="triton")
+    model = fp4linear.load_modelopt(fresh_model(modelopt_dir), modelopt_dir, backend="triton", fuse_mlp=fuse_mlp)
     swapped = {n for n, m in model.named_modules() if isinstance(m, fp4linear.Linear)}
+    mlps = {n for n, m in model.named_modules() if isinstance(m, fp4linear.GatedMLP)}
+    if fuse_mlp:  # gate and up one GEMM (the export shares their scales), down after the fused activation
+        assert mlps == {"model.layers.0.mlp", "model.layers.1.mlp"}
+        assert all(model.get_submodule(n).fused for n in mlps)
+        swapped = {n for n in swapped if not n.startswith(tuple(mlps))}
+        swapped |= {f"{n}.{c}_proj" for n in mlps for c in ("gate", "up", "down")}
+    else:
+        assert not mlps
     assert len(swapped) == 2 * 7  # q, k, v, o, gate, up, down per layer
     for pattern in quant["exclude_modules"]:  # lm_head stays an nn.Linear with its stored weight
         assert pattern not in swapped
@@ -74,7 +83,8 @@ def test_config_json_alone_is_read(modelopt_dir, tmp_path):
     (only / "hf_quant_config.json").unlink()
     model = fp4linear.from_pretrained(only, backend="triton", device="cpu")
     assert type(model.lm_head) is nn.Linear
-    assert sum(isinstance(m, fp4linear.Linear) for m in model.modules()) == 14
+    assert sum(isinstance(m, fp4linear.Linear) for m in model.modules()) == 12  # 2 x (q, k, v, o, gate_up, down)
+    assert sum(isinstance(m, fp4linear.GatedMLP) for m in model.modules()) == 2
 
 
 def test_model_on_meta(modelopt_dir):
