@@ -4,7 +4,10 @@ At TP=4 or 8 the per-rank K (or N) often is not a multiple of 16 (GLM-4.5-Air do
 1368), so a scale block would straddle two ranks. `partition` splits on block boundaries instead
 (uneven shards: 1376 / 1360), and the column-parallel layer that produces an activation and the
 row-parallel layer that consumes it use the same partition. Each rank then pads its shard for its
-own backend (`fp4linear.Linear`).
+own backend (`fp4linear.Linear`). A gated MLP shards the same way (`shard_gated_mlp`,
+`ParallelGatedMLP`): gate and up by columns and down by rows on one partition of the intermediate
+size, so each rank's [gate; up] GEMM yields exactly the [gate, up] halves its activation and down
+shard need.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import nn
 
 from .format import BLOCK_SIZE, round_up
 from .linear import Linear
+from .mlp import GatedMLP
 
 
 def partition(size: int, tp_size: int) -> list[tuple[int, int]]:
@@ -125,10 +129,63 @@ class RowParallelLinear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
 
+def shard_gated_mlp(gate: dict, up: dict, down: dict, *, tp_size: int, rank: int, in_features: int | None = None,
+                    intermediate_size: int | None = None) -> dict:
+    """This rank's share of a gated MLP from its three full ModelOpt layers (each a dict of
+    `Linear.from_modelopt` arguments), as `GatedMLP.from_modelopt` keyword arguments (act and backend
+    are the caller's): gate and up by rows of N, down by columns of K, all on
+    `partition(intermediate_size, tp_size)`. down's bias is left out: `ParallelGatedMLP` adds it
+    once, after the all-reduce."""
+    inter = gate["weight"].shape[0] if intermediate_size is None else intermediate_size
+    if inter != gate["weight"].shape[0] or up["weight"].shape[0] != inter:
+        raise ValueError(f"gate and up must have intermediate_size = {inter} rows, got {gate['weight'].shape[0]} "
+                         f"and {up['weight'].shape[0]}")
+    parts = {}
+    for name, tensors, mode, k in (("gate", gate, "column", in_features), ("up", up, "column", in_features),
+                                   ("down", down, "row", inter)):
+        shard = shard_modelopt(**{**tensors, "bias": None if name == "down" else tensors.get("bias")},
+                               tp_size=tp_size, rank=rank, mode=mode, in_features=k)
+        shard.pop("in_features")
+        parts[name] = shard
+    start, end = partition(inter, tp_size)[rank]
+    return dict(**parts, in_features=in_features, intermediate_size=end - start)
+
+
+class ParallelGatedMLP(nn.Module):
+    """A gated MLP over the group: each rank runs its `GatedMLP` shard (gate/up columns and down rows
+    of one partition of the intermediate size) on the whole input, then the partial outputs are
+    all-reduced and down's bias added once."""
+
+    def __init__(self, local: GatedMLP, intermediate_size: int, bias: torch.Tensor | None = None, *, group=None):
+        super().__init__()
+        self.local, self.intermediate_size, self.group = local, intermediate_size, group
+        tp, rank = _group_info(group)
+        self.bounds = partition(intermediate_size, tp)
+        if self.bounds[rank][1] - self.bounds[rank][0] != local.intermediate_size:
+            raise ValueError(f"rank {rank}: local GatedMLP has intermediate size {local.intermediate_size}, "
+                             f"partition says {self.bounds[rank]}")
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_modelopt(cls, gate: dict, up: dict, down: dict, *, act: str = "silu_mul", group=None, backend="auto",
+                      in_features: int | None = None, intermediate_size: int | None = None):
+        tp, rank = _group_info(group)
+        shard = shard_gated_mlp(gate, up, down, tp_size=tp, rank=rank, in_features=in_features,
+                                intermediate_size=intermediate_size)
+        local = GatedMLP.from_modelopt(**shard, act=act, backend=backend)
+        return cls(local, intermediate_size or gate["weight"].shape[0], down.get("bias"), group=group)
+
+    def forward(self, x):
+        y = self.local(x)
+        dist.all_reduce(y, group=self.group)
+        return y + self.bias if self.bias is not None else y
+
+
 def split_last_dim(x: torch.Tensor, tp_size: int, rank: int) -> torch.Tensor:
     """This rank's slice of x's last dimension under `partition` (the input of a row-parallel layer)."""
     start, end = partition(x.shape[-1], tp_size)[rank]
     return x[..., start:end]
 
 
-__all__ = ["ColumnParallelLinear", "RowParallelLinear", "partition", "shard_modelopt", "split_last_dim"]
+__all__ = ["ColumnParallelLinear", "ParallelGatedMLP", "RowParallelLinear", "partition", "shard_gated_mlp",
+           "shard_modelopt", "split_last_dim"]
