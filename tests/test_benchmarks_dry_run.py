@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("argv", [["act_quant_bench.py", "--dry-run"], ["act_quant_bench.py", "--dry-run", "--configs"],
-                                  ["quant_bench.py", "--dry-run", "--configs"]], ids=" ".join)
+                                  ["quant_bench.py", "--dry-run", "--configs"], ["mlp_bench.py", "--dry-run"]],
+                         ids=" ".join)
 def test_dry_run(argv, tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:], "--results-dir", str(tmp_path),
                           "--results-md", str(tmp_path / "RESULTS.md")],

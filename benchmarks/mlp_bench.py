@@ -1,0 +1,156 @@
+"""fp4linear.GatedMLP against the unfused swapped MLP and the bf16 MLP, same process, same card.
+
+Per-rank TP-8 shapes of GLM-4.5-Air (hidden 4096, intermediate 10944 / 8 = 1368) and Qwen2.5-72B
+(hidden 8192, intermediate 29568 / 8 = 3696), bf16 input, no bias, at M = 1, 16 and 4096:
+- bf16: transformers' LlamaMLP (three nn.Linear, `F.silu(gate) * up` in bf16);
+- unfused: the same module after `fp4linear.swap(..., fuse_mlp=False)`: three fp4linear.Linear and
+  the torch activation between them;
+- GatedMLP: `fp4linear.swap(...)` (gate and up one GEMM, the activation fused with the
+  quantization of down's input);
+each with static activation scales (`fp4linear.calibrate` on one batch) and dynamic ones. Device
+time = CUDA-graph replay medians (M <= 16: a chain of module copies whose bf16 weights exceed
+256 MiB, so weights come from DRAM as in a model; time per MLP); eager = wall time per call of a
+loop of calls and one synchronize. "speed-up" = unfused / GatedMLP, "vs bf16" = bf16 / GatedMLP
+(> 1: GatedMLP faster).
+
+    python benchmarks/mlp_bench.py              # table -> RESULTS.md section + results/mlp_<gpu>.csv
+    python benchmarks/mlp_bench.py --dry-run    # CPU: walk the same code on tiny shapes, no timing
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fp4linear  # noqa: E402
+from common import add_output_args, eager_us, gpu_slug, median_us, publish  # noqa: E402
+
+MODELS = {"GLM-4.5-Air": (4096, 1368), "Qwen2.5-72B": (8192, 3696)}  # (hidden, per-rank intermediate at TP 8)
+MS = [1, 16, 4096]
+L2_ROTATE_BYTES = 256 << 20  # decode: rotate copies of the MLP until their bf16 weights pass this
+X_AMAX = 4.0  # inputs are uniform in [-4, 4)
+
+
+def bf16_mlp(hidden, inter, device):
+    """transformers' LlamaMLP in bf16 (the module swap fuses), inside a container (swap fuses MLPs
+    that are children, not the model itself)."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, hidden_act="silu")
+    return nn.Sequential(LlamaMLP(config)).to(device=device, dtype=torch.bfloat16).requires_grad_(False).eval()
+
+
+def make_copies(hidden, inter, copies, device):
+    """`copies` dicts {variant: module} with distinct weights; static scales from one batch."""
+    out = []
+    for _ in range(copies):
+        bf16 = bf16_mlp(hidden, inter, device)
+        scales = fp4linear.calibrate(bf16, [torch.rand(64, hidden, device=device).to(torch.bfloat16) * 8 - 4])
+        variants = {"bf16": bf16}
+        for mode, s in (("static", scales), ("dynamic", None)):
+            variants[f"unfused {mode}"] = fp4linear.swap(copy.deepcopy(bf16), input_scales=s, backend="triton",
+                                                         fuse_mlp=False)
+            variants[f"GatedMLP {mode}"] = fp4linear.swap(copy.deepcopy(bf16), input_scales=s, backend="triton")
+        assert isinstance(variants["GatedMLP static"][0], fp4linear.GatedMLP)
+        assert not isinstance(variants["unfused static"][0], fp4linear.GatedMLP)
+        out.append(variants)
+    return out
+
+
+def chain(modules, x):
+    def run():
+        for m in modules:
+            m(x)
+    return run
+
+
+def timers(dry: bool):
+    if dry:
+        def run_once(fn):
+            fn()
+            return math.nan
+        return run_once, run_once
+    return (lambda fn: median_us(fn, graph=True, rep_ms=50)), (lambda fn: eager_us(fn, calls=100, repeats=3))
+
+
+def rel_err(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+@torch.no_grad()
+def run_table(args, dry: bool):
+    device = "cpu" if dry else "cuda"
+    graph_us, wall_us = timers(dry)
+    models = {"tiny": (64, 40)} if dry else MODELS
+    ms = [1, 20, 70] if dry else (args.m or MS)  # dry: one-launch-sized, Triton GEMM and cuBLAS-path rows
+    header = ["model", "hidden", "inter", "M", "scale", "bf16 us", "unfused us", "GatedMLP us", "speed-up", "vs bf16",
+              "bf16 eager us", "unfused eager us", "GatedMLP eager us", "eager speed-up", "eager vs bf16",
+              "unfused err", "GatedMLP err"]
+    rows = []
+    todo = [(name, m) for name in models for m in ms]
+    cache = {}
+    for name, m in tqdm(todo, desc="mlp", file=sys.stderr):
+        hidden, inter = models[name]
+        copies = 1 if m > 16 or dry else max(1, min(32, -(-L2_ROTATE_BYTES // (3 * hidden * inter * 2))))
+        if cache.get("key") != (name, copies):
+            cache.clear()
+            cache.update(key=(name, copies), copies=make_copies(hidden, inter, copies, device))
+        sets = cache["copies"]
+        x = (torch.rand(m, hidden, device=device) * (2 * X_AMAX) - X_AMAX).to(torch.bfloat16)
+        first = sets[0]
+        want = first["bf16"](x)
+        t_bf16 = graph_us(chain([s["bf16"] for s in sets], x)) / copies
+        e_bf16 = wall_us(lambda: first["bf16"](x))
+        for mode in ("static", "dynamic"):
+            t, e, err = {}, {}, {}
+            for variant in ("unfused", "GatedMLP"):
+                key = f"{variant} {mode}"
+                t[variant] = graph_us(chain([s[key] for s in sets], x)) / copies
+                e[variant] = wall_us(lambda: first[key](x))
+                err[variant] = rel_err(first[key](x), want)
+            rows.append([name, hidden, inter, m, mode, t_bf16, t["unfused"], t["GatedMLP"], t["unfused"] / t["GatedMLP"],
+                         t_bf16 / t["GatedMLP"], e_bf16, e["unfused"], e["GatedMLP"], e["unfused"] / e["GatedMLP"],
+                         e_bf16 / e["GatedMLP"], err["unfused"], err["GatedMLP"]])
+    intro = (f"Per-rank TP-8 MLPs, bf16 input uniform in [-{X_AMAX:g}, {X_AMAX:g}), no bias. bf16 = transformers' "
+             f"LlamaMLP (3 nn.Linear + `F.silu(g) * u`); unfused = that module after `fp4linear.swap(fuse_mlp=False)` "
+             f"(3 fp4linear.Linear + the torch activation); GatedMLP = after `fp4linear.swap` ([gate; up] one NVFP4 "
+             f"GEMM, activation fused with the quantization of down's input). static = `calibrate` scales, dynamic = "
+             f"per call on the device. Device times: CUDA-graph replay medians (M <= 16: a chain of copies whose bf16 "
+             f"weights exceed {L2_ROTATE_BYTES >> 20} MiB, time per MLP); eager: wall time per call, loop of 100 calls "
+             f"and one synchronize, median of 3. speed-up = unfused / GatedMLP, vs bf16 = bf16 / GatedMLP (> 1: "
+             f"GatedMLP faster); err = relative error of the output vs the bf16 MLP. Goal: GatedMLP >= 1.15x the "
+             f"unfused MLP at M = 4096.")
+    md_header = ["model", "M", "scale", "bf16 us", "unfused us", "GatedMLP us", "speed-up", "vs bf16", "bf16 eager us",
+                 "unfused eager us", "GatedMLP eager us", "eager speed-up", "eager vs bf16", "unfused err", "GatedMLP err"]
+    md_rows = [[r[0], *r[3:]] for r in rows]  # the shapes are in the intro
+    if dry:
+        args.no_write = True
+    publish(args, "Gated MLP: GatedMLP vs unfused vs bf16 (benchmarks/mlp_bench.py)", intro, header, rows,
+            csv_name=f"mlp_{gpu_slug()}.csv", md_header=md_header, md_rows=md_rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", action="store_true", help="CPU tensors, tiny shapes, no timing: walk the code")
+    p.add_argument("--m", type=int, nargs="*", help="only these M")
+    add_output_args(p)
+    args = p.parse_args()
+    dry = args.dry_run or not torch.cuda.is_available()
+    if dry and not args.dry_run:
+        print("No CUDA GPU: running the dry run (timings need a GPU).")
+    run_table(args, dry)
+
+
+if __name__ == "__main__":
+    main()
