@@ -119,9 +119,9 @@ def run_table(args, dry: bool):
                 t[variant] = graph_us(chain([s[key] for s in sets], x)) / copies
                 e[variant] = wall_us(lambda: first[key](x))
                 err[variant] = rel_err(first[key](x), want)
-            rows.append([name, hidden, inter, m, mode, t_bf16, t["unfused"], t["GatedMLP"], t["unfused"] / t["GatedMLP"],
-                         t_bf16 / t["GatedMLP"], e_bf16, e["unfused"], e["GatedMLP"], e["unfused"] / e["GatedMLP"],
-                         e_bf16 / e["GatedMLP"], err["unfused"], err["GatedMLP"]])
+            rows.append([name, hidden, inter, m, mode, t_bf16, t["unfused"], t["GatedMLP"],
+                         t["unfused"] / t["GatedMLP"], t_bf16 / t["GatedMLP"], e_bf16, e["unfused"], e["GatedMLP"],
+                         e["unfused"] / e["GatedMLP"], e_bf16 / e["GatedMLP"], err["unfused"], err["GatedMLP"]])
     intro = (f"Per-rank TP-8 MLPs, bf16 input uniform in [-{X_AMAX:g}, {X_AMAX:g}), no bias. bf16 = transformers' "
              f"LlamaMLP (3 nn.Linear + `F.silu(g) * u`); unfused = that module after `fp4linear.swap(fuse_mlp=False)` "
              f"(3 fp4linear.Linear + the torch activation); GatedMLP = after `fp4linear.swap` ([gate; up] one NVFP4 "
@@ -131,8 +131,7 @@ def run_table(args, dry: bool):
              f"and one synchronize, median of 3. speed-up = unfused / GatedMLP, vs bf16 = bf16 / GatedMLP (> 1: "
              f"GatedMLP faster); err = relative error of the output vs the bf16 MLP. Goal: GatedMLP >= 1.15x the "
              f"unfused MLP at M = 4096.")
-    md_header = ["model", "M", "scale", "bf16 us", "unfused us", "GatedMLP us", "speed-up", "vs bf16", "bf16 eager us",
-                 "unfused eager us", "GatedMLP eager us", "eager speed-up", "eager vs bf16", "unfused err", "GatedMLP err"]
+    md_header = ["model", *header[3:]]
     md_rows = [[r[0], *r[3:]] for r in rows]  # the shapes are in the intro
     if dry:
         args.no_write = True

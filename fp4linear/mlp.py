@@ -68,7 +68,8 @@ class GatedMLP(nn.Module):
             self.gate_up, self.gate, self.up = gate_up, None, None
             hidden, inter = gate_up.in_features, gate_up.out_features // 2
         else:
-            raise TypeError(f"gate_up must be an fp4linear.Linear or a pair (gate, up) of them, got {type(gate_up).__name__}")
+            raise TypeError("gate_up must be an fp4linear.Linear or a pair (gate, up) of them, got "
+                            f"{type(gate_up).__name__}")
         if not isinstance(down, Linear):
             raise TypeError(f"down must be an fp4linear.Linear, got {type(down).__name__}")
         if down.in_features != inter:
@@ -128,8 +129,8 @@ class GatedMLP(nn.Module):
             except (TypeError, ValueError) as e:
                 raise type(e)(f"{name}: {e}") from e
         if shapes["gate"] != shapes["up"]:
-            raise ValueError(f"up's {fmt.weight} holds [N, K] = {list(shapes['up'])} but gate's {list(shapes['gate'])}: "
-                             "gate and up must have the same shape")
+            raise ValueError(f"up's {fmt.weight} holds [N, K] = {list(shapes['up'])} but gate's "
+                             f"{list(shapes['gate'])}: gate and up must have the same shape")
         inter = shapes["gate"][0] if intermediate_size is None else intermediate_size
         if inter != shapes["gate"][0]:
             raise ValueError(f"intermediate_size={inter} but gate and up have N = {shapes['gate'][0]}")
@@ -162,7 +163,8 @@ class GatedMLP(nn.Module):
             raise ValueError(f"up_proj's weight {tuple(up_proj.weight.shape)} does not match gate_proj's "
                              f"{tuple(gate_proj.weight.shape)}")
         if down_proj.in_features != gate_proj.out_features:
-            raise ValueError(f"down_proj takes {down_proj.in_features} inputs but gate_proj gives {gate_proj.out_features}")
+            raise ValueError(f"down_proj takes {down_proj.in_features} inputs but gate_proj gives "
+                             f"{gate_proj.out_features}")
         w = torch.cat([gate_proj.weight.detach(), up_proj.weight.detach()])  # load time: one [2I, H] temporary
         bias = _concat_bias(gate_proj.bias, up_proj.bias, gate_proj.out_features)
         gate_up = Linear.from_modelopt(**quantize_weight(w), input_scale=input_scale, bias=bias, backend=backend,
@@ -214,9 +216,9 @@ def _concat_bias(gate_bias, up_bias, n: int):
 
 def _concat_rows(fmt: Format, gate: Mapping, up: Mapping) -> dict:
     """One layer's tensors from gate's and up's (equal scalars): codes and block scales stacked [gate; up]."""
-    out = {fmt.weight: torch.cat([gate[fmt.weight].view(torch.uint8), up[fmt.weight].view(torch.uint8)]),
-           fmt.weight_scale: torch.cat([gate[fmt.weight_scale].view(torch.uint8), up[fmt.weight_scale].view(torch.uint8)]),
-           fmt.weight_global: gate[fmt.weight_global], fmt.input_global: gate.get(fmt.input_global)}
+    out = {name: torch.cat([gate[name].view(torch.uint8), up[name].view(torch.uint8)])
+           for name in (fmt.weight, fmt.weight_scale)}
+    out.update({fmt.weight_global: gate[fmt.weight_global], fmt.input_global: gate.get(fmt.input_global)})
     out["bias"] = _concat_bias(gate.get("bias"), up.get("bias"), gate[fmt.weight].shape[0])
     return out
 

@@ -227,5 +227,5 @@ def act_fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, M, I_div, stride_
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     cols = (tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
     h = _act_tile(x_ptr, rows, cols, M, I_div * I_MULT, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
-    v = fake_quantize_tile(h, tl.load(global_scale_ptr), UNITS)
+    v = fake_quantize_tile(h, tl.load(global_scale_ptr), UNITS, BLOCK_M, BLOCK_K)
     tl.store(out_ptr + rows.to(tl.int64) * Kp + cols, v.to(out_ptr.dtype.element_ty), mask=(rows < M) & (cols < Kp))

@@ -26,13 +26,11 @@ to_word_order = _numerics.to_word_order
 
 
 @triton.jit
-def fake_quantize_tile(x, gs, UNITS: tl.constexpr):
+def fake_quantize_tile(x, gs, UNITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """x fp32 [BLOCK_M, BLOCK_K] (zeros beyond K), gs the fp32 encode scale -> the values its NVFP4
     quantization holds, e2m1 * e4m3 (NaN for a non-finite block): fp16 in units of 2^-14 in the
     weight decode's K order (UNITS), else fp32 true values in natural order. Also the tail of
     `act_quantize.act_fake_quantize_kernel` (the activation's values for the down GEMM)."""
-    BLOCK_M: tl.constexpr = x.shape[0]
-    BLOCK_K: tl.constexpr = x.shape[1]
     codes, _, scale, finite = quantize_blocks(tl.reshape(x, [BLOCK_M, BLOCK_K // 16, 16]), gs)
     scale = tl.where(finite, scale, float("nan"))
     if UNITS:
@@ -51,7 +49,7 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, M, K, Kp, stride_xm, 
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     ok = (rows < M)[:, None] & (cols < K)[None, :]
     x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :], mask=ok, other=0.0)
-    v = fake_quantize_tile(x.to(tl.float32), tl.load(global_scale_ptr), UNITS)
+    v = fake_quantize_tile(x.to(tl.float32), tl.load(global_scale_ptr), UNITS, BLOCK_M, BLOCK_K)
     tl.store(out_ptr + rows.to(tl.int64)[:, None] * Kp + cols[None, :], v.to(out_ptr.dtype.element_ty),
              mask=(rows < M)[:, None] & (cols < Kp)[None, :])
 

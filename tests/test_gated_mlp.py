@@ -177,7 +177,8 @@ def test_different_gate_up_scales_run_two_gemms(device, caplog):
 
 def test_from_linear_shares_one_weight_scale(device):
     torch.manual_seed(0)
-    g, u, d = (nn.Linear(a, b, bias=bias).to(device) for a, b, bias in ((96, 88, True), (96, 88, False), (88, 96, True)))
+    g, u, d = (nn.Linear(a, b, bias=bias, device=device)
+               for a, b, bias in ((96, 88, True), (96, 88, False), (88, 96, True)))
     with torch.no_grad():
         u.weight.mul_(3)  # up's amax sets the shared scale
     mlp = GatedMLP.from_linear(g, u, d, input_scale=fp4linear.decode_scale(torch.tensor(8.0)),
