@@ -92,8 +92,10 @@ def bf16_twin(model, path: Path, device):
     tensors = stored(path)
     with torch.device(device):
         twin = AutoModelForCausalLM.from_config(model.config, dtype=torch.bfloat16)
-    fp4 = {n for n, m in model.named_modules() if isinstance(m, fp4linear.Linear)}
-    state = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] not in fp4}
+    fp4 = {k.rpartition(".")[0] for k in tensors if k.endswith(f".{fmt.weight_scale}")}  # the checkpoint's NVFP4 layers
+    # the loaded model's fp4linear modules (Linear, GatedMLP) hold those layers under their own names
+    ours = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, (fp4linear.Linear, fp4linear.GatedMLP)))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(ours)}
     for name in fp4:
         codes = reference.e2m1_decode(reference.unpack_nibbles(tensors[f"{name}.{fmt.weight}"].to(device)))
         blocks = tensors[f"{name}.{fmt.weight_scale}"].to(device).float().repeat_interleave(16, dim=1)
