@@ -93,7 +93,7 @@ def run_table(args, dry: bool):
     device = "cpu" if dry else "cuda"
     graph_us, wall_us = timers(dry)
     models = {"tiny": (64, 40)} if dry else MODELS
-    ms = [1, 20, 70] if dry else (args.m or MS)  # dry: one-launch-sized, Triton GEMM and cuBLAS-path rows
+    ms = [1, 20, 70] if dry else (args.m or MS)  # dry: decode-kernel-sized, Triton GEMM and cuBLAS-path rows
     header = ["model", "hidden", "inter", "M", "scale", "bf16 us", "unfused us", "GatedMLP us", "speed-up", "vs bf16",
               "bf16 eager us", "unfused eager us", "GatedMLP eager us", "eager speed-up", "eager vs bf16",
               "unfused err", "GatedMLP err"]

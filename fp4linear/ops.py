@@ -150,11 +150,12 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
       act=)`: the bits `triton_linear` derives from activation(h));
     - cuBLAS (large M, static scale, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype
       (`kernels.act_fake_quantize`, units=False), then `cublas_dequantized_gemm`;
-    - otherwise, small M included: those values as fp16 units in the weight decode's order
-      (per-stream scratch), then `kernels.nvfp4_gemm_dequantized_a`. (The one-launch small-M
-      kernel quantizes a plain x inside its GEMM; the activation pass is one launch either way.)
+    - otherwise, decode sizes included: those values as fp16 units in the weight decode's order
+      (per-stream scratch), then `kernels.nvfp4_gemm_dequantized_a`. (`triton_linear`'s decode
+      kernel, `linear_gemv`, quantizes a plain x itself; fed act(h) it would need the activation
+      written first: two launches either way, and the down input would be a bf16 tensor again.)
     Same quantized operand as `triton_linear(activation(h))` on every path, so the same bits
-    wherever that takes the same GEMM (M > 4, or larger weights).
+    wherever that takes the same GEMM (wherever `use_gemv` is false).
     """
     m = h.shape[0]
     kp = weight.shape[1] * 2

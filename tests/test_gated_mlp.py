@@ -73,7 +73,7 @@ def x_for(m, hidden, device, seed=0):
 
 
 # Forward paths of the down projection (ops.triton_act_linear) at these tiny shapes: M <= 4 the
-# dequantized-A GEMM where the unfused Linear takes its one-launch kernel; 17 both the Triton GEMM;
+# dequantized-A GEMM where the unfused Linear takes its decode kernel (ops.use_gemv); 17 both the Triton GEMM;
 # 130 (static) both the cuBLAS path (torch.addmm on CPU tensors), dynamic both the Triton GEMM.
 CASES = [(1, 48, 40, "silu_mul"), (3, 72, 88, "silu_mul"), (17, 48, 232, "silu_mul"), (130, 48, 40, "silu_mul"),
          (3, 48, 40, "gelu_tanh_mul"), (17, 72, 88, "gelu_tanh_mul")]
@@ -96,7 +96,7 @@ def test_matches_fp64_and_the_unfused_modules(device, m, hidden, inter, act, dyn
     unfused = d(fp4linear.activation(hu, act))
     if device.type == "cpu":  # the interpreter sums each output in the same order for N = I and 2I
         assert torch.equal(h, hu)
-        if m > 4:  # down takes the same GEMM as the unfused Linear: the same bits
+        if not ops.use_gemv(m, hidden, d.k_padded):  # down takes the same GEMM as the unfused Linear: same bits
             assert torch.equal(y, unfused)
     check(unfused, *down_reference(mlp, hu, q_down, dynamic=dynamic))
 
@@ -403,7 +403,7 @@ def test_gloo_parallel_gated_mlp():
 
 # ---- GPU: the paths at per-rank shapes, graphs, no host sync, compile ------------------------
 
-GPU_M = [1, 16, 64, 300, 1100]  # one-launch-sized, decode, mid (Triton GEMM), cuBLAS (static)
+GPU_M = [1, 16, 64, 300, 1100]  # the unfused decode kernel's size, decode, mid (Triton GEMM), cuBLAS (static)
 
 
 @pytest.mark.cuda
@@ -419,7 +419,7 @@ def test_gpu_paths_bits_graph_no_sync(m, dynamic, act):
     h = mlp.gate_up(x)
     check(y, *down_reference(mlp, h, q_down, dynamic=dynamic))
     a = fp4linear.activation(h, act)
-    if m > 4:  # the same quantized operand in the same GEMM as the down Linear on the activation
+    if not ops.use_gemv(m, hidden, d.k_padded):  # the same quantized operand in the same GEMM as the down Linear
         assert torch.equal(y, d(a))
     else:
         check(d(a), *down_reference(mlp, h, q_down, dynamic=dynamic))
