@@ -28,7 +28,7 @@ from . import kernels, ops
 from .act import GATED_ACTS
 from .checkpoint import COMPRESSED_TENSORS, MODELOPT, Format, check_packed
 from .format import BLOCK_SIZE, SWIZZLE_128x4
-from .linear import Linear, quantize_weight
+from .linear import _FORWARD_BUFFERS, Linear, quantize_weight
 
 log = logging.getLogger(__name__)
 
@@ -172,25 +172,33 @@ class GatedMLP(nn.Module):
         return cls(gate_up, Linear.from_linear(down_proj, input_scale=down_input_scale, backend=backend), act)
 
     # -- forward ------------------------------------------------------------------------------
+    # Host time as in Linear.forward: the down layer's buffers in one C call, no reshapes of 2-D tensors.
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up is not None:
             h = self.gate_up(x)  # checks x; [..., 2I] = [gate, up] in x's dtype
         else:
             h = torch.cat([self.gate(x), self.up(x)], dim=-1)
-        h = h.reshape(-1, 2 * self.intermediate_size)
+        if h.dim() != 2:
+            h = h.reshape(-1, 2 * self.intermediate_size)
         d = self.down
+        compiling = torch.compiler.is_compiling()
+        if compiling:  # plain attributes, as torch.compile traces them
+            weight, weight_scale, gs, alpha, weight_scale_2, bias = (
+                d.weight, d.weight_scale, d.input_global_scale, d.alpha, d.weight_scale_2, d.bias)
+        else:
+            weight, weight_scale, gs, alpha, weight_scale_2, bias = _FORWARD_BUFFERS(d._buffers)
+        n = d.out_features
         if d._triton:
-            out = ops.act_linear(h, self.act, d.weight, d.weight_scale, d.input_global_scale, d.alpha,
-                                 d.weight_scale_2, d.bias, d.out_features, d.dynamic_input_scale, d._alpha_host)
-        else:  # packed activation for the backend's GEMM, as Linear.forward
+            out = (ops.act_linear if compiling else ops.triton_act_linear)(
+                h, self.act, weight, weight_scale, gs, alpha, weight_scale_2, bias, n, d.dynamic_input_scale,
+                d._alpha_host)
+        else:  # a packed activation for the backend's GEMM, as Linear.forward
             d.backend.check_available(h.device)
-            global_scale, alpha = d.input_global_scale, d.alpha
             if d.dynamic_input_scale:
-                scales = kernels.dynamic_scales(h, d.weight_scale_2, act=self.act)
-                global_scale, alpha = scales[0:1], scales[1:2]
-            a_data, a_scale = ops.act_quantize(h, self.act, global_scale, d.k_padded, SWIZZLE_128x4.row_tile)
-            out = d.backend.gemm(a_data, a_scale, d.weight, d.weight_scale, alpha, d.bias, d.out_features, h.dtype)
-        return out.reshape(*x.shape[:-1], d.out_features)
+                gs, alpha = kernels.dynamic_gs_alpha(h, weight_scale_2, act=self.act)
+            a_data, a_scale = ops.act_quantize(h, self.act, gs, d.k_padded, SWIZZLE_128x4.row_tile)
+            out = d.backend.gemm(a_data, a_scale, weight, weight_scale, alpha, bias, n, h.dtype)
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, intermediate_size={self.intermediate_size}, act={self.act}"

@@ -146,7 +146,7 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
     and GEMMs), with the activation fused into the pass that quantizes it, so act(h) is never
     written. What `fp4linear.GatedMLP` runs for its down projection.
 
-    - dynamic: the scale pass reads h and computes max |act(h)| (`kernels.dynamic_scales(...,
+    - dynamic: the scale pass reads h and computes max |act(h)| (`kernels.dynamic_gs_alpha(...,
       act=)`: the bits `triton_linear` derives from activation(h));
     - cuBLAS (large M, static scale, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype
       (`kernels.act_fake_quantize`, units=False), then `cublas_dequantized_gemm`;
@@ -159,12 +159,11 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
     """
     m = h.shape[0]
     kp = weight.shape[1] * 2
-    out = torch.empty((m, n), dtype=h.dtype, device=h.device)
+    out = h.new_empty((m, n))
     if m == 0:
         return out
     if dynamic:
-        scales = kernels.dynamic_scales(h, weight_scale_2, act=act)
-        gs, alpha = scales[0:1], scales[1:2]
+        gs, alpha = kernels.dynamic_gs_alpha(h, weight_scale_2, act=act)  # views of per-stream scratch
     if cublas is None:
         cublas = use_cublas(m, n, kp)
     if cublas and not dynamic and alpha_host is not None and h.dtype in (torch.bfloat16, torch.float16):

@@ -13,7 +13,6 @@ from .scales_launch import dynamic_gs_alpha, dynamic_scales
 from .small_m_linear_launch import MAX_M as SMALL_M, SmallMConfig, linear_small_m, small_m_config
 
 __all__ = ["ACTS", "SMALL_M", "AmaxConfig", "GemmConfig", "GemvConfig", "QuantConfig", "SmallMConfig",
-           "act_fake_quantize", "act_pad_quantize", "activation", "amax_config", "dequantize_rows", "dynamic_gs_alpha", "dynamic_scales",
-           "fake_quantize", "gemm_config", "gemv_config", "linear_gemv", "linear_small_m", "nvfp4_gemm",
-           "nvfp4_gemm_dequantized_a", "pad_quantize", "quant_config",
-           "small_m_config"]
+           "act_fake_quantize", "act_pad_quantize", "activation", "amax_config", "dequantize_rows", "dynamic_gs_alpha",
+           "dynamic_scales", "fake_quantize", "gemm_config", "gemv_config", "linear_gemv", "linear_small_m",
+           "nvfp4_gemm", "nvfp4_gemm_dequantized_a", "pad_quantize", "quant_config", "small_m_config"]

@@ -11,7 +11,7 @@ import triton
 
 from . import _interpreter
 from . import act_quantize as act_module
-from .launch import CachedLaunch, alignment_key
+from .launch import CachedLaunch, compile_tracing, int_key
 from .quantize_launch import QuantConfig, kernel_meta, quant_config
 
 # name -> (ACT code in kernels/act_quantize.py, gated)
@@ -129,13 +129,16 @@ def act_fake_quantize(x, act: str, global_scale, out, *, units: bool):
     kp = out.shape[1]
     if m == 0:
         return out
-    grid, meta, (i_div, xm_div), tail = _fake_plan(x.device, m, act, width, x.stride(0), kp, units, x.dtype,
-                                                   out.dtype)
+    index = x.get_device()  # CUDA device index, -1 on the CPU
+    sx = x.stride(0)
+    grid, meta, (i_div, xm_div), launch_id = _fake_plan(index, m, act, width, sx, kp, units, x.dtype, out.dtype)
     args = (x, global_scale, out, m, i_div, xm_div, kp)
-    if x.device.type == "cpu":
+    if index < 0:
         _run(_interpreter.interpreted(act_module).act_fake_quantize_kernel[grid], args, meta, x.device)
-    else:
-        _launch_fake((*tail, *alignment_key(x)), grid, args, meta, _FAKE_OPTIONS)
+    elif compile_tracing():
+        _launch_fake(None, grid, args, meta, _FAKE_OPTIONS)
+    else:  # the plan's launch key and x's alignment (its row stride is in the plan)
+        _launch_fake((launch_id, x.data_ptr() % 16 == 0), grid, args, meta, _FAKE_OPTIONS)
     return out
 
 
@@ -144,16 +147,21 @@ _FAKE_OPTIONS = dict(num_warps=4, enable_fp_fusion=False)  # the activation's IE
 
 
 @functools.lru_cache(maxsize=4096)
-def _fake_plan(device, m, act, width, stride, kp, units, x_dtype, out_dtype):
-    """Grid, constexprs and launch key of one shape: worked out once (host time per call matters).
-    Tiles as `fake_quantize`'s (not yet tuned on a GPU for the activation's second input)."""
+def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype):
+    """Grid, constexprs, integer arguments and launch key of one shape (device index -1: the CPU):
+    worked out once (host time per call matters). Tiles as `fake_quantize`'s (not yet tuned on a
+    GPU for the activation's second input)."""
     code, gated = ACTS[act]
     i = width // 2 if gated else width
     i_mult = math.gcd(i, 16)
     xm_mult = math.gcd(stride, 16) if m > 1 else 16
-    block_m, block_k = (32, 128) if device.type == "cuda" else (min(64, triton.next_power_of_2(m)), 128)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(kp, block_k))
-    meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=device.type == "cpu", UNITS=units,
+    block_m, block_k = (32, 128) if index >= 0 else (min(64, triton.next_power_of_2(m)), 128)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(kp, block_k), 1)
+    meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=index < 0, UNITS=units,
                 BLOCK_M=block_m, BLOCK_K=block_k)
-    tail = (device.index, x_dtype, out_dtype, i, stride // xm_mult, kp, *meta.values())
-    return grid, meta, (i // i_mult, stride // xm_mult), tail
+    ints = (i // i_mult, stride // xm_mult)
+    tail = (index, x_dtype, out_dtype, *(int_key(v) for v in (*ints, kp)), *meta.values())  # with x's alignment
+    return grid, meta, ints, _launch_ids.setdefault(tail, len(_launch_ids))
+
+
+_launch_ids: dict = {}

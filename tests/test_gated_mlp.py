@@ -451,3 +451,26 @@ def test_gpu_compile(mode):
         for _ in range(3):
             got = compiled(x)
         assert torch.equal(got, want), m  # silu_mul has no multiply-add for Inductor to contract
+
+
+@pytest.mark.cuda
+def test_gpu_cached_launches_match_the_jit_and_launch_statically():
+    """GatedMLP's own launches (the activation pass, the dynamic scale of act(h)) through
+    CachedLaunch give the JIT's bits, and take torch's static launcher where this torch has it."""
+    from fp4linear.kernels import act_quantize_launch, launch, scales_launch
+
+    hidden, inter = 512, 1368
+    gate, up, down, _ = mlp_tensors(hidden, inter)
+    mlps = [build(gate, up, down, "cuda", dynamic=dyn, hidden=hidden, inter=inter)[0] for dyn in (False, True)]
+    xs = [x_for(m, hidden, "cuda", seed=m) for m in (1, 16, 300, 1100)]
+    launch.ENABLED = False
+    try:
+        want = [mlp(x) for mlp in mlps for x in xs]
+    finally:
+        launch.ENABLED = True
+    for _ in range(2):  # the first call of a key compiles through the JIT, the second launches cached
+        got = [mlp(x) for mlp in mlps for x in xs]
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    if launch._static_launch is not None:
+        for cl in (act_quantize_launch._launch_fake, scales_launch._launch):
+            assert cl._entries and all(e.function is not None for e in cl._entries.values()), cl.kernel.fn.__name__
