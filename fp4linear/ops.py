@@ -103,18 +103,7 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
         cublas = use_cublas(m, n, kp)
     if cublas and not dynamic and alpha_host is not None and x.dtype in (torch.bfloat16, torch.float16):
         a = kernels.fake_quantize(x, gs, torch.empty((m, kp), dtype=x.dtype, device=x.device), units=False)
-        rows = _chunk_rows(n, kp, x.dtype)
-        chunk = torch.empty((rows, kp), dtype=x.dtype, device=x.device)
-        with _fp32_reductions():
-            for r0 in range(0, n, rows):
-                r1 = min(n, r0 + rows)
-                w = kernels.dequantize_rows(weight, weight_scale, r0, chunk[: r1 - r0])
-                o = out[:, r0:r1]  # a view: cuBLAS writes it in place (leading dimension n)
-                if bias is None:
-                    torch.addmm(o, a, w.t(), beta=0, alpha=alpha_host, out=o)  # beta=0: o is not read
-                else:
-                    torch.addmm(bias[r0:r1].to(x.dtype), a, w.t(), alpha=alpha_host, out=o)
-        return out
+        return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_host, out)
     a = kernels.fake_quantize(x, gs, scratch(x.device).dequantized_activation(m, kp), units=True)
     return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
 
@@ -122,8 +111,8 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
 def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_host: float, out) -> torch.Tensor:
     """out [M, N] = alpha_host * a @ dequant(W)^T (+ bias) with cuBLAS and fp32 accumulation: `a`
     [M, Kp] holds an activation's exact NVFP4 values in out's dtype (bf16/fp16); the weight is
-    dequantized in chunks of `_chunk_rows` rows (never kept). `triton_linear`'s cuBLAS path, for
-    callers whose activation is already quantized (`triton_act_linear`)."""
+    dequantized in chunks of `_chunk_rows` rows (never kept). The cuBLAS path of `triton_linear`
+    and `triton_act_linear`."""
     n, kp = out.shape[1], a.shape[1]
     rows = _chunk_rows(n, kp, a.dtype)
     chunk = torch.empty((rows, kp), dtype=a.dtype, device=a.device)
