@@ -131,7 +131,8 @@ def act_fake_quantize(x, act: str, global_scale, out, *, units: bool):
         return out
     index = x.get_device()  # CUDA device index, -1 on the CPU
     sx = x.stride(0)
-    grid, meta, (i_div, xm_div), launch_id = _fake_plan(index, m, act, width, sx, kp, units, x.dtype, out.dtype)
+    plan = _fake_plan.__wrapped__ if compile_tracing() else _fake_plan  # M may be symbolic (unhashable) there
+    grid, meta, (i_div, xm_div), launch_id = plan(index, m, act, width, sx, kp, units, x.dtype, out.dtype)
     args = (x, global_scale, out, m, i_div, xm_div, kp)
     if index < 0:
         _run(_interpreter.interpreted(act_module).act_fake_quantize_kernel[grid], args, meta, x.device)

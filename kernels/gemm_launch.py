@@ -8,7 +8,7 @@ import triton
 
 from . import _interpreter
 from . import gemm as gemm_module
-from .launch import CachedLaunch
+from .launch import CachedLaunch, compile_tracing
 from .workspace import scratch, scratch_for
 
 
@@ -104,7 +104,8 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, dequantized_a=F
     m, n = out.shape
     kp = w_data.shape[1] * 2
     index = out.get_device()  # CUDA device index, -1 on the CPU
-    grid, meta, options, split, tiles, per_split, launch_id = _gemm_plan(
+    plan = _gemm_plan.__wrapped__ if compile_tracing() else _gemm_plan  # M may be symbolic (unhashable) there
+    grid, meta, options, split, tiles, per_split, launch_id = plan(
         index, m, n, kp, config, dequantized_a, a.dtype, out.dtype, None if bias is None else bias.dtype)
     if split > 1:
         partials, tickets = (scratch_for(index) if index >= 0 else scratch(out.device)).get(split * m * n, tiles)
@@ -136,8 +137,8 @@ def _gemm_plan(index, m, n, kp, config, dequantized_a, a_dtype, out_dtype, bias_
     split = config.split_k
     if split == 0:  # enough programs for two per SM, each at least 4 K tiles long
         split = max(1, min(triton.cdiv(2 * _sm_count(device), tiles), k_tiles // 4))
-    per_split = triton.cdiv(k_tiles, split)
-    split = triton.cdiv(k_tiles, per_split)  # no empty splits
+    per_split = int(triton.cdiv(k_tiles, split))  # int(): a constexpr, even where M is symbolic (compile)
+    split = int(triton.cdiv(k_tiles, per_split))  # no empty splits
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a)

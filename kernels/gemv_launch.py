@@ -77,6 +77,8 @@ def linear_gemv(x, gs, alpha, w_data, w_scale, bias, out, *, config: GemvConfig 
     n = out.shape[1]
     kp = w_data.shape[1] * 2
     index = out.get_device()  # CUDA device index, -1 on the CPU
+    if compile_tracing():
+        m = int(m)  # torch.compile: the kernel's row tile is a constexpr (the graph specializes on M <= 4/16)
     # Worked out once per shape and dtypes (host time is what a decode-sized call costs eagerly).
     plan_key = (index, n, k, kp, m, bias is None or bias.dtype, x.dtype, out.dtype, config)
     plan = _plans.get(plan_key)

@@ -25,7 +25,8 @@ def fake_quantize(x, global_scale, out, *, units: bool):
     if m == 0:
         return out
     index = x.get_device()  # CUDA device index, -1 on the CPU
-    grid, meta, launch_id = _fake_plan(index, m, k, kp, units, x.dtype, out.dtype)
+    plan = _fake_plan.__wrapped__ if compile_tracing() else _fake_plan  # M may be symbolic (unhashable) there
+    grid, meta, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype)
     sx = x.stride(0)
     args = (x, global_scale, out, m, k, kp, sx)
     if index < 0:

@@ -71,6 +71,8 @@ def linear_small_m(x, gs, alpha, w_data, w_scale, bias, out, *, config: SmallMCo
     n = out.shape[1]
     kp = w_data.shape[1] * 2
     index = out.get_device()  # CUDA device index, -1 on the CPU
+    if compile_tracing():
+        m = int(m)  # torch.compile: the kernel's row tile is a constexpr (the graph specializes on M <= 4/16)
     # Everything that depends only on the shapes and dtypes is worked out once (host time is what a
     # decode-sized call costs outside CUDA graphs); the key is cheap to hash (ints, dtypes).
     plan_key = (index, n, k, kp, m, bias is None or bias.dtype, x.dtype, out.dtype, config)

@@ -308,9 +308,10 @@ def _inputs(device):
     big = {dt: (torch.randn(80, 1100, generator=g) * 3).to(dt).to(device)
            for dt in (torch.float32, torch.bfloat16, torch.float16)}
     f32, bf16, f16 = big.values()
+    columns = (torch.randn(464, 4, generator=g) * 3).to(torch.bfloat16).to(device)[:, :2].t()  # [2, 464], stride (1, 4)
     # shapes, dtypes, row strides (1100: not a multiple of 16), misaligned starts, a column stride
     xs = [f32[:1, :464], bf16[:3, :464], f16[:16, 7:471], bf16[2:7, :464], bf16[:40, :464], f16[:1, 100:564],
-          f32[:64, :464], bf16[:464, :2].t(), bf16[:5, 1:465]]
+          f32[:64, :464], columns, bf16[:5, 1:465]]
     return xs, [bf16[:m, :1024] for m in (1, 4, 5, 16)]
 
 
