@@ -55,16 +55,27 @@ def split_k_for(config: SmallMConfig, n: int, kp: int, device: torch.device) -> 
     return triton.cdiv(k_tiles, per_split), per_split
 
 
-# The kernel reads the weight as int32 words: only the JIT needs the int32 view (`CachedLaunch`).
-_launch_main = CachedLaunch(small_m_module.nvfp4_linear_small_m_kernel, views={3: (torch.uint8, torch.int32)})
-
-
 def linear_small_m(x, gs, alpha, w_data, w_scale, bias, out, *, config: SmallMConfig | None = None):
     """out[M, N] = alpha * quantize(x, gs) @ dequant(W)^T (+ bias), M <= 16, in one launch.
 
     x [M, K] with unit column stride; gs, alpha: fp32 one-element tensors (read on the device);
     w_data uint8 [Np, Kp/2] (Kp % 64 == 0); w_scale uint8 row-major [Np, Kp/16]; N = out.shape[1].
     """
+    return run_single_launch(_SMALL_M, x, gs, alpha, w_data, w_scale, bias, out, config)
+
+
+class SingleLaunch:
+    """What differs between the single-launch Linear kernels (this one, kernels/gemv.py): the kernel
+    module and name, its cached launcher, its plan cache and plan function, the row cap."""
+
+    def __init__(self, module, kernel_name: str, plan, max_m: int):
+        self.module, self.kernel_name, self.plan, self.max_m = module, kernel_name, plan, max_m
+        # The kernels read the weight as int32 words: only the JIT needs the int32 view (`CachedLaunch`).
+        self.launch = CachedLaunch(getattr(module, kernel_name), views={3: (torch.uint8, torch.int32)})
+        self.plans: dict = {}
+
+
+def run_single_launch(kind: SingleLaunch, x, gs, alpha, w_data, w_scale, bias, out, config):
     m, k = x.shape
     if m == 0:
         return out
@@ -72,14 +83,14 @@ def linear_small_m(x, gs, alpha, w_data, w_scale, bias, out, *, config: SmallMCo
     kp = w_data.shape[1] * 2
     index = out.get_device()  # CUDA device index, -1 on the CPU
     if compile_tracing():
-        m = int(m)  # torch.compile: the kernel's row tile is a constexpr (the graph specializes on M <= 4/16)
+        m = int(m)  # torch.compile: the kernel's row tile is a constexpr (the graph specializes on M)
     # Everything that depends only on the shapes and dtypes is worked out once (host time is what a
     # decode-sized call costs outside CUDA graphs); the key is cheap to hash (ints, dtypes).
     plan_key = (index, n, k, kp, m, bias is None or bias.dtype, x.dtype, out.dtype, config)
-    plan = _plans.get(plan_key)
+    plan = kind.plans.get(plan_key)
     if plan is None:
-        plan = _plans[plan_key] = _plan(out.device, n, k, kp, min(MAX_M, triton.next_power_of_2(m)),
-                                        bias is not None, config, plan_key[5:8])
+        plan = kind.plans[plan_key] = kind.plan(out.device, n, k, kp, min(kind.max_m, triton.next_power_of_2(m)),
+                                                bias is not None, config, plan_key[5:8])
     grid, meta, options, split, per_split, n_tiles, part_numel, launch_id = plan
     if split > 1:
         partials, tickets = (scratch_for(index) if index >= 0 else scratch(out.device)).get(part_numel, n_tiles)
@@ -88,18 +99,18 @@ def linear_small_m(x, gs, alpha, w_data, w_scale, bias, out, *, config: SmallMCo
     sx = x.stride(0)
     args = (x, gs, alpha, w_data, w_scale, bias if bias is not None else out, out, partials, tickets, m, sx,
             out.stride(0), n, k, kp // 64, per_split)
+    launch = kind.launch
     if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
-            _interpreter.interpreted(small_m_module).nvfp4_linear_small_m_kernel[grid](
-                *_launch_main.jit_args(args), **meta, **options)
+            getattr(_interpreter.interpreted(kind.module), kind.kernel_name)[grid](*launch.jit_args(args), **meta,
+                                                                                   **options)
     elif compile_tracing():
-        _launch_main(None, grid, args, meta, options)
+        launch(None, grid, args, meta, options)
     else:  # the launch key: the plan's, and what Triton specializes x on (alignment_key)
-        _launch_main((launch_id, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1), grid, args, meta, options)
+        launch((launch_id, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1), grid, args, meta, options)
     return out
 
 
-_plans: dict = {}
 _launch_ids: dict = {}  # a plan's launch key (dtypes, shape, config, constexprs) -> a small int
 
 
@@ -114,3 +125,7 @@ def _plan(device, n, k, kp, x_rows, has_bias, config, dtypes):
     tail = (device.index, *dtypes, n, k, kp, config, split, *meta.values())  # with x's alignment: the launch key
     launch_id = _launch_ids.setdefault(tail, len(_launch_ids))
     return (n_tiles * split, 1, 1), meta, options, split, per_split, n_tiles, split * MAX_M * n, launch_id
+
+
+_SMALL_M = SingleLaunch(small_m_module, "nvfp4_linear_small_m_kernel", _plan, MAX_M)
+_launch_main = _SMALL_M.launch  # (tests and benchmarks look launchers up by this name)
