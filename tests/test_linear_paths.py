@@ -375,3 +375,68 @@ def test_forward_compares_devices_of_other_kinds():
     layer, _, _ = layer_for(32, 64, "cpu")
     with pytest.raises(ValueError, match="x is on meta but the layer's weights are on cpu"):
         layer(torch.empty(2, 64, dtype=torch.bfloat16, device="meta"))
+
+
+def test_plans_take_a_symbolic_m(monkeypatch):
+    """Under torch.compile M can be a SymInt (unhashable): the launchers then call their plan
+    functions uncached (`__wrapped__`), which must keep every constexpr a plain int (the H100
+    compile tests once failed here with 'unhashable type: non-nested SymInt')."""
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+
+    from fp4linear.kernels import act_quantize_launch, gemm_launch, quant_dequant_launch
+
+    env = ShapeEnv()
+    m = env.create_symintnode(env.create_symbol(64, ConstantSource("m"), dynamic_dim=DimDynamic.DYNAMIC), hint=64)
+    with pytest.raises(TypeError):
+        hash(m)
+    monkeypatch.setattr(gemm_launch, "_sm_count", lambda device: 132)
+    grid, meta, options, split, tiles, per_split, _ = gemm_launch._gemm_plan.__wrapped__(
+        0, m, 1288, 512, None, True, torch.float16, torch.bfloat16, None)
+    assert type(meta["SPLIT_K"]) is int and type(per_split) is int and isinstance(grid[0], torch.SymInt)
+    grid, meta, _ = quant_dequant_launch._fake_plan.__wrapped__(0, m, 464, 512, True, torch.bfloat16, torch.float16)
+    assert all(type(v) in (int, bool) for v in meta.values())
+    grid, meta, _, _ = act_quantize_launch._fake_plan.__wrapped__(0, m, "silu_mul", 928, 928, 512, True,
+                                                                  torch.bfloat16, torch.float16)
+    assert all(type(v) in (int, bool) for v in meta.values())
+
+
+class _TracedTensor:
+    """What a launcher reads of a CUDA tensor while torch.compile traces (shape with a symbolic M,
+    device index, strides, dtype), without a GPU."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, dtype
+
+    def get_device(self):
+        return 0
+
+    def stride(self, dim=None):
+        strides = (self.shape[1], 1)
+        return strides if dim is None else strides[dim]
+
+
+def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+
+    from fp4linear.kernels import act_quantize_launch, gemm_launch, launch, quant_dequant_launch
+
+    env = ShapeEnv()
+    m = env.create_symintnode(env.create_symbol(64, ConstantSource("m"), dynamic_dim=DimDynamic.DYNAMIC), hint=64)
+    monkeypatch.setattr(gemm_launch, "_sm_count", lambda device: 132)
+    launched = []
+    for module, name in ((quant_dequant_launch, "_launch_fake"), (act_quantize_launch, "_launch_fake"),
+                         (gemm_launch, "_launch")):
+        monkeypatch.setattr(module, name, lambda key, grid, args, meta, options: launched.append((key, meta)))
+    monkeypatch.setattr(gemm_launch, "scratch_for", lambda index: type("S", (), {"get": lambda self, a, b: (a, b)})())
+    x = _TracedTensor((m, 464), torch.bfloat16)
+    a = _TracedTensor((m, 512), torch.float16)
+    out = _TracedTensor((m, 1288), torch.bfloat16)
+    w = _TracedTensor((1288, 256), torch.uint8)
+    with launch.wrapped_for_compile():
+        kernels.fake_quantize(x, None, a, units=True)
+        kernels.act_fake_quantize(_TracedTensor((m, 928), torch.bfloat16), "silu_mul", None, a, units=True)
+        kernels.nvfp4_gemm_dequantized_a(a, w, None, None, None, out)
+    assert len(launched) == 3  # (no plan cache hashed M; CachedLaunch ignores keys while tracing)
+    assert all(type(v) in (int, bool) for _, meta in launched for v in meta.values())
