@@ -158,6 +158,13 @@ class Linear(nn.Module):
     # call (nn.Module.__getattr__ costs about 0.5 us a buffer; reading `_buffers` itself, never a
     # copy, stays right after .to(), load_state_dict, reassignment or functional_call), and a
     # 2-D input with unit column stride is used as it is (no reshapes).
+    def _forward_buffers(self, compiling: bool) -> tuple:
+        """(weight, weight_scale, input_global_scale, alpha, weight_scale_2, bias) for a forward."""
+        if compiling:  # plain attributes, as torch.compile traces them
+            return (self.weight, self.weight_scale, self.input_global_scale, self.alpha, self.weight_scale_2,
+                    self.bias)
+        return _FORWARD_BUFFERS(self._buffers)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype not in _X_DTYPES:
             raise TypeError(f"x must be bf16, fp16 or fp32, got {x.dtype}")
@@ -165,11 +172,7 @@ class Linear(nn.Module):
         if not shape or shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., {self.in_features}), got {tuple(shape)}")
         compiling = torch.compiler.is_compiling()
-        if compiling:  # plain attributes, as torch.compile traces them
-            weight, weight_scale, gs, alpha, weight_scale_2, bias = (
-                self.weight, self.weight_scale, self.input_global_scale, self.alpha, self.weight_scale_2, self.bias)
-        else:
-            weight, weight_scale, gs, alpha, weight_scale_2, bias = _FORWARD_BUFFERS(self._buffers)
+        weight, weight_scale, gs, alpha, weight_scale_2, bias = self._forward_buffers(compiling)
         index = x.get_device()  # -1 off CUDA: then the devices themselves are compared
         if index != weight.get_device() or (index < 0 and x.device != weight.device):
             raise ValueError(f"x is on {x.device} but the layer's weights are on {weight.device}")

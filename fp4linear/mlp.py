@@ -28,7 +28,7 @@ from . import kernels, ops
 from .act import GATED_ACTS
 from .checkpoint import COMPRESSED_TENSORS, MODELOPT, Format, check_packed
 from .format import BLOCK_SIZE, SWIZZLE_128x4
-from .linear import _FORWARD_BUFFERS, Linear, quantize_weight
+from .linear import Linear, quantize_weight
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +182,7 @@ class GatedMLP(nn.Module):
             h = h.reshape(-1, 2 * self.intermediate_size)
         d = self.down
         compiling = torch.compiler.is_compiling()
-        if compiling:  # plain attributes, as torch.compile traces them
-            weight, weight_scale, gs, alpha, weight_scale_2, bias = (
-                d.weight, d.weight_scale, d.input_global_scale, d.alpha, d.weight_scale_2, d.bias)
-        else:
-            weight, weight_scale, gs, alpha, weight_scale_2, bias = _FORWARD_BUFFERS(d._buffers)
+        weight, weight_scale, gs, alpha, weight_scale_2, bias = d._forward_buffers(compiling)
         n = d.out_features
         if d._triton:
             out = (ops.act_linear if compiling else ops.triton_act_linear)(

@@ -99,13 +99,29 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
         gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2)  # views of per-stream scratch, made once
     if use_gemv(m, n, kp):
         return kernels.linear_gemv(x, gs, alpha, weight, weight_scale, bias, out)
+    return _dequantized_operand_linear(x, None, weight, weight_scale, gs, alpha, bias, out, dynamic, alpha_host, cublas)
+
+
+def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, bias, out, dynamic, alpha_host, cublas):
+    """The paths past decode, for x itself (act None) or act(x) (`triton_act_linear`): the
+    activation's NVFP4 values written once, then cuBLAS (large M, static scale, bf16/fp16: true
+    values in x's dtype) or the Triton GEMM (fp16 units in the weight decode's order, per-stream
+    scratch)."""
+    m = x.shape[0]
+    kp = weight.shape[1] * 2
     if cublas is None:
-        cublas = use_cublas(m, n, kp)
+        cublas = use_cublas(m, out.shape[1], kp)
     if cublas and not dynamic and alpha_host is not None and x.dtype in (torch.bfloat16, torch.float16):
-        a = kernels.fake_quantize(x, gs, torch.empty((m, kp), dtype=x.dtype, device=x.device), units=False)
+        a = _fake_quantize(x, act, gs, torch.empty((m, kp), dtype=x.dtype, device=x.device), units=False)
         return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_host, out)
-    a = kernels.fake_quantize(x, gs, scratch(x.device).dequantized_activation(m, kp), units=True)
+    a = _fake_quantize(x, act, gs, scratch(x.device).dequantized_activation(m, kp), units=True)
     return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
+
+
+def _fake_quantize(x, act, gs, out, units: bool):
+    if act is None:
+        return kernels.fake_quantize(x, gs, out, units=units)
+    return kernels.act_fake_quantize(x, act, gs, out, units=units)
 
 
 def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_host: float, out) -> torch.Tensor:
@@ -147,19 +163,12 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
     wherever that takes the same GEMM (wherever `use_gemv` is false).
     """
     m = h.shape[0]
-    kp = weight.shape[1] * 2
     out = h.new_empty((m, n))
     if m == 0:
         return out
     if dynamic:
         gs, alpha = kernels.dynamic_gs_alpha(h, weight_scale_2, act=act)  # views of per-stream scratch
-    if cublas is None:
-        cublas = use_cublas(m, n, kp)
-    if cublas and not dynamic and alpha_host is not None and h.dtype in (torch.bfloat16, torch.float16):
-        a = kernels.act_fake_quantize(h, act, gs, torch.empty((m, kp), dtype=h.dtype, device=h.device), units=False)
-        return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_host, out)
-    a = kernels.act_fake_quantize(h, act, gs, scratch(h.device).dequantized_activation(m, kp), units=True)
-    return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
+    return _dequantized_operand_linear(h, act, weight, weight_scale, gs, alpha, bias, out, dynamic, alpha_host, cublas)
 
 
 # ---- torch.library ops (what torch.compile traces) -------------------------------------------

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import triton
 
 from . import gemv as gemv_module
-from .small_m_linear_launch import SingleLaunch, run_single_launch, split_k_for
+from .small_m_linear_launch import SingleLaunch, run_single_launch, single_launch_plan
 
 MAX_M = 4  # rows the kernel takes
 
@@ -62,14 +62,8 @@ def _plan(device, n, k, kp, m_rows, has_bias, config, dtypes):
         config = gemv_config(n, kp, m_rows, device.type)
     if config.block_k % 64:
         raise ValueError(f"block_k must be a multiple of 64, got {config.block_k}")
-    split, per_split = split_k_for(config, n, kp, device)
-    n_tiles = triton.cdiv(n, config.block_n)
-    meta = dict(M_ROWS=m_rows, HAS_BIAS=has_bias, SPLIT_K=split, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                EVEN_K=kp % config.block_k == 0, USE_ASM=config.use_asm and device.type == "cuda")
-    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
-    tail = (device.index, *dtypes, n, k, kp, config, split, *meta.values())  # with x's alignment: the launch key
-    launch_id = _launch_ids.setdefault(tail, len(_launch_ids))
-    return (n_tiles * split, 1, 1), meta, options, split, per_split, n_tiles, split * MAX_M * n, launch_id
+    return single_launch_plan(device, n, k, kp, config, dtypes, MAX_M, _launch_ids, M_ROWS=m_rows, HAS_BIAS=has_bias,
+                              USE_ASM=config.use_asm and device.type == "cuda")
 
 
 _GEMV = SingleLaunch(gemv_module, "nvfp4_gemv_kernel", _plan, MAX_M)

@@ -117,14 +117,22 @@ _launch_ids: dict = {}  # a plan's launch key (dtypes, shape, config, constexprs
 def _plan(device, n, k, kp, x_rows, has_bias, config, dtypes):
     if config is None:
         config = small_m_config(n, kp, device.type)
+    return single_launch_plan(device, n, k, kp, config, dtypes, MAX_M, _launch_ids, X_ROWS=x_rows, HAS_BIAS=has_bias,
+                              NATURAL_X=config.natural_x)
+
+
+def single_launch_plan(device, n, k, kp, config, dtypes, max_m: int, launch_ids: dict, **constexprs):
+    """Split-K, grid, constexprs (the kernel's own plus SPLIT_K, BLOCK_N, BLOCK_K, EVEN_K), options
+    and launch key of a single-launch Linear kernel (`config`: block_n, block_k, split_k, waves,
+    num_warps, num_stages)."""
     split, per_split = split_k_for(config, n, kp, device)
     n_tiles = triton.cdiv(n, config.block_n)
-    meta = dict(X_ROWS=x_rows, HAS_BIAS=has_bias, SPLIT_K=split, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                EVEN_K=kp % config.block_k == 0, NATURAL_X=config.natural_x)
+    meta = dict(constexprs, SPLIT_K=split, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                EVEN_K=kp % config.block_k == 0)
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     tail = (device.index, *dtypes, n, k, kp, config, split, *meta.values())  # with x's alignment: the launch key
-    launch_id = _launch_ids.setdefault(tail, len(_launch_ids))
-    return (n_tiles * split, 1, 1), meta, options, split, per_split, n_tiles, split * MAX_M * n, launch_id
+    launch_id = launch_ids.setdefault(tail, len(launch_ids))
+    return (n_tiles * split, 1, 1), meta, options, split, per_split, n_tiles, split * max_m * n, launch_id
 
 
 _SMALL_M = SingleLaunch(small_m_module, "nvfp4_linear_small_m_kernel", _plan, MAX_M)
