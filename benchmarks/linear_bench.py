@@ -96,8 +96,7 @@ def run_table(args):
         for mode, idx in (("static", 1), ("dynamic", 2)):
             fp4_graph = graph_us(chain([c[idx] for c in layers], x)) / copies
             fp4_eager = wall_us(lambda: layers[0][idx](x)) if eager else float("nan")
-            temp = ops.temp_bytes(m, n, lin0.k_padded, x.dtype,
-                                  cublas=None if mode == "static" else False)
+            temp = ops.temp_bytes(m, n, lin0.k_padded, x.dtype, dynamic=mode == "dynamic")
             rows.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp])
     csv_path = args.results_dir / f"linear_{gpu_slug()}.csv"
     if args.update and csv_path.is_file():  # keep the other rows of an earlier run of this card
@@ -122,7 +121,7 @@ def run_table(args):
              f"eager (M <= 16) = wall time per call of a loop of 100 calls and one synchronize, median of 3. 'speed-up' = bf16 / fp4 "
              f"(> 1: fp4linear faster). Weight TB/s: the padded NVFP4 weight's bytes per fp4 device time; copy "
              f"ceiling {copy:.2f} TB/s measured in the same run. temp = per-call temporary (the dequantized "
-             f"activation; on the cuBLAS path also the weight chunk).")
+             f"activation; on the cuBLAS path also the weight chunk and, for a dynamic scale, the fp32 output chunk).")
     if device == "cpu":
         args.no_write = True
     publish(args, "Linear: fp4linear vs cuBLAS bf16 (benchmarks/linear_bench.py)", intro, header, rows,
@@ -260,18 +259,76 @@ def run_tune(args):
         print(f"eager M=1 {n}x{k} {name}: {eager_us(fn):.1f} us per call", flush=True)
 
 
+def run_ab_dynamic(args):
+    """A dynamic input scale against the static one, and each dynamic path against the one it
+    replaced: decode (M <= 4), the scale taken inside the CUDA-core kernel vs `dynamic_scales` as
+    a launch of its own; larger M, cuBLAS with alpha applied by an fp32-chunk epilogue vs the
+    Triton GEMM. Device time per layer (decode: a chain of cold layer copies)."""
+    from fp4linear.kernels import gemv_launch
+
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    shapes = [(64, 48), (200, 464)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
+    ms = [1, 40] if device == "cpu" else (args.m or [1, 2, 4, 512, 2048, 8192])
+    rows = []
+    for n, k in tqdm(shapes, desc="dynamic a/b", file=sys.stderr):
+        for m in ms:
+            copies = 1 if m > 16 or device == "cpu" else max(1, min(32, -(-L2_ROTATE_BYTES // (n * k * 2))))
+            layers = make_layers(n, k, copies, device, torch.bfloat16)
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            static = graph_us(chain([c[1] for c in layers], x)) / copies
+            dynamic = graph_us(chain([c[2] for c in layers], x)) / copies
+            kp = layers[0][2].k_padded
+            if ops.use_gemv(m, n, kp):
+                alt_name = "dynamic_scales launch + gemv"
+                saved = gemv_launch.DYNAMIC_IN_KERNEL_MAX
+                gemv_launch.DYNAMIC_IN_KERNEL_MAX = 0
+                try:
+                    alt = graph_us(chain([c[2] for c in layers], x)) / copies
+                finally:
+                    gemv_launch.DYNAMIC_IN_KERNEL_MAX = saved
+            elif ops.use_cublas(m, n, kp):
+                alt_name = "Triton GEMM"
+
+                def triton_path():
+                    for c in layers:
+                        d = c[2]
+                        ops.triton_linear(x, d.weight, d.weight_scale, d.input_global_scale, d.alpha, d.weight_scale_2,
+                                          None, n, True, None, cublas=False)
+                alt = graph_us(triton_path) / copies
+            else:
+                alt_name, alt = "-", float("nan")
+            rows.append([m, n, k, static, dynamic, alt, alt_name])
+    md = [[m, n, k, st, dy, dy / st, alt, alt / dy, name] for m, n, k, st, dy, alt, name in rows]
+    intro = ("Whole layer, bf16 input, no bias, device time per layer (CUDA-graph replay medians; M <= 4: a chain of "
+             f"layer copies whose bf16 weights exceed {L2_ROTATE_BYTES >> 20} MiB). 'dynamic' is the routed path with a "
+             "dynamic input scale; 'previous' is the path it replaced for that M ('vs previous' = previous / dynamic, "
+             "> 1: the new path faster). Goal (decode): dynamic <= 1.15x static.")
+    if device == "cpu":
+        args.no_write = True
+    publish(args, "Dynamic input scale: paths (benchmarks/linear_bench.py --ab-dynamic)", intro,
+            ["m", "n", "k", "static_us", "dynamic_us", "previous_us", "previous_path"], rows,
+            csv_name=f"dynamic_ab_{gpu_slug()}.csv",
+            md_header=["M", "N", "K", "static us", "dynamic us", "dynamic / static", "previous us", "vs previous",
+                       "previous path"], md_rows=md)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tune", action="store_true")
     p.add_argument("--tune-gemv", action="store_true", help="M <= 4: CUDA-core kernel tiles vs the tensor-core kernel "
                    "(-> results/gemv_tune_<gpu>.csv)")
+    p.add_argument("--ab-dynamic", action="store_true", help="dynamic vs static scale, new vs previous dynamic paths "
+                   "(-> results/dynamic_ab_<gpu>.csv)")
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (no timings of note)")
     p.add_argument("--m", type=int, nargs="*", help="only these M")
     p.add_argument("--shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", help="only these NxK")
     p.add_argument("--update", action="store_true", help="replace only the measured rows of this card's CSV")
     add_output_args(p)
     args = p.parse_args()
-    if args.tune_gemv:
+    if args.ab_dynamic:
+        run_ab_dynamic(args)
+    elif args.tune_gemv:
         run_tune_gemv(args)
     elif args.tune:
         run_tune(args)

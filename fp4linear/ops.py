@@ -9,12 +9,13 @@ Paths of `triton_linear` by the number of rows M (docs/nvfp4.md, "Triton backend
 - M <= 2, and M <= 4 on small weights: one launch on CUDA cores (`kernels.linear_gemv`: quantize,
   exact E2M1 x E2M1 products in fp16 pairs, split-K reduce); `use_gemv`;
 - otherwise one quantize-dequantize pass of x, then either the Triton GEMM on the dequantized
-  activation (one launch, split-K reduced inside) or, for larger M with a static scale and a
-  bf16/fp16 input, cuBLAS on exactly dequantized operands with fp32 accumulation (the weight
-  dequantized in row chunks, never kept): `use_cublas`.
+  activation (one launch, split-K reduced inside) or, for larger M with a bf16/fp16 input, cuBLAS
+  on exactly dequantized operands with fp32 accumulation (the weight dequantized in row chunks,
+  never kept; a dynamic scale's alpha applied by a small epilogue launch per chunk): `use_cublas`.
 The tensor-core single-launch kernel for M <= 16 (`kernels.linear_small_m`) is not chosen: the
 CUDA-core kernel measured faster wherever a single launch won (see `use_gemv`).
-With a dynamic activation scale one small launch (`kernels.dynamic_scales`) comes first.
+With a dynamic activation scale one small launch (`kernels.dynamic_scales`) comes first, except where
+the decode kernel takes max |x| itself (small inputs, `kernels.fuses_dynamic_scale`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from .kernels.workspace import scratch
 
 # cuBLAS path: the dequantized weight chunk is at most this many bytes (a per-call temporary)
 CUBLAS_CHUNK_BYTES = 64 << 20
+# ... and with alpha on the device (dynamic scale), the chunk's fp32 output, which the epilogue
+# (`kernels.alpha_epilogue`) reads back while it is still mostly in L2 (50 MB on the H100)
+CUBLAS_FP32_CHUNK_BYTES = 32 << 20
 
 
 def use_cublas(m: int, n: int, kp: int) -> bool:
@@ -62,24 +66,29 @@ def _fp32_reductions():
         m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
 
 
-def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None = None) -> int:
+def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None = None, dynamic: bool = False) -> int:
     """Temporary device memory of `triton_linear` besides the output: the dequantized activation
     (per-stream scratch on the Triton path, reused from call to call; allocated per call on the
-    cuBLAS path, with the weight chunk). Split-K partials (per-stream scratch) not counted."""
+    cuBLAS path, with the weight chunk and, for a dynamic scale, the fp32 output chunk). Split-K
+    partials (per-stream scratch) not counted."""
     if use_gemv(m, n, kp):
         return 0
     cublas = use_cublas(m, n, kp) if cublas is None else cublas
     if not cublas:
         return m * kp * 2
-    return m * kp * dtype.itemsize + _chunk_rows(n, kp, dtype) * kp * dtype.itemsize
+    rows = _chunk_rows(n, kp, dtype, m if dynamic else None)
+    return m * kp * dtype.itemsize + rows * kp * dtype.itemsize + (m * rows * 4 if dynamic else 0)
 
 
-def _chunk_rows(n: int, kp: int, dtype: torch.dtype) -> int:
+def _chunk_rows(n: int, kp: int, dtype: torch.dtype, fp32_out_m: int | None = None) -> int:
     """Weight rows dequantized per cuBLAS call: within CUBLAS_CHUNK_BYTES, and a multiple of 128 so
     that every chunk's output columns start 16-byte aligned (cuBLAS falls back to slow kernels on
-    unaligned pointers: 2048x8192x28672 ran 6120 us with 1170-row chunks vs 1320 us for bf16)."""
-    rows = CUBLAS_CHUNK_BYTES // (kp * dtype.itemsize) // 128 * 128
-    return min(n, max(128, rows))
+    unaligned pointers: 2048x8192x28672 ran 6120 us with 1170-row chunks vs 1320 us for bf16).
+    fp32_out_m: the chunk's fp32 output [M, rows] (device alpha) stays within CUBLAS_FP32_CHUNK_BYTES."""
+    rows = CUBLAS_CHUNK_BYTES // (kp * dtype.itemsize)
+    if fp32_out_m is not None:
+        rows = min(rows, CUBLAS_FP32_CHUNK_BYTES // (4 * fp32_out_m))
+    return min(n, max(128, rows // 128 * 128))
 
 
 def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: int, dynamic: bool,
@@ -88,32 +97,38 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
 
     weight uint8 [Np, Kp/2], weight_scale uint8 row-major [Np, Kp/16]; gs, alpha: the static
     encode scale and alpha (ignored when `dynamic`); weight_scale_2: the weight's decode scale;
-    alpha_host: alpha as a Python float (static layers; the cuBLAS path needs it on the host).
+    alpha_host: alpha as a Python float (static layers: cuBLAS applies it; None: the cuBLAS path
+    applies the device alpha in an epilogue, as for a dynamic scale).
     """
     m = x.shape[0]
     kp = weight.shape[1] * 2
     out = x.new_empty((m, n))
     if m == 0:
         return out
-    if dynamic:
-        gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2)  # views of per-stream scratch, made once
     if use_gemv(m, n, kp):
+        if dynamic and kernels.fuses_dynamic_scale(m, x.shape[1]):  # one launch, the scale computed inside
+            return kernels.linear_gemv(x, None, None, weight, weight_scale, bias, out, weight_scale_2=weight_scale_2)
+        if dynamic:
+            gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2)  # views of per-stream scratch, made once
         return kernels.linear_gemv(x, gs, alpha, weight, weight_scale, bias, out)
+    if dynamic:
+        gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2)
     return _dequantized_operand_linear(x, None, weight, weight_scale, gs, alpha, bias, out, dynamic, alpha_host, cublas)
 
 
 def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, bias, out, dynamic, alpha_host, cublas):
     """The paths past decode, for x itself (act None) or act(x) (`triton_act_linear`): the
-    activation's NVFP4 values written once, then cuBLAS (large M, static scale, bf16/fp16: true
-    values in x's dtype) or the Triton GEMM (fp16 units in the weight decode's order, per-stream
+    activation's NVFP4 values written once, then cuBLAS (large M, bf16/fp16: true values in x's
+    dtype) or the Triton GEMM (fp16 units in the weight decode's order, per-stream
     scratch)."""
     m = x.shape[0]
     kp = weight.shape[1] * 2
     if cublas is None:
         cublas = use_cublas(m, out.shape[1], kp)
-    if cublas and not dynamic and alpha_host is not None and x.dtype in (torch.bfloat16, torch.float16):
+    if cublas and x.dtype in (torch.bfloat16, torch.float16):
         a = _fake_quantize(x, act, gs, torch.empty((m, kp), dtype=x.dtype, device=x.device), units=False)
-        return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_host, out)
+        alpha_arg = alpha_host if not dynamic and alpha_host is not None else alpha
+        return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_arg, out)
     a = _fake_quantize(x, act, gs, scratch(x.device).dequantized_activation(m, kp), units=True)
     return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
 
@@ -124,24 +139,43 @@ def _fake_quantize(x, act, gs, out, units: bool):
     return kernels.act_fake_quantize(x, act, gs, out, units=units)
 
 
-def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_host: float, out) -> torch.Tensor:
-    """out [M, N] = alpha_host * a @ dequant(W)^T (+ bias) with cuBLAS and fp32 accumulation: `a`
+def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.Tensor, out) -> torch.Tensor:
+    """out [M, N] = alpha * a @ dequant(W)^T (+ bias) with cuBLAS and fp32 accumulation: `a`
     [M, Kp] holds an activation's exact NVFP4 values in out's dtype (bf16/fp16); the weight is
     dequantized in chunks of `_chunk_rows` rows (never kept). The cuBLAS path of `triton_linear`
-    and `triton_act_linear`."""
+    and `triton_act_linear`.
+
+    alpha a Python float (a static scale): cuBLAS applies it, `addmm(alpha=)`. alpha an fp32 [1]
+    tensor (a dynamic scale, computed on the device; reading it on the host would sync): cuBLAS
+    writes each chunk's fp32 accumulators, and `kernels.alpha_epilogue` scales, adds the bias and
+    rounds them once, as cuBLAS's own epilogue does.
+    """
     n, kp = out.shape[1], a.shape[1]
-    rows = _chunk_rows(n, kp, a.dtype)
+    on_device = isinstance(alpha, torch.Tensor)
+    rows = _chunk_rows(n, kp, a.dtype, a.shape[0] if on_device else None)
     chunk = torch.empty((rows, kp), dtype=a.dtype, device=a.device)
+    acc = torch.empty((a.shape[0], rows), dtype=torch.float32, device=a.device) if on_device else None
     with _fp32_reductions():
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             w = kernels.dequantize_rows(weight, weight_scale, r0, chunk[: r1 - r0])
             o = out[:, r0:r1]  # a view: cuBLAS writes it in place (leading dimension n)
-            if bias is None:
-                torch.addmm(o, a, w.t(), beta=0, alpha=alpha_host, out=o)  # beta=0: o is not read
+            if on_device:
+                _mm_fp32(a, w.t(), acc[:, : r1 - r0])
+                kernels.alpha_epilogue(acc[:, : r1 - r0], alpha, None if bias is None else bias[r0:r1], o)
+            elif bias is None:
+                torch.addmm(o, a, w.t(), beta=0, alpha=alpha, out=o)  # beta=0: o is not read
             else:
-                torch.addmm(bias[r0:r1].to(a.dtype), a, w.t(), alpha=alpha_host, out=o)
+                torch.addmm(bias[r0:r1].to(a.dtype), a, w.t(), alpha=alpha, out=o)
     return out
+
+
+def _mm_fp32(a, b, out):
+    """out (fp32) = a @ b for bf16/fp16 a, b with fp32 accumulation (cuBLAS; the CPU has no mixed-dtype
+    mm, so there both are widened: the products are exact either way)."""
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32, out=out)
+    return torch.mm(a.float(), b.float(), out=out)
 
 
 def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: int, dynamic: bool,
@@ -153,7 +187,7 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
 
     - dynamic: the scale pass reads h and computes max |act(h)| (`kernels.dynamic_gs_alpha(...,
       act=)`: the bits `triton_linear` derives from activation(h));
-    - cuBLAS (large M, static scale, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype
+    - cuBLAS (large M, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype
       (`kernels.act_fake_quantize`, units=False), then `cublas_dequantized_gemm`;
     - otherwise, decode sizes included: those values as fp16 units in the weight decode's order
       (per-stream scratch), then `kernels.nvfp4_gemm_dequantized_a`. (`triton_linear`'s decode

@@ -5,14 +5,14 @@ validated, already allocated tensors; `fp4linear` does the checking and allocati
 """
 
 from .act_quantize_launch import ACTS, AmaxConfig, act_fake_quantize, act_pad_quantize, activation, amax_config
-from .gemv_launch import GemvConfig, gemv_config, linear_gemv
+from .gemv_launch import GemvConfig, fuses_dynamic_scale, gemv_config, linear_gemv
 from .gemm_launch import GemmConfig, gemm_config, nvfp4_gemm, nvfp4_gemm_dequantized_a
-from .quant_dequant_launch import dequantize_rows, fake_quantize
+from .quant_dequant_launch import alpha_epilogue, dequantize_rows, fake_quantize
 from .quantize_launch import QuantConfig, pad_quantize, quant_config
 from .scales_launch import dynamic_gs_alpha, dynamic_scales
 from .small_m_linear_launch import MAX_M as SMALL_M, SmallMConfig, linear_small_m, small_m_config
 
-__all__ = ["ACTS", "SMALL_M", "AmaxConfig", "GemmConfig", "GemvConfig", "QuantConfig", "SmallMConfig",
+__all__ = ["ACTS", "SMALL_M", "AmaxConfig", "GemmConfig", "GemvConfig", "QuantConfig", "SmallMConfig", "alpha_epilogue",
            "act_fake_quantize", "act_pad_quantize", "activation", "amax_config", "dequantize_rows", "dynamic_gs_alpha",
-           "dynamic_scales", "fake_quantize", "gemm_config", "gemv_config", "linear_gemv", "linear_small_m",
+           "dynamic_scales", "fake_quantize", "fuses_dynamic_scale", "gemm_config", "gemv_config", "linear_gemv", "linear_small_m",
            "nvfp4_gemm", "nvfp4_gemm_dequantized_a", "pad_quantize", "quant_config", "small_m_config"]

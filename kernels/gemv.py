@@ -16,6 +16,10 @@ the tensor-core kernels. On the GPU the pairs go through `fma.rn.f16x2` (inline 
 path (the CPU interpreter, and a test on the GPU) forms the same exact lane sums in fp32, so both
 give the same bits.
 
+With a dynamic activation scale (DYNAMIC) every program first takes max |x| over the whole input
+and derives gs and alpha as `scales.dynamic_scale_kernel` does, so a dynamic layer is one launch
+too (the launcher does this for small inputs only, `fuses_dynamic_scale`).
+
 Split K and the ticketed reduce as in kernels/small_m_linear.py: the last program of an N tile sums
 the tile's fp32 partials in split order (deterministic) and resets its ticket.
 """
@@ -26,6 +30,8 @@ import triton.language as tl
 from ._interpreter import sibling
 
 _numerics = sibling(__name__, "numerics")
+dynamic_scales = _numerics.dynamic_scales
+max_combine = _numerics.max_combine  # (tl.max's own combine is not interpreted on the CPU)
 e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 e4m3_to_fp16 = _numerics.e4m3_to_fp16
 quantize_blocks = _numerics.quantize_blocks
@@ -137,8 +143,8 @@ def _activation_pairs(x, gs, M_ROWS: tl.constexpr, NB: tl.constexpr):
 @triton.jit(do_not_specialize=["M", "stride_om"], do_not_specialize_on_alignment=["scale_ptr", "alpha_ptr"])
 def nvfp4_gemv_kernel(
     x_ptr,  # [M, K] bf16/fp16/fp32, unit column stride
-    scale_ptr,  # gs, the activation's encode scale (fp32)
-    alpha_ptr,  # alpha = 1 / (gs * gs_w) (fp32)
+    scale_ptr,  # gs, the activation's encode scale (fp32); unused with DYNAMIC
+    alpha_ptr,  # alpha = 1 / (gs * gs_w) (fp32); with DYNAMIC the weight's decode scale weight_scale_2
     w_ptr,  # int32 words [Np, Kp/8] (packed E2M1, 8 codes per word)
     w_scale_ptr,  # uint8 row-major [Np, Kp/16]
     bias_ptr,  # [N] or unused
@@ -159,6 +165,9 @@ def nvfp4_gemv_kernel(
     BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,  # Kp % BLOCK_K == 0
     USE_ASM: tl.constexpr,  # fp16x2 PTX (GPU); False: the portable path
+    DYNAMIC: tl.constexpr,  # gs and alpha from max |x|, computed by every program (x is tiny at decode)
+    AMAX_BLOCK: tl.constexpr,  # DYNAMIC: columns per load of the max |x| pass
+    AMAX_CHUNKS: tl.constexpr,  # DYNAMIC: cdiv(K, AMAX_BLOCK), unrolled so that every load is in flight at once
 ):
     NB: tl.constexpr = BLOCK_K // 16
     Kp = Kp_div64 * 64
@@ -166,8 +175,19 @@ def nvfp4_gemv_kernel(
     pid_k = tl.program_id(0) % SPLIT_K
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
-    gs = tl.load(scale_ptr)
-    alpha = tl.load(alpha_ptr)
+    if DYNAMIC:
+        # Every program takes max |x| over all of x itself (the same bits as `scales.dynamic_scale_kernel`,
+        # NaN kept): a second launch and its dependency cost more than re-reading a few KB from L2.
+        amax = tl.full([AMAX_BLOCK], 0, tl.int32)
+        for r in tl.static_range(M_ROWS):
+            for c in tl.static_range(AMAX_CHUNKS):
+                a_cols = c * AMAX_BLOCK + tl.arange(0, AMAX_BLOCK)
+                v = tl.load(x_ptr + r * stride_xm + a_cols, mask=(a_cols < K) & (a_cols * 0 + r < M), other=0.0)
+                amax = tl.maximum(amax, v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF)
+        gs, alpha = dynamic_scales(tl.reduce(amax, 0, max_combine), tl.load(alpha_ptr))
+    else:
+        gs = tl.load(scale_ptr)
+        alpha = tl.load(alpha_ptr)
 
     xr = tl.arange(0, M_ROWS)
     xk = tl.arange(0, BLOCK_K)

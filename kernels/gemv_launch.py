@@ -10,6 +10,17 @@ from . import gemv as gemv_module
 from .small_m_linear_launch import SingleLaunch, run_single_launch, single_launch_plan
 
 MAX_M = 4  # rows the kernel takes
+# A dynamic scale is computed inside the kernel (every program reads all of x) for small inputs;
+# otherwise `kernels.dynamic_scales` runs first (one small launch). H100, weights cold, device time
+# (linear_bench.py --ab-dynamic): in-kernel 1x8192x8192 22.6 us vs 26.6, 4x4096x4096 16.1 vs 19.9,
+# 2x8192x3696 20.2 vs 23.7; but 2x8192x8192 33.8 vs 30.9. So: M * K <= 16384, K <= 4096 beyond M = 1.
+DYNAMIC_IN_KERNEL_MAX = 16384
+AMAX_BLOCK = 1024
+
+
+def fuses_dynamic_scale(m: int, k: int) -> bool:
+    """Whether `linear_gemv(..., weight_scale_2=)` takes a dynamic scale in its own launch."""
+    return m * k <= DYNAMIC_IN_KERNEL_MAX and (m == 1 or k <= DYNAMIC_IN_KERNEL_MAX // 4)
 
 
 @dataclass(frozen=True)
@@ -44,26 +55,34 @@ def gemv_config(n: int, kp: int, m_rows: int, device_type: str) -> GemvConfig:
     return GemvConfig(128, 512, 8, 2, waves=2) if m_rows == 1 else GemvConfig(64, 512, 4, 2, waves=2)
 
 
-def linear_gemv(x, gs, alpha, w_data, w_scale, bias, out, *, config: GemvConfig | None = None):
+def linear_gemv(x, gs, alpha, w_data, w_scale, bias, out, *, config: GemvConfig | None = None,
+                weight_scale_2=None):
     """out[M, N] = alpha * quantize(x, gs) @ dequant(W)^T (+ bias), M <= 4, in one launch on CUDA cores.
 
     Arguments as `linear_small_m`'s: x [M, K] with unit column stride; gs, alpha fp32 one-element
     tensors (read on the device); w_data uint8 [Np, Kp/2] (Kp % 64 == 0); w_scale uint8 row-major
-    [Np, Kp/16]; N = out.shape[1].
+    [Np, Kp/16]; N = out.shape[1]. weight_scale_2 (fp32 [1], the weight's decode scale) instead of
+    gs and alpha (None): a dynamic scale, gs and alpha derived from max |x| inside the kernel, the
+    bits `kernels.dynamic_gs_alpha` gives (any M * K; `fuses_dynamic_scale` says when it pays).
     """
+    if weight_scale_2 is not None:
+        return run_single_launch(_GEMV, x, weight_scale_2, weight_scale_2, w_data, w_scale, bias, out, config,
+                                 dynamic=True)
     return run_single_launch(_GEMV, x, gs, alpha, w_data, w_scale, bias, out, config)
 
 
 _launch_ids: dict = {}  # a plan's launch key (dtypes, shape, config, constexprs) -> a small int
 
 
-def _plan(device, n, k, kp, m_rows, has_bias, config, dtypes):
+def _plan(device, n, k, kp, m_rows, has_bias, config, dtypes, dynamic=False):
     if config is None:
         config = gemv_config(n, kp, m_rows, device.type)
     if config.block_k % 64:
         raise ValueError(f"block_k must be a multiple of 64, got {config.block_k}")
+    amax_block = min(AMAX_BLOCK, triton.next_power_of_2(k))
     return single_launch_plan(device, n, k, kp, config, dtypes, MAX_M, _launch_ids, M_ROWS=m_rows, HAS_BIAS=has_bias,
-                              USE_ASM=config.use_asm and device.type == "cuda")
+                              USE_ASM=config.use_asm and device.type == "cuda", DYNAMIC=dynamic,
+                              AMAX_BLOCK=amax_block, AMAX_CHUNKS=triton.cdiv(k, amax_block) if dynamic else 1)
 
 
 _GEMV = SingleLaunch(gemv_module, "nvfp4_gemv_kernel", _plan, MAX_M)

@@ -71,3 +71,18 @@ def dequantize_rows_kernel(w_ptr, w_scale_ptr, out_ptr, row_begin, N, Kp, stride
     rk = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + (rows - row_begin).to(tl.int64)[:, None] * stride_o + rk[None, :], v.to(out_ptr.dtype.element_ty),
              mask=ok[:, None] & (rk < Kp)[None, :])
+
+
+@triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["alpha_ptr"])
+def alpha_epilogue_kernel(acc_ptr, alpha_ptr, bias_ptr, out_ptr, M, N, stride_acc, stride_out, HAS_BIAS: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out[m, n] = alpha * acc[m, n] (+ bias[n]) in fp32, rounded once to out's dtype: the epilogue of
+    a GEMM accumulated in fp32 whose alpha lives on the device (a dynamic activation scale)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = (rows < M)[:, None] & (cols < N)[None, :]
+    acc = tl.load(acc_ptr + rows.to(tl.int64)[:, None] * stride_acc + cols[None, :], mask=ok, other=0.0)
+    v = acc * tl.load(alpha_ptr)
+    if HAS_BIAS:
+        v += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * stride_out + cols[None, :], v.to(out_ptr.dtype.element_ty), mask=ok)

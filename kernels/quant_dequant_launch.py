@@ -69,3 +69,28 @@ def dequantize_rows(w_data, w_scale, row_begin: int, out):
         _launch_rows((out.device.index, out.dtype, row_begin, n, kp, *alignment_key(out)), grid, args, meta,
                      dict(num_warps=4))
     return out
+
+
+_launch_epilogue = CachedLaunch(qd_module.alpha_epilogue_kernel)
+
+
+def alpha_epilogue(acc, alpha, bias, out):
+    """out [M, N] = alpha * acc (+ bias) rounded once to out's dtype; acc fp32 [M, N], alpha an fp32
+    [1] tensor read on the device, bias [N] or None; acc and out may be column slices (unit column
+    stride)."""
+    m, n = out.shape
+    if m == 0 or n == 0:
+        return out
+    index = out.get_device()  # CUDA device index, -1 on the CPU
+    block_m, block_n = (16, 256) if index >= 0 else (64, 64)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), 1)
+    args = (acc, alpha, bias if bias is not None else out, out, m, n, acc.stride(0), out.stride(0))
+    meta = dict(HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n)
+    if index < 0:
+        _interpreter.interpreted(qd_module).alpha_epilogue_kernel[grid](*args, **meta)
+    elif compile_tracing():
+        _launch_epilogue(None, grid, args, meta, _OPTIONS)
+    else:
+        _launch_epilogue((index, out.dtype, None if bias is None else (bias.dtype, bias.data_ptr() % 16 == 0),
+                          n, *alignment_key(acc), *alignment_key(out)), grid, args, meta, _OPTIONS)
+    return out

@@ -1,7 +1,9 @@
 """The dynamic activation scale in one launch: max |x| over the whole input, then gs and alpha.
 
-Every program reduces its rows to max |x| (as int32 bits: order-preserving for non-negative
-floats, NaN above +inf) and folds it into one word with an atomic max; the last program to take a
+Every program reduces its tile (BLOCK_R rows x K_PER_PROGRAM columns: few rows at decode are
+split over K so that the reads run in parallel, not as one program's serial loop) to max |x| (as
+int32 bits: order-preserving for non-negative floats, NaN above +inf) and folds it into one word
+with an atomic max; the last program to take a
 ticket reads the maximum, writes (gs, alpha) exactly as the static path would compute them from
 input_scale = amax / 2688 (`dynamic_scales`), and zeroes both words for the next call.
 Consumers read gs and alpha through pointers, like a static layer's buffers.
@@ -28,14 +30,16 @@ _act_tile = sibling(__name__, "act_quantize")._act_tile
 
 
 @triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["weight_scale_2_ptr"])
-def dynamic_scale_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, M, K, stride_xm,
+def dynamic_scale_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, M, K, stride_xm, k_per_program,
                          BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
                          BF16_BITS: tl.constexpr):
     """scales[0] = gs, scales[1] = alpha; words: int32 [2] (running max, ticket), zero on entry and exit.
-    ACT < 0: max |x| over x [M, K]; else max |act(x)| over its [M, K] outputs (NaN kept, as for x)."""
+    ACT < 0: max |x| over x [M, K]; else max |act(x)| over its [M, K] outputs (NaN kept, as for x).
+    Program (i, j) reads rows i * BLOCK_R.. and columns j * k_per_program.. (a multiple of BLOCK_K)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     acc = tl.full([BLOCK_R], 0, tl.int32)
-    for k0 in range(0, K, BLOCK_K):
+    k_begin = tl.program_id(1) * k_per_program
+    for k0 in range(k_begin, tl.minimum(k_begin + k_per_program, K), BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         if ACT >= 0:
             x = _act_tile(x_ptr, rows[:, None], cols[None, :], M, K, stride_xm, ACT, GATED, BF16_BITS)
@@ -46,7 +50,7 @@ def dynamic_scale_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, M, K,
     tl.atomic_max(words_ptr, tl.reduce(acc, 0, max_combine), sem="relaxed", scope="gpu")
     tl.debug_barrier()
     ticket = tl.atomic_add(words_ptr + 1, 1, sem="acq_rel", scope="gpu")
-    if ticket == tl.num_programs(0) - 1:
+    if ticket == tl.num_programs(0) * tl.num_programs(1) - 1:
         amax_bits = tl.atomic_xchg(words_ptr, 0, sem="acq_rel", scope="gpu")
         gs, alpha = dynamic_scales(amax_bits, tl.load(weight_scale_2_ptr))
         tl.store(scales_ptr, gs)

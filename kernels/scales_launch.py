@@ -34,7 +34,7 @@ def dynamic_gs_alpha(x: torch.Tensor, weight_scale_2: torch.Tensor,
     return s.gs, s.alpha
 
 
-_metas: dict = {}  # (width, BLOCK_R, act) -> (K, constexprs)
+_metas: dict = {}  # (width, BLOCK_R, split over K, act, CPU) -> (K, columns per program, constexprs)
 
 
 def _dynamic_scales(x, weight_scale_2, act=None):
@@ -42,22 +42,28 @@ def _dynamic_scales(x, weight_scale_2, act=None):
     index = x.get_device()  # CUDA device index, -1 on the CPU
     s = scratch_for(index) if index >= 0 else scratch(x.device)
     block_r = 1 if m <= 256 else 8
-    plan = _metas.get((width, block_r, act, index < 0))
+    # decode: one program per 1024 columns (a serial loop over K is latency-bound there); bool(): under
+    # torch.compile a guard on M, not a symbolic value in the plan key
+    split = bool(m <= 16)
+    key = (width, block_r, split, act, index < 0)
+    plan = _metas.get(key)
     if plan is None:
         code, gated = ACTS[act] if act is not None else (-1, False)
         k = width // 2 if gated else width  # with an act: its output's width
-        plan = _metas[(width, block_r, act, index < 0)] = (k, dict(
-            BLOCK_R=block_r, BLOCK_K=min(2048, triton.next_power_of_2(k)), ACT=code, GATED=gated, BF16_BITS=index < 0))
-    k, meta = plan
-    grid = ((m + block_r - 1) // block_r, 1, 1)
+        block_k = min(1024 if split else 2048, triton.next_power_of_2(k))
+        per_program = block_k if split else triton.cdiv(k, block_k) * block_k
+        plan = _metas[key] = (k, per_program, dict(BLOCK_R=block_r, BLOCK_K=block_k, ACT=code, GATED=gated,
+                                                   BF16_BITS=index < 0))
+    k, per_program, meta = plan
+    grid = ((m + block_r - 1) // block_r, triton.cdiv(k, per_program), 1)
     sx = x.stride(0)
-    args = (x, weight_scale_2, s.scales, s.scale_words, m, k, sx)
+    args = (x, weight_scale_2, s.scales, s.scale_words, m, k, sx, per_program)
     if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # inf and NaN are values of an act
             _interpreter.interpreted(scales_module).dynamic_scale_kernel[grid](*args, **meta)
     elif compile_tracing():
         _launch(None, grid, args, meta, _OPTIONS)
     else:  # K and x's alignment and row stride: what Triton specializes on besides dtypes
-        _launch((index, x.dtype, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1, k, block_r, meta["ACT"]), grid, args,
-                meta, _OPTIONS)
+        _launch((index, x.dtype, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1, k, block_r, split, meta["ACT"]), grid,
+                args, meta, _OPTIONS)
     return s

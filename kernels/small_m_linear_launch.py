@@ -75,7 +75,7 @@ class SingleLaunch:
         self.plans: dict = {}
 
 
-def run_single_launch(kind: SingleLaunch, x, gs, alpha, w_data, w_scale, bias, out, config):
+def run_single_launch(kind: SingleLaunch, x, gs, alpha, w_data, w_scale, bias, out, config, dynamic: bool = False):
     m, k = x.shape
     if m == 0:
         return out
@@ -86,11 +86,11 @@ def run_single_launch(kind: SingleLaunch, x, gs, alpha, w_data, w_scale, bias, o
         m = int(m)  # torch.compile: the kernel's row tile is a constexpr (the graph specializes on M)
     # Everything that depends only on the shapes and dtypes is worked out once (host time is what a
     # decode-sized call costs outside CUDA graphs); the key is cheap to hash (ints, dtypes).
-    plan_key = (index, n, k, kp, m, bias is None or bias.dtype, x.dtype, out.dtype, config)
+    plan_key = (index, n, k, kp, m, bias is None or bias.dtype, x.dtype, out.dtype, config, dynamic)
     plan = kind.plans.get(plan_key)
     if plan is None:
         plan = kind.plans[plan_key] = kind.plan(out.device, n, k, kp, min(kind.max_m, triton.next_power_of_2(m)),
-                                                bias is not None, config, plan_key[5:8])
+                                                bias is not None, config, plan_key[5:8], **({"dynamic": True} if dynamic else {}))
     grid, meta, options, split, per_split, n_tiles, part_numel, launch_id = plan
     if split > 1:
         partials, tickets = (scratch_for(index) if index >= 0 else scratch(out.device)).get(part_numel, n_tiles)

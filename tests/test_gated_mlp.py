@@ -115,8 +115,8 @@ def test_dynamic_scale_is_bit_identical_to_the_static_one(device, m):
     got = ops.triton_act_linear(h, "silu_mul", d.weight, d.weight_scale, d.input_global_scale, d.alpha,
                                 d.weight_scale_2, None, hidden, True, None)
     want = ops.triton_act_linear(h, "silu_mul", static.weight, static.weight_scale, static.input_global_scale,
-                                 static.alpha, static.weight_scale_2, None, hidden, False, None, cublas=False)
-    assert torch.equal(got, want)
+                                 static.alpha, static.weight_scale_2, None, hidden, False, None)
+    assert torch.equal(got, want)  # the same path (M = 130: cuBLAS, alpha applied on the device)
     assert torch.equal(got, d(a))  # = the dynamic Linear on the activation
 
 

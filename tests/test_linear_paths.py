@@ -81,10 +81,49 @@ def test_dynamic_scale_is_bit_identical_to_the_static_one(device, path, m):
     args = (dyn.weight, dyn.weight_scale)
     got = ops.triton_linear(x, *args, dyn.input_global_scale, dyn.alpha, dyn.weight_scale_2, dyn.bias, n, True,
                             None, cublas=cublas)
+    # the static layer with its alpha on the device (alpha_host None): on the cuBLAS path the
+    # epilogue a dynamic scale takes (fp32 chunks, `kernels.alpha_epilogue`)
     want = ops.triton_linear(x, *args, static.input_global_scale, static.alpha, static.weight_scale_2, static.bias, n,
-                             False, static._alpha_host if not cublas else None, cublas=False)
-    # a dynamic scale never takes the cuBLAS path (alpha lives on the device): cublas=True falls back
+                             False, None, cublas=cublas)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+@pytest.mark.parametrize("outlier", [1e4, math.nan])
+def test_gemv_dynamic_scale_in_kernel_matches_the_separate_launch(device, monkeypatch, m, outlier):
+    """The decode kernel's own max |x| (every program reads all of x, two unrolled chunks here, the
+    second partial) against `kernels.dynamic_scales` + the same kernel: the same bits, NaN included."""
+    n, k = 72, 1400
+    layer, _, _ = layer_for(n, k, device, dynamic=True, seed=m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+    x[m - 1, k - 3] = outlier  # the maximum in the last row, in the last chunk's tail
+    x = x.to(device)
+    args = (layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2, layer.bias,
+            n, True, None)
+    assert kernels.fuses_dynamic_scale(m, k)
+    fused = ops.triton_linear(x, *args)
+    monkeypatch.setattr(kernels.gemv_launch, "DYNAMIC_IN_KERNEL_MAX", 0)
+    assert not kernels.fuses_dynamic_scale(m, k)
+    separate = ops.triton_linear(x, *args)
+    assert torch.equal(fused, separate) if outlier == outlier else (fused.isnan().all() and separate.isnan().all())
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_cublas_device_alpha_matches_fp64_over_several_chunks(device, monkeypatch, bias):
+    """The dynamic-scale cuBLAS path: fp32 output chunks (forced small: 128 rows, 3 chunks, the last
+    one short), alpha applied on the device; every output element written (poisoned output)."""
+    m, n, k = 40, 300, 464
+    monkeypatch.setattr(ops, "CUBLAS_FP32_CHUNK_BYTES", 4 * m * 128)
+    assert ops._chunk_rows(n, 512, torch.bfloat16, m) == 128
+    layer, ckpt, q = layer_for(n, k, device, bias=bias, seed=3)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(3)) * 3).to(torch.bfloat16).to(device)
+    out = torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device)
+    a = kernels.fake_quantize(x, layer.input_global_scale, torch.empty(m, layer.k_padded, dtype=x.dtype, device=device),
+                              units=False)
+    ops.cublas_dequantized_gemm(a, layer.weight, layer.weight_scale, layer.bias, layer.alpha, out)
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(out, ref, bound, torch.bfloat16)
+    assert not out.isnan().any()
 
 
 @pytest.mark.parametrize("m", [1, 5, 16])
@@ -420,16 +459,18 @@ def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
     from torch._dynamo.source import ConstantSource
     from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
 
-    from fp4linear.kernels import act_quantize_launch, gemm_launch, launch, quant_dequant_launch
+    from fp4linear.kernels import act_quantize_launch, gemm_launch, launch, quant_dequant_launch, scales_launch
 
     env = ShapeEnv()
     m = env.create_symintnode(env.create_symbol(64, ConstantSource("m"), dynamic_dim=DimDynamic.DYNAMIC), hint=64)
     monkeypatch.setattr(gemm_launch, "_sm_count", lambda device: 132)
     launched = []
     for module, name in ((quant_dequant_launch, "_launch_fake"), (act_quantize_launch, "_launch_fake"),
-                         (gemm_launch, "_launch")):
+                         (gemm_launch, "_launch"), (scales_launch, "_launch"), (quant_dequant_launch, "_launch_epilogue")):
         monkeypatch.setattr(module, name, lambda key, grid, args, meta, options: launched.append((key, meta)))
     monkeypatch.setattr(gemm_launch, "scratch_for", lambda index: type("S", (), {"get": lambda self, a, b: (a, b)})())
+    monkeypatch.setattr(scales_launch, "scratch_for",
+                        lambda index: type("S", (), {"scales": None, "scale_words": None})())
     x = _TracedTensor((m, 464), torch.bfloat16)
     a = _TracedTensor((m, 512), torch.float16)
     out = _TracedTensor((m, 1288), torch.bfloat16)
@@ -438,5 +479,8 @@ def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
         kernels.fake_quantize(x, None, a, units=True)
         kernels.act_fake_quantize(_TracedTensor((m, 928), torch.bfloat16), "silu_mul", None, a, units=True)
         kernels.nvfp4_gemm_dequantized_a(a, w, None, None, None, out)
-    assert len(launched) == 3  # (no plan cache hashed M; CachedLaunch ignores keys while tracing)
+        kernels.dynamic_scales(x, None)  # (its M-dependent choices were once a symbolic bool in a plan key)
+        kernels.dynamic_scales(_TracedTensor((m, 928), torch.bfloat16), None, act="silu_mul")
+        kernels.alpha_epilogue(_TracedTensor((m, 1288), torch.float32), None, None, out)
+    assert len(launched) == 6  # (no plan cache hashed M; CachedLaunch ignores keys while tracing)
     assert all(type(v) in (int, bool) for _, meta in launched for v in meta.values())
