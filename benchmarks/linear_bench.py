@@ -57,7 +57,7 @@ def chain(layers, x):
 
 def timers(device):
     if device == "cuda":
-        return (lambda fn: median_us(fn, graph=True, rep_ms=50)), (lambda fn: eager_us(fn, calls=100, repeats=3))
+        return (lambda fn: median_us(fn, graph=True, rep_ms=50)), (lambda fn: eager_us(fn, calls=300, repeats=5))
 
     def cpu(fn):  # dry run: wall time of a few calls
         fn()
@@ -118,7 +118,7 @@ def run_table(args):
                  "fp4 eager us", "eager speed-up", "temp MiB"]
     intro = (f"Whole layer, bf16 input, no bias; device times are CUDA-graph replay medians (decode rows: a chain "
              f"of layer copies whose bf16 weights exceed {L2_ROTATE_BYTES >> 20} MiB, so weights come from DRAM), "
-             f"eager (M <= 16) = wall time per call of a loop of 100 calls and one synchronize, median of 3. 'speed-up' = bf16 / fp4 "
+             f"eager (M <= 16) = wall time per call of a loop of 300 calls and one synchronize, median of 5. 'speed-up' = bf16 / fp4 "
              f"(> 1: fp4linear faster). Weight TB/s: the padded NVFP4 weight's bytes per fp4 device time; copy "
              f"ceiling {copy:.2f} TB/s measured in the same run. temp = per-call temporary (the dequantized "
              f"activation; on the cuBLAS path also the weight chunk and, for a dynamic scale, the fp32 output chunk).")

