@@ -287,7 +287,7 @@ def run_ab_dynamic(args):
                     alt = graph_us(chain([c[2] for c in layers], x)) / copies
                 finally:
                     gemv_launch.DYNAMIC_IN_KERNEL_MAX = saved
-            elif ops.use_cublas(m, n, kp):
+            elif ops.use_cublas(m, n, kp, dynamic=True):
                 alt_name = "Triton GEMM"
 
                 def triton_path():

@@ -36,12 +36,19 @@ CUBLAS_CHUNK_BYTES = 64 << 20
 CUBLAS_FP32_CHUNK_BYTES = 32 << 20
 
 
-def use_cublas(m: int, n: int, kp: int) -> bool:
+def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
     """cuBLAS on dequantized operands beats the Triton GEMM from M = 512 (the weight's
     dequantization, one pass over it per call, is then small against the GEMM), and from M = 64 on
     small weights. H100, whole layer, CUDA-graph medians (linear_bench.py --tune): 512x8192x8192
     167.7 us vs 235.3, 512x4096x4096 43.5 vs 74.1, 128x1288x2688 12.7 vs 17.2; but 128x8192x8192
-    131.1 vs 86.5, 128x4096x4096 31.8 vs 26.0."""
+    131.1 vs 86.5, 128x4096x4096 31.8 vs 26.0.
+
+    A dynamic scale's fp32 output chunks (8 more bytes per output element, `cublas_dequantized_gemm`)
+    cost more than cuBLAS gains where K is small: from Kp = 1024 only. H100 (linear_bench.py, same
+    card): 2048x2688x464 33.3 us on cuBLAS vs 30.5 on the Triton GEMM, 128x2688x464 14.9 vs 11.7,
+    8192x2688x464 114 vs 95.1; but 128x1288x2688 19.2 vs 22.1, 2048x1288x2688 53.4 vs 67.3."""
+    if dynamic and kp < 1024:
+        return False
     return m >= 512 or (m >= 64 and n * kp <= 4 * 2**20)
 
 
@@ -55,15 +62,20 @@ def use_gemv(m: int, n: int, kp: int) -> bool:
 
 
 @contextlib.contextmanager
-def _fp32_reductions():
-    """cuBLAS may reduce split-K partials in bf16/fp16 unless told not to: fp32 accumulation only."""
+def _fp32_reductions(dtype: torch.dtype):
+    """cuBLAS may reduce split-K partials in bf16/fp16 unless told not to: fp32 accumulation only.
+    Only the flag of the operands' dtype is touched (each flag costs host time on every call)."""
     m = torch.backends.cuda.matmul
-    saved = m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction
-    m.allow_bf16_reduced_precision_reduction = m.allow_fp16_reduced_precision_reduction = False
+    name = "allow_bf16_reduced_precision_reduction" if dtype == torch.bfloat16 else "allow_fp16_reduced_precision_reduction"
+    saved = getattr(m, name)
+    if not saved:
+        yield
+        return
+    setattr(m, name, False)
     try:
         yield
     finally:
-        m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
+        setattr(m, name, saved)
 
 
 def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None = None, dynamic: bool = False) -> int:
@@ -73,7 +85,7 @@ def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None 
     partials (per-stream scratch) not counted."""
     if use_gemv(m, n, kp):
         return 0
-    cublas = use_cublas(m, n, kp) if cublas is None else cublas
+    cublas = use_cublas(m, n, kp, dynamic) if cublas is None else cublas
     if not cublas:
         return m * kp * 2
     rows = _chunk_rows(n, kp, dtype, m if dynamic else None)
@@ -124,7 +136,7 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, bias, o
     m = x.shape[0]
     kp = weight.shape[1] * 2
     if cublas is None:
-        cublas = use_cublas(m, out.shape[1], kp)
+        cublas = use_cublas(m, out.shape[1], kp, dynamic)
     if cublas and x.dtype in (torch.bfloat16, torch.float16):
         a = _fake_quantize(x, act, gs, torch.empty((m, kp), dtype=x.dtype, device=x.device), units=False)
         alpha_arg = alpha_host if not dynamic and alpha_host is not None else alpha
@@ -155,7 +167,7 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
     rows = _chunk_rows(n, kp, a.dtype, a.shape[0] if on_device else None)
     chunk = torch.empty((rows, kp), dtype=a.dtype, device=a.device)
     acc = torch.empty((a.shape[0], rows), dtype=torch.float32, device=a.device) if on_device else None
-    with _fp32_reductions():
+    with _fp32_reductions(a.dtype):
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             w = kernels.dequantize_rows(weight, weight_scale, r0, chunk[: r1 - r0])

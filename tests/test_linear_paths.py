@@ -484,3 +484,30 @@ def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
         kernels.alpha_epilogue(_TracedTensor((m, 1288), torch.float32), None, None, out)
     assert len(launched) == 6  # (no plan cache hashed M; CachedLaunch ignores keys while tracing)
     assert all(type(v) in (int, bool) for _, meta in launched for v in meta.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cublas_path_runs_with_fp32_reductions_and_restores_the_flag(monkeypatch, dtype):
+    """Inside the cuBLAS path the dtype's reduced-precision-reduction flag is off (fp32 split-K
+    reductions), and the caller's setting is back afterwards."""
+    matmul = torch.backends.cuda.matmul
+    name = {torch.bfloat16: "allow_bf16_reduced_precision_reduction",
+            torch.float16: "allow_fp16_reduced_precision_reduction"}[dtype]
+    seen = []
+    real = torch.addmm
+
+    def addmm(*args, **kwargs):
+        seen.append(getattr(matmul, name))
+        return real(*args, **kwargs)
+
+    layer, ckpt, q = layer_for(40, 192, "cpu", bias=False)
+    x = torch.randn(64, 192).to(dtype)
+    saved = getattr(matmul, name)
+    setattr(matmul, name, True)
+    try:
+        monkeypatch.setattr(torch, "addmm", addmm)
+        ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
+                          layer.weight_scale_2, None, 40, False, layer._alpha_host, cublas=True)
+        assert seen == [False] and getattr(matmul, name) is True
+    finally:
+        setattr(matmul, name, saved)
