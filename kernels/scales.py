@@ -1,7 +1,7 @@
 """The dynamic activation scale in one launch: max |x| over the whole input, then gs and alpha.
 
-Every program reduces its tile (BLOCK_R rows x k_per_program columns: at decode all rows, split
-over K so that the reads run in parallel, not as one program's serial loop) to max |x| (as
+Every program reduces its tile (BLOCK_R rows x K_PER_PROGRAM columns: few rows at decode are
+split over K so that the reads run in parallel, not as one program's serial loop) to max |x| (as
 int32 bits: order-preserving for non-negative floats, NaN above +inf) and folds it into one word
 with an atomic max; the last program to take a
 ticket reads the maximum, writes (gs, alpha) exactly as the static path would compute them from

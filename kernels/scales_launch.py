@@ -41,17 +41,16 @@ def _dynamic_scales(x, weight_scale_2, act=None):
     m, width = x.shape
     index = x.get_device()  # CUDA device index, -1 on the CPU
     s = scratch_for(index) if index >= 0 else scratch(x.device)
-    # Decode (M <= 16): one program per 512 columns of all rows (a serial loop over K is
-    # latency-bound, and one program per row would serialize M times more atomics on the two
-    # words). bool(): under torch.compile a guard on M, not a symbolic value in the plan key.
+    block_r = 1 if m <= 256 else 8
+    # decode: one program per 1024 columns (a serial loop over K is latency-bound there); bool(): under
+    # torch.compile a guard on M, not a symbolic value in the plan key
     split = bool(m <= 16)
-    block_r = 16 if split else 1 if m <= 256 else 8
     key = (width, block_r, split, act, index < 0)
     plan = _metas.get(key)
     if plan is None:
         code, gated = ACTS[act] if act is not None else (-1, False)
         k = width // 2 if gated else width  # with an act: its output's width
-        block_k = min(512 if split else 2048, triton.next_power_of_2(k))
+        block_k = min(1024 if split else 2048, triton.next_power_of_2(k))
         per_program = block_k if split else triton.cdiv(k, block_k) * block_k
         plan = _metas[key] = (k, per_program, dict(BLOCK_R=block_r, BLOCK_K=block_k, ACT=code, GATED=gated,
                                                    BF16_BITS=index < 0))
