@@ -10,6 +10,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fp4linear
 from fp4linear import kernels, ops, reference
@@ -124,6 +126,26 @@ def test_cublas_device_alpha_matches_fp64_over_several_chunks(device, monkeypatc
     ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
     check(out, ref, bound, torch.bfloat16)
     assert not out.isnan().any()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 90), n=st.integers(1, 300), k=st.integers(1, 400), dynamic=st.booleans(),
+       cublas=st.sampled_from([None, True, False]), bias=st.booleans(), seed=st.integers(0, 999))
+def test_hypothesis_paths_match_fp64(device, monkeypatch, m, n, k, dynamic, cublas, bias, seed):
+    """Every route (`use_gemv`, `use_cublas`, forced either way) at random shapes, static and dynamic
+    scale, cuBLAS in 128-row chunks (several where N > 128), against the fp64 bound; NaN-poisoned
+    chunk buffers would show through any element left unwritten."""
+    monkeypatch.setattr(ops, "CUBLAS_CHUNK_BYTES", 1)  # -> 128-row chunks
+    monkeypatch.setattr(ops, "CUBLAS_FP32_CHUNK_BYTES", 1)
+    layer, ckpt, q = layer_for(n, k, device, bias=bias, dynamic=dynamic, seed=seed)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3).to(torch.bfloat16).to(device)
+    out = ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
+                            layer.weight_scale_2, layer.bias, n, dynamic, None if dynamic else layer._alpha_host,
+                            cublas=cublas)
+    assert out.shape == (m, n)
+    input_scale = fp4linear.decode_scale(x.float().abs().amax().cpu()) if dynamic else ckpt["input_scale"]
+    ref, bound = fp64_bound(x, layer, q, input_scale)
+    check(out, ref, bound, torch.bfloat16)
 
 
 @pytest.mark.parametrize("m", [1, 5, 16])
