@@ -195,7 +195,7 @@ def run_tune(args):
         copies = max(1, min(32, -(-L2_ROTATE_BYTES // (n * k * 2))))
         layers = [c[1] for c in make_layers(n, k, copies, device, torch.bfloat16)]
         wbytes = layers[0].n_padded * layers[0].k_padded * 9 // 16
-        for m in (1, 4, 16):
+        for m in [m for m in args.m if m <= 16] if args.m else (1, 4, 16):
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in layers]
             a = torch.empty(m, layers[0].k_padded, device=device, dtype=torch.float16)
@@ -224,11 +224,14 @@ def run_tune(args):
             timed.sort()
             print(f"small-M {m}x{n}x{k}: " + "; ".join(f"{t:.2f}us {wbytes / t / 1e6:.2f}TB/s {name}"
                                                         for t, name in timed[:5]), flush=True)
+    # (the first five: the earlier search; then 256 tokens per tile, so that at M <= 256 each weight
+    # tile is decoded once, and narrower weight tiles with more warps)
     mid = [kernels.GemmConfig(bm, bn, bk, w, st, split_k=0) for bm, bn, bk, w, st in
-           ((128, 128, 64, 8, 4), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 128, 4, 3), (64, 128, 128, 4, 3))]
+           ((128, 128, 64, 8, 4), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 128, 4, 3), (64, 128, 128, 4, 3),
+            (256, 64, 64, 8, 3), (256, 64, 128, 8, 2), (128, 64, 128, 8, 3), (128, 32, 128, 4, 3))]
     for n, k in args.shapes or LINEAR_SHAPES:
         layer = make_layers(n, k, 1, device, torch.bfloat16)[0][1]
-        for m in (128, 512):
+        for m in [m for m in args.m if m > 16] if args.m else (128, 256, 512):
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             a = torch.empty(m, layer.k_padded, device=device, dtype=torch.float16)
             out = torch.empty(m, n, device=device, dtype=torch.bfloat16)

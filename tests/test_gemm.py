@@ -100,3 +100,17 @@ def test_decode_variants(device, m, n, k, word_decode, predequant_a):
                                  predequant_a=predequant_a)
     kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=config)
     assert_within_fp32_accumulation(out, qa, qw)
+
+
+@pytest.mark.parametrize("config", [
+    kernels.GemmConfig(256, 64, 64, 8, 2, split_k=2, predequant_a=True),  # 256 tokens per tile (the dot's N side)
+    kernels.GemmConfig(128, 32, 128, 4, 2, split_k=0, predequant_a=True),
+    kernels.GemmConfig(64, 128, 64, 4, 2, split_k=3),
+], ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}s{c.split_k}")
+def test_tile_shapes(device, config):
+    """Tiles the mid-M tuning (`linear_bench.py --tune`) tries, at ragged M and N, split K included."""
+    m, n, k = 300, 100, 1368
+    qa, w, ws, alpha, qw = operands(m, n, k, device)
+    out = torch.full((m, n), float("nan"), device=device)
+    kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=config)
+    assert_within_fp32_accumulation(out, qa, qw)
