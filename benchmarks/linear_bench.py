@@ -133,6 +133,18 @@ GEMV_CONFIGS = [(64, 256, 4, 3, 2), (64, 256, 4, 2, 2), (128, 256, 4, 3, 2), (12
                 (128, 512, 8, 2, 2), (32, 512, 4, 3, 4)]
 
 
+def time_candidates(candidates, copies: int = 1):
+    """[(device us per layer, name)] of each (fn, name) that compiles and runs (fastest first); a
+    candidate that fails (out of registers or shared memory) is reported and left out."""
+    timed = []
+    for fn, name in candidates:
+        try:
+            timed.append((median_us(fn, graph=True, rep_ms=30) / copies, name))
+        except Exception as e:
+            print(f"  {name}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+    return sorted(timed, key=lambda r: r[0])
+
+
 def run_tune_gemv(args):
     """Tuning aid for M <= 4: the CUDA-core kernel (kernels/gemv.py) per tile against the tensor-core
     one-launch kernel, weights cold (a chain of layer copies), device time per layer."""
@@ -164,15 +176,9 @@ def run_tune_gemv(args):
                                  f"waves{cfg.waves}"))
             lin = torch.nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16)
             bf16 = median_us(lambda: lin(x), graph=True, rep_ms=30)  # one layer: a lower bound of its cold time
-            timed = []
-            for fn, name in res:
-                try:
-                    timed.append((median_us(fn, graph=True, rep_ms=30) / copies, name))
-                except Exception as e:  # e.g. out of registers or shared memory
-                    print(f"  {name}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+            timed = time_candidates(res, copies)
             for t, name in timed:
                 rows.append([m, n, k, name, t, wbytes / t / 1e6, 100 * wbytes / t / 1e6 / copy])
-            timed.sort()
             print(f"gemv {m}x{n}x{k} (bf16 warm-L2 {bf16:.1f}us): " + "; ".join(
                 f"{t:.2f}us {wbytes / t / 1e6:.2f}TB/s {name}" for t, name in timed[:4]) +
                 f"; tensor-core {[t for t, nm in timed if nm.startswith('tensor')][0]:.2f}us", flush=True)
@@ -215,13 +221,7 @@ def run_tune(args):
                                                          config=cfg)
                 res.append((run, f"two-launch bn{cfg.block_n} bk{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} "
                                  f"split{cfg.split_k}"))
-            timed = []
-            for fn, name in res:
-                try:
-                    timed.append((median_us(fn, graph=True, rep_ms=30) / copies, name))
-                except Exception as e:  # e.g. out of shared memory
-                    print(f"  {name}: {type(e).__name__}: {str(e)[:100]}", flush=True)
-            timed.sort()
+            timed = time_candidates(res, copies)
             print(f"small-M {m}x{n}x{k}: " + "; ".join(f"{t:.2f}us {wbytes / t / 1e6:.2f}TB/s {name}"
                                                         for t, name in timed[:5]), flush=True)
     # (the first five: the earlier search; then 256 tokens per tile, so that at M <= 256 each weight
@@ -237,17 +237,14 @@ def run_tune(args):
             out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
             lin = torch.nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16)
             t_bf16 = median_us(lambda: lin(x), graph=True, rep_ms=30)
-            timed = []
+            res = []
             for cfg in mid:
                 def run(cfg=cfg):
                     kernels.fake_quantize(x, layer.input_global_scale, a, units=True)
                     kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, None, out,
                                                      config=cfg)
-                try:
-                    timed.append((median_us(run, graph=True, rep_ms=30), cfg))
-                except Exception as e:
-                    print(f"  {cfg}: {type(e).__name__}", flush=True)
-            timed.sort(key=lambda r: r[0])
+                res.append((run, cfg))
+            timed = time_candidates(res)
             print(f"mid {m}x{n}x{k}: bf16 {t_bf16:.1f}us; " + "; ".join(
                 f"{t:.1f}us ({t_bf16 / t:.2f}x) {c.block_m}x{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages}"
                 for t, c in timed[:3]), flush=True)

@@ -117,14 +117,13 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
     out = x.new_empty((m, n))
     if m == 0:
         return out
-    if use_gemv(m, n, kp):
-        if dynamic and kernels.fuses_dynamic_scale(m, x.shape[1]):  # one launch, the scale computed inside
-            return kernels.linear_gemv(x, None, None, weight, weight_scale, bias, out, weight_scale_2=weight_scale_2)
-        if dynamic:
-            gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2)  # views of per-stream scratch, made once
-        return kernels.linear_gemv(x, gs, alpha, weight, weight_scale, bias, out)
+    gemv = use_gemv(m, n, kp)
+    if gemv and dynamic and kernels.fuses_dynamic_scale(m, x.shape[1]):  # one launch, the scale computed inside
+        return kernels.linear_gemv(x, None, None, weight, weight_scale, bias, out, weight_scale_2=weight_scale_2)
     if dynamic:
-        gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2)
+        gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2)  # views of per-stream scratch, made once
+    if gemv:
+        return kernels.linear_gemv(x, gs, alpha, weight, weight_scale, bias, out)
     return _dequantized_operand_linear(x, None, weight, weight_scale, gs, alpha, bias, out, dynamic, alpha_host, cublas)
 
 

@@ -182,7 +182,8 @@ def nvfp4_gemv_kernel(
         for r in tl.static_range(M_ROWS):
             for c in tl.static_range(AMAX_CHUNKS):
                 a_cols = c * AMAX_BLOCK + tl.arange(0, AMAX_BLOCK)
-                v = tl.load(x_ptr + r * stride_xm + a_cols, mask=(a_cols < K) & (a_cols * 0 + r < M), other=0.0)
+                row_ok = a_cols * 0 + r < M  # a tensor mask (r is a compile-time int)
+                v = tl.load(x_ptr + r * stride_xm + a_cols, mask=(a_cols < K) & row_ok, other=0.0)
                 amax = tl.maximum(amax, v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF)
         gs, alpha = dynamic_scales(tl.reduce(amax, 0, max_combine), tl.load(alpha_ptr))
     else:

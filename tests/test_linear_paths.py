@@ -133,8 +133,8 @@ def test_cublas_device_alpha_matches_fp64_over_several_chunks(device, monkeypatc
        cublas=st.sampled_from([None, True, False]), bias=st.booleans(), seed=st.integers(0, 999))
 def test_hypothesis_paths_match_fp64(device, monkeypatch, m, n, k, dynamic, cublas, bias, seed):
     """Every route (`use_gemv`, `use_cublas`, forced either way) at random shapes, static and dynamic
-    scale, cuBLAS in 128-row chunks (several where N > 128), against the fp64 bound; NaN-poisoned
-    chunk buffers would show through any element left unwritten."""
+    scale, cuBLAS in 128-row chunks (several where N > 128), against the fp64 bound. (Unwritten
+    elements: the poisoned-output tests above, per path.)"""
     monkeypatch.setattr(ops, "CUBLAS_CHUNK_BYTES", 1)  # -> 128-row chunks
     monkeypatch.setattr(ops, "CUBLAS_FP32_CHUNK_BYTES", 1)
     layer, ckpt, q = layer_for(n, k, device, bias=bias, dynamic=dynamic, seed=seed)
