@@ -43,22 +43,24 @@ def host_us(fn, n=2000):
 
 
 @contextlib.contextmanager
-def static_launcher(on: bool):
-    saved, launch.STATIC = launch.STATIC, on
+def static_launcher(on: bool, int_pointers: bool = True):
+    saved = launch.STATIC, launch.INT_POINTERS
+    launch.STATIC, launch.INT_POINTERS = on, int_pointers
     try:
         yield
     finally:
-        launch.STATIC = saved
+        launch.STATIC, launch.INT_POINTERS = saved
 
 
 def both(fn):
-    """{'static': fn, 'runner': fn} run under STATIC on / off."""
-    def under(on):
+    """{'static': fn, 'static, tensors': fn, 'runner': fn}: torch's static launcher given addresses
+    (`launch.INT_POINTERS`, the default) or the tensors themselves, and Triton's runner."""
+    def under(on, int_pointers=True):
         def run():
-            with static_launcher(on):
+            with static_launcher(on, int_pointers):
                 return host_us(fn)
         return run
-    return {"static": under(True), "runner": under(False)}
+    return {"static": under(True), "static, tensors": under(True, False), "runner": under(False)}
 
 
 def main():
@@ -151,7 +153,8 @@ def main():
                   f"({'meets' if us <= target * base else 'misses'} {target}x)")
     if a.no_profile:
         return
-    for label, fn in (("static M=1", lambda: layer(x1)), ("dynamic M=1", lambda: dyn(x1))):
+    for label, fn in (("static M=1", lambda: layer(x1)), ("dynamic M=1", lambda: dyn(x1)),
+                      ("static M=16", lambda: layer(x16)), ("dynamic M=16", lambda: dyn(x16))):
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(2000):

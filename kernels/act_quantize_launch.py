@@ -11,7 +11,7 @@ import triton
 
 from . import _interpreter
 from . import act_quantize as act_module
-from .launch import CachedLaunch, compile_tracing, int_key
+from .launch import CachedLaunch, cdiv, compile_tracing, int_key
 from .quantize_launch import QuantConfig, kernel_meta, quant_config
 
 # name -> (ACT code in kernels/act_quantize.py, gated)
@@ -62,14 +62,14 @@ def act_pad_quantize(x, act: str, global_scale, data, scale, *, sf_row_tile: int
     if config is None:
         config = quant_config(m, ip, x.device.type)
     i_mult, xm_mult = _multiples(x, i)
-    n_k = triton.cdiv(s4 * 16, config.block_k)
-    n_m = triton.cdiv(scale_rows, config.block_m)
+    n_k = cdiv(s4 * 16, config.block_k)
+    n_m = cdiv(scale_rows, config.block_m)
     mod = _interpreter.for_device(act_module, x.device)
     partials, n_partials = global_scale, 1  # unused unless dynamic
     if dynamic:
         amax = amax or amax_config(x.device.type)
-        ak = max(1, triton.cdiv(i, amax.block_k))
-        am = max(1, min(triton.cdiv(m, amax.block_m), amax.max_partials // ak))
+        ak = max(1, cdiv(i, amax.block_k))
+        am = max(1, min(cdiv(m, amax.block_m), amax.max_partials // ak))
         n_partials = ak * am
         partials = torch.empty(n_partials, dtype=torch.float32, device=x.device)
         _run(mod.act_amax_kernel[(ak, am)],
@@ -83,9 +83,9 @@ def act_pad_quantize(x, act: str, global_scale, data, scale, *, sf_row_tile: int
         return
     meta = kernel_meta(config, k=i, stride=x.stride(0), m=m, sf_row_tile=sf_row_tile)
     if meta["ONE_PAD_TILE"]:
-        real = triton.cdiv(m, config.block_m)
+        real = cdiv(m, config.block_m)
         n_m = real + (scale_rows > real * config.block_m)
-    grid = (n_k, min(n_m, 65535), triton.cdiv(n_m, 65535))
+    grid = (n_k, min(n_m, 65535), cdiv(n_m, 65535))
     args = (x, global_scale, partials, data, scale.view(dtype=data.dtype), m, i // i_mult, x.stride(0) // xm_mult,
             ip // 16, n_partials)
     meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, ACT=code, GATED=gated,
@@ -108,7 +108,7 @@ def activation(x, act: str, out):
     else:
         bm, bn, warps = 4, 1024, 4
     i_mult, xm_mult = _multiples(x, i)
-    grid = (triton.cdiv(i, bn), triton.cdiv(m, bm))
+    grid = (cdiv(i, bn), cdiv(m, bm))
     _run(_interpreter.for_device(act_module, x.device).activation_kernel[grid],
          (x, out, m, i // i_mult, x.stride(0) // xm_mult, out.stride(0)),
          dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=x.device.type == "cpu", BLOCK_M=bm,
@@ -157,7 +157,7 @@ def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype):
     i_mult = math.gcd(i, 16)
     xm_mult = math.gcd(stride, 16) if m > 1 else 16
     block_m, block_k = (32, 128) if index >= 0 else (min(64, triton.next_power_of_2(m)), 128)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(kp, block_k), 1)
+    grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=index < 0, UNITS=units,
                 BLOCK_M=block_m, BLOCK_K=block_k)
     ints = (i // i_mult, stride // xm_mult)

@@ -8,7 +8,7 @@ import triton
 
 from . import _interpreter
 from . import gemm as gemm_module
-from .launch import CachedLaunch, compile_tracing
+from .launch import CachedLaunch, cdiv, compile_tracing
 from .workspace import scratch, scratch_for
 
 
@@ -50,7 +50,7 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
         if 32 * 2**20 <= n * kp < 128 * 2**20:
             return GemmConfig(128, 64, 64, 4, 4, split_k=0, predequant_a=True)
         return GemmConfig(64, 64, block_k, 4, 3, split_k=0, predequant_a=True)
-    if 2 * triton.cdiv(m, 256) * triton.cdiv(n, 128) < 3 * sm_count:
+    if 2 * cdiv(m, 256) * cdiv(n, 128) < 3 * sm_count:
         # Narrow per-rank shapes: 256x128 tiles would fill under 1.5 waves (2048x1288x2688: 54.5 us
         # with 128x64 tiles vs 67.0; 2048x2576x2688: 97.6 vs 119). At 1.94 waves (2048x4096x4096)
         # 256x128 still wins: 167 us vs 221.
@@ -80,7 +80,7 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
         return _gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, config)
     module = _interpreter.for_device(gemm_module, out.device)
     a_units = torch.empty((m, kp), dtype=torch.float16, device=out.device)
-    module.dequantize_activation_kernel[(triton.cdiv(m, 32), kp // 64)](
+    module.dequantize_activation_kernel[(cdiv(m, 32), kp // 64)](
         a_data, a_scale.view(dtype=a_data.dtype), a_units, m, kp // 64, WORD_DECODE=config.word_decode,
         BLOCK_M=32, BLOCK_K=64, num_warps=4)
     return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config)
@@ -132,13 +132,13 @@ def _gemm_plan(index, m, n, kp, config, dequantized_a, a_dtype, out_dtype, bias_
         config = gemm_config(m, n, kp, device.type, _sm_count(device))
     if dequantized_a:
         config = replace(config, predequant_a=True, word_decode=True)
-    tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
-    k_tiles = triton.cdiv(kp, config.block_k)
+    tiles = cdiv(m, config.block_m) * cdiv(n, config.block_n)
+    k_tiles = cdiv(kp, config.block_k)
     split = config.split_k
     if split == 0:  # enough programs for two per SM, each at least 4 K tiles long
-        split = max(1, min(triton.cdiv(2 * _sm_count(device), tiles), k_tiles // 4))
-    per_split = int(triton.cdiv(k_tiles, split))  # int(): a constexpr, even where M is symbolic (compile)
-    split = int(triton.cdiv(k_tiles, per_split))  # no empty splits
+        split = max(1, min(cdiv(2 * _sm_count(device), tiles), k_tiles // 4))
+    per_split = int(cdiv(k_tiles, split))  # int(): a constexpr, even where M is symbolic (compile)
+    split = int(cdiv(k_tiles, per_split))  # no empty splits
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a)

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 _compile_tracing = False
 ENABLED = True  # False: every launch through the JIT (tests compare the two)
 STATIC = True  # False: cached launches through Triton's runner instead of torch's static launcher
+# Tensors reach the static launcher as their addresses (ints): given a tensor it looks `data_ptr` up
+# through Python and asks the driver whether the address is a device pointer, for every tensor
+# argument of every launch. The key's first launch still passes the tensors (that check, once).
+INT_POINTERS = True
 
 _runtime = knobs.runtime
 _HookChain = getattr(knobs, "HookChain", None)  # Triton >= 3.5 keeps hooks in (possibly empty) chains
@@ -62,6 +66,12 @@ def wrapped_for_compile():
 
 def compile_tracing() -> bool:
     return _compile_tracing
+
+
+def cdiv(a, b):
+    """ceil(a / b) for ints (and SymInts): `triton.cdiv` is a ConstexprFunction, whose call costs
+    ~1.5 us of host time, as much as a tenth of a decode-sized launch."""
+    return -(-a // b)
 
 
 def alignment_key(t) -> tuple:
@@ -92,13 +102,14 @@ class _Entry:
     """One key's compiled kernel: its runner's pieces and, where possible, its static launch."""
 
     __slots__ = ("compiled", "tail", "function", "device", "num_warps", "shared", "arg_tys", "pick", "extra",
-                 "checked")
+                 "pointers", "checked")
 
     def __init__(self, compiled, tail):
         self.compiled, self.tail = compiled, tail
         self.function = None  # None: the runner only
         self.device = -1
         self.pick, self.extra = None, ()
+        self.pointers = ()  # positions of the tensor arguments among those the compiled kernel takes
         self.checked = False
 
 
@@ -148,6 +159,11 @@ class CachedLaunch:
                 kernel_args = kernel_args + entry.extra
             if not entry.checked:
                 return self._first_static(entry, grid, args, kernel_args)
+            if INT_POINTERS:
+                kernel_args = list(kernel_args)
+                for i in entry.pointers:
+                    kernel_args[i] = kernel_args[i].data_ptr()
+                kernel_args = tuple(kernel_args)
             _static_launch(entry.function, grid[0], grid[1], grid[2], entry.num_warps, entry.shared, entry.arg_tys,
                            kernel_args, _raw_stream(entry.device))
             return
@@ -158,6 +174,7 @@ class CachedLaunch:
         plan, why = _static_plan(compiled, len(args))
         if plan is not None:
             entry.function, entry.num_warps, entry.shared, entry.arg_tys, keep, entry.extra = plan
+            entry.pointers = tuple(i for i, code in enumerate(entry.arg_tys[:len(keep)]) if code == "O")
             entry.device = torch.cuda.current_device()  # the device Triton loaded the function for
             # Which arguments the compiled kernel takes: all of them, or a C-level picker.
             if len(keep) == len(args):

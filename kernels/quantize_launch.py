@@ -9,7 +9,7 @@ import triton
 
 from . import _interpreter
 from . import quantize as quantize_module
-from .launch import CachedLaunch, compile_tracing, int_key
+from .launch import CachedLaunch, cdiv, compile_tracing, int_key
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,8 @@ def pad_quantize(x, global_scale, data, scale, *, sf_row_tile: int, config: Quan
     scale_rows, s4 = scale.shape
     if config is None:
         config = quant_config(m, kp, x.device.type)
-    n_k = triton.cdiv(s4 * 16, config.block_k)
-    n_m = triton.cdiv(scale_rows, config.block_m)  # m tiles, scale-padding-only ones included
+    n_k = cdiv(s4 * 16, config.block_k)
+    n_m = cdiv(scale_rows, config.block_m)  # m tiles, scale-padding-only ones included
     if n_k == 0 or n_m == 0:
         return
     meta = kernel_meta(config, k=k, stride=x.stride(0), m=m, dtype=x.dtype, x_aligned=x.data_ptr() % 4 == 0,
@@ -99,12 +99,12 @@ def pad_quantize(x, global_scale, data, scale, *, sf_row_tile: int, config: Quan
     if not meta["GRID_2D"]:
         grid = (n_k * n_m,)
     elif meta["PERSISTENT"]:
-        grid = (n_k, max(1, min(n_m, triton.cdiv(config.persistent * _sm_count(x.device), n_k))), 1)
+        grid = (n_k, max(1, min(n_m, cdiv(config.persistent * _sm_count(x.device), n_k))), 1)
     else:
         if meta["ONE_PAD_TILE"]:
-            real = triton.cdiv(m, config.block_m)
+            real = cdiv(m, config.block_m)
             n_m = real + (scale_rows > real * config.block_m)
-        grid = (n_k, min(n_m, 65535), triton.cdiv(n_m, 65535))
+        grid = (n_k, min(n_m, 65535), cdiv(n_m, 65535))
     k_mult, xm_mult = meta["K_MULT"], meta["XM_MULT"]
     args = (x, global_scale, data, scale, m, k // k_mult, x.stride(0) // xm_mult, kp // 16)
     # the recipe is a sequence of IEEE ops: no FMA contraction

@@ -9,7 +9,7 @@ import triton
 from . import _interpreter
 from . import scales as scales_module
 from .act_quantize_launch import ACTS
-from .launch import CachedLaunch, compile_tracing
+from .launch import CachedLaunch, cdiv, compile_tracing
 from .workspace import scratch, scratch_for
 
 _launch = CachedLaunch(scales_module.dynamic_scale_kernel)
@@ -51,11 +51,11 @@ def _dynamic_scales(x, weight_scale_2, act=None):
         code, gated = ACTS[act] if act is not None else (-1, False)
         k = width // 2 if gated else width  # with an act: its output's width
         block_k = min(1024 if split else 2048, triton.next_power_of_2(k))
-        per_program = block_k if split else triton.cdiv(k, block_k) * block_k
+        per_program = block_k if split else cdiv(k, block_k) * block_k
         plan = _metas[key] = (k, per_program, dict(BLOCK_R=block_r, BLOCK_K=block_k, ACT=code, GATED=gated,
                                                    BF16_BITS=index < 0))
     k, per_program, meta = plan
-    grid = ((m + block_r - 1) // block_r, triton.cdiv(k, per_program), 1)
+    grid = ((m + block_r - 1) // block_r, cdiv(k, per_program), 1)
     sx = x.stride(0)
     args = (x, weight_scale_2, s.scales, s.scale_words, m, k, sx, per_program)
     if index < 0:

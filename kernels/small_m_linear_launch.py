@@ -11,7 +11,7 @@ import triton
 
 from . import _interpreter
 from . import small_m_linear as small_m_module
-from .launch import CachedLaunch, compile_tracing
+from .launch import CachedLaunch, cdiv, compile_tracing
 from .workspace import scratch, scratch_for
 
 MAX_M = 16  # rows the kernel takes (one 16-token MMA tile)
@@ -46,13 +46,13 @@ def _sm_count(device: torch.device) -> int:
 
 def split_k_for(config: SmallMConfig, n: int, kp: int, device: torch.device) -> tuple[int, int]:
     """(splits, K tiles per split): no empty split, each at least 2 tiles long where K allows."""
-    k_tiles = triton.cdiv(kp, config.block_k)
+    k_tiles = cdiv(kp, config.block_k)
     split = config.split_k
     if split == 0:
-        n_tiles = triton.cdiv(n, config.block_n)
-        split = max(1, min(triton.cdiv(config.waves * _sm_count(device), n_tiles), k_tiles // 2))
-    per_split = triton.cdiv(k_tiles, split)
-    return triton.cdiv(k_tiles, per_split), per_split
+        n_tiles = cdiv(n, config.block_n)
+        split = max(1, min(cdiv(config.waves * _sm_count(device), n_tiles), k_tiles // 2))
+    per_split = cdiv(k_tiles, split)
+    return cdiv(k_tiles, per_split), per_split
 
 
 def linear_small_m(x, gs, alpha, w_data, w_scale, bias, out, *, config: SmallMConfig | None = None):
@@ -126,7 +126,7 @@ def single_launch_plan(device, n, k, kp, config, dtypes, max_m: int, launch_ids:
     and launch key of a single-launch Linear kernel (`config`: block_n, block_k, split_k, waves,
     num_warps, num_stages)."""
     split, per_split = split_k_for(config, n, kp, device)
-    n_tiles = triton.cdiv(n, config.block_n)
+    n_tiles = cdiv(n, config.block_n)
     meta = dict(constexprs, SPLIT_K=split, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
                 EVEN_K=kp % config.block_k == 0)
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)

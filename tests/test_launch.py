@@ -172,7 +172,20 @@ def test_first_call_jit_then_static_launch(fake, caplog):
     function, gx, gy, gz, nw, shared, tys, kargs, stream = static.calls[1]
     assert (function, gx, gy, gz, nw, shared, stream) == (0xF00, 3, 2, 1, md.num_warps, md.shared, 1000)
     assert tys == "OOil" + "O" * n_scratch
-    assert kargs[0] is args[0] and kargs[1] is args[1] and kargs[2:] == (9, 3) + (None,) * n_scratch
+    # the key's first static launch passes the tensors (torch's launcher checks their pointers once),
+    # later ones their addresses
+    first = static.calls[0][7]
+    assert first[0] is args[0] and first[1] is args[1] and first[2:] == (9, 3) + (None,) * n_scratch
+    assert kargs == (args[0].data_ptr(), args[1].data_ptr(), 9, 3) + (None,) * n_scratch
+
+
+def test_int_pointers_off_passes_the_tensors(fake, monkeypatch):
+    cl, kernel, compiled, static = fake
+    monkeypatch.setattr(launch, "INT_POINTERS", False)
+    args = _args()
+    for _ in range(3):
+        cl("k", (2,), args, dict(F=16), dict(num_warps=1))
+    assert len(static.calls) == 2 and all(c[7][0] is args[0] and c[7][1] is args[1] for c in static.calls)
 
 
 def test_runner_when_static_is_off_a_hook_is_set_or_the_device_differs(fake, monkeypatch):
