@@ -14,8 +14,10 @@ Paths of `triton_linear` by the number of rows M (docs/nvfp4.md, "Triton backend
   never kept; a dynamic scale's alpha applied by a small epilogue launch per chunk): `use_cublas`.
 The tensor-core single-launch kernel for M <= 16 (`kernels.linear_small_m`) is not chosen: the
 CUDA-core kernel measured faster wherever a single launch won (see `use_gemv`).
-With a dynamic activation scale one small launch (`kernels.dynamic_scales`) comes first, except where
-the decode kernel takes max |x| itself (small inputs, `kernels.fuses_dynamic_scale`).
+With a dynamic activation scale one small launch (`kernels.dynamic_scales`) comes first, except for
+small inputs, where the first launch takes max |x| itself: the decode kernel
+(`kernels.fuses_dynamic_scale`) or the quantize-dequantize pass (up to 16 rows,
+`kernels.fuses_dynamic_scale_in_pass`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from . import kernels
 from .format import SCALE_LAYOUTS, pad_k
 from .kernels import launch as _launch_mod
-from .kernels.workspace import scratch
+from .kernels.workspace import scratch, scratch_for
 
 # cuBLAS path: the dequantized weight chunk is at most this many bytes (a per-call temporary)
 CUBLAS_CHUNK_BYTES = 64 << 20
@@ -78,18 +80,20 @@ def _fp32_reductions(dtype: torch.dtype):
         setattr(m, name, saved)
 
 
-def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None = None, dynamic: bool = False) -> int:
+def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None = None, dynamic: bool = False,
+               k: int | None = None) -> int:
     """Temporary device memory of `triton_linear` besides the output: the dequantized activation
     (per-stream scratch on the Triton path, reused from call to call; allocated per call on the
-    cuBLAS path, with the weight chunk and, for a dynamic scale, the fp32 output chunk). Split-K
-    partials (per-stream scratch) not counted."""
+    cuBLAS path, K rounded up to 8 columns (k None: Kp), with the weight chunk and, for a dynamic
+    scale, the fp32 output chunk). Split-K partials (per-stream scratch) not counted."""
     if use_gemv(m, n, kp):
         return 0
     cublas = use_cublas(m, n, kp, dynamic) if cublas is None else cublas
     if not cublas:
         return m * kp * 2
+    ka = kp if k is None else min(kp, -(-k // 8) * 8)
     rows = _chunk_rows(n, kp, dtype, m if dynamic else None)
-    return m * kp * dtype.itemsize + rows * kp * dtype.itemsize + (m * rows * 4 if dynamic else 0)
+    return m * ka * dtype.itemsize + rows * kp * dtype.itemsize + (m * rows * 4 if dynamic else 0)
 
 
 def _chunk_rows(n: int, kp: int, dtype: torch.dtype, fp32_out_m: int | None = None) -> int:
@@ -117,31 +121,50 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
     out = x.new_empty((m, n))
     if m == 0:
         return out
-    gemv = use_gemv(m, n, kp)
-    if gemv and dynamic and kernels.fuses_dynamic_scale(m, x.shape[1]):  # one launch, the scale computed inside
-        return kernels.linear_gemv(x, None, None, weight, weight_scale, bias, out, weight_scale_2=weight_scale_2)
+    if not use_gemv(m, n, kp):
+        return _dequantized_operand_linear(x, None, weight, weight_scale, gs, alpha, weight_scale_2, bias, out, dynamic,
+                                           alpha_host, cublas)
     if dynamic:
+        if kernels.fuses_dynamic_scale(m, x.shape[1], x.stride(0)):  # one launch, the scale computed inside
+            return kernels.linear_gemv(x, None, None, weight, weight_scale, bias, out, weight_scale_2=weight_scale_2)
         gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2)  # views of per-stream scratch, made once
-    if gemv:
-        return kernels.linear_gemv(x, gs, alpha, weight, weight_scale, bias, out)
-    return _dequantized_operand_linear(x, None, weight, weight_scale, gs, alpha, bias, out, dynamic, alpha_host, cublas)
+    return kernels.linear_gemv(x, gs, alpha, weight, weight_scale, bias, out)
 
 
-def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, bias, out, dynamic, alpha_host, cublas):
+def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_scale_2, bias, out, dynamic,
+                                alpha_host, cublas):
     """The paths past decode, for x itself (act None) or act(x) (`triton_act_linear`): the
     activation's NVFP4 values written once, then cuBLAS (large M, bf16/fp16: true values in x's
     dtype) or the Triton GEMM (fp16 units in the weight decode's order, per-stream
-    scratch)."""
+    scratch). A dynamic scale: taken inside that pass for small x (`kernels.fuses_dynamic_scale_in_pass`),
+    else by a launch of its own first."""
     m = x.shape[0]
     kp = weight.shape[1] * 2
     if cublas is None:
         cublas = use_cublas(m, out.shape[1], kp, dynamic)
-    if cublas and x.dtype in (torch.bfloat16, torch.float16):
-        a = _fake_quantize(x, act, gs, torch.empty((m, kp), dtype=x.dtype, device=x.device), units=False)
+    cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
+    if dynamic:
+        if not cublas and act is None and kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
+            a = _scratch(x).dequantized_activation(m, kp)
+            alpha = kernels.fake_quantize_dynamic(x, weight_scale_2, a, units=True)
+            return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
+        gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2, act=act)  # views of per-stream scratch, made once
+    if cublas:
+        # cuBLAS reads K rounded up to 8 (16-byte rows), not the FP4 kernels' padding (2688x464: 464, not 512)
+        k = x.shape[1] // 2 if act is not None and kernels.ACTS[act][1] else x.shape[1]
+        a = torch.empty((m, min(kp, -(-k // 8) * 8)), dtype=x.dtype, device=x.device)
         alpha_arg = alpha_host if not dynamic and alpha_host is not None else alpha
+        if act is None:  # x's values and the first weight chunk in one launch
+            return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_arg, out, x=x, gs=gs)
+        kernels.act_fake_quantize(x, act, gs, a, units=False)
         return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_arg, out)
-    a = _fake_quantize(x, act, gs, scratch(x.device).dequantized_activation(m, kp), units=True)
+    a = _fake_quantize(x, act, gs, _scratch(x).dequantized_activation(m, kp), units=True)
     return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
+
+
+def _scratch(x):
+    index = x.get_device()  # (cheaper than a device object: host time per call matters)
+    return scratch_for(index) if index >= 0 else scratch(x.device)
 
 
 def _fake_quantize(x, act, gs, out, units: bool):
@@ -150,18 +173,20 @@ def _fake_quantize(x, act, gs, out, units: bool):
     return kernels.act_fake_quantize(x, act, gs, out, units=units)
 
 
-def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.Tensor, out) -> torch.Tensor:
+def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.Tensor, out, *, x=None,
+                            gs=None) -> torch.Tensor:
     """out [M, N] = alpha * a @ dequant(W)^T (+ bias) with cuBLAS and fp32 accumulation: `a`
-    [M, Kp] holds an activation's exact NVFP4 values in out's dtype (bf16/fp16); the weight is
-    dequantized in chunks of `_chunk_rows` rows (never kept). The cuBLAS path of `triton_linear`
-    and `triton_act_linear`.
+    [M, Ka] (Kp >= Ka >= K) holds an activation's exact NVFP4 values in out's dtype (bf16/fp16),
+    zeros beyond K; the weight is dequantized in chunks of `_chunk_rows` rows (never kept), of which
+    cuBLAS reads the first Ka columns. The cuBLAS path of `triton_linear` and `triton_act_linear`.
+    With x and gs, `a` is written here first, by the first chunk's launch (`kernels.cublas_operands`).
 
     alpha a Python float (a static scale): cuBLAS applies it, `addmm(alpha=)`. alpha an fp32 [1]
     tensor (a dynamic scale, computed on the device; reading it on the host would sync): cuBLAS
     writes each chunk's fp32 accumulators, and `kernels.alpha_epilogue` scales, adds the bias and
     rounds them once, as cuBLAS's own epilogue does.
     """
-    n, kp = out.shape[1], a.shape[1]
+    n, kp, ka = out.shape[1], weight.shape[1] * 2, a.shape[1]
     on_device = isinstance(alpha, torch.Tensor)
     rows = _chunk_rows(n, kp, a.dtype, a.shape[0] if on_device else None)
     chunk = torch.empty((rows, kp), dtype=a.dtype, device=a.device)
@@ -169,8 +194,12 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
     with _fp32_reductions(a.dtype):
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
-            w = kernels.dequantize_rows(weight, weight_scale, r0, chunk[: r1 - r0])
-            o = out[:, r0:r1]  # a view: cuBLAS writes it in place (leading dimension n)
+            if x is not None and r0 == 0:
+                kernels.cublas_operands(x, gs, a, weight, weight_scale, chunk[:r1])
+            else:
+                kernels.dequantize_rows(weight, weight_scale, r0, chunk[: r1 - r0])
+            w = chunk[: r1 - r0, :ka] if r1 - r0 < rows or ka < kp else chunk
+            o = out[:, r0:r1] if r1 - r0 < n else out  # a view: cuBLAS writes it in place (leading dimension n)
             if on_device:
                 _mm_fp32(a, w.t(), acc[:, : r1 - r0])
                 kernels.alpha_epilogue(acc[:, : r1 - r0], alpha, None if bias is None else bias[r0:r1], o)
@@ -211,9 +240,8 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
     out = h.new_empty((m, n))
     if m == 0:
         return out
-    if dynamic:
-        gs, alpha = kernels.dynamic_gs_alpha(h, weight_scale_2, act=act)  # views of per-stream scratch
-    return _dequantized_operand_linear(h, act, weight, weight_scale, gs, alpha, bias, out, dynamic, alpha_host, cublas)
+    return _dequantized_operand_linear(h, act, weight, weight_scale, gs, alpha, weight_scale_2, bias, out, dynamic,
+                                       alpha_host, cublas)
 
 
 # ---- torch.library ops (what torch.compile traces) -------------------------------------------

@@ -7,12 +7,15 @@ validated, already allocated tensors; `fp4linear` does the checking and allocati
 from .act_quantize_launch import ACTS, AmaxConfig, act_fake_quantize, act_pad_quantize, activation, amax_config
 from .gemv_launch import GemvConfig, fuses_dynamic_scale, gemv_config, linear_gemv
 from .gemm_launch import GemmConfig, gemm_config, nvfp4_gemm, nvfp4_gemm_dequantized_a
-from .quant_dequant_launch import alpha_epilogue, dequantize_rows, fake_quantize
+from .quant_dequant_launch import (alpha_epilogue, cublas_operands, dequantize_rows, fake_quantize, fake_quantize_dynamic,
+                                   fuses_dynamic_scale_in_pass)
 from .quantize_launch import QuantConfig, pad_quantize, quant_config
 from .scales_launch import dynamic_gs_alpha, dynamic_scales
 from .small_m_linear_launch import MAX_M as SMALL_M, SmallMConfig, linear_small_m, small_m_config
 
-__all__ = ["ACTS", "SMALL_M", "AmaxConfig", "GemmConfig", "GemvConfig", "QuantConfig", "SmallMConfig", "alpha_epilogue",
-           "act_fake_quantize", "act_pad_quantize", "activation", "amax_config", "dequantize_rows", "dynamic_gs_alpha",
-           "dynamic_scales", "fake_quantize", "fuses_dynamic_scale", "gemm_config", "gemv_config", "linear_gemv", "linear_small_m",
-           "nvfp4_gemm", "nvfp4_gemm_dequantized_a", "pad_quantize", "quant_config", "small_m_config"]
+__all__ = ["ACTS", "AmaxConfig", "GemmConfig", "GemvConfig", "QuantConfig", "SMALL_M", "SmallMConfig",
+           "act_fake_quantize", "act_pad_quantize", "activation", "alpha_epilogue", "amax_config", "cublas_operands",
+           "dequantize_rows", "dynamic_gs_alpha", "dynamic_scales", "fake_quantize", "fake_quantize_dynamic",
+           "fuses_dynamic_scale", "fuses_dynamic_scale_in_pass", "gemm_config", "gemv_config", "linear_gemv",
+           "linear_small_m", "nvfp4_gemm", "nvfp4_gemm_dequantized_a", "pad_quantize", "quant_config",
+           "small_m_config"]

@@ -30,8 +30,7 @@ import triton.language as tl
 from ._interpreter import sibling
 
 _numerics = sibling(__name__, "numerics")
-dynamic_scales = _numerics.dynamic_scales
-max_combine = _numerics.max_combine  # (tl.max's own combine is not interpreted on the CPU)
+small_input_scales = _numerics.small_input_scales
 e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 e4m3_to_fp16 = _numerics.e4m3_to_fp16
 quantize_blocks = _numerics.quantize_blocks
@@ -178,14 +177,7 @@ def nvfp4_gemv_kernel(
     if DYNAMIC:
         # Every program takes max |x| over all of x itself (the same bits as `scales.dynamic_scale_kernel`,
         # NaN kept): a second launch and its dependency cost more than re-reading a few KB from L2.
-        amax = tl.full([AMAX_BLOCK], 0, tl.int32)
-        for r in tl.static_range(M_ROWS):
-            for c in tl.static_range(AMAX_CHUNKS):
-                a_cols = c * AMAX_BLOCK + tl.arange(0, AMAX_BLOCK)
-                row_ok = a_cols * 0 + r < M  # a tensor mask (r is a compile-time int)
-                v = tl.load(x_ptr + r * stride_xm + a_cols, mask=(a_cols < K) & row_ok, other=0.0)
-                amax = tl.maximum(amax, v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF)
-        gs, alpha = dynamic_scales(tl.reduce(amax, 0, max_combine), tl.load(alpha_ptr))
+        gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(alpha_ptr), M_ROWS, AMAX_BLOCK, AMAX_CHUNKS)
     else:
         gs = tl.load(scale_ptr)
         alpha = tl.load(alpha_ptr)

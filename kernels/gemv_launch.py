@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import triton
 
 from . import gemv as gemv_module
+from .launch import cdiv
 from .small_m_linear_launch import SingleLaunch, run_single_launch, single_launch_plan
 
 MAX_M = 4  # rows the kernel takes
@@ -18,9 +19,10 @@ DYNAMIC_IN_KERNEL_MAX = 16384
 AMAX_BLOCK = 1024
 
 
-def fuses_dynamic_scale(m: int, k: int) -> bool:
-    """Whether `linear_gemv(..., weight_scale_2=)` takes a dynamic scale in its own launch."""
-    return m * k <= DYNAMIC_IN_KERNEL_MAX and (m == 1 or k <= DYNAMIC_IN_KERNEL_MAX // 4)
+def fuses_dynamic_scale(m: int, k: int, row_stride: int) -> bool:
+    """Whether `linear_gemv(..., weight_scale_2=)` takes a dynamic scale in its own launch for x
+    [m, k] (its max |x| pass indexes rows with 32-bit offsets, hence the bound on m * row_stride)."""
+    return m * k <= DYNAMIC_IN_KERNEL_MAX and (m == 1 or k <= DYNAMIC_IN_KERNEL_MAX // 4) and m * row_stride < 2**31
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def _plan(device, n, k, kp, m_rows, has_bias, config, dtypes, dynamic=False):
     amax_block = min(AMAX_BLOCK, triton.next_power_of_2(k))
     return single_launch_plan(device, n, k, kp, config, dtypes, MAX_M, _launch_ids, M_ROWS=m_rows, HAS_BIAS=has_bias,
                               USE_ASM=config.use_asm and device.type == "cuda", DYNAMIC=dynamic,
-                              AMAX_BLOCK=amax_block, AMAX_CHUNKS=triton.cdiv(k, amax_block) if dynamic else 1)
+                              AMAX_BLOCK=amax_block, AMAX_CHUNKS=cdiv(k, amax_block) if dynamic else 1)
 
 
 _GEMV = SingleLaunch(gemv_module, "nvfp4_gemv_kernel", _plan, MAX_M)

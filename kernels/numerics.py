@@ -222,6 +222,23 @@ def max_abs_bits(x):
 
 
 @triton.jit
+def small_input_scales(x_ptr, M, K, stride_xm, weight_scale_2, ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr,
+                       AMAX_CHUNKS: tl.constexpr):
+    """(gs, alpha) of a whole small input x [M <= ROWS, K] (K <= AMAX_BLOCK * AMAX_CHUNKS), read by
+    the calling program alone: the bits `scales.dynamic_scale_kernel` gives, for kernels in which
+    every program needs the dynamic scale before it can quantize (one launch instead of two). The
+    loads are unrolled so that all of them are in flight at once (a loop would wait on each)."""
+    amax = tl.full([AMAX_BLOCK], 0, tl.int32)
+    for r in tl.static_range(ROWS):
+        for c in tl.static_range(AMAX_CHUNKS):
+            cols = c * AMAX_BLOCK + tl.arange(0, AMAX_BLOCK)
+            row_ok = cols * 0 + r < M  # a tensor mask (r is a compile-time int)
+            v = tl.load(x_ptr + r * stride_xm + cols, mask=(cols < K) & row_ok, other=0.0)
+            amax = tl.maximum(amax, v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF)
+    return dynamic_scales(tl.reduce(amax, 0, max_combine), weight_scale_2)
+
+
+@triton.jit
 def dynamic_scales(amax_bits, weight_scale_2):
     """From max |x| (int32 bits, NaN kept) the dynamic activation scales, with the same bits as
     `fp4linear.format.decode_scale` and the Linear's static path: input_scale = max(amax, 1e-30) /

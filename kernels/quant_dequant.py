@@ -8,6 +8,8 @@ non-finite block is NaN.
 
 `dequantize_rows_kernel`: rows of a prepared weight (packed codes [N, Kp/2], row-major scale bytes
 [N, Kp/16]) -> true values e2m1 * e4m3 in bf16/fp16 (exact in both), natural order.
+
+`cublas_operands_kernel`: the two in one launch (x's values and the first weight rows for cuBLAS).
 """
 
 import triton
@@ -22,6 +24,7 @@ _numerics = sibling(__name__, "numerics")
 dequant_bytes = _numerics.dequant_bytes
 e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 quantize_blocks = _numerics.quantize_blocks
+small_input_scales = _numerics.small_input_scales
 to_word_order = _numerics.to_word_order
 
 
@@ -42,14 +45,34 @@ def fake_quantize_tile(x, gs, UNITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_
     return v
 
 
-@triton.jit(do_not_specialize=["M"])
-def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, M, K, Kp, stride_xm, UNITS: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+@triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["global_scale_ptr", "scales_ptr"])
+def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, M, K, Kp, stride_xm, UNITS: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DYNAMIC: tl.constexpr,
+                         AMAX_ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr, AMAX_CHUNKS: tl.constexpr):
+    """DYNAMIC (small x only): global_scale_ptr is the weight's decode scale; every program derives
+    (gs, alpha) from max |x| over all of x (`small_input_scales`: x is a few hundred KB at most, read
+    from L2), and program (0, 0) writes them to scales_ptr (fp32 [2]) for the GEMM that follows."""
+    if DYNAMIC:
+        gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(global_scale_ptr), AMAX_ROWS, AMAX_BLOCK,
+                                       AMAX_CHUNKS)
+        if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+            tl.store(scales_ptr, gs)
+            tl.store(scales_ptr + 1, alpha)
+    else:
+        gs = tl.load(global_scale_ptr)
+    _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, tl.program_id(0), tl.program_id(1), UNITS,
+                           BLOCK_M, BLOCK_K)
+
+
+@triton.jit
+def _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, pid_m, pid_k, UNITS: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One [BLOCK_M, BLOCK_K] tile of the quantize-dequantize pass (out's row stride Kp)."""
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     ok = (rows < M)[:, None] & (cols < K)[None, :]
     x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :], mask=ok, other=0.0)
-    v = fake_quantize_tile(x.to(tl.float32), tl.load(global_scale_ptr), UNITS, BLOCK_M, BLOCK_K)
+    v = fake_quantize_tile(x.to(tl.float32), gs, UNITS, BLOCK_M, BLOCK_K)
     tl.store(out_ptr + rows.to(tl.int64)[:, None] * Kp + cols[None, :], v.to(out_ptr.dtype.element_ty),
              mask=(rows < M)[:, None] & (cols < Kp)[None, :])
 
@@ -57,9 +80,16 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, M, K, Kp, stride_xm, 
 @triton.jit
 def dequantize_rows_kernel(w_ptr, w_scale_ptr, out_ptr, row_begin, N, Kp, stride_o, BLOCK_N: tl.constexpr,
                            BLOCK_K: tl.constexpr):
-    """out[r - row_begin, :] = values of weight row r for r in [row_begin, N)."""
-    rows = row_begin + tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k0 = tl.program_id(1) * BLOCK_K
+    """out[r - row_begin, :] = values of weight rows r in [row_begin, N)."""
+    _dequantize_rows_program(w_ptr, w_scale_ptr, out_ptr, row_begin, N, Kp, stride_o, tl.program_id(0),
+                             tl.program_id(1), BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _dequantize_rows_program(w_ptr, w_scale_ptr, out_ptr, row_begin, N, Kp, stride_o, pid_n, pid_k,
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = row_begin + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = pid_k * BLOCK_K
     ok = rows < N
     rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
     packed = tl.load(w_ptr + rows.to(tl.int64)[:, None] * (Kp // 2) + rb[None, :],
@@ -71,6 +101,24 @@ def dequantize_rows_kernel(w_ptr, w_scale_ptr, out_ptr, row_begin, N, Kp, stride
     rk = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + (rows - row_begin).to(tl.int64)[:, None] * stride_o + rk[None, :], v.to(out_ptr.dtype.element_ty),
              mask=ok[:, None] & (rk < Kp)[None, :])
+
+
+@triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["global_scale_ptr"])
+def cublas_operands_kernel(x_ptr, global_scale_ptr, a_ptr, M, K, Ka, stride_xm, w_ptr, w_scale_ptr, w_out_ptr, N,
+                           Kp, stride_wo, a_programs, a_k_tiles, w_k_tiles, BLOCK_M: tl.constexpr,
+                           BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Both operands of a cuBLAS call in one launch: programs [0, a_programs) write x's values
+    (`fake_quantize_kernel`, true values, natural order, row stride Ka), the rest weight rows
+    [0, N) (`dequantize_rows_kernel`). Two memory-bound passes that would otherwise each pay a
+    launch and a tail: for narrow per-rank weights they are a fifth of cuBLAS's own time."""
+    pid = tl.program_id(0)
+    if pid < a_programs:
+        _fake_quantize_program(x_ptr, tl.load(global_scale_ptr), a_ptr, M, K, Ka, stride_xm, pid // a_k_tiles,
+                               pid % a_k_tiles, False, BLOCK_M, BLOCK_K)
+    else:
+        w_pid = pid - a_programs
+        _dequantize_rows_program(w_ptr, w_scale_ptr, w_out_ptr, 0, N, Kp, stride_wo, w_pid // w_k_tiles,
+                                 w_pid % w_k_tiles, BLOCK_N, BLOCK_K)
 
 
 @triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["alpha_ptr"])

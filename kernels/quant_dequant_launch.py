@@ -10,25 +10,62 @@ import triton
 
 from . import _interpreter
 from . import quant_dequant as qd_module
-from .launch import CachedLaunch, alignment_key, compile_tracing
+from .launch import CachedLaunch, alignment_key, cdiv, compile_tracing, int_key
+from .workspace import scratch, scratch_for
 
 _launch_fake = CachedLaunch(qd_module.fake_quantize_kernel)
 _launch_rows = CachedLaunch(qd_module.dequantize_rows_kernel)
+
+
+# A dynamic scale inside the pass (`fake_quantize_dynamic`): every program reads all of x, in
+# unrolled loads of 1024 columns of a row, so only for small inputs past the CUDA-core kernel.
+# H100, device time, M = 16 (linear_bench.py): 4096x4096 20.7 us vs 21.9 with the separate scale
+# launch, 2688x464 9.34 vs 11.8, 8192x3696 26.6 vs 27.2; M = 8 8192x8192 36.6 vs 36.7. But past 64
+# loads per program it collapses (16x8192x8192 92.2 us vs 36.9, 4x8192x28672 166 vs 86.5; not yet
+# analysed, register spills are the likely cause).
+DYNAMIC_IN_PASS_ROWS = 16
+DYNAMIC_IN_PASS_MAX = 64 * 1024  # elements of x (64 loads of 1024)
+_AMAX_BLOCK = 1024
+
+
+def fuses_dynamic_scale_in_pass(m: int, k: int, row_stride: int) -> bool:
+    """Whether `fake_quantize_dynamic` takes x [m, k] (its max |x| pass indexes rows with 32-bit
+    offsets, hence the bound on m * row_stride)."""
+    return m <= DYNAMIC_IN_PASS_ROWS and m * k <= DYNAMIC_IN_PASS_MAX and m * row_stride < 2**31
 
 
 def fake_quantize(x, global_scale, out, *, units: bool):
     """out [M, Kp] = the NVFP4 values of x (e2m1 * e4m3, no global scale; zeros beyond K).
     units=True: fp16 in units of 2^-14 in the weight decode's K order (Triton GEMM operand);
     False: true values in out's dtype (bf16/fp16), natural order (cuBLAS operand)."""
+    _fake_quantize(x, global_scale, out, units, None)
+    return out
+
+
+def fake_quantize_dynamic(x, weight_scale_2, out, *, units: bool):
+    """`fake_quantize` under x's dynamic scale, derived from max |x| in the same launch (the bits of
+    `dynamic_gs_alpha`; x as `fuses_dynamic_scale_in_pass` allows). Returns alpha, fp32 [1] on the
+    device (per-stream scratch, as `dynamic_gs_alpha`'s: read it before the next dynamic-scale call
+    on this stream; the Linear's GEMM does)."""
+    index = x.get_device()
+    s = scratch_for(index) if index >= 0 else scratch(x.device)
+    _fake_quantize(x, weight_scale_2, out, units, s.scales)
+    return s.alpha
+
+
+def _fake_quantize(x, scale, out, units, scales):
     m, k = x.shape
     kp = out.shape[1]
     if m == 0:
-        return out
+        return
     index = x.get_device()  # CUDA device index, -1 on the CPU
+    dynamic = scales is not None
+    if dynamic and compile_tracing():
+        m = int(m)  # torch.compile: the max |x| pass unrolls over rows (the graph specializes on M)
     plan = _fake_plan.__wrapped__ if compile_tracing() else _fake_plan  # M may be symbolic (unhashable) there
-    grid, meta, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype)
+    grid, meta, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype, dynamic)
     sx = x.stride(0)
-    args = (x, global_scale, out, m, k, kp, sx)
+    args = (x, scale, out, scales if dynamic else out, m, k, kp, sx)
     if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
             _interpreter.interpreted(qd_module).fake_quantize_kernel[grid](*args, **meta)
@@ -36,20 +73,27 @@ def fake_quantize(x, global_scale, out, *, units: bool):
         _launch_fake(None, grid, args, meta, _OPTIONS)
     else:  # the launch key: the plan's, and what Triton specializes x on (alignment_key)
         _launch_fake((launch_id, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1), grid, args, meta, _OPTIONS)
-    return out
 
 
 _OPTIONS = dict(num_warps=4)
 
 
 @functools.lru_cache(maxsize=4096)
-def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype):
+def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False):
     """Grid, constexprs and launch key of one shape (device index -1: the CPU): worked out once
-    (host time per call matters)."""
-    block_m, block_k = (32, 128) if index >= 0 else (min(64, triton.next_power_of_2(m)), 128)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(kp, block_k), 1)
-    tail = (index, x_dtype, out_dtype, k, kp, units)  # with x's alignment: the launch key
-    return grid, dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k), _launch_ids.setdefault(tail, len(_launch_ids))
+    (host time per call matters). With a dynamic scale (M <= 16) every program also reads all of x:
+    wider, shorter tiles, so fewer programs do."""
+    if index < 0:
+        block_m, block_k = min(64, triton.next_power_of_2(m)), 128
+    else:
+        block_m, block_k = (16, 256) if dynamic else (32, 128)
+    grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
+    amax_block = min(_AMAX_BLOCK, triton.next_power_of_2(k))
+    meta = dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
+                AMAX_ROWS=triton.next_power_of_2(m) if dynamic else 1, AMAX_BLOCK=amax_block if dynamic else 1,
+                AMAX_CHUNKS=cdiv(k, amax_block) if dynamic else 1)
+    tail = (index, x_dtype, out_dtype, k, kp, *meta.values())  # with x's alignment: the launch key
+    return grid, meta, _launch_ids.setdefault(tail, len(_launch_ids))
 
 
 _launch_ids: dict = {}
@@ -60,7 +104,7 @@ def dequantize_rows(w_data, w_scale, row_begin: int, out):
     rows, kp = out.shape
     n = row_begin + rows
     block_n, block_k = 32, 128
-    grid = (triton.cdiv(rows, block_n), triton.cdiv(kp, block_k))
+    grid = (cdiv(rows, block_n), cdiv(kp, block_k))
     args = (w_data, w_scale.view(torch.uint8), out, row_begin, n, kp, out.stride(0))
     meta = dict(BLOCK_N=block_n, BLOCK_K=block_k)
     if out.device.type == "cpu":
@@ -69,6 +113,46 @@ def dequantize_rows(w_data, w_scale, row_begin: int, out):
         _launch_rows((out.device.index, out.dtype, row_begin, n, kp, *alignment_key(out)), grid, args, meta,
                      dict(num_warps=4))
     return out
+
+
+_launch_operands = CachedLaunch(qd_module.cublas_operands_kernel)
+
+
+def cublas_operands(x, global_scale, a, w_data, w_scale, w_out):
+    """`fake_quantize(x, global_scale, a, units=False)` and `dequantize_rows(w_data, w_scale, 0, w_out)`
+    in one launch: a [M, Ka] (Ka >= K, zeros beyond K), w_out [rows, Kp] (unit column strides)."""
+    m, k = x.shape
+    index = x.get_device()  # CUDA device index, -1 on the CPU
+    plan = _operands_plan.__wrapped__ if compile_tracing() else _operands_plan  # M may be symbolic there
+    grid, ints, meta, launch_id = plan(index, m, k, a.shape[1], x.stride(0), *w_out.shape, w_out.stride(0), x.dtype,
+                                       a.dtype)
+    if grid[0] == 0:
+        return
+    args = (x, global_scale, a, m, *ints[:3], w_data, w_scale, w_out, *ints[3:])
+    if index < 0:
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
+            _interpreter.interpreted(qd_module).cublas_operands_kernel[grid](*args, **meta)
+    elif compile_tracing():
+        _launch_operands(None, grid, args, meta, _OPTIONS)
+    else:  # the plan's key (dtypes, the integers' int_key) and the alignment of the tensors not allocated here
+        _launch_operands((launch_id, x.data_ptr() % 16 == 0, w_data.data_ptr() % 16 == 0,
+                          w_scale.data_ptr() % 16 == 0), grid, args, meta, _OPTIONS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype):
+    """Grid, integer arguments, constexprs and launch key of `cublas_operands` for one shape: worked
+    out once (a and w_out are fresh allocations, 16-byte aligned)."""
+    block_m, block_k, block_n = 32, 128, 32  # the two kernels' own tiles
+    a_k_tiles, w_k_tiles = cdiv(ka, block_k), cdiv(kp, block_k)
+    a_programs = cdiv(m, block_m) * a_k_tiles
+    grid = (a_programs + cdiv(rows, block_n) * w_k_tiles, 1, 1)
+    ints = (k, ka, sx, rows, kp, stride_wo, a_programs, a_k_tiles, w_k_tiles)
+    meta = dict(BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n)
+    if compile_tracing():
+        return grid, ints, meta, None
+    tail = (index, x_dtype, a_dtype, *(int_key(v) for v in ints))
+    return grid, ints, meta, _launch_ids.setdefault(tail, len(_launch_ids))
 
 
 _launch_epilogue = CachedLaunch(qd_module.alpha_epilogue_kernel)
@@ -83,7 +167,7 @@ def alpha_epilogue(acc, alpha, bias, out):
         return out
     index = out.get_device()  # CUDA device index, -1 on the CPU
     block_m, block_n = (16, 256) if index >= 0 else (64, 64)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), 1)
+    grid = (cdiv(m, block_m), cdiv(n, block_n), 1)
     args = (acc, alpha, bias if bias is not None else out, out, m, n, acc.stride(0), out.stride(0))
     meta = dict(HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n)
     if index < 0:

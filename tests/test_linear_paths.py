@@ -102,12 +102,48 @@ def test_gemv_dynamic_scale_in_kernel_matches_the_separate_launch(device, monkey
     x = x.to(device)
     args = (layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2, layer.bias,
             n, True, None)
-    assert kernels.fuses_dynamic_scale(m, k)
+    assert kernels.fuses_dynamic_scale(m, k, k)
     fused = ops.triton_linear(x, *args)
     monkeypatch.setattr(kernels.gemv_launch, "DYNAMIC_IN_KERNEL_MAX", 0)
-    assert not kernels.fuses_dynamic_scale(m, k)
+    assert not kernels.fuses_dynamic_scale(m, k, k)
     separate = ops.triton_linear(x, *args)
     assert torch.equal(fused, separate) if outlier == outlier else (fused.isnan().all() and separate.isnan().all())
+
+
+@pytest.mark.parametrize("m, outlier, row_stride", [(5, 1e4, 0), (16, 1e4, 1472), (9, math.nan, 0)])
+def test_dynamic_scale_in_the_quantize_pass_matches_the_separate_launch(device, monkeypatch, m, outlier, row_stride):
+    """Past the decode kernel (5-16 rows): the quantize-dequantize pass takes max |x| itself (every
+    program reads all of x: two unrolled chunks of 1024 here, the second partial; a strided x)
+    against `kernels.dynamic_scales` as a launch of its own: the same bits, NaN included. The
+    outlier sits in the last row's tail, where only the last chunk of the last row sees it."""
+    n, k = 72, 1400
+    layer, _, _ = layer_for(n, k, device, dynamic=True, seed=m)
+    base = torch.randn(m, max(k, row_stride), generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+    base[m - 1, k - 3] = outlier
+    x = base.to(device)[:, :k]
+    assert x.stride(0) == max(k, row_stride)
+    args = (layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2, layer.bias,
+            n, True, None)
+    assert not ops.use_gemv(m, n, layer.k_padded) and kernels.fuses_dynamic_scale_in_pass(m, k, x.stride(0))
+    fused = ops.triton_linear(x, *args)
+    monkeypatch.setattr(kernels.quant_dequant_launch, "DYNAMIC_IN_PASS_MAX", 0)
+    assert not kernels.fuses_dynamic_scale_in_pass(m, k, x.stride(0))
+    separate = ops.triton_linear(x, *args)
+    assert torch.equal(fused, separate) if outlier == outlier else (fused.isnan().all() and separate.isnan().all())
+    # the alpha the pass leaves for the GEMM is the separate launch's (both NaN for a NaN input)
+    a = torch.empty(m, layer.k_padded, dtype=torch.float16, device=device)
+    alpha_in_pass = kernels.fake_quantize_dynamic(x, layer.weight_scale_2, a, units=True).clone()
+    alpha_separate = kernels.dynamic_gs_alpha(x, layer.weight_scale_2)[1].clone()
+    assert torch.equal(alpha_in_pass, alpha_separate) or (alpha_in_pass.isnan() & alpha_separate.isnan()).all()
+
+
+def test_dynamic_scale_in_the_quantize_pass_bounds():
+    """Up to 16 rows and 16 x 4096 elements, and only where 32-bit row offsets reach every row."""
+    assert kernels.fuses_dynamic_scale_in_pass(16, 4096, 4096) and kernels.fuses_dynamic_scale_in_pass(8, 8192, 8192)
+    assert not kernels.fuses_dynamic_scale_in_pass(17, 464, 464)
+    assert not kernels.fuses_dynamic_scale_in_pass(16, 8192, 8192)
+    assert not kernels.fuses_dynamic_scale_in_pass(4, 28672, 28672)
+    assert not kernels.fuses_dynamic_scale_in_pass(2, 64, 2**30)
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -487,12 +523,15 @@ def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
     m = env.create_symintnode(env.create_symbol(64, ConstantSource("m"), dynamic_dim=DimDynamic.DYNAMIC), hint=64)
     monkeypatch.setattr(gemm_launch, "_sm_count", lambda device: 132)
     launched = []
-    for module, name in ((quant_dequant_launch, "_launch_fake"), (act_quantize_launch, "_launch_fake"),
+    for module, name in ((quant_dequant_launch, "_launch_fake"), (quant_dequant_launch, "_launch_operands"),
+                         (act_quantize_launch, "_launch_fake"),
                          (gemm_launch, "_launch"), (scales_launch, "_launch"), (quant_dequant_launch, "_launch_epilogue")):
         monkeypatch.setattr(module, name, lambda key, grid, args, meta, options: launched.append((key, meta)))
     monkeypatch.setattr(gemm_launch, "scratch_for", lambda index: type("S", (), {"get": lambda self, a, b: (a, b)})())
     monkeypatch.setattr(scales_launch, "scratch_for",
                         lambda index: type("S", (), {"scales": None, "scale_words": None})())
+    monkeypatch.setattr(quant_dequant_launch, "scratch_for", lambda index: type("S", (), {"scales": 0, "alpha": 1})())
+    m16 = env.create_symintnode(env.create_symbol(16, ConstantSource("m16"), dynamic_dim=DimDynamic.DYNAMIC), hint=16)
     x = _TracedTensor((m, 464), torch.bfloat16)
     a = _TracedTensor((m, 512), torch.float16)
     out = _TracedTensor((m, 1288), torch.bfloat16)
@@ -504,7 +543,12 @@ def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
         kernels.dynamic_scales(x, None)  # (its M-dependent choices were once a symbolic bool in a plan key)
         kernels.dynamic_scales(_TracedTensor((m, 928), torch.bfloat16), None, act="silu_mul")
         kernels.alpha_epilogue(_TracedTensor((m, 1288), torch.float32), None, None, out)
-    assert len(launched) == 6  # (no plan cache hashed M; CachedLaunch ignores keys while tracing)
+        kernels.cublas_operands(x, None, _TracedTensor((m, 464), torch.bfloat16), w, None,
+                                _TracedTensor((1288, 512), torch.bfloat16))
+        # the max |x| pass unrolls over rows: M made concrete (a guard), the plan left uncached
+        assert kernels.fake_quantize_dynamic(_TracedTensor((m16, 464), torch.bfloat16), None,
+                                             _TracedTensor((m16, 512), torch.float16), units=True) == 1
+    assert len(launched) == 8  # (no plan cache hashed M; CachedLaunch ignores keys while tracing)
     assert all(type(v) in (int, bool) for _, meta in launched for v in meta.values())
 
 
