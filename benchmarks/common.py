@@ -56,6 +56,26 @@ def eager_us(fn, *, calls: int = 300, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def eager_us_interleaved(fns, *, calls: int = 300, rounds: int = 7) -> list[float]:
+    """`eager_us` of several functions measured in alternation (round r times each of them once),
+    median per function: drift in the host's speed (other processes, clocks) then hits every
+    function alike, so same-run ratios stay meaningful."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for fn in fns:
+        for _ in range(min(calls, 20)):
+            fn()
+    sync()
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync()
+            ts.append((time.perf_counter() - t) / calls * 1e6)
+    return [sorted(ts)[len(ts) // 2] for ts in times]
+
+
 def copy_ceiling_tbps(nbytes: int = 1 << 30) -> float:
     """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
     a = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import (LINEAR_SHAPES, add_output_args, copy_ceiling_tbps, eager_us, gpu_slug, median_us,  # noqa: E402
-                    publish)
+from common import (LINEAR_SHAPES, add_output_args, copy_ceiling_tbps, eager_us, eager_us_interleaved,  # noqa: E402
+                    gpu_slug, median_us, publish)
 from fp4linear import kernels, ops  # noqa: E402
 
 MS = [1, 2, 4, 8, 16, 128, 256, 512, 2048, 4096, 8192]
@@ -57,7 +57,7 @@ def chain(layers, x):
 
 def timers(device):
     if device == "cuda":
-        return (lambda fn: median_us(fn, graph=True, rep_ms=50)), (lambda fn: eager_us(fn, calls=300, repeats=5))
+        return (lambda fn: median_us(fn, graph=True, rep_ms=50)), (lambda fns: eager_us_interleaved(fns))
 
     def cpu(fn):  # dry run: wall time of a few calls
         fn()
@@ -65,7 +65,7 @@ def timers(device):
         for _ in range(2):
             fn()
         return (time.perf_counter() - t) / 2 * 1e6
-    return cpu, cpu
+    return cpu, (lambda fns: [cpu(fn) for fn in fns])
 
 
 def run_table(args):
@@ -91,12 +91,14 @@ def run_table(args):
         x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
         eager = m <= 16  # users run decode eagerly; prefill is GPU-bound either way
         bf16_graph = graph_us(chain([c[0] for c in layers], x)) / copies
-        bf16_eager = wall_us(lambda: layers[0][0](x)) if eager else float("nan")
+        # eager: nn.Linear and both fp4 layers in alternating rounds (host speed drifts)
+        walls = wall_us([lambda i=i: layers[0][i](x) for i in range(3)]) if eager else [float("nan")] * 3
+        bf16_eager = walls[0]
         lin0 = layers[0][1]
         for mode, idx in (("static", 1), ("dynamic", 2)):
             fp4_graph = graph_us(chain([c[idx] for c in layers], x)) / copies
-            fp4_eager = wall_us(lambda: layers[0][idx](x)) if eager else float("nan")
-            temp = ops.temp_bytes(m, n, lin0.k_padded, x.dtype, dynamic=mode == "dynamic")
+            fp4_eager = walls[idx]
+            temp = ops.temp_bytes(m, n, lin0.k_padded, x.dtype, dynamic=mode == "dynamic", k=k)
             rows.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp])
     csv_path = args.results_dir / f"linear_{gpu_slug()}.csv"
     if args.update and csv_path.is_file():  # keep the other rows of an earlier run of this card
@@ -118,7 +120,7 @@ def run_table(args):
                  "fp4 eager us", "eager speed-up", "temp MiB"]
     intro = (f"Whole layer, bf16 input, no bias; device times are CUDA-graph replay medians (decode rows: a chain "
              f"of layer copies whose bf16 weights exceed {L2_ROTATE_BYTES >> 20} MiB, so weights come from DRAM), "
-             f"eager (M <= 16) = wall time per call of a loop of 300 calls and one synchronize, median of 5. 'speed-up' = bf16 / fp4 "
+             f"eager (M <= 16) = wall time per call of a loop of 300 calls and one synchronize, median of 7 rounds in which nn.Linear and both fp4 layers alternate. 'speed-up' = bf16 / fp4 "
              f"(> 1: fp4linear faster). Weight TB/s: the padded NVFP4 weight's bytes per fp4 device time; copy "
              f"ceiling {copy:.2f} TB/s measured in the same run. temp = per-call temporary (the dequantized "
              f"activation; on the cuBLAS path also the weight chunk and, for a dynamic scale, the fp32 output chunk).")
@@ -313,6 +315,45 @@ def run_ab_dynamic(args):
                        "previous path"], md_rows=md)
 
 
+def run_ab_operands(args):
+    """The cuBLAS path's operands written by one launch (`kernels.cublas_operands`: the activation's
+    values and the first weight chunk) against the two launches it replaced (`fake_quantize`, then
+    `dequantize_rows`), static and dynamic scale, device time of the whole layer, same process."""
+    from unittest import mock
+
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    shapes = [(200, 464)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
+    ms = [70] if device == "cpu" else (args.m or [512, 2048, 8192])
+
+    def two_launches(x, gs, a, w_data, w_scale, w_out):
+        kernels.fake_quantize(x, gs, a, units=False)
+        kernels.dequantize_rows(w_data, w_scale, 0, w_out)
+
+    rows = []
+    for n, k in tqdm(shapes, desc="operands a/b", file=sys.stderr):
+        layers = make_layers(n, k, 1, device, torch.bfloat16)[0]
+        for m in ms:
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            for mode, layer in (("static", layers[1]), ("dynamic", layers[2])):
+                if not ops.use_cublas(m, n, layer.k_padded, mode == "dynamic"):
+                    continue
+                one = graph_us(lambda: layer(x))
+                with mock.patch.object(kernels, "cublas_operands", two_launches):
+                    two = graph_us(lambda: layer(x))
+                rows.append([m, n, k, mode, one, two])
+    intro = ("cuBLAS path, whole layer, bf16 input, no bias, device time (CUDA-graph replay medians). 'one launch': the "
+             "activation's values and the first weight chunk by `kernels.cublas_operands`; 'two launches': "
+             "`fake_quantize` then `dequantize_rows`. 'ratio' = two / one (> 1: one launch faster).")
+    if device == "cpu":
+        args.no_write = True
+    publish(args, "cuBLAS operands: one launch vs two (benchmarks/linear_bench.py --ab-operands)", intro,
+            ["m", "n", "k", "input_scale", "one_launch_us", "two_launches_us"], rows,
+            csv_name=f"operands_ab_{gpu_slug()}.csv",
+            md_header=["M", "N", "K", "scale", "one launch us", "two launches us", "ratio"],
+            md_rows=[[*r, r[5] / r[4]] for r in rows])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tune", action="store_true")
@@ -320,6 +361,8 @@ def main():
                    "(-> results/gemv_tune_<gpu>.csv)")
     p.add_argument("--ab-dynamic", action="store_true", help="dynamic vs static scale, new vs previous dynamic paths "
                    "(-> results/dynamic_ab_<gpu>.csv)")
+    p.add_argument("--ab-operands", action="store_true", help="cuBLAS path: operands in one launch vs two "
+                   "(-> results/operands_ab_<gpu>.csv)")
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (no timings of note)")
     p.add_argument("--m", type=int, nargs="*", help="only these M")
     p.add_argument("--shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", help="only these NxK")
@@ -328,6 +371,8 @@ def main():
     args = p.parse_args()
     if args.ab_dynamic:
         run_ab_dynamic(args)
+    elif args.ab_operands:
+        run_ab_operands(args)
     elif args.tune_gemv:
         run_tune_gemv(args)
     elif args.tune:

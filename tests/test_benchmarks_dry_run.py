@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("argv", [["act_quant_bench.py", "--dry-run"], ["act_quant_bench.py", "--dry-run", "--configs"],
-                                  ["quant_bench.py", "--dry-run", "--configs"], ["mlp_bench.py", "--dry-run"]],
+                                  ["quant_bench.py", "--dry-run", "--configs"], ["mlp_bench.py", "--dry-run"],
+                                  ["linear_bench.py", "--dry-run"], ["linear_bench.py", "--dry-run", "--ab-dynamic"],
+                                  ["linear_bench.py", "--dry-run", "--ab-operands"]],
                          ids=" ".join)
 def test_dry_run(argv, tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:], "--results-dir", str(tmp_path),
