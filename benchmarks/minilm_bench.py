@@ -2,11 +2,13 @@
 
 Embedding cosine on held-out sentences after calibrating on a few others, and the forward time
 of both models at a batch of 64 sentences: eager, CUDA graph, torch.compile (default and
-reduce-overhead). On a GPU: RESULTS.md section + results/minilm_<gpu>.csv.
+reduce-overhead; the host-bound ones measured in alternating rounds of the two models). On a GPU:
+RESULTS.md section + results/minilm_<gpu>.csv.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -55,40 +57,51 @@ def main():
         mask = batch["attention_mask"].unsqueeze(-1).float()
         return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1)
 
-    from common import eager_us, median_us
+    from common import eager_us_interleaved, median_us
 
-    def times(m):
-        """{eager, graph, compiled, compiled-graphs}: eager wall time per forward (a loop of calls,
-        one sync), CUDA-graph replay median, and torch.compile (default and "reduce-overhead")."""
-        out = dict(eager=float("nan"), graph=float("nan"), compile=float("nan"), compile_ro=float("nan"))
+    def times(models):
+        """Per model, {eager, graph, compile, compile_ro}: eager wall time per forward (a loop of
+        calls, one sync), CUDA-graph replay median, and torch.compile (default and "reduce-overhead").
+        The host-bound ones (eager, compiled) are measured in alternating rounds across the models,
+        so that the host's drift hits both alike."""
+        out = [dict(eager=float("nan"), graph=float("nan"), compile=float("nan"), compile_ro=float("nan"))
+               for _ in models]
         if device != "cuda":
             return out
-        out["eager"] = eager_us(lambda: embed(m), calls=100, repeats=3)
-        try:
-            out["graph"] = median_us(lambda: embed(m), graph=True)
-        except Exception as e:  # a host sync inside the model makes capture fail
-            print(f"CUDA graph capture failed: {type(e).__name__}: {str(e)[:200]}")
+        for o, t in zip(out, eager_us_interleaved([lambda m=m: embed(m) for m in models], calls=100, rounds=5)):
+            o["eager"] = t
+        for o, m in zip(out, models):
+            try:
+                o["graph"] = median_us(lambda: embed(m), graph=True)
+            except Exception as e:  # a host sync inside the model makes capture fail
+                print(f"CUDA graph capture failed: {type(e).__name__}: {str(e)[:200]}")
         for key, mode in (("compile", None), ("compile_ro", "reduce-overhead")):
             torch._dynamo.reset()
-            compiled = torch.compile(m, mode=mode)
             try:
-                def fwd():
-                    with torch.no_grad():
-                        return compiled(**batch).last_hidden_state
-                for _ in range(3):
-                    fwd()
-                out[key] = eager_us(fwd, calls=100, repeats=3)
+                fwds = []
+                for m in models:
+                    compiled = torch.compile(m, mode=mode)
+
+                    def fwd(compiled=compiled):
+                        with torch.no_grad():
+                            return compiled(**batch).last_hidden_state
+                    for _ in range(3):
+                        fwd()
+                    fwds.append(fwd)
+                for o, t in zip(out, eager_us_interleaved(fwds, calls=100, rounds=5)):
+                    o[key] = t
             except Exception as e:
                 print(f"torch.compile(mode={mode}) failed: {type(e).__name__}: {str(e)[:300]}")
         return out
 
     ref = embed(model)
-    t_bf16 = times(model)
+    bf16_model = model
+    model = copy.deepcopy(bf16_model)
     calib = [tok(SENTENCES[i : i + 8], padding=True, return_tensors="pt").to(device) for i in range(0, 16, 8)]
     fp4linear.swap(model, input_scales=fp4linear.calibrate(model, calib))
     held_out = slice(16, None)
     cos = (embed(model) * ref).sum(-1)[held_out]
-    t_fp4 = times(model)
+    t_bf16, t_fp4 = times([bf16_model, model])
     if a.profile and device == "cuda":
         import cProfile
         import pstats
