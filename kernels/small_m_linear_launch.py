@@ -88,7 +88,9 @@ def run_single_launch(kind: SingleLaunch, x, gs, alpha, w_data, w_scale, bias, o
     # decode-sized call costs outside CUDA graphs); the key is cheap to hash (ints, dtypes).
     plan_key = (index, n, k, kp, m, bias is None or bias.dtype, x.dtype, out.dtype, config, dynamic)
     plan = kind.plans.get(plan_key)
-    if plan is None:
+    if plan is None:  # (checked once per shape: the plan is keyed by M)
+        if m > kind.max_m:
+            raise ValueError(f"x has {m} rows; {kind.kernel_name} takes at most {kind.max_m}")
         plan = kind.plans[plan_key] = kind.plan(out.device, n, k, kp, min(kind.max_m, triton.next_power_of_2(m)),
                                                 bias is not None, config, plan_key[5:8], **({"dynamic": True} if dynamic else {}))
     grid, meta, options, split, per_split, n_tiles, part_numel, launch_id = plan

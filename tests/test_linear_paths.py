@@ -325,6 +325,16 @@ def _gemv(layer, x, out, config=None):
                                out, config=config)
 
 
+def test_single_launch_kernels_refuse_more_rows_than_they_take(device):
+    """Called directly with too many rows, the single-launch kernels would leave rows unwritten."""
+    layer, _, _ = layer_for(64, 128, device)
+    args = (layer.input_global_scale, layer.alpha, layer.weight, layer.weight_scale, None)
+    for fn, max_m in ((kernels.linear_gemv, kernels.gemv_launch.MAX_M), (kernels.linear_small_m, kernels.SMALL_M)):
+        x = torch.randn(max_m + 1, 128, device=device)
+        with pytest.raises(ValueError, match=f"x has {max_m + 1} rows"):
+            fn(x, *args, torch.empty(max_m + 1, 64, device=device))
+
+
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_gemv_matches_fp64_and_writes_every_element(device, m, dtype):
