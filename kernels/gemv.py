@@ -1,6 +1,6 @@
 """The whole NVFP4 Linear for one to four rows on CUDA cores: quantize, GEMV, split-K reduce.
 
-out[M, N] = alpha * (quantize(x) @ W^T) (+ bias) for M <= 4, one launch. At decode a Linear is a
+out[M, N] = alpha * (quantize(x) @ W^T) (+ bias) for M <= 16 (routed: M <= 4), one launch. At decode a Linear is a
 read of its weight; what limits the tensor-core kernel (kernels/small_m_linear.py) there is the
 instruction count of turning codes into an MMA operand, not memory. This kernel never builds one:
 it multiplies E2M1 codes against E2M1 codes in fp16 pairs and applies the two E4M3 scales once per
@@ -157,7 +157,7 @@ def nvfp4_gemv_kernel(
     K,
     Kp_div64,
     k_tiles_per_split,
-    M_ROWS: tl.constexpr,  # next power of two >= M, <= 4
+    M_ROWS: tl.constexpr,  # next power of two >= M, <= 16
     HAS_BIAS: tl.constexpr,
     SPLIT_K: tl.constexpr,
     BLOCK_N: tl.constexpr,

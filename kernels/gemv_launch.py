@@ -10,7 +10,7 @@ from . import gemv as gemv_module
 from .launch import cdiv
 from .small_m_linear_launch import SingleLaunch, run_single_launch, single_launch_plan
 
-MAX_M = 4  # rows the kernel takes
+MAX_M = 16  # rows the kernel takes (the router sends it M <= 4: `ops.use_gemv`; more for tuning)
 # A dynamic scale is computed inside the kernel (every program reads all of x) for small inputs;
 # otherwise `kernels.dynamic_scales` runs first (one small launch). H100, weights cold, device time
 # (linear_bench.py --ab-dynamic): in-kernel 1x8192x8192 22.6 us vs 26.6, 4x4096x4096 16.1 vs 19.9,
@@ -59,7 +59,7 @@ def gemv_config(n: int, kp: int, m_rows: int, device_type: str) -> GemvConfig:
 
 def linear_gemv(x, gs, alpha, w_data, w_scale, bias, out, *, config: GemvConfig | None = None,
                 weight_scale_2=None):
-    """out[M, N] = alpha * quantize(x, gs) @ dequant(W)^T (+ bias), M <= 4, in one launch on CUDA cores.
+    """out[M, N] = alpha * quantize(x, gs) @ dequant(W)^T (+ bias), M <= 16, in one launch on CUDA cores.
 
     Arguments as `linear_small_m`'s: x [M, K] with unit column stride; gs, alpha fp32 one-element
     tensors (read on the device); w_data uint8 [Np, Kp/2] (Kp % 64 == 0); w_scale uint8 row-major

@@ -335,7 +335,7 @@ def test_single_launch_kernels_refuse_more_rows_than_they_take(device):
             fn(x, *args, torch.empty(max_m + 1, 64, device=device))
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 16])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_gemv_matches_fp64_and_writes_every_element(device, m, dtype):
     n, k = 72, 464  # K % 64 != 0 (Kp 512), N not a tile multiple
