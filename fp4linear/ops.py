@@ -29,7 +29,7 @@ import torch
 from . import kernels
 from .format import SCALE_LAYOUTS, pad_k
 from .kernels import launch as _launch_mod
-from .kernels.workspace import scratch, scratch_for
+from .kernels.workspace import scratch_of
 
 # cuBLAS path: the dequantized weight chunk is at most this many bytes (a per-call temporary)
 CUBLAS_CHUNK_BYTES = 64 << 20
@@ -91,9 +91,15 @@ def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None 
     cublas = use_cublas(m, n, kp, dynamic) if cublas is None else cublas
     if not cublas:
         return m * kp * 2
-    ka = kp if k is None else min(kp, -(-k // 8) * 8)
+    ka = kp if k is None else cublas_k(k, kp)
     rows = _chunk_rows(n, kp, dtype, m if dynamic else None)
     return m * ka * dtype.itemsize + rows * kp * dtype.itemsize + (m * rows * 4 if dynamic else 0)
+
+
+def cublas_k(k: int, kp: int) -> int:
+    """Columns cuBLAS reads on the cuBLAS path: K rounded up to 8 (its rows must start 16-byte
+    aligned), not the FP4 kernels' padding Kp (2688x464: 464, not 512); zeros beyond K."""
+    return min(kp, -(-k // 8) * 8)
 
 
 def _chunk_rows(n: int, kp: int, dtype: torch.dtype, fp32_out_m: int | None = None) -> int:
@@ -145,26 +151,20 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
     if dynamic:
         if not cublas and act is None and kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
-            a = _scratch(x).dequantized_activation(m, kp)
+            a = scratch_of(x).dequantized_activation(m, kp)
             alpha = kernels.fake_quantize_dynamic(x, weight_scale_2, a, units=True)
             return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
         gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2, act=act)  # views of per-stream scratch, made once
     if cublas:
-        # cuBLAS reads K rounded up to 8 (16-byte rows), not the FP4 kernels' padding (2688x464: 464, not 512)
-        k = x.shape[1] // 2 if act is not None and kernels.ACTS[act][1] else x.shape[1]
-        a = torch.empty((m, min(kp, -(-k // 8) * 8)), dtype=x.dtype, device=x.device)
+        k = kernels.act_width(act, x.shape[1]) if act is not None else x.shape[1]
+        a = torch.empty((m, cublas_k(k, kp)), dtype=x.dtype, device=x.device)
         alpha_arg = alpha_host if not dynamic and alpha_host is not None else alpha
         if act is None:  # x's values and the first weight chunk in one launch
             return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_arg, out, x=x, gs=gs)
         kernels.act_fake_quantize(x, act, gs, a, units=False)
         return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_arg, out)
-    a = _fake_quantize(x, act, gs, _scratch(x).dequantized_activation(m, kp), units=True)
+    a = _fake_quantize(x, act, gs, scratch_of(x).dequantized_activation(m, kp), units=True)
     return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
-
-
-def _scratch(x):
-    index = x.get_device()  # (cheaper than a device object: host time per call matters)
-    return scratch_for(index) if index >= 0 else scratch(x.device)
 
 
 def _fake_quantize(x, act, gs, out, units: bool):

@@ -4,7 +4,8 @@ Kernels and their launchers only: no torch.nn, no backend policy. Launchers take
 validated, already allocated tensors; `fp4linear` does the checking and allocation.
 """
 
-from .act_quantize_launch import ACTS, AmaxConfig, act_fake_quantize, act_pad_quantize, activation, amax_config
+from .act_quantize_launch import (ACTS, AmaxConfig, act_fake_quantize, act_pad_quantize, act_width, activation,
+                                  amax_config)
 from .gemv_launch import GemvConfig, fuses_dynamic_scale, gemv_config, linear_gemv
 from .gemm_launch import GemmConfig, gemm_config, nvfp4_gemm, nvfp4_gemm_dequantized_a
 from .quant_dequant_launch import (alpha_epilogue, cublas_operands, dequantize_rows, fake_quantize, fake_quantize_dynamic,
@@ -14,7 +15,7 @@ from .scales_launch import dynamic_gs_alpha, dynamic_scales
 from .small_m_linear_launch import MAX_M as SMALL_M, SmallMConfig, linear_small_m, small_m_config
 
 __all__ = ["ACTS", "AmaxConfig", "GemmConfig", "GemvConfig", "QuantConfig", "SMALL_M", "SmallMConfig",
-           "act_fake_quantize", "act_pad_quantize", "activation", "alpha_epilogue", "amax_config", "cublas_operands",
+           "act_fake_quantize", "act_pad_quantize", "act_width", "activation", "alpha_epilogue", "amax_config", "cublas_operands",
            "dequantize_rows", "dynamic_gs_alpha", "dynamic_scales", "fake_quantize", "fake_quantize_dynamic",
            "fuses_dynamic_scale", "fuses_dynamic_scale_in_pass", "gemm_config", "gemv_config", "linear_gemv",
            "linear_small_m", "nvfp4_gemm", "nvfp4_gemm_dequantized_a", "pad_quantize", "quant_config",

@@ -18,6 +18,11 @@ from .quantize_launch import QuantConfig, kernel_meta, quant_config
 ACTS = {"silu_mul": (0, True), "gelu_tanh_mul": (1, True), "relu2": (2, False), "gelu": (3, False), "silu": (4, False)}
 
 
+def act_width(act: str, width: int) -> int:
+    """Columns of act(x) for x of `width` columns (a gated act halves them: x = [gate, up])."""
+    return width // 2 if ACTS[act][1] else width
+
+
 @dataclass(frozen=True)
 class AmaxConfig:
     block_m: int
@@ -56,7 +61,7 @@ def act_pad_quantize(x, act: str, global_scale, data, scale, *, sf_row_tile: int
     `global_scale` (fp32, one element). Writes every byte of both outputs."""
     code, gated = ACTS[act]
     m, width = x.shape
-    i = width // 2 if gated else width
+    i = act_width(act, width)
     ip = data.shape[1] * 2
     scale_rows, s4 = scale.shape
     if config is None:
@@ -153,7 +158,7 @@ def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype):
     worked out once (host time per call matters). Tiles as `fake_quantize`'s (not yet tuned on a
     GPU for the activation's second input)."""
     code, gated = ACTS[act]
-    i = width // 2 if gated else width
+    i = act_width(act, width)
     i_mult = math.gcd(i, 16)
     xm_mult = math.gcd(stride, 16) if m > 1 else 16
     block_m, block_k = (32, 128) if index >= 0 else (min(64, triton.next_power_of_2(m)), 128)

@@ -9,7 +9,7 @@ import triton
 from . import _interpreter
 from . import gemm as gemm_module
 from .launch import CachedLaunch, cdiv, compile_tracing
-from .workspace import scratch, scratch_for
+from .workspace import scratch_of
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, dequantized_a=F
     grid, meta, options, split, tiles, per_split, launch_id = plan(
         index, m, n, kp, config, dequantized_a, a.dtype, out.dtype, None if bias is None else bias.dtype)
     if split > 1:
-        partials, tickets = (scratch_for(index) if index >= 0 else scratch(out.device)).get(split * m * n, tiles)
+        partials, tickets = scratch_of(out).get(split * m * n, tiles)
     else:
         partials = tickets = out  # unused
     args = (a, a_scale, w_data, w_scale, alpha, bias if bias is not None else out, out, partials, tickets, m, n,

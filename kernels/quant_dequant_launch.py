@@ -11,7 +11,7 @@ import triton
 from . import _interpreter
 from . import quant_dequant as qd_module
 from .launch import CachedLaunch, alignment_key, cdiv, compile_tracing, int_key
-from .workspace import scratch, scratch_for
+from .workspace import scratch_of
 
 _launch_fake = CachedLaunch(qd_module.fake_quantize_kernel)
 _launch_rows = CachedLaunch(qd_module.dequantize_rows_kernel)
@@ -47,8 +47,7 @@ def fake_quantize_dynamic(x, weight_scale_2, out, *, units: bool):
     `dynamic_gs_alpha`; x as `fuses_dynamic_scale_in_pass` allows). Returns alpha, fp32 [1] on the
     device (per-stream scratch, as `dynamic_gs_alpha`'s: read it before the next dynamic-scale call
     on this stream; the Linear's GEMM does)."""
-    index = x.get_device()
-    s = scratch_for(index) if index >= 0 else scratch(x.device)
+    s = scratch_of(x)
     _fake_quantize(x, weight_scale_2, out, units, s.scales)
     return s.alpha
 

@@ -8,9 +8,9 @@ import triton
 
 from . import _interpreter
 from . import scales as scales_module
-from .act_quantize_launch import ACTS
+from .act_quantize_launch import ACTS, act_width
 from .launch import CachedLaunch, cdiv, compile_tracing
-from .workspace import scratch, scratch_for
+from .workspace import scratch_of
 
 _launch = CachedLaunch(scales_module.dynamic_scale_kernel)
 # no FMA contraction: act(x) gets the bits the activation kernels give it (no arithmetic without an act)
@@ -40,7 +40,7 @@ _metas: dict = {}  # (width, BLOCK_R, split over K, act, CPU) -> (K, columns per
 def _dynamic_scales(x, weight_scale_2, act=None):
     m, width = x.shape
     index = x.get_device()  # CUDA device index, -1 on the CPU
-    s = scratch_for(index) if index >= 0 else scratch(x.device)
+    s = scratch_of(x)
     block_r = 1 if m <= 256 else 8
     # decode: one program per 1024 columns (a serial loop over K is latency-bound there); bool(): under
     # torch.compile a guard on M, not a symbolic value in the plan key
@@ -49,7 +49,7 @@ def _dynamic_scales(x, weight_scale_2, act=None):
     plan = _metas.get(key)
     if plan is None:
         code, gated = ACTS[act] if act is not None else (-1, False)
-        k = width // 2 if gated else width  # with an act: its output's width
+        k = act_width(act, width) if act is not None else width
         block_k = min(1024 if split else 2048, triton.next_power_of_2(k))
         per_program = block_k if split else cdiv(k, block_k) * block_k
         plan = _metas[key] = (k, per_program, dict(BLOCK_R=block_r, BLOCK_K=block_k, ACT=code, GATED=gated,

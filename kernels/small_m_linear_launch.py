@@ -12,7 +12,7 @@ import triton
 from . import _interpreter
 from . import small_m_linear as small_m_module
 from .launch import CachedLaunch, cdiv, compile_tracing
-from .workspace import scratch, scratch_for
+from .workspace import scratch_of
 
 MAX_M = 16  # rows the kernel takes (one 16-token MMA tile)
 
@@ -95,7 +95,7 @@ def run_single_launch(kind: SingleLaunch, x, gs, alpha, w_data, w_scale, bias, o
                                                 bias is not None, config, plan_key[5:8], **({"dynamic": True} if dynamic else {}))
     grid, meta, options, split, per_split, n_tiles, part_numel, launch_id = plan
     if split > 1:
-        partials, tickets = (scratch_for(index) if index >= 0 else scratch(out.device)).get(part_numel, n_tiles)
+        partials, tickets = scratch_of(out).get(part_numel, n_tiles)
     else:
         partials = tickets = out  # unused
     sx = x.stride(0)

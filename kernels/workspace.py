@@ -84,6 +84,12 @@ def scratch(device: torch.device) -> Scratch:
     return scratch_for(device.index if device.index is not None else torch.cuda.current_device())
 
 
+def scratch_of(t: torch.Tensor) -> Scratch:
+    """`scratch` of t's device, found from t's device index (cheaper than a device object)."""
+    index = t.get_device()  # -1 off CUDA
+    return scratch_for(index) if index >= 0 else _Fresh(t.device)
+
+
 def scratch_for(index: int) -> Scratch:
     """`scratch(torch.device("cuda", index))`, for callers that have the CUDA device index at hand
     (cheaper than a device object)."""

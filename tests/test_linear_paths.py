@@ -537,10 +537,10 @@ def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
                          (act_quantize_launch, "_launch_fake"),
                          (gemm_launch, "_launch"), (scales_launch, "_launch"), (quant_dequant_launch, "_launch_epilogue")):
         monkeypatch.setattr(module, name, lambda key, grid, args, meta, options: launched.append((key, meta)))
-    monkeypatch.setattr(gemm_launch, "scratch_for", lambda index: type("S", (), {"get": lambda self, a, b: (a, b)})())
-    monkeypatch.setattr(scales_launch, "scratch_for",
-                        lambda index: type("S", (), {"scales": None, "scale_words": None})())
-    monkeypatch.setattr(quant_dequant_launch, "scratch_for", lambda index: type("S", (), {"scales": 0, "alpha": 1})())
+    monkeypatch.setattr(gemm_launch, "scratch_of", lambda t: type("S", (), {"get": lambda self, a, b: (a, b)})())
+    monkeypatch.setattr(scales_launch, "scratch_of",
+                        lambda t: type("S", (), {"scales": None, "scale_words": None})())
+    monkeypatch.setattr(quant_dequant_launch, "scratch_of", lambda t: type("S", (), {"scales": 0, "alpha": 1})())
     m16 = env.create_symintnode(env.create_symbol(16, ConstantSource("m16"), dynamic_dim=DimDynamic.DYNAMIC), hint=16)
     x = _TracedTensor((m, 464), torch.bfloat16)
     a = _TracedTensor((m, 512), torch.float16)
