@@ -56,6 +56,15 @@ def eager_us(fn, *, calls: int = 300, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+L2_ROTATE_BYTES = 256 << 20  # decode rows: rotate copies of a layer until their bf16 weights pass this
+
+
+def cold_copies(bf16_weight_bytes: int) -> int:
+    """How many copies of a layer (at most 32) a decode-sized timing chains so that every copy's
+    weights come from DRAM, as in a model, not from the 50 MB L2."""
+    return max(1, min(32, -(-L2_ROTATE_BYTES // bf16_weight_bytes)))
+
+
 def eager_us_interleaved(fns, *, calls: int = 300, rounds: int = 7) -> list[float]:
     """`eager_us` of several functions measured in alternation (round r times each of them once),
     median per function: drift in the host's speed (other processes, clocks) then hits every

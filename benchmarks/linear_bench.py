@@ -27,12 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import (LINEAR_SHAPES, add_output_args, copy_ceiling_tbps, eager_us, eager_us_interleaved,  # noqa: E402
-                    gpu_slug, median_us, publish)
+from common import (L2_ROTATE_BYTES, LINEAR_SHAPES, add_output_args, cold_copies, copy_ceiling_tbps,  # noqa: E402
+                    eager_us, eager_us_interleaved, gpu_slug, median_us, publish)
 from fp4linear import kernels, ops  # noqa: E402
 
 MS = [1, 2, 4, 8, 16, 128, 256, 512, 2048, 4096, 8192]
-L2_ROTATE_BYTES = 256 << 20  # decode: rotate copies of a layer until their bf16 weights pass this
+
+
+def cold_static_layers(n, k, device):
+    """(copies, static fp4 layers, NVFP4 weight bytes of one) for decode tuning: `cold_copies` copies."""
+    copies = cold_copies(n * k * 2)
+    layers = [c[1] for c in make_layers(n, k, copies, device, torch.bfloat16)]
+    return copies, layers, layers[0].n_padded * layers[0].k_padded * 9 // 16
 
 
 def make_layers(n, k, copies, device, dtype):
@@ -81,7 +87,7 @@ def run_table(args):
     cache = {}
     for n, k, m in tqdm(todo, desc="linear", file=sys.stderr):
         wbytes_bf16 = n * k * 2
-        copies = 1 if m > 16 else max(1, min(32, -(-L2_ROTATE_BYTES // wbytes_bf16)))
+        copies = 1 if m > 16 else cold_copies(wbytes_bf16)
         if device == "cpu":
             copies = 1
         if cache.get("key") != (n, k, copies):
@@ -156,9 +162,7 @@ def run_tune_gemv(args):
     rows = []
     todo = [(n, k) for n, k in (args.shapes or LINEAR_SHAPES)]
     for n, k in tqdm(todo, desc="gemv tune", file=sys.stderr):
-        copies = max(1, min(32, -(-L2_ROTATE_BYTES // (n * k * 2))))
-        layers = [c[1] for c in make_layers(n, k, copies, device, torch.bfloat16)]
-        wbytes = layers[0].n_padded * layers[0].k_padded * 9 // 16
+        copies, layers, wbytes = cold_static_layers(n, k, device)
         for m in args.m or (1, 2, 4):
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in layers]
@@ -200,9 +204,7 @@ def run_tune(args):
     two = [kernels.GemmConfig(16, bn, bk, w, st, split_k=sk) for bn, bk, w, st, sk in
            ((64, 128, 4, 4, 0), (128, 128, 4, 3, 0), (64, 256, 4, 3, 0), (128, 128, 8, 3, 0), (64, 128, 4, 1, 8))]
     for n, k in args.shapes or LINEAR_SHAPES:
-        copies = max(1, min(32, -(-L2_ROTATE_BYTES // (n * k * 2))))
-        layers = [c[1] for c in make_layers(n, k, copies, device, torch.bfloat16)]
-        wbytes = layers[0].n_padded * layers[0].k_padded * 9 // 16
+        copies, layers, wbytes = cold_static_layers(n, k, device)
         for m in [m for m in args.m if m <= 16] if args.m else (1, 4, 16):
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in layers]
@@ -275,7 +277,7 @@ def run_ab_dynamic(args):
     rows = []
     for n, k in tqdm(shapes, desc="dynamic a/b", file=sys.stderr):
         for m in ms:
-            copies = 1 if m > 16 or device == "cpu" else max(1, min(32, -(-L2_ROTATE_BYTES // (n * k * 2))))
+            copies = 1 if m > 16 or device == "cpu" else cold_copies(n * k * 2)
             layers = make_layers(n, k, copies, device, torch.bfloat16)
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             static = graph_us(chain([c[1] for c in layers], x)) / copies

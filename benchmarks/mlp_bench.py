@@ -33,11 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import add_output_args, eager_us, gpu_slug, median_us, publish  # noqa: E402
+from common import L2_ROTATE_BYTES, add_output_args, cold_copies, eager_us, gpu_slug, median_us, publish  # noqa: E402
 
 MODELS = {"GLM-4.5-Air": (4096, 1368), "Qwen2.5-72B": (8192, 3696)}  # (hidden, per-rank intermediate at TP 8)
 MS = [1, 16, 4096]
-L2_ROTATE_BYTES = 256 << 20  # decode: rotate copies of the MLP until their bf16 weights pass this
 X_AMAX = 4.0  # inputs are uniform in [-4, 4)
 
 
@@ -102,7 +101,7 @@ def run_table(args, dry: bool):
     cache = {}
     for name, m in tqdm(todo, desc="mlp", file=sys.stderr):
         hidden, inter = models[name]
-        copies = 1 if m > 16 or dry else max(1, min(32, -(-L2_ROTATE_BYTES // (3 * hidden * inter * 2))))
+        copies = 1 if m > 16 or dry else cold_copies(3 * hidden * inter * 2)
         if cache.get("key") != (name, copies):
             cache.clear()
             cache.update(key=(name, copies), copies=make_copies(hidden, inter, copies, device))

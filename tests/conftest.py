@@ -78,6 +78,15 @@ def rel_err(out, ref):
 # ---- checkpoints ----------------------------------------------------------------------------
 
 
+def free_port() -> int:
+    """A free local TCP port for a gloo process group's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def modelopt_checkpoint(n, k, *, seed=0, bias=False):
     """Tensors as a ModelOpt NVFP4 export stores them (made with the reference recipe), and the
     reference NVFP4Tensor of the weight."""

@@ -19,7 +19,7 @@ import fp4linear
 from fp4linear import GatedMLP, Linear, ops, parallel, reference
 from fp4linear.format import abs_amax
 
-from .conftest import modelopt_checkpoint, rel_err
+from .conftest import free_port, modelopt_checkpoint, rel_err
 
 ROWS = ("weight", "weight_scale", "bias")
 
@@ -374,14 +374,6 @@ def test_simulated_ranks_match_unsharded(hidden, inter, tp):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _gloo_worker(rank, world, port, hidden, inter):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -398,7 +390,7 @@ def _gloo_worker(rank, world, port, hidden, inter):
 
 
 def test_gloo_parallel_gated_mlp():
-    mp.spawn(_gloo_worker, args=(2, _free_port(), 48, 232), nprocs=2, join=True)
+    mp.spawn(_gloo_worker, args=(2, free_port(), 48, 232), nprocs=2, join=True)
 
 
 # ---- GPU: the paths at per-rank shapes, graphs, no host sync, compile ------------------------

@@ -1,7 +1,6 @@
 """Tensor-parallel sharding on 16-element block boundaries: simulated ranks and real gloo groups."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from hypothesis import strategies as st
 import fp4linear
 from fp4linear import parallel
 
-from .conftest import modelopt_checkpoint
+from .conftest import free_port, modelopt_checkpoint
 
 
 @given(size=st.integers(16, 40000), tp=st.sampled_from([1, 2, 4, 8]))
@@ -70,12 +69,6 @@ def test_too_many_ranks_for_the_blocks():
         parallel.shard_modelopt(**ckpt, tp_size=4, rank=0, mode="row")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _mlp_worker(rank, world, port, hidden, inter):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -99,4 +92,4 @@ def _mlp_worker(rank, world, port, hidden, inter):
 
 @pytest.mark.parametrize("world, hidden, inter", [(2, 48, 464), (4, 64, 1360)])  # 85 blocks: 21,21,21,22
 def test_gloo_tensor_parallel_mlp(world, hidden, inter):
-    mp.spawn(_mlp_worker, args=(world, _free_port(), hidden, inter), nprocs=world, join=True)
+    mp.spawn(_mlp_worker, args=(world, free_port(), hidden, inter), nprocs=world, join=True)
