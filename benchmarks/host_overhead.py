@@ -7,7 +7,7 @@ pieces of `fp4linear.Linear.forward`, each cached launch through torch's static 
 against nn.Linear (issue 14's targets: static <= 1.25x, dynamic <= 1.6x), and a cProfile of the
 layer call.
 
-    python benchmarks/host_overhead.py [--n 4096 --k 4096] [--no-profile]
+    python benchmarks/host_overhead.py [--n 4096 --k 4096] [--no-profile]   # table + results/host_overhead_<gpu>.csv
 """
 
 import argparse
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import empty_kernel  # noqa: E402
+from common import add_output_args, empty_kernel, gpu_slug, publish  # noqa: E402
 from fp4linear import kernels, ops  # noqa: E402
 from fp4linear.kernels import launch  # noqa: E402
 from fp4linear.kernels.workspace import scratch, scratch_for  # noqa: E402
@@ -68,6 +68,7 @@ def main():
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--k", type=int, default=4096)
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile listings")
+    add_output_args(p)
     a = p.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {__import__('triton').__version__}; "
           f"static launcher {'available' if launch._static_launch is not None else 'ABSENT'}")
@@ -144,6 +145,12 @@ def main():
         else:
             results[name] = us = host_us(fn)
             print(f"{name:50s} {us:7.2f} us host per call", flush=True)
+    intro = (f"Host time per call of {a.n}x{a.k} (M = 1 and 16, bf16): a loop of 2000 calls without a synchronize, "
+             "time per call; for the smallest cases this is the host's cost, not the GPU's. '[static]': torch's static "
+             "launcher given the tensors' addresses (the default), '[static, tensors]': given the tensors, '[runner]': "
+             "Triton's launcher. The host's speed drifts between runs: compare rows of one run.")
+    publish(a, "Host time per call (benchmarks/host_overhead.py)", intro, ["case", "n", "k", "host_us"],
+            [[name, a.n, a.k, us] for name, us in results.items()], csv_name=f"host_overhead_{gpu_slug()}.csv")
     base = results["nn.Linear bf16, M=1"]
     print(f"--- against nn.Linear bf16 M=1 ({base:.1f} us; targets: static <= 1.25x, dynamic <= 1.6x)")
     for kind, target in (("static", 1.25), ("dynamic", 1.6)):
