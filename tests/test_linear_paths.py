@@ -246,6 +246,36 @@ def test_dequantize_rows_equals_the_reference(device, k):
     assert big[0].isnan().all() and big[31].isnan().all() and big[:, layer.k_padded :].isnan().all()
 
 
+@pytest.mark.parametrize("m, k", [(37, 200), (130, 464)])  # K % 8 == 0 and K < Kp; M over a 32-row tile
+def test_cublas_operands_equal_the_two_launches_and_write_every_element(device, m, k):
+    """`kernels.cublas_operands` (one launch) against `fake_quantize` + `dequantize_rows`, all into
+    poisoned (NaN) buffers: the activation in its unpadded width Ka = K rounded to 8 (< Kp), the
+    weight rows in a chunk shorter than N."""
+    layer, _, _ = layer_for(70, k, device, seed=k)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(torch.bfloat16).to(device)
+    ka, kp, rows = ops.cublas_k(k, layer.k_padded), layer.k_padded, 50
+    assert ka < kp
+    a1, a2 = (torch.full((m, ka), math.nan, dtype=torch.bfloat16, device=device) for _ in range(2))
+    w1, w2 = (torch.full((rows, kp), math.nan, dtype=torch.bfloat16, device=device) for _ in range(2))
+    kernels.cublas_operands(x, layer.input_global_scale, a1, layer.weight, layer.weight_scale, w1)
+    kernels.fake_quantize(x, layer.input_global_scale, a2, units=False)
+    kernels.dequantize_rows(layer.weight, layer.weight_scale, 0, w2)
+    assert torch.equal(a1, a2) and torch.equal(w1, w2)  # (NaN != NaN: an unwritten element fails)
+
+
+@pytest.mark.parametrize("m", [3, 16])
+def test_dynamic_quantize_pass_writes_every_element_and_equals_the_static_pass(device, m):
+    """`fake_quantize_dynamic` into a poisoned buffer against `fake_quantize` under the scale the
+    separate launch derives: the same bits."""
+    layer, _, _ = layer_for(40, 1400, device, dynamic=True, seed=m)
+    x = (torch.randn(m, 1400, generator=torch.Generator().manual_seed(m)) * 5).to(torch.bfloat16).to(device)
+    a1, a2 = (torch.full((m, layer.k_padded), math.nan, dtype=torch.float16, device=device) for _ in range(2))
+    alpha = kernels.fake_quantize_dynamic(x, layer.weight_scale_2, a1, units=True).clone()
+    gs, alpha_separate = kernels.dynamic_gs_alpha(x, layer.weight_scale_2)
+    kernels.fake_quantize(x, gs, a2, units=True)
+    assert torch.equal(a1, a2) and torch.equal(alpha, alpha_separate)
+
+
 # ---- GPU: graphs, no host sync, determinism, cached launches, torch.compile ---------------------
 
 GPU_PATHS = [("small", 1), ("small", 16), ("triton", 64), ("triton", 300), ("cublas", 1100)]
