@@ -2,7 +2,10 @@
 
 out[M, N] = alpha * (A @ W^T) (+ bias), A = the quantize kernel's output as is (packed E2M1
 [M, Kp/2] + 128x4-swizzled E4M3 scales), W = a weight prepared once at load (packed E2M1
-[N, Kp/2] + row-major E4M3 scale bytes [N, Kp/16]).
+[N, Kp/2] + row-major E4M3 scale bytes [N, Kp/16]). A may also come as fp16 units already
+dequantized (PREDEQUANT_A: `fake_quantize(units=True)`'s output), or as the Linear's input x
+itself (QUANTIZE_X): every program then quantizes the x rows it multiplies in registers (the same
+values, `quant_dequant.fake_quantize_tile`), so the whole Linear is one launch.
 
 Every E2M1 x E4M3 value is exact in fp16 (`numerics`: decoded in units of 2^-14, one multiply per
 element), so each operand is dequantized in registers with integer bit operations and an fp16
@@ -25,6 +28,7 @@ _numerics = sibling(__name__, "numerics")
 DECODE_UNIT_SCALE = _numerics.DECODE_UNIT_SCALE
 dequant_bytes = _numerics.dequant_bytes
 dequant_words = _numerics.dequant_words
+fake_quantize_tile = sibling(__name__, "quant_dequant").fake_quantize_tile
 
 
 @triton.jit
@@ -40,8 +44,8 @@ def _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om
 
 @triton.jit(do_not_specialize=["M", "stride_om"])
 def nvfp4_gemm_kernel(
-    a_ptr,  # uint8 [M, Kp/2]
-    a_scale_ptr,  # uint8, 128x4 swizzled [round_up(M, 128), S4]
+    a_ptr,  # uint8 [M, Kp/2]; PREDEQUANT_A: fp16 units [M, Kp]; QUANTIZE_X: x [M, K] (row stride stride_xm)
+    a_scale_ptr,  # uint8, 128x4 swizzled [round_up(M, 128), S4]; QUANTIZE_X: x's encode scale gs (fp32 [1])
     w_ptr,  # uint8 [N, Kp/2] (rows beyond N may exist; never read)
     w_scale_ptr,  # uint8 row-major [N, Kp/16]
     alpha_ptr,  # fp32 [1]: 1 / (gs_a * gs_w)
@@ -54,6 +58,8 @@ def nvfp4_gemm_kernel(
     Kp_div64,  # Kp // 64
     k_tiles_per_split,
     stride_om,
+    K,  # QUANTIZE_X: x's columns (zeros from K to Kp); unused otherwise
+    stride_xm,  # QUANTIZE_X: x's row stride; unused otherwise
     HAS_BIAS: tl.constexpr,
     SPLIT_K: tl.constexpr,
     EVEN_K: tl.constexpr,  # every split covers whole BLOCK_K tiles of Kp: no K masks
@@ -63,6 +69,7 @@ def nvfp4_gemm_kernel(
     GROUP_M: tl.constexpr,
     WORD_DECODE: tl.constexpr,  # GemmConfig.word_decode: 32-bit words of 8 codes -> half2 pairs
     PREDEQUANT_A: tl.constexpr,  # GemmConfig.predequant_a: a_ptr holds A already dequantized, fp16 [M, Kp]
+    QUANTIZE_X: tl.constexpr,  # a_ptr holds x itself: every program quantizes the rows it reads
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -91,6 +98,9 @@ def nvfp4_gemm_kernel(
     w_rows = w_ptr + rn64[:, None] * (Kp // 2)
     w_sf_rows = w_scale_ptr + rn64[:, None] * S4
 
+    if QUANTIZE_X:
+        gs = tl.load(a_scale_ptr)
+        x_rows = a_ptr + rm64[:, None] * stride_xm
     acc = tl.full([BLOCK_N, BLOCK_M], 0.0, tl.float32)
     k_begin = pid_k * k_tiles_per_split * BLOCK_K
     k_end = tl.minimum(k_begin + k_tiles_per_split * BLOCK_K, Kp)
@@ -110,7 +120,11 @@ def nvfp4_gemm_kernel(
             k_ok_s = k_ok_s | True
         w_packed = tl.load(w_rows + k0 // unit + rb[None, :], mask=n_ok[:, None] & k_ok_b[None, :], other=0)
         w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
-        if PREDEQUANT_A:
+        if QUANTIZE_X:  # the values `fake_quantize(units=True)` writes, here in registers (word order)
+            rk = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0)
+            a = fake_quantize_tile(x.to(tl.float32), gs, True, BLOCK_M, BLOCK_K)
+        elif PREDEQUANT_A:
             rk = k0 + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],
                         mask=m_ok[:, None] & (rk < Kp)[None, :], other=0.0)

@@ -3,12 +3,13 @@
 import functools
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import triton
 
 from . import _interpreter
 from . import gemm as gemm_module
-from .launch import CachedLaunch, cdiv, compile_tracing
+from .launch import CachedLaunch, cdiv, compile_tracing, int_key
 from .workspace import scratch_of
 
 
@@ -86,13 +87,37 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
     return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config)
 
 
-def nvfp4_gemm_dequantized_a(a_units, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None):
+def nvfp4_gemm_dequantized_a(a_units, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None,
+                             tiles_for_m: int | None = None):
     """The same GEMM with A already dequantized: fp16 [M, Kp] in units of 2^-14, in the weight
-    decode's K order (`fake_quantize(..., units=True)`)."""
+    decode's K order (`fake_quantize(..., units=True)`). tiles_for_m (config None): the tiles
+    `gemm_config` picks for that many rows instead of M."""
     m, n = out.shape
     if m == 0 or n == 0:
         return out
-    return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config, dequantized_a=True)
+    return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, tiles_for_m=tiles_for_m)
+
+
+def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None,
+                          tiles_for_m: int | None = None):
+    """The whole Linear in one launch: out = alpha * quantize(x, gs) @ dequant(W)^T (+ bias), every
+    program quantizing the x rows it multiplies in registers. x bf16/fp16/fp32 [M, K] with unit
+    column stride (K <= Kp); gs, alpha fp32 [1] (read on the device). The same values, tiles and
+    sums as `fake_quantize(x, gs, units=True)` then `nvfp4_gemm_dequantized_a` with the same config:
+    the same bits, one launch and no [M, Kp] temporary; x is re-quantized once per N tile.
+    tiles_for_m: as for `nvfp4_gemm_dequantized_a`."""
+    m, n = out.shape
+    if m == 0 or n == 0:
+        return out
+    if x.shape[1] == 1 or x.stride(0) == 1:
+        # Triton makes an integer argument equal to 1 a constant, and with K or x's row stride a
+        # constant its dot-operand pass fails to compile this kernel (Triton 3.6): a pass first.
+        from .quant_dequant_launch import fake_quantize
+
+        a = fake_quantize(x, gs, torch.empty((m, w_data.shape[1] * 2), dtype=torch.float16, device=x.device),
+                          units=True)
+        return _gemm(a, a, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, tiles_for_m=tiles_for_m)
+    return _gemm(x, gs, w_data, w_scale, alpha, bias, out, config, a_mode=_X, tiles_for_m=tiles_for_m)
 
 
 # The kernel reads scale bytes as uint8: only the JIT needs the views of e4m3 scales (`CachedLaunch`).
@@ -100,21 +125,35 @@ _launch = CachedLaunch(gemm_module.nvfp4_gemm_kernel,
                        views={1: (torch.float8_e4m3fn, torch.uint8), 3: (torch.float8_e4m3fn, torch.uint8)})
 
 
-def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, dequantized_a=False):
+_PACKED, _UNITS, _X = 0, 1, 2  # what A is: packed NVFP4, fp16 units (dequantized), the input x
+
+
+def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED, tiles_for_m=None):
     m, n = out.shape
     kp = w_data.shape[1] * 2
     index = out.get_device()  # CUDA device index, -1 on the CPU
-    plan = _gemm_plan.__wrapped__ if compile_tracing() else _gemm_plan  # M may be symbolic (unhashable) there
+    if a_mode == _X:
+        k, sx = a.shape[1], a.stride(0)
+        if k > kp:
+            raise ValueError(f"x has {k} columns, more than the weight's padded K ({kp})")
+    else:
+        k = sx = kp  # unused by the kernel
+    tracing = compile_tracing()
+    plan = _gemm_plan.__wrapped__ if tracing else _gemm_plan  # M may be symbolic (unhashable) there
     grid, meta, options, split, tiles, per_split, launch_id = plan(
-        index, m, n, kp, config, dequantized_a, a.dtype, out.dtype, None if bias is None else bias.dtype)
+        index, m, n, kp, config, a_mode, a.dtype, out.dtype, None if bias is None else bias.dtype,
+        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m)
     if split > 1:
         partials, tickets = scratch_of(out).get(split * m * n, tiles)
     else:
         partials = tickets = out  # unused
     args = (a, a_scale, w_data, w_scale, alpha, bias if bias is not None else out, out, partials, tickets, m, n,
-            kp // 64, per_split, out.stride(0))
+            kp // 64, per_split, out.stride(0), k, sx)
     if index < 0:
-        _interpreter.interpreted(gemm_module).nvfp4_gemm_kernel[grid](*_launch.jit_args(args), **meta, **options)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
+            _interpreter.interpreted(gemm_module).nvfp4_gemm_kernel[grid](*_launch.jit_args(args), **meta, **options)
+    elif a_mode == _X and not tracing:  # x is the caller's tensor: its alignment joins the key
+        _launch((launch_id, a.data_ptr() % 16 == 0), grid, args, meta, options)
     else:
         _launch(launch_id, grid, args, meta, options)
     return out
@@ -124,14 +163,15 @@ _launch_ids: dict = {}
 
 
 @functools.lru_cache(maxsize=4096)
-def _gemm_plan(index, m, n, kp, config, dequantized_a, a_dtype, out_dtype, bias_dtype):
+def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, k_key=0, sx_key=0, tiles_for_m=None):
     """Config, split-K, grid, constexprs and launch key of one shape (device index -1: the CPU):
-    worked out once."""
+    worked out once. k_key, sx_key: `int_key` of x's K and row stride (what Triton specializes
+    them on; a_mode _X only)."""
     device = torch.device("cuda", index) if index >= 0 else torch.device("cpu")
     if config is None:
-        config = gemm_config(m, n, kp, device.type, _sm_count(device))
-    if dequantized_a:
-        config = replace(config, predequant_a=True, word_decode=True)
+        config = gemm_config(m if tiles_for_m is None else tiles_for_m, n, kp, device.type, _sm_count(device))
+    if a_mode != _PACKED:  # A's values in the weight decode's order: word decode on both sides
+        config = replace(config, predequant_a=a_mode == _UNITS, word_decode=True)
     tiles = cdiv(m, config.block_m) * cdiv(n, config.block_n)
     k_tiles = cdiv(kp, config.block_k)
     split = config.split_k
@@ -141,7 +181,7 @@ def _gemm_plan(index, m, n, kp, config, dequantized_a, a_dtype, out_dtype, bias_
     split = int(cdiv(k_tiles, per_split))  # no empty splits
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
-                WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a)
+                WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X)
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
-    tail = (index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values(), *options.values())
+    tail = (index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values(), *options.values(), k_key, sx_key)
     return (tiles * split, 1, 1), meta, options, split, tiles, per_split, _launch_ids.setdefault(tail, len(_launch_ids))
