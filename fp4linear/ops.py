@@ -8,12 +8,15 @@ kernels itself) and an opaque custom op on CPU (the interpreter cannot be traced
 Paths of `triton_linear` by the number of rows M (docs/nvfp4.md, "Triton backend paths"):
 - M <= 2, and M <= 4 on small weights: one launch on CUDA cores (`kernels.linear_gemv`: quantize,
   exact E2M1 x E2M1 products in fp16 pairs, split-K reduce); `use_gemv`;
+- up to 16 rows on weights under 8M elements: the Triton GEMM quantizing x itself, one launch
+  (`kernels.nvfp4_gemm_quantize_x`); `use_quantize_in_gemm`;
 - otherwise one quantize-dequantize pass of x, then either the Triton GEMM on the dequantized
   activation (one launch, split-K reduced inside) or, for larger M with a bf16/fp16 input, cuBLAS
   on exactly dequantized operands with fp32 accumulation (the weight dequantized in row chunks,
   never kept; a dynamic scale's alpha applied by a small epilogue launch per chunk): `use_cublas`.
 The tensor-core single-launch kernel for M <= 16 (`kernels.linear_small_m`) is not chosen: the
-CUDA-core kernel measured faster wherever a single launch won (see `use_gemv`).
+CUDA-core kernel or the GEMM quantizing x measured as fast or faster (linear_bench.py --tune-gemv,
+--ab-fused).
 With a dynamic activation scale one small launch (`kernels.dynamic_scales`) comes first, except for
 small inputs, where the first launch takes max |x| itself: the decode kernel
 (`kernels.fuses_dynamic_scale`) or the quantize-dequantize pass (up to 16 rows,
@@ -61,6 +64,17 @@ def use_gemv(m: int, n: int, kp: int) -> bool:
     1x2688x464 2.4 vs 7.3, 4x4096x4096 14.8 vs 16.0; but 4x8192x8192 41.0 vs 30.6 and 4x8192x3696 22.3
     vs 21.0 (its products, one per weight element and row, then outweigh the decode it shares)."""
     return m <= 2 or (m <= 4 and n * kp < 24 * 2**20)
+
+
+def use_quantize_in_gemm(m: int, n: int, kp: int) -> bool:
+    """On the Triton GEMM path: x quantized inside the GEMM (`kernels.nvfp4_gemm_quantize_x`, one
+    launch) rather than by a quantize-dequantize pass first (two launches, an [M, Kp] fp16 scratch):
+    up to 16 rows on weights under 8M elements. H100, static scale, weights cold, device time
+    (linear_bench.py --ab-fused): 16x2688x464 6.1 us vs 7.4, 16x1288x2688 11.3 vs 12.8,
+    16x2576x2688 13.6 vs 14.6, 16x384x1536 9.0 vs 10.8; but 16x4096x4096 19.9 vs 17.0, 16x8192x8192
+    53.6 vs 31.7 (more weight tiles, each re-quantizing x). Past 16 rows the quantize work grows
+    with M per weight tile: 128x4096x4096 61.7 vs 26.7, 768x1288x2688 81.4 vs 35.4."""
+    return m <= 16 and n * kp < 8 << 20
 
 
 @contextlib.contextmanager
@@ -137,6 +151,26 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
     return kernels.linear_gemv(x, gs, alpha, weight, weight_scale, bias, out)
 
 
+# A small layer past decode, called eagerly, spends more time on the host than on the GPU: its launches
+# decide its time, and the path with the fewest wins (`host_bound`). Up to this M * N * Kp the GEMM
+# quantizing x runs <= ~20 us of device time on the H100 with the mid-M tiles (linear_bench.py
+# --ab-fused, --tune-fused: 768x1536x384 15-18 us, 768x384x1536 19.7-19.9, 2048x384x384 10.6-11.8),
+# under the host time of the two-launch Triton path (~24 us) and the cuBLAS path (~52 us) there.
+HOST_BOUND_MNK = 1 << 29
+TILES_FOR_HOST_BOUND = 256  # host-bound calls take the tiles `kernels.gemm_config` picks for M < 512
+
+
+def host_bound(x, m: int, n: int, kp: int) -> bool:
+    """Past 16 rows, a layer of at most HOST_BOUND_MNK multiply-adds called eagerly (not captured
+    into a CUDA graph, not traced by torch.compile: there only device time counts, and `use_cublas`
+    / `use_quantize_in_gemm` decide). Such calls skip cuBLAS (its operands launch, the cuBLAS call
+    and its temporaries cost ~52 us of host time on the H100 machine against ~17 for nn.Linear),
+    quantize x inside the Triton GEMM (one launch), and take the mid-M tiles whatever M, so that
+    act(h) on the same path (GatedMLP's down projection: two launches) gets the same bits."""
+    return (16 < m and m * n * kp <= HOST_BOUND_MNK and not _launch_mod.compile_tracing()
+            and not (x.is_cuda and torch.cuda.is_current_stream_capturing()))
+
+
 def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_scale_2, bias, out, dynamic,
                                 alpha_host, cublas):
     """The paths past decode, for x itself (act None) or act(x) (`triton_act_linear`): the
@@ -144,10 +178,14 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
     dtype) or the Triton GEMM (fp16 units in the weight decode's order, per-stream
     scratch). A dynamic scale: taken inside that pass for small x (`kernels.fuses_dynamic_scale_in_pass`),
     else by a launch of its own first."""
-    m = x.shape[0]
+    m, n = out.shape
     kp = weight.shape[1] * 2
+    tiles_for_m = None
     if cublas is None:
-        cublas = use_cublas(m, out.shape[1], kp, dynamic)
+        if host_bound(x, m, n, kp):
+            cublas, tiles_for_m = False, TILES_FOR_HOST_BOUND
+        else:
+            cublas = use_cublas(m, n, kp, dynamic)
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
     if dynamic:
         if not cublas and act is None and kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
@@ -155,6 +193,8 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
             alpha = kernels.fake_quantize_dynamic(x, weight_scale_2, a, units=True)
             return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
         gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2, act=act)  # views of per-stream scratch, made once
+    if not cublas and act is None and (tiles_for_m is not None or use_quantize_in_gemm(m, n, kp)):
+        return kernels.nvfp4_gemm_quantize_x(x, gs, weight, weight_scale, alpha, bias, out, tiles_for_m=tiles_for_m)
     if cublas:
         k = kernels.act_width(act, x.shape[1]) if act is not None else x.shape[1]
         a = torch.empty((m, cublas_k(k, kp)), dtype=x.dtype, device=x.device)
@@ -164,7 +204,7 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
         kernels.act_fake_quantize(x, act, gs, a, units=False)
         return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_arg, out)
     a = _fake_quantize(x, act, gs, scratch_of(x).dequantized_activation(m, kp), units=True)
-    return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
+    return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out, tiles_for_m=tiles_for_m)
 
 
 def _fake_quantize(x, act, gs, out, units: bool):

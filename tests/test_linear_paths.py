@@ -209,6 +209,122 @@ def test_dequantized_a_gemm_writes_every_element_with_a_strided_output(device):
     assert big[:, :8].isnan().all() and big[:, 8 + n :].isnan().all()
 
 
+@pytest.mark.parametrize("m, k, dtype, row_stride", [(33, 320, torch.float32, 0), (70, 464, torch.bfloat16, 520),
+                                                     (5, 1376, torch.float16, 0)])  # the last: split K on the CPU
+def test_quantize_in_gemm_equals_the_two_launches_and_writes_every_element(device, m, k, dtype, row_stride):
+    """`nvfp4_gemm_quantize_x` (x quantized by every program that reads it) gives the bits of
+    `fake_quantize(units=True)` + `nvfp4_gemm_dequantized_a`: K % 64 != 0, M not a tile multiple,
+    strided rows, a non-finite block (its row NaN), into a poisoned, column-sliced output."""
+    n = 96
+    layer, ckpt, q = layer_for(n, k, device, seed=m)
+    base = torch.randn(m, max(k, row_stride), generator=torch.Generator().manual_seed(m)) * 3
+    base[m // 2, 7] = math.nan
+    x = base.to(dtype).to(device)[:, :k]
+    a = kernels.fake_quantize(x, layer.input_global_scale, torch.empty(m, layer.k_padded, dtype=torch.float16,
+                                                                          device=device), units=True)
+    want = torch.full((m, n), math.nan, dtype=dtype, device=device)
+    kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, layer.bias, want)
+    big = torch.full((m, n + 24), math.nan, dtype=dtype, device=device)
+    got = big[:, 8 : 8 + n]
+    kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
+                                  layer.bias, got)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert big[:, :8].isnan().all() and big[:, 8 + n :].isnan().all()
+    assert got[m // 2].isnan().all()
+    ok = torch.arange(m) != m // 2
+    ref, bound = fp64_bound(x[ok.to(x.device)], layer, q, ckpt["input_scale"])
+    check(got[ok.to(x.device)], ref, bound, dtype)
+
+
+@pytest.mark.parametrize("m", [7, 40])
+def test_quantize_in_gemm_of_a_single_column(device, m):
+    """K = 1 (x's row stride 1): a pass first (Triton turns those integers into constants and then
+    fails to compile the kernel on the GPU), the same bits."""
+    layer, ckpt, q = layer_for(24, 1, device, bias=False)
+    x = torch.randn(m, 1, generator=torch.Generator().manual_seed(m)).to(device)
+    a = kernels.fake_quantize(x, layer.input_global_scale, torch.empty(m, layer.k_padded, dtype=torch.float16,
+                                                                          device=device), units=True)
+    want = kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, None,
+                                            torch.empty(m, 24, device=device), tiles_for_m=256)
+    got = kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
+                                        None, torch.full((m, 24), math.nan, device=device), tiles_for_m=256)
+    assert torch.equal(got, want)
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(got, ref, bound, torch.float32)
+
+
+def test_quantize_in_gemm_refuses_x_wider_than_the_weight(device):
+    layer, _, _ = layer_for(40, 64, device)
+    x = torch.randn(3, 80, device=device)
+    with pytest.raises(ValueError, match="columns"):
+        kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
+                                      None, torch.empty(3, 40, device=device))
+
+
+def test_small_layers_called_eagerly_take_one_launch(device):
+    """Past 16 rows a small layer called eagerly quantizes x inside the Triton GEMM with the mid-M
+    tiles (`ops.host_bound`), not cuBLAS; traced by torch.compile it keeps the device-time routing."""
+    m, n, k = 130, 40, 48
+    layer, ckpt, q = layer_for(n, k, device)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(5)) * 2).to(torch.bfloat16).to(device)
+    assert ops.host_bound(x, m, n, layer.k_padded) and not ops.host_bound(x, 16, n, layer.k_padded)
+    assert not ops.host_bound(x, m, n, ops.HOST_BOUND_MNK)
+    with fp4linear.kernels.launch.wrapped_for_compile():
+        assert not ops.host_bound(x, m, n, layer.k_padded)
+    got = layer(x)
+    want = kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
+                                         layer.bias, torch.empty(m, n, dtype=x.dtype, device=device),
+                                         tiles_for_m=ops.TILES_FOR_HOST_BOUND)
+    assert torch.equal(got, want)
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(got, ref, bound, torch.bfloat16)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_gpu_small_layer_eager_one_launch_and_graph_cublas(dynamic):
+    """MiniLM-sized layer, M = 768: eagerly one launch (x quantized in the GEMM), no sync,
+    deterministic; captured into a CUDA graph, the cuBLAS path. Both within the fp64 bound."""
+    m, n, k = 768, 384, 1536
+    layer, ckpt, q = layer_for(n, k, "cuda", dynamic=dynamic, seed=3)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
+    assert ops.host_bound(x, m, n, layer.k_padded) and ops.use_cublas(m, n, layer.k_padded, dynamic)
+    eager = layer(x)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        again = [layer(x) for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.equal(eager, a) for a in again)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = layer(x)
+    graph.replay()
+    torch.cuda.synchronize()
+    forced = ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
+                               layer.weight_scale_2, layer.bias, n, dynamic, layer._alpha_host, cublas=True)
+    assert torch.equal(y, forced)
+    scale = fp4linear.decode_scale(x.float().abs().amax()) if dynamic else ckpt["input_scale"]  # the scale used
+    ref, bound = fp64_bound(x, layer, q, scale)
+    check(eager, ref, bound, torch.bfloat16)
+    check(y, ref, bound, torch.bfloat16)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m, n, k", [(16, 1288, 2688), (200, 2688, 464), (768, 1536, 384), (2048, 1288, 2688)])
+def test_gpu_quantize_in_gemm_equals_the_two_launches(m, n, k):
+    """On the GPU's own tiles (16-row split-K up to 256-row tiles): the same bits both ways."""
+    layer, _, _ = layer_for(n, k, "cuda", seed=m)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
+    a = kernels.fake_quantize(x, layer.input_global_scale, torch.empty(m, layer.k_padded, dtype=torch.float16,
+                                                                          device="cuda"), units=True)
+    want = kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, layer.bias,
+                                            torch.empty(m, n, dtype=torch.bfloat16, device="cuda"))
+    got = kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
+                                        layer.bias, torch.full((m, n), math.nan, dtype=torch.bfloat16, device="cuda"))
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("path, m", PATHS)
 def test_nan_rows_stay_visible(device, path, m):
     n, k = 48, 128
@@ -529,7 +645,7 @@ def test_plans_take_a_symbolic_m(monkeypatch):
         hash(m)
     monkeypatch.setattr(gemm_launch, "_sm_count", lambda device: 132)
     grid, meta, options, split, tiles, per_split, _ = gemm_launch._gemm_plan.__wrapped__(
-        0, m, 1288, 512, None, True, torch.float16, torch.bfloat16, None)
+        0, m, 1288, 512, None, gemm_launch._UNITS, torch.float16, torch.bfloat16, None)
     assert type(meta["SPLIT_K"]) is int and type(per_split) is int and isinstance(grid[0], torch.SymInt)
     grid, meta, _ = quant_dequant_launch._fake_plan.__wrapped__(0, m, 464, 512, True, torch.bfloat16, torch.float16)
     assert all(type(v) in (int, bool) for v in meta.values())
@@ -580,6 +696,7 @@ def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
         kernels.fake_quantize(x, None, a, units=True)
         kernels.act_fake_quantize(_TracedTensor((m, 928), torch.bfloat16), "silu_mul", None, a, units=True)
         kernels.nvfp4_gemm_dequantized_a(a, w, None, None, None, out)
+        kernels.nvfp4_gemm_quantize_x(x, None, w, None, None, None, out)
         kernels.dynamic_scales(x, None)  # (its M-dependent choices were once a symbolic bool in a plan key)
         kernels.dynamic_scales(_TracedTensor((m, 928), torch.bfloat16), None, act="silu_mul")
         kernels.alpha_epilogue(_TracedTensor((m, 1288), torch.float32), None, None, out)
@@ -588,7 +705,7 @@ def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
         # the max |x| pass unrolls over rows: M made concrete (a guard), the plan left uncached
         assert kernels.fake_quantize_dynamic(_TracedTensor((m16, 464), torch.bfloat16), None,
                                              _TracedTensor((m16, 512), torch.float16), units=True) == 1
-    assert len(launched) == 8  # (no plan cache hashed M; CachedLaunch ignores keys while tracing)
+    assert len(launched) == 9  # (no plan cache hashed M; CachedLaunch ignores keys while tracing)
     assert all(type(v) in (int, bool) for _, meta in launched for v in meta.values())
 
 
