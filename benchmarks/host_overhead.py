@@ -67,6 +67,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--k", type=int, default=4096)
+    p.add_argument("--m-large", type=int, default=768, help="rows of the prefill-size cases (the cuBLAS path; "
+                   "with a small weight, e.g. MiniLM's 1536x384, the GPU is not what is timed)")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile listings")
     add_output_args(p)
     a = p.parse_args()
@@ -77,6 +79,12 @@ def main():
     dyn = fp4linear.Linear.from_linear(lin, backend="triton")
     x1 = torch.randn(1, a.k, dtype=torch.bfloat16, device="cuda")
     x16 = torch.randn(16, a.k, dtype=torch.bfloat16, device="cuda")
+    xl = torch.randn(a.m_large, a.k, dtype=torch.bfloat16, device="cuda")
+    ml = a.m_large
+    kp = layer.k_padded
+    a_l = torch.empty(ml, ops.cublas_k(a.k, kp), dtype=torch.bfloat16, device="cuda")
+    chunk = torch.empty(a.n, kp, dtype=torch.bfloat16, device="cuda")
+    out_l = torch.empty(ml, a.n, dtype=torch.bfloat16, device="cuda")
     out = torch.empty(1, a.n, dtype=torch.bfloat16, device="cuda")
     out16 = torch.empty(16, a.n, dtype=torch.bfloat16, device="cuda")
     act16 = torch.empty(16, layer.k_padded, dtype=torch.float16, device="cuda")
@@ -95,6 +103,10 @@ def main():
                lambda: kernels.pad_quantize(x16, layer.input_global_scale, q16.data, q16.scale, sf_row_tile=128)):
         for _ in range(3):
             fn()
+
+    def fp32_reductions():
+        with ops._fp32_reductions(torch.bfloat16):
+            pass
 
     cases = {
         "nn.Linear bf16, M=1": lambda: lin(x1),
@@ -125,6 +137,17 @@ def main():
         "fp4linear.Linear dynamic, M=1": both(lambda: dyn(x1)),
         "fp4linear.Linear static, M=16": both(lambda: layer(x16)),
         "fp4linear.Linear dynamic, M=16": both(lambda: dyn(x16)),
+        f"nn.Linear bf16, M={ml}": lambda: lin(xl),
+        f"torch.addmm(alpha=, beta=0, out=), M={ml}": lambda: torch.addmm(out_l, a_l, chunk[:, :a_l.shape[1]].t(),
+                                                                          beta=0, alpha=0.5, out=out_l),
+        "ops._fp32_reductions (enter + exit)": fp32_reductions,
+        f"kernels.cublas_operands, M={ml}": both(lambda: kernels.cublas_operands(xl, layer.input_global_scale, a_l,
+                                                                                 layer.weight, layer.weight_scale,
+                                                                                 chunk)),
+        f"ops.cublas_dequantized_gemm, M={ml}": lambda: ops.cublas_dequantized_gemm(
+            a_l, layer.weight, layer.weight_scale, None, 0.5, out_l, x=xl, gs=layer.input_global_scale),
+        f"fp4linear.Linear static, M={ml}": both(lambda: layer(xl)),
+        f"fp4linear.Linear dynamic, M={ml}": both(lambda: dyn(xl)),
     }
     if entry.function is not None:  # the static launcher itself, the empty kernel's arguments as tensors or ints
         tys, extra = entry.arg_tys, entry.extra
@@ -145,7 +168,7 @@ def main():
         else:
             results[name] = us = host_us(fn)
             print(f"{name:50s} {us:7.2f} us host per call", flush=True)
-    intro = (f"Host time per call of {a.n}x{a.k} (M = 1 and 16, bf16): a loop of 2000 calls without a synchronize, "
+    intro = (f"Host time per call of {a.n}x{a.k} (M = 1, 16 and {ml}, bf16): a loop of 2000 calls without a synchronize, "
              "time per call; for the smallest cases this is the host's cost, not the GPU's. '[static]': torch's static "
              "launcher given the tensors' addresses (the default), '[static, tensors]': given the tensors, '[runner]': "
              "Triton's launcher. The host's speed drifts between runs: compare rows of one run.")
@@ -161,7 +184,8 @@ def main():
     if a.no_profile:
         return
     for label, fn in (("static M=1", lambda: layer(x1)), ("dynamic M=1", lambda: dyn(x1)),
-                      ("static M=16", lambda: layer(x16)), ("dynamic M=16", lambda: dyn(x16))):
+                      ("static M=16", lambda: layer(x16)), ("dynamic M=16", lambda: dyn(x16)),
+                      (f"static M={ml}", lambda: layer(xl)), (f"dynamic M={ml}", lambda: dyn(xl))):
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(2000):

@@ -154,8 +154,9 @@ def time_candidates(candidates, copies: int = 1):
 
 
 def run_tune_gemv(args):
-    """Tuning aid for M <= 4: the CUDA-core kernel (kernels/gemv.py) per tile against the tensor-core
-    one-launch kernel, weights cold (a chain of layer copies), device time per layer."""
+    """Tuning aid for small M: the CUDA-core kernel (kernels/gemv.py) per tile against the tensor-core
+    one-launch kernel and the layer's own routed path, weights cold (a chain of layer copies),
+    device time per layer."""
     device = "cuda"
     gemv_configs = [kernels.GemvConfig(bn, bk, w, st, waves=wv) for bn, bk, w, st, wv in GEMV_CONFIGS]
     copy = copy_ceiling_tbps()
@@ -172,7 +173,12 @@ def run_tune_gemv(args):
                 for layer, out in zip(layers, outs):
                     kernels.linear_small_m(x, layer.input_global_scale, layer.alpha, layer.weight,
                                            layer.weight_scale, None, out)
-            res.append((small_m, "tensor-core one-launch (default)"))
+            res.append((small_m, "tensor-core one-launch"))
+
+            def layer_path():
+                for layer in layers:
+                    layer(x)
+            res.append((layer_path, "Linear's own path (today's routing)"))
             for cfg in gemv_configs:
                 def run(cfg=cfg):
                     for layer, out in zip(layers, outs):
@@ -187,10 +193,14 @@ def run_tune_gemv(args):
                 rows.append([m, n, k, name, t, wbytes / t / 1e6, 100 * wbytes / t / 1e6 / copy])
             print(f"gemv {m}x{n}x{k} (bf16 warm-L2 {bf16:.1f}us): " + "; ".join(
                 f"{t:.2f}us {wbytes / t / 1e6:.2f}TB/s {name}" for t, name in timed[:4]) +
-                f"; tensor-core {[t for t, nm in timed if nm.startswith('tensor')][0]:.2f}us", flush=True)
+                f"; tensor-core {[t for t, nm in timed if nm.startswith('tensor')][0]:.2f}us"
+                f"; routed path {[t for t, nm in timed if nm.startswith('Linear')][0]:.2f}us", flush=True)
     import csv
 
-    path = args.results_dir / f"gemv_tune_{gpu_slug()}.csv"
+    # the routing's evidence for M <= 4 stays in gemv_tune_<gpu>.csv; other M go to a file of their own
+    ms = sorted(set(args.m or (1, 2, 4)))
+    suffix = "" if ms == [1, 2, 4] else "_m" + "-".join(map(str, ms))
+    path = args.results_dir / f"gemv_tune_{gpu_slug()}{suffix}.csv"
     with path.open("w", newline="") as f:
         csv.writer(f).writerows([["m", "n", "k", "kernel", "us", "weight_tbps", "pct_copy"], *rows])
 
@@ -356,6 +366,125 @@ def run_ab_operands(args):
             md_rows=[[*r, r[5] / r[4]] for r in rows])
 
 
+AB_FUSED_SHAPES = [(384, 384), (1536, 384), (384, 1536), (2688, 464), (1288, 2688), (2576, 2688), (4096, 4096),
+                   (8192, 8192)]  # MiniLM's three, then per-rank TP shapes and two large ones
+
+
+def run_ab_fused(args):
+    """Paths of the whole layer past decode: x quantized inside the Triton GEMM (one launch,
+    `kernels.nvfp4_gemm_quantize_x`), the quantize-dequantize pass then the Triton GEMM (two
+    launches), the cuBLAS path, and (M <= 16, static) the tensor-core single-launch kernel; device
+    time (CUDA-graph replays, weights cold at M <= 16) and eager wall time (the paths and nn.Linear
+    in alternating rounds; layers under ~20 us of device time only, where the host is what eager
+    measures), bf16 input, no bias, static and dynamic scale, same process."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, wall_us = timers(device)
+    shapes = [(72, 200)] if device == "cpu" else (args.shapes or AB_FUSED_SHAPES)
+    ms = [16, 40] if device == "cpu" else (args.m or [16, 128, 512, 768, 2048])
+    saved = ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv
+
+    def routed(cublas, fused, layer_fn):
+        """layer_fn under a forced path (the routing functions replaced while it runs)."""
+        def run():
+            ops.use_cublas = (lambda *a: cublas) if cublas is not None else saved[0]
+            ops.use_quantize_in_gemm = (lambda *a: fused) if fused is not None else saved[1]
+            ops.use_gemv = lambda *a: False
+            try:
+                layer_fn()
+            finally:
+                ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv = saved
+        return run
+
+    paths = [("fused", False, True), ("two launches", False, False), ("cublas", True, None)]
+    rows = []
+    for n, k in tqdm(shapes, desc="fused a/b", file=sys.stderr):
+        for m in ms:
+            copies = cold_copies(n * k * 2) if m <= 16 and device == "cuda" else 1
+            layers = make_layers(n, k, copies, device, torch.bfloat16)
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            bf16 = graph_us(chain([c[0] for c in layers], x)) / copies
+            eager = device == "cpu" or bf16 < 20
+            for mode, idx in (("static", 1), ("dynamic", 2)):
+                fns, names = [], []
+                for name, cublas, fused in paths:
+                    if cublas and not ops.use_cublas(m, n, layers[0][idx].k_padded, False) and m < 512:
+                        continue  # cuBLAS only where it is a candidate (M >= 512 or small weights from M = 64)
+                    fns.append(routed(cublas, fused, chain([c[idx] for c in layers], x)))
+                    names.append(name)
+                if m <= kernels.SMALL_M and mode == "static":
+                    outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in layers]
+
+                    def small_m(outs=outs):
+                        for c, out in zip(layers, outs):
+                            lyr = c[1]
+                            kernels.linear_small_m(x, lyr.input_global_scale, lyr.alpha, lyr.weight,
+                                                   lyr.weight_scale, None, out)
+                    fns.append(small_m)
+                    names.append("small_m kernel")
+                dev = [graph_us(fn) / copies for fn in fns]
+                nan = float("nan")
+                bf16_wall, wall_of = nan, {}
+                if eager:  # one layer (eager measures the host), nn.Linear and the routed paths alternating
+                    timed = [(name, routed(c, f, lambda lyr=layers[0][idx]: lyr(x))) for name, c, f in paths
+                             if name in names]
+                    walls = wall_us([lambda lin=layers[0][0]: lin(x)] + [fn for _, fn in timed])
+                    bf16_wall, wall_of = walls[0], {name: w for (name, _), w in zip(timed, walls[1:])}
+                for j, name in enumerate(names):
+                    rows.append([m, n, k, mode, name, bf16, dev[j], bf16_wall, wall_of.get(name, nan)])
+                best = min(range(len(names)), key=lambda j: dev[j])
+                print(f"{m}x{n}x{k} {mode}: bf16 {bf16:.2f}us; " + "; ".join(
+                    f"{nm} {d:.2f}us" for nm, d in zip(names, dev)) + f" -> {names[best]}", flush=True)
+    intro = ("Paths past decode, whole layer, bf16 input, no bias. 'fused': x quantized inside the Triton GEMM "
+             "(`kernels.nvfp4_gemm_quantize_x`, one launch); 'two launches': the quantize-dequantize pass, then the "
+             "Triton GEMM; 'cublas': the cuBLAS path (operands launch, then cuBLAS); 'small_m kernel': the "
+             "tensor-core single-launch kernel (M <= 16, static). Device time: CUDA-graph replay medians (M <= 16: "
+             "weights cold); eager: wall time per call, the paths and nn.Linear in alternating rounds, for layers "
+             "under 20 us of bf16 device time.")
+    if device == "cpu":
+        args.no_write = True
+    publish(args, "Triton path: x quantized inside the GEMM vs a pass first (benchmarks/linear_bench.py --ab-fused)",
+            intro, ["m", "n", "k", "input_scale", "path", "bf16_graph_us", "fp4_graph_us", "bf16_eager_us",
+                    "fp4_eager_us"], rows, csv_name=f"fused_ab_{gpu_slug()}.csv",
+            md_header=["M", "N", "K", "scale", "path", "bf16 us", "fp4 us", "speed-up", "bf16 eager us",
+                       "fp4 eager us", "eager speed-up"],
+            md_rows=[[*r[:5], r[5], r[6], r[5] / r[6], r[7], r[8], r[7] / r[8]] for r in rows])
+
+
+FUSED_CONFIGS = [(64, 64, 128, 4, 3, 0), (32, 64, 128, 4, 3, 0), (64, 128, 128, 4, 3, 0), (64, 64, 64, 4, 4, 0),
+                 (128, 64, 64, 4, 4, 0), (64, 64, 128, 4, 3, 1), (16, 64, 128, 4, 4, 0), (32, 32, 128, 2, 3, 0)]
+
+
+def run_tune_fused(args):
+    """Tuning aid: tiles of the GEMM quantizing x itself (`kernels.nvfp4_gemm_quantize_x`) past 16
+    rows, where few, tall tiles leave most SMs idle, against the layer's routed path; device time,
+    static scale, bf16 input (-> results/fused_tune_<gpu>.csv)."""
+    device = "cuda"
+    rows = []
+    configs = [kernels.GemmConfig(bm, bn, bk, w, st, split_k=sk, predequant_a=False)
+               for bm, bn, bk, w, st, sk in FUSED_CONFIGS]
+    for n, k in tqdm(args.shapes or AB_FUSED_SHAPES[:5], desc="fused tune", file=sys.stderr):
+        layer = make_layers(n, k, 1, device, torch.bfloat16)[0][1]
+        for m in args.m or (128, 768, 2048):
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
+            res = [(lambda: layer(x), "routed path")]
+            for cfg in configs:
+                if cfg.block_k > layer.k_padded or layer.k_padded % cfg.block_k:
+                    continue
+                res.append((lambda cfg=cfg: kernels.nvfp4_gemm_quantize_x(
+                    x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, None, out, config=cfg),
+                    f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} split{cfg.split_k}"))
+            timed = time_candidates(res)
+            for t, name in timed:
+                rows.append([m, n, k, name, t])
+            print(f"fused {m}x{n}x{k}: " + "; ".join(f"{t:.2f}us {nm}" for t, nm in timed[:5]) +
+                  f"; routed {[t for t, nm in timed if nm == 'routed path'][0]:.2f}us", flush=True)
+    import csv
+
+    with (args.results_dir / f"fused_tune_{gpu_slug()}.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["m", "n", "k", "kernel", "us"], *rows])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tune", action="store_true")
@@ -365,13 +494,21 @@ def main():
                    "(-> results/dynamic_ab_<gpu>.csv)")
     p.add_argument("--ab-operands", action="store_true", help="cuBLAS path: operands in one launch vs two "
                    "(-> results/operands_ab_<gpu>.csv)")
+    p.add_argument("--ab-fused", action="store_true", help="past decode: x quantized inside the Triton GEMM vs "
+                   "a pass first vs cuBLAS (-> results/fused_ab_<gpu>.csv)")
+    p.add_argument("--tune-fused", action="store_true", help="tiles of the GEMM quantizing x past 16 rows "
+                   "(-> results/fused_tune_<gpu>.csv)")
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (no timings of note)")
     p.add_argument("--m", type=int, nargs="*", help="only these M")
     p.add_argument("--shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", help="only these NxK")
     p.add_argument("--update", action="store_true", help="replace only the measured rows of this card's CSV")
     add_output_args(p)
     args = p.parse_args()
-    if args.ab_dynamic:
+    if args.ab_fused:
+        run_ab_fused(args)
+    elif args.tune_fused:
+        run_tune_fused(args)
+    elif args.ab_dynamic:
         run_ab_dynamic(args)
     elif args.ab_operands:
         run_ab_operands(args)

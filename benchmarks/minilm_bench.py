@@ -116,7 +116,8 @@ def main():
             embed(model)
         prof.disable()
         torch.cuda.synchronize()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
     tokens = int(batch["attention_mask"].sum())
     header = ["how", f"{dtype} us".replace("torch.", ""), "NVFP4 us", "speed-up"]
     names = dict(eager="eager (loop of calls, one sync)", graph="CUDA graph (device time)",
