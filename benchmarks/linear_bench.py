@@ -54,6 +54,22 @@ def make_layers(n, k, copies, device, dtype):
     return out
 
 
+def compiled_walls(trio, x, wall_us) -> list[float]:
+    """Wall time per call of `torch.compile` of (nn.Linear, static, dynamic), alternating; nan if
+    compiling fails (reported). Dynamo is reset first: every Linear shares one forward, whose
+    recompile limit the rows would otherwise exhaust (and fall back to eager silently)."""
+    torch._dynamo.reset()
+    try:
+        fns = [lambda c=torch.compile(mod, dynamic=False): c(x) for mod in trio]
+        for fn in fns:
+            for _ in range(3):
+                fn()
+        return wall_us(fns)
+    except Exception as e:
+        print(f"torch.compile failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        return [float("nan")] * len(trio)
+
+
 def chain(layers, x):
     def run():
         for layer in layers:
@@ -81,7 +97,7 @@ def run_table(args):
     ms = [1, 16, 40] if device == "cpu" else (args.m or MS)
     copy = copy_ceiling_tbps() if device == "cuda" else float("nan")
     header = ["m", "n", "k", "input_scale", "bf16_graph_us", "fp4_graph_us", "bf16_eager_us", "fp4_eager_us",
-              "temp_bytes"]
+              "temp_bytes", "bf16_compile_us", "fp4_compile_us"]
     rows = []
     todo = [(n, k, m) for n, k in (args.shapes or shapes) for m in ms]
     cache = {}
@@ -100,33 +116,37 @@ def run_table(args):
         # eager: nn.Linear and both fp4 layers in alternating rounds (host speed drifts)
         walls = wall_us([lambda i=i: layers[0][i](x) for i in range(3)]) if eager else [float("nan")] * 3
         bf16_eager = walls[0]
+        compiled = compiled_walls(layers[0], x, wall_us) if eager and device == "cuda" else [float("nan")] * 3
         lin0 = layers[0][1]
         for mode, idx in (("static", 1), ("dynamic", 2)):
             fp4_graph = graph_us(chain([c[idx] for c in layers], x)) / copies
             fp4_eager = walls[idx]
             temp = ops.temp_bytes(m, n, lin0.k_padded, x.dtype, dynamic=mode == "dynamic", k=k)
-            rows.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp])
+            rows.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp, compiled[0], compiled[idx]])
     csv_path = args.results_dir / f"linear_{gpu_slug()}.csv"
     if args.update and csv_path.is_file():  # keep the other rows of an earlier run of this card
         import csv
 
         new = {tuple(r[:4]) for r in rows}
-        with csv_path.open() as f:
-            old = [[int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:8]), int(r[8])] for r in list(csv.reader(f))[1:]]
+        with csv_path.open() as f:  # (rows from before the compile columns: nan there)
+            old = [[int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:8]), int(r[8]),
+                    *(map(float, r[9:11]) if len(r) > 9 else (float("nan"),) * 2)] for r in list(csv.reader(f))[1:]]
         rows = [r for r in old if tuple(r[:4]) not in new] + rows
         order = {s: i for i, s in enumerate(LINEAR_SHAPES)}
         rows.sort(key=lambda r: (order.get((r[1], r[2]), 99), r[0], r[3] != "static"))
     md = []
-    for m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp in rows:
+    for m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp, bf16_comp, fp4_comp in rows:
         p = fp4linear.plan(n, k, backend="triton")
         tbps = p.n_padded * p.k_padded * 9 // 16 / (fp4_graph * 1e-6) / 1e12
         md.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_graph / fp4_graph, tbps, 100 * tbps / copy,
-                   bf16_eager, fp4_eager, bf16_eager / fp4_eager, temp / 2**20])
+                   bf16_eager, fp4_eager, bf16_eager / fp4_eager, bf16_comp, fp4_comp, bf16_comp / fp4_comp,
+                   temp / 2**20])
     md_header = ["M", "N", "K", "scale", "bf16 us", "fp4 us", "speed-up", "weight TB/s", "% copy", "bf16 eager us",
-                 "fp4 eager us", "eager speed-up", "temp MiB"]
+                 "fp4 eager us", "eager speed-up", "bf16 compiled us", "fp4 compiled us", "compiled speed-up",
+                 "temp MiB"]
     intro = (f"Whole layer, bf16 input, no bias; device times are CUDA-graph replay medians (decode rows: a chain "
              f"of layer copies whose bf16 weights exceed {L2_ROTATE_BYTES >> 20} MiB, so weights come from DRAM), "
-             f"eager (M <= 16) = wall time per call of a loop of 300 calls and one synchronize, median of 7 rounds in which nn.Linear and both fp4 layers alternate. 'speed-up' = bf16 / fp4 "
+             f"eager (M <= 16) = wall time per call of a loop of 300 calls and one synchronize, median of 7 rounds in which nn.Linear and both fp4 layers alternate; compiled = the same for `torch.compile` of each layer (dynamo reset per row). 'speed-up' = bf16 / fp4 "
              f"(> 1: fp4linear faster). Weight TB/s: the padded NVFP4 weight's bytes per fp4 device time; copy "
              f"ceiling {copy:.2f} TB/s measured in the same run. temp = per-call temporary (the dequantized "
              f"activation; on the cuBLAS path also the weight chunk and, for a dynamic scale, the fp32 output chunk).")

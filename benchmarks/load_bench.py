@@ -18,7 +18,8 @@ Per format: load_s (from_pretrained wall time, second of two loads), peak_load_M
 max_memory_allocated during the load, over what was allocated before) against the bound
 1.25 x model + largest checkpoint tensor, the model's bytes against the bf16 twin's, and whole-model
 forwards at batch 1 without a KV cache (decode: 1 token; prefill: --prefill tokens): CUDA-graph
-replay medians (device time, `median_us`) and eager wall time per call (`eager_us`). The bf16 twin
+replay medians (device time, `median_us`), eager wall time per call and the same for
+`torch.compile(model)` (the two models alternating, `eager_us_interleaved`). The bf16 twin
 is the same network with every NVFP4 weight decoded (`fp4linear.reference`) and the stored
 non-quantized tensors: `logits_rel_err` against it is the cost of quantizing activations.
 """
@@ -39,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fp4linear  # noqa: E402
-from common import add_output_args, eager_us, median_us, publish  # noqa: E402
+from common import add_output_args, eager_us, eager_us_interleaved, median_us, publish  # noqa: E402
 from fp4linear import reference  # noqa: E402
 from fp4linear.checkpoint import linear_scales  # noqa: E402
 from fp4linear.load import read_scheme  # noqa: E402
@@ -142,16 +143,34 @@ def measure(path: Path, fmt: str, device: torch.device, backend: str, prefill: i
     with torch.no_grad():
         got, want = model(inputs["prefill"]).logits.float(), twin(inputs["prefill"]).logits.float()
         row["logits_rel_err"] = ((got - want).norm() / want.norm()).item()
+        models = (("nvfp4", model), ("bf16", twin))
         for phase, x in inputs.items():
-            for label, m in (("nvfp4", model), ("bf16", twin)):
-                fn = lambda m=m, x=x: m(x, use_cache=False)  # noqa: E731
+            fns = [lambda m=m, x=x: m(x, use_cache=False) for _, m in models]
+            for (label, _), fn in zip(models, fns):
                 if cuda:
                     try:
                         row[f"{phase}_{label}_graph_us"] = median_us(fn, graph=True)
                     except Exception as e:  # a host sync inside the model makes capture fail: say so, go on
                         print(f"{fmt} {phase} {label}: no CUDA graph ({type(e).__name__}: {str(e)[:160]})")
                         row[f"{phase}_{label}_graph_us"] = float("nan")
-                row[f"{phase}_{label}_eager_us"] = eager_us(fn) if cuda else eager_us(fn, calls=1, repeats=1)
+            # eager and torch.compile: host-bound, so the two models alternate (the host's speed drifts)
+            walls = (eager_us_interleaved(fns, calls=100, rounds=5) if cuda
+                     else [eager_us(fn, calls=1, repeats=1) for fn in fns])
+            for (label, _), w in zip(models, walls):
+                row[f"{phase}_{label}_eager_us"] = w
+            walls = [float("nan")] * len(models)
+            if cuda:
+                try:
+                    compiled = [torch.compile(m) for _, m in models]
+                    cfns = [lambda c=c, x=x: c(x, use_cache=False) for c in compiled]
+                    for fn in cfns:
+                        for _ in range(3):
+                            fn()
+                    walls = eager_us_interleaved(cfns, calls=100, rounds=5)
+                except Exception as e:
+                    print(f"{fmt} {phase}: torch.compile failed ({type(e).__name__}: {str(e)[:200]})")
+            for (label, _), w in zip(models, walls):
+                row[f"{phase}_{label}_compile_us"] = w
     return row
 
 
@@ -164,7 +183,8 @@ def run(checkpoints: Path, args) -> list[dict]:
              "the load; bound = 1.25 x model + largest checkpoint tensor. Whole-model forwards, batch 1, no KV cache: "
              "decode 1 token, prefill "
              f"{args.prefill} tokens; graph = CUDA-graph replay medians (device time), eager = wall time per call with "
-             "the host's launch cost. bf16 = the same network with the NVFP4 weights decoded; logits_rel_err is the "
+             "the host's launch cost, compile = the same for `torch.compile(model)` (eager and compile: the two "
+             "models in alternating rounds, median of 5). bf16 = the same network with the NVFP4 weights decoded; logits_rel_err is the "
              "NVFP4 model against it (activation quantization).")
     publish(args, "NVFP4 checkpoints -> from_pretrained (benchmarks/load_bench.py)", intro, header,
             [[r.get(k, float("nan")) for k in header] for r in rows], csv_name="load_bench.csv")
