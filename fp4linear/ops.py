@@ -19,8 +19,8 @@ CUDA-core kernel or the GEMM quantizing x measured as fast or faster (linear_ben
 --ab-fused).
 With a dynamic activation scale one small launch (`kernels.dynamic_scales`) comes first, except for
 small inputs, where the first launch takes max |x| itself: the decode kernel
-(`kernels.fuses_dynamic_scale`) or the quantize-dequantize pass (up to 16 rows,
-`kernels.fuses_dynamic_scale_in_pass`).
+(`kernels.fuses_dynamic_scale`), the GEMM quantizing x, or the quantize-dequantize pass (up to 16
+rows, `kernels.fuses_dynamic_scale_in_pass`).
 """
 
 from __future__ import annotations
@@ -189,6 +189,9 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
     if dynamic:
         if not cublas and act is None and kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
+            if tiles_for_m is not None or use_quantize_in_gemm(m, n, kp):  # one launch, max |x| inside
+                return kernels.nvfp4_gemm_quantize_x(x, None, weight, weight_scale, None, bias, out,
+                                                     tiles_for_m=tiles_for_m, weight_scale_2=weight_scale_2)
             a = scratch_of(x).dequantized_activation(m, kp)
             alpha = kernels.fake_quantize_dynamic(x, weight_scale_2, a, units=True)
             return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)

@@ -28,14 +28,15 @@ _numerics = sibling(__name__, "numerics")
 DECODE_UNIT_SCALE = _numerics.DECODE_UNIT_SCALE
 dequant_bytes = _numerics.dequant_bytes
 dequant_words = _numerics.dequant_words
+small_input_scales = _numerics.small_input_scales
 fake_quantize_tile = sibling(__name__, "quant_dequant").fake_quantize_tile
 
 
 @triton.jit
-def _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS: tl.constexpr):
+def _epilogue(acc, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS: tl.constexpr):
     """acc [BLOCK_N, BLOCK_M] fp32 (a dot of operands in units of 2^-14) -> out[m, n] = alpha * acc
     (+ bias[n]), cast to out's dtype."""
-    out = acc * (tl.load(alpha_ptr) * DECODE_UNIT_SCALE)
+    out = acc * (alpha * DECODE_UNIT_SCALE)
     if HAS_BIAS:
         out += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     tl.store(out_ptr + rm64[None, :] * stride_om + rn[:, None], out.to(out_ptr.dtype.element_ty),
@@ -45,7 +46,8 @@ def _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om
 @triton.jit(do_not_specialize=["M", "stride_om"])
 def nvfp4_gemm_kernel(
     a_ptr,  # uint8 [M, Kp/2]; PREDEQUANT_A: fp16 units [M, Kp]; QUANTIZE_X: x [M, K] (row stride stride_xm)
-    a_scale_ptr,  # uint8, 128x4 swizzled [round_up(M, 128), S4]; QUANTIZE_X: x's encode scale gs (fp32 [1])
+    a_scale_ptr,  # uint8, 128x4 swizzled [round_up(M, 128), S4]; QUANTIZE_X: x's encode scale gs (fp32 [1]),
+    #   or with DYNAMIC the weight's decode scale weight_scale_2 (gs and alpha then come from max |x|)
     w_ptr,  # uint8 [N, Kp/2] (rows beyond N may exist; never read)
     w_scale_ptr,  # uint8 row-major [N, Kp/16]
     alpha_ptr,  # fp32 [1]: 1 / (gs_a * gs_w)
@@ -70,6 +72,10 @@ def nvfp4_gemm_kernel(
     WORD_DECODE: tl.constexpr,  # GemmConfig.word_decode: 32-bit words of 8 codes -> half2 pairs
     PREDEQUANT_A: tl.constexpr,  # GemmConfig.predequant_a: a_ptr holds A already dequantized, fp16 [M, Kp]
     QUANTIZE_X: tl.constexpr,  # a_ptr holds x itself: every program quantizes the rows it reads
+    DYNAMIC: tl.constexpr = False,  # QUANTIZE_X, small x: every program derives gs and alpha from max |x|
+    AMAX_ROWS: tl.constexpr = 1,  # DYNAMIC: rows (>= M) and column chunks of the max |x| reads
+    AMAX_BLOCK: tl.constexpr = 1,
+    AMAX_CHUNKS: tl.constexpr = 1,
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -98,8 +104,14 @@ def nvfp4_gemm_kernel(
     w_rows = w_ptr + rn64[:, None] * (Kp // 2)
     w_sf_rows = w_scale_ptr + rn64[:, None] * S4
 
+    if DYNAMIC:  # x is small (the launcher checks): read whole from L2 by every program
+        gs, alpha = small_input_scales(a_ptr, M, K, stride_xm, tl.load(a_scale_ptr), AMAX_ROWS, AMAX_BLOCK,
+                                       AMAX_CHUNKS)
+    else:
+        alpha = tl.load(alpha_ptr)
+        if QUANTIZE_X:
+            gs = tl.load(a_scale_ptr)
     if QUANTIZE_X:
-        gs = tl.load(a_scale_ptr)
         x_rows = a_ptr + rm64[:, None] * stride_xm
     acc = tl.full([BLOCK_N, BLOCK_M], 0.0, tl.float32)
     k_begin = pid_k * k_tiles_per_split * BLOCK_K
@@ -147,7 +159,7 @@ def nvfp4_gemm_kernel(
         acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.float32)
 
     if SPLIT_K == 1:
-        _epilogue(acc, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
+        _epilogue(acc, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
     else:
         # fp32 partial of this K split; the last split of the tile to finish (an atomic ticket) sums
         # them in split order (deterministic) and resets the ticket for the next call.
@@ -160,7 +172,7 @@ def nvfp4_gemm_kernel(
             total = tl.load(tile, mask=mask, other=0.0, cache_modifier=".cg")
             for s in range(1, SPLIT_K):
                 total += tl.load(tile + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-            _epilogue(total, alpha_ptr, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
+            _epilogue(total, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
             tl.atomic_xchg(ticket_ptr + pid, 0)
 
 

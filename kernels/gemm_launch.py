@@ -10,6 +10,7 @@ import triton
 from . import _interpreter
 from . import gemm as gemm_module
 from .launch import CachedLaunch, cdiv, compile_tracing, int_key
+from .quant_dequant_launch import AMAX_BLOCK, fake_quantize, fake_quantize_dynamic, fuses_dynamic_scale_in_pass
 from .workspace import scratch_of
 
 
@@ -99,24 +100,35 @@ def nvfp4_gemm_dequantized_a(a_units, w_data, w_scale, alpha, bias, out, *, conf
 
 
 def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None,
-                          tiles_for_m: int | None = None):
+                          tiles_for_m: int | None = None, weight_scale_2=None):
     """The whole Linear in one launch: out = alpha * quantize(x, gs) @ dequant(W)^T (+ bias), every
     program quantizing the x rows it multiplies in registers. x bf16/fp16/fp32 [M, K] with unit
     column stride (K <= Kp); gs, alpha fp32 [1] (read on the device). The same values, tiles and
     sums as `fake_quantize(x, gs, units=True)` then `nvfp4_gemm_dequantized_a` with the same config:
     the same bits, one launch and no [M, Kp] temporary; x is re-quantized once per N tile.
-    tiles_for_m: as for `nvfp4_gemm_dequantized_a`."""
+    tiles_for_m: as for `nvfp4_gemm_dequantized_a`. weight_scale_2 (fp32 [1], the weight's decode
+    scale) instead of gs and alpha (then unused): a dynamic scale, every program deriving gs and
+    alpha from max |x| of all of x, the bits `dynamic_gs_alpha` gives; x must be small enough for
+    `fuses_dynamic_scale_in_pass` (the same unrolled reads)."""
     m, n = out.shape
     if m == 0 or n == 0:
         return out
+    dynamic = weight_scale_2 is not None
+    if dynamic and not fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
+        raise ValueError(f"x of {m} x {x.shape[1]} (row stride {x.stride(0)}) is too large for the dynamic scale "
+                         "inside the GEMM (fuses_dynamic_scale_in_pass)")
     if x.shape[1] == 1 or x.stride(0) == 1:
         # Triton makes an integer argument equal to 1 a constant, and with K or x's row stride a
         # constant its dot-operand pass fails to compile this kernel (Triton 3.6): a pass first.
-        from .quant_dequant_launch import fake_quantize
-
-        a = fake_quantize(x, gs, torch.empty((m, w_data.shape[1] * 2), dtype=torch.float16, device=x.device),
-                          units=True)
+        a = torch.empty((m, w_data.shape[1] * 2), dtype=torch.float16, device=x.device)
+        if dynamic:
+            alpha = fake_quantize_dynamic(x, weight_scale_2, a, units=True)
+        else:
+            fake_quantize(x, gs, a, units=True)
         return _gemm(a, a, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, tiles_for_m=tiles_for_m)
+    if dynamic:
+        return _gemm(x, weight_scale_2, w_data, w_scale, weight_scale_2, bias, out, config, a_mode=_X,
+                     tiles_for_m=tiles_for_m, dynamic=True)
     return _gemm(x, gs, w_data, w_scale, alpha, bias, out, config, a_mode=_X, tiles_for_m=tiles_for_m)
 
 
@@ -128,7 +140,7 @@ _launch = CachedLaunch(gemm_module.nvfp4_gemm_kernel,
 _PACKED, _UNITS, _X = 0, 1, 2  # what A is: packed NVFP4, fp16 units (dequantized), the input x
 
 
-def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED, tiles_for_m=None):
+def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED, tiles_for_m=None, dynamic=False):
     m, n = out.shape
     kp = w_data.shape[1] * 2
     index = out.get_device()  # CUDA device index, -1 on the CPU
@@ -140,9 +152,11 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED,
         k = sx = kp  # unused by the kernel
     tracing = compile_tracing()
     plan = _gemm_plan.__wrapped__ if tracing else _gemm_plan  # M may be symbolic (unhashable) there
+    # the max |x| reads unroll over rows: M made concrete (under torch.compile, a guard on M)
+    amax = (triton.next_power_of_2(int(m)), k) if dynamic else None
     grid, meta, options, split, tiles, per_split, launch_id = plan(
         index, m, n, kp, config, a_mode, a.dtype, out.dtype, None if bias is None else bias.dtype,
-        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m)
+        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax)
     if split > 1:
         partials, tickets = scratch_of(out).get(split * m * n, tiles)
     else:
@@ -163,10 +177,11 @@ _launch_ids: dict = {}
 
 
 @functools.lru_cache(maxsize=4096)
-def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, k_key=0, sx_key=0, tiles_for_m=None):
+def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, k_key=0, sx_key=0, tiles_for_m=None,
+               amax=None):
     """Config, split-K, grid, constexprs and launch key of one shape (device index -1: the CPU):
     worked out once. k_key, sx_key: `int_key` of x's K and row stride (what Triton specializes
-    them on; a_mode _X only)."""
+    them on; a_mode _X only); amax: (rows, K) of a dynamic scale's max |x| reads, or None."""
     device = torch.device("cuda", index) if index >= 0 else torch.device("cpu")
     if config is None:
         config = gemm_config(m if tiles_for_m is None else tiles_for_m, n, kp, device.type, _sm_count(device))
@@ -181,7 +196,11 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
     split = int(cdiv(k_tiles, per_split))  # no empty splits
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
-                WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X)
+                WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
+                DYNAMIC=amax is not None, AMAX_ROWS=1, AMAX_BLOCK=1, AMAX_CHUNKS=1)
+    if amax is not None:
+        amax_block = min(AMAX_BLOCK, triton.next_power_of_2(amax[1]))
+        meta.update(AMAX_ROWS=amax[0], AMAX_BLOCK=amax_block, AMAX_CHUNKS=cdiv(amax[1], amax_block))
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     tail = (index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values(), *options.values(), k_key, sx_key)
     return (tiles * split, 1, 1), meta, options, split, tiles, per_split, _launch_ids.setdefault(tail, len(_launch_ids))

@@ -8,6 +8,7 @@ import triton
 
 from . import gemv as gemv_module
 from .launch import cdiv
+from .quant_dequant_launch import AMAX_BLOCK
 from .small_m_linear_launch import SingleLaunch, run_single_launch, single_launch_plan
 
 MAX_M = 16  # rows the kernel takes (the router sends it M <= 4: `ops.use_gemv`; more for tuning)
@@ -16,7 +17,6 @@ MAX_M = 16  # rows the kernel takes (the router sends it M <= 4: `ops.use_gemv`;
 # (linear_bench.py --ab-dynamic): in-kernel 1x8192x8192 22.6 us vs 26.6, 4x4096x4096 16.1 vs 19.9,
 # 2x8192x3696 20.2 vs 23.7; but 2x8192x8192 33.8 vs 30.9. So: M * K <= 16384, K <= 4096 beyond M = 1.
 DYNAMIC_IN_KERNEL_MAX = 16384
-AMAX_BLOCK = 1024
 
 
 def fuses_dynamic_scale(m: int, k: int, row_stride: int) -> bool:

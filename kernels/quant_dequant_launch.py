@@ -25,7 +25,7 @@ _launch_rows = CachedLaunch(qd_module.dequantize_rows_kernel)
 # analysed, register spills are the likely cause).
 DYNAMIC_IN_PASS_ROWS = 16
 DYNAMIC_IN_PASS_MAX = 64 * 1024  # elements of x (64 loads of 1024)
-_AMAX_BLOCK = 1024
+AMAX_BLOCK = 1024  # columns per load of the max |x| reads that the small-input kernels unroll
 
 
 def fuses_dynamic_scale_in_pass(m: int, k: int, row_stride: int) -> bool:
@@ -87,7 +87,7 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False):
     else:
         block_m, block_k = (16, 256) if dynamic else (32, 128)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
-    amax_block = min(_AMAX_BLOCK, triton.next_power_of_2(k))
+    amax_block = min(AMAX_BLOCK, triton.next_power_of_2(k))
     meta = dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
                 AMAX_ROWS=triton.next_power_of_2(m) if dynamic else 1, AMAX_BLOCK=amax_block if dynamic else 1,
                 AMAX_CHUNKS=cdiv(k, amax_block) if dynamic else 1)

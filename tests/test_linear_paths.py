@@ -697,6 +697,8 @@ def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
         kernels.act_fake_quantize(_TracedTensor((m, 928), torch.bfloat16), "silu_mul", None, a, units=True)
         kernels.nvfp4_gemm_dequantized_a(a, w, None, None, None, out)
         kernels.nvfp4_gemm_quantize_x(x, None, w, None, None, None, out)
+        kernels.nvfp4_gemm_quantize_x(_TracedTensor((m16, 464), torch.bfloat16), None, w, None, None, None,
+                                      _TracedTensor((m16, 1288), torch.bfloat16), weight_scale_2=w)  # M made concrete
         kernels.dynamic_scales(x, None)  # (its M-dependent choices were once a symbolic bool in a plan key)
         kernels.dynamic_scales(_TracedTensor((m, 928), torch.bfloat16), None, act="silu_mul")
         kernels.alpha_epilogue(_TracedTensor((m, 1288), torch.float32), None, None, out)
@@ -705,7 +707,7 @@ def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
         # the max |x| pass unrolls over rows: M made concrete (a guard), the plan left uncached
         assert kernels.fake_quantize_dynamic(_TracedTensor((m16, 464), torch.bfloat16), None,
                                              _TracedTensor((m16, 512), torch.float16), units=True) == 1
-    assert len(launched) == 9  # (no plan cache hashed M; CachedLaunch ignores keys while tracing)
+    assert len(launched) == 10  # (no plan cache hashed M; CachedLaunch ignores keys while tracing)
     assert all(type(v) in (int, bool) for _, meta in launched for v in meta.values())
 
 
@@ -734,3 +736,28 @@ def test_cublas_path_runs_with_fp32_reductions_and_restores_the_flag(monkeypatch
         assert seen == [False] and getattr(matmul, name) is True
     finally:
         setattr(matmul, name, saved)
+
+
+@pytest.mark.parametrize("m, k, outlier, row_stride", [(5, 464, 1e4, 0), (16, 1376, 1e4, 1472), (9, 200, math.nan, 0)])
+def test_dynamic_scale_inside_the_quantizing_gemm_matches_the_separate_launch(device, m, k, outlier, row_stride):
+    """`nvfp4_gemm_quantize_x(weight_scale_2=)`: every program derives gs and alpha from max |x|
+    itself; the bits of `dynamic_gs_alpha` then the same GEMM (strided rows, an outlier or a NaN,
+    a poisoned output; split K on the CPU at K = 1376)."""
+    n = 72
+    layer, _, _ = layer_for(n, k, device, dynamic=True, seed=m)
+    base = torch.randn(m, max(k, row_stride), generator=torch.Generator().manual_seed(m)) * 2
+    base[m - 1, k // 3] = outlier
+    x = base.to(torch.bfloat16).to(device)[:, :k]
+    gs, alpha = kernels.dynamic_gs_alpha(x, layer.weight_scale_2)
+    want = kernels.nvfp4_gemm_quantize_x(x, gs, layer.weight, layer.weight_scale, alpha, layer.bias,
+                                         torch.empty(m, n, dtype=torch.bfloat16, device=device))
+    got = kernels.nvfp4_gemm_quantize_x(x, None, layer.weight, layer.weight_scale, None, layer.bias,
+                                        torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device),
+                                        weight_scale_2=layer.weight_scale_2)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert got.isnan().any().item() == (outlier != outlier)
+    with pytest.raises(ValueError, match="too large"):
+        big = torch.zeros(17, k, dtype=torch.bfloat16, device=device)
+        kernels.nvfp4_gemm_quantize_x(big, None, layer.weight, layer.weight_scale, None, None,
+                                      torch.empty(17, n, dtype=torch.bfloat16, device=device),
+                                      weight_scale_2=layer.weight_scale_2)
