@@ -173,11 +173,12 @@ def host_bound(x, m: int, n: int, kp: int) -> bool:
 
 def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_scale_2, bias, out, dynamic,
                                 alpha_host, cublas):
-    """The paths past decode, for x itself (act None) or act(x) (`triton_act_linear`): the
-    activation's NVFP4 values written once, then cuBLAS (large M, bf16/fp16: true values in x's
-    dtype) or the Triton GEMM (fp16 units in the weight decode's order, per-stream
-    scratch). A dynamic scale: taken inside that pass for small x (`kernels.fuses_dynamic_scale_in_pass`),
-    else by a launch of its own first."""
+    """The paths past decode, for x itself (act None) or act(x) (`triton_act_linear`): the Triton
+    GEMM quantizing x itself (one launch; `use_quantize_in_gemm`, or a small eager call:
+    `host_bound`), or the activation's NVFP4 values written once, then cuBLAS (large M, bf16/fp16:
+    true values in x's dtype) or the Triton GEMM (fp16 units in the weight decode's order, per-stream
+    scratch). A dynamic scale: taken inside the first launch for small x
+    (`kernels.fuses_dynamic_scale_in_pass`), else by a launch of its own first."""
     m, n = out.shape
     kp = weight.shape[1] * 2
     tiles_for_m = None
@@ -187,16 +188,17 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
         else:
             cublas = use_cublas(m, n, kp, dynamic)
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
+    in_gemm = not cublas and act is None and (tiles_for_m is not None or use_quantize_in_gemm(m, n, kp))
     if dynamic:
         if not cublas and act is None and kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
-            if tiles_for_m is not None or use_quantize_in_gemm(m, n, kp):  # one launch, max |x| inside
+            if in_gemm:  # one launch, max |x| taken by every program
                 return kernels.nvfp4_gemm_quantize_x(x, None, weight, weight_scale, None, bias, out,
                                                      tiles_for_m=tiles_for_m, weight_scale_2=weight_scale_2)
             a = scratch_of(x).dequantized_activation(m, kp)
             alpha = kernels.fake_quantize_dynamic(x, weight_scale_2, a, units=True)
             return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
         gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2, act=act)  # views of per-stream scratch, made once
-    if not cublas and act is None and (tiles_for_m is not None or use_quantize_in_gemm(m, n, kp)):
+    if in_gemm:
         return kernels.nvfp4_gemm_quantize_x(x, gs, weight, weight_scale, alpha, bias, out, tiles_for_m=tiles_for_m)
     if cublas:
         k = kernels.act_width(act, x.shape[1]) if act is not None else x.shape[1]

@@ -78,6 +78,16 @@ def rel_err(out, ref):
 # ---- checkpoints ----------------------------------------------------------------------------
 
 
+def without_host_sync(fn, times: int = 1) -> list:
+    """fn() called `times` times with torch's sync debug mode set to raise on any host sync (a
+    forward path must not sync): the results."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return [fn() for _ in range(times)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def free_port() -> int:
     """A free local TCP port for a gloo process group's rendezvous."""
     import socket

@@ -17,7 +17,7 @@ from fp4linear.format import NVFP4Tensor
 from fp4linear.kernels.act_quantize_launch import AmaxConfig
 from fp4linear.kernels.quantize_launch import QuantConfig
 
-from .conftest import assert_same_bits, poisoned, wide_range
+from .conftest import assert_same_bits, poisoned, wide_range, without_host_sync
 
 
 def torch_act(x: torch.Tensor, act: str) -> torch.Tensor:
@@ -261,11 +261,7 @@ def test_no_host_sync_and_cuda_graph(dynamic):
     gs = None if dynamic else dynamic_scale(torch_act(x, "silu_mul"))
     out = NVFP4Tensor.empty((40, 1368), k_align=64, device="cuda")
     fp4linear.act_quantize(x, gs, act="silu_mul", k_align=64, out=out)  # compile outside the checks
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        fp4linear.act_quantize(x, gs, act="silu_mul", k_align=64, out=out)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    without_host_sync(lambda: fp4linear.act_quantize(x, gs, act="silu_mul", k_align=64, out=out))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fp4linear.act_quantize(x, gs, act="silu_mul", k_align=64, out=out)

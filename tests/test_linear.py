@@ -10,7 +10,7 @@ import fp4linear
 
 from fp4linear import reference
 
-from .conftest import emulate, modelopt_checkpoint, rel_err
+from .conftest import emulate, modelopt_checkpoint, rel_err, without_host_sync
 
 
 @pytest.mark.parametrize("n, k, lead", [(200, 464, (7,)), (33, 48, (2, 3)), (96, 1376, (1,)), (130, 64, (129,))])
@@ -140,11 +140,7 @@ def test_gpu_compile_graph_no_sync_and_sm90_refusal():
     x = torch.randn(8, 464, dtype=torch.bfloat16, device="cuda")
     want = layer(x)
     assert torch.equal(torch.compile(layer, fullgraph=True)(x), want)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        layer(x)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    without_host_sync(lambda: layer(x))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y = layer(x)

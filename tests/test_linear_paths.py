@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import fp4linear
 from fp4linear import kernels, ops, reference
 
-from .conftest import modelopt_checkpoint
+from .conftest import modelopt_checkpoint, without_host_sync
 
 
 def layer_for(n, k, device, *, bias=True, dynamic=False, seed=0):
@@ -290,11 +290,7 @@ def test_gpu_small_layer_eager_one_launch_and_graph_cublas(dynamic):
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
     assert ops.host_bound(x, m, n, layer.k_padded) and ops.use_cublas(m, n, layer.k_padded, dynamic)
     eager = layer(x)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        again = [layer(x) for _ in range(3)]
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    again = without_host_sync(lambda: layer(x), 3)
     assert all(torch.equal(eager, a) for a in again)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -411,11 +407,7 @@ def test_gpu_paths_no_sync_graph_deterministic(path, m, dynamic):
     layer, ckpt, q = layer_for(n, k, "cuda", dynamic=dynamic, seed=m)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
     first = _forward(layer, x, path)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        again = [_forward(layer, x, path) for _ in range(3)]  # tickets and scale words reset each call
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    again = without_host_sync(lambda: _forward(layer, x, path), 3)  # tickets and scale words reset each call
     assert all(torch.equal(first, a) for a in again)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -545,11 +537,7 @@ def test_gpu_gemv_no_sync_graph_deterministic(m):
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     first = _gemv(layer, x, out).clone()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        again = [_gemv(layer, x, torch.empty_like(out)) for _ in range(3)]
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    again = without_host_sync(lambda: _gemv(layer, x, torch.empty_like(out)), 3)
     assert all(torch.equal(first, a) for a in again)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

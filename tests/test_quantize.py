@@ -12,7 +12,7 @@ from fp4linear import kernels, reference
 from fp4linear.format import NVFP4Tensor, scale_layout
 from fp4linear.kernels.quantize_launch import BASELINE, QuantConfig
 
-from .conftest import assert_same_bits, global_scale_of, poisoned, wide_range
+from .conftest import assert_same_bits, global_scale_of, poisoned, wide_range, without_host_sync
 
 
 def check(x, gs, k_align, sf_layout, *, poison=True):
@@ -220,11 +220,7 @@ def test_no_host_sync_and_cuda_graph():
     gs = global_scale_of(x)
     out = NVFP4Tensor.empty(x.shape, k_align=64, device="cuda")
     fp4linear.quantize(x, gs, k_align=64, out=out)  # compile outside the checks
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        fp4linear.quantize(x, gs, k_align=64, out=out)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    without_host_sync(lambda: fp4linear.quantize(x, gs, k_align=64, out=out))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fp4linear.quantize(x, gs, k_align=64, out=out)
