@@ -167,8 +167,31 @@ def host_bound(x, m: int, n: int, kp: int) -> bool:
     and its temporaries cost ~52 us of host time on the H100 machine against ~17 for nn.Linear),
     quantize x inside the Triton GEMM (one launch), and take the mid-M tiles whatever M, so that
     act(h) on the same path (GatedMLP's down projection: two launches) gets the same bits."""
-    return (16 < m and m * n * kp <= HOST_BOUND_MNK and not _launch_mod.compile_tracing()
-            and not (x.is_cuda and torch.cuda.is_current_stream_capturing()))
+    if m <= 16 or m * n * kp > HOST_BOUND_MNK or _launch_mod.compile_tracing():
+        return False
+    if x.is_cuda:
+        if torch.cuda.is_current_stream_capturing():
+            return False
+        if (x.get_device(), x.dtype) not in _cublas_ready:
+            _warm_cublas(x)
+    return True
+
+
+_cublas_ready: set = set()
+
+
+def _warm_cublas(x) -> None:
+    """The calls the cuBLAS path makes, once per device and dtype, on tiny operands. An eager
+    warm-up of a small layer takes the one-launch route, so it would leave cuBLAS uninitialized,
+    and a CUDA graph captured next takes the cuBLAS route: cuBLAS cannot create its handles inside
+    a capture (CUBLAS_STATUS_NOT_INITIALIZED)."""
+    a = torch.ones(8, 8, dtype=x.dtype, device=x.device)
+    with _fp32_reductions(x.dtype):
+        torch.addmm(a[0], a, a.t(), alpha=0.5)
+        torch.addmm(a, a, a.t(), beta=0, alpha=0.5, out=torch.empty_like(a))
+        if x.dtype in (torch.bfloat16, torch.float16):
+            _mm_fp32(a, a.t(), torch.empty(8, 8, device=x.device))
+    _cublas_ready.add((x.get_device(), x.dtype))
 
 
 def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_scale_2, bias, out, dynamic,

@@ -749,3 +749,35 @@ def test_dynamic_scale_inside_the_quantizing_gemm_matches_the_separate_launch(de
         kernels.nvfp4_gemm_quantize_x(big, None, layer.weight, layer.weight_scale, None, None,
                                       torch.empty(17, n, dtype=torch.bfloat16, device=device),
                                       weight_scale_2=layer.weight_scale_2)
+
+
+@pytest.mark.cuda
+def test_gpu_fresh_process_eager_warmup_then_graph_capture():
+    """A fresh process whose only CUDA work is a small layer called eagerly (the one-launch route,
+    no cuBLAS), then captured into a CUDA graph (the cuBLAS route): the capture must not be the
+    first cuBLAS call (cuBLAS cannot create its handles inside a capture)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import torch, fp4linear
+        lin = torch.nn.Linear(384, 1536, device="cuda", dtype=torch.bfloat16)
+        layer = fp4linear.Linear.from_linear(lin, input_scale=fp4linear.decode_scale(torch.tensor(4.0)))
+        x = torch.randn(768, 384, device="cuda", dtype=torch.bfloat16)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                layer(x)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            y = layer(x)
+        g.replay()
+        torch.cuda.synchronize()
+        assert not y.isnan().any()
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
