@@ -6,7 +6,7 @@ op `fp4linear::linear`, a `torch.library.triton_op` on CUDA (Inductor sees and l
 kernels itself) and an opaque custom op on CPU (the interpreter cannot be traced).
 
 Paths of `triton_linear` by the number of rows M (docs/nvfp4.md, "Triton backend paths"):
-- M <= 2, and M <= 4 on small weights: one launch on CUDA cores (`kernels.linear_gemv`: quantize,
+- M <= 2, M <= 4 on small weights, M <= 8 on tiny ones: one launch on CUDA cores (`kernels.linear_gemv`: quantize,
   exact E2M1 x E2M1 products in fp16 pairs, split-K reduce); `use_gemv`;
 - up to 16 rows on weights under 8M elements: the Triton GEMM quantizing x itself, one launch
   (`kernels.nvfp4_gemm_quantize_x`); `use_quantize_in_gemm`;
@@ -58,12 +58,14 @@ def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
 
 
 def use_gemv(m: int, n: int, kp: int) -> bool:
-    """M <= 2, and M <= 4 on weights under 24M elements: the CUDA-core kernel (`kernels.linear_gemv`,
-    one launch). H100, weights cold, device time (linear_bench.py --tune-gemv against the paths
-    below): 1x8192x8192 22.0 us vs 32.1, 2x8192x8192 26.6 vs 30.7, 1x28672x8192 58.5 vs 89.9,
-    1x2688x464 2.4 vs 7.3, 4x4096x4096 14.8 vs 16.0; but 4x8192x8192 41.0 vs 30.6 and 4x8192x3696 22.3
-    vs 21.0 (its products, one per weight element and row, then outweigh the decode it shares)."""
-    return m <= 2 or (m <= 4 and n * kp < 24 * 2**20)
+    """M <= 2, M <= 4 on weights under 24M elements, and M <= 8 on weights under 2M: the CUDA-core
+    kernel (`kernels.linear_gemv`, one launch). H100, weights cold, device time (linear_bench.py
+    --tune-gemv against the paths below): 1x8192x8192 22.0 us vs 32.1, 2x8192x8192 26.6 vs 30.7,
+    1x28672x8192 58.5 vs 89.9, 1x2688x464 2.4 vs 7.3, 4x4096x4096 14.8 vs 16.0, 8x2688x464 4.65 vs
+    6.8; but 4x8192x8192 41.0 vs 30.6, 4x8192x3696 22.3 vs 21.0, 8x1288x2688 13.9 vs 12.3 and
+    16x2688x464 8.8 vs 6.1 (its products, one per weight element and row, then outweigh the decode
+    it shares)."""
+    return m <= 2 or (m <= 4 and n * kp < 24 * 2**20) or (m <= 8 and n * kp < 2 * 2**20)
 
 
 def use_quantize_in_gemm(m: int, n: int, kp: int) -> bool:

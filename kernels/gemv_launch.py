@@ -11,7 +11,7 @@ from .launch import cdiv
 from .quant_dequant_launch import AMAX_BLOCK
 from .small_m_linear_launch import SingleLaunch, run_single_launch, single_launch_plan
 
-MAX_M = 16  # rows the kernel takes (the router sends it M <= 4: `ops.use_gemv`; more for tuning)
+MAX_M = 16  # rows the kernel takes (the router sends it up to 8: `ops.use_gemv`; more for tuning)
 # A dynamic scale is computed inside the kernel (every program reads all of x) for small inputs;
 # otherwise `kernels.dynamic_scales` runs first (one small launch). H100, weights cold, device time
 # (linear_bench.py --ab-dynamic): in-kernel 1x8192x8192 22.6 us vs 26.6, 4x4096x4096 16.1 vs 19.9,

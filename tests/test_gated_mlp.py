@@ -72,7 +72,7 @@ def x_for(m, hidden, device, seed=0):
     return (torch.randn(m, hidden, generator=torch.Generator().manual_seed(seed)) * 2).to(torch.bfloat16).to(device)
 
 
-# Forward paths of the down projection (ops.triton_act_linear) at these tiny shapes: M <= 4 the
+# Forward paths of the down projection (ops.triton_act_linear) at these tiny shapes: M <= 8 the
 # dequantized-A GEMM where the unfused Linear takes its decode kernel (ops.use_gemv); 17 both the Triton GEMM;
 # 130 (static) both the cuBLAS path (torch.addmm on CPU tensors), dynamic both the Triton GEMM.
 CASES = [(1, 48, 40, "silu_mul"), (3, 72, 88, "silu_mul"), (17, 48, 232, "silu_mul"), (130, 48, 40, "silu_mul"),
