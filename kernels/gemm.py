@@ -72,10 +72,10 @@ def nvfp4_gemm_kernel(
     WORD_DECODE: tl.constexpr,  # GemmConfig.word_decode: 32-bit words of 8 codes -> half2 pairs
     PREDEQUANT_A: tl.constexpr,  # GemmConfig.predequant_a: a_ptr holds A already dequantized, fp16 [M, Kp]
     QUANTIZE_X: tl.constexpr,  # a_ptr holds x itself: every program quantizes the rows it reads
-    DYNAMIC: tl.constexpr = False,  # QUANTIZE_X, small x: every program derives gs and alpha from max |x|
-    AMAX_ROWS: tl.constexpr = 1,  # DYNAMIC: rows (>= M) and column chunks of the max |x| reads
-    AMAX_BLOCK: tl.constexpr = 1,
-    AMAX_CHUNKS: tl.constexpr = 1,
+    DYNAMIC: tl.constexpr,  # QUANTIZE_X, small x: every program derives gs and alpha from max |x|
+    AMAX_ROWS: tl.constexpr,  # DYNAMIC: rows (>= M) and column chunks of the max |x| reads
+    AMAX_BLOCK: tl.constexpr,
+    AMAX_CHUNKS: tl.constexpr,
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4

@@ -10,7 +10,7 @@ import triton
 from . import _interpreter
 from . import gemm as gemm_module
 from .launch import CachedLaunch, cdiv, compile_tracing, int_key
-from .quant_dequant_launch import AMAX_BLOCK, fake_quantize, fake_quantize_dynamic, fuses_dynamic_scale_in_pass
+from .quant_dequant_launch import amax_reads, fake_quantize, fake_quantize_dynamic, fuses_dynamic_scale_in_pass
 from .workspace import scratch_of
 
 
@@ -197,10 +197,8 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
-                DYNAMIC=amax is not None, AMAX_ROWS=1, AMAX_BLOCK=1, AMAX_CHUNKS=1)
-    if amax is not None:
-        amax_block = min(AMAX_BLOCK, triton.next_power_of_2(amax[1]))
-        meta.update(AMAX_ROWS=amax[0], AMAX_BLOCK=amax_block, AMAX_CHUNKS=cdiv(amax[1], amax_block))
+                DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1,
+                **amax_reads(amax[1] if amax else 0, amax is not None))
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     tail = (index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values(), *options.values(), k_key, sx_key)
     return (tiles * split, 1, 1), meta, options, split, tiles, per_split, _launch_ids.setdefault(tail, len(_launch_ids))

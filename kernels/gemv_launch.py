@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import triton
 
 from . import gemv as gemv_module
-from .launch import cdiv
-from .quant_dequant_launch import AMAX_BLOCK
+from .quant_dequant_launch import amax_reads
 from .small_m_linear_launch import SingleLaunch, run_single_launch, single_launch_plan
 
 MAX_M = 16  # rows the kernel takes (the router sends it up to 8: `ops.use_gemv`; more for tuning)
@@ -81,10 +80,8 @@ def _plan(device, n, k, kp, m_rows, has_bias, config, dtypes, dynamic=False):
         config = gemv_config(n, kp, m_rows, device.type)
     if config.block_k % 64:
         raise ValueError(f"block_k must be a multiple of 64, got {config.block_k}")
-    amax_block = min(AMAX_BLOCK, triton.next_power_of_2(k))
     return single_launch_plan(device, n, k, kp, config, dtypes, MAX_M, _launch_ids, M_ROWS=m_rows, HAS_BIAS=has_bias,
-                              USE_ASM=config.use_asm and device.type == "cuda", DYNAMIC=dynamic,
-                              AMAX_BLOCK=amax_block, AMAX_CHUNKS=cdiv(k, amax_block) if dynamic else 1)
+                              USE_ASM=config.use_asm and device.type == "cuda", DYNAMIC=dynamic, **amax_reads(k, dynamic))
 
 
 _GEMV = SingleLaunch(gemv_module, "nvfp4_gemv_kernel", _plan, MAX_M)

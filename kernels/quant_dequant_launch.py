@@ -28,6 +28,15 @@ DYNAMIC_IN_PASS_MAX = 64 * 1024  # elements of x (64 loads of 1024)
 AMAX_BLOCK = 1024  # columns per load of the max |x| reads that the small-input kernels unroll
 
 
+def amax_reads(k: int, dynamic: bool = True) -> dict:
+    """The constexprs of `numerics.small_input_scales`' unrolled reads of a row of K columns
+    (AMAX_BLOCK, AMAX_CHUNKS); ones where the kernel takes no dynamic scale."""
+    if not dynamic:
+        return dict(AMAX_BLOCK=1, AMAX_CHUNKS=1)
+    block = min(AMAX_BLOCK, triton.next_power_of_2(k))
+    return dict(AMAX_BLOCK=block, AMAX_CHUNKS=cdiv(k, block))
+
+
 def fuses_dynamic_scale_in_pass(m: int, k: int, row_stride: int) -> bool:
     """Whether `fake_quantize_dynamic` takes x [m, k] (its max |x| pass indexes rows with 32-bit
     offsets, hence the bound on m * row_stride)."""
@@ -87,10 +96,8 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False):
     else:
         block_m, block_k = (16, 256) if dynamic else (32, 128)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
-    amax_block = min(AMAX_BLOCK, triton.next_power_of_2(k))
     meta = dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
-                AMAX_ROWS=triton.next_power_of_2(m) if dynamic else 1, AMAX_BLOCK=amax_block if dynamic else 1,
-                AMAX_CHUNKS=cdiv(k, amax_block) if dynamic else 1)
+                AMAX_ROWS=triton.next_power_of_2(m) if dynamic else 1, **amax_reads(k, dynamic))
     tail = (index, x_dtype, out_dtype, k, kp, *meta.values())  # with x's alignment: the launch key
     return grid, meta, _launch_ids.setdefault(tail, len(_launch_ids))
 
