@@ -9,7 +9,8 @@ chain over its length. Weight bandwidth counts the padded NVFP4 weight's bytes (
 
     python benchmarks/linear_bench.py                  # table + results/linear_<gpu>.csv + RESULTS.md
     python benchmarks/linear_bench.py --tune           # tile sweeps for the small-M kernel and the paths
-    python benchmarks/linear_bench.py --tune-gemv      # M <= 4: CUDA-core kernel tiles vs the tensor-core kernel
+    python benchmarks/linear_bench.py --tune-gemv      # small M: CUDA-core kernel tiles vs the other one-launch paths
+    python benchmarks/linear_bench.py --ab-fused       # past decode: x quantized in the GEMM vs a pass first vs cuBLAS
     python benchmarks/linear_bench.py --dry-run        # walk the code on tiny CPU shapes
 """
 
@@ -506,39 +507,30 @@ def run_tune_fused(args):
 
 
 def main():
+    # the modes besides the table: flag, runner, help
+    modes = [("--tune", run_tune, "tile sweeps for the small-M kernel and the paths"),
+             ("--tune-gemv", run_tune_gemv, "small M: CUDA-core kernel tiles vs the tensor-core kernel and the "
+              "routed path (-> results/gemv_tune_<gpu>*.csv)"),
+             ("--tune-fused", run_tune_fused, "tiles of the GEMM quantizing x past 16 rows "
+              "(-> results/fused_tune_<gpu>.csv)"),
+             ("--ab-dynamic", run_ab_dynamic, "dynamic vs static scale, new vs previous dynamic paths "
+              "(-> results/dynamic_ab_<gpu>.csv)"),
+             ("--ab-operands", run_ab_operands, "cuBLAS path: operands in one launch vs two "
+              "(-> results/operands_ab_<gpu>.csv)"),
+             ("--ab-fused", run_ab_fused, "past decode: x quantized inside the Triton GEMM vs a pass first vs "
+              "cuBLAS (-> results/fused_ab_<gpu>.csv)")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tune", action="store_true")
-    p.add_argument("--tune-gemv", action="store_true", help="M <= 4: CUDA-core kernel tiles vs the tensor-core kernel "
-                   "(-> results/gemv_tune_<gpu>.csv)")
-    p.add_argument("--ab-dynamic", action="store_true", help="dynamic vs static scale, new vs previous dynamic paths "
-                   "(-> results/dynamic_ab_<gpu>.csv)")
-    p.add_argument("--ab-operands", action="store_true", help="cuBLAS path: operands in one launch vs two "
-                   "(-> results/operands_ab_<gpu>.csv)")
-    p.add_argument("--ab-fused", action="store_true", help="past decode: x quantized inside the Triton GEMM vs "
-                   "a pass first vs cuBLAS (-> results/fused_ab_<gpu>.csv)")
-    p.add_argument("--tune-fused", action="store_true", help="tiles of the GEMM quantizing x past 16 rows "
-                   "(-> results/fused_tune_<gpu>.csv)")
+    group = p.add_mutually_exclusive_group()
+    for flag, _, help_ in modes:
+        group.add_argument(flag, action="store_true", help=help_)
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (no timings of note)")
     p.add_argument("--m", type=int, nargs="*", help="only these M")
     p.add_argument("--shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", help="only these NxK")
     p.add_argument("--update", action="store_true", help="replace only the measured rows of this card's CSV")
     add_output_args(p)
     args = p.parse_args()
-    if args.ab_fused:
-        run_ab_fused(args)
-    elif args.tune_fused:
-        run_tune_fused(args)
-    elif args.ab_dynamic:
-        run_ab_dynamic(args)
-    elif args.ab_operands:
-        run_ab_operands(args)
-    elif args.tune_gemv:
-        run_tune_gemv(args)
-    elif args.tune:
-        run_tune(args)
-    else:
-        run_table(args)
-
+    run = next((fn for flag, fn, _ in modes if getattr(args, flag[2:].replace("-", "_"))), run_table)
+    run(args)
 
 if __name__ == "__main__":
     main()
