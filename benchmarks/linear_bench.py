@@ -506,6 +506,83 @@ def run_tune_fused(args):
         csv.writer(f).writerows([["m", "n", "k", "kernel", "us"], *rows])
 
 
+# --tune-operand candidates: (block_m, block_n, block_k, warps, stages) with the weight as the MMA's right
+# operand (`GemmConfig.w_operand_b`), per M class
+OPERAND_CONFIGS = {
+    "decode": [(16, 64, 256, 4, 3), (16, 64, 128, 4, 4), (16, 128, 128, 4, 3), (16, 128, 256, 4, 3),
+               (16, 32, 256, 4, 4), (16, 128, 128, 8, 3)],
+    "mid": [(64, 64, 128, 4, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (64, 128, 128, 4, 3),
+            (128, 128, 128, 8, 3), (256, 128, 64, 8, 3)],
+    "prefill": [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 128, 8, 3)],
+}
+
+
+def run_tune_operand(args):
+    """The decoded weight as the MMA's right operand (`GemmConfig.w_operand_b`) against the layer's
+    routed path: the quantize-dequantize pass + the Triton GEMM per tile, and at M <= 16 the GEMM
+    quantizing x itself; device time (CUDA-graph replays; M <= 16: weights cold), static scale, bf16
+    input, cuBLAS bf16 in the same process (-> results/operand_tune_<gpu>.csv)."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    shapes = [(72, 200)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
+    ms = [4, 40] if device == "cpu" else (args.m or [1, 4, 16, 128, 256, 512, 2048])
+    rows = []
+    for n, k in tqdm(shapes, desc="operand tune", file=sys.stderr):
+        for m in ms:
+            cls = "decode" if m <= 16 else "mid" if m < 1024 else "prefill"
+            copies = cold_copies(n * k * 2) if (device == "cuda" and m <= 16) else 1
+            trios = make_layers(n, k, copies, device, torch.bfloat16)
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in trios]
+            kp = trios[0][1].k_padded
+            a = torch.empty(m, kp, device=device, dtype=torch.float16)
+
+            def over_layers(step):
+                def run():
+                    for (_, layer, _), out in zip(trios, outs):
+                        step(layer, out)
+                return run
+            res = [(over_layers(lambda layer, out: layer(x)), "routed path")]
+            configs = [kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, predequant_a=True, w_operand_b=True)
+                       for bm, bn, bk, w, st in OPERAND_CONFIGS[cls] if bk <= kp and kp % bk == 0]
+            if device == "cpu":
+                configs = [kernels.GemmConfig(16, 32, 64, 4, 1, split_k=0, predequant_a=True, w_operand_b=True)]
+            for cfg in configs:
+                label = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
+
+                def two(layer, out, cfg=cfg):
+                    kernels.fake_quantize(x, layer.input_global_scale, a, units=True)
+                    kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, None, out,
+                                                     config=cfg)
+                res.append((over_layers(two), f"B-operand two launches {label}"))
+                if m <= 16:
+                    res.append((over_layers(lambda layer, out, cfg=cfg: kernels.nvfp4_gemm_quantize_x(
+                        x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, None, out,
+                        config=cfg)), f"B-operand one launch {label}"))
+            lins = [t[0] for t in trios]
+            bf16 = graph_us(lambda: [lin(x) for lin in lins]) / copies
+            timed = [] if device == "cpu" else time_candidates(res, copies)
+            if device == "cpu":  # dry run: every candidate once, checked against the routed path
+                want = torch.stack([t[1](x) for t in trios]).float()
+                for fn, name in res:
+                    fn()
+                    if name != "routed path":  # (which returns its output)
+                        err = ((torch.stack(outs).float() - want).abs().max() / want.abs().max()).item()
+                        assert err < 1e-2, (name, err)
+                    timed.append((float("nan"), name))
+            for t, name in timed:
+                rows.append([m, n, k, name, t, bf16])
+            routed = next(t for t, nm in timed if nm == "routed path")
+            print(f"operand {m}x{n}x{k}: bf16 {bf16:.2f}us routed {routed:.2f}us ({bf16 / routed:.2f}x); " +
+                  "; ".join(f"{t:.2f}us ({bf16 / t:.2f}x) {nm}" for t, nm in timed[:4]), flush=True)
+    if device == "cpu":
+        return
+    import csv
+
+    with (args.results_dir / f"operand_tune_{gpu_slug()}.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["m", "n", "k", "kernel", "us", "bf16_us"], *rows])
+
+
 def main():
     # the modes besides the table: flag, runner, help
     modes = [("--tune", run_tune, "tile sweeps for the small-M kernel and the paths"),
@@ -517,6 +594,8 @@ def main():
               "(-> results/dynamic_ab_<gpu>.csv)"),
              ("--ab-operands", run_ab_operands, "cuBLAS path: operands in one launch vs two "
               "(-> results/operands_ab_<gpu>.csv)"),
+             ("--tune-operand", run_tune_operand, "the decoded weight as the MMA's right operand, per tile, vs "
+              "the routed path (-> results/operand_tune_<gpu>.csv)"),
              ("--ab-fused", run_ab_fused, "past decode: x quantized inside the Triton GEMM vs a pass first vs "
               "cuBLAS (-> results/fused_ab_<gpu>.csv)")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

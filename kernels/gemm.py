@@ -76,6 +76,7 @@ def nvfp4_gemm_kernel(
     AMAX_ROWS: tl.constexpr,  # DYNAMIC: rows (>= M) and column chunks of the max |x| reads
     AMAX_BLOCK: tl.constexpr,
     AMAX_CHUNKS: tl.constexpr,
+    W_OPERAND_B: tl.constexpr,  # GemmConfig.w_operand_b: out = A @ W^T with the decoded weight as the MMA's right operand
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -113,7 +114,10 @@ def nvfp4_gemm_kernel(
             gs = tl.load(a_scale_ptr)
     if QUANTIZE_X:
         x_rows = a_ptr + rm64[:, None] * stride_xm
-    acc = tl.full([BLOCK_N, BLOCK_M], 0.0, tl.float32)
+    if W_OPERAND_B:
+        acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+    else:
+        acc = tl.full([BLOCK_N, BLOCK_M], 0.0, tl.float32)
     k_begin = pid_k * k_tiles_per_split * BLOCK_K
     k_end = tl.minimum(k_begin + k_tiles_per_split * BLOCK_K, Kp)
     if WORD_DECODE:
@@ -153,10 +157,18 @@ def nvfp4_gemm_kernel(
             w = dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
         else:
             w = dequant_bytes(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
-        # out^T = W @ A^T: the weight tile, decoded in registers, is the MMA's left operand (the
-        # 64-row side of wgmma; Triton stages it through shared memory), and a handful of tokens
-        # fits the right operand's small N (decode).
-        acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.float32)
+        if W_OPERAND_B:
+            # out = A @ W^T, the decoded weight the right operand: with 16-token tiles (mma.sync) Triton
+            # decodes the weight words straight into the operand's registers; with 64+ (wgmma) it stores
+            # the tile to shared memory once and the K tile's MMAs issue back to back.
+            acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.float32)
+        else:
+            # out^T = W @ A^T: the weight tile, decoded in registers, is the MMA's left operand (the
+            # 64-row side of wgmma: Triton moves it into the operand layout through shared memory and
+            # waits on every MMA), and a handful of tokens fits the right operand's small N.
+            acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.float32)
+    if W_OPERAND_B:
+        acc = tl.trans(acc)  # the epilogue and the split-K partials take [BLOCK_N, BLOCK_M]
 
     if SPLIT_K == 1:
         _epilogue(acc, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("argv", [["act_quant_bench.py", "--dry-run"], ["act_quant_bench.py", "--dry-run", "--configs"],
                                   ["quant_bench.py", "--dry-run", "--configs"], ["mlp_bench.py", "--dry-run"],
                                   ["linear_bench.py", "--dry-run"], ["linear_bench.py", "--dry-run", "--ab-dynamic"],
-                                  ["linear_bench.py", "--dry-run", "--ab-operands"]],
+                                  ["linear_bench.py", "--dry-run", "--ab-operands"],
+                                  ["linear_bench.py", "--dry-run", "--tune-operand"]],
                          ids=" ".join)
 def test_dry_run(argv, tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:], "--results-dir", str(tmp_path),

@@ -106,10 +106,15 @@ def test_decode_variants(device, m, n, k, word_decode, predequant_a):
     kernels.GemmConfig(256, 64, 64, 8, 2, split_k=2, predequant_a=True),  # 256 tokens per tile (the dot's N side)
     kernels.GemmConfig(128, 32, 128, 4, 2, split_k=0, predequant_a=True),
     kernels.GemmConfig(64, 128, 64, 4, 2, split_k=3),
-], ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}s{c.split_k}")
-def test_tile_shapes(device, config):
-    """Tiles the mid-M tuning (`linear_bench.py --tune`) tries, at ragged M and N, split K included."""
-    m, n, k = 300, 100, 1368
+    # the weight as the MMA's right operand: 16-token tiles (mma.sync), 64+ (wgmma), packed and pre-dequantized A
+    kernels.GemmConfig(16, 64, 128, 4, 2, split_k=3, predequant_a=True, w_operand_b=True),
+    kernels.GemmConfig(64, 64, 64, 4, 2, split_k=2, w_operand_b=True),
+    kernels.GemmConfig(128, 32, 128, 4, 2, split_k=0, predequant_a=True, w_operand_b=True),
+], ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}s{c.split_k}{'b' if c.w_operand_b else ''}")
+@pytest.mark.parametrize("m", [300, 7])
+def test_tile_shapes(device, config, m):
+    """Tiles the tuning (`linear_bench.py --tune`, `--tune-operand`) tries, at ragged M and N, split K included."""
+    n, k = 100, 1368
     qa, w, ws, alpha, qw = operands(m, n, k, device)
     out = torch.full((m, n), float("nan"), device=device)
     kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=config)

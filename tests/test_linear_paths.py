@@ -324,6 +324,30 @@ def test_gpu_quantize_in_gemm_equals_the_two_launches(m, n, k):
     assert torch.equal(got, want)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("config", [
+    kernels.GemmConfig(16, 64, 256, 4, 3, split_k=0, predequant_a=True, w_operand_b=True),  # mma.sync, split K
+    kernels.GemmConfig(16, 128, 128, 8, 3, split_k=0, predequant_a=True, w_operand_b=True),
+    kernels.GemmConfig(64, 128, 64, 4, 4, split_k=0, predequant_a=True, w_operand_b=True),  # wgmma from shared memory
+    kernels.GemmConfig(128, 128, 64, 8, 3, predequant_a=True, w_operand_b=True),
+], ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}w{c.num_warps}")
+@pytest.mark.parametrize("m, n, k", [(5, 1288, 2688), (16, 2688, 464), (200, 2576, 2688)])
+def test_gpu_weight_as_right_operand(config, m, n, k):
+    """The decoded weight as the MMA's right operand: within the fp64 bound, and x quantized inside
+    the GEMM gives the bits of the pass + GEMM with the same tiles."""
+    layer, ckpt, q = layer_for(n, k, "cuda", seed=m + n)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
+    a = kernels.fake_quantize(x, layer.input_global_scale, torch.empty(m, layer.k_padded, dtype=torch.float16,
+                                                                          device="cuda"), units=True)
+    want = kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, layer.bias,
+                                            torch.full((m, n), math.nan, device="cuda"), config=config)
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(want, ref, bound, torch.float32)
+    got = kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
+                                        layer.bias, torch.full((m, n), math.nan, device="cuda"), config=config)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("path, m", PATHS)
 def test_nan_rows_stay_visible(device, path, m):
     n, k = 48, 128
