@@ -29,6 +29,11 @@ class GemmConfig:
     # Dequantize A once per call to exact fp16 (one extra pass over A) instead of once per N tile:
     # pays off once several N tiles share A (M > 16), 1.1-1.4x on the H100.
     predequant_a: bool = False
+    # The decoded weight as the MMA's right operand (out = A @ W^T) instead of its left one (out^T =
+    # W @ A^T). Left: wgmma's 64-row side, but Triton converts the decoded tile through shared memory
+    # and waits on each MMA. Right: at 16-token tiles (mma.sync) the weight is decoded straight into
+    # the operand registers; at 64+ it is stored once and the MMAs of a K tile run back to back.
+    w_operand_b: bool = False
 
 
 def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) -> GemmConfig:
@@ -36,21 +41,26 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
     if device_type == "cpu":
         # Interpreter: few, large programs; the GPU's split-K and pre-dequantized-A paths still exercised.
         return GemmConfig(min(64, max(16, triton.next_power_of_2(m))), min(64, max(16, triton.next_power_of_2(n))),
-                          block_k, 4, 1, split_k=2 if m <= 16 and kp >= 4 * block_k else 1, predequant_a=m > 16)
+                          block_k, 4, 1, split_k=2 if m <= 16 and kp >= 4 * block_k else 1, predequant_a=m > 16,
+                          w_operand_b=m <= 16)
     # Measured on the H100 (linear_bench.py --tune; whole layer, weights cold in L2, CUDA-graph
     # medians). Decode, A already dequantized: 16-token tiles, 64 weight rows, split-K to two programs
     # per SM; 256-wide K tiles with 3 stages where K allows (1x8192x8192: 31.1 us vs 34.2 with 128x4
-    # stages; 1x28672x8192: 87.7 vs 91.1), 128 with 4 stages otherwise (1x2688x464: 6.3 vs 6.7).
+    # stages; 1x28672x8192: 87.7 vs 91.1), 128 with 4 stages otherwise (1x2688x464: 6.3 vs 6.7). The
+    # weight as the right operand (`--tune-operand`, H200, M = 4 / 16): 4x28672x8192 70.6 us vs 115,
+    # 16x8192x8192 27.3 vs 31.3, 16x8192x3696 18.1 vs 21.8, 16x2688x464 4.8 vs 6.3 (x quantized inside).
     if m <= 16:
         if kp % 256 == 0 and kp >= 2048:
-            return GemmConfig(16, 64, 256, 4, 3, split_k=0, predequant_a=True)
-        return GemmConfig(16, 64, block_k, 4, 4, split_k=0, predequant_a=True)
+            return GemmConfig(16, 64, 256, 4, 3, split_k=0, predequant_a=True, w_operand_b=True)
+        return GemmConfig(16, 64, block_k, 4, 4, split_k=0, predequant_a=True, w_operand_b=True)
     # Mid M on the Triton GEMM (the cuBLAS path takes over from M = 512, `fp4linear.ops.use_cublas`):
     # 64x64x128 tiles, 3 stages (128x4096x4096: 26.0 us vs 38.2 with 128x64x64; 128x1288x2688: 17.2
-    # vs 30.3), but 128x64x64 with 4 stages for 8192-wide layers (128x8192x8192: 86.5 vs 91.7).
+    # vs 30.3). From 32M weight elements 128x64x64, 4 stages, the weight as the right operand
+    # (`--tune-operand`, H100, M = 128 / 256: 8192x8192 82.5 / 120 us vs 88.1 / 128 as the left operand,
+    # 28672x8192 208 / 403 vs 229 / 409, 8192x28672 259 / 396 vs 295 / 506).
     if m < 512:
-        if 32 * 2**20 <= n * kp < 128 * 2**20:
-            return GemmConfig(128, 64, 64, 4, 4, split_k=0, predequant_a=True)
+        if n * kp >= 32 * 2**20:
+            return GemmConfig(128, 64, 64, 4, 4, split_k=0, predequant_a=True, w_operand_b=True)
         return GemmConfig(64, 64, block_k, 4, 3, split_k=0, predequant_a=True)
     if 2 * cdiv(m, 256) * cdiv(n, 128) < 3 * sm_count:
         # Narrow per-rank shapes: 256x128 tiles would fill under 1.5 waves (2048x1288x2688: 54.5 us
@@ -197,7 +207,7 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
-                DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1,
+                DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1, W_OPERAND_B=config.w_operand_b,
                 **amax_reads(amax[1] if amax else 0, amax is not None))
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     tail = (index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values(), *options.values(), k_key, sx_key)
