@@ -275,6 +275,12 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
                 kernels.alpha_epilogue(acc[:, : r1 - r0], alpha, None if bias is None else bias[r0:r1], o)
             elif bias is None:
                 torch.addmm(o, a, w.t(), beta=0, alpha=alpha, out=o)  # beta=0: o is not read
+            elif o.stride(0) % 8:
+                # Output rows not 16-byte aligned: there torch's addmm with a 1-D bias gave wrong
+                # elements on the H100 (17x15x361, torch 2.11); the bias as a 2-D C (beta = 1) is
+                # the same single rounding of alpha * A @ W^T + bias.
+                o.copy_(bias[r0:r1].to(a.dtype).expand_as(o))
+                o.addmm_(a, w.t(), alpha=alpha)
             else:
                 torch.addmm(bias[r0:r1].to(a.dtype), a, w.t(), alpha=alpha, out=o)
     return out

@@ -325,6 +325,21 @@ def test_gpu_quantize_in_gemm_equals_the_two_launches(m, n, k):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("m, n, k", [(17, 15, 361), (40, 15, 361), (17, 15, 368), (300, 131, 464)])
+def test_gpu_cublas_bias_with_unaligned_output_rows(monkeypatch, m, n, k):
+    """The cuBLAS path with a bias where the output's rows are not 16-byte aligned (N % 8 != 0),
+    over several weight chunks: found by the hypothesis test on the H100 (wrong elements from
+    addmm's 1-D bias there)."""
+    monkeypatch.setattr(ops, "CUBLAS_CHUNK_BYTES", 1)  # -> 128-row chunks
+    layer, ckpt, q = layer_for(n, k, "cuda", bias=True, seed=0)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(0)) * 3).to(torch.bfloat16).cuda()
+    out = ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
+                            layer.weight_scale_2, layer.bias, n, False, layer._alpha_host, cublas=True)
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(out, ref, bound, torch.bfloat16)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("config", [
     kernels.GemmConfig(16, 64, 256, 4, 3, split_k=0, predequant_a=True, w_operand_b=True),  # mma.sync, split K
     kernels.GemmConfig(16, 128, 128, 8, 3, split_k=0, predequant_a=True, w_operand_b=True),
