@@ -510,7 +510,9 @@ def run_tune_fused(args):
 # operand (`GemmConfig.w_operand_b`), per M class
 OPERAND_CONFIGS = {
     "decode": [(16, 64, 256, 4, 3), (16, 64, 128, 4, 4), (16, 128, 128, 4, 3), (16, 128, 256, 4, 3),
-               (16, 32, 256, 4, 4), (16, 128, 128, 8, 3)],
+               (16, 32, 256, 4, 4), (16, 128, 128, 8, 3), (16, 64, 512, 4, 2), (16, 64, 512, 4, 3),
+               (16, 128, 256, 8, 3), (16, 64, 256, 4, 4), (16, 64, 256, 2, 3), (16, 32, 512, 4, 3),
+               (16, 128, 512, 8, 2)],
     "mid": [(64, 64, 128, 4, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (64, 128, 128, 4, 3),
             (128, 128, 128, 8, 3), (256, 128, 64, 8, 3)],
     "prefill": [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 128, 8, 3)],
@@ -543,6 +545,10 @@ def run_tune_operand(args):
                         step(layer, out)
                 return run
             res = [(over_layers(lambda layer, out: layer(x)), "routed path")]
+            if m > 16:  # the cuBLAS path forced (`use_cublas` sends it M >= 512, or 64 on small weights)
+                res.append((over_layers(lambda layer, out: ops.triton_linear(
+                    x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2,
+                    None, n, False, layer._alpha_host, cublas=True)), "cublas path"))
             configs = [kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, predequant_a=True, w_operand_b=True)
                        for bm, bn, bk, w, st in OPERAND_CONFIGS[cls] if bk <= kp and kp % bk == 0]
             if device == "cpu":
@@ -566,7 +572,7 @@ def run_tune_operand(args):
                 want = torch.stack([t[1](x) for t in trios]).float()
                 for fn, name in res:
                     fn()
-                    if name != "routed path":  # (which returns its output)
+                    if name not in ("routed path", "cublas path"):  # (which return their output)
                         err = ((torch.stack(outs).float() - want).abs().max() / want.abs().max()).item()
                         assert err < 1e-2, (name, err)
                     timed.append((float("nan"), name))
@@ -579,7 +585,13 @@ def run_tune_operand(args):
         return
     import csv
 
-    with (args.results_dir / f"operand_tune_{gpu_slug()}.csv").open("w", newline="") as f:
+    path = args.results_dir / f"operand_tune_{gpu_slug()}.csv"
+    if path.is_file():  # keep the rows of shapes and M not measured in this run
+        measured = {tuple(r[:3]) for r in rows}
+        with path.open() as f:
+            old = [[int(r[0]), int(r[1]), int(r[2]), r[3], float(r[4]), float(r[5])] for r in list(csv.reader(f))[1:]]
+        rows = [r for r in old if tuple(r[:3]) not in measured] + rows
+    with path.open("w", newline="") as f:
         csv.writer(f).writerows([["m", "n", "k", "kernel", "us", "bf16_us"], *rows])
 
 

@@ -43,10 +43,12 @@ CUBLAS_FP32_CHUNK_BYTES = 32 << 20
 
 def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
     """cuBLAS on dequantized operands beats the Triton GEMM from M = 512 (the weight's
-    dequantization, one pass over it per call, is then small against the GEMM), and from M = 64 on
-    small weights. H100, whole layer, CUDA-graph medians (linear_bench.py --tune): 512x8192x8192
-    167.7 us vs 235.3, 512x4096x4096 43.5 vs 74.1, 128x1288x2688 12.7 vs 17.2; but 128x8192x8192
-    131.1 vs 86.5, 128x4096x4096 31.8 vs 26.0.
+    dequantization, one pass over it per call, is then small against the GEMM), and earlier the
+    smaller the weight: from M = 64 up to 4M elements, 128 up to 8M, 256 up to 32M. H100, whole
+    layer, CUDA-graph medians (linear_bench.py --tune, --tune-operand): 512x8192x8192 167.7 us vs
+    235.3, 512x4096x4096 43.5 vs 74.1, 128x1288x2688 12.7 vs 17.2, 128x2576x2688 13.1 vs 20.2,
+    256x4096x4096 34.2 vs 47.0, 256x8192x3696 59.3 vs 63.9; but 128x8192x8192 124.5 vs 82.7,
+    128x4096x4096 30.0 vs 26.2, 256x8192x8192 140 vs 119.
 
     A dynamic scale's fp32 output chunks (8 more bytes per output element, `cublas_dequantized_gemm`)
     cost more than cuBLAS gains where K is small: from Kp = 1024 only. H100 (linear_bench.py, same
@@ -54,7 +56,9 @@ def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
     8192x2688x464 114 vs 95.1; but 128x1288x2688 19.2 vs 22.1, 2048x1288x2688 53.4 vs 67.3."""
     if dynamic and kp < 1024:
         return False
-    return m >= 512 or (m >= 64 and n * kp <= 4 * 2**20)
+    weight = n * kp
+    return m >= 512 or (m >= 64 and weight <= 4 * 2**20) or (m >= 128 and weight <= 8 * 2**20) or (
+        m >= 256 and weight <= 32 * 2**20)
 
 
 def use_gemv(m: int, n: int, kp: int) -> bool:

@@ -49,16 +49,27 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
     # stages; 1x28672x8192: 87.7 vs 91.1), 128 with 4 stages otherwise (1x2688x464: 6.3 vs 6.7). The
     # weight as the right operand (`--tune-operand`, H200, M = 4 / 16): 4x28672x8192 70.6 us vs 115,
     # 16x8192x8192 27.3 vs 31.3, 16x8192x3696 18.1 vs 21.8, 16x2688x464 4.8 vs 6.3 (x quantized inside).
+    # The largest weights (H100, --tune-operand, M = 4 / 16): K >= 16384 512-wide K tiles (8192x28672
+    # 65.3 / 67.5 us vs 69.4 / 69.9), N >= 16384 two warps (28672x8192 66.8 / 67.5 vs 70.9 / 70.9).
     if m <= 16:
+        if kp % 512 == 0 and kp >= 16384:
+            return GemmConfig(16, 64, 512, 4, 3, split_k=0, predequant_a=True, w_operand_b=True)
         if kp % 256 == 0 and kp >= 2048:
-            return GemmConfig(16, 64, 256, 4, 3, split_k=0, predequant_a=True, w_operand_b=True)
+            warps = 2 if n >= 16384 else 4
+            return GemmConfig(16, 64, 256, warps, 3, split_k=0, predequant_a=True, w_operand_b=True)
         return GemmConfig(16, 64, block_k, 4, 4, split_k=0, predequant_a=True, w_operand_b=True)
     # Mid M on the Triton GEMM (the cuBLAS path takes over from M = 512, `fp4linear.ops.use_cublas`):
     # 64x64x128 tiles, 3 stages (128x4096x4096: 26.0 us vs 38.2 with 128x64x64; 128x1288x2688: 17.2
     # vs 30.3). From 32M weight elements 128x64x64, 4 stages, the weight as the right operand
     # (`--tune-operand`, H100, M = 128 / 256: 8192x8192 82.5 / 120 us vs 88.1 / 128 as the left operand,
     # 28672x8192 208 / 403 vs 229 / 409, 8192x28672 259 / 396 vs 295 / 506).
+    # From 128M elements, 128x128 tiles, 8 warps (M = 128 / 256): 8192x28672 with 128-wide K tiles
+    # 234 / 366 us vs 257 / 396; 28672x8192 at 256 rows with 64-wide ones, 309 vs 410 (at 128: 240 vs 208).
     if m < 512:
+        if kp >= 16384 and kp % 128 == 0:
+            return GemmConfig(128, 128, 128, 8, 3, split_k=0, predequant_a=True, w_operand_b=True)
+        if n >= 16384 and m >= 192:
+            return GemmConfig(128, 128, 64, 8, 3, split_k=0, predequant_a=True, w_operand_b=True)
         if n * kp >= 32 * 2**20:
             return GemmConfig(128, 64, 64, 4, 4, split_k=0, predequant_a=True, w_operand_b=True)
         return GemmConfig(64, 64, block_k, 4, 3, split_k=0, predequant_a=True)

@@ -343,8 +343,11 @@ def test_gpu_cublas_bias_with_unaligned_output_rows(monkeypatch, m, n, k):
 @pytest.mark.parametrize("config", [
     kernels.GemmConfig(16, 64, 256, 4, 3, split_k=0, predequant_a=True, w_operand_b=True),  # mma.sync, split K
     kernels.GemmConfig(16, 128, 128, 8, 3, split_k=0, predequant_a=True, w_operand_b=True),
+    kernels.GemmConfig(16, 64, 512, 4, 3, split_k=0, predequant_a=True, w_operand_b=True),  # K tiles past Kp's end
+    kernels.GemmConfig(16, 64, 256, 2, 3, split_k=0, predequant_a=True, w_operand_b=True),
     kernels.GemmConfig(64, 128, 64, 4, 4, split_k=0, predequant_a=True, w_operand_b=True),  # wgmma from shared memory
     kernels.GemmConfig(128, 128, 64, 8, 3, predequant_a=True, w_operand_b=True),
+    kernels.GemmConfig(128, 128, 128, 8, 3, split_k=0, predequant_a=True, w_operand_b=True),
 ], ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}w{c.num_warps}")
 @pytest.mark.parametrize("m, n, k", [(5, 1288, 2688), (16, 2688, 464), (200, 2576, 2688)])
 def test_gpu_weight_as_right_operand(config, m, n, k):
