@@ -595,6 +595,42 @@ def run_tune_operand(args):
         csv.writer(f).writerows([["m", "n", "k", "kernel", "us", "bf16_us"], *rows])
 
 
+def run_tune_chunks(args):
+    """The cuBLAS path's weight chunk size (`ops.CUBLAS_CHUNK_BYTES`): smaller chunks may stay in L2
+    between their dequantization and cuBLAS's read, larger ones make fewer, wider cuBLAS calls;
+    device time of the whole layer, static and dynamic scale, cuBLAS bf16 in the same process
+    (-> results/chunk_tune_<gpu>.csv)."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    shapes = [(300, 200)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
+    ms = [600] if device == "cpu" else (args.m or [2048, 4096])
+    chunks = [1, 2] if device == "cpu" else [8, 16, 32, 64, 128]  # MiB (the CPU: 128-row chunks)
+    saved = ops.CUBLAS_CHUNK_BYTES
+    rows = []
+    for n, k in tqdm(shapes, desc="chunk tune", file=sys.stderr):
+        lin, static, dynamic = make_layers(n, k, 1, device, torch.bfloat16)[0]
+        for m in ms:
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            bf16 = graph_us(lambda: lin(x))
+            line = []
+            for mib in chunks:
+                ops.CUBLAS_CHUNK_BYTES = mib << 20 if device == "cuda" else mib
+                try:
+                    for mode, layer in (("static", static), ("dynamic", dynamic)):
+                        t = graph_us(lambda: layer(x))
+                        rows.append([m, n, k, mode, mib, t, bf16])
+                        line.append(f"{mode} {mib}MiB {t:.1f}us ({bf16 / t:.2f}x)")
+                finally:
+                    ops.CUBLAS_CHUNK_BYTES = saved
+            print(f"chunks {m}x{n}x{k}: bf16 {bf16:.1f}us; " + "; ".join(line), flush=True)
+    if device == "cpu":
+        return
+    import csv
+
+    with (args.results_dir / f"chunk_tune_{gpu_slug()}.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["m", "n", "k", "input_scale", "chunk_mib", "us", "bf16_us"], *rows])
+
+
 def main():
     # the modes besides the table: flag, runner, help
     modes = [("--tune", run_tune, "tile sweeps for the small-M kernel and the paths"),
@@ -608,6 +644,7 @@ def main():
               "(-> results/operands_ab_<gpu>.csv)"),
              ("--tune-operand", run_tune_operand, "the decoded weight as the MMA's right operand, per tile, vs "
               "the routed path (-> results/operand_tune_<gpu>.csv)"),
+             ("--tune-chunks", run_tune_chunks, "cuBLAS path: weight chunk sizes (-> results/chunk_tune_<gpu>.csv)"),
              ("--ab-fused", run_ab_fused, "past decode: x quantized inside the Triton GEMM vs a pass first vs "
               "cuBLAS (-> results/fused_ab_<gpu>.csv)")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
                                   ["quant_bench.py", "--dry-run", "--configs"], ["mlp_bench.py", "--dry-run"],
                                   ["linear_bench.py", "--dry-run"], ["linear_bench.py", "--dry-run", "--ab-dynamic"],
                                   ["linear_bench.py", "--dry-run", "--ab-operands"],
-                                  ["linear_bench.py", "--dry-run", "--tune-operand"]],
+                                  ["linear_bench.py", "--dry-run", "--tune-operand"],
+                                  ["linear_bench.py", "--dry-run", "--tune-chunks"]],
                          ids=" ".join)
 def test_dry_run(argv, tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:], "--results-dir", str(tmp_path),
