@@ -631,6 +631,41 @@ def run_tune_chunks(args):
         csv.writer(f).writerows([["m", "n", "k", "input_scale", "chunk_mib", "us", "bf16_us"], *rows])
 
 
+def run_tune_pass(args):
+    """Decode-sized quantize-dequantize passes (the M = 3-16 paths' first launch): static scale,
+    dynamic scale taken inside the pass (every program reads all of x), and the scale launch + the
+    static pass; device time (-> results/pass_tune_<gpu>.csv)."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    ms = [4] if device == "cpu" else (args.m or [1, 4, 8, 16])
+    ks = [200] if device == "cpu" else [k for _, k in (args.shapes or [(0, 2688), (0, 3696), (0, 4096), (0, 8192)])]
+    ws2 = torch.tensor([0.01], device=device)
+    gs = torch.tensor([100.0], device=device)
+    rows = []
+    for k in ks:
+        kp = -(-k // 64) * 64
+        for m in ms:
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            a = torch.empty(m, kp, device=device, dtype=torch.float16)
+            res = [("static pass", lambda: kernels.fake_quantize(x, gs, a, units=True)),
+                   ("scale launch + static pass", lambda: kernels.fake_quantize(
+                       x, kernels.dynamic_gs_alpha(x, ws2)[0], a, units=True))]
+            if kernels.fuses_dynamic_scale_in_pass(m, k, k):
+                res.append(("dynamic in pass", lambda: kernels.fake_quantize_dynamic(x, ws2, a, units=True)))
+            line = []
+            for name, fn in res:
+                t = graph_us(fn)
+                rows.append([m, k, name, t])
+                line.append(f"{name} {t:.2f}us")
+            print(f"pass {m}x{k}: " + "; ".join(line), flush=True)
+    if device == "cpu":
+        return
+    import csv
+
+    with (args.results_dir / f"pass_tune_{gpu_slug()}.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["m", "k", "pass", "us"], *rows])
+
+
 def main():
     # the modes besides the table: flag, runner, help
     modes = [("--tune", run_tune, "tile sweeps for the small-M kernel and the paths"),
@@ -645,6 +680,8 @@ def main():
              ("--tune-operand", run_tune_operand, "the decoded weight as the MMA's right operand, per tile, vs "
               "the routed path (-> results/operand_tune_<gpu>.csv)"),
              ("--tune-chunks", run_tune_chunks, "cuBLAS path: weight chunk sizes (-> results/chunk_tune_<gpu>.csv)"),
+             ("--tune-pass", run_tune_pass, "decode-sized quantize passes, static and dynamic scale "
+              "(-> results/pass_tune_<gpu>.csv)"),
              ("--ab-fused", run_ab_fused, "past decode: x quantized inside the Triton GEMM vs a pass first vs "
               "cuBLAS (-> results/fused_ab_<gpu>.csv)")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

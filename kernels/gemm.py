@@ -107,7 +107,7 @@ def nvfp4_gemm_kernel(
 
     if DYNAMIC:  # x is small (the launcher checks): read whole from L2 by every program
         gs, alpha = small_input_scales(a_ptr, M, K, stride_xm, tl.load(a_scale_ptr), AMAX_ROWS, AMAX_BLOCK,
-                                       AMAX_CHUNKS)
+                                       AMAX_CHUNKS, tl.program_id(0))
     else:
         alpha = tl.load(alpha_ptr)
         if QUANTIZE_X:

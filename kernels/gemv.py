@@ -177,7 +177,8 @@ def nvfp4_gemv_kernel(
     if DYNAMIC:
         # Every program takes max |x| over all of x itself (the same bits as `scales.dynamic_scale_kernel`,
         # NaN kept): a second launch and its dependency cost more than re-reading a few KB from L2.
-        gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(alpha_ptr), M_ROWS, AMAX_BLOCK, AMAX_CHUNKS)
+        gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(alpha_ptr), M_ROWS, AMAX_BLOCK, AMAX_CHUNKS,
+                                       tl.program_id(0))
     else:
         gs = tl.load(scale_ptr)
         alpha = tl.load(alpha_ptr)

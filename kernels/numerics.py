@@ -223,15 +223,17 @@ def max_abs_bits(x):
 
 @triton.jit
 def small_input_scales(x_ptr, M, K, stride_xm, weight_scale_2, ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr,
-                       AMAX_CHUNKS: tl.constexpr):
+                       AMAX_CHUNKS: tl.constexpr, rotation=0):
     """(gs, alpha) of a whole small input x [M <= ROWS, K] (K <= AMAX_BLOCK * AMAX_CHUNKS), read by
     the calling program alone: the bits `scales.dynamic_scale_kernel` gives, for kernels in which
     every program needs the dynamic scale before it can quantize (one launch instead of two). The
-    loads are unrolled so that all of them are in flight at once (a loop would wait on each)."""
+    loads are unrolled so that all of them are in flight at once (a loop would wait on each).
+    rotation (the caller's program id): the column chunk each program reads first, so that the
+    programs, all reading the same bytes, do not all ask the same L2 slices at once."""
     amax = tl.full([AMAX_BLOCK], 0, tl.int32)
     for r in tl.static_range(ROWS):
         for c in tl.static_range(AMAX_CHUNKS):
-            cols = c * AMAX_BLOCK + tl.arange(0, AMAX_BLOCK)
+            cols = ((c + rotation) % AMAX_CHUNKS) * AMAX_BLOCK + tl.arange(0, AMAX_BLOCK)
             row_ok = cols * 0 + r < M  # a tensor mask (r is a compile-time int)
             v = tl.load(x_ptr + r * stride_xm + cols, mask=(cols < K) & row_ok, other=0.0)
             amax = tl.maximum(amax, v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF)

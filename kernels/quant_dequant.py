@@ -54,7 +54,7 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, M, K, Kp,
     from L2), and program (0, 0) writes them to scales_ptr (fp32 [2]) for the GEMM that follows."""
     if DYNAMIC:
         gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(global_scale_ptr), AMAX_ROWS, AMAX_BLOCK,
-                                       AMAX_CHUNKS)
+                                       AMAX_CHUNKS, tl.program_id(1))
         if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
             tl.store(scales_ptr, gs)
             tl.store(scales_ptr + 1, alpha)
