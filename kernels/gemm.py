@@ -76,7 +76,7 @@ def nvfp4_gemm_kernel(
     AMAX_ROWS: tl.constexpr,  # DYNAMIC: rows (>= M) and column chunks of the max |x| reads
     AMAX_BLOCK: tl.constexpr,
     AMAX_CHUNKS: tl.constexpr,
-    W_OPERAND_B: tl.constexpr,  # GemmConfig.w_operand_b: out = A @ W^T with the decoded weight as the MMA's right operand
+    W_OPERAND_B: tl.constexpr,  # GemmConfig.w_operand_b: out = A @ W^T, the decoded weight the right operand
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4

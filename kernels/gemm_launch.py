@@ -64,7 +64,8 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
     # (`--tune-operand`, H100, M = 128 / 256: 8192x8192 82.5 / 120 us vs 88.1 / 128 as the left operand,
     # 28672x8192 208 / 403 vs 229 / 409, 8192x28672 259 / 396 vs 295 / 506).
     # From 128M elements, 128x128 tiles, 8 warps (M = 128 / 256): 8192x28672 with 128-wide K tiles
-    # 234 / 366 us vs 257 / 396; 28672x8192 at 256 rows with 64-wide ones, 309 vs 410 (at 128: 240 vs 208).
+    # 234 / 366 us vs 257 / 396; 28672x8192 with 64-wide ones at 256 rows, 309 vs 410, but not at 128 (240
+    # vs 208), hence from 192 rows (between the two measured).
     if m < 512:
         if kp >= 16384 and kp % 128 == 0:
             return GemmConfig(128, 128, 128, 8, 3, split_k=0, predequant_a=True, w_operand_b=True)

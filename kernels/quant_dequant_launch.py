@@ -25,7 +25,6 @@ _launch_rows = CachedLaunch(qd_module.dequantize_rows_kernel)
 # analysed, register spills are the likely cause).
 DYNAMIC_IN_PASS_ROWS = 16
 DYNAMIC_IN_PASS_MAX = 64 * 1024  # elements of x (64 loads of 1024)
-
 AMAX_BLOCK = 1024  # columns per load of the max |x| reads that the small-input kernels unroll
 
 
@@ -94,7 +93,7 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False):
     wider, shorter tiles, so fewer programs do."""
     if index < 0:
         block_m, block_k = min(64, triton.next_power_of_2(m)), 128
-    else:  # (with a dynamic scale 4x1024 .. 16x64 tiles measured the same: linear_bench.py --tune-pass)
+    else:  # (a dynamic scale's tile: 4x1024 .. 16x64 measured alike on the H100, benchmarks/NOTES.md)
         block_m, block_k = (16, 256) if dynamic else (32, 128)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
