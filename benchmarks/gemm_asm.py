@@ -1,6 +1,10 @@
 """Compile the NVFP4 GEMM for sm_90 offline (no GPU) and print its SASS instruction mix.
 
-    python benchmarks/gemm_asm.py 16x64x128w4s4 128x128x128w8s3 [--dump DIR]
+    python benchmarks/gemm_asm.py 16x64x256w4s3 128x64x64w4s4 --word-decode --predequant-a [--w-operand-b] [--dump DIR]
+
+With --dump, grep the SASS for STS/LDSM/BAR and HGMMA/HMMA to see how the decoded weight reaches the
+MMA (benchmarks/NOTES.md, session 8: through shared memory as the left operand, straight from the
+decode as the right one with 16-token tiles).
 """
 
 import argparse
