@@ -183,6 +183,18 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
+def merge_rows(path: Path, rows: list[list], key_len: int, parse) -> list[list]:
+    """The rows of an earlier CSV at `path` whose first key_len columns this run did not measure,
+    then `rows` (benchmarks run piecemeal keep one file per card). parse: a CSV row of strings -> a
+    row like those of `rows`."""
+    if not path.is_file():
+        return rows
+    measured = {tuple(r[:key_len]) for r in rows}
+    with path.open() as f:
+        old = [parse(r) for r in list(csv.reader(f))[1:]]
+    return [r for r in old if tuple(r[:key_len]) not in measured] + rows
+
+
 def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     def fmt(v):
         if not isinstance(v, float):

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
 from common import (L2_ROTATE_BYTES, LINEAR_SHAPES, add_output_args, cold_copies, copy_ceiling_tbps,  # noqa: E402
-                    eager_us, eager_us_interleaved, gpu_slug, median_us, publish)
+                    eager_us, eager_us_interleaved, gpu_slug, median_us, merge_rows, publish, write_csv)
 from fp4linear import kernels, ops  # noqa: E402
 
 MS = [1, 2, 4, 8, 16, 128, 256, 512, 2048, 4096, 8192]
@@ -125,14 +125,10 @@ def run_table(args):
             temp = ops.temp_bytes(m, n, lin0.k_padded, x.dtype, dynamic=mode == "dynamic", k=k)
             rows.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp, compiled[0], compiled[idx]])
     csv_path = args.results_dir / f"linear_{gpu_slug()}.csv"
-    if args.update and csv_path.is_file():  # keep the other rows of an earlier run of this card
-        import csv
-
-        new = {tuple(r[:4]) for r in rows}
-        with csv_path.open() as f:  # (rows from before the compile columns: nan there)
-            old = [[int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:8]), int(r[8]),
-                    *(map(float, r[9:11]) if len(r) > 9 else (float("nan"),) * 2)] for r in list(csv.reader(f))[1:]]
-        rows = [r for r in old if tuple(r[:4]) not in new] + rows
+    if args.update:  # keep the other rows of an earlier run of this card (from before the compile columns: nan)
+        rows = merge_rows(csv_path, rows, 4, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:8]),
+                                                        int(r[8]), *(map(float, r[9:11]) if len(r) > 9
+                                                                     else (float("nan"),) * 2)])
         order = {s: i for i, s in enumerate(LINEAR_SHAPES)}
         rows.sort(key=lambda r: (order.get((r[1], r[2]), 99), r[0], r[3] != "static"))
     md = []
@@ -216,14 +212,11 @@ def run_tune_gemv(args):
                 f"{t:.2f}us {wbytes / t / 1e6:.2f}TB/s {name}" for t, name in timed[:4]) +
                 f"; tensor-core {[t for t, nm in timed if nm.startswith('tensor')][0]:.2f}us"
                 f"; routed path {[t for t, nm in timed if nm.startswith('Linear')][0]:.2f}us", flush=True)
-    import csv
-
     # the routing's evidence for M <= 4 stays in gemv_tune_<gpu>.csv; other M go to a file of their own
     ms = sorted(set(args.m or (1, 2, 4)))
     suffix = "" if ms == [1, 2, 4] else "_m" + "-".join(map(str, ms))
-    path = args.results_dir / f"gemv_tune_{gpu_slug()}{suffix}.csv"
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows([["m", "n", "k", "kernel", "us", "weight_tbps", "pct_copy"], *rows])
+    write_csv(args.results_dir / f"gemv_tune_{gpu_slug()}{suffix}.csv",
+              ["m", "n", "k", "kernel", "us", "weight_tbps", "pct_copy"], rows)
 
 
 def run_tune(args):
@@ -500,10 +493,7 @@ def run_tune_fused(args):
                 rows.append([m, n, k, name, t])
             print(f"fused {m}x{n}x{k}: " + "; ".join(f"{t:.2f}us {nm}" for t, nm in timed[:5]) +
                   f"; routed {[t for t, nm in timed if nm == 'routed path'][0]:.2f}us", flush=True)
-    import csv
-
-    with (args.results_dir / f"fused_tune_{gpu_slug()}.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([["m", "n", "k", "kernel", "us"], *rows])
+    write_csv(args.results_dir / f"fused_tune_{gpu_slug()}.csv", ["m", "n", "k", "kernel", "us"], rows)
 
 
 # --tune-operand candidates: (block_m, block_n, block_k, warps, stages) with the weight as the MMA's right
@@ -528,12 +518,15 @@ def run_tune_operand(args):
     graph_us, _ = timers(device)
     shapes = [(72, 200)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
     ms = [4, 40] if device == "cpu" else (args.m or [1, 4, 16, 128, 256, 512, 2048])
-    rows = []
+    rows, cache = [], {}
     for n, k in tqdm(shapes, desc="operand tune", file=sys.stderr):
         for m in ms:
             cls = "decode" if m <= 16 else "mid" if m < 1024 else "prefill"
             copies = cold_copies(n * k * 2) if (device == "cuda" and m <= 16) else 1
-            trios = make_layers(n, k, copies, device, torch.bfloat16)
+            if cache.get("key") != (n, k, copies):  # quantized once per shape and chain length
+                cache.clear()
+                cache.update(key=(n, k, copies), trios=make_layers(n, k, copies, device, torch.bfloat16))
+            trios = cache["trios"]
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in trios]
             kp = trios[0][1].k_padded
@@ -583,16 +576,9 @@ def run_tune_operand(args):
                   "; ".join(f"{t:.2f}us ({bf16 / t:.2f}x) {nm}" for t, nm in timed[:4]), flush=True)
     if device == "cpu":
         return
-    import csv
-
-    path = args.results_dir / f"operand_tune_{gpu_slug()}.csv"
-    if path.is_file():  # keep the rows of shapes and M not measured in this run
-        measured = {tuple(r[:3]) for r in rows}
-        with path.open() as f:
-            old = [[int(r[0]), int(r[1]), int(r[2]), r[3], float(r[4]), float(r[5])] for r in list(csv.reader(f))[1:]]
-        rows = [r for r in old if tuple(r[:3]) not in measured] + rows
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows([["m", "n", "k", "kernel", "us", "bf16_us"], *rows])
+    path = args.results_dir / f"operand_tune_{gpu_slug()}.csv"  # (rows of shapes and M not measured now kept)
+    rows = merge_rows(path, rows, 3, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], float(r[4]), float(r[5])])
+    write_csv(path, ["m", "n", "k", "kernel", "us", "bf16_us"], rows)
 
 
 def run_tune_chunks(args):
@@ -625,10 +611,8 @@ def run_tune_chunks(args):
             print(f"chunks {m}x{n}x{k}: bf16 {bf16:.1f}us; " + "; ".join(line), flush=True)
     if device == "cpu":
         return
-    import csv
-
-    with (args.results_dir / f"chunk_tune_{gpu_slug()}.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([["m", "n", "k", "input_scale", "chunk_mib", "us", "bf16_us"], *rows])
+    write_csv(args.results_dir / f"chunk_tune_{gpu_slug()}.csv",
+              ["m", "n", "k", "input_scale", "chunk_mib", "us", "bf16_us"], rows)
 
 
 def run_tune_pass(args):
@@ -660,10 +644,7 @@ def run_tune_pass(args):
             print(f"pass {m}x{k}: " + "; ".join(line), flush=True)
     if device == "cpu":
         return
-    import csv
-
-    with (args.results_dir / f"pass_tune_{gpu_slug()}.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([["m", "k", "pass", "us"], *rows])
+    write_csv(args.results_dir / f"pass_tune_{gpu_slug()}.csv", ["m", "k", "pass", "us"], rows)
 
 
 def main():

@@ -41,6 +41,10 @@ CUBLAS_CHUNK_BYTES = 64 << 20
 CUBLAS_FP32_CHUNK_BYTES = 32 << 20
 
 
+# Below M = 512, cuBLAS from (rows, up to this many weight elements): `use_cublas`
+CUBLAS_EARLY = ((64, 4 << 20), (128, 8 << 20), (256, 32 << 20))
+
+
 def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
     """cuBLAS on dequantized operands beats the Triton GEMM from M = 512 (the weight's
     dequantization, one pass over it per call, is then small against the GEMM), and earlier the
@@ -56,9 +60,7 @@ def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
     8192x2688x464 114 vs 95.1; but 128x1288x2688 19.2 vs 22.1, 2048x1288x2688 53.4 vs 67.3."""
     if dynamic and kp < 1024:
         return False
-    weight = n * kp
-    return m >= 512 or (m >= 64 and weight <= 4 * 2**20) or (m >= 128 and weight <= 8 * 2**20) or (
-        m >= 256 and weight <= 32 * 2**20)
+    return m >= 512 or any(m >= rows and n * kp <= elements for rows, elements in CUBLAS_EARLY)
 
 
 def use_gemv(m: int, n: int, kp: int) -> bool:

@@ -223,7 +223,7 @@ def max_abs_bits(x):
 
 @triton.jit
 def small_input_scales(x_ptr, M, K, stride_xm, weight_scale_2, ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr,
-                       AMAX_CHUNKS: tl.constexpr, rotation=0):
+                       AMAX_CHUNKS: tl.constexpr, rotation):
     """(gs, alpha) of a whole small input x [M <= ROWS, K] (K <= AMAX_BLOCK * AMAX_CHUNKS), read by
     the calling program alone: the bits `scales.dynamic_scale_kernel` gives, for kernels in which
     every program needs the dynamic scale before it can quantize (one launch instead of two). The
