@@ -2,18 +2,27 @@
 dynamic-scale words, one set per device and stream.
 
 Kernels on one stream run one after another and each leaves its tickets at zero, so every layer
-on that stream can use the same buffers without allocating on the forward path. While a CUDA graph
-is being captured the buffers come fresh from the graph's pool instead (zeroed inside the graph),
-so a graph never shares scratch memory with eager calls.
+on that stream can use the same buffers without allocating on the forward path.
 
-Telling the two apart costs a capture query (0.6 us of host time a call), so it is asked only
-where a capture can be under way: not on the legacy default stream (raw handle 0), which CUDA
-cannot capture and `torch.cuda.graph` refuses to capture on (it captures on a side stream).
-Eager calls on any other stream still ask, so a side stream used both eagerly and for capture
-keeps the two apart.
+A CUDA graph gets its own set per capture and stream, allocated from the graph's pool while it is
+captured, so a graph never shares scratch memory with eager calls or with other graphs. The
+tickets and scale words are zeroed inside the graph where the capture first needs them: once per
+replay, not once per layer (each zeroing is a kernel node of ~1 us plus its gap; per layer they
+were up to a third of a decode layer's device time). Which capture is under way comes from the
+CUDA driver (`cuStreamGetCaptureInfo`, loaded through ctypes: torch tells only whether a stream
+captures); where the driver function cannot be loaded every captured call gets fresh buffers.
+
+Telling eager calls and captures apart costs a capture query (0.6 us of host time a call), so it
+is asked only where a capture can be under way: not on the legacy default stream (raw handle 0),
+which CUDA cannot capture and `torch.cuda.graph` refuses to capture on (it captures on a side
+stream). Eager calls on any other stream still ask, so a side stream used both eagerly and for
+capture keeps the two apart.
 """
 
 from __future__ import annotations
+
+import ctypes
+import functools
 
 import torch
 
@@ -29,12 +38,20 @@ class Scratch:
     def __init__(self, device: torch.device):
         self.device = device
         self.partials = torch.empty(0, dtype=torch.float32, device=device)
-        self.tickets = torch.zeros(0, dtype=torch.int32, device=device)
-        self.scale_words = torch.zeros(2, dtype=torch.int32, device=device)  # running max, ticket
+        self.tickets = torch.empty(0, dtype=torch.int32, device=device)
+        self._scale_words = None
         self.scales = torch.empty(2, dtype=torch.float32, device=device)  # gs, alpha
         self.gs, self.alpha = self.scales[0:1], self.scales[1:2]  # views made once, not per call
         self.activation = torch.empty(0, dtype=torch.float16, device=device)
         self._views: dict = {}  # (m, kp) -> activation[: m * kp].view(m, kp)
+
+    @property
+    def scale_words(self) -> torch.Tensor:
+        """int32 [2] (running max, ticket), zero between calls; zeroed at first use (a kernel: under
+        capture a graph node, so only where a dynamic-scale launch needs them)."""
+        if self._scale_words is None:
+            self._scale_words = torch.zeros(2, dtype=torch.int32, device=self.device)
+        return self._scale_words
 
     def get(self, part_numel: int, n_tickets: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.partials.numel() < part_numel:
@@ -58,12 +75,13 @@ class Scratch:
 
 
 class _Fresh(Scratch):
-    """Buffers of one call (CUDA-graph capture, torch.compile tracing, CPU): made for it, never
-    kept. (Under capture the zeroing is itself captured, so every replay starts from zero.)"""
+    """Buffers of one call (torch.compile tracing, the CPU, a capture whose identity is unknown):
+    made for it, never kept. (Under capture the zeroing is itself captured, so every replay starts
+    from zero.)"""
 
     def __init__(self, device):
         self.device = device
-        self.scale_words = torch.zeros(2, dtype=torch.int32, device=device)
+        self._scale_words = None
         self.scales = torch.empty(2, dtype=torch.float32, device=device)
         self.gs, self.alpha = self.scales[0:1], self.scales[1:2]
 
@@ -76,6 +94,32 @@ class _Fresh(Scratch):
 
 
 _scratch: dict = {}  # (device index, raw stream handle) -> Scratch
+_captured: dict = {}  # (device index, raw stream handle) -> (capture id, Scratch of that capture)
+
+
+@functools.lru_cache(maxsize=1)
+def _capture_info():
+    """The driver's cuStreamGetCaptureInfo (the _v2 entry point: in every driver since CUDA 11.3),
+    or None; with its output slots, made once (captures run on one thread at a time)."""
+    try:
+        fn = ctypes.CDLL("libcuda.so.1").cuStreamGetCaptureInfo_v2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint64), ctypes.c_void_p,
+                   ctypes.c_void_p, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn, ctypes.c_int(), ctypes.c_uint64()
+
+
+def capture_id(stream: int) -> int | None:
+    """The id of the capture under way on raw stream handle `stream`, None if none or unknown."""
+    info = _capture_info()
+    if info is None:
+        return None
+    fn, status, cid = info
+    if fn(stream, ctypes.byref(status), ctypes.byref(cid), None, None, None) != 0 or status.value != 1:
+        return None  # (1: CU_STREAM_CAPTURE_STATUS_ACTIVE)
+    return cid.value
 
 
 def scratch(device: torch.device) -> Scratch:
@@ -97,7 +141,13 @@ def scratch_for(index: int) -> Scratch:
         return _Fresh(torch.device("cuda", index))
     stream = _raw_stream(index)
     if stream and _capturing():
-        return _Fresh(torch.device("cuda", index))
+        cid = capture_id(stream)
+        if cid is None:
+            return _Fresh(torch.device("cuda", index))
+        entry = _captured.get((index, stream))
+        if entry is None or entry[0] != cid:  # (a finished capture's set is dropped here)
+            entry = _captured[(index, stream)] = (cid, Scratch(torch.device("cuda", index)))
+        return entry[1]
     s = _scratch.get((index, stream))
     if s is None:
         s = _scratch[(index, stream)] = Scratch(torch.device("cuda", index))

@@ -366,6 +366,45 @@ def test_gpu_weight_as_right_operand(config, m, n, k):
     assert torch.equal(got, want)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_gpu_graphs_share_scratch_within_a_capture_only(dynamic):
+    """One scratch set per capture and stream (zeroed once per replay, not once per layer), none
+    shared with eager calls or other graphs: two graphs captured into one shared memory pool and
+    replayed in turn, with eager calls in between, give the eager bits."""
+    from fp4linear.kernels import workspace
+
+    n = 4096  # decode GEMMs split over K: their tickets must be zero at every launch
+    layers = [layer_for(n, n, "cuda", dynamic=dynamic, seed=i)[0] for i in range(3)]
+
+    def run(x, seen=None):
+        for layer in layers:
+            x = layer(x)
+            if seen is not None:
+                seen.append(workspace.scratch_for(x.get_device()))
+        return x
+
+    pool = torch.cuda.graph_pool_handle()
+    cases = []
+    for m in (16, 8, 1):
+        x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16) * 2
+        graph, seen = torch.cuda.CUDAGraph(), []
+        with torch.cuda.graph(graph, pool=pool):
+            assert workspace.capture_id(torch.cuda.current_stream().cuda_stream) is not None
+            y = run(x, seen)
+        assert all(s is seen[0] for s in seen) and seen[0] is not workspace.scratch_for(x.get_device())
+        cases.append((graph, x, y, seen[0]))
+    assert len({id(c[3]) for c in cases}) == len(cases)
+    for _ in range(2):
+        for graph, x, y, _ in cases:
+            x.copy_(torch.randn_like(x) * 3)
+            want = run(x)
+            y.fill_(math.nan)
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(y, want)
+
+
 @pytest.mark.parametrize("path, m", PATHS)
 def test_nan_rows_stay_visible(device, path, m):
     n, k = 48, 128
