@@ -105,6 +105,38 @@ def empty_kernel(x_ptr, n, BLOCK: tl.constexpr):
     pass
 
 
+@triton.jit
+def read_kernel(src_ptr, out_ptr, n_words, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
+    """Read int32 words [pid * UNROLL * BLOCK, ...) (all UNROLL loads in flight at once), write one
+    word per program: a kernel that only streams its input."""
+    base = tl.program_id(0) * UNROLL * BLOCK
+    acc = tl.zeros([BLOCK], dtype=tl.int32)
+    for i in tl.static_range(UNROLL):
+        offs = base + i * BLOCK + tl.arange(0, BLOCK)
+        acc ^= tl.load(src_ptr + offs, mask=offs < n_words, other=0)
+    tl.store(out_ptr + tl.program_id(0), tl.xor_sum(acc, 0))
+
+
+READ_CONFIGS = ((1024, 1, 4), (1024, 4, 4), (2048, 4, 8), (4096, 2, 8))  # (BLOCK words, UNROLL, warps)
+
+
+def read_floor_us(buffers, timer) -> float:
+    """Device time per buffer of the fastest `read_kernel` config reading each of `buffers` (one
+    launch per buffer, in turn: with enough buffers they come from DRAM, as a chained layer's weights
+    do). What one kernel that only streams those bytes takes, launch, ramp-up and tail included."""
+    words = [b.view(torch.int32).reshape(-1) for b in buffers]
+    sink = torch.empty(max(w.numel() for w in words) // 1024 + 1, dtype=torch.int32, device=words[0].device)
+    best = float("inf")
+    for block, unroll, warps in READ_CONFIGS:
+        def run(block=block, unroll=unroll, warps=warps):
+            for w in words:
+                read_kernel[(triton.cdiv(w.numel(), block * unroll),)](w, sink, w.numel(), BLOCK=block, UNROLL=unroll,
+                                                                      num_warps=warps)
+        run()
+        best = min(best, timer(run) / len(words))
+    return best
+
+
 def empty_launch_us() -> tuple[float, float]:
     """(do_bench median, CUDA-graph replay median) of an empty Triton launch."""
     x = torch.empty(16, device="cuda")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
 from common import (L2_ROTATE_BYTES, LINEAR_SHAPES, add_output_args, cold_copies, copy_ceiling_tbps,  # noqa: E402
-                    eager_us, eager_us_interleaved, gpu_slug, median_us, merge_rows, publish, write_csv)
+                    eager_us, eager_us_interleaved, gpu_slug, median_us, merge_rows, publish, read_floor_us, write_csv)
 from fp4linear import kernels, ops  # noqa: E402
 
 MS = [1, 2, 4, 8, 16, 128, 256, 512, 2048, 4096, 8192]
@@ -98,7 +98,7 @@ def run_table(args):
     ms = [1, 16, 40] if device == "cpu" else (args.m or MS)
     copy = copy_ceiling_tbps() if device == "cuda" else float("nan")
     header = ["m", "n", "k", "input_scale", "bf16_graph_us", "fp4_graph_us", "bf16_eager_us", "fp4_eager_us",
-              "temp_bytes", "bf16_compile_us", "fp4_compile_us"]
+              "temp_bytes", "bf16_compile_us", "fp4_compile_us", "read_floor_us"]
     rows = []
     todo = [(n, k, m) for n, k in (args.shapes or shapes) for m in ms]
     cache = {}
@@ -110,6 +110,9 @@ def run_table(args):
         if cache.get("key") != (n, k, copies):
             cache.clear()
             cache.update(key=(n, k, copies), layers=make_layers(n, k, copies, device, torch.bfloat16))
+            # decode: one kernel that only streams the same copies' weight codes (same cold chain)
+            cache["floor"] = (read_floor_us([c[1].weight for c in cache["layers"]], graph_us)
+                              if m <= 16 and device == "cuda" else float("nan"))
         layers = cache["layers"]
         x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
         eager = m <= 16  # users run decode eagerly; prefill is GPU-bound either way
@@ -123,29 +126,32 @@ def run_table(args):
             fp4_graph = graph_us(chain([c[idx] for c in layers], x)) / copies
             fp4_eager = walls[idx]
             temp = ops.temp_bytes(m, n, lin0.k_padded, x.dtype, dynamic=mode == "dynamic", k=k)
-            rows.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp, compiled[0], compiled[idx]])
+            rows.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp, compiled[0], compiled[idx],
+                         cache["floor"]])
     csv_path = args.results_dir / f"linear_{gpu_slug()}.csv"
-    if args.update:  # keep the other rows of an earlier run of this card (from before the compile columns: nan)
+    if args.update:  # keep the other rows of an earlier run of this card (columns added since: nan)
         rows = merge_rows(csv_path, rows, 4, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:8]),
-                                                        int(r[8]), *(map(float, r[9:11]) if len(r) > 9
-                                                                     else (float("nan"),) * 2)])
+                                                        int(r[8]), *(float(v) for v in r[9:12]),
+                                                        *(float("nan"),) * (12 - max(9, len(r)))])
         order = {s: i for i, s in enumerate(LINEAR_SHAPES)}
         rows.sort(key=lambda r: (order.get((r[1], r[2]), 99), r[0], r[3] != "static"))
     md = []
-    for m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp, bf16_comp, fp4_comp in rows:
+    for m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp, bf16_comp, fp4_comp, floor in rows:
         p = fp4linear.plan(n, k, backend="triton")
         tbps = p.n_padded * p.k_padded * 9 // 16 / (fp4_graph * 1e-6) / 1e12
-        md.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_graph / fp4_graph, tbps, 100 * tbps / copy,
+        md.append([m, n, k, mode, bf16_graph, fp4_graph, bf16_graph / fp4_graph, tbps, 100 * tbps / copy, floor,
                    bf16_eager, fp4_eager, bf16_eager / fp4_eager, bf16_comp, fp4_comp, bf16_comp / fp4_comp,
                    temp / 2**20])
-    md_header = ["M", "N", "K", "scale", "bf16 us", "fp4 us", "speed-up", "weight TB/s", "% copy", "bf16 eager us",
-                 "fp4 eager us", "eager speed-up", "bf16 compiled us", "fp4 compiled us", "compiled speed-up",
-                 "temp MiB"]
+    md_header = ["M", "N", "K", "scale", "bf16 us", "fp4 us", "speed-up", "weight TB/s", "% copy", "read floor us",
+                 "bf16 eager us", "fp4 eager us", "eager speed-up", "bf16 compiled us", "fp4 compiled us",
+                 "compiled speed-up", "temp MiB"]
     intro = (f"Whole layer, bf16 input, no bias; device times are CUDA-graph replay medians (decode rows: a chain "
              f"of layer copies whose bf16 weights exceed {L2_ROTATE_BYTES >> 20} MiB, so weights come from DRAM), "
              f"eager (M <= 16) = wall time per call of a loop of 300 calls and one synchronize, median of 7 rounds in which nn.Linear and both fp4 layers alternate; compiled = the same for `torch.compile` of each layer (dynamo reset per row). 'speed-up' = bf16 / fp4 "
              f"(> 1: fp4linear faster). Weight TB/s: the padded NVFP4 weight's bytes per fp4 device time; copy "
-             f"ceiling {copy:.2f} TB/s measured in the same run. temp = per-call temporary (the dequantized "
+             f"ceiling {copy:.2f} TB/s measured in the same run. read floor (decode rows): device time per layer of one "
+             f"Triton kernel that only reads the same copies' weight codes (launch, ramp-up and tail included), "
+             f"the least a kernel streaming that weight takes. temp = per-call temporary (the dequantized "
              f"activation; on the cuBLAS path also the weight chunk and, for a dynamic scale, the fp32 output chunk).")
     if device == "cpu":
         args.no_write = True
