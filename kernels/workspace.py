@@ -99,8 +99,7 @@ _captured: dict = {}  # (device index, raw stream handle) -> (capture id, Scratc
 
 @functools.lru_cache(maxsize=1)
 def _capture_info():
-    """The driver's cuStreamGetCaptureInfo (the _v2 entry point: in every driver since CUDA 11.3),
-    or None; with its output slots, made once (captures run on one thread at a time)."""
+    """The driver's cuStreamGetCaptureInfo (the _v2 entry point: in every driver since CUDA 11.3), or None."""
     try:
         fn = ctypes.CDLL("libcuda.so.1").cuStreamGetCaptureInfo_v2
     except (OSError, AttributeError):
@@ -108,15 +107,16 @@ def _capture_info():
     fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint64), ctypes.c_void_p,
                    ctypes.c_void_p, ctypes.c_void_p]
     fn.restype = ctypes.c_int
-    return fn, ctypes.c_int(), ctypes.c_uint64()
+    return fn
 
 
 def capture_id(stream: int) -> int | None:
-    """The id of the capture under way on raw stream handle `stream`, None if none or unknown."""
-    info = _capture_info()
-    if info is None:
+    """The id of the capture under way on raw stream handle `stream`, None if none or unknown.
+    (Asked only while capturing, when host time does not count.)"""
+    fn = _capture_info()
+    if fn is None:
         return None
-    fn, status, cid = info
+    status, cid = ctypes.c_int(), ctypes.c_uint64()
     if fn(stream, ctypes.byref(status), ctypes.byref(cid), None, None, None) != 0 or status.value != 1:
         return None  # (1: CU_STREAM_CAPTURE_STATUS_ACTIVE)
     return cid.value
