@@ -17,6 +17,7 @@ chain over its length. Weight bandwidth counts the padded NVFP4 weight's bytes (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -653,6 +654,64 @@ def run_tune_pass(args):
     write_csv(args.results_dir / f"pass_tune_{gpu_slug()}.csv", ["m", "k", "pass", "us"], rows)
 
 
+def run_tune_split(args):
+    """Decode: how many K splits (programs per SM) the routed tiles take (`GemmConfig.programs_per_sm`,
+    `min_split_tiles`), the routed launches (pass + GEMM, or the GEMM quantizing x), weights cold,
+    static scale, device time; cuBLAS bf16 in the same process (-> results/split_tune_<gpu>.csv)."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    shapes = [(72, 200)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
+    ms = [4, 16] if device == "cpu" else (args.m or [4, 8, 16])
+    sm = torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else 132
+    rows = []
+    for n, k in tqdm(shapes, desc="split tune", file=sys.stderr):
+        copies = cold_copies(n * k * 2) if device == "cuda" else 1
+        trios = make_layers(n, k, copies, device, torch.bfloat16)
+        kp = trios[0][1].k_padded
+        for m in ms:
+            if ops.use_gemv(m, n, kp):
+                continue
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in trios]
+            a = torch.empty(m, kp, device=device, dtype=torch.float16)
+            routed = kernels.gemm_config(m, n, kp, "cuda", sm)
+            one_launch = ops.use_quantize_in_gemm(m, n, kp)
+            bf16 = graph_us(chain([t[0] for t in trios], x)) / copies
+            want = trios[0][1](x)
+            seen, line = set(), []
+            for pps in (2, 3, 4, 6):
+                for mst in (4, 2):
+                    cfg = dataclasses.replace(routed, programs_per_sm=pps, min_split_tiles=mst)
+                    tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
+                    k_tiles = -(-kp // cfg.block_k)
+                    split = max(1, min(-(-pps * sm // tiles), k_tiles // mst))
+                    split = -(-k_tiles // -(-k_tiles // split))
+                    if split in seen:
+                        continue
+                    seen.add(split)
+
+                    def run(cfg=cfg):
+                        for (_, layer, _), out in zip(trios, outs):
+                            if one_launch:
+                                kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight,
+                                                              layer.weight_scale, layer.alpha, None, out, config=cfg)
+                            else:
+                                kernels.fake_quantize(x, layer.input_global_scale, a, units=True)
+                                kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha,
+                                                                 None, out, config=cfg)
+                    run()
+                    err = ((outs[0].float() - want.float()).abs().max() / want.float().abs().max()).item()
+                    assert err < 1e-2, (m, n, k, pps, mst, err)  # (another split sums in another order)
+                    t = graph_us(run) / copies
+                    rows.append([m, n, k, pps, mst, split, t, bf16])
+                    line.append(f"split {split} ({pps}/SM, >={mst} tiles) {t:.2f}us ({bf16 / t:.2f}x)")
+            print(f"split {m}x{n}x{k}: bf16 {bf16:.2f}us; " + "; ".join(line), flush=True)
+    if device == "cpu":
+        return
+    write_csv(args.results_dir / f"split_tune_{gpu_slug()}.csv",
+              ["m", "n", "k", "programs_per_sm", "min_split_tiles", "split", "us", "bf16_us"], rows)
+
+
 def main():
     # the modes besides the table: flag, runner, help
     modes = [("--tune", run_tune, "tile sweeps for the small-M kernel and the paths"),
@@ -669,6 +728,8 @@ def main():
              ("--tune-chunks", run_tune_chunks, "cuBLAS path: weight chunk sizes (-> results/chunk_tune_<gpu>.csv)"),
              ("--tune-pass", run_tune_pass, "decode-sized quantize passes, static and dynamic scale "
               "(-> results/pass_tune_<gpu>.csv)"),
+             ("--tune-split", run_tune_split, "decode: K splits of the routed tiles (programs per SM) "
+              "(-> results/split_tune_<gpu>.csv)"),
              ("--ab-fused", run_ab_fused, "past decode: x quantized inside the Triton GEMM vs a pass first vs "
               "cuBLAS (-> results/fused_ab_<gpu>.csv)")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

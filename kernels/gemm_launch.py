@@ -22,7 +22,11 @@ class GemmConfig:
     num_warps: int
     num_stages: int
     group_m: int = 8
-    split_k: int = 1  # 0: choose so that the grid fills the GPU (decode)
+    split_k: int = 1  # 0: choose so that the grid fills the GPU (decode): see the next two fields
+    # split_k 0: K splits for about this many programs per SM, each split at least min_split_tiles K
+    # tiles long (fewer, longer splits where K is short)
+    programs_per_sm: int = 2
+    min_split_tiles: int = 4
     # Decode each 32-bit word of 8 codes as 4 half2 registers (nibbles i and i+4 paired, the same
     # K permutation on both operands): 18-33% fewer instructions, 6-14% faster on the H100.
     word_decode: bool = True
@@ -212,8 +216,8 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
     tiles = cdiv(m, config.block_m) * cdiv(n, config.block_n)
     k_tiles = cdiv(kp, config.block_k)
     split = config.split_k
-    if split == 0:  # enough programs for two per SM, each at least 4 K tiles long
-        split = max(1, min(cdiv(2 * _sm_count(device), tiles), k_tiles // 4))
+    if split == 0:  # enough programs for programs_per_sm per SM, each at least min_split_tiles K tiles long
+        split = max(1, min(cdiv(config.programs_per_sm * _sm_count(device), tiles), k_tiles // config.min_split_tiles))
     per_split = int(cdiv(k_tiles, split))  # int(): a constexpr, even where M is symbolic (compile)
     split = int(cdiv(k_tiles, per_split))  # no empty splits
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
