@@ -712,6 +712,50 @@ def run_tune_split(args):
               ["m", "n", "k", "programs_per_sm", "min_split_tiles", "split", "us", "bf16_us"], rows)
 
 
+SCALE_CONFIGS = [(1, 2048, 1, 4), (1, 1024, 1, 4), (4, 1024, 1, 4), (8, 2048, 0, 4), (8, 2048, 1, 4),
+                 (8, 1024, 2, 4), (8, 2048, 0, 8), (16, 1024, 1, 8), (16, 1024, 2, 8), (32, 512, 2, 8)]
+
+
+def run_tune_scale(args):
+    """The dynamic-scale kernel past decode (`kernels.dynamic_scales`, max |x| or max |act(x)| over the
+    whole input, then gs and alpha) per tile against the routed one (`kernels.scale_config`); device
+    time, bytes read per time against the copy ceiling; every config's (gs, alpha) checked equal to
+    the routed one's (-> results/scale_tune_<gpu>.csv)."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    copy = copy_ceiling_tbps() if device == "cuda" else float("nan")
+    ms = [40, 300] if device == "cpu" else (args.m or [128, 256, 2048, 4096, 8192])
+    inputs = [(200, None), (2 * 72, "silu_mul")] if device == "cpu" else (
+        [(k, None) for _, k in (args.shapes or [(0, 2688), (0, 3696), (0, 4096), (0, 8192)])]
+        + [(2 * 1368, "silu_mul"), (2 * 3696, "silu_mul")])
+    configs = [kernels.ScaleConfig(*c) for c in SCALE_CONFIGS]
+    if device == "cpu":
+        configs = [kernels.ScaleConfig(8, 64, 1), kernels.ScaleConfig(4, 128, 0)]
+    ws2 = torch.tensor([0.01], device=device)
+    rows = []
+    for width, act in tqdm(inputs, desc="scale tune", file=sys.stderr):
+        for m in ms:
+            x = (torch.rand(m, width, device=device) * 8 - 4).to(torch.bfloat16)
+            x[m // 2, width // 3] = 5.5  # one element sets the maximum
+            want = kernels.dynamic_scales(x, ws2, act).clone()
+            routed = graph_us(lambda: kernels.dynamic_scales(x, ws2, act))
+            nbytes = m * width * 2
+            line = [f"routed {routed:.2f}us"]
+            rows.append([m, width, act or "", "routed", routed, nbytes / routed / 1e6, 100 * nbytes / routed / 1e6 / copy])
+            for cfg in configs:
+                got = kernels.dynamic_scales(x, ws2, act, config=cfg)
+                assert torch.equal(got, want), (m, width, act, cfg)
+                t = graph_us(lambda cfg=cfg: kernels.dynamic_scales(x, ws2, act, config=cfg))
+                label = f"{cfg.block_r}x{cfg.block_k}x{cfg.k_blocks} w{cfg.num_warps}"
+                rows.append([m, width, act or "", label, t, nbytes / t / 1e6, 100 * nbytes / t / 1e6 / copy])
+                line.append(f"{label} {t:.2f}us")
+            print(f"scale {m}x{width} {act or ''}: " + "; ".join(line), flush=True)
+    if device == "cpu":
+        return
+    write_csv(args.results_dir / f"scale_tune_{gpu_slug()}.csv",
+              ["m", "width", "act", "config", "us", "read_tbps", "pct_copy"], rows)
+
+
 def main():
     # the modes besides the table: flag, runner, help
     modes = [("--tune", run_tune, "tile sweeps for the small-M kernel and the paths"),
@@ -730,6 +774,8 @@ def main():
               "(-> results/pass_tune_<gpu>.csv)"),
              ("--tune-split", run_tune_split, "decode: K splits of the routed tiles (programs per SM) "
               "(-> results/split_tune_<gpu>.csv)"),
+             ("--tune-scale", run_tune_scale, "past decode: tiles of the dynamic-scale kernel "
+              "(-> results/scale_tune_<gpu>.csv)"),
              ("--ab-fused", run_ab_fused, "past decode: x quantized inside the Triton GEMM vs a pass first vs "
               "cuBLAS (-> results/fused_ab_<gpu>.csv)")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

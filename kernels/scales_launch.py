@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import triton
@@ -17,13 +19,39 @@ _launch = CachedLaunch(scales_module.dynamic_scale_kernel)
 _OPTIONS = dict(num_warps=4, enable_fp_fusion=False)
 
 
-def dynamic_scales(x: torch.Tensor, weight_scale_2: torch.Tensor, act: str | None = None) -> torch.Tensor:
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Tiles of the scale kernel: BLOCK_R rows x BLOCK_K columns a load, k_blocks of them along K per
+    program (0: all of K, a loop in one program)."""
+    block_r: int
+    block_k: int
+    k_blocks: int
+    num_warps: int = 4
+
+
+def scale_config(m: int, k: int, act: str | None = None) -> ScaleConfig:
+    """Decode (M <= 16): one program per 1024 columns (a serial loop over K is latency-bound there).
+    Past decode one 4 x 1024 tile per program, or 8 x 2048 past 256 rows without an activation.
+    H100 (linear_bench.py --tune-scale, results/scale_tune_h100.csv; bf16, device time), against the
+    earlier 1 or 8 rows x all of K per program: 2048x8192 8.6 us vs 10.9, 8192x2688 16.1 vs 19.4,
+    256x8192 4.1 vs 4.5; silu_mul of 8192 x 2 * 1368 26.8 vs 40.4, 4096 x 2 * 3696 27.1 vs 30.1 (but
+    8192x3696 25.8 vs 24.9, 2048 x 2 * 3696 silu_mul 11.7 vs 10.6). Depends on M only through M <= 16
+    and M <= 256 (the classes `_dynamic_scales` caches plans by)."""
+    if m <= 16:
+        return ScaleConfig(1, min(1024, triton.next_power_of_2(k)), 1)
+    if m <= 256 or act is not None:
+        return ScaleConfig(4, min(1024, triton.next_power_of_2(k)), 1)
+    return ScaleConfig(8, min(2048, triton.next_power_of_2(k)), 1)
+
+
+def dynamic_scales(x: torch.Tensor, weight_scale_2: torch.Tensor, act: str | None = None, *,
+                   config: ScaleConfig | None = None) -> torch.Tensor:
     """fp32 [2] = (gs, alpha) of x (M >= 1 rows, unit column stride) on the device, the bits a
     static input_scale = amax(x) / 2688 would give; with `act` (an ACTS name) of act(x) instead,
     computed as the activation kernels do (x = [gate, up] for gated acts), without writing it. The
     tensor is per-stream scratch: read it before the next dynamic-scale call on this stream (the
-    Linear's next kernel does)."""
-    return _dynamic_scales(x, weight_scale_2, act).scales
+    Linear's next kernel does). config: tiles other than `scale_config`'s (tuning)."""
+    return _dynamic_scales(x, weight_scale_2, act, config).scales
 
 
 def dynamic_gs_alpha(x: torch.Tensor, weight_scale_2: torch.Tensor,
@@ -34,36 +62,34 @@ def dynamic_gs_alpha(x: torch.Tensor, weight_scale_2: torch.Tensor,
     return s.gs, s.alpha
 
 
-_metas: dict = {}  # (width, BLOCK_R, split over K, act, CPU) -> (K, columns per program, constexprs)
+_metas: dict = {}  # (width, M class, act, CPU, config) -> (K, config, columns per program, constexprs)
 
 
-def _dynamic_scales(x, weight_scale_2, act=None):
+def _dynamic_scales(x, weight_scale_2, act=None, config: ScaleConfig | None = None):
     m, width = x.shape
     index = x.get_device()  # CUDA device index, -1 on the CPU
     s = scratch_of(x)
-    block_r = 1 if m <= 256 else 8
-    # decode: one program per 1024 columns (a serial loop over K is latency-bound there); bool(): under
-    # torch.compile a guard on M, not a symbolic value in the plan key
-    split = bool(m <= 16)
-    key = (width, block_r, split, act, index < 0)
+    # bool(): under torch.compile a guard on M's class, not a symbolic value in the plan key
+    key = (width, bool(m <= 16), bool(m <= 256), act, index < 0, config)
     plan = _metas.get(key)
     if plan is None:
         code, gated = ACTS[act] if act is not None else (-1, False)
         k = act_width(act, width) if act is not None else width
-        block_k = min(1024 if split else 2048, triton.next_power_of_2(k))
-        per_program = block_k if split else cdiv(k, block_k) * block_k
-        plan = _metas[key] = (k, per_program, dict(BLOCK_R=block_r, BLOCK_K=block_k, ACT=code, GATED=gated,
-                                                   BF16_BITS=index < 0))
-    k, per_program, meta = plan
-    grid = ((m + block_r - 1) // block_r, cdiv(k, per_program), 1)
+        cfg = config or scale_config(m, k, act)
+        per_program = (cfg.k_blocks or cdiv(k, cfg.block_k)) * cfg.block_k
+        plan = _metas[key] = (k, cfg, per_program, dict(BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k, ACT=code,
+                                                        GATED=gated, BF16_BITS=index < 0))
+    k, cfg, per_program, meta = plan
+    grid = ((m + cfg.block_r - 1) // cfg.block_r, cdiv(k, per_program), 1)
     sx = x.stride(0)
     args = (x, weight_scale_2, s.scales, s.scale_words, m, k, sx, per_program)
+    options = dict(_OPTIONS, num_warps=cfg.num_warps)
     if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # inf and NaN are values of an act
             _interpreter.interpreted(scales_module).dynamic_scale_kernel[grid](*args, **meta)
     elif compile_tracing():
-        _launch(None, grid, args, meta, _OPTIONS)
+        _launch(None, grid, args, meta, options)
     else:  # K and x's alignment and row stride: what Triton specializes on besides dtypes
-        _launch((index, x.dtype, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1, k, block_r, split, meta["ACT"]), grid,
-                args, meta, _OPTIONS)
+        _launch((index, x.dtype, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1, k, per_program, cfg, meta["ACT"]),
+                grid, args, meta, options)
     return s
