@@ -37,6 +37,7 @@ K_ALIGN = 64
 OTHER_ACTS = ["gelu_tanh_mul", "relu2", "gelu", "silu"]  # timed at one shape, fused only vs torch + quantize
 TILES = [(8, 512, 2), (16, 128, 2), (8, 256, 4), (16, 256, 4), (4, 512, 4), (8, 128, 4), (16, 128, 4), (32, 128, 4)]
 HALVES_TILES = [(8, 512, 2), (16, 128, 2), (16, 256, 4), (8, 128, 4)]  # + whole blocks per thread (QuantConfig.halves)
+MEASURED = kernels.quantize_launch.MEASURED_VARIANTS  # the quantize kernel's variants its GPU defaults use
 
 
 def moved_bytes(m: int, width: int, i: int) -> int:
@@ -115,14 +116,17 @@ def run_configs(dry: bool):
     """Tile sweep of the fused kernel (static scale), printed: a tuning aid for act_quant_config."""
     device = "cpu" if dry else "cuda"
     time_us = timer(dry)
-    for m, i in ([(16384, 3696), (4096, 1368), (16, 3696)] if not dry else [(20, 40)]):
+    shapes = [(16384, 3696), (16384, 1368), (4096, 3696), (4096, 1368), (4096, 232), (16, 3696)]
+    for m, i in (shapes if not dry else [(20, 40)]):
         x = torch.randn(m, 2 * i, dtype=torch.bfloat16, device=device)
         h = fp4linear.activation(x, "silu_mul")
         gs = (E4M3_MAX * E2M1_MAX / h.float().abs().amax()).reshape(1)
         out = NVFP4Tensor.empty((m, i), k_align=K_ALIGN, device=device)
         want = fp4linear.quantize(h, gs, k_align=K_ALIGN)
         res = []
-        configs = [kernels.QuantConfig(*t) for t in TILES] + [kernels.QuantConfig(*t, halves=True) for t in HALVES_TILES]
+        # the tiles with the quantize kernel's measured variants (its GPU defaults' flags) and as first benchmarked
+        configs = ([kernels.QuantConfig(*t, **MEASURED) for t in TILES] + [kernels.QuantConfig(*t) for t in TILES]
+                   + [kernels.QuantConfig(*t, halves=True, **MEASURED) for t in HALVES_TILES])
         for cfg in configs:
             fn = lambda: kernels.act_pad_quantize(x, "silu_mul", gs, out.data, out.scale, sf_row_tile=128,  # noqa: E731
                                                   dynamic=False, config=cfg)
@@ -130,7 +134,7 @@ def run_configs(dry: bool):
             fn()
             if not (torch.equal(out.data, want.data) and torch.equal(out.scale.view(torch.uint8), want.scale.view(torch.uint8))):
                 raise SystemExit(f"{cfg.label} at {m}x{i}: bits differ from quantize(activation(x))")
-            res.append((time_us(fn), f"{cfg.block_m}x{cfg.block_k}w{cfg.num_warps}{' halves' if cfg.halves else ''}"))
+            res.append((time_us(fn), cfg.label))
         tb = moved_bytes(m, 2 * i, i) / 1e12
         res.sort(key=lambda r: (math.isnan(r[0]), r[0]))
         print(f"{m}x{i} silu_mul: " + "; ".join(f"{t:.2f}us {tb / (t * 1e-6):.2f}TB/s {label}" for t, label in res))

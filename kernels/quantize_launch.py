@@ -42,10 +42,10 @@ BASELINE = dict(grid_2d=False, words=False, recipe=1, persistent=0, halves=False
 # 2 x 4096 tiles walked by two persistent programs per SM.
 #   16384x8192: 131.1 us (2.62 TB/s, 87.5% of copy) vs 148.3 as first benchmarked; 4096x8192: 35.9 vs 40.4
 #   16384x1368: 26.0 us vs 29.6 (16 x 128);  16x8192: 1.61 us vs 1.83 (8 x 128)
-_MEASURED = dict(recipe=2, words=True, grid_2d=True)
-_GPU_WIDE_K = QuantConfig(2, 4096, 4, persistent=2, **_MEASURED)
-_GPU_ROWS = QuantConfig(16, 128, 2, **_MEASURED)
-_GPU_DECODE = QuantConfig(8, 128, 4, **_MEASURED)
+MEASURED_VARIANTS = dict(recipe=2, words=True, grid_2d=True)
+_GPU_WIDE_K = QuantConfig(2, 4096, 4, persistent=2, **MEASURED_VARIANTS)
+_GPU_ROWS = QuantConfig(16, 128, 2, **MEASURED_VARIANTS)
+_GPU_DECODE = QuantConfig(8, 128, 4, **MEASURED_VARIANTS)
 
 
 def quant_config(m: int, kp: int, device_type: str) -> QuantConfig:
