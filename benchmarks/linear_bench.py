@@ -32,6 +32,7 @@ import fp4linear  # noqa: E402
 from common import (L2_ROTATE_BYTES, LINEAR_SHAPES, add_output_args, cold_copies, copy_ceiling_tbps,  # noqa: E402
                     eager_us, eager_us_interleaved, gpu_slug, median_us, merge_rows, publish, read_floor_us, write_csv)
 from fp4linear import kernels, ops  # noqa: E402
+from fp4linear.kernels import gemm_launch  # noqa: E402
 
 MS = [1, 2, 4, 8, 16, 128, 256, 512, 2048, 4096, 8192]
 
@@ -682,10 +683,7 @@ def run_tune_split(args):
             for pps in (2, 3, 4, 6):
                 for mst in (4, 2):
                     cfg = dataclasses.replace(routed, programs_per_sm=pps, min_split_tiles=mst)
-                    tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
-                    k_tiles = -(-kp // cfg.block_k)
-                    split = max(1, min(-(-pps * sm // tiles), k_tiles // mst))
-                    split = -(-k_tiles // -(-k_tiles // split))
+                    split, _ = gemm_launch.k_splits(cfg, -(-m // cfg.block_m) * -(-n // cfg.block_n), kp, sm)
                     if split in seen:
                         continue
                     seen.add(split)

@@ -202,6 +202,18 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED,
 _launch_ids: dict = {}
 
 
+def k_splits(config: GemmConfig, tiles: int, kp: int, sm_count: int) -> tuple[int, int]:
+    """(K splits, K tiles per split) of `tiles` output tiles: config.split_k, or for split_k 0 enough
+    programs for programs_per_sm per SM, each split at least min_split_tiles K tiles long; no empty
+    splits."""
+    k_tiles = cdiv(kp, config.block_k)
+    split = config.split_k
+    if split == 0:
+        split = max(1, min(cdiv(config.programs_per_sm * sm_count, tiles), k_tiles // config.min_split_tiles))
+    per_split = int(cdiv(k_tiles, split))  # int(): a constexpr, even where M is symbolic (compile)
+    return int(cdiv(k_tiles, per_split)), per_split
+
+
 @functools.lru_cache(maxsize=4096)
 def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, k_key=0, sx_key=0, tiles_for_m=None,
                amax=None):
@@ -214,12 +226,7 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
     if a_mode != _PACKED:  # A's values in the weight decode's order: word decode on both sides
         config = replace(config, predequant_a=a_mode == _UNITS, word_decode=True)
     tiles = cdiv(m, config.block_m) * cdiv(n, config.block_n)
-    k_tiles = cdiv(kp, config.block_k)
-    split = config.split_k
-    if split == 0:  # enough programs for programs_per_sm per SM, each at least min_split_tiles K tiles long
-        split = max(1, min(cdiv(config.programs_per_sm * _sm_count(device), tiles), k_tiles // config.min_split_tiles))
-    per_split = int(cdiv(k_tiles, split))  # int(): a constexpr, even where M is symbolic (compile)
-    split = int(cdiv(k_tiles, per_split))  # no empty splits
+    split, per_split = k_splits(config, tiles, kp, _sm_count(device))
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
