@@ -5,6 +5,8 @@
 With --dump, grep the SASS for STS/LDSM/BAR and HGMMA/HMMA to see how the decoded weight reaches the
 MMA (benchmarks/NOTES.md, session 8: through shared memory as the left operand, straight from the
 decode as the right one with 16-token tiles).
+The "K loop" line counts the main loop's instructions per thread per K tile and per weight element
+(benchmarks/NOTES.md, session 9: 4.7 for the routed 16x64x256 decode tile).
 """
 
 import argparse
@@ -37,6 +39,18 @@ def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90, word_decode=False,
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
 
 
+def main_loop(sass: str) -> list[str]:
+    """The opcodes of the longest loop (a backward branch and the instructions it jumps over): the K loop."""
+    lines = re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*)$", sass, re.M)
+    best = []
+    for addr, op, rest in lines:
+        target = re.search(r"0x([0-9a-f]+)", rest) if op.startswith("BRA") else None
+        if target and int(target.group(1), 16) < int(addr, 16):
+            body = [o for a_, o, _ in lines if int(target.group(1), 16) <= int(a_, 16) <= int(addr, 16)]
+            best = max(best, body, key=len)
+    return best
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("configs", nargs="+", help="BMxBNxBKwWARPSsSTAGES, e.g. 16x64x128w4s4")
@@ -55,6 +69,12 @@ def main():
         mma = sorted({o for o in ops if "MMA" in o})
         print(f"{spec}: {len(ops)} SASS, smem {k.metadata.shared} B, MMA {mma}")
         print("   " + ", ".join(f"{x} {n}" for x, n in mix.most_common(20)))
+        loop = main_loop(sass)
+        if loop:  # per thread per K tile; x threads / tile elements = SASS per weight element
+            moves = sum(o.startswith(("IMAD.MOV", "MOV")) for o in loop)
+            print(f"   K loop: {len(loop)} SASS a thread per K tile = {len(loop) * w * 32 / (bn * bk):.2f} per weight "
+                  f"element; register moves {moves}; " +
+                  ", ".join(f"{x} {n}" for x, n in collections.Counter(o.split(".")[0] for o in loop).most_common(8)))
         if a.dump:
             a.dump.mkdir(parents=True, exist_ok=True)
             (a.dump / f"gemm_{spec}.sass").write_text(sass)
