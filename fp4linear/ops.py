@@ -85,6 +85,15 @@ def use_quantize_in_gemm(m: int, n: int, kp: int) -> bool:
     return m <= 16 and n * kp < 8 << 20
 
 
+def use_staged(m: int, n: int, kp: int) -> bool:
+    """On the Triton GEMM path: one launch whose first programs quantize x once and whose GEMM
+    programs wait for them (`kernels.nvfp4_gemm_staged`), instead of a quantize-dequantize pass
+    launched first or x re-quantized per N tile. Not routed anywhere yet: it was built without GPU
+    time and has not been timed (`linear_bench.py --ab-fused` compares it with the routed paths;
+    benchmarks/NOTES.md, session 10, gives the prediction to check)."""
+    return False
+
+
 @contextlib.contextmanager
 def _fp32_reductions(dtype: torch.dtype):
     """cuBLAS may reduce split-K partials in bf16/fp16 unless told not to: fp32 accumulation only.
@@ -219,9 +228,14 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
         else:
             cublas = use_cublas(m, n, kp, dynamic)
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
-    in_gemm = not cublas and act is None and (tiles_for_m is not None or use_quantize_in_gemm(m, n, kp))
+    staged = not cublas and act is None and tiles_for_m is None and use_staged(m, n, kp)
+    in_gemm = not cublas and not staged and act is None and (tiles_for_m is not None or
+                                                              use_quantize_in_gemm(m, n, kp))
     if dynamic:
         if not cublas and act is None and kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
+            if staged:  # one launch, max |x| taken by the stage programs
+                return kernels.nvfp4_gemm_staged(x, None, weight, weight_scale, None, bias, out,
+                                                 weight_scale_2=weight_scale_2)
             if in_gemm:  # one launch, max |x| taken by every program
                 return kernels.nvfp4_gemm_quantize_x(x, None, weight, weight_scale, None, bias, out,
                                                      tiles_for_m=tiles_for_m, weight_scale_2=weight_scale_2)
@@ -229,6 +243,8 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
             alpha = kernels.fake_quantize_dynamic(x, weight_scale_2, a, units=True)
             return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
         gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2, act=act)  # views of per-stream scratch, made once
+    if staged:
+        return kernels.nvfp4_gemm_staged(x, gs, weight, weight_scale, alpha, bias, out)
     if in_gemm:
         return kernels.nvfp4_gemm_quantize_x(x, gs, weight, weight_scale, alpha, bias, out, tiles_for_m=tiles_for_m)
     if cublas:

@@ -1,5 +1,5 @@
-"""Scratch memory the single-launch kernels share: fp32 split-K partials, int32 tickets and the
-dynamic-scale words, one set per device and stream.
+"""Scratch memory the single-launch kernels share: fp32 split-K partials, int32 tickets, the
+dynamic-scale and stage words and the dequantized activation, one set per device and stream.
 
 Kernels on one stream run one after another and each leaves its tickets at zero, so every layer
 on that stream can use the same buffers without allocating on the forward path.
@@ -40,6 +40,7 @@ class Scratch:
         self.partials = torch.empty(0, dtype=torch.float32, device=device)
         self.tickets = torch.empty(0, dtype=torch.int32, device=device)
         self._scale_words = None
+        self._stage_words = None
         self.scales = torch.empty(2, dtype=torch.float32, device=device)  # gs, alpha
         self.gs, self.alpha = self.scales[0:1], self.scales[1:2]  # views made once, not per call
         self.activation = torch.empty(0, dtype=torch.float16, device=device)
@@ -52,6 +53,14 @@ class Scratch:
         if self._scale_words is None:
             self._scale_words = torch.zeros(2, dtype=torch.int32, device=self.device)
         return self._scale_words
+
+    @property
+    def stage_words(self) -> torch.Tensor:
+        """int32 [2] of `nvfp4_gemm_staged` (stage programs done, GEMM programs past the wait), zero
+        between calls; zeroed at first use, as scale_words."""
+        if self._stage_words is None:
+            self._stage_words = torch.zeros(2, dtype=torch.int32, device=self.device)
+        return self._stage_words
 
     def get(self, part_numel: int, n_tickets: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.partials.numel() < part_numel:
@@ -82,6 +91,7 @@ class _Fresh(Scratch):
     def __init__(self, device):
         self.device = device
         self._scale_words = None
+        self._stage_words = None
         self.scales = torch.empty(2, dtype=torch.float32, device=device)
         self.gs, self.alpha = self.scales[0:1], self.scales[1:2]
 
