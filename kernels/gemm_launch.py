@@ -136,26 +136,7 @@ def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: G
     scale) instead of gs and alpha (then unused): a dynamic scale, every program deriving gs and
     alpha from max |x| of all of x, the bits `dynamic_gs_alpha` gives; x must be small enough for
     `fuses_dynamic_scale_in_pass` (the same unrolled reads)."""
-    m, n = out.shape
-    if m == 0 or n == 0:
-        return out
-    dynamic = weight_scale_2 is not None
-    if dynamic and not fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
-        raise ValueError(f"x of {m} x {x.shape[1]} (row stride {x.stride(0)}) is too large for the dynamic scale "
-                         "inside the GEMM (fuses_dynamic_scale_in_pass)")
-    if x.shape[1] == 1 or x.stride(0) == 1:
-        # Triton makes an integer argument equal to 1 a constant, and with K or x's row stride a
-        # constant its dot-operand pass fails to compile this kernel (Triton 3.6): a pass first.
-        a = torch.empty((m, w_data.shape[1] * 2), dtype=torch.float16, device=x.device)
-        if dynamic:
-            alpha = fake_quantize_dynamic(x, weight_scale_2, a, units=True)
-        else:
-            fake_quantize(x, gs, a, units=True)
-        return _gemm(a, a, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, tiles_for_m=tiles_for_m)
-    if dynamic:
-        return _gemm(x, weight_scale_2, w_data, w_scale, weight_scale_2, bias, out, config, a_mode=_X,
-                     tiles_for_m=tiles_for_m, dynamic=True)
-    return _gemm(x, gs, w_data, w_scale, alpha, bias, out, config, a_mode=_X, tiles_for_m=tiles_for_m)
+    return _gemm_of_x(x, gs, w_data, w_scale, alpha, bias, out, config, tiles_for_m, weight_scale_2, _X)
 
 
 def nvfp4_gemm_staged(x, gs, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None,
@@ -166,7 +147,13 @@ def nvfp4_gemm_staged(x, gs, w_data, w_scale, alpha, bias, out, *, config: GemmC
     the same bits as those two launches, without the second launch's start and the gap between them,
     and without `nvfp4_gemm_quantize_x`'s re-quantization of x per N tile. Arguments as
     `nvfp4_gemm_quantize_x` (weight_scale_2: a dynamic scale from max |x|, x small enough for
-    `fuses_dynamic_scale_in_pass`; alpha is then unused)."""
+    `fuses_dynamic_scale_in_pass`, every stage program taking it; alpha is then unused)."""
+    return _gemm_of_x(x, gs, w_data, w_scale, alpha, bias, out, config, None, weight_scale_2, _STAGED)
+
+
+def _gemm_of_x(x, gs, w_data, w_scale, alpha, bias, out, config, tiles_for_m, weight_scale_2, a_mode):
+    """The one-launch GEMMs fed x itself (a_mode _X or _STAGED): their checks, and the pass first where
+    Triton would make K or x's row stride a constant."""
     m, n = out.shape
     if m == 0 or n == 0:
         return out
@@ -174,18 +161,20 @@ def nvfp4_gemm_staged(x, gs, w_data, w_scale, alpha, bias, out, *, config: GemmC
     if dynamic and not fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
         raise ValueError(f"x of {m} x {x.shape[1]} (row stride {x.stride(0)}) is too large for the dynamic scale "
                          "inside the GEMM (fuses_dynamic_scale_in_pass)")
-    s = scratch_of(out)
-    if x.shape[1] == 1 or x.stride(0) == 1:  # as in `nvfp4_gemm_quantize_x`: a pass first
-        a = s.dequantized_activation(m, w_data.shape[1] * 2)
+    if x.shape[1] == 1 or x.stride(0) == 1:
+        # Triton makes an integer argument equal to 1 a constant, and with K or x's row stride a
+        # constant its dot-operand pass fails to compile the GEMM quantizing x (Triton 3.6): a pass first.
+        a = torch.empty((m, w_data.shape[1] * 2), dtype=torch.float16, device=x.device)
         if dynamic:
             alpha = fake_quantize_dynamic(x, weight_scale_2, a, units=True)
         else:
             fake_quantize(x, gs, a, units=True)
-        return _gemm(a, a, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS)
-    if dynamic:
-        return _gemm(x, weight_scale_2, w_data, w_scale, s.alpha, bias, out, config, a_mode=_STAGED, dynamic=True,
-                     scratch=s)
-    return _gemm(x, gs, w_data, w_scale, alpha, bias, out, config, a_mode=_STAGED, scratch=s)
+        return _gemm(a, a, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, tiles_for_m=tiles_for_m)
+    s = scratch_of(out) if a_mode == _STAGED else None
+    if dynamic:  # _X: every program derives alpha; _STAGED: stage program 0 writes it to scratch
+        return _gemm(x, weight_scale_2, w_data, w_scale, weight_scale_2 if s is None else s.alpha, bias, out, config,
+                     a_mode=a_mode, tiles_for_m=tiles_for_m, dynamic=True, scratch=s)
+    return _gemm(x, gs, w_data, w_scale, alpha, bias, out, config, a_mode=a_mode, tiles_for_m=tiles_for_m, scratch=s)
 
 
 def stage_tile(m: int, device_type: str) -> tuple[int, int]:

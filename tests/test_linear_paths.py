@@ -212,12 +212,19 @@ def test_dequantized_a_gemm_writes_every_element_with_a_strided_output(device):
     assert big[:, :8].isnan().all() and big[:, 8 + n :].isnan().all()
 
 
+# the two one-launch GEMMs fed x itself: x quantized by every program that reads it, or once by the
+# launch's first programs (the GEMM programs waiting for them)
+ONE_LAUNCH = {"quantize_x": kernels.nvfp4_gemm_quantize_x, "staged": kernels.nvfp4_gemm_staged}
+
+
+@pytest.mark.parametrize("one_launch", ONE_LAUNCH)
 @pytest.mark.parametrize("m, k, dtype, row_stride", [(33, 320, torch.float32, 0), (70, 464, torch.bfloat16, 520),
                                                      (5, 1376, torch.float16, 0)])  # the last: split K on the CPU
-def test_quantize_in_gemm_equals_the_two_launches_and_writes_every_element(device, m, k, dtype, row_stride):
-    """`nvfp4_gemm_quantize_x` (x quantized by every program that reads it) gives the bits of
-    `fake_quantize(units=True)` + `nvfp4_gemm_dequantized_a`: K % 64 != 0, M not a tile multiple,
-    strided rows, a non-finite block (its row NaN), into a poisoned, column-sliced output."""
+def test_quantize_in_gemm_equals_the_two_launches_and_writes_every_element(device, m, k, dtype, row_stride,
+                                                                           one_launch):
+    """`nvfp4_gemm_quantize_x` and `nvfp4_gemm_staged` give the bits of `fake_quantize(units=True)` +
+    `nvfp4_gemm_dequantized_a`: K % 64 != 0, M not a tile multiple, strided rows, a non-finite
+    block (its row NaN), into a poisoned, column-sliced output."""
     n = 96
     layer, ckpt, q = layer_for(n, k, device, seed=m)
     base = torch.randn(m, max(k, row_stride), generator=torch.Generator().manual_seed(m)) * 3
@@ -229,8 +236,8 @@ def test_quantize_in_gemm_equals_the_two_launches_and_writes_every_element(devic
     kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, layer.bias, want)
     big = torch.full((m, n + 24), math.nan, dtype=dtype, device=device)
     got = big[:, 8 : 8 + n]
-    kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
-                                  layer.bias, got)
+    ONE_LAUNCH[one_launch](x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, layer.bias,
+                           got)
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
     assert big[:, :8].isnan().all() and big[:, 8 + n :].isnan().all()
     assert got[m // 2].isnan().all()
@@ -262,59 +269,6 @@ def test_quantize_in_gemm_refuses_x_wider_than_the_weight(device):
     with pytest.raises(ValueError, match="columns"):
         kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
                                       None, torch.empty(3, 40, device=device))
-
-
-@pytest.mark.parametrize("m, k, dtype, row_stride", [(33, 320, torch.float32, 0), (70, 464, torch.bfloat16, 520),
-                                                     (5, 1376, torch.float16, 0)])  # the last: split K on the CPU
-def test_staged_gemm_equals_the_two_launches_and_writes_every_element(device, m, k, dtype, row_stride):
-    """`nvfp4_gemm_staged` (x quantized once by the launch's first programs, the GEMM programs
-    waiting for them) gives the bits of `fake_quantize(units=True)` + `nvfp4_gemm_dequantized_a`:
-    K % 64 != 0, M not a tile multiple, strided rows, a non-finite block (its row NaN), into a
-    poisoned, column-sliced output."""
-    n = 96
-    layer, ckpt, q = layer_for(n, k, device, seed=m + 1)
-    base = torch.randn(m, max(k, row_stride), generator=torch.Generator().manual_seed(m + 1)) * 3
-    base[m // 2, 5] = math.inf
-    x = base.to(dtype).to(device)[:, :k]
-    a = kernels.fake_quantize(x, layer.input_global_scale, torch.empty(m, layer.k_padded, dtype=torch.float16,
-                                                                          device=device), units=True)
-    want = torch.full((m, n), math.nan, dtype=dtype, device=device)
-    kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, layer.bias, want)
-    big = torch.full((m, n + 24), math.nan, dtype=dtype, device=device)
-    got = big[:, 8 : 8 + n]
-    kernels.nvfp4_gemm_staged(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, layer.bias,
-                              got)
-    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
-    assert big[:, :8].isnan().all() and big[:, 8 + n :].isnan().all()
-    assert got[m // 2].isnan().all()
-    ok = torch.arange(m) != m // 2
-    ref, bound = fp64_bound(x[ok.to(x.device)], layer, q, ckpt["input_scale"])
-    check(got[ok.to(x.device)], ref, bound, dtype)
-
-
-@pytest.mark.parametrize("m, k, outlier, row_stride", [(5, 464, 1e4, 0), (16, 1376, 1e4, 1472), (9, 200, math.nan, 0)])
-def test_staged_gemm_dynamic_scale_matches_the_pass(device, m, k, outlier, row_stride):
-    """`nvfp4_gemm_staged(weight_scale_2=)`: the stage programs derive gs and alpha from max |x|;
-    the bits of `fake_quantize_dynamic` + the same GEMM (strided rows, an outlier or a NaN)."""
-    n = 72
-    layer, _, _ = layer_for(n, k, device, dynamic=True, seed=m)
-    base = torch.randn(m, max(k, row_stride), generator=torch.Generator().manual_seed(m)) * 2
-    base[m - 1, k // 3] = outlier
-    x = base.to(torch.bfloat16).to(device)[:, :k]
-    a = torch.empty(m, layer.k_padded, dtype=torch.float16, device=device)
-    alpha = kernels.fake_quantize_dynamic(x, layer.weight_scale_2, a, units=True).clone()
-    want = kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, alpha, layer.bias,
-                                            torch.empty(m, n, dtype=torch.bfloat16, device=device))
-    got = kernels.nvfp4_gemm_staged(x, None, layer.weight, layer.weight_scale, None, layer.bias,
-                                    torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device),
-                                    weight_scale_2=layer.weight_scale_2)
-    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
-    assert got.isnan().any().item() == (outlier != outlier)
-    with pytest.raises(ValueError, match="too large"):
-        big = torch.zeros(17, k, dtype=torch.bfloat16, device=device)
-        kernels.nvfp4_gemm_staged(big, None, layer.weight, layer.weight_scale, None, None,
-                                  torch.empty(17, n, dtype=torch.bfloat16, device=device),
-                                  weight_scale_2=layer.weight_scale_2)
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
@@ -996,29 +950,31 @@ def test_cublas_path_runs_with_fp32_reductions_and_restores_the_flag(monkeypatch
         setattr(matmul, name, saved)
 
 
+@pytest.mark.parametrize("one_launch", ONE_LAUNCH)
 @pytest.mark.parametrize("m, k, outlier, row_stride", [(5, 464, 1e4, 0), (16, 1376, 1e4, 1472), (9, 200, math.nan, 0)])
-def test_dynamic_scale_inside_the_quantizing_gemm_matches_the_separate_launch(device, m, k, outlier, row_stride):
-    """`nvfp4_gemm_quantize_x(weight_scale_2=)`: every program derives gs and alpha from max |x|
-    itself; the bits of `dynamic_gs_alpha` then the same GEMM (strided rows, an outlier or a NaN,
-    a poisoned output; split K on the CPU at K = 1376)."""
+def test_dynamic_scale_inside_the_quantizing_gemm_matches_the_separate_launch(device, m, k, outlier, row_stride,
+                                                                              one_launch):
+    """`nvfp4_gemm_quantize_x(weight_scale_2=)` (every program derives gs and alpha from max |x|
+    itself) and `nvfp4_gemm_staged(weight_scale_2=)` (every stage program does): the bits of
+    `dynamic_gs_alpha` then the same GEMM (strided rows, an outlier or a NaN, a poisoned output;
+    split K on the CPU at K = 1376)."""
+    gemm = ONE_LAUNCH[one_launch]
     n = 72
     layer, _, _ = layer_for(n, k, device, dynamic=True, seed=m)
     base = torch.randn(m, max(k, row_stride), generator=torch.Generator().manual_seed(m)) * 2
     base[m - 1, k // 3] = outlier
     x = base.to(torch.bfloat16).to(device)[:, :k]
-    gs, alpha = kernels.dynamic_gs_alpha(x, layer.weight_scale_2)
-    want = kernels.nvfp4_gemm_quantize_x(x, gs, layer.weight, layer.weight_scale, alpha, layer.bias,
-                                         torch.empty(m, n, dtype=torch.bfloat16, device=device))
-    got = kernels.nvfp4_gemm_quantize_x(x, None, layer.weight, layer.weight_scale, None, layer.bias,
-                                        torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device),
-                                        weight_scale_2=layer.weight_scale_2)
+    gs, alpha = (v.clone() for v in kernels.dynamic_gs_alpha(x, layer.weight_scale_2))
+    want = gemm(x, gs, layer.weight, layer.weight_scale, alpha, layer.bias,
+                torch.empty(m, n, dtype=torch.bfloat16, device=device))
+    got = gemm(x, None, layer.weight, layer.weight_scale, None, layer.bias,
+               torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device), weight_scale_2=layer.weight_scale_2)
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
     assert got.isnan().any().item() == (outlier != outlier)
     with pytest.raises(ValueError, match="too large"):
         big = torch.zeros(17, k, dtype=torch.bfloat16, device=device)
-        kernels.nvfp4_gemm_quantize_x(big, None, layer.weight, layer.weight_scale, None, None,
-                                      torch.empty(17, n, dtype=torch.bfloat16, device=device),
-                                      weight_scale_2=layer.weight_scale_2)
+        gemm(big, None, layer.weight, layer.weight_scale, None, None,
+             torch.empty(17, n, dtype=torch.bfloat16, device=device), weight_scale_2=layer.weight_scale_2)
 
 
 @pytest.mark.cuda
