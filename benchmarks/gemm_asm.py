@@ -36,7 +36,8 @@ def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90, word_decode=False,
     consts = dict(HAS_BIAS=False, SPLIT_K=split, EVEN_K=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
                   WORD_DECODE=word_decode, PREDEQUANT_A=predequant_a or staged, QUANTIZE_X=False, DYNAMIC=False,
                   AMAX_ROWS=1, AMAX_BLOCK=1, AMAX_CHUNKS=1, W_OPERAND_B=w_operand_b, STAGED=staged,
-                  STAGE_BLOCK_M=16 if staged else 1, STAGE_BLOCK_K=256 if staged else 1)
+                  STAGE_BLOCK_M=16 if staged else 1, STAGE_BLOCK_K=256 if staged else 1, STAGE_ACT=-1,
+                  STAGE_GATED=False, BF16_BITS=False)
     sig = {**SIG, **({"a_ptr": "*bf16", "a_scale_ptr": "*fp32"} if staged else {}),
            **{k: "constexpr" for k in consts}}
     src = ASTSource(gemm.nvfp4_gemm_kernel, sig, {(list(sig).index(k),): v for k, v in consts.items()},

@@ -228,7 +228,7 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
         else:
             cublas = use_cublas(m, n, kp, dynamic)
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
-    staged = not cublas and act is None and tiles_for_m is None and use_staged(m, n, kp)
+    staged = not cublas and tiles_for_m is None and use_staged(m, n, kp)
     in_gemm = not cublas and not staged and act is None and (tiles_for_m is not None or
                                                               use_quantize_in_gemm(m, n, kp))
     if dynamic:
@@ -243,8 +243,8 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
             alpha = kernels.fake_quantize_dynamic(x, weight_scale_2, a, units=True)
             return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
         gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2, act=act)  # views of per-stream scratch, made once
-    if staged:
-        return kernels.nvfp4_gemm_staged(x, gs, weight, weight_scale, alpha, bias, out)
+    if staged:  # (act(x) quantized by the stage programs)
+        return kernels.nvfp4_gemm_staged(x, gs, weight, weight_scale, alpha, bias, out, act=act)
     if in_gemm:
         return kernels.nvfp4_gemm_quantize_x(x, gs, weight, weight_scale, alpha, bias, out, tiles_for_m=tiles_for_m)
     if cublas:
@@ -327,6 +327,8 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
       act=)`: the bits `triton_linear` derives from activation(h));
     - cuBLAS (large M, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype
       (`kernels.act_fake_quantize`, units=False), then `cublas_dequantized_gemm`;
+    - where `use_staged` routes (not yet anywhere): one launch, act(h) quantized by its first
+      programs (`kernels.nvfp4_gemm_staged(act=)`);
     - otherwise, decode sizes included: those values as fp16 units in the weight decode's order
       (per-stream scratch), then `kernels.nvfp4_gemm_dequantized_a`. (`triton_linear`'s decode
       kernel, `linear_gemv`, quantizes a plain x itself; fed act(h) it would need the activation

@@ -35,15 +35,17 @@ small_input_scales = _numerics.small_input_scales
 _quant_dequant = sibling(__name__, "quant_dequant")
 fake_quantize_tile = _quant_dequant.fake_quantize_tile
 fake_quantize_program = _quant_dequant.fake_quantize_program
+_act_tile = sibling(__name__, "act_quantize")._act_tile
 
 
 @triton.jit
 def _epilogue(acc, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS: tl.constexpr):
     """acc [BLOCK_N, BLOCK_M] fp32 (a dot of operands in units of 2^-14) -> out[m, n] = alpha * acc
     (+ bias[n]), cast to out's dtype."""
-    out = acc * (alpha * DECODE_UNIT_SCALE)
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    if HAS_BIAS:  # one rounding, written out: the same bits whether or not the kernel contracts mul + add
+        out = tl.fma(acc, alpha * DECODE_UNIT_SCALE, tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[:, None])
+    else:
+        out = acc * (alpha * DECODE_UNIT_SCALE)
     tl.store(out_ptr + rm64[None, :] * stride_om + rn[:, None], out.to(out_ptr.dtype.element_ty),
              mask=m_ok[None, :] & n_ok[:, None])
 
@@ -88,6 +90,9 @@ def nvfp4_gemm_kernel(
     STAGED: tl.constexpr,  # with PREDEQUANT_A, a_ptr holds x: programs [0, stage_programs) write units_ptr first
     STAGE_BLOCK_M: tl.constexpr,  # STAGED: the x tile of a stage program
     STAGE_BLOCK_K: tl.constexpr,
+    STAGE_ACT: tl.constexpr,  # STAGED: a_ptr holds h, the stage programs quantize act(h) (act_quantize's codes)
+    STAGE_GATED: tl.constexpr,  # ... h = [gate, up], K = I
+    BF16_BITS: tl.constexpr,  # ... the interpreter's bf16 rounding (act_quantize._round_to)
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -95,7 +100,8 @@ def nvfp4_gemm_kernel(
     if STAGED:
         if pid < stage_programs:
             _stage_program(a_ptr, a_scale_ptr, units_ptr, alpha_ptr, stage_ptr, M, K, Kp, stride_xm, pid, DYNAMIC,
-                           AMAX_ROWS, AMAX_BLOCK, AMAX_CHUNKS, STAGE_BLOCK_M, STAGE_BLOCK_K)
+                           AMAX_ROWS, AMAX_BLOCK, AMAX_CHUNKS, STAGE_BLOCK_M, STAGE_BLOCK_K, STAGE_ACT, STAGE_GATED,
+                           BF16_BITS)
             return
         pid -= stage_programs
     pid_k = pid % SPLIT_K
@@ -210,21 +216,31 @@ def nvfp4_gemm_kernel(
 @triton.jit
 def _stage_program(x_ptr, scale_ptr, units_ptr, alpha_ptr, stage_ptr, M, K, Kp, stride_xm, pid, DYNAMIC: tl.constexpr,
                    AMAX_ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr, AMAX_CHUNKS: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
+                   BF16_BITS: tl.constexpr):
     """A stage program of STAGED: one [BLOCK_M, BLOCK_K] tile of x -> its fp16 units (the bits of the
     quantize-dequantize pass, `fake_quantize(units=True)`), then counted done. DYNAMIC: scale_ptr is the
     weight's decode scale, (gs, alpha) come from max |x| of all of x (x small), and program 0 writes
-    alpha for the GEMM programs' epilogue; else scale_ptr is gs."""
+    alpha for the GEMM programs' epilogue; else scale_ptr is gs. ACT >= 0: x is h and the tile is
+    act(h)'s (`act_fake_quantize(units=True)`'s tile: the kernel is then compiled, as that one, without
+    FMA contraction); static scale only."""
     k_tiles = (Kp + BLOCK_K - 1) // BLOCK_K
-    if DYNAMIC:
-        gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(scale_ptr), AMAX_ROWS, AMAX_BLOCK,
-                                       AMAX_CHUNKS, pid)
-        if pid == 0:
-            tl.store(alpha_ptr, alpha)
+    if ACT >= 0:
+        rows = ((pid // k_tiles) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+        cols = ((pid % k_tiles) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
+        h = _act_tile(x_ptr, rows, cols, M, K, stride_xm, ACT, GATED, BF16_BITS)
+        v = fake_quantize_tile(h, tl.load(scale_ptr), True, BLOCK_M, BLOCK_K)
+        tl.store(units_ptr + rows.to(tl.int64) * Kp + cols, v, mask=(rows < M) & (cols < Kp))
     else:
-        gs = tl.load(scale_ptr)
-    fake_quantize_program(x_ptr, gs, units_ptr, M, K, Kp, stride_xm, pid // k_tiles, pid % k_tiles, True, BLOCK_M,
-                          BLOCK_K)
+        if DYNAMIC:
+            gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(scale_ptr), AMAX_ROWS, AMAX_BLOCK,
+                                           AMAX_CHUNKS, pid)
+            if pid == 0:
+                tl.store(alpha_ptr, alpha)
+        else:
+            gs = tl.load(scale_ptr)
+        fake_quantize_program(x_ptr, gs, units_ptr, M, K, Kp, stride_xm, pid // k_tiles, pid % k_tiles, True,
+                              BLOCK_M, BLOCK_K)
     tl.debug_barrier()  # every thread's units are written before the count releases them
     tl.atomic_add(stage_ptr, 1, sem="release", scope="gpu")
 
@@ -238,8 +254,9 @@ def _wait_for_stage(stage_ptr, stage_programs, gemm_programs):
     scans rely on, not a documented guarantee), and the stage programs wait on nothing. Even out of
     order it would need a grid larger than the GPU holds at once: at decode the grid is at most
     ~112 stage + ~2 GEMM programs per SM. (Under Triton's interpreter the programs run one after
-    another in id order: the count is complete before the first GEMM program asks.) The last GEMM program past the wait puts both words back
-    to zero for the next call, which on the same stream starts after this one ends."""
+    another in id order: the count is complete before the first GEMM program asks.) The last GEMM
+    program past the wait puts both words back to zero for the next call, which on the same stream
+    starts after this one ends."""
     while tl.load(stage_ptr, volatile=True) < stage_programs:
         pass
     tl.atomic_add(stage_ptr, 0, sem="acquire", scope="gpu")  # the acquire that pairs with the stage's release

@@ -294,6 +294,38 @@ def test_staged_gemm_leaves_its_stage_words_at_zero(device, monkeypatch, dynamic
         assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("act", list(kernels.ACTS))
+@pytest.mark.parametrize("m, i, dtype, bias, row_pad", [(5, 232, torch.bfloat16, True, 8), (16, 700, torch.float16, False, 0),
+                                                        (9, 1368, torch.float32, True, 24)])
+def test_staged_gemm_of_an_activation_equals_the_two_launches(device, act, m, i, dtype, bias, row_pad):
+    """`nvfp4_gemm_staged(act=)`: the stage programs quantize act(h) (GatedMLP's down projection): the
+    bits of `act_fake_quantize(units=True)` + `nvfp4_gemm_dequantized_a` for every activation, gated
+    and plain, odd I, strided rows, a NaN (its row NaN), a poisoned output; within the fp64 bound of
+    quantize(activation(h)) @ W^T."""
+    n = 72
+    width = 2 * i if kernels.ACTS[act][1] else i  # gated: h = [gate, up]
+    layer, ckpt, q = layer_for(n, i, device, bias=bias, seed=i + m)
+    base = torch.randn(m, width + row_pad, generator=torch.Generator().manual_seed(m)) * 3
+    base[m // 2, 3] = math.nan
+    h = base.to(dtype).to(device)[:, :width]
+    a = kernels.act_fake_quantize(h, act, layer.input_global_scale,
+                                  torch.empty(m, layer.k_padded, dtype=torch.float16, device=device), units=True)
+    want = kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, layer.bias,
+                                            torch.empty(m, n, dtype=dtype, device=device))
+    got = kernels.nvfp4_gemm_staged(h, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
+                                    layer.bias, torch.full((m, n), math.nan, dtype=dtype, device=device), act=act)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert got[m // 2].isnan().all()
+    ok = torch.arange(m) != m // 2
+    y = fp4linear.activation(h[ok.to(h.device)], act)
+    ref, bound = fp64_bound(y, layer, q, ckpt["input_scale"])
+    check(got[ok.to(h.device)], ref, bound, dtype)
+    with pytest.raises(ValueError, match="static scale"):
+        kernels.nvfp4_gemm_staged(h, None, layer.weight, layer.weight_scale, None, None,
+                                  torch.empty(m, n, dtype=dtype, device=device), weight_scale_2=layer.weight_scale_2,
+                                  act=act)
+
+
 @pytest.mark.parametrize("m", [3, 16])
 def test_staged_gemm_of_a_single_column(device, m):
     """K = 1 (x's row stride 1): a pass first, as for the GEMM quantizing x; the same bits."""
@@ -341,6 +373,17 @@ def test_layers_routed_to_the_staged_launch(device, monkeypatch):
     assert torch.equal(got, want)
     ref, bound = fp64_bound(x, layer, q, fp4linear.decode_scale(x.float().abs().amax()))
     check(got, ref, bound, torch.float32)
+    # GatedMLP's down projection: act(h) by the stage programs (a dynamic scale: its launch first)
+    h = (torch.randn(m, 2 * k, generator=torch.Generator().manual_seed(5)) * 2).to(torch.bfloat16).to(device)
+    for dynamic in (False, True):
+        layer, _, _ = layer_for(n, k, device, dynamic=dynamic, seed=5)
+        gs, alpha = ((v.clone() for v in kernels.dynamic_gs_alpha(h, layer.weight_scale_2, act="silu_mul"))
+                     if dynamic else (layer.input_global_scale, layer.alpha))
+        want = kernels.nvfp4_gemm_staged(h, gs, layer.weight, layer.weight_scale, alpha, layer.bias,
+                                         torch.empty(m, n, dtype=h.dtype, device=device), act="silu_mul")
+        got = ops.triton_act_linear(h, "silu_mul", layer.weight, layer.weight_scale, layer.input_global_scale,
+                                    layer.alpha, layer.weight_scale_2, layer.bias, n, dynamic, layer._alpha_host)
+        assert torch.equal(got, want)
 
 
 def test_small_layers_called_eagerly_take_one_launch(device):
@@ -434,6 +477,26 @@ def test_gpu_staged_gemm_equals_the_two_launches(m, n, k, dynamic):
     for out in outs:
         assert torch.equal(out, want)
     assert scratch_of(x).stage_words.tolist() == [0, 0]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m, n, i, act", [(16, 4096, 1368, "silu_mul"), (8, 8192, 3696, "silu_mul"),
+                                          (16, 2688, 232, "relu2"), (5, 4096, 1368, "gelu_tanh_mul")])
+def test_gpu_staged_activation_equals_the_two_launches(m, n, i, act):
+    """GatedMLP's decode down projections (GLM-4.5-Air, Qwen2.5-72B, Nemotron per-rank I): act(h)
+    quantized by the stage programs gives the bits of `act_fake_quantize` + the GEMM, 20 calls in a row."""
+    layer, _, _ = layer_for(n, i, "cuda", seed=m + i)
+    h = torch.randn(m, 2 * i if kernels.ACTS[act][1] else i, device="cuda", dtype=torch.bfloat16) * 3
+    a = kernels.act_fake_quantize(h, act, layer.input_global_scale,
+                                  torch.empty(m, layer.k_padded, dtype=torch.float16, device="cuda"), units=True)
+    want = kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, layer.bias,
+                                            torch.empty(m, n, dtype=torch.bfloat16, device="cuda"))
+    outs = [torch.full((m, n), math.nan, dtype=torch.bfloat16, device="cuda") for _ in range(20)]
+    for out in outs:
+        kernels.nvfp4_gemm_staged(h, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
+                                  layer.bias, out, act=act)
+    for out in outs:
+        assert torch.equal(out, want)
 
 
 @pytest.mark.cuda
