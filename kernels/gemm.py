@@ -35,7 +35,7 @@ small_input_scales = _numerics.small_input_scales
 _quant_dequant = sibling(__name__, "quant_dequant")
 fake_quantize_tile = _quant_dequant.fake_quantize_tile
 fake_quantize_program = _quant_dequant.fake_quantize_program
-_act_tile = sibling(__name__, "act_quantize")._act_tile
+act_fake_quantize_program = sibling(__name__, "act_quantize").act_fake_quantize_program
 
 
 @triton.jit
@@ -67,7 +67,7 @@ def nvfp4_gemm_kernel(
     Kp_div64,  # Kp // 64
     k_tiles_per_split,
     stride_om,
-    K,  # QUANTIZE_X: x's columns (zeros from K to Kp); unused otherwise
+    K,  # QUANTIZE_X / STAGED: x's columns (zeros from K to Kp; with STAGE_ACT act(h)'s, I); unused otherwise
     stride_xm,  # QUANTIZE_X / STAGED: x's row stride; unused otherwise
     units_ptr,  # PREDEQUANT_A / STAGED: fp16 units [M, Kp] (PREDEQUANT_A: A itself, a_ptr the same)
     stage_ptr,  # STAGED: int32 [2] (stage programs done, GEMM programs past the wait), zero between calls
@@ -226,11 +226,8 @@ def _stage_program(x_ptr, scale_ptr, units_ptr, alpha_ptr, stage_ptr, M, K, Kp, 
     FMA contraction); static scale only."""
     k_tiles = (Kp + BLOCK_K - 1) // BLOCK_K
     if ACT >= 0:
-        rows = ((pid // k_tiles) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
-        cols = ((pid % k_tiles) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
-        h = _act_tile(x_ptr, rows, cols, M, K, stride_xm, ACT, GATED, BF16_BITS)
-        v = fake_quantize_tile(h, tl.load(scale_ptr), True, BLOCK_M, BLOCK_K)
-        tl.store(units_ptr + rows.to(tl.int64) * Kp + cols, v, mask=(rows < M) & (cols < Kp))
+        act_fake_quantize_program(x_ptr, tl.load(scale_ptr), units_ptr, M, K, stride_xm, Kp, pid // k_tiles,
+                                  pid % k_tiles, ACT, GATED, BF16_BITS, True, BLOCK_M, BLOCK_K)
     else:
         if DYNAMIC:
             gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(scale_ptr), AMAX_ROWS, AMAX_BLOCK,

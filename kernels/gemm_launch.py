@@ -265,7 +265,8 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
                amax=None, act=None):
     """Config, split-K, grid, constexprs and launch key of one shape (device index -1: the CPU):
     worked out once. k_key, sx_key: `int_key` of x's K and row stride (what Triton specializes
-    them on; a_mode _X only); amax: (rows, K) of a dynamic scale's max |x| reads, or None."""
+    them on; a_mode _X and _STAGED only); amax: (rows, K) of a dynamic scale's max |x| reads, or
+    None; act: the activation the stage programs apply (_STAGED), or None."""
     device = torch.device("cuda", index) if index >= 0 else torch.device("cpu")
     if config is None:
         config = gemm_config(m if tiles_for_m is None else tiles_for_m, n, kp, device.type, _sm_count(device))

@@ -48,19 +48,23 @@ class Scratch:
 
     @property
     def scale_words(self) -> torch.Tensor:
-        """int32 [2] (running max, ticket), zero between calls; zeroed at first use (a kernel: under
-        capture a graph node, so only where a dynamic-scale launch needs them)."""
+        """int32 [2] (running max, ticket) of the dynamic-scale kernels, zero between calls."""
         if self._scale_words is None:
-            self._scale_words = torch.zeros(2, dtype=torch.int32, device=self.device)
+            self._scale_words = self._zeroed_words()
         return self._scale_words
 
     @property
     def stage_words(self) -> torch.Tensor:
         """int32 [2] of `nvfp4_gemm_staged` (stage programs done, GEMM programs past the wait), zero
-        between calls; zeroed at first use, as scale_words."""
+        between calls."""
         if self._stage_words is None:
-            self._stage_words = torch.zeros(2, dtype=torch.int32, device=self.device)
+            self._stage_words = self._zeroed_words()
         return self._stage_words
+
+    def _zeroed_words(self) -> torch.Tensor:
+        """Words the kernels leave at zero, zeroed at first use (a kernel: under capture a graph node,
+        so only where a launch needs them)."""
+        return torch.zeros(2, dtype=torch.int32, device=self.device)
 
     def get(self, part_numel: int, n_tickets: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.partials.numel() < part_numel:
