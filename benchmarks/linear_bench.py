@@ -471,6 +471,10 @@ def run_ab_fused(args):
              "under 20 us of bf16 device time.")
     if device == "cpu":
         args.no_write = True
+    else:  # runs over some shapes or M keep the other rows of the card's file
+        rows = merge_rows(args.results_dir / f"fused_ab_{gpu_slug()}.csv", rows, 5,
+                          lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], r[4], *map(float, r[5:9])])
+        rows.sort(key=lambda r: (r[1] * r[2], r[1], r[0], r[3]))
     publish(args, "Triton path: x quantized inside the GEMM vs a pass first (benchmarks/linear_bench.py --ab-fused)",
             intro, ["m", "n", "k", "input_scale", "path", "bf16_graph_us", "fp4_graph_us", "bf16_eager_us",
                     "fp4_eager_us"], rows, csv_name=f"fused_ab_{gpu_slug()}.csv",
