@@ -105,7 +105,8 @@ def use_staged(m: int, n: int, kp: int) -> bool:
     and at M = 128 within 1% of two launches or slower. Why (benchmarks/NOTES.md, session 11): the
     GEMM programs wait ~2.5 us for the stage programs, as long as the pass launch they replace
     takes, and the stage programs in the grid leave some SMs a fourth GEMM program (8192x8192:
-    416 programs for 396 slots of three), which the issue-bound GEMM pays for in full."""
+    416 programs for 396 slots of three), which the GEMM, bound by what each SM executes rather
+    than by memory, pays for in full."""
     return False
 
 
