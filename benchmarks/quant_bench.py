@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import add_output_args, card, copy_ceiling_tbps, empty_launch_us, gpu_slug, median_us, publish  # noqa: E402
+from common import (add_output_args, card, copy_ceiling_tbps, empty_launch_us, gpu_slug, median_us, publish,  # noqa: E402
+                    read_floor_us)
 from fp4linear import kernels, reference  # noqa: E402
 from fp4linear.format import NVFP4Tensor  # noqa: E402
 from kernels.quantize_launch import BASELINE, QuantConfig  # noqa: E402
@@ -84,7 +85,7 @@ def run_table(args):
     print(f"{card()}: copy ceiling {ceiling:.2f} TB/s; empty launch {empty:.2f} us (graph replay {empty_graph:.2f} us)")
     header = ["M", "K", "Kp", "fused us", "TB/s", "% copy", "aligned-Kp us", "pad overhead", "F.pad+quant us",
               "vs F.pad+quant", "compiled ref us", "vs compiled", "fused host-incl. us", "vs empty (graph)",
-              "vs empty (host-incl.)"]
+              "vs empty (host-incl.)", "read-x us", "vs read-x"]
     rows = []
     shapes = [(m, k, kp) for m in MS for k, kp in KS]
     for m, k, kp in tqdm(shapes, desc="quant shapes", file=sys.stderr):
@@ -100,16 +101,19 @@ def run_table(args):
         comp = compiled_reference_us(x, gs) if (m, k) in COMPILE_SHAPES and not args.no_compile else float("nan")
         tbps = moved_bytes(m, k, kp) / (fused * 1e-6) / 1e12
         small = m <= 16
+        read_x = read_floor_us([x], device_us)  # a kernel that only reads x: the floor of any pass over it
         rows.append([m, k, kp, fused, tbps, 100 * tbps / ceiling, aligned, fused / aligned, padded, padded / fused,
                      comp, comp / fused, host, fused / empty_graph if small else float("nan"),
-                     host / empty if small else float("nan")])
+                     host / empty if small else float("nan"), read_x, fused / read_x])
     intro = (f"Copy ceiling {ceiling:.2f} TB/s (read+write); empty Triton launch {empty_graph:.2f} us as a "
              f"CUDA-graph replay, {empty:.2f} us host-inclusive (do_bench). Device times ('us' columns) are "
              "medians of CUDA-graph replays (`triton.testing.do_bench_cudagraph`); 'host-incl.' is "
              "`triton.testing.do_bench` of the Python call (L2 flushed), which for small shapes measures the "
              "host launch path, not the GPU. bf16 input, k_align=64, 128x4 scales, `out=` preallocated. "
              "'pad overhead' = fused K->Kp / quantize of an aligned Kp-wide input; 'vs X' = X / fused; "
-             "compiled ref = torch.compile of fp4linear.reference.quantize, dynamo reset per shape.")
+             "compiled ref = torch.compile of fp4linear.reference.quantize, dynamo reset per shape. 'read-x' = "
+             "the fastest kernel that only reads x (`common.read_kernel`, writing one word per program), the "
+             "same graph replays: no pass over x can take less, launch, ramp-up and tail included.")
     publish(args, "Fused pad+quantize (benchmarks/quant_bench.py)", intro, header, rows,
             csv_name=f"quant_{gpu_slug()}.csv")
 
