@@ -1,7 +1,6 @@
 """Compile the NVFP4 GEMM for sm_90 offline (no GPU) and print its SASS instruction mix.
 
-    python benchmarks/gemm_asm.py 16x64x256w4s3 128x64x64w4s4 --word-decode --predequant-a [--w-operand-b] [--staged]
-        [--dump DIR]
+    python benchmarks/gemm_asm.py 16x64x256w4s3 128x64x64w4s4 --word-decode --predequant-a [--w-operand-b] [--dump DIR]
 
 With --dump, grep the SASS for STS/LDSM/BAR and HGMMA/HMMA to see how the decoded weight reaches the
 MMA (benchmarks/NOTES.md, session 8: through shared memory as the left operand, straight from the
@@ -27,21 +26,16 @@ from kernels import gemm  # noqa: E402
 
 SIG = {"a_ptr": "*u8", "a_scale_ptr": "*u8", "w_ptr": "*u8", "w_scale_ptr": "*u8", "alpha_ptr": "*fp32",
        "bias_ptr": "*bf16", "out_ptr": "*bf16", "part_ptr": "*fp32", "ticket_ptr": "*i32", "M": "i32", "N": "i32",
-       "Kp_div64": "i32", "k_tiles_per_split": "i32", "stride_om": "i32", "K": "i32", "stride_xm": "i32",
-       "units_ptr": "*fp16", "stage_ptr": "*i32", "stage_programs": "i32"}
+       "Kp_div64": "i32", "k_tiles_per_split": "i32", "stride_om": "i32", "K": "i32", "stride_xm": "i32"}
 
 
-def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90, word_decode=False, predequant_a=False, w_operand_b=False,
-                 staged=False):
+def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90, word_decode=False, predequant_a=False, w_operand_b=False):
     consts = dict(HAS_BIAS=False, SPLIT_K=split, EVEN_K=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
-                  WORD_DECODE=word_decode, PREDEQUANT_A=predequant_a or staged, QUANTIZE_X=False, DYNAMIC=False,
-                  AMAX_ROWS=1, AMAX_BLOCK=1, AMAX_CHUNKS=1, W_OPERAND_B=w_operand_b, STAGED=staged,
-                  STAGE_BLOCK_M=16 if staged else 1, STAGE_BLOCK_K=256 if staged else 1, STAGE_ACT=-1,
-                  STAGE_GATED=False, BF16_BITS=False)
-    sig = {**SIG, **({"a_ptr": "*bf16", "a_scale_ptr": "*fp32"} if staged else {}),
-           **{k: "constexpr" for k in consts}}
+                  WORD_DECODE=word_decode, PREDEQUANT_A=predequant_a, QUANTIZE_X=False, DYNAMIC=False, AMAX_ROWS=1,
+                  AMAX_BLOCK=1, AMAX_CHUNKS=1, W_OPERAND_B=w_operand_b)
+    sig = {**SIG, **{k: "constexpr" for k in consts}}
     src = ASTSource(gemm.nvfp4_gemm_kernel, sig, {(list(sig).index(k),): v for k, v in consts.items()},
-                    {(i,): [["tt.divisibility", 16]] for i in [*range(9), list(sig).index("units_ptr")]})
+                    {(i,): [["tt.divisibility", 16]] for i in range(9)})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
 
 
@@ -64,12 +58,11 @@ def main():
     p.add_argument("--word-decode", action="store_true")
     p.add_argument("--predequant-a", action="store_true")
     p.add_argument("--w-operand-b", action="store_true", help="the decoded weight as the MMA's right operand")
-    p.add_argument("--staged", action="store_true", help="x quantized by the launch's first programs (STAGED)")
     a = p.parse_args()
     for spec in a.configs:
         bm, bn, bk, w, st = map(int, re.fullmatch(r"(\d+)x(\d+)x(\d+)w(\d+)s(\d+)", spec).groups())
         k = compile_gemm(bm, bn, bk, w, st, word_decode=a.word_decode, predequant_a=a.predequant_a,
-                         w_operand_b=a.w_operand_b, staged=a.staged)
+                         w_operand_b=a.w_operand_b)
         sass = sass_of(k)
         ops = re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass, re.M)
         mix = collections.Counter(o.split(".")[0] for o in ops)

@@ -10,7 +10,7 @@ chain over its length. Weight bandwidth counts the padded NVFP4 weight's bytes (
     python benchmarks/linear_bench.py                  # table + results/linear_<gpu>.csv + RESULTS.md
     python benchmarks/linear_bench.py --tune           # tile sweeps for the small-M kernel and the paths
     python benchmarks/linear_bench.py --tune-gemv      # small M: CUDA-core kernel tiles vs the other one-launch paths
-    python benchmarks/linear_bench.py --ab-fused       # x quantized once in the launch vs in the GEMM vs a pass first vs cuBLAS
+    python benchmarks/linear_bench.py --ab-fused       # past decode: x quantized in the GEMM vs a pass first vs cuBLAS
     python benchmarks/linear_bench.py --dry-run        # walk the code on tiny CPU shapes
 """
 
@@ -393,10 +393,9 @@ AB_FUSED_SHAPES = [(384, 384), (1536, 384), (384, 1536), (2688, 464), (1288, 268
 
 
 def run_ab_fused(args):
-    """Paths of the whole layer past the CUDA-core kernel: x quantized once by the launch's first
-    programs (one launch, `kernels.nvfp4_gemm_staged`; below 512 rows), x quantized inside the
-    Triton GEMM by every program (one launch, `kernels.nvfp4_gemm_quantize_x`), the
-    quantize-dequantize pass then the Triton GEMM (two launches), the cuBLAS path, and (M <= 16, static) the tensor-core single-launch kernel; device
+    """Paths of the whole layer past decode: x quantized inside the Triton GEMM (one launch,
+    `kernels.nvfp4_gemm_quantize_x`), the quantize-dequantize pass then the Triton GEMM (two
+    launches), the cuBLAS path, and (M <= 16, static) the tensor-core single-launch kernel; device
     time (CUDA-graph replays, weights cold at M <= 16) and eager wall time (the paths and nn.Linear
     in alternating rounds; layers under ~20 us of device time only, where the host is what eager
     measures), bf16 input, no bias, static and dynamic scale, same process."""
@@ -404,23 +403,21 @@ def run_ab_fused(args):
     graph_us, wall_us = timers(device)
     shapes = [(72, 200)] if device == "cpu" else (args.shapes or AB_FUSED_SHAPES)
     ms = [16, 40] if device == "cpu" else (args.m or [16, 128, 512, 768, 2048])
-    saved = ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv, ops.use_staged
+    saved = ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv
 
-    def routed(cublas, fused, staged, layer_fn):
+    def routed(cublas, fused, layer_fn):
         """layer_fn under a forced path (the routing functions replaced while it runs)."""
         def run():
             ops.use_cublas = (lambda *a: cublas) if cublas is not None else saved[0]
             ops.use_quantize_in_gemm = (lambda *a: fused) if fused is not None else saved[1]
             ops.use_gemv = lambda *a: False
-            ops.use_staged = lambda *a: staged
             try:
                 layer_fn()
             finally:
-                ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv, ops.use_staged = saved
+                ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv = saved
         return run
 
-    paths = [("staged", False, False, True), ("fused", False, True, False), ("two launches", False, False, False),
-             ("cublas", True, None, False)]
+    paths = [("fused", False, True), ("two launches", False, False), ("cublas", True, None)]
     rows = []
     for n, k in tqdm(shapes, desc="fused a/b", file=sys.stderr):
         for m in ms:
@@ -431,12 +428,10 @@ def run_ab_fused(args):
             eager = device == "cpu" or bf16 < 20
             for mode, idx in (("static", 1), ("dynamic", 2)):
                 fns, names = [], []
-                for name, cublas, fused, staged in paths:
+                for name, cublas, fused in paths:
                     if cublas and not ops.use_cublas(m, n, layers[0][idx].k_padded, False) and m < 512:
                         continue  # cuBLAS only where it is a candidate (M >= 512 or small weights from M = 64)
-                    if staged and m >= 512:
-                        continue
-                    fns.append(routed(cublas, fused, staged, chain([c[idx] for c in layers], x)))
+                    fns.append(routed(cublas, fused, chain([c[idx] for c in layers], x)))
                     names.append(name)
                 if m <= kernels.SMALL_M and mode == "static":
                     outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in layers]
@@ -452,7 +447,7 @@ def run_ab_fused(args):
                 nan = float("nan")
                 bf16_wall, wall_of = nan, {}
                 if eager:  # one layer (eager measures the host), nn.Linear and the routed paths alternating
-                    timed = [(name, routed(c, f, st, lambda lyr=layers[0][idx]: lyr(x))) for name, c, f, st in paths
+                    timed = [(name, routed(c, f, lambda lyr=layers[0][idx]: lyr(x))) for name, c, f in paths
                              if name in names]
                     walls = wall_us([lambda lin=layers[0][0]: lin(x)] + [fn for _, fn in timed])
                     bf16_wall, wall_of = walls[0], {name: w for (name, _), w in zip(timed, walls[1:])}
@@ -461,9 +456,7 @@ def run_ab_fused(args):
                 best = min(range(len(names)), key=lambda j: dev[j])
                 print(f"{m}x{n}x{k} {mode}: bf16 {bf16:.2f}us; " + "; ".join(
                     f"{nm} {d:.2f}us" for nm, d in zip(names, dev)) + f" -> {names[best]}", flush=True)
-    intro = ("Paths past the CUDA-core kernel, whole layer, bf16 input, no bias. 'staged': one launch whose first "
-             "programs quantize x once, the GEMM programs waiting for them (`kernels.nvfp4_gemm_staged`; up to 511 "
-             "rows); 'fused': x quantized inside the Triton GEMM by every program "
+    intro = ("Paths past decode, whole layer, bf16 input, no bias. 'fused': x quantized inside the Triton GEMM "
              "(`kernels.nvfp4_gemm_quantize_x`, one launch); 'two launches': the quantize-dequantize pass, then the "
              "Triton GEMM; 'cublas': the cuBLAS path (operands launch, then cuBLAS); 'small_m kernel': the "
              "tensor-core single-launch kernel (M <= 16, static). Device time: CUDA-graph replay medians (M <= 16: "
@@ -785,8 +778,8 @@ def main():
               "(-> results/split_tune_<gpu>.csv)"),
              ("--tune-scale", run_tune_scale, "past decode: tiles of the dynamic-scale kernel "
               "(-> results/scale_tune_<gpu>.csv)"),
-             ("--ab-fused", run_ab_fused, "x quantized once by the launch's first programs vs inside the Triton "
-              "GEMM vs a pass first vs cuBLAS (-> results/fused_ab_<gpu>.csv)")]
+             ("--ab-fused", run_ab_fused, "past decode: x quantized inside the Triton GEMM vs a pass first vs "
+              "cuBLAS (-> results/fused_ab_<gpu>.csv)")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = p.add_mutually_exclusive_group()
     for flag, _, help_ in modes:

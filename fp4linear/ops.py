@@ -85,31 +85,6 @@ def use_quantize_in_gemm(m: int, n: int, kp: int) -> bool:
     return m <= 16 and n * kp < 8 << 20
 
 
-def use_staged(m: int, n: int, kp: int) -> bool:
-    """On the Triton GEMM path: one launch whose first programs quantize x once and whose GEMM
-    programs wait for them (`kernels.nvfp4_gemm_staged`), instead of a quantize-dequantize pass
-    launched first or x re-quantized per N tile. Routed nowhere: measured slower than the routed
-    path at every decode shape (H100, CUDA-graph medians, `linear_bench.py --ab-fused`,
-    benchmarks/results/fused_ab_h100.csv; static scale, us, staged vs the best other path):
-
-        N x K        M = 4: staged / best      M = 16: staged / best
-        8192x8192    31.0 / 25.4 two launches  30.8 / 25.4 two launches
-        4096x4096    12.7 / 12.5 two launches  12.6 / 12.3 two launches
-        8192x3696    18.2 / 16.3 two launches  17.9 / 16.0 two launches
-        28672x8192   68.3 / 66.5 two launches  68.7 / 67.8 two launches
-        8192x28672   65.0 / 63.0 two launches  67.2 / 66.6 two launches
-        2576x2688    10.7 / 9.9 small_m        10.7 / 9.96 small_m
-        1288x2688    8.70 / 8.69 two launches  8.78 / 7.66 fused
-        2688x464     6.11 / 5.73 fused         5.96 / 4.72 fused
-
-    and at M = 128 within 1% of two launches or slower. Why (benchmarks/NOTES.md, session 11): the
-    GEMM programs wait ~2.5 us for the stage programs, as long as the pass launch they replace
-    takes, and the stage programs in the grid leave some SMs a fourth GEMM program (8192x8192:
-    416 programs for 396 slots of three), which the GEMM, bound by what each SM executes rather
-    than by memory, pays for in full."""
-    return False
-
-
 @contextlib.contextmanager
 def _fp32_reductions(dtype: torch.dtype):
     """cuBLAS may reduce split-K partials in bf16/fp16 unless told not to: fp32 accumulation only.
@@ -244,14 +219,9 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
         else:
             cublas = use_cublas(m, n, kp, dynamic)
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
-    staged = not cublas and tiles_for_m is None and use_staged(m, n, kp)
-    in_gemm = not cublas and not staged and act is None and (tiles_for_m is not None or
-                                                              use_quantize_in_gemm(m, n, kp))
+    in_gemm = not cublas and act is None and (tiles_for_m is not None or use_quantize_in_gemm(m, n, kp))
     if dynamic:
         if not cublas and act is None and kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
-            if staged:  # one launch, max |x| taken by the stage programs
-                return kernels.nvfp4_gemm_staged(x, None, weight, weight_scale, None, bias, out,
-                                                 weight_scale_2=weight_scale_2)
             if in_gemm:  # one launch, max |x| taken by every program
                 return kernels.nvfp4_gemm_quantize_x(x, None, weight, weight_scale, None, bias, out,
                                                      tiles_for_m=tiles_for_m, weight_scale_2=weight_scale_2)
@@ -259,8 +229,6 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
             alpha = kernels.fake_quantize_dynamic(x, weight_scale_2, a, units=True)
             return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out)
         gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2, act=act)  # views of per-stream scratch, made once
-    if staged:  # (act(x) quantized by the stage programs)
-        return kernels.nvfp4_gemm_staged(x, gs, weight, weight_scale, alpha, bias, out, act=act)
     if in_gemm:
         return kernels.nvfp4_gemm_quantize_x(x, gs, weight, weight_scale, alpha, bias, out, tiles_for_m=tiles_for_m)
     if cublas:
@@ -343,8 +311,6 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
       act=)`: the bits `triton_linear` derives from activation(h));
     - cuBLAS (large M, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype
       (`kernels.act_fake_quantize`, units=False), then `cublas_dequantized_gemm`;
-    - where `use_staged` routes (nowhere: measured slower): one launch, act(h) quantized by its
-      first programs (`kernels.nvfp4_gemm_staged(act=)`);
     - otherwise, decode sizes included: those values as fp16 units in the weight decode's order
       (per-stream scratch), then `kernels.nvfp4_gemm_dequantized_a`. (`triton_linear`'s decode
       kernel, `linear_gemv`, quantizes a plain x itself; fed act(h) it would need the activation

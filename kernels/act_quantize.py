@@ -224,18 +224,8 @@ def act_fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, M, I_div, stride_
     """out [M, Kp] = the NVFP4 values of act(x) (x [M, W], W = 2I gated), e2m1 * e4m3 without the
     global scale, zeros beyond I: fp16 units in the weight decode's K order (UNITS) or true values
     in out's dtype; the codes and scales `act_quantize_kernel` stores for the same x and scale."""
-    act_fake_quantize_program(x_ptr, tl.load(global_scale_ptr), out_ptr, M, I_div * I_MULT, stride_xm_div * XM_MULT, Kp,
-                              tl.program_id(0), tl.program_id(1), ACT, GATED, BF16_BITS, UNITS, BLOCK_M, BLOCK_K)
-
-
-@triton.jit
-def act_fake_quantize_program(x_ptr, gs, out_ptr, M, I, stride_xm, Kp, pid_m, pid_k, ACT: tl.constexpr,
-                              GATED: tl.constexpr, BF16_BITS: tl.constexpr, UNITS: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One [BLOCK_M, BLOCK_K] tile of `act_fake_quantize_kernel` (out's row stride Kp); also the
-    stage programs of the staged GEMM (`gemm._stage_program`)."""
-    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
-    cols = (pid_k * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
-    h = _act_tile(x_ptr, rows, cols, M, I, stride_xm, ACT, GATED, BF16_BITS)
-    v = fake_quantize_tile(h, gs, UNITS, BLOCK_M, BLOCK_K)
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    cols = (tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
+    h = _act_tile(x_ptr, rows, cols, M, I_div * I_MULT, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
+    v = fake_quantize_tile(h, tl.load(global_scale_ptr), UNITS, BLOCK_M, BLOCK_K)
     tl.store(out_ptr + rows.to(tl.int64) * Kp + cols, v.to(out_ptr.dtype.element_ty), mask=(rows < M) & (cols < Kp))

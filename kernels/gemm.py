@@ -5,10 +5,7 @@ out[M, N] = alpha * (A @ W^T) (+ bias), A = the quantize kernel's output as is (
 [N, Kp/2] + row-major E4M3 scale bytes [N, Kp/16]). A may also come as fp16 units already
 dequantized (PREDEQUANT_A: `fake_quantize(units=True)`'s output), or as the Linear's input x
 itself (QUANTIZE_X): every program then quantizes the x rows it multiplies in registers (the same
-values, `quant_dequant.fake_quantize_tile`), so the whole Linear is one launch. Or, also one launch
-(STAGED), x is quantized once: the first programs write its fp16 units (the quantize-dequantize
-pass's tiles) and count themselves done on a device word; the GEMM programs after them wait for
-that count, then read the units like PREDEQUANT_A (see `_wait_for_stage` on why this cannot hang).
+values, `quant_dequant.fake_quantize_tile`), so the whole Linear is one launch.
 
 Every E2M1 x E4M3 value is exact in fp16 (`numerics`: decoded in units of 2^-14, one multiply per
 element), so each operand is dequantized in registers with integer bit operations and an fp16
@@ -32,25 +29,21 @@ DECODE_UNIT_SCALE = _numerics.DECODE_UNIT_SCALE
 dequant_bytes = _numerics.dequant_bytes
 dequant_words = _numerics.dequant_words
 small_input_scales = _numerics.small_input_scales
-_quant_dequant = sibling(__name__, "quant_dequant")
-fake_quantize_tile = _quant_dequant.fake_quantize_tile
-fake_quantize_program = _quant_dequant.fake_quantize_program
-act_fake_quantize_program = sibling(__name__, "act_quantize").act_fake_quantize_program
+fake_quantize_tile = sibling(__name__, "quant_dequant").fake_quantize_tile
 
 
 @triton.jit
 def _epilogue(acc, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS: tl.constexpr):
     """acc [BLOCK_N, BLOCK_M] fp32 (a dot of operands in units of 2^-14) -> out[m, n] = alpha * acc
     (+ bias[n]), cast to out's dtype."""
-    if HAS_BIAS:  # one rounding, written out: the same bits whether or not the kernel contracts mul + add
-        out = tl.fma(acc, alpha * DECODE_UNIT_SCALE, tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[:, None])
-    else:
-        out = acc * (alpha * DECODE_UNIT_SCALE)
+    out = acc * (alpha * DECODE_UNIT_SCALE)
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     tl.store(out_ptr + rm64[None, :] * stride_om + rn[:, None], out.to(out_ptr.dtype.element_ty),
              mask=m_ok[None, :] & n_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["M", "stride_om", "stage_programs"])
+@triton.jit(do_not_specialize=["M", "stride_om"])
 def nvfp4_gemm_kernel(
     a_ptr,  # uint8 [M, Kp/2]; PREDEQUANT_A: fp16 units [M, Kp]; QUANTIZE_X: x [M, K] (row stride stride_xm)
     a_scale_ptr,  # uint8, 128x4 swizzled [round_up(M, 128), S4]; QUANTIZE_X: x's encode scale gs (fp32 [1]),
@@ -67,11 +60,8 @@ def nvfp4_gemm_kernel(
     Kp_div64,  # Kp // 64
     k_tiles_per_split,
     stride_om,
-    K,  # QUANTIZE_X / STAGED: x's columns (zeros from K to Kp; with STAGE_ACT act(h)'s, I); unused otherwise
-    stride_xm,  # QUANTIZE_X / STAGED: x's row stride; unused otherwise
-    units_ptr,  # PREDEQUANT_A / STAGED: fp16 units [M, Kp] (PREDEQUANT_A: A itself, a_ptr the same)
-    stage_ptr,  # STAGED: int32 [2] (stage programs done, GEMM programs past the wait), zero between calls
-    stage_programs,  # STAGED: programs [0, stage_programs) quantize x, the rest multiply
+    K,  # QUANTIZE_X: x's columns (zeros from K to Kp); unused otherwise
+    stride_xm,  # QUANTIZE_X: x's row stride; unused otherwise
     HAS_BIAS: tl.constexpr,
     SPLIT_K: tl.constexpr,
     EVEN_K: tl.constexpr,  # every split covers whole BLOCK_K tiles of Kp: no K masks
@@ -87,23 +77,10 @@ def nvfp4_gemm_kernel(
     AMAX_BLOCK: tl.constexpr,
     AMAX_CHUNKS: tl.constexpr,
     W_OPERAND_B: tl.constexpr,  # GemmConfig.w_operand_b: out = A @ W^T, the decoded weight the right operand
-    STAGED: tl.constexpr,  # with PREDEQUANT_A, a_ptr holds x: programs [0, stage_programs) write units_ptr first
-    STAGE_BLOCK_M: tl.constexpr,  # STAGED: the x tile of a stage program
-    STAGE_BLOCK_K: tl.constexpr,
-    STAGE_ACT: tl.constexpr,  # STAGED: a_ptr holds h, the stage programs quantize act(h) (act_quantize's codes)
-    STAGE_GATED: tl.constexpr,  # ... h = [gate, up], K = I
-    BF16_BITS: tl.constexpr,  # ... the interpreter's bf16 rounding (act_quantize._round_to)
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
     pid = tl.program_id(0)
-    if STAGED:
-        if pid < stage_programs:
-            _stage_program(a_ptr, a_scale_ptr, units_ptr, alpha_ptr, stage_ptr, M, K, Kp, stride_xm, pid, DYNAMIC,
-                           AMAX_ROWS, AMAX_BLOCK, AMAX_CHUNKS, STAGE_BLOCK_M, STAGE_BLOCK_K, STAGE_ACT, STAGE_GATED,
-                           BF16_BITS)
-            return
-        pid -= stage_programs
     pid_k = pid % SPLIT_K
     pid = pid // SPLIT_K
     n_m = (M + BLOCK_M - 1) // BLOCK_M
@@ -128,9 +105,7 @@ def nvfp4_gemm_kernel(
     w_rows = w_ptr + rn64[:, None] * (Kp // 2)
     w_sf_rows = w_scale_ptr + rn64[:, None] * S4
 
-    if STAGED:  # (before reading alpha: a dynamic scale's is written by stage program 0)
-        _wait_for_stage(stage_ptr, stage_programs, tl.num_programs(0) - stage_programs)
-    if DYNAMIC and not STAGED:  # x is small (the launcher checks): read whole from L2 by every program
+    if DYNAMIC:  # x is small (the launcher checks): read whole from L2 by every program
         gs, alpha = small_input_scales(a_ptr, M, K, stride_xm, tl.load(a_scale_ptr), AMAX_ROWS, AMAX_BLOCK,
                                        AMAX_CHUNKS, tl.program_id(0))
     else:
@@ -167,7 +142,7 @@ def nvfp4_gemm_kernel(
             a = fake_quantize_tile(x.to(tl.float32), gs, True, BLOCK_M, BLOCK_K)
         elif PREDEQUANT_A:
             rk = k0 + tl.arange(0, BLOCK_K)
-            a = tl.load(units_ptr + rm64[:, None] * Kp + rk[None, :],
+            a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],
                         mask=m_ok[:, None] & (rk < Kp)[None, :], other=0.0)
         else:
             a_packed = tl.load(a_rows + k0 // unit + rb[None, :], mask=m_ok[:, None] & k_ok_b[None, :], other=0)
@@ -211,55 +186,6 @@ def nvfp4_gemm_kernel(
                 total += tl.load(tile + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
             _epilogue(total, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
             tl.atomic_xchg(ticket_ptr + pid, 0)
-
-
-@triton.jit
-def _stage_program(x_ptr, scale_ptr, units_ptr, alpha_ptr, stage_ptr, M, K, Kp, stride_xm, pid, DYNAMIC: tl.constexpr,
-                   AMAX_ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr, AMAX_CHUNKS: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
-                   BF16_BITS: tl.constexpr):
-    """A stage program of STAGED: one [BLOCK_M, BLOCK_K] tile of x -> its fp16 units (the bits of the
-    quantize-dequantize pass, `fake_quantize(units=True)`), then counted done. DYNAMIC: scale_ptr is the
-    weight's decode scale, (gs, alpha) come from max |x| of all of x (x small), and program 0 writes
-    alpha for the GEMM programs' epilogue; else scale_ptr is gs. ACT >= 0: x is h and the tile is
-    act(h)'s (`act_fake_quantize(units=True)`'s tile: the kernel is then compiled, as that one, without
-    FMA contraction); static scale only."""
-    k_tiles = (Kp + BLOCK_K - 1) // BLOCK_K
-    if ACT >= 0:
-        act_fake_quantize_program(x_ptr, tl.load(scale_ptr), units_ptr, M, K, stride_xm, Kp, pid // k_tiles,
-                                  pid % k_tiles, ACT, GATED, BF16_BITS, True, BLOCK_M, BLOCK_K)
-    else:
-        if DYNAMIC:
-            gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(scale_ptr), AMAX_ROWS, AMAX_BLOCK,
-                                           AMAX_CHUNKS, pid)
-            if pid == 0:
-                tl.store(alpha_ptr, alpha)
-        else:
-            gs = tl.load(scale_ptr)
-        fake_quantize_program(x_ptr, gs, units_ptr, M, K, Kp, stride_xm, pid // k_tiles, pid % k_tiles, True,
-                              BLOCK_M, BLOCK_K)
-    tl.debug_barrier()  # every thread's units are written before the count releases them
-    tl.atomic_add(stage_ptr, 1, sem="release", scope="gpu")
-
-
-@triton.jit
-def _wait_for_stage(stage_ptr, stage_programs, gemm_programs):
-    """A GEMM program of STAGED: wait until every stage program has written its units.
-
-    Cannot hang: a GEMM program waits only on programs with lower ids, which the GPU starts no later
-    than it (NVIDIA GPUs dispatch a grid's blocks in id order: observed behaviour that single-pass
-    scans rely on, not a documented guarantee), and the stage programs wait on nothing. Even out of
-    order it would need a grid larger than the GPU holds at once: at decode the grid is at most
-    ~112 stage + ~2 GEMM programs per SM. (Under Triton's interpreter the programs run one after
-    another in id order: the count is complete before the first GEMM program asks.) The last GEMM
-    program past the wait puts both words back to zero for the next call, which on the same stream
-    starts after this one ends."""
-    while tl.load(stage_ptr, volatile=True) < stage_programs:
-        pass
-    tl.atomic_add(stage_ptr, 0, sem="acquire", scope="gpu")  # the acquire that pairs with the stage's release
-    if tl.atomic_add(stage_ptr + 1, 1, sem="relaxed", scope="gpu") == gemm_programs - 1:
-        tl.store(stage_ptr, 0)
-        tl.store(stage_ptr + 1, 0)
 
 
 @triton.jit

@@ -10,7 +10,6 @@ import triton
 from . import _interpreter
 from . import gemm as gemm_module
 from .launch import CachedLaunch, cdiv, compile_tracing, int_key
-from .act_quantize_launch import ACTS, act_fake_quantize, act_width
 from .quant_dequant_launch import amax_reads, fake_quantize, fake_quantize_dynamic, fuses_dynamic_scale_in_pass
 from .workspace import scratch_of
 
@@ -137,62 +136,26 @@ def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: G
     scale) instead of gs and alpha (then unused): a dynamic scale, every program deriving gs and
     alpha from max |x| of all of x, the bits `dynamic_gs_alpha` gives; x must be small enough for
     `fuses_dynamic_scale_in_pass` (the same unrolled reads)."""
-    return _gemm_of_x(x, gs, w_data, w_scale, alpha, bias, out, config, tiles_for_m, weight_scale_2, _X)
-
-
-def nvfp4_gemm_staged(x, gs, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None,
-                      weight_scale_2=None, act: str | None = None):
-    """The whole Linear in one launch, x quantized once: the launch's first programs write x's fp16
-    units to per-stream scratch (the tiles of `fake_quantize(x, gs, units=True)`), the GEMM programs
-    wait for them on a device counter and then run as `nvfp4_gemm_dequantized_a` with the same config:
-    the same bits as those two launches, without the second launch's start and the gap between them,
-    and without `nvfp4_gemm_quantize_x`'s re-quantization of x per N tile. Arguments as
-    `nvfp4_gemm_quantize_x` (weight_scale_2: a dynamic scale from max |x|, x small enough for
-    `fuses_dynamic_scale_in_pass`, every stage program taking it; alpha is then unused). act (static
-    scale only): x is h [M, W] and the stage programs quantize act(h) instead, the tiles and bits of
-    `act_fake_quantize(h, act, gs, units=True)` (GatedMLP's down projection)."""
-    return _gemm_of_x(x, gs, w_data, w_scale, alpha, bias, out, config, None, weight_scale_2, _STAGED, act)
-
-
-def _gemm_of_x(x, gs, w_data, w_scale, alpha, bias, out, config, tiles_for_m, weight_scale_2, a_mode, act=None):
-    """The one-launch GEMMs fed x itself (a_mode _X or _STAGED, act(x) for _STAGED): their checks, and
-    the pass first where Triton would make K or x's row stride a constant."""
     m, n = out.shape
     if m == 0 or n == 0:
         return out
     dynamic = weight_scale_2 is not None
-    if dynamic and act is not None:
-        raise ValueError("act takes a static scale here (a dynamic one: `dynamic_gs_alpha(x, weight_scale_2, act=act)` "
-                         "first)")
     if dynamic and not fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
         raise ValueError(f"x of {m} x {x.shape[1]} (row stride {x.stride(0)}) is too large for the dynamic scale "
                          "inside the GEMM (fuses_dynamic_scale_in_pass)")
-    k = act_width(act, x.shape[1]) if act is not None else x.shape[1]
-    if k == 1 or x.stride(0) == 1:
+    if x.shape[1] == 1 or x.stride(0) == 1:
         # Triton makes an integer argument equal to 1 a constant, and with K or x's row stride a
-        # constant its dot-operand pass fails to compile the GEMM quantizing x (Triton 3.6): a pass first.
+        # constant its dot-operand pass fails to compile this kernel (Triton 3.6): a pass first.
         a = torch.empty((m, w_data.shape[1] * 2), dtype=torch.float16, device=x.device)
         if dynamic:
             alpha = fake_quantize_dynamic(x, weight_scale_2, a, units=True)
-        elif act is not None:
-            act_fake_quantize(x, act, gs, a, units=True)
         else:
             fake_quantize(x, gs, a, units=True)
         return _gemm(a, a, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, tiles_for_m=tiles_for_m)
-    s = scratch_of(out) if a_mode == _STAGED else None
-    if dynamic:  # _X: every program derives alpha; _STAGED: stage program 0 writes it to scratch
-        return _gemm(x, weight_scale_2, w_data, w_scale, weight_scale_2 if s is None else s.alpha, bias, out, config,
-                     a_mode=a_mode, tiles_for_m=tiles_for_m, dynamic=True, scratch=s)
-    return _gemm(x, gs, w_data, w_scale, alpha, bias, out, config, a_mode=a_mode, tiles_for_m=tiles_for_m, scratch=s,
-                 act=act)
-
-
-def stage_tile(m: int, device_type: str) -> tuple[int, int]:
-    """x's tile per stage program of `nvfp4_gemm_staged` (rows, columns): many small programs, so that
-    the units are written soon after the launch starts."""
-    if device_type == "cpu":
-        return min(64, max(16, triton.next_power_of_2(m))), 128
-    return (16, 256) if m <= 16 else (32, 128)
+    if dynamic:
+        return _gemm(x, weight_scale_2, w_data, w_scale, weight_scale_2, bias, out, config, a_mode=_X,
+                     tiles_for_m=tiles_for_m, dynamic=True)
+    return _gemm(x, gs, w_data, w_scale, alpha, bias, out, config, a_mode=_X, tiles_for_m=tiles_for_m)
 
 
 # The kernel reads scale bytes as uint8: only the JIT needs the views of e4m3 scales (`CachedLaunch`).
@@ -200,18 +163,15 @@ _launch = CachedLaunch(gemm_module.nvfp4_gemm_kernel,
                        views={1: (torch.float8_e4m3fn, torch.uint8), 3: (torch.float8_e4m3fn, torch.uint8)})
 
 
-# what A is: packed NVFP4, fp16 units (dequantized), the input x (quantized by every program, or once by
-# the launch's first programs)
-_PACKED, _UNITS, _X, _STAGED = 0, 1, 2, 3
+_PACKED, _UNITS, _X = 0, 1, 2  # what A is: packed NVFP4, fp16 units (dequantized), the input x
 
 
-def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED, tiles_for_m=None, dynamic=False,
-          scratch=None, act=None):
+def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED, tiles_for_m=None, dynamic=False):
     m, n = out.shape
     kp = w_data.shape[1] * 2
     index = out.get_device()  # CUDA device index, -1 on the CPU
-    if a_mode in (_X, _STAGED):
-        k, sx = (act_width(act, a.shape[1]) if act is not None else a.shape[1]), a.stride(0)
+    if a_mode == _X:
+        k, sx = a.shape[1], a.stride(0)
         if k > kp:
             raise ValueError(f"x has {k} columns, more than the weight's padded K ({kp})")
     else:
@@ -220,25 +180,19 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED,
     plan = _gemm_plan.__wrapped__ if tracing else _gemm_plan  # M may be symbolic (unhashable) there
     # the max |x| reads unroll over rows: M made concrete (under torch.compile, a guard on M)
     amax = (triton.next_power_of_2(int(m)), k) if dynamic else None
-    grid, meta, options, split, tiles, per_split, stage_programs, launch_id = plan(
+    grid, meta, options, split, tiles, per_split, launch_id = plan(
         index, m, n, kp, config, a_mode, a.dtype, out.dtype, None if bias is None else bias.dtype,
-        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax, act)
-    if split > 1 or a_mode == _STAGED:
-        scratch = scratch or scratch_of(out)
+        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax)
     if split > 1:
-        partials, tickets = scratch.get(split * m * n, tiles)
+        partials, tickets = scratch_of(out).get(split * m * n, tiles)
     else:
         partials = tickets = out  # unused
-    if a_mode == _STAGED:
-        units, stage = scratch.dequantized_activation(m, kp), scratch.stage_words
-    else:
-        units, stage = (out if a_mode == _X else a), tickets  # A itself where pre-dequantized; else unused
     args = (a, a_scale, w_data, w_scale, alpha, bias if bias is not None else out, out, partials, tickets, m, n,
-            kp // 64, per_split, out.stride(0), k, sx, units, stage, stage_programs)
+            kp // 64, per_split, out.stride(0), k, sx)
     if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
             _interpreter.interpreted(gemm_module).nvfp4_gemm_kernel[grid](*_launch.jit_args(args), **meta, **options)
-    elif a_mode in (_X, _STAGED) and not tracing:  # x is the caller's tensor: its alignment joins the key
+    elif a_mode == _X and not tracing:  # x is the caller's tensor: its alignment joins the key
         _launch((launch_id, a.data_ptr() % 16 == 0), grid, args, meta, options)
     else:
         _launch(launch_id, grid, args, meta, options)
@@ -262,30 +216,22 @@ def k_splits(config: GemmConfig, tiles: int, kp: int, sm_count: int) -> tuple[in
 
 @functools.lru_cache(maxsize=4096)
 def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, k_key=0, sx_key=0, tiles_for_m=None,
-               amax=None, act=None):
+               amax=None):
     """Config, split-K, grid, constexprs and launch key of one shape (device index -1: the CPU):
     worked out once. k_key, sx_key: `int_key` of x's K and row stride (what Triton specializes
-    them on; a_mode _X and _STAGED only); amax: (rows, K) of a dynamic scale's max |x| reads, or
-    None; act: the activation the stage programs apply (_STAGED), or None."""
+    them on; a_mode _X only); amax: (rows, K) of a dynamic scale's max |x| reads, or None."""
     device = torch.device("cuda", index) if index >= 0 else torch.device("cpu")
     if config is None:
         config = gemm_config(m if tiles_for_m is None else tiles_for_m, n, kp, device.type, _sm_count(device))
     if a_mode != _PACKED:  # A's values in the weight decode's order: word decode on both sides
-        config = replace(config, predequant_a=a_mode in (_UNITS, _STAGED), word_decode=True)
+        config = replace(config, predequant_a=a_mode == _UNITS, word_decode=True)
     tiles = cdiv(m, config.block_m) * cdiv(n, config.block_n)
     split, per_split = k_splits(config, tiles, kp, _sm_count(device))
-    stage_m, stage_k = stage_tile(m, device.type) if a_mode == _STAGED else (1, 1)
-    stage_programs = cdiv(m, stage_m) * cdiv(kp, stage_k) if a_mode == _STAGED else 0
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
                 DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1, W_OPERAND_B=config.w_operand_b,
-                **amax_reads(amax[1] if amax else 0, amax is not None), STAGED=a_mode == _STAGED,
-                STAGE_BLOCK_M=stage_m, STAGE_BLOCK_K=stage_k, STAGE_ACT=ACTS[act][0] if act else -1,
-                STAGE_GATED=bool(act) and ACTS[act][1], BF16_BITS=index < 0)
+                **amax_reads(amax[1] if amax else 0, amax is not None))
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
-    if act is not None:  # the activation's IEEE ops in torch's order, as `act_fake_quantize` compiles them
-        options["enable_fp_fusion"] = False
     tail = (index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values(), *options.values(), k_key, sx_key)
-    return ((stage_programs + tiles * split, 1, 1), meta, options, split, tiles, per_split, stage_programs,
-            _launch_ids.setdefault(tail, len(_launch_ids)))
+    return (tiles * split, 1, 1), meta, options, split, tiles, per_split, _launch_ids.setdefault(tail, len(_launch_ids))

@@ -60,12 +60,12 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, M, K, Kp,
             tl.store(scales_ptr + 1, alpha)
     else:
         gs = tl.load(global_scale_ptr)
-    fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, tl.program_id(0), tl.program_id(1), UNITS,
+    _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, tl.program_id(0), tl.program_id(1), UNITS,
                            BLOCK_M, BLOCK_K)
 
 
 @triton.jit
-def fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, pid_m, pid_k, UNITS: tl.constexpr,
+def _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, pid_m, pid_k, UNITS: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """One [BLOCK_M, BLOCK_K] tile of the quantize-dequantize pass (out's row stride Kp)."""
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -113,7 +113,7 @@ def cublas_operands_kernel(x_ptr, global_scale_ptr, a_ptr, M, K, Ka, stride_xm, 
     launch and a tail: for narrow per-rank weights they are a fifth of cuBLAS's own time."""
     pid = tl.program_id(0)
     if pid < a_programs:
-        fake_quantize_program(x_ptr, tl.load(global_scale_ptr), a_ptr, M, K, Ka, stride_xm, pid // a_k_tiles,
+        _fake_quantize_program(x_ptr, tl.load(global_scale_ptr), a_ptr, M, K, Ka, stride_xm, pid // a_k_tiles,
                                pid % a_k_tiles, False, BLOCK_M, BLOCK_K)
     else:
         w_pid = pid - a_programs

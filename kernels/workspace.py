@@ -1,5 +1,5 @@
-"""Scratch memory the single-launch kernels share: fp32 split-K partials, int32 tickets, the
-dynamic-scale and stage words and the dequantized activation, one set per device and stream.
+"""Scratch memory the single-launch kernels share: fp32 split-K partials, int32 tickets and the
+dynamic-scale words, one set per device and stream.
 
 Kernels on one stream run one after another and each leaves its tickets at zero, so every layer
 on that stream can use the same buffers without allocating on the forward path.
@@ -40,7 +40,6 @@ class Scratch:
         self.partials = torch.empty(0, dtype=torch.float32, device=device)
         self.tickets = torch.empty(0, dtype=torch.int32, device=device)
         self._scale_words = None
-        self._stage_words = None
         self.scales = torch.empty(2, dtype=torch.float32, device=device)  # gs, alpha
         self.gs, self.alpha = self.scales[0:1], self.scales[1:2]  # views made once, not per call
         self.activation = torch.empty(0, dtype=torch.float16, device=device)
@@ -48,23 +47,11 @@ class Scratch:
 
     @property
     def scale_words(self) -> torch.Tensor:
-        """int32 [2] (running max, ticket) of the dynamic-scale kernels, zero between calls."""
+        """int32 [2] (running max, ticket), zero between calls; zeroed at first use (a kernel: under
+        capture a graph node, so only where a dynamic-scale launch needs them)."""
         if self._scale_words is None:
-            self._scale_words = self._zeroed_words()
+            self._scale_words = torch.zeros(2, dtype=torch.int32, device=self.device)
         return self._scale_words
-
-    @property
-    def stage_words(self) -> torch.Tensor:
-        """int32 [2] of `nvfp4_gemm_staged` (stage programs done, GEMM programs past the wait), zero
-        between calls."""
-        if self._stage_words is None:
-            self._stage_words = self._zeroed_words()
-        return self._stage_words
-
-    def _zeroed_words(self) -> torch.Tensor:
-        """Words the kernels leave at zero, zeroed at first use (a kernel: under capture a graph node,
-        so only where a launch needs them)."""
-        return torch.zeros(2, dtype=torch.int32, device=self.device)
 
     def get(self, part_numel: int, n_tickets: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.partials.numel() < part_numel:
@@ -95,7 +82,6 @@ class _Fresh(Scratch):
     def __init__(self, device):
         self.device = device
         self._scale_words = None
-        self._stage_words = None
         self.scales = torch.empty(2, dtype=torch.float32, device=device)
         self.gs, self.alpha = self.scales[0:1], self.scales[1:2]
 

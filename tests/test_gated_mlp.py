@@ -120,26 +120,6 @@ def test_dynamic_scale_is_bit_identical_to_the_static_one(device, m):
     assert torch.equal(got, d(a))  # = the dynamic Linear on the activation
 
 
-@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-def test_staged_launches_keep_the_bits(device, monkeypatch, dynamic):
-    """Where `ops.use_staged` routes (gate/up: x quantized by the launch's first programs; down:
-    act(h) quantized by them), the GatedMLP gives the bits of the two-launch paths."""
-    hidden, inter, m = 72, 232, 12
-    gate, up, down, q_down = mlp_tensors(hidden, inter, seed=3)
-    mlp, _ = build(gate, up, down, device, dynamic=dynamic, hidden=hidden, inter=inter)
-    x = x_for(m, hidden, device, seed=3)
-    assert not ops.use_gemv(m, 2 * inter, mlp.gate_up.k_padded)
-    want = mlp(x)
-    launches = []
-    monkeypatch.setattr(ops, "use_staged", lambda *a: True)
-    monkeypatch.setattr(ops.kernels, "nvfp4_gemm_staged",
-                        lambda *a, _f=ops.kernels.nvfp4_gemm_staged, **kw: launches.append(kw.get("act")) or _f(*a, **kw))
-    got = mlp(x)
-    assert launches == [None, "silu_mul"]
-    assert torch.equal(got, want)
-    check(got, *down_reference(mlp, mlp.gate_up(x), q_down, dynamic=dynamic))
-
-
 @pytest.mark.parametrize("m", [1, 17, 130])
 def test_nan_rows_stay_visible(device, m):
     hidden, inter = 48, 40

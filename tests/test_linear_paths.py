@@ -212,19 +212,12 @@ def test_dequantized_a_gemm_writes_every_element_with_a_strided_output(device):
     assert big[:, :8].isnan().all() and big[:, 8 + n :].isnan().all()
 
 
-# the two one-launch GEMMs fed x itself: x quantized by every program that reads it, or once by the
-# launch's first programs (the GEMM programs waiting for them)
-ONE_LAUNCH = {"quantize_x": kernels.nvfp4_gemm_quantize_x, "staged": kernels.nvfp4_gemm_staged}
-
-
-@pytest.mark.parametrize("one_launch", ONE_LAUNCH)
 @pytest.mark.parametrize("m, k, dtype, row_stride", [(33, 320, torch.float32, 0), (70, 464, torch.bfloat16, 520),
                                                      (5, 1376, torch.float16, 0)])  # the last: split K on the CPU
-def test_quantize_in_gemm_equals_the_two_launches_and_writes_every_element(device, m, k, dtype, row_stride,
-                                                                           one_launch):
-    """`nvfp4_gemm_quantize_x` and `nvfp4_gemm_staged` give the bits of `fake_quantize(units=True)` +
-    `nvfp4_gemm_dequantized_a`: K % 64 != 0, M not a tile multiple, strided rows, a non-finite
-    block (its row NaN), into a poisoned, column-sliced output."""
+def test_quantize_in_gemm_equals_the_two_launches_and_writes_every_element(device, m, k, dtype, row_stride):
+    """`nvfp4_gemm_quantize_x` (x quantized by every program that reads it) gives the bits of
+    `fake_quantize(units=True)` + `nvfp4_gemm_dequantized_a`: K % 64 != 0, M not a tile multiple,
+    strided rows, a non-finite block (its row NaN), into a poisoned, column-sliced output."""
     n = 96
     layer, ckpt, q = layer_for(n, k, device, seed=m)
     base = torch.randn(m, max(k, row_stride), generator=torch.Generator().manual_seed(m)) * 3
@@ -236,8 +229,8 @@ def test_quantize_in_gemm_equals_the_two_launches_and_writes_every_element(devic
     kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, layer.bias, want)
     big = torch.full((m, n + 24), math.nan, dtype=dtype, device=device)
     got = big[:, 8 : 8 + n]
-    ONE_LAUNCH[one_launch](x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, layer.bias,
-                           got)
+    kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
+                                  layer.bias, got)
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
     assert big[:, :8].isnan().all() and big[:, 8 + n :].isnan().all()
     assert got[m // 2].isnan().all()
@@ -269,121 +262,6 @@ def test_quantize_in_gemm_refuses_x_wider_than_the_weight(device):
     with pytest.raises(ValueError, match="columns"):
         kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
                                       None, torch.empty(3, 40, device=device))
-
-
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_staged_gemm_leaves_its_stage_words_at_zero(device, monkeypatch, dynamic):
-    """The stage words live in scratch shared by every layer on a stream: each call must find them
-    at zero and leave them so (the last GEMM program past the wait resets them). One kept scratch,
-    several calls of different shapes: the same bits every time, the words zero after each."""
-    from fp4linear.kernels import gemm_launch, workspace
-
-    kept = workspace.Scratch(torch.device(device))
-    monkeypatch.setattr(gemm_launch, "scratch_of", lambda t: kept)
-    for m, n, k in [(5, 72, 464), (16, 40, 1376), (3, 130, 200)]:
-        layer, _, _ = layer_for(n, k, device, dynamic=dynamic, seed=n)
-        x = (torch.randn(m, k, generator=torch.Generator().manual_seed(k)) * 2).to(torch.bfloat16).to(device)
-        args = (None, layer.weight, layer.weight_scale, None) if dynamic else (
-            layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha)
-        outs = []
-        for _ in range(2):
-            outs.append(kernels.nvfp4_gemm_staged(x, *args, None, torch.empty(m, n, dtype=torch.bfloat16,
-                                                                                device=device),
-                                                  weight_scale_2=layer.weight_scale_2 if dynamic else None))
-            assert kept.stage_words.tolist() == [0, 0]
-        assert torch.equal(outs[0], outs[1])
-
-
-@pytest.mark.parametrize("act", list(kernels.ACTS))
-@pytest.mark.parametrize("m, i, dtype, bias, row_pad", [(5, 232, torch.bfloat16, True, 8), (16, 700, torch.float16, False, 0),
-                                                        (9, 1368, torch.float32, True, 24)])
-def test_staged_gemm_of_an_activation_equals_the_two_launches(device, act, m, i, dtype, bias, row_pad):
-    """`nvfp4_gemm_staged(act=)`: the stage programs quantize act(h) (GatedMLP's down projection): the
-    bits of `act_fake_quantize(units=True)` + `nvfp4_gemm_dequantized_a` for every activation, gated
-    and plain, odd I, strided rows, a NaN (its row NaN), a poisoned output; within the fp64 bound of
-    quantize(activation(h)) @ W^T."""
-    n = 72
-    width = 2 * i if kernels.ACTS[act][1] else i  # gated: h = [gate, up]
-    layer, ckpt, q = layer_for(n, i, device, bias=bias, seed=i + m)
-    base = torch.randn(m, width + row_pad, generator=torch.Generator().manual_seed(m)) * 3
-    base[m // 2, 3] = math.nan
-    h = base.to(dtype).to(device)[:, :width]
-    a = kernels.act_fake_quantize(h, act, layer.input_global_scale,
-                                  torch.empty(m, layer.k_padded, dtype=torch.float16, device=device), units=True)
-    want = kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, layer.bias,
-                                            torch.empty(m, n, dtype=dtype, device=device))
-    got = kernels.nvfp4_gemm_staged(h, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
-                                    layer.bias, torch.full((m, n), math.nan, dtype=dtype, device=device), act=act)
-    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
-    assert got[m // 2].isnan().all()
-    ok = torch.arange(m) != m // 2
-    y = fp4linear.activation(h[ok.to(h.device)], act)
-    ref, bound = fp64_bound(y, layer, q, ckpt["input_scale"])
-    check(got[ok.to(h.device)], ref, bound, dtype)
-    with pytest.raises(ValueError, match="static scale"):
-        kernels.nvfp4_gemm_staged(h, None, layer.weight, layer.weight_scale, None, None,
-                                  torch.empty(m, n, dtype=dtype, device=device), weight_scale_2=layer.weight_scale_2,
-                                  act=act)
-
-
-@pytest.mark.parametrize("m", [3, 16])
-def test_staged_gemm_of_a_single_column(device, m):
-    """K = 1 (x's row stride 1): a pass first, as for the GEMM quantizing x; the same bits."""
-    layer, ckpt, q = layer_for(24, 1, device, bias=False)
-    x = torch.randn(m, 1, generator=torch.Generator().manual_seed(m)).to(device)
-    a = kernels.fake_quantize(x, layer.input_global_scale, torch.empty(m, layer.k_padded, dtype=torch.float16,
-                                                                          device=device), units=True)
-    want = kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, None,
-                                            torch.empty(m, 24, device=device))
-    got = kernels.nvfp4_gemm_staged(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, None,
-                                    torch.full((m, 24), math.nan, device=device))
-    assert torch.equal(got, want)
-    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
-    check(got, ref, bound, torch.float32)
-
-
-def test_layers_routed_to_the_staged_launch(device, monkeypatch):
-    """Where `ops.use_staged` routes a layer (past the CUDA-core kernel), the layer is the staged
-    launch: its bits, static and dynamic (x small: the scale inside; x large: a scale launch first)."""
-    monkeypatch.setattr(ops, "use_staged", lambda m, n, kp: True)
-    m, n, k = 12, 200, 704
-    assert not ops.use_gemv(m, n, 704)
-    for dynamic in (False, True):
-        layer, ckpt, q = layer_for(n, k, device, dynamic=dynamic, seed=3)
-        x = (torch.randn(m, k, generator=torch.Generator().manual_seed(3)) * 2).to(torch.bfloat16).to(device)
-        if dynamic:
-            want = kernels.nvfp4_gemm_staged(x, None, layer.weight, layer.weight_scale, None, layer.bias,
-                                             torch.empty(m, n, dtype=x.dtype, device=device),
-                                             weight_scale_2=layer.weight_scale_2)
-        else:
-            want = kernels.nvfp4_gemm_staged(x, layer.input_global_scale, layer.weight, layer.weight_scale,
-                                             layer.alpha, layer.bias, torch.empty(m, n, dtype=x.dtype, device=device))
-        got = layer(x)
-        assert torch.equal(got, want)
-        scale = fp4linear.decode_scale(x.float().abs().amax()) if dynamic else ckpt["input_scale"]
-        ref, bound = fp64_bound(x, layer, q, scale)
-        check(got, ref, bound, torch.bfloat16)
-    layer, ckpt, q = layer_for(n, k, device, dynamic=True, seed=4)
-    x = torch.randn(100, k, generator=torch.Generator().manual_seed(4)).to(device)  # too large for the fused scale
-    assert not kernels.fuses_dynamic_scale_in_pass(100, k, k)
-    gs, alpha = kernels.dynamic_gs_alpha(x, layer.weight_scale_2)
-    want = kernels.nvfp4_gemm_staged(x, gs.clone(), layer.weight, layer.weight_scale, alpha.clone(), layer.bias,
-                                     torch.empty(100, n, device=device))
-    got = layer(x)
-    assert torch.equal(got, want)
-    ref, bound = fp64_bound(x, layer, q, fp4linear.decode_scale(x.float().abs().amax()))
-    check(got, ref, bound, torch.float32)
-    # GatedMLP's down projection: act(h) by the stage programs (a dynamic scale: its launch first)
-    h = (torch.randn(m, 2 * k, generator=torch.Generator().manual_seed(5)) * 2).to(torch.bfloat16).to(device)
-    for dynamic in (False, True):
-        layer, _, _ = layer_for(n, k, device, dynamic=dynamic, seed=5)
-        gs, alpha = ((v.clone() for v in kernels.dynamic_gs_alpha(h, layer.weight_scale_2, act="silu_mul"))
-                     if dynamic else (layer.input_global_scale, layer.alpha))
-        want = kernels.nvfp4_gemm_staged(h, gs, layer.weight, layer.weight_scale, alpha, layer.bias,
-                                         torch.empty(m, n, dtype=h.dtype, device=device), act="silu_mul")
-        got = ops.triton_act_linear(h, "silu_mul", layer.weight, layer.weight_scale, layer.input_global_scale,
-                                    layer.alpha, layer.weight_scale_2, layer.bias, n, dynamic, layer._alpha_host)
-        assert torch.equal(got, want)
 
 
 def test_small_layers_called_eagerly_take_one_launch(device):
@@ -444,85 +322,6 @@ def test_gpu_quantize_in_gemm_equals_the_two_launches(m, n, k):
     got = kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
                                         layer.bias, torch.full((m, n), math.nan, dtype=torch.bfloat16, device="cuda"))
     assert torch.equal(got, want)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dynamic", [False, True])
-@pytest.mark.parametrize("m, n, k", [(3, 8192, 8192), (16, 4096, 4096), (8, 1288, 2688), (16, 2688, 464),
-                                     (5, 28672, 8192), (16, 8192, 28672), (16, 8192, 3696), (13, 200, 1000)])
-def test_gpu_staged_gemm_equals_the_two_launches(m, n, k, dynamic):
-    """On the GPU's decode tiles (split K, up to 112 stage programs): the staged launch gives the bits
-    of the pass + GEMM on every one of 20 calls in a row (a program reading units before they are
-    written would show as a changed bit), and leaves its stage words at zero."""
-    from fp4linear.kernels.workspace import scratch_of
-
-    layer, _, _ = layer_for(n, k, "cuda", dynamic=dynamic, seed=m + k)
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
-    a = torch.empty(m, layer.k_padded, dtype=torch.float16, device="cuda")
-    fused = dynamic and kernels.fuses_dynamic_scale_in_pass(m, k, k)
-    if fused:
-        alpha = kernels.fake_quantize_dynamic(x, layer.weight_scale_2, a, units=True).clone()
-        gs = None
-    else:
-        gs, alpha = (kernels.dynamic_gs_alpha(x, layer.weight_scale_2) if dynamic else
-                     (layer.input_global_scale, layer.alpha))
-        gs, alpha = gs.clone(), alpha.clone()
-        kernels.fake_quantize(x, gs, a, units=True)
-    want = kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, alpha, layer.bias,
-                                            torch.empty(m, n, dtype=torch.bfloat16, device="cuda"))
-    outs = [torch.full((m, n), math.nan, dtype=torch.bfloat16, device="cuda") for _ in range(20)]
-    for out in outs:
-        kernels.nvfp4_gemm_staged(x, gs, layer.weight, layer.weight_scale, alpha, layer.bias, out,
-                                  weight_scale_2=layer.weight_scale_2 if fused else None)
-    for out in outs:
-        assert torch.equal(out, want)
-    assert scratch_of(x).stage_words.tolist() == [0, 0]
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("m, n, i, act", [(16, 4096, 1368, "silu_mul"), (8, 8192, 3696, "silu_mul"),
-                                          (16, 2688, 232, "relu2"), (5, 4096, 1368, "gelu_tanh_mul")])
-def test_gpu_staged_activation_equals_the_two_launches(m, n, i, act):
-    """GatedMLP's decode down projections (GLM-4.5-Air, Qwen2.5-72B, Nemotron per-rank I): act(h)
-    quantized by the stage programs gives the bits of `act_fake_quantize` + the GEMM, 20 calls in a row."""
-    layer, _, _ = layer_for(n, i, "cuda", seed=m + i)
-    h = torch.randn(m, 2 * i if kernels.ACTS[act][1] else i, device="cuda", dtype=torch.bfloat16) * 3
-    a = kernels.act_fake_quantize(h, act, layer.input_global_scale,
-                                  torch.empty(m, layer.k_padded, dtype=torch.float16, device="cuda"), units=True)
-    want = kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, layer.bias,
-                                            torch.empty(m, n, dtype=torch.bfloat16, device="cuda"))
-    outs = [torch.full((m, n), math.nan, dtype=torch.bfloat16, device="cuda") for _ in range(20)]
-    for out in outs:
-        kernels.nvfp4_gemm_staged(h, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
-                                  layer.bias, out, act=act)
-    for out in outs:
-        assert torch.equal(out, want)
-
-
-@pytest.mark.cuda
-def test_gpu_staged_gemm_in_a_graph_and_under_compile(monkeypatch):
-    """A chain of staged decode layers captured in a CUDA graph (the capture's own stage words,
-    zeroed once per replay) and traced by torch.compile: the eager bits on every replay."""
-    monkeypatch.setattr(ops, "use_staged", lambda m, n, kp: m <= 16)
-    layers = [layer_for(4096, 4096, "cuda", seed=i)[0] for i in range(3)]
-    x = torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16)
-
-    def chain(x):
-        return [layer(x) for layer in layers]
-
-    eager = chain(x)
-    assert all(ops.use_staged(16, 4096, layer.k_padded) for layer in layers)
-    graph = torch.cuda.CUDAGraph()
-    chain(x)
-    with torch.cuda.graph(graph):
-        captured = chain(x)
-    for _ in range(5):
-        graph.replay()
-        torch.cuda.synchronize()
-        assert all(torch.equal(c, e) for c, e in zip(captured, eager))
-    compiled = torch.compile(chain, fullgraph=True)
-    for _ in range(3):
-        assert all(torch.equal(c, e) for c, e in zip(compiled(x), eager))
 
 
 @pytest.mark.cuda
@@ -917,11 +716,9 @@ def test_plans_take_a_symbolic_m(monkeypatch):
     with pytest.raises(TypeError):
         hash(m)
     monkeypatch.setattr(gemm_launch, "_sm_count", lambda device: 132)
-    for mode in (gemm_launch._UNITS, gemm_launch._STAGED):
-        grid, meta, options, split, tiles, per_split, stage_programs, _ = gemm_launch._gemm_plan.__wrapped__(
-            0, m, 1288, 512, None, mode, torch.float16, torch.bfloat16, None)
-        assert all(type(v) in (int, bool) for v in meta.values()) and type(per_split) is int
-        assert isinstance(grid[0], torch.SymInt)
+    grid, meta, options, split, tiles, per_split, _ = gemm_launch._gemm_plan.__wrapped__(
+        0, m, 1288, 512, None, gemm_launch._UNITS, torch.float16, torch.bfloat16, None)
+    assert type(meta["SPLIT_K"]) is int and type(per_split) is int and isinstance(grid[0], torch.SymInt)
     grid, meta, _ = quant_dequant_launch._fake_plan.__wrapped__(0, m, 464, 512, True, torch.bfloat16, torch.float16)
     assert all(type(v) in (int, bool) for v in meta.values())
     grid, meta, _, _ = act_quantize_launch._fake_plan.__wrapped__(0, m, "silu_mul", 928, 928, 512, True,
@@ -1013,31 +810,29 @@ def test_cublas_path_runs_with_fp32_reductions_and_restores_the_flag(monkeypatch
         setattr(matmul, name, saved)
 
 
-@pytest.mark.parametrize("one_launch", ONE_LAUNCH)
 @pytest.mark.parametrize("m, k, outlier, row_stride", [(5, 464, 1e4, 0), (16, 1376, 1e4, 1472), (9, 200, math.nan, 0)])
-def test_dynamic_scale_inside_the_quantizing_gemm_matches_the_separate_launch(device, m, k, outlier, row_stride,
-                                                                              one_launch):
-    """`nvfp4_gemm_quantize_x(weight_scale_2=)` (every program derives gs and alpha from max |x|
-    itself) and `nvfp4_gemm_staged(weight_scale_2=)` (every stage program does): the bits of
-    `dynamic_gs_alpha` then the same GEMM (strided rows, an outlier or a NaN, a poisoned output;
-    split K on the CPU at K = 1376)."""
-    gemm = ONE_LAUNCH[one_launch]
+def test_dynamic_scale_inside_the_quantizing_gemm_matches_the_separate_launch(device, m, k, outlier, row_stride):
+    """`nvfp4_gemm_quantize_x(weight_scale_2=)`: every program derives gs and alpha from max |x|
+    itself; the bits of `dynamic_gs_alpha` then the same GEMM (strided rows, an outlier or a NaN,
+    a poisoned output; split K on the CPU at K = 1376)."""
     n = 72
     layer, _, _ = layer_for(n, k, device, dynamic=True, seed=m)
     base = torch.randn(m, max(k, row_stride), generator=torch.Generator().manual_seed(m)) * 2
     base[m - 1, k // 3] = outlier
     x = base.to(torch.bfloat16).to(device)[:, :k]
-    gs, alpha = (v.clone() for v in kernels.dynamic_gs_alpha(x, layer.weight_scale_2))
-    want = gemm(x, gs, layer.weight, layer.weight_scale, alpha, layer.bias,
-                torch.empty(m, n, dtype=torch.bfloat16, device=device))
-    got = gemm(x, None, layer.weight, layer.weight_scale, None, layer.bias,
-               torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device), weight_scale_2=layer.weight_scale_2)
+    gs, alpha = kernels.dynamic_gs_alpha(x, layer.weight_scale_2)
+    want = kernels.nvfp4_gemm_quantize_x(x, gs, layer.weight, layer.weight_scale, alpha, layer.bias,
+                                         torch.empty(m, n, dtype=torch.bfloat16, device=device))
+    got = kernels.nvfp4_gemm_quantize_x(x, None, layer.weight, layer.weight_scale, None, layer.bias,
+                                        torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device),
+                                        weight_scale_2=layer.weight_scale_2)
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
     assert got.isnan().any().item() == (outlier != outlier)
     with pytest.raises(ValueError, match="too large"):
         big = torch.zeros(17, k, dtype=torch.bfloat16, device=device)
-        gemm(big, None, layer.weight, layer.weight_scale, None, None,
-             torch.empty(17, n, dtype=torch.bfloat16, device=device), weight_scale_2=layer.weight_scale_2)
+        kernels.nvfp4_gemm_quantize_x(big, None, layer.weight, layer.weight_scale, None, None,
+                                      torch.empty(17, n, dtype=torch.bfloat16, device=device),
+                                      weight_scale_2=layer.weight_scale_2)
 
 
 @pytest.mark.cuda
