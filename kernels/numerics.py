@@ -6,11 +6,16 @@ E2M1 are encoded with integer bit operations plus one IEEE add (no float8 casts,
 the same code is exact on GPUs and under Triton's interpreter on CPU.
 """
 
+import os
+
 import triton
 import triton.language as tl
 from triton import knobs
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
+# The word decode (`dequant_words`) as inline PTX on GPUs; FP4LINEAR_PORTABLE_DECODE=1 keeps the portable
+# form there too (the same bits; an escape hatch, and the baseline of benchmarks/linear_bench.py --ab-decode).
+PTX_DECODE = tl.constexpr(not knobs.runtime.interpret and os.environ.get("FP4LINEAR_PORTABLE_DECODE", "0") != "1")
 
 
 @triton.jit
@@ -177,10 +182,27 @@ def _half2_pair(words, shift: tl.constexpr):  # shift in (9, 5, 1, -3)
     return low, high
 
 
+# The same pairs in 11 integer instructions a word instead of ~15 (GPUs, inline PTX): spread the even
+# codes (0, 2, 4, 6) and the odd ones into one byte each, laid out as an fp16's high byte wants them
+# (sign at bit 7, magnitude at bits 3..1; 0x80808080 is the four sign bits), then one PRMT per pair
+# moves bytes 0 and 2 up, or keeps bytes 1 and 3, zeroing the rest. Checked bit-equal to
+# `_half2_pair` on the GPU (tests/test_numerics.py); the portable form stays the interpreter's.
+@triton.jit
+def _decode_words_ptx(words):
+    # (one-line string pieces: torch.compile re-emits this function's source as it is written)
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 t, e, o; "
+        "shl.b32 t, $8, 1; and.b32 e, t, 0x0E0E0E0E; shl.b32 t, $8, 4; and.b32 t, t, 0x80808080; or.b32 e, e, t; "
+        "shr.u32 t, $8, 3; and.b32 o, t, 0x0E0E0E0E; and.b32 t, $8, 0x80808080; or.b32 o, o, t; "
+        "prmt.b32 t, e, 0, 0x2404; mov.b32 {$0, $4}, t; prmt.b32 t, o, 0, 0x2404; mov.b32 {$1, $5}, t; "
+        "prmt.b32 t, e, 0, 0x3414; mov.b32 {$2, $6}, t; prmt.b32 t, o, 0, 0x3414; mov.b32 {$3, $7}, t; }",
+        "=h,=h,=h,=h,=h,=h,=h,=h,r", [words], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+
+
 @triton.jit
 def word_order(j):
     """Logical K index of position j in `dequant_words`' order: within each 8-code word, positions
-    0..7 hold codes 0, 2, 1, 3, 4, 6, 5, 7 (the two low bits of the position swapped)."""
+    0..7 hold codes 0, 4, 1, 5, 2, 6, 3, 7 (each half2 register holds codes i and i + 4)."""
     return (j // 8) * 8 + (j % 2) * 4 + (j % 8) // 2
 
 
@@ -196,10 +218,14 @@ def dequant_words(words, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
     """int32 words [ROWS, BLOCK_K/8] of packed codes + scale bytes [ROWS, BLOCK_K/16] -> fp16
     [ROWS, BLOCK_K] in units of 2^-14, K in `word_order` (the same permutation for every operand
     leaves dot products unchanged; the joins keep each half2 pair of one 32-bit register together)."""
-    a0, b0 = _half2_pair(words, 9)
-    a1, b1 = _half2_pair(words, 5)
-    a2, b2 = _half2_pair(words, 1)
-    a3, b3 = _half2_pair(words, -3)
+    # codes i and i + 4 of a word share a 32-bit register (aj, bj): 11-13 integer ops per word
+    if PTX_DECODE:
+        a0, a1, a2, a3, b0, b1, b2, b3 = _decode_words_ptx(words)
+    else:
+        a0, b0 = _half2_pair(words, 9)
+        a1, b1 = _half2_pair(words, 5)
+        a2, b2 = _half2_pair(words, 1)
+        a3, b3 = _half2_pair(words, -3)
     v = tl.join(tl.join(tl.join(a0, a2), tl.join(a1, a3)), tl.join(tl.join(b0, b2), tl.join(b1, b3)))
     v = tl.reshape(v, [ROWS, BLOCK_K // 16, 16]) * e4m3_to_fp16(scale_bytes, CHECK_NAN)[:, :, None]
     return tl.reshape(v, [ROWS, BLOCK_K])
