@@ -12,7 +12,9 @@ The "K loop" line counts the main loop's instructions per thread per K tile and 
 import argparse
 import collections
 import re
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import triton
@@ -37,6 +39,17 @@ def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90, word_decode=False,
     src = ASTSource(gemm.nvfp4_gemm_kernel, sig, {(list(sig).index(k),): v for k, v in consts.items()},
                     {(i,): [["tt.divisibility", 16]] for i in range(9)})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+
+
+def registers(kernel) -> int:
+    """Registers a thread of the compiled kernel uses (cuobjdump's resource usage of the cubin)."""
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([str(tools / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True,
+                             check=True).stdout
+    return int(re.search(r"REG:(\d+)", out).group(1))
 
 
 def main_loop(sass: str) -> list[str]:
@@ -67,7 +80,7 @@ def main():
         ops = re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass, re.M)
         mix = collections.Counter(o.split(".")[0] for o in ops)
         mma = sorted({o for o in ops if "MMA" in o})
-        print(f"{spec}: {len(ops)} SASS, smem {k.metadata.shared} B, MMA {mma}")
+        print(f"{spec}: {len(ops)} SASS, smem {k.metadata.shared} B, {registers(k)} registers, MMA {mma}")
         print("   " + ", ".join(f"{x} {n}" for x, n in mix.most_common(20)))
         loop = main_loop(sass)
         if loop:  # per thread per K tile; x threads / tile elements = SASS per weight element
