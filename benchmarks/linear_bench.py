@@ -11,6 +11,7 @@ chain over its length. Weight bandwidth counts the padded NVFP4 weight's bytes (
     python benchmarks/linear_bench.py --tune           # tile sweeps for the small-M kernel and the paths
     python benchmarks/linear_bench.py --tune-gemv      # small M: CUDA-core kernel tiles vs the other one-launch paths
     python benchmarks/linear_bench.py --ab-fused       # past decode: x quantized in the GEMM vs a pass first vs cuBLAS
+    python benchmarks/linear_bench.py --ab-decode      # decode: PTX vs portable weight decode, left vs right operand
     python benchmarks/linear_bench.py --dry-run        # walk the code on tiny CPU shapes
 """
 
@@ -593,6 +594,113 @@ def run_tune_operand(args):
     write_csv(path, ["m", "n", "k", "kernel", "us", "bf16_us"], rows)
 
 
+# --ab-decode candidates: (block_m, block_n, block_k, warps, stages, weight the right operand, programs per SM).
+# The left-operand tiles with 1-2 warps stay on mma.sync (wgmma needs 4 warps): the decoded weight feeds the MMA
+# from registers with no shared-memory round trip, and each activation fragment serves more MMAs.
+DECODE_AB_CONFIGS = [(16, 64, 256, 4, 3, True, 2), (16, 64, 256, 4, 3, True, 3), (16, 64, 256, 2, 3, False, 2),
+                     (16, 64, 256, 2, 3, False, 3), (16, 64, 256, 2, 3, False, 4), (16, 64, 256, 2, 3, False, 6),
+                     (16, 64, 128, 2, 4, False, 2), (16, 64, 128, 2, 4, False, 4), (16, 64, 128, 2, 4, False, 6),
+                     (16, 128, 128, 2, 3, False, 2), (16, 32, 256, 1, 3, False, 4), (16, 32, 256, 1, 3, False, 8)]
+
+
+def run_ab_decode(args):
+    """Decode (M <= 16): the weight decode as inline PTX against the portable bit operations (run once
+    with FP4LINEAR_PORTABLE_DECODE=1, once without; rows merge by decode), for the routed path and
+    per tile, the weight as the MMA's left operand on mma.sync included; the pass + GEMM (two
+    launches) and the GEMM quantizing x (one launch); device time (CUDA-graph replays, weights cold),
+    static scale, bf16 input, cuBLAS bf16 in the same process (-> results/decode_ab_<gpu>.csv)."""
+    from fp4linear.kernels import numerics
+
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    decode = "ptx" if (device == "cuda" and numerics.PTX_DECODE) else "portable"
+    graph_us, _ = timers(device)
+    shapes = [(72, 200)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
+    ms = [4] if device == "cpu" else (args.m or [1, 4, 16])
+    rows = []
+    for n, k in tqdm(shapes, desc=f"decode a/b ({decode})", file=sys.stderr):
+        copies = cold_copies(n * k * 2) if device == "cuda" else 1
+        trios = make_layers(n, k, copies, device, torch.bfloat16)
+        kp = trios[0][1].k_padded
+        for m in ms:
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in trios]
+            a = torch.empty(m, kp, device=device, dtype=torch.float16)
+
+            def over_layers(step):
+                def run():
+                    for (_, layer, _), out in zip(trios, outs):
+                        step(layer, out)
+                return run
+            res = [(over_layers(lambda layer, out: layer(x)), "routed path")]
+            for bm, bn, bk, w, st, right, pps in DECODE_AB_CONFIGS:
+                if bk > kp or kp % bk:
+                    continue
+                cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, programs_per_sm=pps, predequant_a=True,
+                                         w_operand_b=right)
+                label = f"{'right' if right else 'left'} {bm}x{bn}x{bk} w{w} s{st} {pps}/SM"
+
+                def two(layer, out, cfg=cfg):
+                    kernels.fake_quantize(x, layer.input_global_scale, a, units=True)
+                    kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, None, out,
+                                                     config=cfg)
+                res.append((over_layers(two), f"two launches {label}"))
+                res.append((over_layers(lambda layer, out, cfg=cfg: kernels.nvfp4_gemm_quantize_x(
+                    x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, None, out,
+                    config=cfg)), f"one launch {label}"))
+            bf16 = graph_us(chain([t[0] for t in trios], x)) / copies
+            if device == "cpu":  # dry run: every candidate once, checked against the routed path
+                want = torch.stack([t[1](x) for t in trios]).float()
+                timed = []
+                for fn, name in res:
+                    fn()
+                    if name != "routed path":
+                        err = ((torch.stack(outs).float() - want).abs().max() / want.abs().max()).item()
+                        assert err < 1e-2, (name, err)
+                    timed.append((float("nan"), name))
+            else:
+                timed = time_candidates(res, copies)
+            rows += [[m, n, k, decode, name, t, bf16] for t, name in timed]
+            print(f"decode {decode} {m}x{n}x{k}: bf16 {bf16:.2f}us; " +
+                  "; ".join(f"{t:.2f}us ({bf16 / t:.2f}x) {nm}" for t, nm in timed[:4]), flush=True)
+    if device == "cpu":
+        args.no_write = True
+    else:
+        rows = merge_rows(args.results_dir / f"decode_ab_{gpu_slug()}.csv", rows, 5,
+                          lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], r[4], float(r[5]), float(r[6])])
+    intro = ("Decode, static scale, bf16 input, no bias; device time per layer (CUDA-graph replays over a chain of "
+             "cold copies). 'portable': the weight decode as Triton bit operations (FP4LINEAR_PORTABLE_DECODE=1, "
+             "the code before the PTX decode), 'ptx': inline PTX (11 integer instructions per 8 codes). Paths: the "
+             "routed one, and per tile the pass + GEMM ('two launches') or the GEMM quantizing x ('one launch'); "
+             "'right'/'left': the decoded weight as the MMA's right operand or its left one (mma.sync at 1-2 "
+             "warps); 'n/SM': K splits for about n programs per SM. The two decodes run in two processes on the "
+             "same machine; bf16 is the last run's. Table: the routed path under each decode, and the fastest tile; "
+             "every candidate is in the CSV.")
+    rows.sort(key=lambda r: (r[1] * r[2], r[1], r[0], r[4], r[3]))
+    publish(args, "Decode: inline-PTX weight decode and left-operand tiles (benchmarks/linear_bench.py --ab-decode)",
+            intro, ["m", "n", "k", "decode", "path", "us", "bf16_us"], rows, csv_name=f"decode_ab_{gpu_slug()}.csv",
+            md_header=DECODE_AB_MD_HEADER, md_rows=decode_ab_md_rows(rows))
+
+
+DECODE_AB_MD_HEADER = ["M", "N", "K", "bf16 us", "routed, portable us", "routed, ptx us", "ptx speed-up",
+                       "ptx vs bf16", "fastest tile (ptx)", "its us", "vs bf16"]
+
+
+def decode_ab_md_rows(rows):
+    """One markdown row per (M, N, K) of --ab-decode's CSV rows: the routed path under each decode and
+    the fastest of the tiles (the full grid stays in the CSV)."""
+    nan = float("nan")
+    out = []
+    for m, n, k in sorted({tuple(r[:3]) for r in rows}, key=lambda q: (q[1] * q[2], q[1], q[0])):
+        mine = [r for r in rows if tuple(r[:3]) == (m, n, k)]
+        bf16 = mine[-1][6]
+        routed = {r[3]: r[5] for r in mine if r[4] == "routed path"}
+        tiles = [r for r in mine if r[3] == "ptx" and not r[4].startswith("routed")]
+        best = min(tiles, key=lambda r: r[5]) if tiles else [nan] * 7
+        port, ptx = routed.get("portable", nan), routed.get("ptx", nan)
+        out.append([m, n, k, bf16, port, ptx, port / ptx, bf16 / ptx, best[4], best[5], bf16 / best[5]])
+    return out
+
+
 def run_tune_chunks(args):
     """The cuBLAS path's weight chunk size (`ops.CUBLAS_CHUNK_BYTES`): smaller chunks may stay in L2
     between their dequantization and cuBLAS's read, larger ones make fewer, wider cuBLAS calls;
@@ -771,6 +879,8 @@ def main():
               "(-> results/operands_ab_<gpu>.csv)"),
              ("--tune-operand", run_tune_operand, "the decoded weight as the MMA's right operand, per tile, vs "
               "the routed path (-> results/operand_tune_<gpu>.csv)"),
+             ("--ab-decode", run_ab_decode, "decode: inline-PTX vs portable weight decode, right vs left operand "
+              "tiles (-> results/decode_ab_<gpu>.csv)"),
              ("--tune-chunks", run_tune_chunks, "cuBLAS path: weight chunk sizes (-> results/chunk_tune_<gpu>.csv)"),
              ("--tune-pass", run_tune_pass, "decode-sized quantize passes, static and dynamic scale "
               "(-> results/pass_tune_<gpu>.csv)"),
