@@ -54,13 +54,15 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
     # weight as the right operand (`--tune-operand`, H200, M = 4 / 16): 4x28672x8192 70.6 us vs 115,
     # 16x8192x8192 27.3 vs 31.3, 16x8192x3696 18.1 vs 21.8, 16x2688x464 4.8 vs 6.3 (x quantized inside).
     # The largest weights (H100, --tune-operand, M = 4 / 16): K >= 16384 512-wide K tiles (8192x28672
-    # 65.3 / 67.5 us vs 69.4 / 69.9), N >= 16384 two warps (28672x8192 66.8 / 67.5 vs 70.9 / 70.9).
+    # 65.3 / 67.5 us vs 69.4 / 69.9). N >= 16384: see below.
     if m <= 16:
         if kp % 512 == 0 and kp >= 16384:
             return GemmConfig(16, 64, 512, 4, 3, split_k=0, predequant_a=True, w_operand_b=True)
         if kp % 256 == 0 and kp >= 2048:
-            warps = 2 if n >= 16384 else 4
-            return GemmConfig(16, 64, 256, warps, 3, split_k=0, predequant_a=True, w_operand_b=True)
+            if n >= 16384:  # the weight as the left operand on 2-warp mma.sync (--ab-decode: 16x28672x8192 59.1 us
+                # vs 63.2 as the right operand, 4x 57.8 vs 62.8): enough N tiles to fill the SMs without K splits
+                return GemmConfig(16, 64, 256, 2, 3, split_k=0, predequant_a=True)
+            return GemmConfig(16, 64, 256, 4, 3, split_k=0, predequant_a=True, w_operand_b=True)
         return GemmConfig(16, 64, block_k, 4, 4, split_k=0, predequant_a=True, w_operand_b=True)
     # Mid M on the Triton GEMM (the cuBLAS path takes over from M = 512, `fp4linear.ops.use_cublas`):
     # 64x64x128 tiles, 3 stages (128x4096x4096: 26.0 us vs 38.2 with 128x64x64; 128x1288x2688: 17.2

@@ -112,6 +112,9 @@ def test_decode_variants(device, m, n, k, word_decode, predequant_a):
     kernels.GemmConfig(128, 32, 128, 4, 2, split_k=0, predequant_a=True, w_operand_b=True),
     kernels.GemmConfig(16, 32, 64, 4, 2, split_k=0, predequant_a=True, w_operand_b=True, programs_per_sm=64,
                        min_split_tiles=1),  # one split per K tile
+    # the weight as the left operand on mma.sync (1-2 warps), K tiles wider than Kp's last one
+    kernels.GemmConfig(16, 64, 256, 2, 3, split_k=0, predequant_a=True),
+    kernels.GemmConfig(16, 32, 256, 1, 3, split_k=0, predequant_a=True, programs_per_sm=8),
 ], ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}s{c.split_k}{'b' if c.w_operand_b else ''}")
 @pytest.mark.parametrize("m", [300, 7])
 def test_tile_shapes(device, config, m):
