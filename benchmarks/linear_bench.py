@@ -522,6 +522,49 @@ OPERAND_CONFIGS = {
 }
 
 
+class TileCandidates:
+    """Decode-size candidates over a chain of layer copies (trios from `make_layers`): the routed path,
+    and per GemmConfig the pass + GEMM (two launches) or the GEMM quantizing x (one launch)."""
+
+    def __init__(self, trios, x):
+        self.trios, self.x = trios, x
+        m, n = x.shape[0], trios[0][1].out_features
+        self.outs = [torch.empty(m, n, device=x.device, dtype=torch.bfloat16) for _ in trios]
+        self.a = torch.empty(m, trios[0][1].k_padded, device=x.device, dtype=torch.float16)
+
+    def over_layers(self, step):
+        def run():
+            for (_, layer, _), out in zip(self.trios, self.outs):
+                step(layer, out)
+        return run
+
+    def routed(self):
+        return self.over_layers(lambda layer, out: layer(self.x))
+
+    def two_launches(self, cfg):
+        def step(layer, out):
+            kernels.fake_quantize(self.x, layer.input_global_scale, self.a, units=True)
+            kernels.nvfp4_gemm_dequantized_a(self.a, layer.weight, layer.weight_scale, layer.alpha, None, out,
+                                             config=cfg)
+        return self.over_layers(step)
+
+    def one_launch(self, cfg):
+        return self.over_layers(lambda layer, out: kernels.nvfp4_gemm_quantize_x(
+            self.x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, None, out, config=cfg))
+
+    def dry_run(self, res, own_output=("routed path",)):
+        """CPU: every candidate once, its outputs checked against the layers' own -> [(nan, name)]."""
+        want = torch.stack([t[1](self.x) for t in self.trios]).float()
+        timed = []
+        for fn, name in res:
+            fn()
+            if name not in own_output:  # (those return their output instead of writing outs)
+                err = ((torch.stack(self.outs).float() - want).abs().max() / want.abs().max()).item()
+                assert err < 1e-2, (name, err)
+            timed.append((float("nan"), name))
+        return timed
+
+
 def run_tune_operand(args):
     """The decoded weight as the MMA's right operand (`GemmConfig.w_operand_b`) against the layer's
     routed path: the quantize-dequantize pass + the Triton GEMM per tile, and at M <= 16 the GEMM
@@ -541,18 +584,11 @@ def run_tune_operand(args):
                 cache.update(key=(n, k, copies), trios=make_layers(n, k, copies, device, torch.bfloat16))
             trios = cache["trios"]
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
-            outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in trios]
             kp = trios[0][1].k_padded
-            a = torch.empty(m, kp, device=device, dtype=torch.float16)
-
-            def over_layers(step):
-                def run():
-                    for (_, layer, _), out in zip(trios, outs):
-                        step(layer, out)
-                return run
-            res = [(over_layers(lambda layer, out: layer(x)), "routed path")]
+            cand = TileCandidates(trios, x)
+            res = [(cand.routed(), "routed path")]
             if m > 16:  # the cuBLAS path forced (`use_cublas` sends it M >= 512, or 64 on small weights)
-                res.append((over_layers(lambda layer, out: ops.triton_linear(
+                res.append((cand.over_layers(lambda layer, out: ops.triton_linear(
                     x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2,
                     None, n, False, layer._alpha_host, cublas=True)), "cublas path"))
             configs = [kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, predequant_a=True, w_operand_b=True)
@@ -561,27 +597,12 @@ def run_tune_operand(args):
                 configs = [kernels.GemmConfig(16, 32, 64, 4, 1, split_k=0, predequant_a=True, w_operand_b=True)]
             for cfg in configs:
                 label = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
-
-                def two(layer, out, cfg=cfg):
-                    kernels.fake_quantize(x, layer.input_global_scale, a, units=True)
-                    kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, None, out,
-                                                     config=cfg)
-                res.append((over_layers(two), f"B-operand two launches {label}"))
+                res.append((cand.two_launches(cfg), f"B-operand two launches {label}"))
                 if m <= 16:
-                    res.append((over_layers(lambda layer, out, cfg=cfg: kernels.nvfp4_gemm_quantize_x(
-                        x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, None, out,
-                        config=cfg)), f"B-operand one launch {label}"))
+                    res.append((cand.one_launch(cfg), f"B-operand one launch {label}"))
             lins = [t[0] for t in trios]
             bf16 = graph_us(lambda: [lin(x) for lin in lins]) / copies
-            timed = [] if device == "cpu" else time_candidates(res, copies)
-            if device == "cpu":  # dry run: every candidate once, checked against the routed path
-                want = torch.stack([t[1](x) for t in trios]).float()
-                for fn, name in res:
-                    fn()
-                    if name not in ("routed path", "cublas path"):  # (which return their output)
-                        err = ((torch.stack(outs).float() - want).abs().max() / want.abs().max()).item()
-                        assert err < 1e-2, (name, err)
-                    timed.append((float("nan"), name))
+            timed = cand.dry_run(res, ("routed path", "cublas path")) if device == "cpu" else time_candidates(res, copies)
             for t, name in timed:
                 rows.append([m, n, k, name, t, bf16])
             routed = next(t for t, nm in timed if nm == "routed path")
@@ -597,7 +618,8 @@ def run_tune_operand(args):
 # --ab-decode candidates: (block_m, block_n, block_k, warps, stages, weight the right operand, programs per SM).
 # The left-operand tiles with 1-2 warps stay on mma.sync (wgmma needs 4 warps): the decoded weight feeds the MMA
 # from registers with no shared-memory round trip, and each activation fragment serves more MMAs.
-DECODE_AB_CONFIGS = [(16, 64, 256, 4, 3, True, 2), (16, 64, 256, 4, 3, True, 3), (16, 64, 256, 2, 3, False, 2),
+DECODE_AB_CONFIGS = [(16, 64, 256, 4, 3, True, 2), (16, 64, 256, 4, 3, True, 3), (16, 64, 256, 2, 3, True, 4),
+                     (16, 64, 256, 2, 3, True, 6), (16, 64, 256, 2, 3, False, 2),
                      (16, 64, 256, 2, 3, False, 3), (16, 64, 256, 2, 3, False, 4), (16, 64, 256, 2, 3, False, 6),
                      (16, 64, 128, 2, 4, False, 2), (16, 64, 128, 2, 4, False, 4), (16, 64, 128, 2, 4, False, 6),
                      (16, 128, 128, 2, 3, False, 2), (16, 32, 256, 1, 3, False, 4), (16, 32, 256, 1, 3, False, 8)]
@@ -623,42 +645,18 @@ def run_ab_decode(args):
         kp = trios[0][1].k_padded
         for m in ms:
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
-            outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in trios]
-            a = torch.empty(m, kp, device=device, dtype=torch.float16)
-
-            def over_layers(step):
-                def run():
-                    for (_, layer, _), out in zip(trios, outs):
-                        step(layer, out)
-                return run
-            res = [(over_layers(lambda layer, out: layer(x)), "routed path")]
+            cand = TileCandidates(trios, x)
+            res = [(cand.routed(), "routed path")]
             for bm, bn, bk, w, st, right, pps in DECODE_AB_CONFIGS:
                 if bk > kp or kp % bk:
                     continue
                 cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, programs_per_sm=pps, predequant_a=True,
                                          w_operand_b=right)
                 label = f"{'right' if right else 'left'} {bm}x{bn}x{bk} w{w} s{st} {pps}/SM"
-
-                def two(layer, out, cfg=cfg):
-                    kernels.fake_quantize(x, layer.input_global_scale, a, units=True)
-                    kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, None, out,
-                                                     config=cfg)
-                res.append((over_layers(two), f"two launches {label}"))
-                res.append((over_layers(lambda layer, out, cfg=cfg: kernels.nvfp4_gemm_quantize_x(
-                    x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, None, out,
-                    config=cfg)), f"one launch {label}"))
+                res.append((cand.two_launches(cfg), f"two launches {label}"))
+                res.append((cand.one_launch(cfg), f"one launch {label}"))
             bf16 = graph_us(chain([t[0] for t in trios], x)) / copies
-            if device == "cpu":  # dry run: every candidate once, checked against the routed path
-                want = torch.stack([t[1](x) for t in trios]).float()
-                timed = []
-                for fn, name in res:
-                    fn()
-                    if name != "routed path":
-                        err = ((torch.stack(outs).float() - want).abs().max() / want.abs().max()).item()
-                        assert err < 1e-2, (name, err)
-                    timed.append((float("nan"), name))
-            else:
-                timed = time_candidates(res, copies)
+            timed = cand.dry_run(res) if device == "cpu" else time_candidates(res, copies)
             rows += [[m, n, k, decode, name, t, bf16] for t, name in timed]
             print(f"decode {decode} {m}x{n}x{k}: bf16 {bf16:.2f}us; " +
                   "; ".join(f"{t:.2f}us ({bf16 / t:.2f}x) {nm}" for t, nm in timed[:4]), flush=True)
