@@ -85,7 +85,7 @@ def run_table(args):
     print(f"{card()}: copy ceiling {ceiling:.2f} TB/s; empty launch {empty:.2f} us (graph replay {empty_graph:.2f} us)")
     header = ["M", "K", "Kp", "fused us", "TB/s", "% copy", "aligned-Kp us", "pad overhead", "F.pad+quant us",
               "vs F.pad+quant", "compiled ref us", "vs compiled", "fused host-incl. us", "vs empty (graph)",
-              "vs empty (host-incl.)", "read-x us", "vs read-x"]
+              "vs empty (host-incl.)", "read-x us", "vs read-x", "same-size copy us", "% same-size copy"]
     rows = []
     shapes = [(m, k, kp) for m in MS for k, kp in KS]
     for m, k, kp in tqdm(shapes, desc="quant shapes", file=sys.stderr):
@@ -102,9 +102,14 @@ def run_table(args):
         tbps = moved_bytes(m, k, kp) / (fused * 1e-6) / 1e12
         small = m <= 16
         read_x = read_floor_us([x], device_us)  # a kernel that only reads x: the floor of any pass over it
+        # a copy moving as many bytes (read + write) as the quantize: the ceiling at this size, launch,
+        # ramp-up and tail included (the 'copy ceiling' is measured on 1 GiB)
+        src = torch.empty(moved_bytes(m, k, kp) // 2, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        copy_us = device_us(lambda: dst.copy_(src))
         rows.append([m, k, kp, fused, tbps, 100 * tbps / ceiling, aligned, fused / aligned, padded, padded / fused,
                      comp, comp / fused, host, fused / empty_graph if small else float("nan"),
-                     host / empty if small else float("nan"), read_x, fused / read_x])
+                     host / empty if small else float("nan"), read_x, fused / read_x, copy_us, 100 * copy_us / fused])
     intro = (f"Copy ceiling {ceiling:.2f} TB/s (read+write); empty Triton launch {empty_graph:.2f} us as a "
              f"CUDA-graph replay, {empty:.2f} us host-inclusive (do_bench). Device times ('us' columns) are "
              "medians of CUDA-graph replays (`triton.testing.do_bench_cudagraph`); 'host-incl.' is "
@@ -113,7 +118,9 @@ def run_table(args):
              "'pad overhead' = fused K->Kp / quantize of an aligned Kp-wide input; 'vs X' = X / fused; "
              "compiled ref = torch.compile of fp4linear.reference.quantize, dynamo reset per shape. 'read-x' = "
              "the fastest kernel that only reads x (`common.read_kernel`, writing one word per program), the "
-             "same graph replays: no pass over x can take less, launch, ramp-up and tail included.")
+             "same graph replays: no pass over x can take less, launch, ramp-up and tail included. 'same-size "
+             "copy' = torch's device copy of as many bytes as the quantize reads and writes together (half each "
+             "way), the same replays: the copy ceiling at this size; '% same-size copy' = its time / fused.")
     publish(args, "Fused pad+quantize (benchmarks/quant_bench.py)", intro, header, rows,
             csv_name=f"quant_{gpu_slug()}.csv")
 
