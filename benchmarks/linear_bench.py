@@ -531,6 +531,7 @@ class TileCandidates:
         m, n = x.shape[0], trios[0][1].out_features
         self.outs = [torch.empty(m, n, device=x.device, dtype=torch.bfloat16) for _ in trios]
         self.a = torch.empty(m, trios[0][1].k_padded, device=x.device, dtype=torch.float16)
+        self.a16 = torch.empty(-(-m // 16) * 16, trios[0][1].k_padded, device=x.device, dtype=torch.float16)
 
     def over_layers(self, step):
         def run():
@@ -542,10 +543,11 @@ class TileCandidates:
         return self.over_layers(lambda layer, out: layer(self.x))
 
     def two_launches(self, cfg):
+        a = self.a16 if cfg.a_mma16 else self.a
+
         def step(layer, out):
-            kernels.fake_quantize(self.x, layer.input_global_scale, self.a, units=True)
-            kernels.nvfp4_gemm_dequantized_a(self.a, layer.weight, layer.weight_scale, layer.alpha, None, out,
-                                             config=cfg)
+            kernels.fake_quantize(self.x, layer.input_global_scale, a, units=True, a_order=cfg.a_order)
+            kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, None, out, config=cfg)
         return self.over_layers(step)
 
     def one_launch(self, cfg):
@@ -615,14 +617,18 @@ def run_tune_operand(args):
     write_csv(path, ["m", "n", "k", "kernel", "us", "bf16_us"], rows)
 
 
-# --ab-decode candidates: (block_m, block_n, block_k, warps, stages, weight the right operand, programs per SM).
-# The left-operand tiles with 1-2 warps stay on mma.sync (wgmma needs 4 warps): the decoded weight feeds the MMA
-# from registers with no shared-memory round trip, and each activation fragment serves more MMAs.
+# --ab-decode candidates: (block_m, block_n, block_k, warps, stages, weight the right operand, programs per SM
+# [, A in the MMA fragment order]). The left-operand tiles with 1-2 warps stay on mma.sync (wgmma needs 4 warps):
+# the decoded weight feeds the MMA from registers with no shared-memory round trip, and each activation fragment
+# serves more MMAs. `GemmConfig.a_mma16` (two launches only): the pass writes A so that each fragment is one load.
 DECODE_AB_CONFIGS = [(16, 64, 256, 4, 3, True, 2), (16, 64, 256, 4, 3, True, 3), (16, 64, 256, 2, 3, True, 4),
                      (16, 64, 256, 2, 3, True, 6), (16, 64, 256, 2, 3, False, 2),
                      (16, 64, 256, 2, 3, False, 3), (16, 64, 256, 2, 3, False, 4), (16, 64, 256, 2, 3, False, 6),
                      (16, 64, 128, 2, 4, False, 2), (16, 64, 128, 2, 4, False, 4), (16, 64, 128, 2, 4, False, 6),
-                     (16, 128, 128, 2, 3, False, 2), (16, 32, 256, 1, 3, False, 4), (16, 32, 256, 1, 3, False, 8)]
+                     (16, 128, 128, 2, 3, False, 2), (16, 32, 256, 1, 3, False, 4), (16, 32, 256, 1, 3, False, 8),
+                     (16, 64, 256, 4, 3, True, 2, True), (16, 64, 256, 4, 3, True, 3, True),
+                     (16, 64, 128, 4, 4, True, 2, True), (16, 64, 512, 4, 3, True, 2, True),
+                     (16, 64, 256, 2, 3, False, 2, True), (16, 64, 256, 2, 3, False, 3, True)]
 
 
 def run_ab_decode(args):
@@ -647,14 +653,15 @@ def run_ab_decode(args):
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             cand = TileCandidates(trios, x)
             res = [(cand.routed(), "routed path")]
-            for bm, bn, bk, w, st, right, pps in DECODE_AB_CONFIGS:
+            for bm, bn, bk, w, st, right, pps, *mma16 in DECODE_AB_CONFIGS:
                 if bk > kp or kp % bk:
                     continue
                 cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, programs_per_sm=pps, predequant_a=True,
-                                         w_operand_b=right)
-                label = f"{'right' if right else 'left'} {bm}x{bn}x{bk} w{w} s{st} {pps}/SM"
+                                         w_operand_b=right, a_mma16=bool(mma16))
+                label = f"{'right' if right else 'left'} {bm}x{bn}x{bk} w{w} s{st} {pps}/SM{' mma16' if mma16 else ''}"
                 res.append((cand.two_launches(cfg), f"two launches {label}"))
-                res.append((cand.one_launch(cfg), f"one launch {label}"))
+                if not mma16:
+                    res.append((cand.one_launch(cfg), f"one launch {label}"))
             bf16 = graph_us(chain([t[0] for t in trios], x)) / copies
             timed = cand.dry_run(res) if device == "cpu" else time_candidates(res, copies)
             rows += [[m, n, k, decode, name, t, bf16] for t, name in timed]

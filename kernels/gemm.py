@@ -77,6 +77,7 @@ def nvfp4_gemm_kernel(
     AMAX_BLOCK: tl.constexpr,
     AMAX_CHUNKS: tl.constexpr,
     W_OPERAND_B: tl.constexpr,  # GemmConfig.w_operand_b: out = A @ W^T, the decoded weight the right operand
+    A_ORDER: tl.constexpr,  # GemmConfig.a_order: 1, 2: PREDEQUANT_A's A in that `layout.mma16_offset` order
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -140,6 +141,21 @@ def nvfp4_gemm_kernel(
             rk = k0 + tl.arange(0, BLOCK_K)
             x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0)
             a = fake_quantize_tile(x.to(tl.float32), gs, True, BLOCK_M, BLOCK_K)
+        elif A_ORDER > 0:  # a `layout.mma16_offset` order: one 16-byte run per MMA fragment (no register moves)
+            tile = a_ptr.to(tl.pointer_type(tl.float16)) + pid_m.to(tl.int64) * 16 * Kp + k0 * 16
+            cc = tl.arange(0, BLOCK_K // 64)[:, None, None, None, None, None]
+            run = (cc * 1024 + tl.arange(0, 4)[None, :, None, None, None, None] * 256
+                   + tl.arange(0, 8)[None, None, :, None, None, None] * 32
+                   + tl.arange(0, 2)[None, None, None, :, None, None] * 16
+                   + tl.arange(0, 2)[None, None, None, None, :, None] * 8
+                   + tl.arange(0, 8)[None, None, None, None, None, :])
+            a8 = tl.reshape(tl.load(tile + run, mask=k0 + cc * 64 < Kp, other=0.0), [BLOCK_K // 64, 4, 8, 2, 2, 2, 2, 2])
+            # -> rows (r8, g), K (cc, h, cl, s, jj, j2); the loaded dims: ORDER 1 cc cl g s jj h r8 j2,
+            # ORDER 2 cc cl g r8 jj s h j2
+            if A_ORDER == 1:
+                a = tl.reshape(tl.permute(a8, [6, 2, 0, 5, 1, 3, 4, 7]), [16, BLOCK_K])
+            else:
+                a = tl.reshape(tl.permute(a8, [3, 2, 0, 6, 1, 5, 4, 7]), [16, BLOCK_K])
         elif PREDEQUANT_A:
             rk = k0 + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],

@@ -38,6 +38,21 @@ class GemmConfig:
     # and waits on each MMA. Right: at 16-token tiles (mma.sync) the weight is decoded straight into
     # the operand registers; at 64+ it is stored once and the MMAs of a K tile run back to back.
     w_operand_b: bool = False
+    # With A pre-dequantized by the caller (`nvfp4_gemm_dequantized_a`), A in the 16-row MMA fragment
+    # order of its operand side (`fake_quantize(a_order=config.a_order)`, kernels/layout.py): each
+    # fragment one 128-bit load, no register moves (offline sm_90 K loop per K tile: 16x64x256w4s3,
+    # weight the right operand, 550 -> 408 SASS; 16x64x256w2s3, the left one, 918 -> 757). block_m 16.
+    a_mma16: bool = False
+
+    def __post_init__(self):
+        if self.a_mma16 and self.block_m != 16:
+            raise ValueError(f"a_mma16 needs block_m 16, got {self.block_m}")
+
+    @property
+    def a_order(self) -> int:
+        """The layout `nvfp4_gemm_dequantized_a` reads A in: 0 row-major, 1 / 2 the mma16 order for
+        A as the MMA's left / right operand (`layout.mma16_offset`)."""
+        return 0 if not self.a_mma16 else 1 if self.w_operand_b else 2
 
 
 def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) -> GemmConfig:
@@ -119,8 +134,9 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
 def nvfp4_gemm_dequantized_a(a_units, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None,
                              tiles_for_m: int | None = None):
     """The same GEMM with A already dequantized: fp16 [M, Kp] in units of 2^-14, in the weight
-    decode's K order (`fake_quantize(..., units=True)`). tiles_for_m (config None): the tiles
-    `gemm_config` picks for that many rows instead of M."""
+    decode's K order (`fake_quantize(..., units=True)`); with `config.a_mma16`, [round_up(M, 16), Kp]
+    in the MMA fragment order (`fake_quantize(..., a_order=config.a_order)`). tiles_for_m (config None): the
+    tiles `gemm_config` picks for that many rows instead of M."""
     m, n = out.shape
     if m == 0 or n == 0:
         return out
@@ -233,6 +249,7 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
                 DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1, W_OPERAND_B=config.w_operand_b,
+                A_ORDER=config.a_order if a_mode == _UNITS else 0,
                 **amax_reads(amax[1] if amax else 0, amax is not None))
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     tail = (index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values(), *options.values(), k_key, sx_key)

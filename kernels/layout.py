@@ -45,3 +45,29 @@ def scale_offset(row, col, S4, ROW_TILE: tl.constexpr):
         return row_part_128x4(row, S4) + col_part_128x4(col)
     else:
         return row_part_8x4(row, S4) + col_part_8x4(col)
+
+
+# ---- the decode GEMM's activation operand in MMA fragment order ("mma16") ----------------------
+# The pre-dequantized activation (fp16 units, K in `numerics.word_order`) of a 16-row GEMM tile is
+# read by Triton as mma.sync fragments (kWidth 8). Stored row-major, each fragment gathers from two
+# 128-bit loads, and the register moves that assemble them are a fifth of the decode tile's
+# instructions. The mma16 orders store each 16-row tile so that one fragment is one 16-byte run:
+# [Kp/64 cc][4 cl][8 g][2][2][2][2][2 j2] (row = 16 * tile + 8 * r8 + g, k within its 64-group =
+# 32 h + 8 cl + 4 s + 2 jj + j2), the five binary digits in the order of the MMA operand A is:
+# ORDER 1, A the left operand (weight the right one, `GemmConfig.w_operand_b`): s, jj, h, r8, j2;
+# ORDER 2, A the right operand: r8, jj, s, h, j2. Buffers hold round_up(M, 16) rows.
+# `mma16_offset` is the writer's formula; the GEMM (kernels/gemm.py) loads the [cc, cl, g, 2, 2, 8]
+# block and permutes it back.
+
+
+@triton.jit
+def mma16_offset(row, col, Kp, ORDER: tl.constexpr):
+    """Element offset of (row, col) of an [M, Kp] activation stored in mma16 order ORDER (1 or 2)."""
+    c = col % 64
+    h, cl, s, jj, j2 = c // 32, (c // 8) % 4, (c // 4) % 2, (c // 2) % 2, c % 2
+    r8 = (row // 8) % 2
+    base = (row // 16) * 16 * Kp + (col // 64) * 1024 + cl * 256 + (row % 8) * 32 + j2
+    if ORDER == 1:
+        return base + s * 16 + jj * 8 + h * 4 + r8 * 2
+    else:
+        return base + r8 * 16 + jj * 8 + s * 4 + h * 2

@@ -21,6 +21,7 @@ from ._interpreter import sibling
 # `sibling` gives the interpreted twins their interpreted helpers.
 
 _numerics = sibling(__name__, "numerics")
+mma16_offset = sibling(__name__, "layout").mma16_offset
 dequant_bytes = _numerics.dequant_bytes
 e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 quantize_blocks = _numerics.quantize_blocks
@@ -48,7 +49,8 @@ def fake_quantize_tile(x, gs, UNITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_
 @triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["global_scale_ptr", "scales_ptr"])
 def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, M, K, Kp, stride_xm, UNITS: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DYNAMIC: tl.constexpr,
-                         AMAX_ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr, AMAX_CHUNKS: tl.constexpr):
+                         AMAX_ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr, AMAX_CHUNKS: tl.constexpr,
+                         A_ORDER: tl.constexpr = 0):
     """DYNAMIC (small x only): global_scale_ptr is the weight's decode scale; every program derives
     (gs, alpha) from max |x| over all of x (`small_input_scales`: x is a few hundred KB at most, read
     from L2), and program (0, 0) writes them to scales_ptr (fp32 [2]) for the GEMM that follows."""
@@ -61,20 +63,24 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, M, K, Kp,
     else:
         gs = tl.load(global_scale_ptr)
     _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, tl.program_id(0), tl.program_id(1), UNITS,
-                           BLOCK_M, BLOCK_K)
+                           BLOCK_M, BLOCK_K, A_ORDER)
 
 
 @triton.jit
 def _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, pid_m, pid_k, UNITS: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One [BLOCK_M, BLOCK_K] tile of the quantize-dequantize pass (out's row stride Kp)."""
+                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, A_ORDER: tl.constexpr = 0):
+    """One [BLOCK_M, BLOCK_K] tile of the quantize-dequantize pass (out's row stride Kp; A_ORDER 1, 2:
+    out in that `layout.mma16_offset` order instead, UNITS only)."""
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     ok = (rows < M)[:, None] & (cols < K)[None, :]
     x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :], mask=ok, other=0.0)
     v = fake_quantize_tile(x.to(tl.float32), gs, UNITS, BLOCK_M, BLOCK_K)
-    tl.store(out_ptr + rows.to(tl.int64)[:, None] * Kp + cols[None, :], v.to(out_ptr.dtype.element_ty),
-             mask=(rows < M)[:, None] & (cols < Kp)[None, :])
+    if A_ORDER > 0:
+        offsets = mma16_offset(rows.to(tl.int64)[:, None], cols[None, :], Kp, A_ORDER)
+    else:
+        offsets = rows.to(tl.int64)[:, None] * Kp + cols[None, :]
+    tl.store(out_ptr + offsets, v.to(out_ptr.dtype.element_ty), mask=(rows < M)[:, None] & (cols < Kp)[None, :])
 
 
 @triton.jit
@@ -114,7 +120,7 @@ def cublas_operands_kernel(x_ptr, global_scale_ptr, a_ptr, M, K, Ka, stride_xm, 
     pid = tl.program_id(0)
     if pid < a_programs:
         _fake_quantize_program(x_ptr, tl.load(global_scale_ptr), a_ptr, M, K, Ka, stride_xm, pid // a_k_tiles,
-                               pid % a_k_tiles, False, BLOCK_M, BLOCK_K)
+                               pid % a_k_tiles, False, BLOCK_M, BLOCK_K, 0)
     else:
         w_pid = pid - a_programs
         _dequantize_rows_program(w_ptr, w_scale_ptr, w_out_ptr, 0, N, Kp, stride_wo, w_pid // w_k_tiles,

@@ -43,27 +43,35 @@ def fuses_dynamic_scale_in_pass(m: int, k: int, row_stride: int) -> bool:
     return m <= DYNAMIC_IN_PASS_ROWS and m * k <= DYNAMIC_IN_PASS_MAX and m * row_stride < 2**31
 
 
-def fake_quantize(x, global_scale, out, *, units: bool):
+def fake_quantize(x, global_scale, out, *, units: bool, a_order: int = 0):
     """out [M, Kp] = the NVFP4 values of x (e2m1 * e4m3, no global scale; zeros beyond K).
     units=True: fp16 in units of 2^-14 in the weight decode's K order (Triton GEMM operand);
-    False: true values in out's dtype (bf16/fp16), natural order (cuBLAS operand)."""
-    _fake_quantize(x, global_scale, out, units, None)
+    False: true values in out's dtype (bf16/fp16), natural order (cuBLAS operand).
+    a_order 1, 2 (units only; `GemmConfig.a_order` of the GEMM that reads out): out [round_up(M, 16),
+    Kp] in that 16-row MMA fragment order (`layout.mma16_offset`); rows M.. of the last tile are left
+    as they are."""
+    _fake_quantize(x, global_scale, out, units, None, a_order)
     return out
 
 
-def fake_quantize_dynamic(x, weight_scale_2, out, *, units: bool):
+def fake_quantize_dynamic(x, weight_scale_2, out, *, units: bool, a_order: int = 0):
     """`fake_quantize` under x's dynamic scale, derived from max |x| in the same launch (the bits of
     `dynamic_gs_alpha`; x as `fuses_dynamic_scale_in_pass` allows). Returns alpha, fp32 [1] on the
     device (per-stream scratch, as `dynamic_gs_alpha`'s: read it before the next dynamic-scale call
     on this stream; the Linear's GEMM does)."""
     s = scratch_of(x)
-    _fake_quantize(x, weight_scale_2, out, units, s.scales)
+    _fake_quantize(x, weight_scale_2, out, units, s.scales, a_order)
     return s.alpha
 
 
-def _fake_quantize(x, scale, out, units, scales):
+def _fake_quantize(x, scale, out, units, scales, a_order=0):
     m, k = x.shape
     kp = out.shape[1]
+    if a_order not in (0, 1, 2):
+        raise ValueError(f"a_order must be 0, 1 or 2, got {a_order!r}")
+    if a_order and (not units or out.shape[0] != cdiv(m, 16) * 16):
+        raise ValueError(f"a_order {a_order}: out must be fp16 units of round_up(M, 16) = {cdiv(m, 16) * 16} rows, "
+                         f"got units={units} and {out.shape[0]} rows")
     if m == 0:
         return
     index = x.get_device()  # CUDA device index, -1 on the CPU
@@ -71,7 +79,7 @@ def _fake_quantize(x, scale, out, units, scales):
     if dynamic and compile_tracing():
         m = int(m)  # torch.compile: the max |x| pass unrolls over rows (the graph specializes on M)
     plan = _fake_plan.__wrapped__ if compile_tracing() else _fake_plan  # M may be symbolic (unhashable) there
-    grid, meta, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype, dynamic)
+    grid, meta, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype, dynamic, a_order)
     sx = x.stride(0)
     args = (x, scale, out, scales if dynamic else out, m, k, kp, sx)
     if index < 0:
@@ -87,7 +95,7 @@ _OPTIONS = dict(num_warps=4)
 
 
 @functools.lru_cache(maxsize=4096)
-def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False):
+def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_order=0):
     """Grid, constexprs and launch key of one shape (device index -1: the CPU): worked out once
     (host time per call matters). With a dynamic scale (M <= 16) every program also reads all of x:
     wider, shorter tiles, so fewer programs do."""
@@ -97,7 +105,7 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False):
         block_m, block_k = (16, 256) if dynamic else (32, 128)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
-                AMAX_ROWS=triton.next_power_of_2(m) if dynamic else 1, **amax_reads(k, dynamic))
+                AMAX_ROWS=triton.next_power_of_2(m) if dynamic else 1, **amax_reads(k, dynamic), A_ORDER=a_order)
     tail = (index, x_dtype, out_dtype, k, kp, *meta.values())  # with x's alignment: the launch key
     return grid, meta, _launch_ids.setdefault(tail, len(_launch_ids))
 

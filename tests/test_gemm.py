@@ -124,3 +124,63 @@ def test_tile_shapes(device, config, m):
     out = torch.full((m, n), float("nan"), device=device)
     kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=config)
     assert_within_fp32_accumulation(out, qa, qw)
+
+
+def mma16_order(a: torch.Tensor, order: int) -> torch.Tensor:
+    """[M, Kp] row-major -> the flat mma16 order (kernels/layout.py), written here as reshape/permute:
+    per 16-row tile [Kp/64 cc][4 cl][8 g] then, order 1: [s][jj][h][r8][j2], order 2: [r8][jj][s][h][j2],
+    with row = 8 r8 + g and k = 64 cc + 32 h + 8 cl + 4 s + 2 jj + j2. Rows past M (to a multiple of
+    16) are NaN."""
+    m, kp = a.shape
+    rows = -(-m // 16) * 16
+    padded = torch.full((rows, kp), float("nan"), dtype=a.dtype, device=a.device)
+    padded[:m] = a
+    v = padded.view(rows // 16, 2, 8, kp // 64, 2, 4, 2, 2, 2)  # [t, r8, g, cc, h, cl, s, jj, j2]
+    if order == 1:
+        return v.permute(0, 3, 5, 2, 6, 7, 4, 1, 8).flatten()
+    return v.permute(0, 3, 5, 2, 1, 7, 6, 4, 8).flatten()
+
+
+@pytest.mark.parametrize("config", [
+    kernels.GemmConfig(16, 64, 256, 4, 3, split_k=0, predequant_a=True, w_operand_b=True, a_mma16=True),
+    kernels.GemmConfig(16, 32, 64, 4, 2, split_k=2, predequant_a=True, w_operand_b=True, a_mma16=True),
+    kernels.GemmConfig(16, 64, 256, 2, 3, split_k=0, predequant_a=True, a_mma16=True),
+    kernels.GemmConfig(16, 64, 128, 1, 3, split_k=3, predequant_a=True, a_mma16=True),
+], ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}w{c.num_warps}{'b' if c.w_operand_b else ''}")
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 40])
+def test_a_in_mma16_order(device, config, m):
+    """`fake_quantize(a_order=...)` writes the pass's values in the mma16 order of the GEMM's operand
+    side (rows past M untouched), and the GEMM reading that order (`GemmConfig.a_mma16`) gives the
+    row-major path's bits: K % 256 != 0 (masked K tiles), M not a multiple of 16, rows past M NaN."""
+    import dataclasses
+
+    n, k = 100, 1368
+    g = torch.Generator().manual_seed(m)
+    x = (torch.randn(m, k, generator=g) * 3).to(torch.bfloat16).to(device)
+    _, w, ws, _, qw = operands(m, n, k, device, generator=g)
+    gs = global_scale_of(x).to(device)
+    alpha = (1 / (gs.cpu() * qw.global_scale.cpu())).to(device)
+    kp = ws.shape[1] * 16
+    a = kernels.fake_quantize(x, gs, torch.empty(m, kp, dtype=torch.float16, device=device), units=True)
+    a16 = torch.full((-(-m // 16) * 16, kp), float("nan"), dtype=torch.float16, device=device)
+    kernels.fake_quantize(x, gs, a16, units=True, a_order=config.a_order)
+    want_order = mma16_order(a.cpu(), config.a_order)
+    written = ~want_order.isnan()
+    assert torch.equal(a16.cpu().flatten()[written].view(torch.int16), want_order[written].view(torch.int16))
+    assert a16.cpu().flatten()[~written].isnan().all()  # rows past M: untouched
+    want = torch.full((m, n), float("nan"), device=device)
+    row_major = dataclasses.replace(config, a_mma16=False)
+    kernels.nvfp4_gemm_dequantized_a(a, w, ws, alpha, None, want, config=row_major)
+    got = torch.full((m, n), float("nan"), device=device)
+    kernels.nvfp4_gemm_dequantized_a(a16, w, ws, alpha, None, got, config=config)
+    assert not want.isnan().any() and torch.equal(got, want)
+
+
+def test_a_mma16_errors():
+    with pytest.raises(ValueError, match="a_mma16 needs block_m 16"):
+        kernels.GemmConfig(32, 64, 128, 4, 3, a_mma16=True)
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="round_up"):
+        kernels.fake_quantize(x, torch.ones(1), torch.empty(5, 64, dtype=torch.float16), units=True, a_order=1)
+    with pytest.raises(ValueError, match="a_order must be"):
+        kernels.fake_quantize(x, torch.ones(1), torch.empty(16, 64, dtype=torch.float16), units=True, a_order=3)
