@@ -138,20 +138,26 @@ def activation(x, act: str, out):
 _launch_fake = CachedLaunch(act_module.act_fake_quantize_kernel)
 
 
-def act_fake_quantize(x, act: str, global_scale, out, *, units: bool):
+def act_fake_quantize(x, act: str, global_scale, out, *, units: bool, a_order: int = 0):
     """out [M, Kp] = the NVFP4 values of act(x [M, W]) under the encode scale `global_scale` (fp32
     [1], read on the device): e2m1 * e4m3 without the global scale, zeros beyond I. units=True:
     fp16 in units of 2^-14 in the weight decode's K order (the Triton GEMM's dequantized A); False:
     true values in out's dtype (bf16/fp16), natural order (cuBLAS). `kernels.fake_quantize` of
-    `activation(x)`, in one pass that never writes the activation."""
+    `activation(x)`, in one pass that never writes the activation. a_order 1, 2 (units only): out
+    [round_up(M, 16), Kp] in that MMA fragment order, as `fake_quantize`'s."""
     m, width = x.shape
     kp = out.shape[1]
+    if a_order not in (0, 1, 2):
+        raise ValueError(f"a_order must be 0, 1 or 2, got {a_order!r}")
+    if a_order and (not units or out.shape[0] != cdiv(m, 16) * 16):
+        raise ValueError(f"a_order {a_order}: out must be fp16 units of round_up(M, 16) = {cdiv(m, 16) * 16} rows, "
+                         f"got units={units} and {out.shape[0]} rows")
     if m == 0:
         return out
     index = x.get_device()  # CUDA device index, -1 on the CPU
     sx = x.stride(0)
     plan = _fake_plan.__wrapped__ if compile_tracing() else _fake_plan  # M may be symbolic (unhashable) there
-    grid, meta, (i_div, xm_div), launch_id = plan(index, m, act, width, sx, kp, units, x.dtype, out.dtype)
+    grid, meta, (i_div, xm_div), launch_id = plan(index, m, act, width, sx, kp, units, x.dtype, out.dtype, a_order)
     args = (x, global_scale, out, m, i_div, xm_div, kp)
     if index < 0:
         _run(_interpreter.interpreted(act_module).act_fake_quantize_kernel[grid], args, meta, x.device)
@@ -167,7 +173,7 @@ _FAKE_OPTIONS = dict(num_warps=4, enable_fp_fusion=False)  # the activation's IE
 
 
 @functools.lru_cache(maxsize=4096)
-def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype):
+def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype, a_order=0):
     """Grid, constexprs, integer arguments and launch key of one shape (device index -1: the CPU):
     worked out once (host time per call matters). Tiles as `fake_quantize`'s (not yet tuned on a
     GPU for the activation's second input)."""
@@ -178,7 +184,7 @@ def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype):
     block_m, block_k = (32, 128) if index >= 0 else (min(64, triton.next_power_of_2(m)), 128)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=index < 0, UNITS=units,
-                BLOCK_M=block_m, BLOCK_K=block_k)
+                BLOCK_M=block_m, BLOCK_K=block_k, A_ORDER=a_order)
     ints = (i // i_mult, stride // xm_mult)
     tail = (index, x_dtype, out_dtype, *(int_key(v) for v in (*ints, kp)), *meta.values())  # with x's alignment
     return grid, meta, ints, _launch_ids.setdefault(tail, len(_launch_ids))

@@ -59,9 +59,10 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
     block_k = 128 if kp % 128 == 0 else 64
     if device_type == "cpu":
         # Interpreter: few, large programs; the GPU's split-K and pre-dequantized-A paths still exercised.
+        # (the decode tiles read A in the MMA fragment order here, so that CPU tests run that path throughout)
         return GemmConfig(min(64, max(16, triton.next_power_of_2(m))), min(64, max(16, triton.next_power_of_2(n))),
                           block_k, 4, 1, split_k=2 if m <= 16 and kp >= 4 * block_k else 1, predequant_a=m > 16,
-                          w_operand_b=m <= 16)
+                          w_operand_b=m <= 16, a_mma16=m <= 16)
     # Measured on the H100 (linear_bench.py --tune; whole layer, weights cold in L2, CUDA-graph
     # medians). Decode, A already dequantized: 16-token tiles, 64 weight rows, split-K to two programs
     # per SM; 256-wide K tiles with 3 stages where K allows (1x8192x8192: 31.1 us vs 34.2 with 128x4
@@ -103,6 +104,20 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
     return GemmConfig(256, 128, 64, 8, 4, predequant_a=True)  # 8192^3: 2515 us vs 2660 (s3), 2786 (128x128)
 
 
+def activation_order(m, n: int, kp: int, device, tiles_for_m: int | None = None) -> int:
+    """The layout (`GemmConfig.a_order`) in which `nvfp4_gemm_dequantized_a` without a config reads
+    its A for this shape: what the pass before it must write (rows round_up(M, 16) when not 0)."""
+    rows = m if tiles_for_m is None else tiles_for_m
+    if compile_tracing():  # M may be symbolic (unhashable) there
+        return gemm_config(rows, n, kp, device.type, _sm_count(device)).a_order
+    return _activation_order(rows, n, kp, device)
+
+
+@functools.lru_cache(maxsize=4096)
+def _activation_order(rows, n, kp, device) -> int:
+    return gemm_config(rows, n, kp, device.type, _sm_count(device)).a_order
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
@@ -132,15 +147,23 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
 
 
 def nvfp4_gemm_dequantized_a(a_units, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None,
-                             tiles_for_m: int | None = None):
-    """The same GEMM with A already dequantized: fp16 [M, Kp] in units of 2^-14, in the weight
-    decode's K order (`fake_quantize(..., units=True)`); with `config.a_mma16`, [round_up(M, 16), Kp]
-    in the MMA fragment order (`fake_quantize(..., a_order=config.a_order)`). tiles_for_m (config None): the
-    tiles `gemm_config` picks for that many rows instead of M."""
+                             tiles_for_m: int | None = None, a_order: int | None = None):
+    """The same GEMM with A already dequantized: fp16 in units of 2^-14, in the weight decode's K
+    order, laid out as `a_order` says (`GemmConfig.a_order`): 0, [M, Kp] row-major
+    (`fake_quantize(..., units=True)`); 1 or 2, [round_up(M, 16), Kp] in that MMA fragment order
+    (`fake_quantize(..., a_order=...)`; `activation_order` gives the one the routed tile reads).
+    a_order None: config's own, row-major when config is None. tiles_for_m (config None): the tiles
+    `gemm_config` picks for that many rows instead of M."""
     m, n = out.shape
     if m == 0 or n == 0:
         return out
-    return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, tiles_for_m=tiles_for_m)
+    if a_order is not None and a_order not in (0, 1, 2):
+        raise ValueError(f"a_order must be 0, 1 or 2, got {a_order!r}")
+    if a_order and a_units.shape[0] != cdiv(m, 16) * 16:
+        raise ValueError(f"a_order {a_order}: a_units must have round_up(M, 16) = {cdiv(m, 16) * 16} rows, "
+                         f"got {a_units.shape[0]}")
+    return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, tiles_for_m=tiles_for_m,
+                 a_order=a_order)
 
 
 def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None,
@@ -184,7 +207,8 @@ _launch = CachedLaunch(gemm_module.nvfp4_gemm_kernel,
 _PACKED, _UNITS, _X = 0, 1, 2  # what A is: packed NVFP4, fp16 units (dequantized), the input x
 
 
-def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED, tiles_for_m=None, dynamic=False):
+def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED, tiles_for_m=None, dynamic=False,
+          a_order=None):
     m, n = out.shape
     kp = w_data.shape[1] * 2
     index = out.get_device()  # CUDA device index, -1 on the CPU
@@ -200,7 +224,7 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED,
     amax = (triton.next_power_of_2(int(m)), k) if dynamic else None
     grid, meta, options, split, tiles, per_split, launch_id = plan(
         index, m, n, kp, config, a_mode, a.dtype, out.dtype, None if bias is None else bias.dtype,
-        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax)
+        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax, a_order)
     if split > 1:
         partials, tickets = scratch_of(out).get(split * m * n, tiles)
     else:
@@ -234,15 +258,24 @@ def k_splits(config: GemmConfig, tiles: int, kp: int, sm_count: int) -> tuple[in
 
 @functools.lru_cache(maxsize=4096)
 def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, k_key=0, sx_key=0, tiles_for_m=None,
-               amax=None):
+               amax=None, a_order=None):
     """Config, split-K, grid, constexprs and launch key of one shape (device index -1: the CPU):
     worked out once. k_key, sx_key: `int_key` of x's K and row stride (what Triton specializes
     them on; a_mode _X only); amax: (rows, K) of a dynamic scale's max |x| reads, or None."""
     device = torch.device("cuda", index) if index >= 0 else torch.device("cpu")
-    if config is None:
+    routed = config is None
+    if routed:
         config = gemm_config(m if tiles_for_m is None else tiles_for_m, n, kp, device.type, _sm_count(device))
     if a_mode != _PACKED:  # A's values in the weight decode's order: word decode on both sides
         config = replace(config, predequant_a=a_mode == _UNITS, word_decode=True)
+    if a_mode == _UNITS and routed and a_order is None:
+        a_order = 0  # (a routed tile reads a row-major A unless told otherwise)
+    if a_mode == _UNITS and a_order is not None and a_order != config.a_order:
+        # the caller's layout of A decides; a routed tile follows it where it can
+        if not routed or (a_order and (config.block_m != 16 or (a_order == 1) != config.w_operand_b)):
+            raise ValueError(f"a_order {a_order} does not match the GEMM tile ({config}): its A layout is "
+                             f"{config.a_order}")
+        config = replace(config, a_mma16=bool(a_order))
     tiles = cdiv(m, config.block_m) * cdiv(n, config.block_n)
     split, per_split = k_splits(config, tiles, kp, _sm_count(device))
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,

@@ -274,3 +274,22 @@ def test_no_host_sync_and_cuda_graph(dynamic):
     assert torch.equal(out.global_scale, want_gs) if dynamic else True
     out.global_scale = want_gs
     assert_same_bits(out, reference.quantize(h.cpu(), want_gs.cpu(), k_align=64))
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("m", [3, 16, 21])
+def test_act_fake_quantize_in_mma16_order(device, order, m):
+    """`act_fake_quantize(a_order=...)` writes the row-major pass's values in the GEMM's MMA fragment
+    order (kernels/layout.py), rows past M untouched."""
+    from .test_gemm import mma16_order
+
+    x = act_input(m, 200, "silu_mul", device=device)
+    gs = dynamic_scale(torch_act(x, "silu_mul"))
+    kp = 256
+    a = kernels.act_fake_quantize(x, "silu_mul", gs, torch.empty(m, kp, dtype=torch.float16, device=device), units=True)
+    a16 = torch.full((-(-m // 16) * 16, kp), float("nan"), dtype=torch.float16, device=device)
+    kernels.act_fake_quantize(x, "silu_mul", gs, a16, units=True, a_order=order)
+    want = mma16_order(a.cpu(), order)
+    written = ~want.isnan()
+    assert torch.equal(a16.cpu().flatten()[written].view(torch.int16), want[written].view(torch.int16))
+    assert a16.cpu().flatten()[~written].isnan().all()

@@ -184,3 +184,12 @@ def test_a_mma16_errors():
         kernels.fake_quantize(x, torch.ones(1), torch.empty(5, 64, dtype=torch.float16), units=True, a_order=1)
     with pytest.raises(ValueError, match="a_order must be"):
         kernels.fake_quantize(x, torch.ones(1), torch.empty(16, 64, dtype=torch.float16), units=True, a_order=3)
+    # the GEMM: A's declared layout must fit its rows and the tile's operand side
+    _, w, ws, alpha, _ = operands(5, 40, 192, "cpu")
+    out = torch.empty(5, 40)
+    with pytest.raises(ValueError, match="a_units must have round_up"):
+        kernels.nvfp4_gemm_dequantized_a(torch.zeros(5, 192, dtype=torch.float16), w, ws, alpha, None, out, a_order=1)
+    right = kernels.GemmConfig(16, 32, 64, 4, 1, predequant_a=True, w_operand_b=True, a_mma16=True)
+    with pytest.raises(ValueError, match="a_order 2 does not match"):
+        kernels.nvfp4_gemm_dequantized_a(torch.zeros(16, 192, dtype=torch.float16), w, ws, alpha, None, out,
+                                         config=right, a_order=2)
