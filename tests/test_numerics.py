@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 import fp4linear
-from fp4linear import kernels, reference
+from fp4linear import reference
 from fp4linear.kernels import _interpreter, gemm, numerics
 
 from .conftest import global_scale_of
