@@ -531,7 +531,7 @@ class TileCandidates:
         m, n = x.shape[0], trios[0][1].out_features
         self.outs = [torch.empty(m, n, device=x.device, dtype=torch.bfloat16) for _ in trios]
         self.a = torch.empty(m, trios[0][1].k_padded, device=x.device, dtype=torch.float16)
-        self.a16 = torch.empty(-(-m // 16) * 16, trios[0][1].k_padded, device=x.device, dtype=torch.float16)
+        self.a16 = torch.empty(kernels.mma16_rows(m, 1), trios[0][1].k_padded, device=x.device, dtype=torch.float16)
 
     def over_layers(self, step):
         def run():

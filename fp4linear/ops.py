@@ -226,7 +226,7 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
                 return kernels.nvfp4_gemm_quantize_x(x, None, weight, weight_scale, None, bias, out,
                                                      tiles_for_m=tiles_for_m, weight_scale_2=weight_scale_2)
             order = kernels.activation_order(m, n, kp, x.device)
-            a = scratch_of(x).dequantized_activation(_rows_for(m, order), kp)
+            a = scratch_of(x).dequantized_activation(kernels.mma16_rows(m, order), kp)
             alpha = kernels.fake_quantize_dynamic(x, weight_scale_2, a, units=True, a_order=order)
             return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out, a_order=order)
         gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2, act=act)  # views of per-stream scratch, made once
@@ -241,15 +241,10 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
         kernels.act_fake_quantize(x, act, gs, a, units=False)
         return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_arg, out)
     order = kernels.activation_order(m, n, kp, x.device, tiles_for_m)
-    a = _fake_quantize(x, act, gs, scratch_of(x).dequantized_activation(_rows_for(m, order), kp), units=True,
+    a = _fake_quantize(x, act, gs, scratch_of(x).dequantized_activation(kernels.mma16_rows(m, order), kp), units=True,
                        a_order=order)
     return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out, tiles_for_m=tiles_for_m,
                                             a_order=order)
-
-
-def _rows_for(m, a_order: int):
-    """Rows of the dequantized activation: M, or a multiple of 16 in an MMA fragment order."""
-    return (m + 15) // 16 * 16 if a_order else m
 
 
 def _fake_quantize(x, act, gs, out, units: bool, a_order: int = 0):

@@ -7,6 +7,7 @@ validated, already allocated tensors; `fp4linear` does the checking and allocati
 from .act_quantize_launch import (ACTS, AmaxConfig, act_fake_quantize, act_pad_quantize, act_width, activation,
                                   amax_config)
 from .gemv_launch import GemvConfig, fuses_dynamic_scale, gemv_config, linear_gemv
+from .layout import mma16_rows
 from .gemm_launch import (GemmConfig, activation_order, gemm_config, nvfp4_gemm, nvfp4_gemm_dequantized_a,
                           nvfp4_gemm_quantize_x)
 from .quant_dequant_launch import (alpha_epilogue, cublas_operands, dequantize_rows, fake_quantize, fake_quantize_dynamic,
@@ -20,6 +21,6 @@ __all__ = ["ACTS", "AmaxConfig", "GemmConfig", "GemvConfig", "QuantConfig", "SMA
            "cublas_operands",
            "dequantize_rows", "dynamic_gs_alpha", "dynamic_scales", "fake_quantize", "fake_quantize_dynamic",
            "fuses_dynamic_scale", "fuses_dynamic_scale_in_pass", "gemm_config", "gemv_config", "linear_gemv",
-           "linear_small_m", "nvfp4_gemm", "nvfp4_gemm_dequantized_a", "nvfp4_gemm_quantize_x", "pad_quantize", "quant_config",
+           "linear_small_m", "mma16_rows", "nvfp4_gemm", "nvfp4_gemm_dequantized_a", "nvfp4_gemm_quantize_x", "pad_quantize", "quant_config",
            "scale_config",
            "small_m_config"]

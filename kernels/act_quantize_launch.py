@@ -12,6 +12,7 @@ import triton
 from . import _interpreter
 from . import act_quantize as act_module
 from .launch import CachedLaunch, cdiv, compile_tracing, int_key
+from .layout import check_mma16
 from .quantize_launch import MEASURED_VARIANTS, QuantConfig, kernel_meta, quant_config
 
 # name -> (ACT code in kernels/act_quantize.py, gated)
@@ -147,11 +148,9 @@ def act_fake_quantize(x, act: str, global_scale, out, *, units: bool, a_order: i
     [round_up(M, 16), Kp] in that MMA fragment order, as `fake_quantize`'s."""
     m, width = x.shape
     kp = out.shape[1]
-    if a_order not in (0, 1, 2):
-        raise ValueError(f"a_order must be 0, 1 or 2, got {a_order!r}")
-    if a_order and (not units or out.shape[0] != cdiv(m, 16) * 16):
-        raise ValueError(f"a_order {a_order}: out must be fp16 units of round_up(M, 16) = {cdiv(m, 16) * 16} rows, "
-                         f"got units={units} and {out.shape[0]} rows")
+    check_mma16(a_order, out.shape[0], m, "out")
+    if a_order and not units:
+        raise ValueError(f"a_order {a_order} needs units=True (the Triton GEMM's operand)")
     if m == 0:
         return out
     index = x.get_device()  # CUDA device index, -1 on the CPU

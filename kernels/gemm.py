@@ -24,6 +24,7 @@ from ._interpreter import sibling
 _layout = sibling(__name__, "layout")
 col_part_128x4 = _layout.col_part_128x4
 row_part_128x4 = _layout.row_part_128x4
+load_mma16_tile = _layout.load_mma16_tile
 _numerics = sibling(__name__, "numerics")
 DECODE_UNIT_SCALE = _numerics.DECODE_UNIT_SCALE
 dequant_bytes = _numerics.dequant_bytes
@@ -142,20 +143,7 @@ def nvfp4_gemm_kernel(
             x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0)
             a = fake_quantize_tile(x.to(tl.float32), gs, True, BLOCK_M, BLOCK_K)
         elif A_ORDER > 0:  # a `layout.mma16_offset` order: one 16-byte run per MMA fragment (no register moves)
-            tile = a_ptr.to(tl.pointer_type(tl.float16)) + pid_m.to(tl.int64) * 16 * Kp + k0 * 16
-            cc = tl.arange(0, BLOCK_K // 64)[:, None, None, None, None, None]
-            run = (cc * 1024 + tl.arange(0, 4)[None, :, None, None, None, None] * 256
-                   + tl.arange(0, 8)[None, None, :, None, None, None] * 32
-                   + tl.arange(0, 2)[None, None, None, :, None, None] * 16
-                   + tl.arange(0, 2)[None, None, None, None, :, None] * 8
-                   + tl.arange(0, 8)[None, None, None, None, None, :])
-            a8 = tl.reshape(tl.load(tile + run, mask=k0 + cc * 64 < Kp, other=0.0), [BLOCK_K // 64, 4, 8, 2, 2, 2, 2, 2])
-            # -> rows (r8, g), K (cc, h, cl, s, jj, j2); the loaded dims: ORDER 1 cc cl g s jj h r8 j2,
-            # ORDER 2 cc cl g r8 jj s h j2
-            if A_ORDER == 1:
-                a = tl.reshape(tl.permute(a8, [6, 2, 0, 5, 1, 3, 4, 7]), [16, BLOCK_K])
-            else:
-                a = tl.reshape(tl.permute(a8, [3, 2, 0, 6, 1, 5, 4, 7]), [16, BLOCK_K])
+            a = load_mma16_tile(a_ptr.to(tl.pointer_type(tl.float16)), pid_m, k0, Kp, BLOCK_K, A_ORDER)
         elif PREDEQUANT_A:
             rk = k0 + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],

@@ -10,6 +10,7 @@ import triton
 from . import _interpreter
 from . import gemm as gemm_module
 from .launch import CachedLaunch, cdiv, compile_tracing, int_key
+from .layout import check_mma16
 from .quant_dequant_launch import amax_reads, fake_quantize, fake_quantize_dynamic, fuses_dynamic_scale_in_pass
 from .workspace import scratch_of
 
@@ -157,11 +158,9 @@ def nvfp4_gemm_dequantized_a(a_units, w_data, w_scale, alpha, bias, out, *, conf
     m, n = out.shape
     if m == 0 or n == 0:
         return out
-    if a_order is not None and a_order not in (0, 1, 2):
-        raise ValueError(f"a_order must be 0, 1 or 2, got {a_order!r}")
-    if a_order and a_units.shape[0] != cdiv(m, 16) * 16:
-        raise ValueError(f"a_order {a_order}: a_units must have round_up(M, 16) = {cdiv(m, 16) * 16} rows, "
-                         f"got {a_units.shape[0]}")
+    if a_order is None:
+        a_order = config.a_order if config is not None else 0
+    check_mma16(a_order, a_units.shape[0], m, "a_units")
     return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, tiles_for_m=tiles_for_m,
                  a_order=a_order)
 
@@ -268,8 +267,6 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
         config = gemm_config(m if tiles_for_m is None else tiles_for_m, n, kp, device.type, _sm_count(device))
     if a_mode != _PACKED:  # A's values in the weight decode's order: word decode on both sides
         config = replace(config, predequant_a=a_mode == _UNITS, word_decode=True)
-    if a_mode == _UNITS and routed and a_order is None:
-        a_order = 0  # (a routed tile reads a row-major A unless told otherwise)
     if a_mode == _UNITS and a_order is not None and a_order != config.a_order:
         # the caller's layout of A decides; a routed tile follows it where it can
         if not routed or (a_order and (config.block_m != 16 or (a_order == 1) != config.w_operand_b)):

@@ -56,8 +56,22 @@ def scale_offset(row, col, S4, ROW_TILE: tl.constexpr):
 # 32 h + 8 cl + 4 s + 2 jj + j2), the five binary digits in the order of the MMA operand A is:
 # ORDER 1, A the left operand (weight the right one, `GemmConfig.w_operand_b`): s, jj, h, r8, j2;
 # ORDER 2, A the right operand: r8, jj, s, h, j2. Buffers hold round_up(M, 16) rows.
-# `mma16_offset` is the writer's formula; the GEMM (kernels/gemm.py) loads the [cc, cl, g, 2, 2, 8]
-# block and permutes it back.
+# `mma16_offset` is the writer's formula, `load_mma16_tile` the GEMM's reader (one [cc, cl, g, 2, 2, 8]
+# block, permuted back in registers), `mma16_rows` / `check_mma16` the launchers' buffer rule.
+
+
+def mma16_rows(m, a_order: int):
+    """Rows of an [M, Kp] activation buffer in layout a_order: M row-major (0), else round_up(M, 16)."""
+    return (m + 15) // 16 * 16 if a_order else m
+
+
+def check_mma16(a_order, rows: int, m, name: str) -> None:
+    """A clear error unless a_order is 0, 1 or 2 and the buffer `name` has the rows it needs."""
+    if a_order not in (0, 1, 2):
+        raise ValueError(f"a_order must be 0, 1 or 2, got {a_order!r}")
+    if a_order and rows != mma16_rows(m, a_order):
+        raise ValueError(f"a_order {a_order}: {name} must have round_up(M, 16) = {mma16_rows(m, a_order)} rows, "
+                         f"got {rows}")
 
 
 @triton.jit
@@ -71,3 +85,23 @@ def mma16_offset(row, col, Kp, ORDER: tl.constexpr):
         return base + s * 16 + jj * 8 + h * 4 + r8 * 2
     else:
         return base + r8 * 16 + jj * 8 + s * 4 + h * 2
+
+
+@triton.jit
+def load_mma16_tile(a_ptr, pid_m, k0, Kp, BLOCK_K: tl.constexpr, ORDER: tl.constexpr):
+    """fp16 [16, BLOCK_K] = rows 16 pid_m.. and K columns k0.. of an activation in mma16 order ORDER
+    (a_ptr fp16; columns from Kp on read as 0): one 16-byte run per MMA fragment."""
+    tile = a_ptr + pid_m.to(tl.int64) * 16 * Kp + k0 * 16
+    cc = tl.arange(0, BLOCK_K // 64)[:, None, None, None, None, None]
+    run = (cc * 1024 + tl.arange(0, 4)[None, :, None, None, None, None] * 256
+           + tl.arange(0, 8)[None, None, :, None, None, None] * 32
+           + tl.arange(0, 2)[None, None, None, :, None, None] * 16
+           + tl.arange(0, 2)[None, None, None, None, :, None] * 8
+           + tl.arange(0, 8)[None, None, None, None, None, :])
+    a8 = tl.reshape(tl.load(tile + run, mask=k0 + cc * 64 < Kp, other=0.0), [BLOCK_K // 64, 4, 8, 2, 2, 2, 2, 2])
+    # -> rows (r8, g), K (cc, h, cl, s, jj, j2); the loaded dims: ORDER 1 cc cl g s jj h r8 j2,
+    # ORDER 2 cc cl g r8 jj s h j2
+    if ORDER == 1:
+        return tl.reshape(tl.permute(a8, [6, 2, 0, 5, 1, 3, 4, 7]), [16, BLOCK_K])
+    else:
+        return tl.reshape(tl.permute(a8, [3, 2, 0, 6, 1, 5, 4, 7]), [16, BLOCK_K])

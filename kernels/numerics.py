@@ -218,7 +218,7 @@ def dequant_words(words, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
     """int32 words [ROWS, BLOCK_K/8] of packed codes + scale bytes [ROWS, BLOCK_K/16] -> fp16
     [ROWS, BLOCK_K] in units of 2^-14, K in `word_order` (the same permutation for every operand
     leaves dot products unchanged; the joins keep each half2 pair of one 32-bit register together)."""
-    # codes i and i + 4 of a word share a 32-bit register (aj, bj): 11-13 integer ops per word
+    # codes i and i + 4 of a word share a 32-bit register (aj, bj): 11 integer ops a word as PTX, ~15 portable
     if PTX_DECODE:
         a0, a1, a2, a3, b0, b1, b2, b3 = _decode_words_ptx(words)
     else:

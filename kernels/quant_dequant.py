@@ -50,7 +50,7 @@ def fake_quantize_tile(x, gs, UNITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_
 def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, M, K, Kp, stride_xm, UNITS: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DYNAMIC: tl.constexpr,
                          AMAX_ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr, AMAX_CHUNKS: tl.constexpr,
-                         A_ORDER: tl.constexpr = 0):
+                         A_ORDER: tl.constexpr):
     """DYNAMIC (small x only): global_scale_ptr is the weight's decode scale; every program derives
     (gs, alpha) from max |x| over all of x (`small_input_scales`: x is a few hundred KB at most, read
     from L2), and program (0, 0) writes them to scales_ptr (fp32 [2]) for the GEMM that follows."""
@@ -68,7 +68,7 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, M, K, Kp,
 
 @triton.jit
 def _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, pid_m, pid_k, UNITS: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, A_ORDER: tl.constexpr = 0):
+                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, A_ORDER: tl.constexpr):
     """One [BLOCK_M, BLOCK_K] tile of the quantize-dequantize pass (out's row stride Kp; A_ORDER 1, 2:
     out in that `layout.mma16_offset` order instead, UNITS only)."""
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

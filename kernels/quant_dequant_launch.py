@@ -11,6 +11,7 @@ import triton
 from . import _interpreter
 from . import quant_dequant as qd_module
 from .launch import CachedLaunch, alignment_key, cdiv, compile_tracing, int_key
+from .layout import check_mma16
 from .workspace import scratch_of
 
 _launch_fake = CachedLaunch(qd_module.fake_quantize_kernel)
@@ -67,11 +68,9 @@ def fake_quantize_dynamic(x, weight_scale_2, out, *, units: bool, a_order: int =
 def _fake_quantize(x, scale, out, units, scales, a_order=0):
     m, k = x.shape
     kp = out.shape[1]
-    if a_order not in (0, 1, 2):
-        raise ValueError(f"a_order must be 0, 1 or 2, got {a_order!r}")
-    if a_order and (not units or out.shape[0] != cdiv(m, 16) * 16):
-        raise ValueError(f"a_order {a_order}: out must be fp16 units of round_up(M, 16) = {cdiv(m, 16) * 16} rows, "
-                         f"got units={units} and {out.shape[0]} rows")
+    check_mma16(a_order, out.shape[0], m, "out")
+    if a_order and not units:
+        raise ValueError(f"a_order {a_order} needs units=True (the Triton GEMM's operand)")
     if m == 0:
         return
     index = x.get_device()  # CUDA device index, -1 on the CPU
