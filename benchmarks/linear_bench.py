@@ -662,6 +662,8 @@ def run_ab_decode(args):
                 res.append((cand.two_launches(cfg), f"two launches {label}"))
                 if not mma16:
                     res.append((cand.one_launch(cfg), f"one launch {label}"))
+            if args.tiles:  # only the candidates whose name holds one of these strings (the routed path always)
+                res = res[:1] + [(fn, nm) for fn, nm in res[1:] if any(t in nm for t in args.tiles)]
             bf16 = graph_us(chain([t[0] for t in trios], x)) / copies
             timed = cand.dry_run(res) if device == "cpu" else time_candidates(res, copies)
             rows += [[m, n, k, decode, name, t, bf16] for t, name in timed]
@@ -677,7 +679,8 @@ def run_ab_decode(args):
              "the code before the PTX decode), 'ptx': inline PTX (11 integer instructions per 8 codes). Paths: the "
              "routed one, and per tile the pass + GEMM ('two launches') or the GEMM quantizing x ('one launch'); "
              "'right'/'left': the decoded weight as the MMA's right operand or its left one (mma.sync at 1-2 "
-             "warps); 'n/SM': K splits for about n programs per SM. The two decodes run in two processes on the "
+             "warps); 'mma16': A written in the MMA's fragment order (`GemmConfig.a_mma16`); 'n/SM': K splits for "
+             "about n programs per SM. The two decodes run in two processes on the "
              "same machine; bf16 is the last run's. Table: the routed path under each decode, and the fastest tile; "
              "every candidate is in the CSV.")
     rows.sort(key=lambda r: (r[1] * r[2], r[1], r[0], r[4], r[3]))
@@ -903,6 +906,7 @@ def main():
     p.add_argument("--m", type=int, nargs="*", help="only these M")
     p.add_argument("--shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", help="only these NxK")
     p.add_argument("--update", action="store_true", help="replace only the measured rows of this card's CSV")
+    p.add_argument("--tiles", nargs="*", help="--ab-decode: only the tiles whose name holds one of these strings")
     add_output_args(p)
     args = p.parse_args()
     run = next((fn for flag, fn, _ in modes if getattr(args, flag[2:].replace("-", "_"))), run_table)

@@ -143,7 +143,7 @@ def nvfp4_gemm_kernel(
             x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0)
             a = fake_quantize_tile(x.to(tl.float32), gs, True, BLOCK_M, BLOCK_K)
         elif A_ORDER > 0:  # a `layout.mma16_offset` order: one 16-byte run per MMA fragment (no register moves)
-            a = load_mma16_tile(a_ptr.to(tl.pointer_type(tl.float16)), pid_m, k0, Kp, BLOCK_K, A_ORDER)
+            a = load_mma16_tile(a_ptr.to(tl.pointer_type(tl.float16)), pid_m, k0, Kp, BLOCK_K, A_ORDER, EVEN_K)
         elif PREDEQUANT_A:
             rk = k0 + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],

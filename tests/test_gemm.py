@@ -128,7 +128,7 @@ def test_tile_shapes(device, config, m):
 
 def mma16_order(a: torch.Tensor, order: int) -> torch.Tensor:
     """[M, Kp] row-major -> the flat mma16 order (kernels/layout.py), written here as reshape/permute:
-    per 16-row tile [Kp/64 cc][4 cl][8 g] then, order 1: [s][jj][h][r8][j2], order 2: [r8][jj][s][h][j2],
+    per 16-row tile [Kp/64 cc], then order 1: [s][jj][8 g][4 cl][h][r8][j2], order 2: [r8][jj][8 g][4 cl][s][h][j2],
     with row = 8 r8 + g and k = 64 cc + 32 h + 8 cl + 4 s + 2 jj + j2. Rows past M (to a multiple of
     16) are NaN."""
     m, kp = a.shape
@@ -137,8 +137,8 @@ def mma16_order(a: torch.Tensor, order: int) -> torch.Tensor:
     padded[:m] = a
     v = padded.view(rows // 16, 2, 8, kp // 64, 2, 4, 2, 2, 2)  # [t, r8, g, cc, h, cl, s, jj, j2]
     if order == 1:
-        return v.permute(0, 3, 5, 2, 6, 7, 4, 1, 8).flatten()
-    return v.permute(0, 3, 5, 2, 1, 7, 6, 4, 8).flatten()
+        return v.permute(0, 3, 6, 7, 2, 5, 4, 1, 8).flatten()
+    return v.permute(0, 3, 1, 7, 2, 5, 6, 4, 8).flatten()
 
 
 @pytest.mark.parametrize("config", [
