@@ -64,14 +64,16 @@ def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
 
 
 def use_gemv(m: int, n: int, kp: int) -> bool:
-    """M <= 2, M <= 4 on weights under 24M elements, and M <= 8 on weights under 2M: the CUDA-core
-    kernel (`kernels.linear_gemv`, one launch). H100, weights cold, device time (linear_bench.py
-    --tune-gemv against the paths below): 1x8192x8192 22.0 us vs 32.1, 2x8192x8192 26.6 vs 30.7,
-    1x28672x8192 58.5 vs 89.9, 1x2688x464 2.4 vs 7.3, 4x4096x4096 14.8 vs 16.0, 8x2688x464 4.65 vs
-    6.8; but 4x8192x8192 41.0 vs 30.6, 4x8192x3696 22.3 vs 21.0, 8x1288x2688 13.9 vs 12.3 and
+    """M = 1, M <= 2 on weights under 24M elements, M <= 4 under 16M, and M <= 8 under 2M: the
+    CUDA-core kernel (`kernels.linear_gemv`, one launch). H100, weights cold, device time
+    (linear_bench.py --tune-gemv against the paths below): 1x8192x8192 22.0 us vs 32.1, 1x28672x8192
+    58.5 vs 89.9, 1x2688x464 2.4 vs 7.3, 8x2688x464 4.65 vs 6.8; but 8x1288x2688 13.9 vs 12.3 and
     16x2688x464 8.8 vs 6.1 (its products, one per weight element and row, then outweigh the decode
-    it shares)."""
-    return m <= 2 or (m <= 4 and n * kp < 24 * 2**20) or (m <= 8 and n * kp < 2 * 2**20)
+    it shares). Against the GEMM reading A in fragment order (--ab-decode, H200, same run): 2x8192x8192
+    22.5 vs 20.6, 2x8192x3696 16.5 vs 14.1, 2x28672x8192 66.7 vs 52.3, 4x4096x4096 12.6 vs 10.9; but
+    2x4096x4096 8.7 vs 11.0 (H100: 2x28672x8192 68.2 vs 57.8, 4x4096x4096 12.8 vs 12.0 row-major)."""
+    return m == 1 or (m <= 2 and n * kp < 24 * 2**20) or (m <= 4 and n * kp < 16 * 2**20) or (
+        m <= 8 and n * kp < 2 * 2**20)
 
 
 def use_quantize_in_gemm(m: int, n: int, kp: int) -> bool:

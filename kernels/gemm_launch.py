@@ -72,15 +72,21 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
     # 16x8192x8192 27.3 vs 31.3, 16x8192x3696 18.1 vs 21.8, 16x2688x464 4.8 vs 6.3 (x quantized inside).
     # The largest weights (H100, --tune-operand, M = 4 / 16): K >= 16384 512-wide K tiles (8192x28672
     # 65.3 / 67.5 us vs 69.4 / 69.9). N >= 16384: see below.
+    # A in the MMA fragment order (`a_mma16`; --ab-decode, H100, M = 2 / 4 / 16, vs the same tile
+    # row-major): 8192x8192 22.6 / 22.3 / 23.1 us vs 24.3 / 24.0 / 24.1 (H200: 20.6 / 20.6 / 21.1 vs 23.4-23.8),
+    # 4096x4096 11.1 / 11.2 / 11.3 vs 12.0 / 11.9 / 12.0, 8192x3696 14.4 / 14.6 vs 15.1 / 15.0 at M = 4 / 16,
+    # 8192x28672 58.4 / 59.0 / 61.0 vs 61.2 / 61.4 / 63.6; but with the weight the left operand (28672x8192)
+    # 57.0 / 58.3 / 62.3 vs 57.8 / 58.3 / 59.6 (H200: 52.3 / 55.0 / 54.9 vs 56.2-58.1), so that tile stays row-major.
     if m <= 16:
         if kp % 512 == 0 and kp >= 16384:
-            return GemmConfig(16, 64, 512, 4, 3, split_k=0, predequant_a=True, w_operand_b=True)
+            return GemmConfig(16, 64, 512, 4, 3, split_k=0, predequant_a=True, w_operand_b=True, a_mma16=True)
         if kp % 256 == 0 and kp >= 2048:
             if n >= 16384:  # the weight as the left operand on 2-warp mma.sync (--ab-decode: 16x28672x8192 59.1 us
                 # vs 63.2 as the right operand, 4x 57.8 vs 62.8): enough N tiles to fill the SMs without K splits
                 return GemmConfig(16, 64, 256, 2, 3, split_k=0, predequant_a=True)
-            return GemmConfig(16, 64, 256, 4, 3, split_k=0, predequant_a=True, w_operand_b=True)
-        return GemmConfig(16, 64, block_k, 4, 4, split_k=0, predequant_a=True, w_operand_b=True)
+            return GemmConfig(16, 64, 256, 4, 3, split_k=0, programs_per_sm=3, predequant_a=True, w_operand_b=True,
+                              a_mma16=True)
+        return GemmConfig(16, 64, block_k, 4, 4, split_k=0, predequant_a=True, w_operand_b=True, a_mma16=True)
     # Mid M on the Triton GEMM (the cuBLAS path takes over from M = 512, `fp4linear.ops.use_cublas`):
     # 64x64x128 tiles, 3 stages (128x4096x4096: 26.0 us vs 38.2 with 128x64x64; 128x1288x2688: 17.2
     # vs 30.3). From 32M weight elements 128x64x64, 4 stages, the weight as the right operand
