@@ -10,7 +10,7 @@ import triton
 from . import _interpreter
 from . import gemm as gemm_module
 from .launch import CachedLaunch, cdiv, compile_tracing, int_key
-from .layout import check_mma16
+from .layout import check_mma16, mma16_rows
 from .quant_dequant_launch import amax_reads, fake_quantize, fake_quantize_dynamic, fuses_dynamic_scale_in_pass
 from .workspace import scratch_of
 
@@ -192,12 +192,16 @@ def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: G
     if x.shape[1] == 1 or x.stride(0) == 1:
         # Triton makes an integer argument equal to 1 a constant, and with K or x's row stride a
         # constant its dot-operand pass fails to compile this kernel (Triton 3.6): a pass first.
-        a = torch.empty((m, w_data.shape[1] * 2), dtype=torch.float16, device=x.device)
+        # (A in the layout the tile reads: the routed decode tiles take the mma16 order)
+        kp = w_data.shape[1] * 2
+        order = config.a_order if config is not None else activation_order(m, n, kp, x.device, tiles_for_m)
+        a = torch.empty((mma16_rows(m, order), kp), dtype=torch.float16, device=x.device)
         if dynamic:
-            alpha = fake_quantize_dynamic(x, weight_scale_2, a, units=True)
+            alpha = fake_quantize_dynamic(x, weight_scale_2, a, units=True, a_order=order)
         else:
-            fake_quantize(x, gs, a, units=True)
-        return _gemm(a, a, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, tiles_for_m=tiles_for_m)
+            fake_quantize(x, gs, a, units=True, a_order=order)
+        return _gemm(a, a, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, tiles_for_m=tiles_for_m,
+                     a_order=order)
     if dynamic:
         return _gemm(x, weight_scale_2, w_data, w_scale, weight_scale_2, bias, out, config, a_mode=_X,
                      tiles_for_m=tiles_for_m, dynamic=True)
@@ -213,7 +217,7 @@ _PACKED, _UNITS, _X = 0, 1, 2  # what A is: packed NVFP4, fp16 units (dequantize
 
 
 def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED, tiles_for_m=None, dynamic=False,
-          a_order=None):
+          a_order=0):
     m, n = out.shape
     kp = w_data.shape[1] * 2
     index = out.get_device()  # CUDA device index, -1 on the CPU
@@ -263,7 +267,7 @@ def k_splits(config: GemmConfig, tiles: int, kp: int, sm_count: int) -> tuple[in
 
 @functools.lru_cache(maxsize=4096)
 def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, k_key=0, sx_key=0, tiles_for_m=None,
-               amax=None, a_order=None):
+               amax=None, a_order=0):
     """Config, split-K, grid, constexprs and launch key of one shape (device index -1: the CPU):
     worked out once. k_key, sx_key: `int_key` of x's K and row stride (what Triton specializes
     them on; a_mode _X only); amax: (rows, K) of a dynamic scale's max |x| reads, or None."""
@@ -273,7 +277,7 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
         config = gemm_config(m if tiles_for_m is None else tiles_for_m, n, kp, device.type, _sm_count(device))
     if a_mode != _PACKED:  # A's values in the weight decode's order: word decode on both sides
         config = replace(config, predequant_a=a_mode == _UNITS, word_decode=True)
-    if a_mode == _UNITS and a_order is not None and a_order != config.a_order:
+    if a_mode == _UNITS and a_order != config.a_order:
         # the caller's layout of A decides; a routed tile follows it where it can
         if not routed or (a_order and (config.block_m != 16 or (a_order == 1) != config.w_operand_b)):
             raise ValueError(f"a_order {a_order} does not match the GEMM tile ({config}): its A layout is "

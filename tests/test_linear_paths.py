@@ -212,6 +212,19 @@ def test_dequantized_a_gemm_writes_every_element_with_a_strided_output(device):
     assert big[:, :8].isnan().all() and big[:, 8 + n :].isnan().all()
 
 
+@pytest.mark.parametrize("m, n", [(9, 112), (16, 70), (1, 40), (40, 33)])
+def test_quantize_in_gemm_with_one_column(device, m, n):
+    """K = 1: `nvfp4_gemm_quantize_x` runs a pass first (see there), which must write A in the layout
+    of the tile the GEMM takes (the decode tiles' mma16 order); found by the hypothesis test."""
+    layer, ckpt, q = layer_for(n, 1, device, bias=False, seed=44)
+    x = (torch.randn(m, 1, generator=torch.Generator().manual_seed(44)) * 3).to(torch.bfloat16).to(device)
+    out = torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device)
+    kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, None,
+                                  out)
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(out, ref, bound, torch.bfloat16)
+
+
 @pytest.mark.parametrize("m, k, dtype, row_stride", [(33, 320, torch.float32, 0), (70, 464, torch.bfloat16, 520),
                                                      (5, 1376, torch.float16, 0)])  # the last: split K on the CPU
 def test_quantize_in_gemm_equals_the_two_launches_and_writes_every_element(device, m, k, dtype, row_stride):
