@@ -69,9 +69,9 @@ def use_gemv(m: int, n: int, kp: int) -> bool:
     (linear_bench.py --tune-gemv against the paths below): 1x8192x8192 22.0 us vs 32.1, 1x28672x8192
     58.5 vs 89.9, 1x2688x464 2.4 vs 7.3, 8x2688x464 4.65 vs 6.8; but 8x1288x2688 13.9 vs 12.3 and
     16x2688x464 8.8 vs 6.1 (its products, one per weight element and row, then outweigh the decode
-    it shares). Against the GEMM reading A in fragment order (--ab-decode, H200, same run): 2x8192x8192
-    22.5 vs 20.6, 2x8192x3696 16.5 vs 14.1, 2x28672x8192 66.7 vs 52.3, 4x4096x4096 12.6 vs 10.9; but
-    2x4096x4096 8.7 vs 11.0 (H100: 2x28672x8192 68.2 vs 57.8, 4x4096x4096 12.8 vs 12.0 row-major)."""
+    it shares). Against the GEMM reading A in fragment order (--ab-decode, H100, same run): 2x8192x8192
+    24.2 vs 22.6, 2x8192x3696 16.7 vs 14.5, 2x28672x8192 68.2 vs 57.0, 4x4096x4096 12.8 vs 11.2; but
+    2x4096x4096 9.0 vs 11.1 (an H200 run agreed: 2x28672x8192 66.7 vs 52.3, 2x4096x4096 8.7 vs 11.0)."""
     return m == 1 or (m <= 2 and n * kp < 24 * 2**20) or (m <= 4 and n * kp < 16 * 2**20) or (
         m <= 8 and n * kp < 2 * 2**20)
 
@@ -105,19 +105,21 @@ def _fp32_reductions(dtype: torch.dtype):
 
 
 def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None = None, dynamic: bool = False,
-               k: int | None = None) -> int:
+               k: int | None = None, bias: bool = False) -> int:
     """Temporary device memory of `triton_linear` besides the output: the dequantized activation
     (per-stream scratch on the Triton path, reused from call to call; allocated per call on the
     cuBLAS path, K rounded up to 8 columns (k None: Kp), with the weight chunk and, for a dynamic
-    scale, the fp32 output chunk). Split-K partials (per-stream scratch) not counted."""
+    scale or a bias cuBLAS cannot add (`bias_in_addmm`), the fp32 output chunk). Split-K partials
+    (per-stream scratch) not counted."""
     if use_gemv(m, n, kp):
         return 0
     cublas = use_cublas(m, n, kp, dynamic) if cublas is None else cublas
     if not cublas:
         return m * kp * 2
     ka = kp if k is None else cublas_k(k, kp)
-    rows = _chunk_rows(n, kp, dtype, m if dynamic else None)
-    return m * ka * dtype.itemsize + rows * kp * dtype.itemsize + (m * rows * 4 if dynamic else 0)
+    fp32_out = dynamic or (bias and not bias_in_addmm(n, kp, dtype))
+    rows = _chunk_rows(n, kp, dtype, m if fp32_out else None)
+    return m * ka * dtype.itemsize + rows * kp * dtype.itemsize + (m * rows * 4 if fp32_out else 0)
 
 
 def cublas_k(k: int, kp: int) -> int:
@@ -237,7 +239,8 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
     if cublas:
         k = kernels.act_width(act, x.shape[1]) if act is not None else x.shape[1]
         a = torch.empty((m, cublas_k(k, kp)), dtype=x.dtype, device=x.device)
-        alpha_arg = alpha_host if not dynamic and alpha_host is not None else alpha
+        host_alpha = not dynamic and alpha_host is not None and (bias is None or bias_in_addmm(n, kp, x.dtype))
+        alpha_arg = alpha_host if host_alpha else alpha
         if act is None:  # x's values and the first weight chunk in one launch
             return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_arg, out, x=x, gs=gs)
         kernels.act_fake_quantize(x, act, gs, a, units=False)
@@ -263,12 +266,15 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
     cuBLAS reads the first Ka columns. The cuBLAS path of `triton_linear` and `triton_act_linear`.
     With x and gs, `a` is written here first, by the first chunk's launch (`kernels.cublas_operands`).
 
-    alpha a Python float (a static scale): cuBLAS applies it, `addmm(alpha=)`. alpha an fp32 [1]
+    alpha a Python float (a static scale): cuBLAS applies it, `addmm(alpha=)` (with a bias only where
+    `bias_in_addmm`; elsewhere alpha goes to the device and the route below is taken). alpha an fp32 [1]
     tensor (a dynamic scale, computed on the device; reading it on the host would sync): cuBLAS
     writes each chunk's fp32 accumulators, and `kernels.alpha_epilogue` scales, adds the bias and
     rounds them once, as cuBLAS's own epilogue does.
     """
     n, kp, ka = out.shape[1], weight.shape[1] * 2, a.shape[1]
+    if bias is not None and not isinstance(alpha, torch.Tensor) and not bias_in_addmm(n, kp, a.dtype):
+        alpha = torch.full((1,), alpha, dtype=torch.float32, device=a.device)  # the epilogue route (see there)
     on_device = isinstance(alpha, torch.Tensor)
     rows = _chunk_rows(n, kp, a.dtype, a.shape[0] if on_device else None)
     chunk = torch.empty((rows, kp), dtype=a.dtype, device=a.device)
@@ -287,15 +293,20 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
                 kernels.alpha_epilogue(acc[:, : r1 - r0], alpha, None if bias is None else bias[r0:r1], o)
             elif bias is None:
                 torch.addmm(o, a, w.t(), beta=0, alpha=alpha, out=o)  # beta=0: o is not read
-            elif o.stride(0) % 8:
-                # Output rows not 16-byte aligned: there torch's addmm with a 1-D bias gave wrong
-                # elements on the H100 (17x15x361, torch 2.11); the bias as a 2-D C (beta = 1) is
-                # the same single rounding of alpha * A @ W^T + bias.
-                o.copy_(bias[r0:r1].to(a.dtype).expand_as(o))
-                o.addmm_(a, w.t(), alpha=alpha)
-            else:
-                torch.addmm(bias[r0:r1].to(a.dtype), a, w.t(), alpha=alpha, out=o)
+            else:  # one chunk, aligned rows (`bias_in_addmm`)
+                torch.addmm(bias.to(a.dtype), a, w.t(), alpha=alpha, out=o)
     return out
+
+
+def bias_in_addmm(n: int, kp: int, dtype: torch.dtype) -> bool:
+    """Whether the cuBLAS path with a static scale may add the bias in cuBLAS's own epilogue
+    (`torch.addmm` with a 1-D bias): only where the output is one chunk with 16-byte aligned rows.
+    Elsewhere torch 2.11's addmm gave wrong elements on the H100 (found by the hypothesis test):
+    rows not 16-byte aligned (17x15x361, 81x85x369), and column slices of the output (several
+    chunks: 15x272x73, 44x136x394), the latter also with the bias first copied into the slice
+    (beta = 1). There the path takes the dynamic scale's route instead: fp32 accumulators, then
+    `kernels.alpha_epilogue` (alpha, bias, one rounding)."""
+    return n % 8 == 0 and _chunk_rows(n, kp, dtype) >= n
 
 
 def _mm_fp32(a, b, out):

@@ -338,11 +338,12 @@ def test_gpu_quantize_in_gemm_equals_the_two_launches(m, n, k):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("m, n, k", [(17, 15, 361), (40, 15, 361), (17, 15, 368), (300, 131, 464)])
-def test_gpu_cublas_bias_with_unaligned_output_rows(monkeypatch, m, n, k):
-    """The cuBLAS path with a bias where the output's rows are not 16-byte aligned (N % 8 != 0),
-    over several weight chunks: found by the hypothesis test on the H100 (wrong elements from
-    addmm's 1-D bias there)."""
+@pytest.mark.parametrize("m, n, k", [(17, 15, 361), (40, 15, 361), (17, 15, 368), (300, 131, 464), (15, 272, 73),
+                                     (44, 136, 394), (75, 288, 265)])
+def test_gpu_cublas_bias_over_several_chunks(monkeypatch, m, n, k):
+    """The cuBLAS path with a bias where the output's rows are not 16-byte aligned (N % 8 != 0), and
+    over several weight chunks (each chunk's output a column slice of out, aligned rows or not):
+    found by the hypothesis test on the H100 (wrong elements from addmm's 1-D bias there)."""
     monkeypatch.setattr(ops, "CUBLAS_CHUNK_BYTES", 1)  # -> 128-row chunks
     layer, ckpt, q = layer_for(n, k, "cuda", bias=True, seed=0)
     x = (torch.randn(m, k, generator=torch.Generator().manual_seed(0)) * 3).to(torch.bfloat16).cuda()
