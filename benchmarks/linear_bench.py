@@ -709,6 +709,44 @@ def decode_ab_md_rows(rows):
     return out
 
 
+def run_ab_bias(args):
+    """The cost of a bias past decode: the same layer with and without one (static scale, bf16 input),
+    nn.Linear with and without one in the same process. On the cuBLAS path a bias goes through
+    cuBLAS's epilogue only for one weight chunk with 16-byte aligned rows (`ops.bias_in_addmm`),
+    elsewhere through fp32 chunks and `alpha_epilogue`; device time (CUDA-graph replays)
+    (-> results/bias_ab_<gpu>.csv)."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    shapes = [(300, 200)] if device == "cpu" else (args.shapes or [(8192, 8192), (4096, 4096), (2576, 2688),
+                                                                    (1288, 2688), (2688, 464)])
+    ms = [130] if device == "cpu" else (args.m or [2048, 8192])
+    rows = []
+    for n, k in tqdm(shapes, desc="bias a/b", file=sys.stderr):
+        lin = torch.nn.Linear(k, n, bias=True, device=device, dtype=torch.bfloat16)
+        with_bias = fp4linear.Linear.from_linear(lin, input_scale=fp4linear.decode_scale(torch.tensor(4.0)),
+                                                 backend="triton")
+        lin_nb = torch.nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16)
+        lin_nb.weight.data.copy_(lin.weight.data)
+        no_bias = fp4linear.Linear.from_linear(lin_nb, input_scale=fp4linear.decode_scale(torch.tensor(4.0)),
+                                               backend="triton")
+        for m in ms:
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            t = [graph_us(lambda mod=mod: mod(x)) for mod in (lin_nb, lin, no_bias, with_bias)]
+            in_addmm = ops.bias_in_addmm(n, with_bias.k_padded, x.dtype)
+            rows.append([m, n, k, "addmm" if in_addmm else "fp32 epilogue", *t, t[3] - t[2], t[0] / t[2], t[1] / t[3]])
+            print(f"bias {m}x{n}x{k}: bf16 {t[0]:.1f} / {t[1]:.1f} us, fp4 {t[2]:.1f} / {t[3]:.1f} us "
+                  f"(no bias / bias)", flush=True)
+    if device == "cpu":
+        args.no_write = True
+    intro = ("Static scale, bf16 input; device time per layer (CUDA-graph replays). 'bias route': how the fp4 "
+             "layer's cuBLAS path adds the bias (`ops.bias_in_addmm`: cuBLAS's epilogue for one weight chunk "
+             "with 16-byte aligned rows, else fp32 chunks and `alpha_epilogue`). 'bias cost' = fp4 with bias - "
+             "fp4 without; 'speed-up' = bf16 / fp4 of the same kind.")
+    publish(args, "Bias past decode (benchmarks/linear_bench.py --ab-bias)", intro,
+            ["m", "n", "k", "bias_route", "bf16_us", "bf16_bias_us", "fp4_us", "fp4_bias_us", "bias_cost_us",
+             "speedup", "speedup_bias"], rows, csv_name=f"bias_ab_{gpu_slug()}.csv")
+
+
 def run_tune_chunks(args):
     """The cuBLAS path's weight chunk size (`ops.CUBLAS_CHUNK_BYTES`): smaller chunks may stay in L2
     between their dequantization and cuBLAS's read, larger ones make fewer, wider cuBLAS calls;
@@ -889,6 +927,8 @@ def main():
               "the routed path (-> results/operand_tune_<gpu>.csv)"),
              ("--ab-decode", run_ab_decode, "decode: inline-PTX vs portable weight decode, right vs left operand "
               "tiles (-> results/decode_ab_<gpu>.csv)"),
+             ("--ab-bias", run_ab_bias, "past decode: the same layer with and without a bias "
+              "(-> results/bias_ab_<gpu>.csv)"),
              ("--tune-chunks", run_tune_chunks, "cuBLAS path: weight chunk sizes (-> results/chunk_tune_<gpu>.csv)"),
              ("--tune-pass", run_tune_pass, "decode-sized quantize passes, static and dynamic scale "
               "(-> results/pass_tune_<gpu>.csv)"),

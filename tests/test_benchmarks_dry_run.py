@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
                                   ["linear_bench.py", "--dry-run", "--ab-operands"],
                                   ["linear_bench.py", "--dry-run", "--tune-operand"],
                                   ["linear_bench.py", "--dry-run", "--ab-decode"],
+                                  ["linear_bench.py", "--dry-run", "--ab-bias"],
                                   ["linear_bench.py", "--dry-run", "--tune-chunks"],
                                   ["linear_bench.py", "--dry-run", "--tune-pass"],
                                   ["linear_bench.py", "--dry-run", "--tune-split"],
