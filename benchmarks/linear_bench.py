@@ -654,7 +654,7 @@ def run_ab_decode(args):
             cand = TileCandidates(trios, x)
             res = [(cand.routed(), "routed path")]
             for bm, bn, bk, w, st, right, pps, *mma16 in DECODE_AB_CONFIGS:
-                if bk > kp or kp % bk:
+                if bk > kp or (kp % bk and not args.ragged_k):
                     continue
                 cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, programs_per_sm=pps, predequant_a=True,
                                          w_operand_b=right, a_mma16=bool(mma16))
@@ -783,8 +783,23 @@ def run_tune_chunks(args):
 
 def run_tune_pass(args):
     """Decode-sized quantize-dequantize passes (the M = 3-16 paths' first launch): static scale,
-    dynamic scale taken inside the pass (every program reads all of x), and the scale launch + the
-    static pass; device time (-> results/pass_tune_<gpu>.csv)."""
+    dynamic scale taken inside the pass (every program reads all of x; or, on the GPU, each its own
+    tile and all wait on a shared maximum: `dynamic_pass_barrier`), and the scale launch + the static
+    pass; device time (-> results/pass_tune_<gpu>.csv)."""
+    from fp4linear.kernels import quant_dequant_launch as qdl
+
+    def dynamic_pass(x, ws2, a, barrier):
+        def run():
+            kernels.fake_quantize_dynamic(x, ws2, a, units=True)
+        saved = qdl.DYNAMIC_PASS_BARRIER_ROWS
+        qdl.DYNAMIC_PASS_BARRIER_ROWS = 1 if barrier else 17
+        qdl._fake_plan.cache_clear()
+        try:
+            return graph_us(run)  # (the plan is taken when the graph is captured)
+        finally:
+            qdl.DYNAMIC_PASS_BARRIER_ROWS = saved
+            qdl._fake_plan.cache_clear()
+
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     graph_us, _ = timers(device)
     ms = [4] if device == "cpu" else (args.m or [1, 4, 8, 16])
@@ -800,11 +815,13 @@ def run_tune_pass(args):
             res = [("static pass", lambda: kernels.fake_quantize(x, gs, a, units=True)),
                    ("scale launch + static pass", lambda: kernels.fake_quantize(
                        x, kernels.dynamic_gs_alpha(x, ws2)[0], a, units=True))]
+            timed = [(name, graph_us(fn)) for name, fn in res]
             if kernels.fuses_dynamic_scale_in_pass(m, k, k):
-                res.append(("dynamic in pass", lambda: kernels.fake_quantize_dynamic(x, ws2, a, units=True)))
+                timed.append(("dynamic in pass", dynamic_pass(x, ws2, a, False)))
+            if device == "cuda" and -(-m // 16) * -(-kp // 128) <= torch.cuda.get_device_properties(0).multi_processor_count:
+                timed.append(("dynamic in pass, barrier", dynamic_pass(x, ws2, a, True)))
             line = []
-            for name, fn in res:
-                t = graph_us(fn)
+            for name, t in timed:
                 rows.append([m, k, name, t])
                 line.append(f"{name} {t:.2f}us")
             print(f"pass {m}x{k}: " + "; ".join(line), flush=True)
@@ -947,6 +964,8 @@ def main():
     p.add_argument("--shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", help="only these NxK")
     p.add_argument("--update", action="store_true", help="replace only the measured rows of this card's CSV")
     p.add_argument("--tiles", nargs="*", help="--ab-decode: only the tiles whose name holds one of these strings")
+    p.add_argument("--ragged-k", action="store_true", help="--ab-decode: also K tiles that do not divide Kp "
+                   "(the last one masked)")
     add_output_args(p)
     args = p.parse_args()
     run = next((fn for flag, fn, _ in modes if getattr(args, flag[2:].replace("-", "_"))), run_table)

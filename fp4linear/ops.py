@@ -225,7 +225,8 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
     in_gemm = not cublas and act is None and (tiles_for_m is not None or use_quantize_in_gemm(m, n, kp))
     if dynamic:
-        if not cublas and act is None and kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
+        fuses = kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0))
+        if not cublas and act is None and (fuses or (not in_gemm and kernels.dynamic_pass_barrier(m, kp, x.device))):
             if in_gemm:  # one launch, max |x| taken by every program
                 return kernels.nvfp4_gemm_quantize_x(x, None, weight, weight_scale, None, bias, out,
                                                      tiles_for_m=tiles_for_m, weight_scale_2=weight_scale_2)

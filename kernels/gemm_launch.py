@@ -10,6 +10,7 @@ import triton
 from . import _interpreter
 from . import gemm as gemm_module
 from .launch import CachedLaunch, cdiv, compile_tracing, int_key
+from .launch import sm_count as _sm_count
 from .layout import check_mma16, mma16_rows
 from .quant_dequant_launch import amax_reads, fake_quantize, fake_quantize_dynamic, fuses_dynamic_scale_in_pass
 from .workspace import scratch_of
@@ -123,11 +124,6 @@ def activation_order(m, n: int, kp: int, device, tiles_for_m: int | None = None)
 @functools.lru_cache(maxsize=4096)
 def _activation_order(rows, n, kp, device) -> int:
     return gemm_config(rows, n, kp, device.type, _sm_count(device)).a_order
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None):

@@ -24,6 +24,7 @@ Two ways to launch an already compiled kernel (H100, benchmarks/host_overhead.py
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import operator
 
@@ -66,6 +67,12 @@ def wrapped_for_compile():
 
 def compile_tracing() -> bool:
     return _compile_tracing
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    """SMs of a CUDA device (1 for the CPU)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def cdiv(a, b):

@@ -26,6 +26,9 @@ dequant_bytes = _numerics.dequant_bytes
 e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 quantize_blocks = _numerics.quantize_blocks
 small_input_scales = _numerics.small_input_scales
+dynamic_scales = _numerics.dynamic_scales
+max_abs_bits = _numerics.max_abs_bits
+max_combine = _numerics.max_combine
 to_word_order = _numerics.to_word_order
 
 
@@ -46,41 +49,78 @@ def fake_quantize_tile(x, gs, UNITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_
     return v
 
 
-@triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["global_scale_ptr", "scales_ptr"])
-def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, M, K, Kp, stride_xm, UNITS: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DYNAMIC: tl.constexpr,
+@triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["global_scale_ptr", "scales_ptr", "words_ptr"])
+def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, words_ptr, M, K, Kp, stride_xm,
+                         UNITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DYNAMIC: tl.constexpr,
                          AMAX_ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr, AMAX_CHUNKS: tl.constexpr,
-                         A_ORDER: tl.constexpr):
-    """DYNAMIC (small x only): global_scale_ptr is the weight's decode scale; every program derives
-    (gs, alpha) from max |x| over all of x (`small_input_scales`: x is a few hundred KB at most, read
-    from L2), and program (0, 0) writes them to scales_ptr (fp32 [2]) for the GEMM that follows."""
-    if DYNAMIC:
-        gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(global_scale_ptr), AMAX_ROWS, AMAX_BLOCK,
-                                       AMAX_CHUNKS, tl.program_id(1))
+                         A_ORDER: tl.constexpr, BARRIER: tl.constexpr):
+    """DYNAMIC (small x only): global_scale_ptr is the weight's decode scale, and program (0, 0)
+    writes (gs, alpha) to scales_ptr (fp32 [2]) for the GEMM that follows. Without BARRIER every
+    program derives them from max |x| over all of x (`small_input_scales`: x is a few hundred KB at
+    most, read from L2). BARRIER (GPU only, every program resident at once: the launcher keeps the
+    grid within the SM count): each program reads only its own tile, folds its max |x| into
+    words_ptr[0] (int32 bits, an atomic max), and all wait until every program has (words_ptr[1]
+    counts arrivals); the last to leave (words_ptr[2]) zeroes the three words for the next call.
+    The same maximum, so the same bits."""
+    if DYNAMIC and BARRIER:
+        rows, cols, x = _load_tile(x_ptr, M, K, stride_xm, tl.program_id(0), tl.program_id(1), BLOCK_M, BLOCK_K)
+        n = tl.num_programs(0) * tl.num_programs(1)
+        tl.atomic_max(words_ptr, tl.reduce(max_abs_bits(x), 0, max_combine), sem="relaxed", scope="gpu")
+        tl.debug_barrier()
+        arrived = tl.atomic_add(words_ptr + 1, 1, sem="acq_rel", scope="gpu") + 1
+        while arrived < n:
+            arrived = tl.atomic_add(words_ptr + 1, 0, sem="acquire", scope="gpu")
+        gs, alpha = dynamic_scales(tl.atomic_max(words_ptr, 0, sem="acquire", scope="gpu"),
+                                   tl.load(global_scale_ptr))
+        if tl.atomic_add(words_ptr + 2, 1, sem="acq_rel", scope="gpu") == n - 1:  # everyone has read the max
+            tl.atomic_xchg(words_ptr, 0, sem="relaxed", scope="gpu")
+            tl.atomic_xchg(words_ptr + 1, 0, sem="relaxed", scope="gpu")
+            tl.atomic_xchg(words_ptr + 2, 0, sem="relaxed", scope="gpu")
         if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
             tl.store(scales_ptr, gs)
             tl.store(scales_ptr + 1, alpha)
+        _store_fake_quantized(x, gs, out_ptr, rows, cols, M, Kp, UNITS, BLOCK_M, BLOCK_K, A_ORDER)
     else:
-        gs = tl.load(global_scale_ptr)
-    _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, tl.program_id(0), tl.program_id(1), UNITS,
-                           BLOCK_M, BLOCK_K, A_ORDER)
+        if DYNAMIC:
+            gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(global_scale_ptr), AMAX_ROWS,
+                                           AMAX_BLOCK, AMAX_CHUNKS, tl.program_id(1))
+            if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+                tl.store(scales_ptr, gs)
+                tl.store(scales_ptr + 1, alpha)
+        else:
+            gs = tl.load(global_scale_ptr)
+        _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, tl.program_id(0), tl.program_id(1), UNITS,
+                               BLOCK_M, BLOCK_K, A_ORDER)
 
 
 @triton.jit
-def _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, pid_m, pid_k, UNITS: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, A_ORDER: tl.constexpr):
-    """One [BLOCK_M, BLOCK_K] tile of the quantize-dequantize pass (out's row stride Kp; A_ORDER 1, 2:
-    out in that `layout.mma16_offset` order instead, UNITS only)."""
+def _load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(rows, cols, x): the [BLOCK_M, BLOCK_K] tile (pid_m, pid_k) of x, zeros outside [M, K]."""
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     ok = (rows < M)[:, None] & (cols < K)[None, :]
-    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :], mask=ok, other=0.0)
+    return rows, cols, tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :], mask=ok, other=0.0)
+
+
+@triton.jit
+def _store_fake_quantized(x, gs, out_ptr, rows, cols, M, Kp, UNITS: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_K: tl.constexpr, A_ORDER: tl.constexpr):
+    """The pass's values of tile x (rows, cols) into out (row stride Kp; A_ORDER 1, 2: out in that
+    `layout.mma16_offset` order instead, UNITS only)."""
     v = fake_quantize_tile(x.to(tl.float32), gs, UNITS, BLOCK_M, BLOCK_K)
     if A_ORDER > 0:
         offsets = mma16_offset(rows.to(tl.int64)[:, None], cols[None, :], Kp, A_ORDER)
     else:
         offsets = rows.to(tl.int64)[:, None] * Kp + cols[None, :]
     tl.store(out_ptr + offsets, v.to(out_ptr.dtype.element_ty), mask=(rows < M)[:, None] & (cols < Kp)[None, :])
+
+
+@triton.jit
+def _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, pid_m, pid_k, UNITS: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, A_ORDER: tl.constexpr):
+    """One [BLOCK_M, BLOCK_K] tile of the quantize-dequantize pass."""
+    rows, cols, x = _load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, BLOCK_M, BLOCK_K)
+    _store_fake_quantized(x, gs, out_ptr, rows, cols, M, Kp, UNITS, BLOCK_M, BLOCK_K, A_ORDER)
 
 
 @triton.jit

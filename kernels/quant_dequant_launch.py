@@ -11,6 +11,7 @@ import triton
 from . import _interpreter
 from . import quant_dequant as qd_module
 from .launch import CachedLaunch, alignment_key, cdiv, compile_tracing, int_key
+from .launch import sm_count as _sm_count
 from .layout import check_mma16
 from .workspace import scratch_of
 
@@ -27,6 +28,19 @@ _launch_rows = CachedLaunch(qd_module.dequantize_rows_kernel)
 DYNAMIC_IN_PASS_ROWS = 16
 DYNAMIC_IN_PASS_MAX = 64 * 1024  # elements of x (64 loads of 1024)
 AMAX_BLOCK = 1024  # columns per load of the max |x| reads that the small-input kernels unroll
+# On the GPU, from this many rows and where the pass's programs all fit on the SMs at once, they
+# share max |x| through an atomic and wait for each other (`fake_quantize_kernel`'s BARRIER) instead
+# of each reading all of x. H100, the pass alone (linear_bench.py --tune-pass): ~4.1-4.2 us whatever
+# the size (the atomics' round trips), against 2.7-3.6 us for the reads of all of x at 1-8 rows
+# (K = 2688-4096) and 4.8-5.4 at 16; 16x8192: 4.1 vs 5.5 for the scale launch + static pass.
+# 12: between the two measured row counts.
+DYNAMIC_PASS_BARRIER_ROWS = 12
+
+
+def dynamic_pass_barrier(m: int, kp: int, device: torch.device) -> bool:
+    """Whether `fake_quantize_dynamic` of m rows into Kp columns takes the barrier (any x size)."""
+    return (device.type == "cuda" and DYNAMIC_PASS_BARRIER_ROWS <= m <= 16
+            and cdiv(m, 16) * cdiv(kp, 128) <= _sm_count(device))
 
 
 def amax_reads(k: int, dynamic: bool = True) -> dict:
@@ -39,8 +53,9 @@ def amax_reads(k: int, dynamic: bool = True) -> dict:
 
 
 def fuses_dynamic_scale_in_pass(m: int, k: int, row_stride: int) -> bool:
-    """Whether `fake_quantize_dynamic` takes x [m, k] (its max |x| pass indexes rows with 32-bit
-    offsets, hence the bound on m * row_stride)."""
+    """Whether every program of a kernel can read all of x [m, k] for max |x|: `fake_quantize_dynamic`
+    (unless it takes the barrier: `dynamic_pass_barrier`) and the GEMM quantizing x (its max |x|
+    pass indexes rows with 32-bit offsets, hence the bound on m * row_stride)."""
     return m <= DYNAMIC_IN_PASS_ROWS and m * k <= DYNAMIC_IN_PASS_MAX and m * row_stride < 2**31
 
 
@@ -59,13 +74,13 @@ def fake_quantize_dynamic(x, weight_scale_2, out, *, units: bool, a_order: int =
     """`fake_quantize` under x's dynamic scale, derived from max |x| in the same launch (the bits of
     `dynamic_gs_alpha`; x as `fuses_dynamic_scale_in_pass` allows). Returns alpha, fp32 [1] on the
     device (per-stream scratch, as `dynamic_gs_alpha`'s: read it before the next dynamic-scale call
-    on this stream; the Linear's GEMM does)."""
+    on this stream; the Linear's GEMM does). x: `fuses_dynamic_scale_in_pass` or `dynamic_pass_barrier`."""
     s = scratch_of(x)
-    _fake_quantize(x, weight_scale_2, out, units, s.scales, a_order)
+    _fake_quantize(x, weight_scale_2, out, units, s.scales, a_order, s)
     return s.alpha
 
 
-def _fake_quantize(x, scale, out, units, scales, a_order=0):
+def _fake_quantize(x, scale, out, units, scales, a_order=0, scratch=None):
     m, k = x.shape
     kp = out.shape[1]
     check_mma16(a_order, out.shape[0], m, "out")
@@ -80,7 +95,8 @@ def _fake_quantize(x, scale, out, units, scales, a_order=0):
     plan = _fake_plan.__wrapped__ if compile_tracing() else _fake_plan  # M may be symbolic (unhashable) there
     grid, meta, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype, dynamic, a_order)
     sx = x.stride(0)
-    args = (x, scale, out, scales if dynamic else out, m, k, kp, sx)
+    words = scratch.scale_words if meta["BARRIER"] else out
+    args = (x, scale, out, scales if dynamic else out, words, m, k, kp, sx)
     if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
             _interpreter.interpreted(qd_module).fake_quantize_kernel[grid](*args, **meta)
@@ -98,13 +114,17 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_orde
     """Grid, constexprs and launch key of one shape (device index -1: the CPU): worked out once
     (host time per call matters). With a dynamic scale (M <= 16) every program also reads all of x:
     wider, shorter tiles, so fewer programs do."""
+    barrier = False
     if index < 0:
         block_m, block_k = min(64, triton.next_power_of_2(m)), 128
+    elif dynamic and dynamic_pass_barrier(m, kp, torch.device("cuda", index)):
+        block_m, block_k, barrier = 16, 128, True  # every program resident: each reads only its own tile
     else:  # (a dynamic scale's tile: 4x1024 .. 16x64 measured alike on the H100, benchmarks/NOTES.md)
         block_m, block_k = (16, 256) if dynamic else (32, 128)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
-                AMAX_ROWS=triton.next_power_of_2(m) if dynamic else 1, **amax_reads(k, dynamic), A_ORDER=a_order)
+                AMAX_ROWS=triton.next_power_of_2(m) if dynamic and not barrier else 1,
+                **amax_reads(k, dynamic and not barrier), A_ORDER=a_order, BARRIER=barrier)
     tail = (index, x_dtype, out_dtype, k, kp, *meta.values())  # with x's alignment: the launch key
     return grid, meta, _launch_ids.setdefault(tail, len(_launch_ids))
 

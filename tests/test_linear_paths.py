@@ -140,6 +140,83 @@ def test_dynamic_scale_in_the_quantize_pass_matches_the_separate_launch(device, 
     assert torch.equal(alpha_in_pass, alpha_separate) or (alpha_in_pass.isnan() & alpha_separate.isnan()).all()
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("m, k, outlier, a_order", [(1, 464, 1e4, 0), (5, 1376, 1e4, 1), (16, 4096, 1e4, 1),
+                                                     (9, 1400, math.nan, 2), (16, 2688, math.inf, 0),
+                                                     (3, 8, 1e4, 0)])
+def test_gpu_dynamic_pass_barrier_matches_every_program_reading_x(monkeypatch, m, k, outlier, a_order):
+    """The dynamic pass's GPU barrier (each program reads its own tile, max |x| shared through an
+    atomic, all wait) against every program reading all of x: the same values and alpha, NaN and
+    inf included, over repeated calls and CUDA-graph replays (its three words must be zero again
+    after every call)."""
+    from fp4linear.kernels import quant_dequant_launch as qdl
+    from fp4linear.kernels.workspace import scratch_of
+
+    g = torch.Generator().manual_seed(m + k)
+    x = (torch.randn(m, k, generator=g) * 3).to(torch.bfloat16)
+    x[m - 1, k - 1] = outlier
+    x = x.cuda()
+    kp = -(-k // 64) * 64
+    ws2 = torch.tensor([0.01], device="cuda")
+    rows = kernels.mma16_rows(m, a_order)
+
+    def run(barrier):
+        monkeypatch.setattr(qdl, "DYNAMIC_PASS_BARRIER_ROWS", 1 if barrier else 17)
+        qdl._fake_plan.cache_clear()
+        try:
+            grid, meta, _ = qdl._fake_plan(0, m, k, kp, True, x.dtype, torch.float16, True, a_order)
+            assert meta["BARRIER"] == barrier
+            outs = []
+            for _ in range(3):
+                out = torch.full((rows, kp), math.nan, dtype=torch.float16, device="cuda")
+                alpha = kernels.fake_quantize_dynamic(x, ws2, out, units=True, a_order=a_order).clone()
+                outs.append((out, alpha))
+            out = torch.full((rows, kp), math.nan, dtype=torch.float16, device="cuda")
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                alpha_g = kernels.fake_quantize_dynamic(x, ws2, out, units=True, a_order=a_order)
+            for _ in range(3):
+                out.fill_(math.nan)
+                graph.replay()
+                outs.append((out.clone(), alpha_g.clone()))
+            torch.cuda.synchronize()
+            return outs
+        finally:
+            qdl._fake_plan.cache_clear()
+
+    with_barrier, reading_all = run(True), run(False)
+    assert torch.equal(scratch_of(x).scale_words.cpu(), torch.zeros(3, dtype=torch.int32))
+    want_out, want_alpha = reading_all[0]
+    for out, alpha in with_barrier + reading_all:
+        assert torch.equal(out[:m].view(torch.int16), want_out[:m].view(torch.int16))
+        assert torch.equal(alpha.view(torch.int32), want_alpha.view(torch.int32))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m, k", [(16, 8192), (12, 3696)])
+def test_gpu_linear_dynamic_through_the_barrier_pass(monkeypatch, m, k):
+    """A dynamic-scale Linear from 12 rows takes the barrier pass on the GPU, x too large for every
+    program to read (16 x 8192) or not: the bits of the separate scale launch + static pass."""
+    from fp4linear.kernels import quant_dequant_launch as qdl
+
+    n = 2560  # n * Kp >= 8M: the pass + GEMM route, not the GEMM quantizing x
+    layer, _, _ = layer_for(n, k, "cuda", dynamic=True, seed=m)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(torch.bfloat16).cuda()
+    args = (layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2, layer.bias,
+            n, True, None)
+    assert kernels.dynamic_pass_barrier(m, layer.k_padded, x.device)
+    assert not ops.use_gemv(m, n, layer.k_padded) and not ops.use_quantize_in_gemm(m, n, layer.k_padded)
+    qdl._fake_plan.cache_clear()
+    barrier = ops.triton_linear(x, *args)
+    monkeypatch.setattr(qdl, "DYNAMIC_PASS_BARRIER_ROWS", 17)
+    qdl._fake_plan.cache_clear()
+    try:
+        separate = ops.triton_linear(x, *args)
+    finally:
+        qdl._fake_plan.cache_clear()
+    assert torch.equal(barrier, separate)
+
+
 def test_dynamic_scale_in_the_quantize_pass_bounds():
     """Up to 16 rows and 16 x 4096 elements, and only where 32-bit row offsets reach every row."""
     assert kernels.fuses_dynamic_scale_in_pass(16, 4096, 4096) and kernels.fuses_dynamic_scale_in_pass(8, 8192, 8192)
@@ -772,7 +849,9 @@ def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
     monkeypatch.setattr(gemm_launch, "scratch_of", lambda t: type("S", (), {"get": lambda self, a, b: (a, b)})())
     monkeypatch.setattr(scales_launch, "scratch_of",
                         lambda t: type("S", (), {"scales": None, "scale_words": None})())
-    monkeypatch.setattr(quant_dequant_launch, "scratch_of", lambda t: type("S", (), {"scales": 0, "alpha": 1})())
+    monkeypatch.setattr(quant_dequant_launch, "scratch_of",
+                        lambda t: type("S", (), {"scales": 0, "alpha": 1, "scale_words": 2})())
+    monkeypatch.setattr(quant_dequant_launch, "_sm_count", lambda device: 132)
     m16 = env.create_symintnode(env.create_symbol(16, ConstantSource("m16"), dynamic_dim=DimDynamic.DYNAMIC), hint=16)
     x = _TracedTensor((m, 464), torch.bfloat16)
     a = _TracedTensor((m, 512), torch.float16)
