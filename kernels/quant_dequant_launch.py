@@ -113,7 +113,7 @@ _OPTIONS = dict(num_warps=4)
 def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_order=0):
     """Grid, constexprs and launch key of one shape (device index -1: the CPU): worked out once
     (host time per call matters). With a dynamic scale (M <= 16) every program also reads all of x:
-    wider, shorter tiles, so fewer programs do."""
+    wider, shorter tiles, so fewer programs do; or, with the barrier, each only its own tile."""
     barrier = False
     if index < 0:
         block_m, block_k = min(64, triton.next_power_of_2(m)), 128
