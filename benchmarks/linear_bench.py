@@ -789,12 +789,16 @@ def run_tune_pass(args):
     from fp4linear.kernels import quant_dequant_launch as qdl
 
     def dynamic_pass(x, ws2, a, barrier):
+        """Device time of the dynamic pass with or without the barrier at any M; None where the
+        barrier does not fit (`dynamic_pass_barrier`: its grid beyond the SMs)."""
         def run():
             kernels.fake_quantize_dynamic(x, ws2, a, units=True)
         saved = qdl.DYNAMIC_PASS_BARRIER_ROWS
         qdl.DYNAMIC_PASS_BARRIER_ROWS = 1 if barrier else 17
         qdl._fake_plan.cache_clear()
         try:
+            if barrier and not kernels.dynamic_pass_barrier(x.shape[0], a.shape[1], x.device):
+                return None
             return graph_us(run)  # (the plan is taken when the graph is captured)
         finally:
             qdl.DYNAMIC_PASS_BARRIER_ROWS = saved
@@ -818,8 +822,9 @@ def run_tune_pass(args):
             timed = [(name, graph_us(fn)) for name, fn in res]
             if kernels.fuses_dynamic_scale_in_pass(m, k, k):
                 timed.append(("dynamic in pass", dynamic_pass(x, ws2, a, False)))
-            if device == "cuda" and -(-m // 16) * -(-kp // 128) <= torch.cuda.get_device_properties(0).multi_processor_count:
-                timed.append(("dynamic in pass, barrier", dynamic_pass(x, ws2, a, True)))
+            t = dynamic_pass(x, ws2, a, True) if device == "cuda" else None
+            if t is not None:
+                timed.append(("dynamic in pass, barrier", t))
             line = []
             for name, t in timed:
                 rows.append([m, k, name, t])

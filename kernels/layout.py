@@ -53,7 +53,7 @@ def scale_offset(row, col, S4, ROW_TILE: tl.constexpr):
 # 128-bit loads, and the register moves that assemble them are a fifth of the decode tile's
 # instructions. The mma16 orders store each 16-row tile so that one fragment is one 16-byte run and
 # the 32 lanes of a warp read 32 consecutive runs (no shared-memory bank conflicts: an earlier order
-# with the lanes 64 bytes apart had 4-way conflicts and measured 1.3-1.5x slower than row-major):
+# with the lanes 64 bytes apart had 4-way conflicts and measured 1.3-1.9x slower than row-major):
 # [Kp/64 cc][2][2][8 g][4 cl][2][2][2 j2] (row = 16 * tile + 8 * r8 + g, k within its 64-group =
 # 32 h + 8 cl + 4 s + 2 jj + j2; lane 4 g + cl of the MMA), the five binary digits placed by the MMA
 # operand A is: ORDER 1, A the left operand (weight the right one, `GemmConfig.w_operand_b`): the

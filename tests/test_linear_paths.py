@@ -160,6 +160,9 @@ def test_gpu_dynamic_pass_barrier_matches_every_program_reading_x(monkeypatch, m
     ws2 = torch.tensor([0.01], device="cuda")
     rows = kernels.mma16_rows(m, a_order)
 
+    def poisoned():  # 0xFFFF: a NaN no kernel writes, so unwritten elements show
+        return torch.full((rows, kp), -1, dtype=torch.int16, device="cuda").view(torch.float16)
+
     def run(barrier):
         monkeypatch.setattr(qdl, "DYNAMIC_PASS_BARRIER_ROWS", 1 if barrier else 17)
         qdl._fake_plan.cache_clear()
@@ -168,15 +171,15 @@ def test_gpu_dynamic_pass_barrier_matches_every_program_reading_x(monkeypatch, m
             assert meta["BARRIER"] == barrier
             outs = []
             for _ in range(3):
-                out = torch.full((rows, kp), math.nan, dtype=torch.float16, device="cuda")
+                out = poisoned()
                 alpha = kernels.fake_quantize_dynamic(x, ws2, out, units=True, a_order=a_order).clone()
                 outs.append((out, alpha))
-            out = torch.full((rows, kp), math.nan, dtype=torch.float16, device="cuda")
+            out = poisoned()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 alpha_g = kernels.fake_quantize_dynamic(x, ws2, out, units=True, a_order=a_order)
             for _ in range(3):
-                out.fill_(math.nan)
+                out.copy_(poisoned())
                 graph.replay()
                 outs.append((out.clone(), alpha_g.clone()))
             torch.cuda.synchronize()
@@ -188,8 +191,15 @@ def test_gpu_dynamic_pass_barrier_matches_every_program_reading_x(monkeypatch, m
     assert torch.equal(scratch_of(x).scale_words.cpu(), torch.zeros(3, dtype=torch.int32))
     want_out, want_alpha = reading_all[0]
     for out, alpha in with_barrier + reading_all:
-        assert torch.equal(out[:m].view(torch.int16), want_out[:m].view(torch.int16))
+        assert torch.equal(out.view(torch.int16), want_out.view(torch.int16))  # (rows past M: both poison)
         assert torch.equal(alpha.view(torch.int32), want_alpha.view(torch.int32))
+    # and not vacuously: the static pass under the separate scale launch's gs (NaN gs: NaN blocks)
+    gs, alpha_separate = (t.clone() for t in kernels.dynamic_gs_alpha(x, ws2))
+    static = poisoned()
+    kernels.fake_quantize(x, gs, static, units=True, a_order=a_order)
+    assert torch.equal(want_out.isnan(), static.isnan()) and (want_out.view(torch.int16) != -1).sum() >= m * k
+    assert torch.equal(want_out[~want_out.isnan()], static[~static.isnan()])
+    assert torch.equal(want_alpha, alpha_separate) or (want_alpha.isnan() & alpha_separate.isnan()).all()
 
 
 @pytest.mark.cuda
