@@ -567,6 +567,52 @@ class TileCandidates:
         return timed
 
 
+# --tune-pipelined candidates (block_m, block_n, block_k, cp.async stages): the Gluon kernel of kernels/gemm_wgmma.py
+PIPELINED_CONFIGS = [(128, 128, 64, 3), (128, 128, 64, 4), (64, 128, 64, 4), (128, 256, 64, 3), (64, 256, 64, 3),
+                     (128, 64, 64, 4), (64, 64, 64, 4), (128, 128, 128, 3)]
+
+
+def run_tune_pipelined(args):
+    """Past decode: the software-pipelined Gluon GEMM (`GemmConfig.wgmma_stages`) per tile and split,
+    after the same quantize pass, against the routed path and Triton's schedule of the same tiles;
+    device time (CUDA-graph replays), static scale, bf16 input, cuBLAS bf16 in the same process
+    (-> results/pipelined_tune_<gpu>.csv)."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    shapes = [(72, 200)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
+    ms = [40] if device == "cpu" else (args.m or [128, 256, 512, 2048])
+    rows = []
+    for n, k in tqdm(shapes, desc="pipelined tune", file=sys.stderr):
+        trios = make_layers(n, k, 1, device, torch.bfloat16)
+        for m in ms:
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            cand = TileCandidates(trios, x)
+            res = [(cand.routed(), "routed path")]
+            kp = trios[0][1].k_padded
+            for bm, bn, bk, stages in PIPELINED_CONFIGS:
+                if kp % bk:
+                    continue
+                for pps in (1, 2):
+                    cfg = kernels.GemmConfig(bm, bn, bk, bm // 16, 3, split_k=0, programs_per_sm=pps,
+                                             predequant_a=True, w_operand_b=True, wgmma_stages=stages)
+                    res.append((cand.two_launches(cfg), f"pipelined {bm}x{bn}x{bk} s{stages} pps{pps}"))
+            for bm, bn, bk in ((128, 128, 64), (128, 64, 64)):  # Triton's schedule of the same tiles
+                cfg = kernels.GemmConfig(bm, bn, bk, bm // 16, 3, split_k=0, predequant_a=True, w_operand_b=True)
+                res.append((cand.two_launches(cfg), f"triton {bm}x{bn}x{bk} w{bm // 16} s3"))
+            bf16 = graph_us(lambda: trios[0][0](x))
+            timed = cand.dry_run(res) if device == "cpu" else time_candidates(res)
+            for t, name in timed:
+                rows.append([m, n, k, name, t, bf16])
+            routed = next(t for t, nm in timed if nm == "routed path")
+            print(f"pipelined {m}x{n}x{k}: bf16 {bf16:.2f}us routed {routed:.2f}us ({bf16 / routed:.2f}x); " +
+                  "; ".join(f"{t:.2f}us ({bf16 / t:.2f}x) {nm}" for t, nm in timed[:4]), flush=True)
+    if device == "cpu":
+        return
+    path = args.results_dir / f"pipelined_tune_{gpu_slug()}.csv"
+    rows = merge_rows(path, rows, 3, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], float(r[4]), float(r[5])])
+    write_csv(path, ["m", "n", "k", "kernel", "us", "bf16_us"], rows)
+
+
 def run_tune_operand(args):
     """The decoded weight as the MMA's right operand (`GemmConfig.w_operand_b`) against the layer's
     routed path: the quantize-dequantize pass + the Triton GEMM per tile, and at M <= 16 the GEMM
@@ -945,6 +991,8 @@ def main():
               "(-> results/dynamic_ab_<gpu>.csv)"),
              ("--ab-operands", run_ab_operands, "cuBLAS path: operands in one launch vs two "
               "(-> results/operands_ab_<gpu>.csv)"),
+             ("--tune-pipelined", run_tune_pipelined, "past decode: the software-pipelined Gluon GEMM per tile vs "
+              "the routed path and Triton's schedule (-> results/pipelined_tune_<gpu>.csv)"),
              ("--tune-operand", run_tune_operand, "the decoded weight as the MMA's right operand, per tile, vs "
               "the routed path (-> results/operand_tune_<gpu>.csv)"),
              ("--ab-decode", run_ab_decode, "decode: inline-PTX vs portable weight decode, right vs left operand "

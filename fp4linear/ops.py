@@ -42,17 +42,19 @@ CUBLAS_FP32_CHUNK_BYTES = 32 << 20
 
 
 # Below M = 512, cuBLAS from (rows, up to this many weight elements): `use_cublas`
-CUBLAS_EARLY = ((64, 4 << 20), (128, 8 << 20), (256, 32 << 20))
+CUBLAS_EARLY = ((64, 4 << 20), (128, 8 << 20), (256, (24 << 20) - 1))
 
 
 def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
     """cuBLAS on dequantized operands beats the Triton GEMM from M = 512 (the weight's
     dequantization, one pass over it per call, is then small against the GEMM), and earlier the
-    smaller the weight: from M = 64 up to 4M elements, 128 up to 8M, 256 up to 32M. H100, whole
+    smaller the weight: from M = 64 up to 4M elements, 128 up to 8M, 256 under 24M. H100, whole
     layer, CUDA-graph medians (linear_bench.py --tune, --tune-operand): 512x8192x8192 167.7 us vs
     235.3, 512x4096x4096 43.5 vs 74.1, 128x1288x2688 12.7 vs 17.2, 128x2576x2688 13.1 vs 20.2,
-    256x4096x4096 34.2 vs 47.0, 256x8192x3696 59.3 vs 63.9; but 128x8192x8192 124.5 vs 82.7,
-    128x4096x4096 30.0 vs 26.2, 256x8192x8192 140 vs 119.
+    256x4096x4096 34.2 vs 47.0; but 128x8192x8192 124.5 vs 82.7, 128x4096x4096 30.0 vs 26.2,
+    256x8192x8192 140 vs 119. From 24M elements at 256 rows, and below 1024 rows from Kp = 16384,
+    the pipelined Triton-path kernel wins (`kernels.gemm_config`; --tune-pipelined): 256x8192x3696
+    50.2 us vs 59.8, 512x8192x28672 590 vs 649.
 
     A dynamic scale's fp32 output chunks (8 more bytes per output element, `cublas_dequantized_gemm`)
     cost more than cuBLAS gains where K is small: from Kp = 1024 only. H100 (linear_bench.py, same
@@ -60,7 +62,9 @@ def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
     8192x2688x464 114 vs 95.1; but 128x1288x2688 19.2 vs 22.1, 2048x1288x2688 53.4 vs 67.3."""
     if dynamic and kp < 1024:
         return False
-    return m >= 512 or any(m >= rows and n * kp <= elements for rows, elements in CUBLAS_EARLY)
+    if m >= 512:
+        return m >= 1024 or kp < 16384
+    return any(m >= rows and n * kp <= elements for rows, elements in CUBLAS_EARLY)
 
 
 def use_gemv(m: int, n: int, kp: int) -> bool:

@@ -9,6 +9,7 @@ import triton
 
 from . import _interpreter
 from . import gemm as gemm_module
+from . import gemm_wgmma
 from .launch import CachedLaunch, cdiv, compile_tracing, int_key
 from .launch import sm_count as _sm_count
 from .layout import check_mma16, mma16_rows
@@ -45,10 +46,24 @@ class GemmConfig:
     # fragment one 128-bit load, no register moves (offline sm_90 K loop per K tile: 16x64x256w4s3,
     # weight the right operand, 550 -> 408 SASS; 16x64x256w2s3, the left one, 918 -> 757). block_m 16.
     a_mma16: bool = False
+    # CUDA, A pre-dequantized row-major, the weight the right operand: the same tile as the Gluon kernel
+    # of kernels/gemm_wgmma.py with this many cp.async stages, which decodes weight tile i while the
+    # tensor cores multiply tile i - 1 (Triton's schedule waits for each MMA before the next decode);
+    # the same bits. 0: Triton's kernel (always so on the CPU, whose interpreter runs no Gluon).
+    wgmma_stages: int = 0
 
     def __post_init__(self):
         if self.a_mma16 and self.block_m != 16:
             raise ValueError(f"a_mma16 needs block_m 16, got {self.block_m}")
+        if self.wgmma_stages:
+            if not (self.predequant_a and self.w_operand_b and not self.a_mma16):
+                raise ValueError("wgmma_stages needs predequant_a and w_operand_b, A row-major (a_mma16 False)")
+            if self.block_m not in (64, 128) or self.num_warps != self.block_m // 16:
+                raise ValueError(f"wgmma_stages needs block_m 64 or 128 with block_m / 16 warps (one warpgroup per "
+                                 f"64 rows), got block_m {self.block_m}, num_warps {self.num_warps}")
+            if self.block_n % 16 or not 16 <= self.block_n <= 256 or self.wgmma_stages < 2:
+                raise ValueError(f"wgmma_stages needs block_n in 16..256 (a multiple of 16) and >= 2 stages, got "
+                                 f"block_n {self.block_n}, {self.wgmma_stages} stages")
 
     @property
     def a_order(self) -> int:
@@ -90,19 +105,27 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
         return GemmConfig(16, 64, block_k, 4, 4, split_k=0, predequant_a=True, w_operand_b=True, a_mma16=True)
     # Mid M on the Triton GEMM (the cuBLAS path takes over from M = 512, `fp4linear.ops.use_cublas`):
     # 64x64x128 tiles, 3 stages (128x4096x4096: 26.0 us vs 38.2 with 128x64x64; 128x1288x2688: 17.2
-    # vs 30.3). From 32M weight elements 128x64x64, 4 stages, the weight as the right operand
-    # (`--tune-operand`, H100, M = 128 / 256: 8192x8192 82.5 / 120 us vs 88.1 / 128 as the left operand,
-    # 28672x8192 208 / 403 vs 229 / 409, 8192x28672 259 / 396 vs 295 / 506).
-    # From 128M elements, 128x128 tiles, 8 warps (M = 128 / 256): 8192x28672 with 128-wide K tiles
-    # 234 / 366 us vs 257 / 396; 28672x8192 with 64-wide ones at 256 rows, 309 vs 410, but not at 128 (240
-    # vs 208), hence from 192 rows (between the two measured).
-    if m < 512:
-        if kp >= 16384 and kp % 128 == 0:
-            return GemmConfig(128, 128, 128, 8, 3, split_k=0, predequant_a=True, w_operand_b=True)
-        if n >= 16384 and m >= 192:
+    # vs 30.3). Triton's schedule of the large tiles waits for each MMA before decoding the next weight
+    # tile; from 24M weight elements the pipelined Gluon kernel (`wgmma_stages`) wins, one program per SM
+    # (linear_bench.py --tune-pipelined, H100, whole layer, M = 128 / 256, us, vs the routed path then):
+    # 8192x8192 128x64x64 4 stages 61.8 / 108.1 vs 82.1 / 115.4; 8192x3696 the same tile 32.8 / 50.2 vs
+    # 44.1 / 59.8 (cuBLAS at 256); 8192x28672 128x64x64 195.2 at 128 rows, 128x128x64 3 stages 323.5 at
+    # 256 and 590.2 at 512 vs 229.6 / 365.5 / 649.1 (cuBLAS at 512); 28672x8192 128x128x64 3 stages 171.2
+    # vs 204.9 at 128 rows, but at 256 Triton's 128x128x64 (308.1) beats it (321.3). Not past 24M
+    # elements: 128x4096x4096 26.1 vs 23.7, 128x2576x2688 18.3 vs 13.3 (cuBLAS).
+    if m < 512 or (m < 1024 and kp >= 16384):
+        pipelined = dict(split_k=0, programs_per_sm=1, predequant_a=True, w_operand_b=True)
+        if kp >= 16384:
+            if m < 192:
+                return GemmConfig(128, 64, 64, 8, 3, wgmma_stages=4, **pipelined)
+            return GemmConfig(128, 128, 64, 8, 3, wgmma_stages=3, **pipelined)
+        if n >= 16384:
+            if m < 192:
+                return GemmConfig(128, 128, 64, 8, 3, wgmma_stages=3, **pipelined)
+            # Triton's 128x128 tiles, 8 warps (--tune-operand, M = 256: 309 us vs 410 with 64-wide K tiles)
             return GemmConfig(128, 128, 64, 8, 3, split_k=0, predequant_a=True, w_operand_b=True)
-        if n * kp >= 32 * 2**20:
-            return GemmConfig(128, 64, 64, 4, 4, split_k=0, predequant_a=True, w_operand_b=True)
+        if n * kp >= 24 * 2**20:
+            return GemmConfig(128, 64, 64, 8, 3, wgmma_stages=4, **pipelined)
         return GemmConfig(64, 64, block_k, 4, 3, split_k=0, predequant_a=True)
     if 2 * cdiv(m, 256) * cdiv(n, 128) < 3 * sm_count:
         # Narrow per-rank shapes: 256x128 tiles would fill under 1.5 waves (2048x1288x2688: 54.5 us
@@ -207,6 +230,8 @@ def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: G
 # The kernel reads scale bytes as uint8: only the JIT needs the views of e4m3 scales (`CachedLaunch`).
 _launch = CachedLaunch(gemm_module.nvfp4_gemm_kernel,
                        views={1: (torch.float8_e4m3fn, torch.uint8), 3: (torch.float8_e4m3fn, torch.uint8)})
+_wgmma_launch = CachedLaunch(gemm_wgmma.nvfp4_gemm_wgmma_kernel,
+                             views={1: (torch.uint8, torch.int32), 2: (torch.float8_e4m3fn, torch.uint8)})
 
 
 _PACKED, _UNITS, _X = 0, 1, 2  # what A is: packed NVFP4, fp16 units (dequantized), the input x
@@ -229,11 +254,15 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED,
     amax = (triton.next_power_of_2(int(m)), k) if dynamic else None
     grid, meta, options, split, tiles, per_split, launch_id = plan(
         index, m, n, kp, config, a_mode, a.dtype, out.dtype, None if bias is None else bias.dtype,
-        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax, a_order)
+        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax, a_order, tracing)
     if split > 1:
         partials, tickets = scratch_of(out).get(split * m * n, tiles)
     else:
         partials = tickets = out  # unused
+    if "STAGES" in meta:  # the pipelined Gluon kernel (kernels/gemm_wgmma.py)
+        _wgmma_launch(launch_id, grid, (a, w_data, w_scale, alpha, bias if bias is not None else out, out, partials,
+                                        tickets, m, n, kp // 64, per_split, out.stride(0)), meta, options)
+        return out
     args = (a, a_scale, w_data, w_scale, alpha, bias if bias is not None else out, out, partials, tickets, m, n,
             kp // 64, per_split, out.stride(0), k, sx)
     if index < 0:
@@ -247,6 +276,18 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED,
 
 
 _launch_ids: dict = {}
+
+
+def runs_pipelined(config: GemmConfig, kp: int, device: torch.device) -> bool:
+    """Whether a GEMM with A dequantized runs config on the Gluon kernel (kernels/gemm_wgmma.py):
+    config.wgmma_stages set, a CUDA device of compute capability 9.x (wgmma), whole K tiles."""
+    return (config.wgmma_stages > 0 and device.type == "cuda" and kp % config.block_k == 0
+            and _capability(device)[0] == 9)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
 
 
 def k_splits(config: GemmConfig, tiles: int, kp: int, sm_count: int) -> tuple[int, int]:
@@ -263,10 +304,12 @@ def k_splits(config: GemmConfig, tiles: int, kp: int, sm_count: int) -> tuple[in
 
 @functools.lru_cache(maxsize=4096)
 def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, k_key=0, sx_key=0, tiles_for_m=None,
-               amax=None, a_order=0):
+               amax=None, a_order=0, tracing=False):
     """Config, split-K, grid, constexprs and launch key of one shape (device index -1: the CPU):
     worked out once. k_key, sx_key: `int_key` of x's K and row stride (what Triton specializes
-    them on; a_mode _X only); amax: (rows, K) of a dynamic scale's max |x| reads, or None."""
+    them on; a_mode _X only); amax: (rows, K) of a dynamic scale's max |x| reads, or None. The
+    constexprs of the Gluon kernel (their "STAGES" says so) where config.wgmma_stages applies: a
+    CUDA device, A dequantized, not while torch.compile traces (Inductor launches Triton kernels)."""
     device = torch.device("cuda", index) if index >= 0 else torch.device("cpu")
     routed = config is None
     if routed:
@@ -281,6 +324,12 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
         config = replace(config, a_mma16=bool(a_order))
     tiles = cdiv(m, config.block_m) * cdiv(n, config.block_n)
     split, per_split = k_splits(config, tiles, kp, _sm_count(device))
+    if a_mode != _X and not tracing and runs_pipelined(config, kp, device):
+        meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+                    BLOCK_K=config.block_k, GROUP_M=config.group_m, STAGES=config.wgmma_stages)
+        options = dict(num_warps=config.num_warps)
+        tail = ("wgmma", index, out_dtype, bias_dtype, n, kp, per_split, *meta.values())
+        return (tiles * split, 1, 1), meta, options, split, tiles, per_split, _launch_ids.setdefault(tail, len(_launch_ids))
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
