@@ -22,7 +22,6 @@ No CPU interpreter runs Gluon: the portable kernel is `gemm.nvfp4_gemm_kernel`, 
 `GemmConfig(pipelined=False)`) runs; `kernels.gemm_launch` picks this one only on CUDA devices.
 """
 
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
@@ -201,10 +200,3 @@ def _epilogue(acc, alpha, bias_ptr, out_ptr, rm, rn, N, mask, stride_om, HAS_BIA
     gl.store(out_ptr + rm.to(gl.int64)[:, None] * stride_om + rn[None, :], out.to(out_ptr.dtype.element_ty),
              mask=mask)
 
-
-def smem_bytes(block_m: int, block_n: int, block_k: int, stages: int) -> int:
-    """Shared memory of one program (the rings and the two decoded tiles)."""
-    return stages * (block_m * block_k * 2 + block_n * block_k // 2 + block_n * block_k // 16) + 2 * block_n * block_k * 2
-
-
-__all__ = ["nvfp4_gemm_wgmma_kernel", "smem_bytes", "triton"]
