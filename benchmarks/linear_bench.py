@@ -18,20 +18,24 @@ chain over its length. Weight bandwidth counts the padded NVFP4 weight's bytes (
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import datetime
 import sys
 import time
 from pathlib import Path
 
 import torch
+import triton
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import (L2_ROTATE_BYTES, LINEAR_SHAPES, add_output_args, cold_copies, copy_ceiling_tbps,  # noqa: E402
-                    eager_us, eager_us_interleaved, gpu_slug, median_us, merge_rows, publish, read_floor_us, write_csv)
+from common import (L2_ROTATE_BYTES, LINEAR_SHAPES, ROOT, add_output_args, card, cold_copies, copy_ceiling_tbps,  # noqa: E402
+                    eager_us, eager_us_interleaved, gpu_slug, markdown_table, median_us, merge_rows, publish,
+                    read_floor_us, replace_section, write_csv)
 from fp4linear import kernels, ops  # noqa: E402
 from fp4linear.kernels import gemm_launch  # noqa: E402
 
@@ -568,15 +572,21 @@ class TileCandidates:
 
 
 # --tune-pipelined candidates (block_m, block_n, block_k, cp.async stages): the Gluon kernel of kernels/gemm_wgmma.py
+# with the decoded weight in shared memory (wgmma's B; block_m A rows, block_m / 16 warps) ...
 PIPELINED_CONFIGS = [(128, 128, 64, 3), (128, 128, 64, 4), (64, 128, 64, 4), (128, 256, 64, 3), (64, 256, 64, 3),
                      (128, 64, 64, 4), (64, 64, 64, 4), (128, 128, 128, 3)]
+# ... and in registers (wgmma's A, `GemmConfig.w_registers`; block_m A rows = wgmma's N, block_n weight rows,
+# block_n / 16 warps). --registers: only these, with the routed path, cuBLAS and the routed shared-memory tiles.
+REGISTER_CONFIGS = [(128, 128, 64, 4), (128, 128, 64, 5), (256, 128, 64, 3), (256, 128, 64, 4), (64, 128, 64, 4),
+                    (128, 64, 64, 4), (256, 64, 64, 4), (128, 128, 128, 3), (64, 64, 64, 4)]
 
 
 def run_tune_pipelined(args):
-    """Past decode: the software-pipelined Gluon GEMM (`GemmConfig.wgmma_stages`) per tile and split,
-    after the same quantize pass, against the routed path and Triton's schedule of the same tiles;
-    device time (CUDA-graph replays), static scale, bf16 input, cuBLAS bf16 in the same process
-    (-> results/pipelined_tune_<gpu>.csv)."""
+    """Past decode: the software-pipelined Gluon GEMMs (`GemmConfig.wgmma_stages`; the decoded weight in
+    shared memory, and in wgmma's registers: `w_registers`) per tile and split, after the same
+    quantize pass, against the routed path and Triton's schedule of the same tiles (--registers: the
+    cuBLAS path instead); device time (CUDA-graph replays), static scale, bf16 input, cuBLAS bf16 in
+    the same process (-> results/pipelined_tune_<gpu>.csv)."""
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     graph_us, _ = timers(device)
     shapes = [(72, 200)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
@@ -589,28 +599,85 @@ def run_tune_pipelined(args):
             cand = TileCandidates(trios, x)
             res = [(cand.routed(), "routed path")]
             kp = trios[0][1].k_padded
-            for bm, bn, bk, stages in PIPELINED_CONFIGS:
-                if kp % bk:
-                    continue
-                for pps in (1, 2):
+            shared = [(128, 64, 64, 4, 1), (128, 128, 64, 3, 1)] if args.registers else [
+                (*c, pps) for c in PIPELINED_CONFIGS for pps in (1, 2)]
+            for bm, bn, bk, stages, pps in shared:
+                if kp % bk == 0:
                     cfg = kernels.GemmConfig(bm, bn, bk, bm // 16, 3, split_k=0, programs_per_sm=pps,
                                              predequant_a=True, w_operand_b=True, wgmma_stages=stages)
                     res.append((cand.two_launches(cfg), f"pipelined {bm}x{bn}x{bk} s{stages} pps{pps}"))
-            for bm, bn, bk in ((128, 128, 64), (128, 64, 64)):  # Triton's schedule of the same tiles
-                cfg = kernels.GemmConfig(bm, bn, bk, bm // 16, 3, split_k=0, predequant_a=True, w_operand_b=True)
-                res.append((cand.two_launches(cfg), f"triton {bm}x{bn}x{bk} w{bm // 16} s3"))
+            for bm, bn, bk, stages in REGISTER_CONFIGS:
+                for pps in (1, 2):
+                    if kp % bk == 0:
+                        cfg = kernels.GemmConfig(bm, bn, bk, bn // 16, 3, split_k=0, programs_per_sm=pps,
+                                                 predequant_a=True, w_registers=True, wgmma_stages=stages)
+                        res.append((cand.two_launches(cfg), f"registers {bm}x{bn}x{bk} s{stages} pps{pps}"))
+            if args.registers:
+                res.append((cand.over_layers(lambda layer, out: ops.triton_linear(
+                    x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2,
+                    None, n, False, layer._alpha_host, cublas=True)), "cublas path"))
+            else:
+                for bm, bn, bk in ((128, 128, 64), (128, 64, 64)):  # Triton's schedule of the same tiles
+                    cfg = kernels.GemmConfig(bm, bn, bk, bm // 16, 3, split_k=0, predequant_a=True, w_operand_b=True)
+                    res.append((cand.two_launches(cfg), f"triton {bm}x{bn}x{bk} w{bm // 16} s3"))
             bf16 = graph_us(lambda: trios[0][0](x))
-            timed = cand.dry_run(res) if device == "cpu" else time_candidates(res)
+            timed = cand.dry_run(res, ("routed path", "cublas path")) if device == "cpu" else time_candidates(res)
             for t, name in timed:
                 rows.append([m, n, k, name, t, bf16])
             routed = next(t for t, nm in timed if nm == "routed path")
             print(f"pipelined {m}x{n}x{k}: bf16 {bf16:.2f}us routed {routed:.2f}us ({bf16 / routed:.2f}x); " +
                   "; ".join(f"{t:.2f}us ({bf16 / t:.2f}x) {nm}" for t, nm in timed[:4]), flush=True)
-    if device == "cpu":
-        return
-    path = args.results_dir / f"pipelined_tune_{gpu_slug()}.csv"
-    rows = merge_rows(path, rows, 3, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], float(r[4]), float(r[5])])
-    write_csv(path, ["m", "n", "k", "kernel", "us", "bf16_us"], rows)
+        if device == "cuda":  # after every shape: a run cut short keeps what it measured
+            path = args.results_dir / f"pipelined_tune_{gpu_slug()}.csv"
+            # (per candidate: a run of some candidates keeps the others' rows)
+            merged = merge_rows(path, rows, 4, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], float(r[4]),
+                                                          float(r[5])])
+            write_csv(path, ["m", "n", "k", "kernel", "us", "bf16_us"], merged)
+    if device == "cuda" and args.registers and not args.no_write:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        publish_pipelined(args, args.results_dir / f"pipelined_tune_{gpu_slug()}.csv",
+                          f"{card()} · {stamp} · torch {torch.__version__}, triton {triton.__version__} · "
+                          f"`{' '.join(sys.argv)}`")
+
+
+PIPELINED_TITLE = "Pipelined Hopper GEMM past decode (benchmarks/linear_bench.py --tune-pipelined)"
+
+
+def publish_pipelined(args, path: Path, meta: str) -> None:
+    """The --tune-pipelined section of RESULTS.md from its CSV: each shape whose register-operand
+    tiles were timed, with the same run's routed path, shared-memory kernel (best tile), register
+    kernel (best tile) and cuBLAS path (rows of one run share their bf16 time)."""
+    with path.open() as f:
+        rows = [(int(r["m"]), int(r["n"]), int(r["k"]), r["kernel"], float(r["us"]), float(r["bf16_us"]))
+                for r in csv.DictReader(f)]
+    table = []
+    for m, n, k in sorted({r[:3] for r in rows if r[3].startswith("registers")}, key=lambda s: (s[1], s[2], s[0])):
+        bf16 = next(r[5] for r in rows if r[:3] == (m, n, k) and r[3].startswith("registers"))
+        run = [r for r in rows if r[:3] == (m, n, k) and r[5] == bf16]  # that run's candidates
+
+        def best(prefix):
+            cands = [r for r in run if r[3].startswith(prefix)]
+            return min(cands, key=lambda r: r[4]) if cands else None
+
+        reg, shared = best("registers"), best("pipelined")
+        routed, cublas = best("routed path"), best("cublas path")
+        others = min(r[4] for r in (shared, cublas) if r is not None)
+        table.append([m, n, k, bf16, routed[4] if routed else float("nan"),
+                      shared[4] if shared else float("nan"), shared[3].removeprefix("pipelined ") if shared else "-",
+                      reg[4], reg[3].removeprefix("registers "), cublas[4] if cublas else float("nan"),
+                      bf16 / reg[4], others / reg[4]])
+    header = ["M", "N", "K", "bf16 us", "routed us", "shared-memory kernel us", "its tile", "register kernel us",
+              "its tile", "cuBLAS path us", "register kernel vs bf16", "vs shared-memory / cuBLAS (best)"]
+    intro = ("Whole layer (the quantize pass + the GEMM on A dequantized), static scale, bf16 input, CUDA-graph "
+             "replay medians, cuBLAS bf16 `nn.Linear` in the same process; every column of a row from one run. "
+             "'routed' = the layer's own path in that run; 'shared-memory kernel' = `nvfp4_gemm_wgmma_kernel` "
+             "(the decoded weight tile stored for wgmma's B; its two routed tiles), 'register kernel' = "
+             "`nvfp4_gemm_wgmma_rs_kernel` (`GemmConfig.w_registers`: the weight decoded into wgmma's register "
+             "operand; A rows x weight rows x K, cp.async stages, programs per SM); 'cuBLAS path' = the layer's "
+             "cuBLAS route forced. Every candidate: the CSV (earlier runs' tiles too).")
+    rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    replace_section(args.results_md, PIPELINED_TITLE, [meta, "", intro, "", *markdown_table(header, table), "",
+                                                       f"CSV: `{rel}`"])
 
 
 def run_tune_operand(args):
@@ -1016,6 +1083,8 @@ def main():
     p.add_argument("--m", type=int, nargs="*", help="only these M")
     p.add_argument("--shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", help="only these NxK")
     p.add_argument("--update", action="store_true", help="replace only the measured rows of this card's CSV")
+    p.add_argument("--registers", action="store_true", help="--tune-pipelined: the register-operand tiles, with the "
+                   "routed path, the cuBLAS path and the routed shared-memory tiles only")
     p.add_argument("--tiles", nargs="*", help="--ab-decode: only the tiles whose name holds one of these strings")
     p.add_argument("--ragged-k", action="store_true", help="--ab-decode: also K tiles that do not divide Kp "
                    "(the last one masked)")

@@ -52,9 +52,10 @@ def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
     layer, CUDA-graph medians (linear_bench.py --tune, --tune-operand): 512x8192x8192 167.7 us vs
     235.3, 512x4096x4096 43.5 vs 74.1, 128x1288x2688 12.7 vs 17.2, 128x2576x2688 13.1 vs 20.2,
     256x4096x4096 34.2 vs 47.0; but 128x8192x8192 124.5 vs 82.7, 128x4096x4096 30.0 vs 26.2,
-    256x8192x8192 140 vs 119. From 24M elements at 256 rows, and below 1024 rows from Kp = 16384,
-    the pipelined Triton-path kernel wins (`kernels.gemm_config`; --tune-pipelined): 256x8192x3696
-    50.2 us vs 59.8, 512x8192x28672 590 vs 649.
+    256x8192x8192 140 vs 119. From 24M elements at 256 rows, and below 1024 rows from Kp = 16384 or
+    N = 16384, the pipelined Triton-path kernels win (`kernels.gemm_config`; --tune-pipelined):
+    256x8192x3696 50.2 us vs 59.8, 512x8192x28672 590 vs 649, 512x28672x8192 492 vs 567 (the weight
+    in wgmma's registers).
 
     A dynamic scale's fp32 output chunks (8 more bytes per output element, `cublas_dequantized_gemm`)
     cost more than cuBLAS gains where K is small: from Kp = 1024 only. H100 (linear_bench.py, same
@@ -63,7 +64,7 @@ def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
     if dynamic and kp < 1024:
         return False
     if m >= 512:
-        return m >= 1024 or kp < 16384
+        return m >= 1024 or (kp < 16384 and n < 16384)
     return any(m >= rows and n * kp <= elements for rows, elements in CUBLAS_EARLY)
 
 

@@ -24,7 +24,7 @@ from ._interpreter import sibling
 numerics = sibling(__name__, "numerics")
 quantize = sibling(__name__, "quantize")
 fake_quantize_tile = sibling(__name__, "quant_dequant").fake_quantize_tile
-mma16_offset = sibling(__name__, "layout").mma16_offset
+activation_offset = sibling(__name__, "layout").activation_offset
 
 # ACT codes (the launcher maps names): gated ones multiply act(gate) by up.
 SILU_MUL = tl.constexpr(0)
@@ -225,13 +225,10 @@ def act_fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, M, I_div, stride_
     """out [M, Kp] = the NVFP4 values of act(x) (x [M, W], W = 2I gated), e2m1 * e4m3 without the
     global scale, zeros beyond I: fp16 units in the weight decode's K order (UNITS) or true values
     in out's dtype; the codes and scales `act_quantize_kernel` stores for the same x and scale.
-    A_ORDER 1, 2 (UNITS): out in that `layout.mma16_offset` order instead of row-major."""
+    A_ORDER 1-3 (UNITS): out in that `layout.activation_offset` order instead of row-major."""
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     cols = (tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
     h = _act_tile(x_ptr, rows, cols, M, I_div * I_MULT, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
     v = fake_quantize_tile(h, tl.load(global_scale_ptr), UNITS, BLOCK_M, BLOCK_K)
-    if A_ORDER > 0:
-        offsets = mma16_offset(rows.to(tl.int64), cols, Kp, A_ORDER)
-    else:
-        offsets = rows.to(tl.int64) * Kp + cols
+    offsets = activation_offset(rows.to(tl.int64), cols, Kp, A_ORDER)
     tl.store(out_ptr + offsets, v.to(out_ptr.dtype.element_ty), mask=(rows < M) & (cols < Kp))

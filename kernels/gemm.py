@@ -25,6 +25,8 @@ _layout = sibling(__name__, "layout")
 col_part_128x4 = _layout.col_part_128x4
 row_part_128x4 = _layout.row_part_128x4
 load_mma16_tile = _layout.load_mma16_tile
+to_rs_order = _layout.to_rs_order
+activation_offset = _layout.activation_offset
 _numerics = sibling(__name__, "numerics")
 DECODE_UNIT_SCALE = _numerics.DECODE_UNIT_SCALE
 dequant_bytes = _numerics.dequant_bytes
@@ -78,7 +80,8 @@ def nvfp4_gemm_kernel(
     AMAX_BLOCK: tl.constexpr,
     AMAX_CHUNKS: tl.constexpr,
     W_OPERAND_B: tl.constexpr,  # GemmConfig.w_operand_b: out = A @ W^T, the decoded weight the right operand
-    A_ORDER: tl.constexpr,  # GemmConfig.a_order: 1, 2: PREDEQUANT_A's A in that `layout.mma16_offset` order
+    A_ORDER: tl.constexpr,  # GemmConfig.a_order: 1, 2: PREDEQUANT_A's A in that `layout.mma16_offset` order; 3: `layout.rs_col`
+    RS_ORDER: tl.constexpr,  # GemmConfig.w_registers: K in `layout.rs_col` order on both sides (that kernel's sums)
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -142,9 +145,9 @@ def nvfp4_gemm_kernel(
             rk = k0 + tl.arange(0, BLOCK_K)
             x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0)
             a = fake_quantize_tile(x.to(tl.float32), gs, True, BLOCK_M, BLOCK_K)
-        elif A_ORDER > 0:  # a `layout.mma16_offset` order: one 16-byte run per MMA fragment (no register moves)
+        elif (A_ORDER == 1) | (A_ORDER == 2):  # a `layout.mma16_offset` order: one 16-byte run per MMA fragment (no register moves)
             a = load_mma16_tile(a_ptr.to(tl.pointer_type(tl.float16)), pid_m, k0, Kp, BLOCK_K, A_ORDER, EVEN_K)
-        elif PREDEQUANT_A:
+        elif PREDEQUANT_A:  # row-major (A_ORDER 3: columns in `layout.rs_col` order)
             rk = k0 + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],
                         mask=m_ok[:, None] & (rk < Kp)[None, :], other=0.0)
@@ -161,6 +164,10 @@ def nvfp4_gemm_kernel(
             w = dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
         else:
             w = dequant_bytes(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
+        if RS_ORDER:  # the K order of `gemm_wgmma.nvfp4_gemm_wgmma_rs_kernel`'s register operand, on both sides
+            w = to_rs_order(w, BLOCK_N, BLOCK_K)
+            if A_ORDER != 3:  # (A_ORDER 3: A stored in that order)
+                a = to_rs_order(a, BLOCK_M, BLOCK_K)
         if W_OPERAND_B:
             # out = A @ W^T, the decoded weight the right operand: with 16-token tiles (mma.sync) Triton
             # decodes the weight words straight into the operand's registers; with 64+ (wgmma) it stores
@@ -194,9 +201,10 @@ def nvfp4_gemm_kernel(
 
 @triton.jit
 def dequantize_activation_kernel(a_ptr, a_scale_ptr, out_ptr, M, Kp_div64, WORD_DECODE: tl.constexpr,
-                                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, A_ORDER: tl.constexpr):
     """A (packed + 128x4 scales) -> fp16 [M, Kp] in units of 2^-14 (exact), in the K order the GEMM's
-    weight decode uses (WORD_DECODE permutes K within each 8-code word, the same way for both operands)."""
+    weight decode uses (WORD_DECODE permutes K within each 8-code word, the same way for both operands;
+    A_ORDER 3, WORD_DECODE only: columns moved as `layout.rs_col` says)."""
     Kp = Kp_div64 * 64
     S4 = Kp // 16
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -216,4 +224,4 @@ def dequantize_activation_kernel(a_ptr, a_scale_ptr, out_ptr, M, Kp_div64, WORD_
         a = dequant_bytes(tl.load(a_ptr + rm64[:, None] * (Kp // 2) + rb[None, :], mask=m_ok[:, None], other=0),
                                    sf, BLOCK_M, BLOCK_K, True)
     rk = k0 + tl.arange(0, BLOCK_K)
-    tl.store(out_ptr + rm64[:, None] * Kp + rk[None, :], a, mask=m_ok[:, None])
+    tl.store(out_ptr + activation_offset(rm64[:, None], rk[None, :], Kp, A_ORDER), a, mask=m_ok[:, None])

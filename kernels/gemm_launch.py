@@ -51,11 +51,29 @@ class GemmConfig:
     # tensor cores multiply tile i - 1 (Triton's schedule waits for each MMA before the next decode);
     # the same bits. 0: Triton's kernel (always so on the CPU, whose interpreter runs no Gluon).
     wgmma_stages: int = 0
+    # With wgmma_stages, the weight the left operand (w_operand_b False): each warpgroup decodes 64 weight
+    # rows straight into wgmma's register operand (kernels/gemm_wgmma.py, `nvfp4_gemm_wgmma_rs_kernel`)
+    # instead of storing the decoded tile for a shared-memory operand; A (block_m rows, wgmma's N) is
+    # then the shared-memory operand, written in that kernel's K order (a_order 3). block_n 64 or 128
+    # weight rows with block_n / 16 warps. Triton's kernel computes the same tile portably.
+    w_registers: bool = False
 
     def __post_init__(self):
         if self.a_mma16 and self.block_m != 16:
             raise ValueError(f"a_mma16 needs block_m 16, got {self.block_m}")
-        if self.wgmma_stages:
+        if self.w_registers:
+            if not (self.predequant_a and not self.w_operand_b and not self.a_mma16):
+                raise ValueError("w_registers needs predequant_a, the weight the left operand (w_operand_b False) and "
+                                 "A row-major (a_mma16 False)")
+            if self.block_n not in (64, 128) or self.num_warps != self.block_n // 16:
+                raise ValueError(f"w_registers needs block_n 64 or 128 with block_n / 16 warps (one warpgroup per 64 "
+                                 f"weight rows), got block_n {self.block_n}, num_warps {self.num_warps}")
+            if self.block_m not in (16, 32, 64, 128, 256) or self.block_k not in (64, 128):
+                raise ValueError(f"w_registers needs block_m a power of two in 16..256 and block_k 64 or 128, got "
+                                 f"block_m {self.block_m}, block_k {self.block_k}")
+            if self.wgmma_stages and self.wgmma_stages < 3:
+                raise ValueError(f"w_registers needs >= 3 wgmma_stages, got {self.wgmma_stages}")
+        elif self.wgmma_stages:
             if not (self.predequant_a and self.w_operand_b and not self.a_mma16):
                 raise ValueError("wgmma_stages needs predequant_a and w_operand_b, A row-major (a_mma16 False)")
             if self.block_m not in (64, 128) or self.num_warps != self.block_m // 16:
@@ -68,7 +86,10 @@ class GemmConfig:
     @property
     def a_order(self) -> int:
         """The layout `nvfp4_gemm_dequantized_a` reads A in: 0 row-major, 1 / 2 the mma16 order for
-        A as the MMA's left / right operand (`layout.mma16_offset`)."""
+        A as the MMA's left / right operand (`layout.mma16_offset`), 3 the order of the weight as
+        wgmma's register operand (`w_registers`, `layout.rs_col`)."""
+        if self.w_registers:
+            return 3
         return 0 if not self.a_mma16 else 1 if self.w_operand_b else 2
 
 
@@ -112,8 +133,9 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
     # 44.1 / 59.8 (cuBLAS at 256); 8192x28672 128x64x64 195.2 at 128 rows, 128x128x64 3 stages 323.5 at
     # 256 and 590.2 at 512 vs 229.6 / 365.5 / 649.1 (cuBLAS at 512); 28672x8192 128x128x64 3 stages 171.2
     # vs 204.9 at 128 rows, but at 256 Triton's 128x128x64 (308.1) beats it (321.3). Not past 24M
-    # elements: 128x4096x4096 26.1 vs 23.7, 128x2576x2688 18.3 vs 13.3 (cuBLAS).
-    if m < 512 or (m < 1024 and kp >= 16384):
+    # elements: 128x4096x4096 26.1 vs 23.7, 128x2576x2688 18.3 vs 13.3 (cuBLAS). The weight decoded into
+    # wgmma's registers (`w_registers`) wins only with many weight tiles: N >= 16384 from 192 rows (below).
+    if m < 512 or (m < 1024 and (kp >= 16384 or n >= 16384)):
         pipelined = dict(split_k=0, programs_per_sm=1, predequant_a=True, w_operand_b=True)
         if kp >= 16384:
             if m < 192:
@@ -122,8 +144,10 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
         if n >= 16384:
             if m < 192:
                 return GemmConfig(128, 128, 64, 8, 3, wgmma_stages=3, **pipelined)
-            # Triton's 128x128 tiles, 8 warps (--tune-operand, M = 256: 309 us vs 410 with 64-wide K tiles)
-            return GemmConfig(128, 128, 64, 8, 3, split_k=0, predequant_a=True, w_operand_b=True)
+            # the weight in wgmma's registers, 256 A rows x 128 weight rows (--tune-pipelined --registers,
+            # 28672x8192: 253.5 us vs 308.2 on Triton's 128x128x64 at 256 rows, 492.1 vs 566.7 on cuBLAS at 512)
+            return GemmConfig(256, 128, 64, 8, 3, split_k=0, programs_per_sm=1, predequant_a=True, w_registers=True,
+                              wgmma_stages=4)
         if n * kp >= 24 * 2**20:
             return GemmConfig(128, 64, 64, 8, 3, wgmma_stages=4, **pipelined)
         return GemmConfig(64, 64, block_k, 4, 3, split_k=0, predequant_a=True)
@@ -166,9 +190,12 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
         return _gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, config)
     module = _interpreter.for_device(gemm_module, out.device)
     a_units = torch.empty((m, kp), dtype=torch.float16, device=out.device)
+    order = 3 if config.w_registers else 0  # (the mma16 orders' tiles read a row-major A here)
     module.dequantize_activation_kernel[(cdiv(m, 32), kp // 64)](
-        a_data, a_scale.view(dtype=a_data.dtype), a_units, m, kp // 64, WORD_DECODE=config.word_decode,
-        BLOCK_M=32, BLOCK_K=64, num_warps=4)
+        a_data, a_scale.view(dtype=a_data.dtype), a_units, m, kp // 64, WORD_DECODE=config.word_decode or bool(order),
+        BLOCK_M=32, BLOCK_K=64, A_ORDER=order, num_warps=4)
+    if order:
+        return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, a_order=order)
     return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config)
 
 
@@ -232,6 +259,8 @@ _launch = CachedLaunch(gemm_module.nvfp4_gemm_kernel,
                        views={1: (torch.float8_e4m3fn, torch.uint8), 3: (torch.float8_e4m3fn, torch.uint8)})
 _wgmma_launch = CachedLaunch(gemm_wgmma.nvfp4_gemm_wgmma_kernel,
                              views={1: (torch.uint8, torch.int32), 2: (torch.float8_e4m3fn, torch.uint8)})
+_wgmma_rs_launch = CachedLaunch(gemm_wgmma.nvfp4_gemm_wgmma_rs_kernel,
+                                views={1: (torch.uint8, torch.int32), 2: (torch.float8_e4m3fn, torch.uint8)})
 
 
 _PACKED, _UNITS, _X = 0, 1, 2  # what A is: packed NVFP4, fp16 units (dequantized), the input x
@@ -252,16 +281,16 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED,
     plan = _gemm_plan.__wrapped__ if tracing else _gemm_plan  # M may be symbolic (unhashable) there
     # the max |x| reads unroll over rows: M made concrete (under torch.compile, a guard on M)
     amax = (triton.next_power_of_2(int(m)), k) if dynamic else None
-    grid, meta, options, split, tiles, per_split, launch_id = plan(
+    grid, meta, options, split, tiles, per_split, launch_id, gluon_launch = plan(
         index, m, n, kp, config, a_mode, a.dtype, out.dtype, None if bias is None else bias.dtype,
         *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax, a_order, tracing)
     if split > 1:
         partials, tickets = scratch_of(out).get(split * m * n, tiles)
     else:
         partials = tickets = out  # unused
-    if "STAGES" in meta:  # the pipelined Gluon kernel (kernels/gemm_wgmma.py)
-        _wgmma_launch(launch_id, grid, (a, w_data, w_scale, alpha, bias if bias is not None else out, out, partials,
-                                        tickets, m, n, kp // 64, per_split, out.stride(0)), meta, options)
+    if gluon_launch is not None:  # a pipelined Gluon kernel (kernels/gemm_wgmma.py)
+        gluon_launch(launch_id, grid, (a, w_data, w_scale, alpha, bias if bias is not None else out, out, partials,
+                                       tickets, m, n, kp // 64, per_split, out.stride(0)), meta, options)
         return out
     args = (a, a_scale, w_data, w_scale, alpha, bias if bias is not None else out, out, partials, tickets, m, n,
             kp // 64, per_split, out.stride(0), k, sx)
@@ -279,8 +308,9 @@ _launch_ids: dict = {}
 
 
 def runs_pipelined(config: GemmConfig, kp: int, device: torch.device) -> bool:
-    """Whether a GEMM with A dequantized runs config on the Gluon kernel (kernels/gemm_wgmma.py):
-    config.wgmma_stages set, a CUDA device of compute capability 9.x (wgmma), whole K tiles."""
+    """Whether a GEMM with A dequantized runs config on a Gluon kernel of kernels/gemm_wgmma.py
+    (`w_registers`: the register-operand one): config.wgmma_stages set, a CUDA device of compute
+    capability 9.x (wgmma), whole K tiles."""
     return (config.wgmma_stages > 0 and device.type == "cuda" and kp % config.block_k == 0
             and _capability(device)[0] == 9)
 
@@ -307,35 +337,42 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
                amax=None, a_order=0, tracing=False):
     """Config, split-K, grid, constexprs and launch key of one shape (device index -1: the CPU):
     worked out once. k_key, sx_key: `int_key` of x's K and row stride (what Triton specializes
-    them on; a_mode _X only); amax: (rows, K) of a dynamic scale's max |x| reads, or None. The
-    constexprs of the Gluon kernel (their "STAGES" says so) where config.wgmma_stages applies: a
-    CUDA device, A dequantized, not while torch.compile traces (Inductor launches Triton kernels)."""
+    them on; a_mode _X only); amax: (rows, K) of a dynamic scale's max |x| reads, or None. The last
+    item: the `CachedLaunch` of the Gluon kernel where config.wgmma_stages applies (a CUDA device, A
+    dequantized, not while torch.compile traces: Inductor launches Triton kernels), else None."""
     device = torch.device("cuda", index) if index >= 0 else torch.device("cpu")
     routed = config is None
     if routed:
         config = gemm_config(m if tiles_for_m is None else tiles_for_m, n, kp, device.type, _sm_count(device))
     if a_mode != _PACKED:  # A's values in the weight decode's order: word decode on both sides
         config = replace(config, predequant_a=a_mode == _UNITS, word_decode=True)
+    a_in_rs_order = a_mode == _UNITS and a_order == 3
     if a_mode == _UNITS and a_order != config.a_order:
-        # the caller's layout of A decides; a routed tile follows it where it can
-        if not routed or (a_order and (config.block_m != 16 or (a_order == 1) != config.w_operand_b)):
+        # the caller's layout of A decides; a routed tile follows it where it can (a row-major A and the
+        # register-operand tile: Triton's kernel of that tile, A moved into its K order in registers)
+        if not routed or a_order in (1, 2) and (config.block_m != 16 or (a_order == 1) != config.w_operand_b) or (
+                a_order == 3) or (config.w_registers and a_order != 0):
             raise ValueError(f"a_order {a_order} does not match the GEMM tile ({config}): its A layout is "
                              f"{config.a_order}")
-        config = replace(config, a_mma16=bool(a_order))
+        config = replace(config, wgmma_stages=0) if config.w_registers else replace(config, a_mma16=bool(a_order))
+    if config.w_registers and not a_in_rs_order:  # only Triton's kernel moves A into that order itself
+        config = replace(config, wgmma_stages=0)
     tiles = cdiv(m, config.block_m) * cdiv(n, config.block_n)
     split, per_split = k_splits(config, tiles, kp, _sm_count(device))
     if a_mode != _X and not tracing and runs_pipelined(config, kp, device):
         meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                     BLOCK_K=config.block_k, GROUP_M=config.group_m, STAGES=config.wgmma_stages)
         options = dict(num_warps=config.num_warps)
-        tail = ("wgmma", index, out_dtype, bias_dtype, n, kp, per_split, *meta.values())
-        return (tiles * split, 1, 1), meta, options, split, tiles, per_split, _launch_ids.setdefault(tail, len(_launch_ids))
+        tail = ("wgmma", index, out_dtype, bias_dtype, n, kp, per_split, config.w_registers, *meta.values())
+        launch = _wgmma_rs_launch if config.w_registers else _wgmma_launch
+        return ((tiles * split, 1, 1), meta, options, split, tiles, per_split,
+                _launch_ids.setdefault(tail, len(_launch_ids)), launch)
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
                 DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1, W_OPERAND_B=config.w_operand_b,
-                A_ORDER=config.a_order if a_mode == _UNITS else 0,
+                A_ORDER=a_order if a_mode == _UNITS else 0, RS_ORDER=config.w_registers,
                 **amax_reads(amax[1] if amax else 0, amax is not None))
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     tail = (index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values(), *options.values(), k_key, sx_key)
-    return (tiles * split, 1, 1), meta, options, split, tiles, per_split, _launch_ids.setdefault(tail, len(_launch_ids))
+    return (tiles * split, 1, 1), meta, options, split, tiles, per_split, _launch_ids.setdefault(tail, len(_launch_ids)), None

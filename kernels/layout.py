@@ -64,14 +64,15 @@ def scale_offset(row, col, S4, ROW_TILE: tl.constexpr):
 
 
 def mma16_rows(m, a_order: int):
-    """Rows of an [M, Kp] activation buffer in layout a_order: M row-major (0), else round_up(M, 16)."""
-    return (m + 15) // 16 * 16 if a_order else m
+    """Rows of an [M, Kp] activation buffer in layout a_order: M for the row-major ones (0, 3), else
+    round_up(M, 16)."""
+    return (m + 15) // 16 * 16 if a_order in (1, 2) else m
 
 
 def check_mma16(a_order, rows: int, m, name: str) -> None:
-    """A clear error unless a_order is 0, 1 or 2 and the buffer `name` has the rows it needs."""
-    if a_order not in (0, 1, 2):
-        raise ValueError(f"a_order must be 0, 1 or 2, got {a_order!r}")
+    """A clear error unless a_order is 0, 1, 2 or 3 and the buffer `name` has the rows it needs."""
+    if a_order not in (0, 1, 2, 3):
+        raise ValueError(f"a_order must be 0, 1, 2 or 3, got {a_order!r}")
     if a_order and rows != mma16_rows(m, a_order):
         raise ValueError(f"a_order {a_order}: {name} must have round_up(M, 16) = {mma16_rows(m, a_order)} rows, "
                          f"got {rows}")
@@ -110,3 +111,39 @@ def load_mma16_tile(a_ptr, pid_m, k0, Kp, BLOCK_K: tl.constexpr, ORDER: tl.const
         return tl.reshape(tl.permute(a8, [6, 3, 0, 5, 4, 1, 2, 7]), [16, BLOCK_K])
     else:
         return tl.reshape(tl.permute(a8, [1, 3, 0, 6, 4, 5, 2, 7]), [16, BLOCK_K])
+
+
+# ---- the activation for the weight as wgmma's register operand ("rs", a_order 3) ---------------
+# `gemm_wgmma.nvfp4_gemm_wgmma_rs_kernel` decodes each weight word straight into the registers of
+# wgmma's left operand, where a thread holds K pairs 2c, 2c + 1 and 2c + 8, 2c + 9 of every 16
+# (c = lane % 4). Word j = 2c + h of each 64 columns (its `numerics.word_order` position q = 4 r1 +
+# 2 r0 + p) lands at MMA column 32 h + 16 r1 + 8 r0 + 2 c + p, so the activation, the shared-memory
+# operand, is stored row-major with its columns moved the same way: `rs_col`. `to_rs_order` moves
+# a decoded weight tile likewise (the Triton kernel that computes the same tile portably).
+
+
+@triton.jit
+def rs_col(col):
+    """Column of word-order position col of an activation stored for the register-operand kernel."""
+    c = col % 64
+    return col - c + ((c // 8) % 2) * 32 + ((c // 4) % 2) * 16 + ((c // 2) % 2) * 8 + (c // 16) * 2 + c % 2
+
+
+@triton.jit
+def to_rs_order(v, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[ROWS, BLOCK_K] in word order -> the register-operand order of `rs_col` (BLOCK_K % 64 == 0):
+    each 64 columns (c, h, r1, r0, p) -> (h, r1, r0, c, p)."""
+    v = tl.reshape(v, [ROWS, BLOCK_K // 64, 4, 2, 2, 2, 2])
+    return tl.reshape(tl.permute(v, [0, 1, 3, 4, 5, 2, 6]), [ROWS, BLOCK_K])
+
+
+@triton.jit
+def activation_offset(row, col, Kp, ORDER: tl.constexpr):
+    """Element offset of (row, word-order column col) of an [M, Kp] activation in layout ORDER
+    (`GemmConfig.a_order`): 0 row-major, 1 / 2 `mma16_offset`, 3 row-major with `rs_col` columns."""
+    if ORDER == 0:
+        return row * Kp + col
+    elif ORDER == 3:
+        return row * Kp + rs_col(col)
+    else:
+        return mma16_offset(row, col, Kp, ORDER)

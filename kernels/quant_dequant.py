@@ -21,7 +21,7 @@ from ._interpreter import sibling
 # `sibling` gives the interpreted twins their interpreted helpers.
 
 _numerics = sibling(__name__, "numerics")
-mma16_offset = sibling(__name__, "layout").mma16_offset
+activation_offset = sibling(__name__, "layout").activation_offset
 dequant_bytes = _numerics.dequant_bytes
 e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 quantize_blocks = _numerics.quantize_blocks
@@ -105,13 +105,10 @@ def _load_tile(x_ptr, M, K, stride_xm, pid_m, pid_k, BLOCK_M: tl.constexpr, BLOC
 @triton.jit
 def _store_fake_quantized(x, gs, out_ptr, rows, cols, M, Kp, UNITS: tl.constexpr, BLOCK_M: tl.constexpr,
                           BLOCK_K: tl.constexpr, A_ORDER: tl.constexpr):
-    """The pass's values of tile x (rows, cols) into out (row stride Kp; A_ORDER 1, 2: out in that
-    `layout.mma16_offset` order instead, UNITS only)."""
+    """The pass's values of tile x (rows, cols) into out (row stride Kp; A_ORDER 1-3: out in that
+    `layout.activation_offset` order instead, UNITS only)."""
     v = fake_quantize_tile(x.to(tl.float32), gs, UNITS, BLOCK_M, BLOCK_K)
-    if A_ORDER > 0:
-        offsets = mma16_offset(rows.to(tl.int64)[:, None], cols[None, :], Kp, A_ORDER)
-    else:
-        offsets = rows.to(tl.int64)[:, None] * Kp + cols[None, :]
+    offsets = activation_offset(rows.to(tl.int64)[:, None], cols[None, :], Kp, A_ORDER)
     tl.store(out_ptr + offsets, v.to(out_ptr.dtype.element_ty), mask=(rows < M)[:, None] & (cols < Kp)[None, :])
 
 

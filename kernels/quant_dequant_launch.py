@@ -65,7 +65,8 @@ def fake_quantize(x, global_scale, out, *, units: bool, a_order: int = 0):
     False: true values in out's dtype (bf16/fp16), natural order (cuBLAS operand).
     a_order 1, 2 (units only; `GemmConfig.a_order` of the GEMM that reads out): out [round_up(M, 16),
     Kp] in that 16-row MMA fragment order (`layout.mma16_offset`); rows M.. of the last tile are left
-    as they are."""
+    as they are. a_order 3 (units only): [M, Kp] with the columns of each 64 moved for the weight as
+    wgmma's register operand (`layout.rs_col`)."""
     _fake_quantize(x, global_scale, out, units, None, a_order)
     return out
 

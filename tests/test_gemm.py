@@ -183,7 +183,7 @@ def test_a_mma16_errors():
     with pytest.raises(ValueError, match="round_up"):
         kernels.fake_quantize(x, torch.ones(1), torch.empty(5, 64, dtype=torch.float16), units=True, a_order=1)
     with pytest.raises(ValueError, match="a_order must be"):
-        kernels.fake_quantize(x, torch.ones(1), torch.empty(16, 64, dtype=torch.float16), units=True, a_order=3)
+        kernels.fake_quantize(x, torch.ones(1), torch.empty(16, 64, dtype=torch.float16), units=True, a_order=4)
     # the GEMM: A's declared layout must fit its rows and the tile's operand side
     _, w, ws, alpha, _ = operands(5, 40, 192, "cpu")
     out = torch.empty(5, 40)

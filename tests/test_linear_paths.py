@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import fp4linear
 from fp4linear import kernels, ops, reference
 
-from .conftest import modelopt_checkpoint, without_host_sync
+from .conftest import HAVE_CUDA, modelopt_checkpoint, without_host_sync
 
 
 def layer_for(n, k, device, *, bias=True, dynamic=False, seed=0):
@@ -608,6 +608,32 @@ def test_gpu_paths_no_sync_graph_deterministic(path, m, dynamic):
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA or torch.cuda.get_device_capability()[0] != 9, reason="the routed tile on SM90")
+@pytest.mark.parametrize("m", [200, 600])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_gpu_layer_with_the_weight_in_wgmma_registers(m, dynamic):
+    """N >= 16384 from 192 rows: the layer's GEMM is the register-operand kernel (the pass writes A in
+    its K order); no host sync, deterministic, graph replays, within the fp64 bound."""
+    n, k = 16400, 520
+    layer, ckpt, q = layer_for(n, k, "cuda", dynamic=dynamic, seed=m)
+    assert kernels.activation_order(m, n, layer.k_padded, torch.device("cuda")) == 3
+    assert not ops.use_cublas(m, n, layer.k_padded, dynamic)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
+    first = _forward(layer, x, "triton")
+    again = without_host_sync(lambda: _forward(layer, x, "triton"), 3)
+    assert all(torch.equal(first, a) for a in again)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = _forward(layer, x, "triton")
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, first)
+    scale = fp4linear.decode_scale(x.float().abs().amax()) if dynamic else ckpt["input_scale"]
+    ref, bound = fp64_bound(x, layer, q, scale)
+    check(y, ref, bound, torch.bfloat16)
+
+
+@pytest.mark.cuda
 def test_gpu_cached_launches_follow_shape_dtype_and_stride_changes():
     from fp4linear.kernels import launch
 
@@ -817,7 +843,7 @@ def test_plans_take_a_symbolic_m(monkeypatch):
     with pytest.raises(TypeError):
         hash(m)
     monkeypatch.setattr(gemm_launch, "_sm_count", lambda device: 132)
-    grid, meta, options, split, tiles, per_split, _ = gemm_launch._gemm_plan.__wrapped__(
+    grid, meta, options, split, tiles, per_split, _, _ = gemm_launch._gemm_plan.__wrapped__(
         0, m, 1288, 512, None, gemm_launch._UNITS, torch.float16, torch.bfloat16, None)
     assert type(meta["SPLIT_K"]) is int and type(per_split) is int and isinstance(grid[0], torch.SymInt)
     grid, meta, _ = quant_dequant_launch._fake_plan.__wrapped__(0, m, 464, 512, True, torch.bfloat16, torch.float16)

@@ -33,9 +33,16 @@ def assert_same_bits(got: torch.Tensor, want: torch.Tensor):
     assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16))
 
 
-@pytest.mark.parametrize("word_decode", [True, False])
+def rs_order(v: torch.Tensor) -> torch.Tensor:
+    """Word-ordered columns moved as the register-operand GEMM's activation wants them (a_order 3):
+    within each 64, column 16 c + 8 h + 4 r1 + 2 r0 + p -> 32 h + 16 r1 + 8 r0 + 2 c + p."""
+    m, kp = v.shape
+    return v.reshape(m, kp // 64, 4, 2, 2, 2, 2).permute(0, 1, 3, 4, 5, 2, 6).reshape(m, kp)
+
+
+@pytest.mark.parametrize("word_decode, a_order", [(True, 0), (False, 0), (True, 3)])
 @pytest.mark.parametrize("m, k", [(37, 464), (5, 1368)])
-def test_decode_is_exact(device, word_decode, m, k):
+def test_decode_is_exact(device, word_decode, a_order, m, k):
     """Every code in every nibble of a word, under scales from a wide-range input, and a NaN block."""
     g = torch.Generator().manual_seed(m * k)
     x = (torch.randn(m, k, generator=g) * torch.logspace(-3, 3, m).unsqueeze(1)).to(torch.bfloat16)
@@ -45,9 +52,11 @@ def test_decode_is_exact(device, word_decode, m, k):
     out = torch.full((m, q.kp), float("nan"), dtype=torch.float16, device=device)
     module = _interpreter.for_device(gemm, torch.device(device))
     module.dequantize_activation_kernel[(triton.cdiv(m, 32), q.kp // 64)](
-        q.data, q.scale.view(torch.uint8), out, m, q.kp // 64, WORD_DECODE=word_decode, BLOCK_M=32, BLOCK_K=64)
+        q.data, q.scale.view(torch.uint8), out, m, q.kp // 64, WORD_DECODE=word_decode, BLOCK_M=32, BLOCK_K=64,
+        A_ORDER=a_order)
     want = expected_units(q, m)
-    assert_same_bits(out, word_order(want) if word_decode else want)
+    want = word_order(want) if word_decode else want
+    assert_same_bits(out, rs_order(want) if a_order == 3 else want)
 
 
 @triton.jit
