@@ -906,15 +906,15 @@ def run_tune_pass(args):
         barrier does not fit (`dynamic_pass_barrier`: its grid beyond the SMs)."""
         def run():
             kernels.fake_quantize_dynamic(x, ws2, a, units=True)
-        saved = qdl.DYNAMIC_PASS_BARRIER_ROWS
-        qdl.DYNAMIC_PASS_BARRIER_ROWS = 1 if barrier else 17
+        saved = qdl.DYNAMIC_PASS_BARRIER_ELEMENTS
+        qdl.DYNAMIC_PASS_BARRIER_ELEMENTS = 0 if barrier else 2**40
         qdl._fake_plan.cache_clear()
         try:
             if barrier and not kernels.dynamic_pass_barrier(x.shape[0], a.shape[1], x.device):
                 return None
             return graph_us(run)  # (the plan is taken when the graph is captured)
         finally:
-            qdl.DYNAMIC_PASS_BARRIER_ROWS = saved
+            qdl.DYNAMIC_PASS_BARRIER_ELEMENTS = saved
             qdl._fake_plan.cache_clear()
 
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"

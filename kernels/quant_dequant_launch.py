@@ -28,19 +28,27 @@ _launch_rows = CachedLaunch(qd_module.dequantize_rows_kernel)
 DYNAMIC_IN_PASS_ROWS = 16
 DYNAMIC_IN_PASS_MAX = 64 * 1024  # elements of x (64 loads of 1024)
 AMAX_BLOCK = 1024  # columns per load of the max |x| reads that the small-input kernels unroll
-# On the GPU, from this many rows and where the pass's programs all fit on the SMs at once, they
-# share max |x| through an atomic and wait for each other (`fake_quantize_kernel`'s BARRIER) instead
-# of each reading all of x. H100, the pass alone (linear_bench.py --tune-pass): ~4.1-4.2 us whatever
-# the size (the atomics' round trips), against 2.7-3.6 us for the reads of all of x at 1-8 rows
-# (K = 2688-4096) and 4.8-5.4 at 16; 16x8192: 4.1 vs 5.5 for the scale launch + static pass.
-# 12: between the two measured row counts.
-DYNAMIC_PASS_BARRIER_ROWS = 12
+# On the GPU, from this many elements of x (up to 16 rows) and where the pass's programs all fit on
+# the SMs at once, they share max |x| through an atomic and wait for each other (`fake_quantize_kernel`'s
+# BARRIER) instead of each reading all of x (or, past `fuses_dynamic_scale_in_pass`, a scale launch
+# first). H100, the pass alone (linear_bench.py --tune-pass): ~4.1-4.2 us whatever the size (the
+# atomics' round trips), against the reads of all of x: 3.3 us at 8x4096 (32K elements), 4.8-5.4 at 16
+# rows of K = 2688-4096 (43K-64K), 5.8 at 8x8192; 16x8192: 4.1 vs 5.5 for the scale launch + static
+# pass. The crossing lies between 32K and 43K elements: x's size, not its rows, decides.
+DYNAMIC_PASS_BARRIER_ELEMENTS = 36 * 1024
 
 
 def dynamic_pass_barrier(m: int, kp: int, device: torch.device) -> bool:
     """Whether `fake_quantize_dynamic` of m rows into Kp columns takes the barrier (any x size)."""
-    return (device.type == "cuda" and DYNAMIC_PASS_BARRIER_ROWS <= m <= 16
-            and cdiv(m, 16) * cdiv(kp, 128) <= _sm_count(device))
+    return _barrier_block_k(m, kp, device) is not None
+
+
+def _barrier_block_k(m: int, kp: int, device: torch.device) -> int | None:
+    """The barrier pass's K tile (16-row tiles, 128 columns, or 256 where 128 would put more programs
+    than SMs: 4 x 28672 in 112 programs), or None where it does not apply."""
+    if device.type != "cuda" or not (m <= 16 and m * kp > DYNAMIC_PASS_BARRIER_ELEMENTS):
+        return None
+    return next((bk for bk in (128, 256) if cdiv(m, 16) * cdiv(kp, bk) <= _sm_count(device)), None)
 
 
 def amax_reads(k: int, dynamic: bool = True) -> dict:
@@ -119,7 +127,8 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_orde
     if index < 0:
         block_m, block_k = min(64, triton.next_power_of_2(m)), 128
     elif dynamic and dynamic_pass_barrier(m, kp, torch.device("cuda", index)):
-        block_m, block_k, barrier = 16, 128, True  # every program resident: each reads only its own tile
+        # every program resident: each reads only its own tile
+        block_m, block_k, barrier = 16, _barrier_block_k(m, kp, torch.device("cuda", index)), True
     else:  # (a dynamic scale's tile: 4x1024 .. 16x64 measured alike on the H100, benchmarks/NOTES.md)
         block_m, block_k = (16, 256) if dynamic else (32, 128)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)

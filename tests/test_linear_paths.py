@@ -164,7 +164,7 @@ def test_gpu_dynamic_pass_barrier_matches_every_program_reading_x(monkeypatch, m
         return torch.full((rows, kp), -1, dtype=torch.int16, device="cuda").view(torch.float16)
 
     def run(barrier):
-        monkeypatch.setattr(qdl, "DYNAMIC_PASS_BARRIER_ROWS", 1 if barrier else 17)
+        monkeypatch.setattr(qdl, "DYNAMIC_PASS_BARRIER_ELEMENTS", 0 if barrier else 2**40)
         qdl._fake_plan.cache_clear()
         try:
             grid, meta, _ = qdl._fake_plan(0, m, k, kp, True, x.dtype, torch.float16, True, a_order)
@@ -203,10 +203,11 @@ def test_gpu_dynamic_pass_barrier_matches_every_program_reading_x(monkeypatch, m
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("m, k", [(16, 8192), (12, 3696)])
+@pytest.mark.parametrize("m, k", [(16, 8192), (12, 3696), (8, 8192), (4, 28672)])
 def test_gpu_linear_dynamic_through_the_barrier_pass(monkeypatch, m, k):
-    """A dynamic-scale Linear from 12 rows takes the barrier pass on the GPU, x too large for every
-    program to read (16 x 8192) or not: the bits of the separate scale launch + static pass."""
+    """A dynamic-scale Linear past 36K elements of x takes the barrier pass on the GPU, x too large for
+    every program to read (16 x 8192, 4 x 28672 in 256-wide tiles) or not: the bits of the separate
+    scale launch + static pass."""
     from fp4linear.kernels import quant_dequant_launch as qdl
 
     n = 2560  # n * Kp >= 8M: the pass + GEMM route, not the GEMM quantizing x
@@ -218,7 +219,7 @@ def test_gpu_linear_dynamic_through_the_barrier_pass(monkeypatch, m, k):
     assert not ops.use_gemv(m, n, layer.k_padded) and not ops.use_quantize_in_gemm(m, n, layer.k_padded)
     qdl._fake_plan.cache_clear()
     barrier = ops.triton_linear(x, *args)
-    monkeypatch.setattr(qdl, "DYNAMIC_PASS_BARRIER_ROWS", 17)
+    monkeypatch.setattr(qdl, "DYNAMIC_PASS_BARRIER_ELEMENTS", 2**40)
     qdl._fake_plan.cache_clear()
     try:
         separate = ops.triton_linear(x, *args)
