@@ -84,6 +84,24 @@ def _tile_ids(M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.co
     return pid, pid_m, pid_n, pid_k
 
 
+@gluon.jit
+def _copy_sources(a_ptr, w_ptr, w_scale_ptr, M, N, Kp, pid_m, pid_n, pid_k, k_tiles_per_split, BLOCK_M: gl.constexpr,
+                  BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, A_LOAD: gl.constexpr, W_LOAD: gl.constexpr,
+                  S_LOAD: gl.constexpr):
+    """Row pointers and row masks of the tile's A rows, weight words and scale bytes in the copies'
+    layouts, and this split's first K column and K tile count (Kp % BLOCK_K == 0: the launcher's
+    condition)."""
+    rm = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, A_LOAD))
+    rn_w = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, W_LOAD))
+    rn_s = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, S_LOAD))
+    k_begin = pid_k * k_tiles_per_split * BLOCK_K
+    k_end = gl.minimum(k_begin + k_tiles_per_split * BLOCK_K, Kp)
+    return (a_ptr + rm.to(gl.int64)[:, None] * Kp, (rm < M)[:, None],
+            w_ptr + rn_w.to(gl.int64)[:, None] * (Kp // 8), (rn_w < N)[:, None],
+            w_scale_ptr + rn_s.to(gl.int64)[:, None] * (Kp // 16), (rn_s < N)[:, None],
+            k_begin, (k_end - k_begin) // BLOCK_K)
+
+
 @gluon.jit(do_not_specialize=["M", "stride_om"])
 def nvfp4_gemm_wgmma_kernel(
     a_ptr,  # fp16 [M, Kp]: A dequantized (units of 2^-14, word K order), row-major
@@ -109,7 +127,6 @@ def nvfp4_gemm_wgmma_kernel(
 ):
     num_warps: gl.constexpr = BLOCK_M // 16  # one warpgroup per 64 rows of A (the launch's num_warps)
     Kp = Kp_div64 * 64
-    S4 = Kp // 16
     pid, pid_m, pid_n, pid_k = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M, SPLIT_K)
 
     # Register layouts. A copies: 16 bytes a thread, warp w on rows [16 w, 16 w + 16) (its warpgroup's).
@@ -133,22 +150,12 @@ def nvfp4_gemm_wgmma_kernel(
     s_ring = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, BLOCK_K // 16], PLAIN)
     w_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, BLOCK_K], W_SMEM)
 
-    rm = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, A_LOAD))
-    a_rows = a_ptr + rm.to(gl.int64)[:, None] * Kp
-    a_row_ok = (rm < M)[:, None]
-    rn_w = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, W_LOAD))
-    w_rows = w_ptr + rn_w.to(gl.int64)[:, None] * (Kp // 8)
-    w_row_ok = (rn_w < N)[:, None]
-    rn_s = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, S_LOAD))
-    s_rows = w_scale_ptr + rn_s.to(gl.int64)[:, None] * S4
-    s_row_ok = (rn_s < N)[:, None]
+    a_rows, a_row_ok, w_rows, w_row_ok, s_rows, s_row_ok, k_begin, n_k = _copy_sources(
+        a_ptr, w_ptr, w_scale_ptr, M, N, Kp, pid_m, pid_n, pid_k, k_tiles_per_split, BLOCK_M, BLOCK_N, BLOCK_K, A_LOAD,
+        W_LOAD, S_LOAD)
     A_COLS: gl.constexpr = gl.SliceLayout(0, A_LOAD)
     W_COLS: gl.constexpr = gl.SliceLayout(0, W_LOAD)
     S_COLS: gl.constexpr = gl.SliceLayout(0, S_LOAD)
-
-    k_begin = pid_k * k_tiles_per_split * BLOCK_K
-    k_end = gl.minimum(k_begin + k_tiles_per_split * BLOCK_K, Kp)
-    n_k = (k_end - k_begin) // BLOCK_K  # Kp % BLOCK_K == 0 (the launcher's condition)
 
     for j in gl.static_range(STAGES - 1):
         _issue_tile(a_ring, w_ring, s_ring, j, a_rows, a_row_ok, w_rows, w_row_ok, s_rows, s_row_ok,
@@ -303,7 +310,6 @@ def nvfp4_gemm_wgmma_rs_kernel(
 ):
     num_warps: gl.constexpr = BLOCK_N // 16
     Kp = Kp_div64 * 64
-    S4 = Kp // 16
     pid, pid_m, pid_n, pid_k = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M, SPLIT_K)
 
     # Copies (16 bytes a thread where the tile allows)
@@ -326,22 +332,12 @@ def nvfp4_gemm_wgmma_rs_kernel(
     w_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K // 8], PLAIN)
     s_ring = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, BLOCK_K // 16], PLAIN)
 
-    rm = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, A_LOAD))
-    a_rows = a_ptr + rm.to(gl.int64)[:, None] * Kp
-    a_row_ok = (rm < M)[:, None]
-    rn_w = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, W_LOAD))
-    w_rows = w_ptr + rn_w.to(gl.int64)[:, None] * (Kp // 8)
-    w_row_ok = (rn_w < N)[:, None]
-    rn_s = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, S_LOAD))
-    s_rows = w_scale_ptr + rn_s.to(gl.int64)[:, None] * S4
-    s_row_ok = (rn_s < N)[:, None]
+    a_rows, a_row_ok, w_rows, w_row_ok, s_rows, s_row_ok, k_begin, n_k = _copy_sources(
+        a_ptr, w_ptr, w_scale_ptr, M, N, Kp, pid_m, pid_n, pid_k, k_tiles_per_split, BLOCK_M, BLOCK_N, BLOCK_K, A_LOAD,
+        W_LOAD, S_LOAD)
     A_COLS: gl.constexpr = gl.SliceLayout(0, A_LOAD)
     W_COLS: gl.constexpr = gl.SliceLayout(0, W_LOAD)
     S_COLS: gl.constexpr = gl.SliceLayout(0, S_LOAD)
-
-    k_begin = pid_k * k_tiles_per_split * BLOCK_K
-    k_end = gl.minimum(k_begin + k_tiles_per_split * BLOCK_K, Kp)
-    n_k = (k_end - k_begin) // BLOCK_K  # Kp % BLOCK_K == 0 (the launcher's condition)
 
     for j in gl.static_range(STAGES - 2):
         _issue_tile(a_ring, w_ring, s_ring, j, a_rows, a_row_ok, w_rows, w_row_ok, s_rows, s_row_ok,

@@ -114,15 +114,23 @@ CONFIGS = [(128, 128, 64, 3), (64, 128, 64, 4), (128, 256, 64, 3), (128, 64, 128
 SHAPES = [(1, 64, 64), (77, 200, 464), (130, 333, 1368), (256, 1288, 2688), (300, 520, 3696), (129, 48, 136)]
 
 
+RS_CONFIGS = [(128, 128, 64, 4), (256, 128, 64, 3), (64, 64, 64, 3), (128, 64, 128, 3), (16, 128, 64, 5),
+              (32, 128, 128, 4)]
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAVE_CUDA or torch.cuda.get_device_capability()[0] < 9, reason="needs sm_90 (wgmma)")
-@pytest.mark.parametrize("bm, bn, bk, stages", CONFIGS)
+@pytest.mark.parametrize("kind, bm, bn, bk, stages", [("shared", *c) for c in CONFIGS] +
+                         [("registers", *c) for c in RS_CONFIGS])
 @pytest.mark.parametrize("m, n, k", SHAPES)
 @pytest.mark.parametrize("split_k", [1, 3])
-def test_bits_equal_the_portable_kernel(bm, bn, bk, stages, m, n, k, split_k):
-    gen = torch.Generator().manual_seed(m * 7919 + n * 31 + k + bn)
+def test_bits_equal_the_portable_kernel(kind, bm, bn, bk, stages, m, n, k, split_k):
+    """Each Gluon kernel (the decoded weight in shared memory, or in wgmma's registers) against
+    Triton's tile of the same config (same K order, tiles and splits), twice in a row (split-K
+    tickets reset), poisoned outputs, a bias with split-K."""
+    gen = torch.Generator().manual_seed(m * 7919 + n * 31 + k + bn + bm)
     qa, w, ws, alpha, qw = operands(m, n, k, "cuda", generator=gen, k_align=bk)
-    cfg = pipelined(bm, bn, bk, stages, split_k=split_k)
+    cfg = (pipelined if kind == "shared" else in_registers)(bm, bn, bk, stages, split_k=split_k)
     bias = torch.randn(n, generator=gen).to(torch.bfloat16).cuda() if split_k == 3 else None
     assert kernels.gemm_launch.runs_pipelined(cfg, qa.kp, torch.device("cuda"))
     results = []
@@ -133,7 +141,7 @@ def test_bits_equal_the_portable_kernel(bm, bn, bk, stages, m, n, k, split_k):
     torch.cuda.synchronize()
     assert not results[0].isnan().any()
     assert torch.equal(results[0], results[1])
-    assert torch.equal(results[0], results[2]), "pipelined and portable kernels differ"
+    assert torch.equal(results[0], results[2]), f"the {kind} kernel and the portable one differ"
     if bias is None:
         out32 = torch.full((m, n), float("nan"), device="cuda")
         kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out32, config=cfg)
@@ -142,14 +150,16 @@ def test_bits_equal_the_portable_kernel(bm, bn, bk, stages, m, n, k, split_k):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAVE_CUDA or torch.cuda.get_device_capability()[0] < 9, reason="needs sm_90 (wgmma)")
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(m=st.integers(1, 400), n=st.integers(1, 700), k=st.integers(1, 1500), cfg=st.sampled_from(CONFIGS),
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 600), n=st.integers(1, 700), k=st.integers(1, 1500),
+       kind_cfg=st.sampled_from([(pipelined, c) for c in CONFIGS] + [(in_registers, c) for c in RS_CONFIGS]),
        split_k=st.sampled_from([0, 1, 2, 5]), seed=st.integers(0, 2**31 - 1))
-def test_hypothesis_shapes_within_fp64_bound(m, n, k, cfg, split_k, seed):
-    bm, bn, bk, stages = cfg
+def test_hypothesis_shapes_within_fp64_bound(m, n, k, kind_cfg, split_k, seed):
+    """Both Gluon kernels (config makers `pipelined`, `in_registers`) at random shapes and splits."""
+    make, (bm, bn, bk, stages) = kind_cfg
     qa, w, ws, alpha, qw = operands(m, n, k, "cuda", generator=torch.Generator().manual_seed(seed), k_align=bk)
     out = torch.full((m, n), float("nan"), device="cuda")
-    kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=pipelined(bm, bn, bk, stages, split_k))
+    kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=make(bm, bn, bk, stages, split_k))
     assert_within_fp32_accumulation(out, qa, qw)
 
 
@@ -175,48 +185,3 @@ def test_routed_tiles(m, n, k):
     out32 = torch.empty(m, n, device="cuda")
     kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out32)
     assert_within_fp32_accumulation(out32, qa, qw)
-
-
-RS_CONFIGS = [(128, 128, 64, 4), (256, 128, 64, 3), (64, 64, 64, 3), (128, 64, 128, 3), (16, 128, 64, 5),
-              (32, 128, 128, 4)]
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAVE_CUDA or torch.cuda.get_device_capability()[0] < 9, reason="needs sm_90 (wgmma)")
-@pytest.mark.parametrize("bm, bn, bk, stages", RS_CONFIGS)
-@pytest.mark.parametrize("m, n, k", SHAPES)
-@pytest.mark.parametrize("split_k", [1, 3])
-def test_register_operand_bits_equal_the_portable_kernel(bm, bn, bk, stages, m, n, k, split_k):
-    """The register-operand kernel against Triton's tile of the same config (the same K order, tiles
-    and splits), twice in a row (split-K tickets reset), poisoned outputs, a bias with split-K."""
-    gen = torch.Generator().manual_seed(m * 7919 + n * 31 + k + bm)
-    qa, w, ws, alpha, qw = operands(m, n, k, "cuda", generator=gen, k_align=bk)
-    cfg = in_registers(bm, bn, bk, stages, split_k=split_k)
-    bias = torch.randn(n, generator=gen).to(torch.bfloat16).cuda() if split_k == 3 else None
-    assert kernels.gemm_launch.runs_pipelined(cfg, qa.kp, torch.device("cuda"))
-    results = []
-    for c in (cfg, cfg, portable(cfg)):
-        out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
-        kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, bias, out, config=c)
-        results.append(out)
-    torch.cuda.synchronize()
-    assert not results[0].isnan().any()
-    assert torch.equal(results[0], results[1])
-    assert torch.equal(results[0], results[2]), "register-operand and portable kernels differ"
-    if bias is None:
-        out32 = torch.full((m, n), float("nan"), device="cuda")
-        kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out32, config=cfg)
-        assert_within_fp32_accumulation(out32, qa, qw)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAVE_CUDA or torch.cuda.get_device_capability()[0] < 9, reason="needs sm_90 (wgmma)")
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(m=st.integers(1, 600), n=st.integers(1, 700), k=st.integers(1, 1500), cfg=st.sampled_from(RS_CONFIGS),
-       split_k=st.sampled_from([0, 1, 2, 5]), seed=st.integers(0, 2**31 - 1))
-def test_register_operand_hypothesis_shapes_within_fp64_bound(m, n, k, cfg, split_k, seed):
-    bm, bn, bk, stages = cfg
-    qa, w, ws, alpha, qw = operands(m, n, k, "cuda", generator=torch.Generator().manual_seed(seed), k_align=bk)
-    out = torch.full((m, n), float("nan"), device="cuda")
-    kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=in_registers(bm, bn, bk, stages, split_k))
-    assert_within_fp32_accumulation(out, qa, qw)
