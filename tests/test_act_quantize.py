@@ -293,3 +293,19 @@ def test_act_fake_quantize_in_mma16_order(device, order, m):
     written = ~want.isnan()
     assert torch.equal(a16.cpu().flatten()[written].view(torch.int16), want[written].view(torch.int16))
     assert a16.cpu().flatten()[~written].isnan().all()
+
+
+@pytest.mark.parametrize("m", [3, 21])
+def test_act_fake_quantize_in_register_operand_order(device, m):
+    """a_order 3: the row-major pass's values with each 64 columns moved as the register-operand
+    GEMM's activation wants them (checked against a torch permutation), every element written."""
+    from .test_numerics import rs_order
+
+    x = act_input(m, 200, "silu_mul", device=device)
+    gs = dynamic_scale(torch_act(x, "silu_mul"))
+    kp = 256
+    a = kernels.act_fake_quantize(x, "silu_mul", gs, torch.empty(m, kp, dtype=torch.float16, device=device), units=True)
+    a3 = torch.full((m, kp), float("nan"), dtype=torch.float16, device=device)
+    kernels.act_fake_quantize(x, "silu_mul", gs, a3, units=True, a_order=3)
+    assert not a3.isnan().any()
+    assert torch.equal(a3.cpu().view(torch.int16), rs_order(a.cpu()).view(torch.int16))
