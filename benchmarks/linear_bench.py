@@ -579,6 +579,9 @@ PIPELINED_CONFIGS = [(128, 128, 64, 3), (128, 128, 64, 4), (64, 128, 64, 4), (12
 # block_n / 16 warps). --registers: only these, with the routed path, cuBLAS and the routed shared-memory tiles.
 REGISTER_CONFIGS = [(128, 128, 64, 4), (128, 128, 64, 5), (256, 128, 64, 3), (256, 128, 64, 4), (64, 128, 64, 4),
                     (128, 64, 64, 4), (256, 64, 64, 4), (128, 128, 128, 3), (64, 64, 64, 4)]
+# --capped: tiles under a register cap (a fifth item, GemmConfig.max_registers: 64x128x64 s3 fits two
+# CTAs per SM at 128), with the uncapped tile and the routed one for reference
+CAPPED_REGISTER_CONFIGS = [(64, 128, 64, 3, 128), (64, 128, 64, 4, 128), (64, 128, 64, 3), (256, 128, 64, 4)]
 
 
 def run_tune_pipelined(args):
@@ -606,12 +609,14 @@ def run_tune_pipelined(args):
                     cfg = kernels.GemmConfig(bm, bn, bk, bm // 16, 3, split_k=0, programs_per_sm=pps,
                                              predequant_a=True, w_operand_b=True, wgmma_stages=stages)
                     res.append((cand.two_launches(cfg), f"pipelined {bm}x{bn}x{bk} s{stages} pps{pps}"))
-            for bm, bn, bk, stages in REGISTER_CONFIGS:
+            for bm, bn, bk, stages, *cap in CAPPED_REGISTER_CONFIGS if args.capped else REGISTER_CONFIGS:
                 for pps in (1, 2):
                     if kp % bk == 0:
                         cfg = kernels.GemmConfig(bm, bn, bk, bn // 16, 3, split_k=0, programs_per_sm=pps,
-                                                 predequant_a=True, w_registers=True, wgmma_stages=stages)
-                        res.append((cand.two_launches(cfg), f"registers {bm}x{bn}x{bk} s{stages} pps{pps}"))
+                                                 predequant_a=True, w_registers=True, wgmma_stages=stages,
+                                                 max_registers=cap[0] if cap else 0)
+                        res.append((cand.two_launches(cfg), f"registers {bm}x{bn}x{bk} s{stages} pps{pps}" +
+                                    (f" r{cap[0]}" if cap else "")))
             if args.registers:
                 res.append((cand.over_layers(lambda layer, out: ops.triton_linear(
                     x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2,
@@ -628,12 +633,12 @@ def run_tune_pipelined(args):
             print(f"pipelined {m}x{n}x{k}: bf16 {bf16:.2f}us routed {routed:.2f}us ({bf16 / routed:.2f}x); " +
                   "; ".join(f"{t:.2f}us ({bf16 / t:.2f}x) {nm}" for t, nm in timed[:4]), flush=True)
         if device == "cuda":  # after every shape: a run cut short keeps what it measured
-            path = args.results_dir / f"pipelined_tune_{gpu_slug()}.csv"
+            path = args.results_dir / f"pipelined_{'capped' if args.capped else 'tune'}_{gpu_slug()}.csv"
             # (per candidate: a run of some candidates keeps the others' rows)
             merged = merge_rows(path, rows, 4, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], float(r[4]),
                                                           float(r[5])])
             write_csv(path, ["m", "n", "k", "kernel", "us", "bf16_us"], merged)
-    if device == "cuda" and args.registers and not args.no_write:
+    if device == "cuda" and args.registers and not args.capped and not args.no_write:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         publish_pipelined(args, args.results_dir / f"pipelined_tune_{gpu_slug()}.csv",
                           f"{card()} · {stamp} · torch {torch.__version__}, triton {triton.__version__} · "
@@ -646,13 +651,16 @@ PIPELINED_TITLE = "Pipelined Hopper GEMM past decode (benchmarks/linear_bench.py
 def publish_pipelined(args, path: Path, meta: str) -> None:
     """The --tune-pipelined section of RESULTS.md from its CSV: each shape whose register-operand
     tiles were timed, with the same run's routed path, shared-memory kernel (best tile), register
-    kernel (best tile) and cuBLAS path (rows of one run share their bf16 time)."""
+    kernel (best tile) and cuBLAS path; of several runs, the one that timed the most register tiles."""
     with path.open() as f:
         rows = [(int(r["m"]), int(r["n"]), int(r["k"]), r["kernel"], float(r["us"]), float(r["bf16_us"]))
                 for r in csv.DictReader(f)]
     table = []
     for m, n, k in sorted({r[:3] for r in rows if r[3].startswith("registers")}, key=lambda s: (s[1], s[2], s[0])):
-        bf16 = next(r[5] for r in rows if r[:3] == (m, n, k) and r[3].startswith("registers"))
+        # the run (rows of one run share their bf16 time) that timed the most register tiles, the
+        # latest of equals (merged CSVs keep earlier runs' rows first): a full sweep over a partial one
+        runs = [r[5] for r in rows if r[:3] == (m, n, k) and r[3].startswith("registers")]
+        bf16 = max(reversed(runs), key=runs.count)
         run = [r for r in rows if r[:3] == (m, n, k) and r[5] == bf16]  # that run's candidates
 
         def best(prefix):
@@ -661,7 +669,7 @@ def publish_pipelined(args, path: Path, meta: str) -> None:
 
         reg, shared = best("registers"), best("pipelined")
         routed, cublas = best("routed path"), best("cublas path")
-        others = min(r[4] for r in (shared, cublas) if r is not None)
+        others = min((r[4] for r in (shared, cublas) if r is not None), default=float("nan"))
         table.append([m, n, k, bf16, routed[4] if routed else float("nan"),
                       shared[4] if shared else float("nan"), shared[3].removeprefix("pipelined ") if shared else "-",
                       reg[4], reg[3].removeprefix("registers "), cublas[4] if cublas else float("nan"),
@@ -1083,6 +1091,9 @@ def main():
     p.add_argument("--m", type=int, nargs="*", help="only these M")
     p.add_argument("--shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", help="only these NxK")
     p.add_argument("--update", action="store_true", help="replace only the measured rows of this card's CSV")
+    p.add_argument("--capped", action="store_true", help="--tune-pipelined --registers: only the register "
+                   "kernel's tiles under a register cap (two CTAs per SM), with references "
+                   "(-> results/pipelined_capped_<gpu>.csv)")
     p.add_argument("--registers", action="store_true", help="--tune-pipelined: the register-operand tiles, with the "
                    "routed path, the cuBLAS path and the routed shared-memory tiles only")
     p.add_argument("--tiles", nargs="*", help="--ab-decode: only the tiles whose name holds one of these strings")

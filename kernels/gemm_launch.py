@@ -57,6 +57,9 @@ class GemmConfig:
     # then the shared-memory operand, written in that kernel's K order (a_order 3). block_n 64 or 128
     # weight rows with block_n / 16 warps. Triton's kernel computes the same tile portably.
     w_registers: bool = False
+    # With wgmma_stages: cap the Gluon kernel's registers a thread (ptxas maxnreg; 0: the compiler's
+    # choice), e.g. 128 so that two 8-warp CTAs fit on an SM.
+    max_registers: int = 0
 
     def __post_init__(self):
         if self.a_mma16 and self.block_m != 16:
@@ -363,7 +366,10 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
         meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                     BLOCK_K=config.block_k, GROUP_M=config.group_m, STAGES=config.wgmma_stages)
         options = dict(num_warps=config.num_warps)
-        tail = ("wgmma", index, out_dtype, bias_dtype, n, kp, per_split, config.w_registers, *meta.values())
+        if config.max_registers:
+            options["maxnreg"] = config.max_registers
+        tail = ("wgmma", index, out_dtype, bias_dtype, n, kp, per_split, config.w_registers, *meta.values(),
+                config.max_registers)
         launch = _wgmma_rs_launch if config.w_registers else _wgmma_launch
         return ((tiles * split, 1, 1), meta, options, split, tiles, per_split,
                 _launch_ids.setdefault(tail, len(_launch_ids)), launch)

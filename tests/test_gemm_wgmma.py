@@ -24,10 +24,10 @@ def portable(config):
     return dataclasses.replace(config, wgmma_stages=0)
 
 
-def in_registers(bm, bn, bk, stages, split_k=0):
+def in_registers(bm, bn, bk, stages, split_k=0, max_registers=0):
     """The register-operand kernel's config: bm A rows (wgmma's N), bn weight rows (bn / 16 warps)."""
     return kernels.GemmConfig(bm, bn, bk, bn // 16, 3, split_k=split_k, predequant_a=True, w_registers=True,
-                              wgmma_stages=stages)
+                              wgmma_stages=stages, max_registers=max_registers)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -185,3 +185,18 @@ def test_routed_tiles(m, n, k):
     out32 = torch.empty(m, n, device="cuda")
     kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out32)
     assert_within_fp32_accumulation(out32, qa, qw)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA or torch.cuda.get_device_capability()[0] < 9, reason="needs sm_90 (wgmma)")
+@pytest.mark.parametrize("m, n, k", SHAPES)
+def test_register_cap_keeps_the_bits(m, n, k):
+    """A register cap (`GemmConfig.max_registers`) changes only ptxas's allocation: the same bits."""
+    qa, w, ws, alpha, qw = operands(m, n, k, "cuda", generator=torch.Generator().manual_seed(m + k))
+    outs = []
+    for cap in (0, 128):
+        out = torch.full((m, n), float("nan"), device="cuda")
+        kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=in_registers(64, 128, 64, 3, 2, cap))
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    assert_within_fp32_accumulation(outs[1], qa, qw)
