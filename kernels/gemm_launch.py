@@ -65,9 +65,9 @@ class GemmConfig:
         if self.a_mma16 and self.block_m != 16:
             raise ValueError(f"a_mma16 needs block_m 16, got {self.block_m}")
         if self.w_registers:
-            if not (self.predequant_a and not self.w_operand_b and not self.a_mma16):
-                raise ValueError("w_registers needs predequant_a, the weight the left operand (w_operand_b False) and "
-                                 "A row-major (a_mma16 False)")
+            if not (self.predequant_a and self.word_decode and not self.w_operand_b and not self.a_mma16):
+                raise ValueError("w_registers needs predequant_a and word_decode (its K order moves whole words), the "
+                                 "weight the left operand (w_operand_b False) and A row-major (a_mma16 False)")
             if self.block_n not in (64, 128) or self.num_warps != self.block_n // 16:
                 raise ValueError(f"w_registers needs block_n 64 or 128 with block_n / 16 warps (one warpgroup per 64 "
                                  f"weight rows), got block_n {self.block_n}, num_warps {self.num_warps}")
@@ -195,7 +195,7 @@ def nvfp4_gemm(a_data, a_scale, w_data, w_scale, alpha, bias, out, *, config: Ge
     a_units = torch.empty((m, kp), dtype=torch.float16, device=out.device)
     order = 3 if config.w_registers else 0  # (the mma16 orders' tiles read a row-major A here)
     module.dequantize_activation_kernel[(cdiv(m, 32), kp // 64)](
-        a_data, a_scale.view(dtype=a_data.dtype), a_units, m, kp // 64, WORD_DECODE=config.word_decode or bool(order),
+        a_data, a_scale.view(dtype=a_data.dtype), a_units, m, kp // 64, WORD_DECODE=config.word_decode,
         BLOCK_M=32, BLOCK_K=64, A_ORDER=order, num_warps=4)
     if order:
         return _gemm(a_units, a_units, w_data, w_scale, alpha, bias, out, config, a_mode=_UNITS, a_order=order)

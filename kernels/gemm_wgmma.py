@@ -302,7 +302,7 @@ def nvfp4_gemm_wgmma_rs_kernel(
     stride_om,
     HAS_BIAS: gl.constexpr,
     SPLIT_K: gl.constexpr,
-    BLOCK_M: gl.constexpr,  # A rows: wgmma's N (a multiple of 16, <= 256)
+    BLOCK_M: gl.constexpr,  # A rows: wgmma's N (a power of two, 16..256)
     BLOCK_N: gl.constexpr,  # weight rows: 64 per warpgroup, num_warps = BLOCK_N / 16
     BLOCK_K: gl.constexpr,  # 64 or 128
     GROUP_M: gl.constexpr,

@@ -55,6 +55,7 @@ def test_config_errors(kwargs, message):
     (dict(wgmma_stages=2), ">= 3 wgmma_stages"),
     (dict(w_operand_b=True), "left operand"),
     (dict(predequant_a=False), "predequant_a"),
+    (dict(word_decode=False), "word_decode"),
 ])
 def test_register_config_errors(kwargs, message):
     base = dict(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3, predequant_a=True, w_registers=True,
