@@ -159,7 +159,7 @@ def run_table(args):
              f"ceiling {copy:.2f} TB/s measured in the same run. read floor (decode rows): device time per layer of one "
              f"Triton kernel that only reads the same copies' weight codes (launch, ramp-up and tail included), "
              f"the least a kernel streaming that weight takes. temp = per-call temporary (the dequantized "
-             f"activation; on the cuBLAS path also the weight chunk and, for a dynamic scale, the fp32 output chunk).")
+             f"activation; on the cuBLAS path also the weight chunk, and the fp32 output chunk where cuBLAS cannot apply alpha itself: with a bias).")
     if device == "cpu":
         args.no_write = True
     publish(args, "Linear: fp4linear vs cuBLAS bf16 (benchmarks/linear_bench.py)", intro, header, rows,
@@ -352,6 +352,59 @@ def run_ab_dynamic(args):
             csv_name=f"dynamic_ab_{gpu_slug()}.csv",
             md_header=["M", "N", "K", "static us", "dynamic us", "dynamic / static", "previous us", "vs previous",
                        "previous path"], md_rows=md)
+
+
+def run_ab_alpha(args):
+    """The cuBLAS path with a dynamic input scale: cuBLAS reading alpha through a device pointer
+    (`fp4linear.cublas_alpha`) vs fp32 output chunks scaled by `kernels.alpha_epilogue` (the route
+    before it), vs the Triton GEMM, with the static layer and nn.Linear; device time per layer
+    (CUDA-graph replays), bf16 input, no bias (-> results/alpha_ab_<gpu>.csv)."""
+    from fp4linear import cublas_alpha
+
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    shapes = [(200, 464)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
+    ms = [130, 600] if device == "cpu" else (args.m or [128, 256, 512, 2048, 8192])
+    rows = []
+    for n, k in tqdm(shapes, desc="alpha a/b", file=sys.stderr):
+        lin, static, dynamic = make_layers(n, k, 1, device, torch.bfloat16)[0]
+        kp = dynamic.k_padded
+        for m in ms:
+            if not ops.use_cublas(m, n, kp) and m < 512:
+                continue  # the cuBLAS path is no candidate here
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+
+            def forced(cublas, reads_alpha):
+                def run():
+                    saved = cublas_alpha.ENABLED
+                    cublas_alpha.ENABLED = reads_alpha
+                    try:
+                        ops.triton_linear(x, dynamic.weight, dynamic.weight_scale, dynamic.input_global_scale,
+                                          dynamic.alpha, dynamic.weight_scale_2, None, n, True, None, cublas=cublas)
+                    finally:
+                        cublas_alpha.ENABLED = saved
+                return run
+            t = [graph_us(lambda: lin(x)), graph_us(lambda: static(x)), graph_us(lambda: dynamic(x)),
+                 graph_us(forced(True, True)), graph_us(forced(True, False)), graph_us(forced(False, True))]
+            route = "cuBLAS" if ops.use_cublas(m, n, kp, True) else "Triton"
+            rows.append([m, n, k, route, *t])
+            print(f"alpha {m}x{n}x{k}: bf16 {t[0]:.1f}, static {t[1]:.1f}, dynamic {t[2]:.1f} ({route}); cuBLAS "
+                  f"reads alpha {t[3]:.1f}, fp32 epilogue {t[4]:.1f}, Triton {t[5]:.1f} us", flush=True)
+    md = [[m, n, k, bf, st, dy, r, ra, ep, tr, ep / ra, bf / dy, dy / st]
+          for m, n, k, r, bf, st, dy, ra, ep, tr in rows]
+    intro = ("Dynamic input scale past decode, bf16 input, no bias; device time per layer (CUDA-graph replay "
+             "medians), one process. 'cuBLAS reads alpha': alpha = 1 / (gs * gs_w) read by cuBLAS through a device "
+             "pointer (`fp4linear.cublas_alpha`); 'fp32 epilogue': the route before it (cuBLAS writes fp32 "
+             "chunks, `kernels.alpha_epilogue` scales and rounds them); 'Triton': the Triton GEMM path; "
+             "'dynamic' = the routed layer. 'gain' = fp32 epilogue / cuBLAS reads alpha.")
+    if device == "cpu":
+        args.no_write = True
+    publish(args, "Dynamic scale on the cuBLAS path: alpha read by cuBLAS (benchmarks/linear_bench.py --ab-alpha)",
+            intro, ["m", "n", "k", "dynamic_route", "bf16_us", "static_us", "dynamic_us", "cublas_reads_alpha_us",
+                    "fp32_epilogue_us", "triton_us"], rows, csv_name=f"alpha_ab_{gpu_slug()}.csv",
+            md_header=["M", "N", "K", "bf16 us", "static us", "dynamic us", "dynamic route", "cuBLAS reads alpha us",
+                       "fp32 epilogue us", "Triton us", "gain", "dynamic speed-up vs bf16", "dynamic / static"],
+            md_rows=md)
 
 
 def run_ab_operands(args):
@@ -1064,6 +1117,8 @@ def main():
               "(-> results/fused_tune_<gpu>.csv)"),
              ("--ab-dynamic", run_ab_dynamic, "dynamic vs static scale, new vs previous dynamic paths "
               "(-> results/dynamic_ab_<gpu>.csv)"),
+             ("--ab-alpha", run_ab_alpha, "dynamic scale on the cuBLAS path: alpha read by cuBLAS vs an fp32 "
+              "epilogue vs the Triton GEMM (-> results/alpha_ab_<gpu>.csv)"),
              ("--ab-operands", run_ab_operands, "cuBLAS path: operands in one launch vs two "
               "(-> results/operands_ab_<gpu>.csv)"),
              ("--tune-pipelined", run_tune_pipelined, "past decode: the software-pipelined Gluon GEMM per tile vs "

@@ -29,7 +29,7 @@ import contextlib
 
 import torch
 
-from . import kernels
+from . import cublas_alpha, kernels
 from .format import SCALE_LAYOUTS, pad_k
 from .kernels import launch as _launch_mod
 from .kernels.workspace import scratch_of
@@ -57,11 +57,12 @@ def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
     256x8192x3696 50.2 us vs 59.8, 512x8192x28672 590 vs 649, 512x28672x8192 492 vs 567 (the weight
     in wgmma's registers).
 
-    A dynamic scale's fp32 output chunks (8 more bytes per output element, `cublas_dequantized_gemm`)
-    cost more than cuBLAS gains where K is small: from Kp = 1024 only. H100 (linear_bench.py, same
-    card): 2048x2688x464 33.3 us on cuBLAS vs 30.5 on the Triton GEMM, 128x2688x464 14.9 vs 11.7,
-    8192x2688x464 114 vs 95.1; but 128x1288x2688 19.2 vs 22.1, 2048x1288x2688 53.4 vs 67.3."""
-    if dynamic and kp < 1024:
+    A dynamic scale's fp32 output chunks (8 more bytes per output element), where cuBLAS cannot read
+    alpha itself (`cublas_alpha`), cost more than cuBLAS gains where K is small: from Kp = 1024 only.
+    H100 (linear_bench.py, same card): 2048x2688x464 33.3 us on cuBLAS vs 30.5 on the Triton GEMM,
+    128x2688x464 14.9 vs 11.7, 8192x2688x464 114 vs 95.1; but 128x1288x2688 19.2 vs 22.1,
+    2048x1288x2688 53.4 vs 67.3."""
+    if dynamic and kp < 1024 and not cublas_alpha.ENABLED:
         return False
     if m >= 512:
         return m >= 1024 or (kp < 16384 and n < 16384)
@@ -113,16 +114,17 @@ def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None 
                k: int | None = None, bias: bool = False) -> int:
     """Temporary device memory of `triton_linear` besides the output: the dequantized activation
     (per-stream scratch on the Triton path, reused from call to call; allocated per call on the
-    cuBLAS path, K rounded up to 8 columns (k None: Kp), with the weight chunk and, for a dynamic
-    scale or a bias cuBLAS cannot add (`bias_in_addmm`), the fp32 output chunk). Split-K partials
-    (per-stream scratch) not counted."""
+    cuBLAS path, K rounded up to 8 columns (k None: Kp), with the weight chunk and, for a bias
+    cuBLAS cannot add (`bias_in_addmm`) or a dynamic scale with a bias (or without
+    `cublas_alpha`), the fp32 output chunk). Split-K partials (per-stream scratch) not counted."""
     if use_gemv(m, n, kp):
         return 0
     cublas = use_cublas(m, n, kp, dynamic) if cublas is None else cublas
     if not cublas:
         return m * kp * 2
     ka = kp if k is None else cublas_k(k, kp)
-    fp32_out = dynamic or (bias and not bias_in_addmm(n, kp, dtype))
+    # (a dynamic scale without a bias: cuBLAS reads alpha on the device where it can, `cublas_alpha`)
+    fp32_out = (dynamic and (bias or not cublas_alpha.ENABLED)) or (bias and not bias_in_addmm(n, kp, dtype))
     rows = _chunk_rows(n, kp, dtype, m if fp32_out else None)
     return m * ka * dtype.itemsize + rows * kp * dtype.itemsize + (m * rows * 4 if fp32_out else 0)
 
@@ -274,17 +276,23 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
 
     alpha a Python float (a static scale): cuBLAS applies it, `addmm(alpha=)` (with a bias only where
     `bias_in_addmm`; elsewhere alpha goes to the device and the route below is taken). alpha an fp32 [1]
-    tensor (a dynamic scale, computed on the device; reading it on the host would sync): cuBLAS
-    writes each chunk's fp32 accumulators, and `kernels.alpha_epilogue` scales, adds the bias and
-    rounds them once, as cuBLAS's own epilogue does.
+    tensor (a dynamic scale, computed on the device; reading it on the host would sync): without a
+    bias cuBLAS reads it through a device pointer (`cublas_alpha.mm_device_alpha`; eager calls and
+    CUDA graphs); with a bias, under torch.compile tracing, or where that call is unavailable,
+    cuBLAS writes each chunk's fp32 accumulators and `kernels.alpha_epilogue` scales, adds the bias
+    and rounds them once, as cuBLAS's own epilogue does (the same bits).
     """
     n, kp, ka = out.shape[1], weight.shape[1] * 2, a.shape[1]
     if bias is not None and not isinstance(alpha, torch.Tensor) and not bias_in_addmm(n, kp, a.dtype):
         alpha = torch.full((1,), alpha, dtype=torch.float32, device=a.device)  # the epilogue route (see there)
     on_device = isinstance(alpha, torch.Tensor)
-    rows = _chunk_rows(n, kp, a.dtype, a.shape[0] if on_device else None)
+    # alpha on the device without a bias: cuBLAS reads it itself (no fp32 chunk, no epilogue launch)
+    device_alpha = on_device and bias is None and cublas_alpha.available(a) and not _launch_mod.compile_tracing()
+    fp32_out = on_device and not device_alpha
+    rows = _chunk_rows(n, kp, a.dtype, a.shape[0] if fp32_out else None)
     chunk = torch.empty((rows, kp), dtype=a.dtype, device=a.device)
-    acc = torch.empty((a.shape[0], rows), dtype=torch.float32, device=a.device) if on_device else None
+    acc = torch.empty((a.shape[0], rows), dtype=torch.float32, device=a.device) if fp32_out else None
+    zero = scratch_of(a).zero if device_alpha else None
     with _fp32_reductions(a.dtype):
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
@@ -294,7 +302,9 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
                 kernels.dequantize_rows(weight, weight_scale, r0, chunk[: r1 - r0])
             w = chunk[: r1 - r0, :ka] if r1 - r0 < rows or ka < kp else chunk
             o = out[:, r0:r1] if r1 - r0 < n else out  # a view: cuBLAS writes it in place (leading dimension n)
-            if on_device:
+            if device_alpha:
+                cublas_alpha.mm_device_alpha(a, w, alpha, zero, o)
+            elif on_device:
                 _mm_fp32(a, w.t(), acc[:, : r1 - r0])
                 kernels.alpha_epilogue(acc[:, : r1 - r0], alpha, None if bias is None else bias[r0:r1], o)
             elif bias is None:

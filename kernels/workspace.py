@@ -40,6 +40,7 @@ class Scratch:
         self.partials = torch.empty(0, dtype=torch.float32, device=device)
         self.tickets = torch.empty(0, dtype=torch.int32, device=device)
         self._scale_words = None
+        self._zero = None
         self.scales = torch.empty(2, dtype=torch.float32, device=device)  # gs, alpha
         self.gs, self.alpha = self.scales[0:1], self.scales[1:2]  # views made once, not per call
         self.activation = torch.empty(0, dtype=torch.float16, device=device)
@@ -53,6 +54,13 @@ class Scratch:
         if self._scale_words is None:
             self._scale_words = torch.zeros(3, dtype=torch.int32, device=self.device)
         return self._scale_words
+
+    @property
+    def zero(self) -> torch.Tensor:
+        """fp32 [1] zero, never written (cuBLAS's beta read through a device pointer); made at first use."""
+        if self._zero is None:
+            self._zero = torch.zeros(1, dtype=torch.float32, device=self.device)
+        return self._zero
 
     def get(self, part_numel: int, n_tickets: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.partials.numel() < part_numel:
@@ -83,6 +91,7 @@ class _Fresh(Scratch):
     def __init__(self, device):
         self.device = device
         self._scale_words = None
+        self._zero = None
         self.scales = torch.empty(2, dtype=torch.float32, device=device)
         self.gs, self.alpha = self.scales[0:1], self.scales[1:2]
 

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
                                   ["quant_bench.py", "--dry-run", "--configs"], ["mlp_bench.py", "--dry-run"],
                                   ["linear_bench.py", "--dry-run"], ["linear_bench.py", "--dry-run", "--ab-dynamic"],
                                   ["linear_bench.py", "--dry-run", "--ab-operands"],
+                                  ["linear_bench.py", "--dry-run", "--ab-alpha"],
                                   ["linear_bench.py", "--dry-run", "--tune-operand"],
                                   ["linear_bench.py", "--dry-run", "--ab-decode"],
                                   ["linear_bench.py", "--dry-run", "--ab-bias"],

@@ -238,12 +238,16 @@ def test_dynamic_scale_in_the_quantize_pass_bounds():
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_cublas_device_alpha_matches_fp64_over_several_chunks(device, monkeypatch, bias):
-    """The dynamic-scale cuBLAS path: fp32 output chunks (forced small: 128 rows, 3 chunks, the last
-    one short), alpha applied on the device; every output element written (poisoned output)."""
+@pytest.mark.parametrize("cublas_reads_alpha", [False, True])
+def test_cublas_device_alpha_matches_fp64_over_several_chunks(device, monkeypatch, bias, cublas_reads_alpha):
+    """The dynamic-scale cuBLAS path, alpha on the device: fp32 output chunks and the epilogue launch,
+    or (no bias, GPU) cuBLAS reading alpha itself; chunks forced small (128 rows, 3 chunks, the last
+    one short); every output element written (poisoned output)."""
     m, n, k = 40, 300, 464
     monkeypatch.setattr(ops, "CUBLAS_FP32_CHUNK_BYTES", 4 * m * 128)
-    assert ops._chunk_rows(n, 512, torch.bfloat16, m) == 128
+    monkeypatch.setattr(ops, "CUBLAS_CHUNK_BYTES", 128 * 512 * 2)
+    monkeypatch.setattr(fp4linear.cublas_alpha, "ENABLED", cublas_reads_alpha)
+    assert ops._chunk_rows(n, 512, torch.bfloat16, m) == ops._chunk_rows(n, 512, torch.bfloat16) == 128
     layer, ckpt, q = layer_for(n, k, device, bias=bias, seed=3)
     x = (torch.randn(m, k, generator=torch.Generator().manual_seed(3)) * 3).to(torch.bfloat16).to(device)
     out = torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device)
@@ -253,6 +257,72 @@ def test_cublas_device_alpha_matches_fp64_over_several_chunks(device, monkeypatc
     ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
     check(out, ref, bound, torch.bfloat16)
     assert not out.isnan().any()
+
+
+def test_cublas_reads_alpha_only_on_the_gpu():
+    assert not fp4linear.cublas_alpha.available(torch.zeros(1))
+    a = torch.zeros(4, 32, dtype=torch.bfloat16)
+    one = torch.ones(1)
+    with pytest.raises(ValueError, match="one dtype"):
+        fp4linear.cublas_alpha.mm_device_alpha(a, a.half(), one, one, torch.empty(4, 4, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="alpha and zero"):
+        fp4linear.cublas_alpha.mm_device_alpha(a, a, one, one, torch.empty(4, 4, dtype=torch.bfloat16))
+
+
+CUBLAS_ALPHA_SHAPES = [(1, 136, 464, 1), (37, 300, 464, 3), (300, 72, 2688, 1), (513, 1288, 200, 2), (96, 4096, 1024, 4)]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("m, n, k, chunks", CUBLAS_ALPHA_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cublas_reading_alpha_gives_the_epilogue_bits(monkeypatch, m, n, k, chunks, dtype):
+    """cuBLAS applying the device alpha itself (`cublas_alpha.mm_device_alpha`) against fp32
+    accumulators scaled and rounded by `kernels.alpha_epilogue`: the same bits, over odd shapes, one
+    to four weight chunks (column slices of the output), repeated calls into poisoned outputs; then
+    the fp64 bound."""
+    if not fp4linear.cublas_alpha.available(torch.zeros(1, device="cuda")):
+        pytest.fail("no usable libcublas found in this process (cublas_alpha._library)")
+    layer, ckpt, q = layer_for(n, k, "cuda", bias=False, seed=m + n)
+    kp = layer.k_padded
+    rows = -(-n // chunks) // 128 * 128 or 128
+    monkeypatch.setattr(ops, "CUBLAS_CHUNK_BYTES", rows * kp * dtype.itemsize)
+    monkeypatch.setattr(ops, "CUBLAS_FP32_CHUNK_BYTES", rows * m * 4)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(dtype).cuda()
+    a = kernels.fake_quantize(x, layer.input_global_scale,
+                              torch.empty(m, ops.cublas_k(k, kp), dtype=dtype, device="cuda"), units=False)
+    outs = {}
+    for reads_alpha in (False, True, True):
+        monkeypatch.setattr(fp4linear.cublas_alpha, "ENABLED", reads_alpha)
+        out = torch.full((m, n), math.nan, dtype=dtype, device="cuda")
+        ops.cublas_dequantized_gemm(a, layer.weight, layer.weight_scale, None, layer.alpha, out)
+        outs.setdefault(reads_alpha, []).append(out)
+    assert torch.equal(outs[True][0], outs[False][0]) and torch.equal(outs[True][1], outs[False][0])
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(outs[True][0], ref, bound, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU")
+def test_cublas_reading_alpha_in_a_graph_follows_each_replays_scale():
+    """A dynamic-scale layer on the cuBLAS path captured once: each replay's output equals the eager
+    call's for that replay's input (alpha read when the GEMM runs, not at capture), with no host
+    sync; the capture's own scratch zero (beta) made inside the capture."""
+    m, n, k = 512, 1288, 2688
+    layer, _, _ = layer_for(n, k, "cuda", bias=False, dynamic=True)
+    assert ops.use_cublas(m, n, layer.k_padded, True)
+    xs = [(torch.randn(m, k, generator=torch.Generator().manual_seed(s)) * scale).to(torch.bfloat16).cuda()
+          for s, scale in ((1, 3.0), (2, 200.0), (3, 0.01))]
+    eager = [without_host_sync(lambda x=x: layer(x))[0] for x in xs]
+    static_x = xs[0].clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = layer(static_x)
+    for x, want in zip(xs, eager):
+        static_x.copy_(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_out, want)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
