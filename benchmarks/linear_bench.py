@@ -538,32 +538,70 @@ FUSED_CONFIGS = [(64, 64, 128, 4, 3, 0), (32, 64, 128, 4, 3, 0), (64, 128, 128, 
                  (128, 64, 64, 4, 4, 0), (64, 64, 128, 4, 3, 1), (16, 64, 128, 4, 4, 0), (32, 32, 128, 2, 3, 0)]
 
 
+# --tune-fused at decode sizes (M <= 16): (block_n, block_k, warps, stages, programs_per_sm,
+# min_split_tiles, weight the right operand); the routed per-rank tile is (64, 128, 4, 4, 2, 4, True)
+FUSED_DECODE_CONFIGS = [(64, 128, 4, 4, 2, 4, True), (64, 128, 4, 4, 2, 2, True), (64, 128, 4, 4, 2, 1, True),
+                        (64, 128, 4, 4, 3, 1, True), (64, 128, 4, 4, 4, 1, True), (64, 64, 4, 4, 2, 1, True),
+                        (64, 64, 4, 4, 4, 1, True), (32, 128, 2, 4, 2, 1, True), (32, 128, 2, 4, 4, 1, True),
+                        (32, 64, 2, 4, 4, 1, True), (128, 128, 8, 3, 2, 1, True), (128, 128, 4, 3, 2, 1, True),
+                        (64, 256, 4, 3, 2, 1, True), (64, 128, 2, 4, 2, 1, False), (64, 128, 2, 4, 4, 1, False),
+                        (32, 128, 1, 4, 4, 1, False)]
+
+
 def run_tune_fused(args):
-    """Tuning aid: tiles of the GEMM quantizing x itself (`kernels.nvfp4_gemm_quantize_x`) past 16
-    rows, where few, tall tiles leave most SMs idle, against the layer's routed path; device time,
-    static scale, bf16 input (-> results/fused_tune_<gpu>.csv)."""
-    device = "cuda"
+    """Tuning aid: tiles of the GEMM quantizing x itself (`kernels.nvfp4_gemm_quantize_x`) against the
+    layer's routed path; device time, static scale, bf16 input. Past 16 rows, where few, tall tiles
+    leave most SMs idle; at decode sizes (M <= 16: weights cold, a chain of copies) the K splits and
+    narrow tiles that put more programs on the SMs (-> results/fused_tune_<gpu>.csv)."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     rows = []
     configs = [kernels.GemmConfig(bm, bn, bk, w, st, split_k=sk, predequant_a=False)
                for bm, bn, bk, w, st, sk in FUSED_CONFIGS]
-    for n, k in tqdm(args.shapes or AB_FUSED_SHAPES[:5], desc="fused tune", file=sys.stderr):
-        layer = make_layers(n, k, 1, device, torch.bfloat16)[0][1]
-        for m in args.m or (128, 768, 2048):
+    decode_configs = [kernels.GemmConfig(16, bn, bk, w, st, split_k=0, programs_per_sm=pps, min_split_tiles=mst,
+                                         predequant_a=False, w_operand_b=right)
+                      for bn, bk, w, st, pps, mst, right in FUSED_DECODE_CONFIGS]
+    shapes = [(200, 464)] if device == "cpu" else (args.shapes or AB_FUSED_SHAPES[:5])
+    for n, k in tqdm(shapes, desc="fused tune", file=sys.stderr):
+        for m in ([4, 40] if device == "cpu" else args.m or (128, 768, 2048)):
+            copies = cold_copies(n * k * 2) if m <= 16 and device == "cuda" else 1
+            layers = [c[1] for c in make_layers(n, k, copies, device, torch.bfloat16)]
+            layer = layers[0]
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
-            out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
-            res = [(lambda: layer(x), "routed path")]
-            for cfg in configs:
+            outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in layers]
+            res = [(chain(layers, x), "routed path")]
+            for cfg in decode_configs if m <= 16 else configs:
                 if cfg.block_k > layer.k_padded or layer.k_padded % cfg.block_k:
                     continue
-                res.append((lambda cfg=cfg: kernels.nvfp4_gemm_quantize_x(
-                    x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, None, out, config=cfg),
-                    f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} split{cfg.split_k}"))
-            timed = time_candidates(res)
+
+                def run(cfg=cfg):
+                    for lyr, out in zip(layers, outs):
+                        kernels.nvfp4_gemm_quantize_x(x, lyr.input_global_scale, lyr.weight, lyr.weight_scale,
+                                                      lyr.alpha, None, out, config=cfg)
+                name = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} split{cfg.split_k}"
+                if m <= 16:
+                    tiles = -(-n // cfg.block_n)
+                    split, _ = gemm_launch.k_splits(cfg, tiles, layer.k_padded, gemm_launch._sm_count(x.device))
+                    name = (f"16x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} "
+                            f"{'right' if cfg.w_operand_b else 'left'} {cfg.programs_per_sm}/SM >={cfg.min_split_tiles} "
+                            f"tiles: {tiles * split} programs")
+                res.append((run, name))
+            if device == "cpu":  # walk the code: every candidate once, its bits against the routed path's
+                want = layer(x)
+                for fn, name in res[1:]:
+                    fn()
+                    assert ((outs[0].float() - want.float()).abs().max() <= 1e-2 * want.float().abs().max()), name
+                continue
+            timed = time_candidates(res, copies)
             for t, name in timed:
                 rows.append([m, n, k, name, t])
             print(f"fused {m}x{n}x{k}: " + "; ".join(f"{t:.2f}us {nm}" for t, nm in timed[:5]) +
                   f"; routed {[t for t, nm in timed if nm == 'routed path'][0]:.2f}us", flush=True)
-    write_csv(args.results_dir / f"fused_tune_{gpu_slug()}.csv", ["m", "n", "k", "kernel", "us"], rows)
+    if device == "cpu":
+        return
+    path = args.results_dir / f"fused_tune_{gpu_slug()}.csv"
+    if args.update:  # keep the other shapes' and M's rows
+        rows = merge_rows(path, rows, 3, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], float(r[4])])
+    write_csv(path, ["m", "n", "k", "kernel", "us"], rows)
 
 
 # --tune-operand candidates: (block_m, block_n, block_k, warps, stages) with the weight as the MMA's right

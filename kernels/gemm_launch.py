@@ -126,6 +126,17 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
                 return GemmConfig(16, 64, 256, 2, 3, split_k=0, predequant_a=True)
             return GemmConfig(16, 64, 256, 4, 3, split_k=0, programs_per_sm=3, predequant_a=True, w_operand_b=True,
                               a_mma16=True)
+        if kp >= 2048 and n * kp < 8 << 20:
+            # The GEMM quantizing x (`fp4linear.ops.use_quantize_in_gemm`) on the per-rank shapes: K splits
+            # one K tile short at least, so that the few N tiles still fill the SMs (--tune-fused, H100, M =
+            # 8 / 16, us): 1288x2688 7.37 / 6.96 vs 8.35 / 7.59 with >= 4 tiles a split; 2576x2688 128-row
+            # weight tiles 8.92 / 8.92 vs 9.74 / 9.41 with 64 rows, 10.63 / 9.88 before. Not at Kp = 512
+            # (2688x464: 5.22 vs 4.99 at 16 rows, four K tiles in all).
+            if n >= 2048:
+                return GemmConfig(16, 128, block_k, 4, 3, split_k=0, min_split_tiles=1, predequant_a=True,
+                                  w_operand_b=True, a_mma16=True)
+            return GemmConfig(16, 64, block_k, 4, 4, split_k=0, min_split_tiles=1, predequant_a=True, w_operand_b=True,
+                              a_mma16=True)
         return GemmConfig(16, 64, block_k, 4, 4, split_k=0, predequant_a=True, w_operand_b=True, a_mma16=True)
     # Mid M on the Triton GEMM (the cuBLAS path takes over from M = 512, `fp4linear.ops.use_cublas`):
     # 64x64x128 tiles, 3 stages (128x4096x4096: 26.0 us vs 38.2 with 128x64x64; 128x1288x2688: 17.2

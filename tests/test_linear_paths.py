@@ -517,6 +517,9 @@ def test_gpu_cublas_bias_over_several_chunks(monkeypatch, m, n, k):
     kernels.GemmConfig(16, 128, 128, 8, 3, split_k=0, predequant_a=True, w_operand_b=True),
     kernels.GemmConfig(16, 64, 512, 4, 3, split_k=0, predequant_a=True, w_operand_b=True),  # K tiles past Kp's end
     kernels.GemmConfig(16, 64, 256, 2, 3, split_k=0, predequant_a=True, w_operand_b=True),
+    # the per-rank routed tiles: splits of one K tile and up
+    kernels.GemmConfig(16, 64, 128, 4, 4, split_k=0, min_split_tiles=1, predequant_a=True, w_operand_b=True),
+    kernels.GemmConfig(16, 128, 128, 4, 3, split_k=0, min_split_tiles=1, predequant_a=True, w_operand_b=True),
     kernels.GemmConfig(64, 128, 64, 4, 4, split_k=0, predequant_a=True, w_operand_b=True),  # wgmma from shared memory
     kernels.GemmConfig(128, 128, 64, 8, 3, predequant_a=True, w_operand_b=True),
     kernels.GemmConfig(128, 128, 128, 8, 3, split_k=0, predequant_a=True, w_operand_b=True),
