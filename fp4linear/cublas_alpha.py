@@ -16,7 +16,8 @@ checks the bits against the fp32-accumulator route.
 torch exposes its cuBLAS handle (`torch.cuda.current_blas_handle()`: bound to the current stream,
 its workspace set) but not this call, so it goes through ctypes into the libcublas torch has loaded.
 Where that library or its symbols cannot be found (ROCm, a CPU build), `available` is False and
-callers keep the fp32-accumulator route. So do traced calls (torch.compile cannot trace ctypes).
+callers keep the fp32-accumulator route. torch.compile cannot trace a ctypes call: while it traces,
+`mm` records the custom op `fp4linear::mm_device_alpha` (which mutates `out`) instead.
 """
 
 from __future__ import annotations
@@ -126,6 +127,28 @@ def mm_device_alpha(a: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor, zero:
     finally:
         set_ptr(handle, ptr_mode.value)
         set_math(handle, math_mode.value)
+    return out
+
+
+@torch.library.custom_op("fp4linear::mm_device_alpha", mutates_args=("out",))
+def _mm_device_alpha_op(a: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor, zero: torch.Tensor,
+                        out: torch.Tensor) -> None:
+    mm_device_alpha(a, w, alpha, zero, out)
+
+
+@_mm_device_alpha_op.register_fake
+def _(a, w, alpha, zero, out) -> None:
+    return None
+
+
+def mm(a: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor, zero: torch.Tensor, out: torch.Tensor,
+       traced: bool) -> torch.Tensor:
+    """`mm_device_alpha`, called directly (eager calls and CUDA-graph captures: no dispatcher round
+    trip) or, while torch.compile traces (`traced`), as the custom op it can record."""
+    if traced:
+        torch.ops.fp4linear.mm_device_alpha(a, w, alpha, zero, out)
+    else:
+        mm_device_alpha(a, w, alpha, zero, out)
     return out
 
 

@@ -277,9 +277,9 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
     alpha a Python float (a static scale): cuBLAS applies it, `addmm(alpha=)` (with a bias only where
     `bias_in_addmm`; elsewhere alpha goes to the device and the route below is taken). alpha an fp32 [1]
     tensor (a dynamic scale, computed on the device; reading it on the host would sync): without a
-    bias cuBLAS reads it through a device pointer (`cublas_alpha.mm_device_alpha`; eager calls and
-    CUDA graphs); with a bias, under torch.compile tracing, or where that call is unavailable,
-    cuBLAS writes each chunk's fp32 accumulators and `kernels.alpha_epilogue` scales, adds the bias
+    bias cuBLAS reads it through a device pointer (`cublas_alpha.mm_device_alpha`; eager calls,
+    CUDA graphs and torch.compile); with a bias, or where that call is unavailable, cuBLAS writes
+    each chunk's fp32 accumulators and `kernels.alpha_epilogue` scales, adds the bias
     and rounds them once, as cuBLAS's own epilogue does (the same bits).
     """
     n, kp, ka = out.shape[1], weight.shape[1] * 2, a.shape[1]
@@ -287,7 +287,7 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
         alpha = torch.full((1,), alpha, dtype=torch.float32, device=a.device)  # the epilogue route (see there)
     on_device = isinstance(alpha, torch.Tensor)
     # alpha on the device without a bias: cuBLAS reads it itself (no fp32 chunk, no epilogue launch)
-    device_alpha = on_device and bias is None and cublas_alpha.available(a) and not _launch_mod.compile_tracing()
+    device_alpha = on_device and bias is None and cublas_alpha.available(a)
     fp32_out = on_device and not device_alpha
     rows = _chunk_rows(n, kp, a.dtype, a.shape[0] if fp32_out else None)
     chunk = torch.empty((rows, kp), dtype=a.dtype, device=a.device)
@@ -303,7 +303,7 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
             w = chunk[: r1 - r0, :ka] if r1 - r0 < rows or ka < kp else chunk
             o = out[:, r0:r1] if r1 - r0 < n else out  # a view: cuBLAS writes it in place (leading dimension n)
             if device_alpha:
-                cublas_alpha.mm_device_alpha(a, w, alpha, zero, o)
+                cublas_alpha.mm(a, w, alpha, zero, o, _launch_mod.compile_tracing())
             elif on_device:
                 _mm_fp32(a, w.t(), acc[:, : r1 - r0])
                 kernels.alpha_epilogue(acc[:, : r1 - r0], alpha, None if bias is None else bias[r0:r1], o)

@@ -304,6 +304,29 @@ def test_cublas_reading_alpha_gives_the_epilogue_bits(monkeypatch, m, n, k, chun
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("m, n, k", [(512, 1288, 2688), (300, 2688, 464)])
+def test_gpu_compiled_cublas_path_reads_alpha_as_eager_does(monkeypatch, m, n, k):
+    """torch.compile of a dynamic-scale layer on the cuBLAS path records cuBLAS reading alpha as the
+    custom op `fp4linear::mm_device_alpha` (a ctypes call cannot be traced): it runs, and gives the
+    eager bits for every input."""
+    layer, _, _ = layer_for(n, k, "cuda", bias=False, dynamic=True, seed=m)
+    assert ops.use_cublas(m, n, layer.k_padded, True)
+    calls = []
+    real = fp4linear.cublas_alpha.mm_device_alpha
+    monkeypatch.setattr(fp4linear.cublas_alpha, "mm_device_alpha", lambda *a: calls.append(1) or real(*a))
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)
+    for seed, scale in ((0, 3.0), (1, 500.0)):
+        x = (torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * scale).to(torch.bfloat16).cuda()
+        want = layer(x)
+        calls.clear()
+        got = compiled(x)
+        assert calls, "the compiled layer did not call cuBLAS with a device alpha"
+        assert torch.equal(got, want)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU")
 def test_cublas_reading_alpha_in_a_graph_follows_each_replays_scale():
     """A dynamic-scale layer on the cuBLAS path captured once: each replay's output equals the eager
     call's for that replay's input (alpha read when the GEMM runs, not at capture), with no host
