@@ -111,6 +111,9 @@ def mm_device_alpha(a: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor, zero:
     lib = _library()
     if lib is None:
         raise RuntimeError("mm_device_alpha: no usable libcublas in this process (see `available`)")
+    if a.get_device() != torch.cuda.current_device():  # the handle and stream are the current device's
+        with torch.cuda.device(a.device):
+            return mm_device_alpha(a, w, alpha, zero, out)
     gemm, set_ptr, get_ptr, set_math, get_math = lib
     handle = torch.cuda.current_blas_handle()  # on the current stream, torch's workspace set
     ptr_mode, math_mode = ctypes.c_int(), ctypes.c_int()

@@ -326,6 +326,22 @@ def test_gpu_compiled_cublas_path_reads_alpha_as_eager_does(monkeypatch, m, n, k
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA or torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_cublas_reading_alpha_on_a_gpu_other_than_the_current_one():
+    """A layer on cuda:1 called while cuda:0 is current: cuBLAS runs on the operands' device (its
+    handle and stream), with the bits of the same call made with cuda:1 current."""
+    m, n, k = 512, 1288, 2688
+    layer, _, _ = layer_for(n, k, "cuda:1", bias=False, dynamic=True)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(5)) * 3).to(torch.bfloat16).to("cuda:1")
+    with torch.cuda.device(1):
+        want = layer(x)
+    with torch.cuda.device(0):
+        got = layer(x)
+    torch.cuda.synchronize(1)
+    assert got.device == x.device and torch.equal(got, want)
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU")
 def test_cublas_reading_alpha_in_a_graph_follows_each_replays_scale():
     """A dynamic-scale layer on the cuBLAS path captured once: each replay's output equals the eager
