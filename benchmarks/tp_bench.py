@@ -49,9 +49,7 @@ def checkpoint(n, k, device, seed):
 
 def timer(device):
     if device.type == "cuda":
-        from common import median_us
-
-        return lambda fn: median_us(fn, graph=False)
+        return collective_us
     import time
 
     def cpu(fn, n=3):
@@ -62,6 +60,25 @@ def timer(device):
         return (time.perf_counter() - t) / n * 1e6
 
     return cpu
+
+
+def collective_us(fn, iters: int = 30, warmup: int = 5) -> float:
+    """Median wall time of fn (eager, host included) over a fixed number of calls: every rank must
+    make the same number of collective calls (a timer that picks its repetitions from a first
+    estimate, as triton.testing.do_bench does, deadlocks when the ranks' estimates differ)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    dist.barrier()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(iters):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return sorted(times)[len(times) // 2]
 
 
 def worker(rank, world, port, backend, small, ms, out_rows):
@@ -142,7 +159,8 @@ def main():
         a.no_write = True  # a CPU dry run prints only
     publish(a, "Tensor-parallel MLP (benchmarks/tp_bench.py)",
             f"TP MLP block (column-parallel up, relu, row-parallel down + all-reduce), {a.backend}; medians on "
-            "rank 0 (host included).", header, [list(r) for r in rows], csv_name=f"tp_{gpu_slug()}.csv")
+            "rank 0: eager wall time per call (CUDA events around each of 30 calls after 5 warm-up ones, the same count on "
+            "every rank; host time included).", header, [list(r) for r in rows], csv_name=f"tp_{gpu_slug()}.csv")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from . import kernels
+from . import kernels, ops
 from .format import NVFP4Tensor, pad_k, scale_layout
 from .quant import _check_global_scale, _check_out, _check_x
 
@@ -45,6 +45,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+@ops.on_device_of(0)
 def activation(x: torch.Tensor, act: str) -> torch.Tensor:
     """act(x) in x's dtype, [..., I] (gated: x = [..., 2I]): the unfused path, one Triton launch,
     the numerics `act_quantize` quantizes."""
@@ -55,6 +56,7 @@ def activation(x: torch.Tensor, act: str) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], i)
 
 
+@ops.on_device_of(0)
 def act_quantize(x: torch.Tensor, global_scale: torch.Tensor | None, *, act: str, k_align: int = 32,
                  sf_layout="128x4", out: NVFP4Tensor | None = None) -> NVFP4Tensor:
     """NVFP4 of act(x), [..., I] padded to Ip = round_up(I, k_align): the bits of

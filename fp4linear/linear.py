@@ -20,6 +20,7 @@ from .format import BLOCK_SIZE, QUANTIZABLE_DTYPES, SWIZZLE_128x4, NVFP4Tensor, 
 log = logging.getLogger(__name__)
 
 
+@ops.on_device_of(0)
 def quantize_weight(w: torch.Tensor) -> dict:
     """A BF16/FP16/FP32 weight [N, K] -> ModelOpt NVFP4 tensors, with the fused quantize kernel:
     weight uint8 [N, K16/2], weight_scale e4m3 [N, K16/16] (row-major), weight_scale_2 fp32 scalar
@@ -165,6 +166,7 @@ class Linear(nn.Module):
                     self.bias)
         return _FORWARD_BUFFERS(self._buffers)
 
+    @ops.on_device_of(1)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype not in _X_DTYPES:
             raise TypeError(f"x must be bf16, fp16 or fp32, got {x.dtype}")

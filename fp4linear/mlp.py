@@ -173,6 +173,7 @@ class GatedMLP(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     # Host time as in Linear.forward: the down layer's buffers in one C call, no reshapes of 2-D tensors.
+    @ops.on_device_of(1)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up is not None:
             h = self.gate_up(x)  # checks x; [..., 2I] = [gate, up] in x's dtype

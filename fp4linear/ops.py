@@ -26,6 +26,7 @@ rows, `kernels.fuses_dynamic_scale_in_pass`).
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -33,6 +34,28 @@ from . import cublas_alpha, kernels
 from .format import SCALE_LAYOUTS, pad_k
 from .kernels import launch as _launch_mod
 from .kernels.workspace import scratch_of
+
+_current_device = getattr(torch._C, "_cuda_getDevice", None)  # torch.cuda.current_device() without the Python
+
+
+def on_device_of(position: int):
+    """Decorator: run the function on the CUDA device of its argument at `position` (a tensor).
+    Triton and cuBLAS launch on the current device, so a call with tensors on another GPU (a model
+    spread over several, e.g. `device_map="auto"`) would fail there; this makes that device current
+    for the call. Costs two device-index reads an eager call; skipped while torch.compile traces
+    (its generated code guards devices itself)."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            t = args[position]
+            index = t.get_device() if isinstance(t, torch.Tensor) else -1
+            if index >= 0 and not torch.compiler.is_compiling() and index != _current_device():
+                with torch.cuda.device(index):
+                    return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
+        return wrapper
+    return decorate
+
 
 # cuBLAS path: the dequantized weight chunk is at most this many bytes (a per-call temporary)
 CUBLAS_CHUNK_BYTES = 64 << 20

@@ -49,6 +49,7 @@ def _check_out(out, m: int, kp: int, layout, x: torch.Tensor) -> None:
             raise ValueError(f"{name} must be contiguous")
 
 
+@ops.on_device_of(0)
 def quantize(x: torch.Tensor, global_scale: torch.Tensor, *, k_align: int = 32, sf_layout="128x4", out=None) -> NVFP4Tensor:
     """Quantize x (..., K) to NVFP4 padded to Kp = round_up(K, k_align), in one kernel launch.
 

@@ -327,18 +327,28 @@ def test_gpu_compiled_cublas_path_reads_alpha_as_eager_does(monkeypatch, m, n, k
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAVE_CUDA or torch.cuda.device_count() < 2, reason="needs two GPUs")
-def test_cublas_reading_alpha_on_a_gpu_other_than_the_current_one():
-    """A layer on cuda:1 called while cuda:0 is current: cuBLAS runs on the operands' device (its
-    handle and stream), with the bits of the same call made with cuda:1 current."""
-    m, n, k = 512, 1288, 2688
-    layer, _, _ = layer_for(n, k, "cuda:1", bias=False, dynamic=True)
+@pytest.mark.parametrize("m", [1, 16, 512])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_gpu_layers_on_a_gpu_other_than_the_current_one(m, dynamic):
+    """A model spread over GPUs calls layers on cuda:1 while cuda:0 is current (Triton and cuBLAS
+    launch on the current device): every path (decode kernel, GEMM quantizing x, cuBLAS with a
+    device alpha), `from_linear`'s weight quantization and `quantize` run on the tensors' device,
+    with the bits of the same calls made with cuda:1 current."""
+    n, k = 1288, 2688
+    torch.manual_seed(m)
+    lin = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16, device="cuda:1")
     x = (torch.randn(m, k, generator=torch.Generator().manual_seed(5)) * 3).to(torch.bfloat16).to("cuda:1")
-    with torch.cuda.device(1):
-        want = layer(x)
-    with torch.cuda.device(0):
-        got = layer(x)
+    scale = None if dynamic else fp4linear.decode_scale(torch.tensor(12.0))
+    gs = torch.full((1,), 200.0, device="cuda:1")
+    outs = []
+    for current in (1, 0):
+        with torch.cuda.device(current):
+            layer = fp4linear.Linear.from_linear(lin, input_scale=scale, backend="triton")
+            q = fp4linear.quantize(x, gs)
+            outs.append([layer(x), q.data, q.scale.view(torch.uint8), layer.weight, layer.weight_scale.view(torch.uint8)])
     torch.cuda.synchronize(1)
-    assert got.device == x.device and torch.equal(got, want)
+    for want, got in zip(*outs):
+        assert got.device == x.device and torch.equal(got, want)
 
 
 @pytest.mark.cuda
