@@ -83,7 +83,7 @@ def _library():
 
 
 def available(t: torch.Tensor) -> bool:
-    """Whether `mm_device_alpha` can run for operands on t's device (eager or captured; not traced)."""
+    """Whether `mm_device_alpha` can run for operands on t's device."""
     return ENABLED and t.is_cuda and _library() is not None
 
 
@@ -91,9 +91,10 @@ def mm_device_alpha(a: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor, zero:
                     out: torch.Tensor) -> torch.Tensor:
     """out [M, Nc] = alpha * (a [M, Ka] @ w [Nc, Ka]^T), fp32 accumulation, one rounding to out's dtype.
 
-    a, w, out: bf16 or fp16 (all one dtype), unit column stride, rows 16-byte aligned as cuBLAS
-    wants them (any row stride; out may be a column slice of a wider tensor); alpha: fp32 [1] on the
-    device, read when the GEMM runs; zero: an fp32 [1] zero on the device (beta, never changed)."""
+    a, w, out: bf16 or fp16 (all one dtype) on the current device, unit column stride, rows 16-byte
+    aligned as cuBLAS wants them (any row stride; out may be a column slice of a wider tensor);
+    alpha: fp32 [1] on the device, read when the GEMM runs; zero: an fp32 [1] zero on the device
+    (beta, never changed)."""
     dtype = a.dtype
     if dtype not in _CUDA_TYPES or w.dtype != dtype or out.dtype != dtype:
         raise ValueError(f"mm_device_alpha: a, w, out must share one dtype of bf16/fp16, got {a.dtype}, {w.dtype}, "
@@ -112,8 +113,8 @@ def mm_device_alpha(a: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor, zero:
     if lib is None:
         raise RuntimeError("mm_device_alpha: no usable libcublas in this process (see `available`)")
     if a.get_device() != torch.cuda.current_device():  # the handle and stream are the current device's
-        with torch.cuda.device(a.device):
-            return mm_device_alpha(a, w, alpha, zero, out)
+        raise ValueError(f"mm_device_alpha: a is on {a.device}, not the current device (callers run on their "
+                         "tensors' device: `ops.on_device_of`)")
     gemm, set_ptr, get_ptr, set_math, get_math = lib
     handle = torch.cuda.current_blas_handle()  # on the current stream, torch's workspace set
     ptr_mode, math_mode = ctypes.c_int(), ctypes.c_int()
