@@ -168,7 +168,10 @@ def run_table(args):
 
 GEMV_CONFIGS = [(64, 256, 4, 3, 2), (64, 256, 4, 2, 2), (128, 256, 4, 3, 2), (128, 128, 4, 3, 2), (32, 256, 2, 3, 4),
                 (64, 512, 4, 2, 2), (128, 256, 8, 3, 2), (64, 128, 2, 3, 4), (256, 128, 8, 3, 1), (64, 256, 4, 4, 4),
-                (128, 512, 8, 2, 2), (32, 512, 4, 3, 4)]
+                (128, 512, 8, 2, 2), (32, 512, 4, 3, 4),
+                # deeper pipelines and wider K tiles (session 16)
+                (128, 512, 8, 3, 2), (128, 512, 8, 2, 3), (128, 1024, 8, 2, 2), (64, 512, 4, 3, 4), (64, 512, 4, 2, 4),
+                (64, 256, 4, 5, 4), (64, 256, 4, 4, 3), (128, 256, 8, 4, 2), (256, 256, 8, 3, 1), (256, 512, 8, 2, 1)]
 
 
 def time_candidates(candidates, copies: int = 1):
@@ -225,11 +228,14 @@ def run_tune_gemv(args):
                 f"{t:.2f}us {wbytes / t / 1e6:.2f}TB/s {name}" for t, name in timed[:4]) +
                 f"; tensor-core {[t for t, nm in timed if nm.startswith('tensor')][0]:.2f}us"
                 f"; routed path {[t for t, nm in timed if nm.startswith('Linear')][0]:.2f}us", flush=True)
-    # the routing's evidence for M <= 4 stays in gemv_tune_<gpu>.csv; other M go to a file of their own
+    # the routing's evidence for M <= 4 stays in gemv_tune_<gpu>.csv (--update: this run's shapes and M
+    # replace theirs there); other M go to a file of their own
     ms = sorted(set(args.m or (1, 2, 4)))
-    suffix = "" if ms == [1, 2, 4] else "_m" + "-".join(map(str, ms))
-    write_csv(args.results_dir / f"gemv_tune_{gpu_slug()}{suffix}.csv",
-              ["m", "n", "k", "kernel", "us", "weight_tbps", "pct_copy"], rows)
+    suffix = "" if ms == [1, 2, 4] or (args.update and max(ms) <= 4) else "_m" + "-".join(map(str, ms))
+    path = args.results_dir / f"gemv_tune_{gpu_slug()}{suffix}.csv"
+    if args.update:
+        rows = merge_rows(path, rows, 3, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:7])])
+    write_csv(path, ["m", "n", "k", "kernel", "us", "weight_tbps", "pct_copy"], rows)
 
 
 def run_tune(args):
