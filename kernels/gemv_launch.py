@@ -35,7 +35,7 @@ class GemvConfig:
     use_asm: bool = True  # fp16x2 PTX on the GPU (the CPU always takes the portable path)
 
 
-def gemv_config(n: int, kp: int, m_rows: int, device_type: str, dynamic: bool = False) -> GemvConfig:
+def gemv_config(n: int, kp: int, m_rows: int, device_type: str) -> GemvConfig:
     if device_type == "cpu":
         # Interpreter: few, large programs; split K (and so the ticketed reduce) whenever there is room.
         return GemvConfig(min(64, max(16, triton.next_power_of_2(n))), 64, 4, 1, split_k=2 if kp >= 128 else 1,
@@ -52,14 +52,10 @@ def gemv_config(n: int, kp: int, m_rows: int, device_type: str, dynamic: bool = 
         return GemvConfig(64, 512, 4, 2, waves=2)
     if n >= 16384:  # 28672x8192: 58.5 us (M = 1), 68.5 (M = 2)
         return GemvConfig(64, 256, 4, 3, waves=2) if m_rows == 1 else GemvConfig(32, 512, 4, 3, waves=4)
-    # 8192x8192, M = 1: 64x512 tiles at 4 programs per SM, 18.67 us vs 19.54 with 128x512 at 2 (--tune-gemv,
-    # same run). Not with a dynamic scale taken in the kernel: there every program reads all of x first,
-    # and twice the programs cost more than the tile gains (linear table, 1x8192x8192: 23.0 us vs 20.3), so
-    # the static and dynamic launches split K differently here (each deterministic, both within the
-    # fp64 bound; elsewhere the two give the same bits). M = 2: 26.6 us.
-    if m_rows == 1:
-        return GemvConfig(128, 512, 8, 2, waves=2) if dynamic else GemvConfig(64, 512, 4, 3, waves=4)
-    return GemvConfig(64, 512, 4, 2, waves=2)
+    # 8192x8192: 22.0 us (M = 1), 26.6 (M = 2). (64x512 tiles at four programs per SM measured 18.67 vs
+    # 19.54 us at M = 1 in CUDA graphs, but 30.7 us eager against 16.4 in the one table run that had them,
+    # and 23.0 vs 20.3 with a dynamic scale: not routed; benchmarks/NOTES.md, session 16.)
+    return GemvConfig(128, 512, 8, 2, waves=2) if m_rows == 1 else GemvConfig(64, 512, 4, 2, waves=2)
 
 
 def linear_gemv(x, gs, alpha, w_data, w_scale, bias, out, *, config: GemvConfig | None = None,
@@ -83,7 +79,7 @@ _launch_ids: dict = {}  # a plan's launch key (dtypes, shape, config, constexprs
 
 def _plan(device, n, k, kp, m_rows, has_bias, config, dtypes, dynamic=False):
     if config is None:
-        config = gemv_config(n, kp, m_rows, device.type, dynamic)
+        config = gemv_config(n, kp, m_rows, device.type)
     if config.block_k % 64:
         raise ValueError(f"block_k must be a multiple of 64, got {config.block_k}")
     return single_launch_plan(device, n, k, kp, config, dtypes, MAX_M, _launch_ids, M_ROWS=m_rows, HAS_BIAS=has_bias,

@@ -90,18 +90,6 @@ def test_dynamic_scale_is_bit_identical_to_the_static_one(device, path, m):
     assert torch.equal(got, want)
 
 
-def test_gemv_tiles_differ_between_static_and_dynamic_only_at_one_row_on_8192_wide_weights():
-    """The one place where a static and a dynamic layer take different decode tiles (so their sums
-    run in another order): M = 1 on 8192x8192-class weights (`gemv_launch.gemv_config`); everywhere
-    else the two share the tile, hence the bits (the tests above)."""
-    cfg = kernels.gemv_launch.gemv_config
-    assert cfg(8192, 8192, 1, "cuda", dynamic=True) != cfg(8192, 8192, 1, "cuda")
-    for n, kp, m_rows in ((8192, 8192, 2), (4096, 4096, 1), (28672, 8192, 1), (8192, 28672, 1), (1288, 2688, 1),
-                          (2688, 512, 4), (8192, 3712, 2)):
-        assert cfg(n, kp, m_rows, "cuda", dynamic=True) == cfg(n, kp, m_rows, "cuda")
-    assert cfg(8192, 8192, 1, "cpu", dynamic=True) == cfg(8192, 8192, 1, "cpu")
-
-
 @pytest.mark.parametrize("m", [1, 2, 4])
 @pytest.mark.parametrize("outlier", [1e4, math.nan])
 def test_gemv_dynamic_scale_in_kernel_matches_the_separate_launch(device, monkeypatch, m, outlier):
