@@ -171,7 +171,14 @@ GEMV_CONFIGS = [(64, 256, 4, 3, 2), (64, 256, 4, 2, 2), (128, 256, 4, 3, 2), (12
                 (128, 512, 8, 2, 2), (32, 512, 4, 3, 4),
                 # deeper pipelines and wider K tiles (session 16)
                 (128, 512, 8, 3, 2), (128, 512, 8, 2, 3), (128, 1024, 8, 2, 2), (64, 512, 4, 3, 4), (64, 512, 4, 2, 4),
-                (64, 256, 4, 5, 4), (64, 256, 4, 4, 3), (128, 256, 8, 4, 2), (256, 256, 8, 3, 1), (256, 512, 8, 2, 1)]
+                (64, 256, 4, 5, 4), (64, 256, 4, 4, 3), (128, 256, 8, 4, 2), (256, 256, 8, 3, 1), (256, 512, 8, 2, 1),
+                # more warps per SM, each with fewer words (session 17: the loop is latency-bound, ~0.8 eligible
+                # warps a scheduler under ncu)
+                (64, 256, 8, 4, 4), (32, 256, 4, 4, 8), (64, 256, 4, 4, 6), (128, 256, 8, 4, 3), (32, 512, 4, 3, 6),
+                # the next K tile's loads issued before this tile's math (GemvConfig.prefetch; session 17)
+                *((bn, bk, w, st, wv, True) for bn, bk, w, st, wv in (
+                    (64, 256, 4, 4, 4), (64, 256, 4, 4, 3), (32, 512, 4, 3, 4), (64, 512, 4, 3, 4), (128, 512, 8, 2, 2),
+                    (32, 256, 4, 4, 8), (32, 256, 2, 3, 4), (64, 128, 2, 3, 4), (128, 256, 8, 3, 2), (64, 128, 4, 3, 4)))]
 
 
 def time_candidates(candidates, copies: int = 1):
@@ -191,7 +198,14 @@ def run_tune_gemv(args):
     one-launch kernel and the layer's own routed path, weights cold (a chain of layer copies),
     device time per layer."""
     device = "cuda"
-    gemv_configs = [kernels.GemvConfig(bn, bk, w, st, waves=wv) for bn, bk, w, st, wv in GEMV_CONFIGS]
+    gemv_configs = [kernels.GemvConfig(bn, bk, w, st, waves=wv, prefetch=bool(pf)) for bn, bk, w, st, wv, *pf in GEMV_CONFIGS]
+    name_of = {cfg: f"gemv bn{cfg.block_n} bk{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} waves{cfg.waves}"
+                    + (" prefetch" if cfg.prefetch else "") for cfg in gemv_configs}
+    if args.tiles:
+        gemv_configs = [cfg for cfg in gemv_configs if any(t in name_of[cfg] for t in args.tiles)]
+    ms = sorted(set(args.m or (1, 2, 4)))
+    suffix = "" if ms == [1, 2, 4] or (args.update and max(ms) <= 4) else "_m" + "-".join(map(str, ms))
+    path = args.results_dir / f"gemv_tune_{gpu_slug()}{suffix}.csv"
     copy = copy_ceiling_tbps()
     rows = []
     todo = [(n, k) for n, k in (args.shapes or LINEAR_SHAPES)]
@@ -217,8 +231,7 @@ def run_tune_gemv(args):
                     for layer, out in zip(layers, outs):
                         kernels.linear_gemv(x, layer.input_global_scale, layer.alpha, layer.weight,
                                             layer.weight_scale, None, out, config=cfg)
-                res.append((run, f"gemv bn{cfg.block_n} bk{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} "
-                                 f"waves{cfg.waves}"))
+                res.append((run, name_of[cfg]))
             lin = torch.nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16)
             bf16 = median_us(lambda: lin(x), graph=True, rep_ms=30)  # one layer: a lower bound of its cold time
             timed = time_candidates(res, copies)
@@ -228,14 +241,14 @@ def run_tune_gemv(args):
                 f"{t:.2f}us {wbytes / t / 1e6:.2f}TB/s {name}" for t, name in timed[:4]) +
                 f"; tensor-core {[t for t, nm in timed if nm.startswith('tensor')][0]:.2f}us"
                 f"; routed path {[t for t, nm in timed if nm.startswith('Linear')][0]:.2f}us", flush=True)
-    # the routing's evidence for M <= 4 stays in gemv_tune_<gpu>.csv (--update: this run's shapes and M
-    # replace theirs there); other M go to a file of their own
-    ms = sorted(set(args.m or (1, 2, 4)))
-    suffix = "" if ms == [1, 2, 4] or (args.update and max(ms) <= 4) else "_m" + "-".join(map(str, ms))
-    path = args.results_dir / f"gemv_tune_{gpu_slug()}{suffix}.csv"
-    if args.update:
-        rows = merge_rows(path, rows, 3, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:7])])
-    write_csv(path, ["m", "n", "k", "kernel", "us", "weight_tbps", "pct_copy"], rows)
+            # written after every shape (a run cut short by a time limit keeps what it measured); --update:
+            # this run's shapes and M replace theirs, the routing's evidence for M <= 4 stays in
+            # gemv_tune_<gpu>.csv, other M go to a file of their own
+            if args.update:
+                write_csv(path, ["m", "n", "k", "kernel", "us", "weight_tbps", "pct_copy"], merge_rows(
+                    path, rows, 3, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:7])]))
+            else:
+                write_csv(path, ["m", "n", "k", "kernel", "us", "weight_tbps", "pct_copy"], rows)
 
 
 def run_tune(args):
@@ -1195,7 +1208,8 @@ def main():
                    "(-> results/pipelined_capped_<gpu>.csv)")
     p.add_argument("--registers", action="store_true", help="--tune-pipelined: the register-operand tiles, with the "
                    "routed path, the cuBLAS path and the routed shared-memory tiles only")
-    p.add_argument("--tiles", nargs="*", help="--ab-decode: only the tiles whose name holds one of these strings")
+    p.add_argument("--tiles", nargs="*", help="--ab-decode, --tune-gemv: only the tiles whose name holds one of these "
+                   "strings")
     p.add_argument("--ragged-k", action="store_true", help="--ab-decode: also K tiles that do not divide Kp "
                    "(the last one masked)")
     add_output_args(p)

@@ -34,6 +34,7 @@ small_input_scales = _numerics.small_input_scales
 e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 e4m3_to_fp16 = _numerics.e4m3_to_fp16
 quantize_blocks = _numerics.quantize_blocks
+decode_pairs_ptx = _numerics.decode_pairs_ptx  # (the name Inductor re-emits it under: its own)
 
 # w is in units of 2^-14 and a' = 2 * E2M1: the accumulated sums are the exact ones times 2^-13.
 GEMV_UNIT_SCALE = tl.constexpr(2.0**13)
@@ -84,14 +85,18 @@ def _block_dot(w0, w1, a0, a1, a2, a3, a4, a5, a6, a7, USE_ASM: tl.constexpr):
     int32, broadcast against the activation's rows) and the activation's half2 pairs a0..a7
     (word 0 pairs 0..3, word 1 pairs 0..3; each low: code p, high: code p + 4, as a'): fp32."""
     if USE_ASM:
-        h = _hmul2(_weight_pair(w0, 9), a0)
-        h = _hfma2(_weight_pair(w0, 5), a1, h)
-        h = _hfma2(_weight_pair(w0, 1), a2, h)
-        h = _hfma2(_weight_pair(w0, -3), a3, h)
-        h = _hfma2(_weight_pair(w1, 9), a4, h)
-        h = _hfma2(_weight_pair(w1, 5), a5, h)
-        h = _hfma2(_weight_pair(w1, 1), a6, h)
-        h = _hfma2(_weight_pair(w1, -3), a7, h)
+        # the pairs by `numerics.decode_pairs_ptx` (the bits of `_weight_pair`, in 11 instructions a word
+        # instead of 20: the loop's ~520 SASS a K tile of 64x256 held ~320 of decode, offline sm_90)
+        p0, p1, p2, p3 = decode_pairs_ptx(w0)
+        q0, q1, q2, q3 = decode_pairs_ptx(w1)
+        h = _hmul2(p0, a0)
+        h = _hfma2(p1, a1, h)
+        h = _hfma2(p2, a2, h)
+        h = _hfma2(p3, a3, h)
+        h = _hfma2(q0, a4, h)
+        h = _hfma2(q1, a5, h)
+        h = _hfma2(q2, a6, h)
+        h = _hfma2(q3, a7, h)
         return _lane_sum(h)
     else:
         # The same lane sums in fp32 (every product and partial sum exact either way).
@@ -164,6 +169,7 @@ def nvfp4_gemv_kernel(
     BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,  # Kp % BLOCK_K == 0
     USE_ASM: tl.constexpr,  # fp16x2 PTX (GPU); False: the portable path
+    PREFETCH: tl.constexpr,  # load K tile i + 1 before the math of tile i
     DYNAMIC: tl.constexpr,  # gs and alpha from max |x|, computed by every program (x is tiny at decode)
     AMAX_BLOCK: tl.constexpr,  # DYNAMIC: columns per load of the max |x| pass
     AMAX_CHUNKS: tl.constexpr,  # DYNAMIC: cdiv(K, AMAX_BLOCK), unrolled so that every load is in flight at once
@@ -174,15 +180,6 @@ def nvfp4_gemv_kernel(
     pid_k = tl.program_id(0) % SPLIT_K
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
-    if DYNAMIC:
-        # Every program takes max |x| over all of x itself (the same bits as `scales.dynamic_scale_kernel`,
-        # NaN kept): a second launch and its dependency cost more than re-reading a few KB from L2.
-        gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(alpha_ptr), M_ROWS, AMAX_BLOCK, AMAX_CHUNKS,
-                                       tl.program_id(0))
-    else:
-        gs = tl.load(scale_ptr)
-        alpha = tl.load(alpha_ptr)
-
     xr = tl.arange(0, M_ROWS)
     xk = tl.arange(0, BLOCK_K)
     x_rows = x_ptr + xr.to(tl.int64)[:, None] * stride_xm
@@ -199,20 +196,33 @@ def nvfp4_gemv_kernel(
     acc = tl.full([M_ROWS, BLOCK_N, NB], 0.0, tl.float32)
     k_begin = pid_k * k_tiles_per_split * BLOCK_K
     k_end = tl.minimum(k_begin + k_tiles_per_split * BLOCK_K, Kp)
+    x_ok = (xr < M)[:, None]
+    if PREFETCH:  # (before the scale: the first tile's loads are under way while a dynamic one is worked out)
+        words, w_sf, x = _tile_loads(w_rows, ws_rows, x_rows, wc, sc, xk, n_ok3, x_ok, k_begin, k_end, K, Kp, EVEN_K)
+    if DYNAMIC:
+        # Every program takes max |x| over all of x itself (the same bits as `scales.dynamic_scale_kernel`,
+        # NaN kept): a second launch and its dependency cost more than re-reading a few KB from L2.
+        gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(alpha_ptr), M_ROWS, AMAX_BLOCK, AMAX_CHUNKS,
+                                       tl.program_id(0))
+    else:
+        gs = tl.load(scale_ptr)
+        alpha = tl.load(alpha_ptr)
     for k0 in range(k_begin, k_end, BLOCK_K):
-        if EVEN_K:
-            words = tl.load(w_rows + (k0 // 8 + wc), mask=n_ok3, other=0)
-            w_sf = tl.load(ws_rows + (k0 // 16 + sc), mask=n_ok3, other=0)
+        if PREFETCH:
+            # Triton's pipeliner leaves this loop's loads (no dot) where they are, so a warp would wait out
+            # a DRAM round trip every K tile: the next tile's loads go out before this tile's math
+            # (masked off past the split)
+            cur_words, cur_sf, cur_x = words, w_sf, x
+            words, w_sf, x = _tile_loads(w_rows, ws_rows, x_rows, wc, sc, xk, n_ok3, x_ok, k0 + BLOCK_K, k_end, K, Kp,
+                                         EVEN_K)
         else:
-            words = tl.load(w_rows + (k0 // 8 + wc), mask=n_ok3 & (k0 + wc * 8 < Kp), other=0)
-            w_sf = tl.load(ws_rows + (k0 // 16 + sc), mask=n_ok3 & (k0 + sc * 16 < Kp), other=0)
-        w0, w1 = tl.split(tl.reshape(words, [1, BLOCK_N, NB, 2]))
-        w_sf = e4m3_to_fp16(w_sf, False).to(tl.float32)  # weight scales: validated at load
-        cols = k0 + xk
-        x = tl.load(x_rows + cols[None, :], mask=(xr < M)[:, None] & (cols < K)[None, :], other=0.0)
-        a0, a1, a2, a3, a4, a5, a6, a7, a_sf = _activation_pairs(x.to(tl.float32), gs, M_ROWS, NB)
+            cur_words, cur_sf, cur_x = _tile_loads(w_rows, ws_rows, x_rows, wc, sc, xk, n_ok3, x_ok, k0, k_end, K, Kp,
+                                                   EVEN_K)
+        w0, w1 = tl.split(tl.reshape(cur_words, [1, BLOCK_N, NB, 2]))
+        cur_sf = e4m3_to_fp16(cur_sf, False).to(tl.float32)  # weight scales: validated at load
+        a0, a1, a2, a3, a4, a5, a6, a7, a_sf = _activation_pairs(cur_x.to(tl.float32), gs, M_ROWS, NB)
         dot = _block_dot(w0, w1, a0, a1, a2, a3, a4, a5, a6, a7, USE_ASM)
-        acc += dot * (w_sf * a_sf)  # exact product; the add is the one rounding
+        acc += dot * (cur_sf * a_sf)  # exact product; the add is the one rounding
 
     total = tl.reduce(acc, 2, _add)  # [M_ROWS, BLOCK_N]
     rm = tl.arange(0, M_ROWS)
@@ -232,6 +242,21 @@ def nvfp4_gemv_kernel(
                                    cache_modifier=".cg")
             _store_out(s_total * alpha, bias_ptr, out_ptr, rm, rn, m_ok, n_ok, stride_om, HAS_BIAS)
             tl.atomic_xchg(ticket_ptr + pid_n, 0)  # ready for the next call (and graph replay)
+
+
+@triton.jit
+def _tile_loads(w_rows, ws_rows, x_rows, wc, sc, xk, n_ok3, x_ok, k0, k_end, K, Kp, EVEN_K: tl.constexpr):
+    """The weight words, weight scale bytes and x columns of the K tile at k0 (nothing at or past k_end)."""
+    live = tl.full([1, 1, 1], 0, tl.int32) + k0 < k_end  # (a [1, 1, 1] tensor: the interpreter takes no scalar mask)
+    if EVEN_K:
+        words = tl.load(w_rows + (k0 // 8 + wc), mask=n_ok3 & live, other=0)
+        w_sf = tl.load(ws_rows + (k0 // 16 + sc), mask=n_ok3 & live, other=0)
+    else:
+        words = tl.load(w_rows + (k0 // 8 + wc), mask=n_ok3 & live & (k0 + wc * 8 < Kp), other=0)
+        w_sf = tl.load(ws_rows + (k0 // 16 + sc), mask=n_ok3 & live & (k0 + sc * 16 < Kp), other=0)
+    cols = k0 + xk
+    x = tl.load(x_rows + cols[None, :], mask=x_ok & (cols < K)[None, :] & tl.reshape(live, [1, 1]), other=0.0)
+    return words, w_sf, x
 
 
 @triton.jit

@@ -33,6 +33,7 @@ class GemvConfig:
     split_k: int = 0  # 0: enough K splits for about `waves` programs per SM
     waves: int = 2
     use_asm: bool = True  # fp16x2 PTX on the GPU (the CPU always takes the portable path)
+    prefetch: bool = False  # load K tile i + 1 before the math of tile i (registers; kernels/gemv.py)
 
 
 def gemv_config(n: int, kp: int, m_rows: int, device_type: str) -> GemvConfig:
@@ -41,21 +42,30 @@ def gemv_config(n: int, kp: int, m_rows: int, device_type: str) -> GemvConfig:
         return GemvConfig(min(64, max(16, triton.next_power_of_2(n))), 64, 4, 1, split_k=2 if kp >= 128 else 1,
                           use_asm=False)
     # H100, weights cold in L2 (benchmarks/results/gemv_tune_h100.csv, `linear_bench.py --tune-gemv`):
-    # the tile that is best on average over the shapes of each class, per M.
+    # the tile that is best on average over the shapes of each class, per M. Most load the next K tile
+    # before the math of this one (`prefetch`; session 17, same runs: M = 1 1288x2688 5.44 us vs 5.88
+    # without, 8192x3696 11.57 vs 12.14, 28672x8192 53.5 vs >= 57, 8192x8192 18.33 vs 19.36).
+    small = GemvConfig(32, 512, 4, 3, waves=4, prefetch=True)
     if m_rows >= 4:  # 1x4096x4096-class and smaller (the router sends larger weights elsewhere)
-        return GemvConfig(32, 512, 4, 3, waves=4) if n * kp < 8 << 20 else GemvConfig(128, 128, 4, 3, waves=2)
-    if n * kp < 8 << 20:  # 2688x464 2.36 us, 1288x2688 8.34, 2576x2688 9.46 (M = 1)
-        return GemvConfig(32, 512, 4, 3, waves=4)
-    if n * kp < 32 << 20:  # 4096x4096 10.5 us, 8192x3696 14.5 (M = 1)
-        return GemvConfig(64, 256, 4, 4, waves=4)
-    if kp >= 16384:  # 8192x28672: 58.5 us (M = 1), 66.9 (M = 2)
+        # M = 4: 1288x2688 6.76 us, 2576x2688 8.80, 2688x464 2.97
+        return small if n * kp < 8 << 20 else GemvConfig(128, 128, 4, 3, waves=2)
+    if n * kp < 8 << 20:  # M = 1 / 2: 2688x464 2.28 / 2.33 us, 1288x2688 5.44 / 5.70, 2576x2688 6.55 / 6.91
+        return small
+    if n * kp < 32 << 20:
+        # 4096x4096 7.86 us (M = 1); 8192x3696 (Kp = 3712: 128-wide K tiles keep every load whole) 11.57
+        # (M = 1). M = 2 (4096x4096): 8.92 us without prefetch, 10.24 with (twice the accumulators a thread)
+        if m_rows > 1:
+            return GemvConfig(64, 256, 4, 4, waves=4)
+        if kp % 256:
+            return GemvConfig(64, 128, 4, 3, waves=4, prefetch=True)
+        return GemvConfig(64, 256, 4, 4, waves=4, prefetch=True)
+    if kp >= 16384:  # 8192x28672: 54.0 us (M = 1; 54.8 with prefetch), 66.9 (M = 2)
         return GemvConfig(64, 512, 4, 2, waves=2)
-    if n >= 16384:  # 28672x8192: 58.5 us (M = 1), 68.5 (M = 2)
-        return GemvConfig(64, 256, 4, 3, waves=2) if m_rows == 1 else GemvConfig(32, 512, 4, 3, waves=4)
-    # 8192x8192: 22.0 us (M = 1), 26.6 (M = 2). (64x512 tiles at four programs per SM measured 18.67 vs
-    # 19.54 us at M = 1 in CUDA graphs, but 30.7 us eager against 16.4 in the one table run that had them,
-    # and 23.0 vs 20.3 with a dynamic scale: not routed; benchmarks/NOTES.md, session 16.)
-    return GemvConfig(128, 512, 8, 2, waves=2) if m_rows == 1 else GemvConfig(64, 512, 4, 2, waves=2)
+    if n >= 16384:  # 28672x8192: 53.5 us (M = 1), 68.5 (M = 2)
+        return small if m_rows == 1 else GemvConfig(32, 512, 4, 3, waves=4)
+    # 8192x8192: 18.33 us (M = 1; 19.36 without prefetch, the previous 128x512 tile 19.2-19.5 before the
+    # PTX pair decode and 24.1 after it), 26.6 (M = 2)
+    return GemvConfig(64, 256, 4, 4, waves=3, prefetch=True) if m_rows == 1 else GemvConfig(64, 512, 4, 2, waves=2)
 
 
 def linear_gemv(x, gs, alpha, w_data, w_scale, bias, out, *, config: GemvConfig | None = None,
@@ -83,7 +93,8 @@ def _plan(device, n, k, kp, m_rows, has_bias, config, dtypes, dynamic=False):
     if config.block_k % 64:
         raise ValueError(f"block_k must be a multiple of 64, got {config.block_k}")
     return single_launch_plan(device, n, k, kp, config, dtypes, MAX_M, _launch_ids, M_ROWS=m_rows, HAS_BIAS=has_bias,
-                              USE_ASM=config.use_asm and device.type == "cuda", DYNAMIC=dynamic, **amax_reads(k, dynamic))
+                              USE_ASM=config.use_asm and device.type == "cuda", PREFETCH=config.prefetch,
+                              DYNAMIC=dynamic, **amax_reads(k, dynamic))
 
 
 _GEMV = SingleLaunch(gemv_module, "nvfp4_gemv_kernel", _plan, MAX_M)

@@ -182,21 +182,40 @@ def _half2_pair(words, shift: tl.constexpr):  # shift in (9, 5, 1, -3)
     return low, high
 
 
-# The same pairs in 11 integer instructions a word instead of ~15 (GPUs, inline PTX): spread the even
+# The same pairs in 11 integer instructions a word instead of ~15-20 (GPUs, inline PTX): spread the even
 # codes (0, 2, 4, 6) and the odd ones into one byte each, laid out as an fp16's high byte wants them
 # (sign at bit 7, magnitude at bits 3..1; 0x80808080 is the four sign bits), then one PRMT per pair
 # moves bytes 0 and 2 up, or keeps bytes 1 and 3, zeroing the rest. Checked bit-equal to
 # `_half2_pair` on the GPU (tests/test_numerics.py); the portable form stays the interpreter's.
 @triton.jit
-def _decode_words_ptx(words):
+def decode_pairs_ptx(words):
+    """words int32 -> 4 int32, register i holding codes i (low half) and i + 4 (high half) of each
+    word as fp16 times 2^-14: what an fp16x2 instruction takes (kernels/gemv.py)."""
     # (one-line string pieces: torch.compile re-emits this function's source as it is written)
     return tl.inline_asm_elementwise(
         "{ .reg .b32 t, e, o; "
-        "shl.b32 t, $8, 1; and.b32 e, t, 0x0E0E0E0E; shl.b32 t, $8, 4; and.b32 t, t, 0x80808080; or.b32 e, e, t; "
-        "shr.u32 t, $8, 3; and.b32 o, t, 0x0E0E0E0E; and.b32 t, $8, 0x80808080; or.b32 o, o, t; "
-        "prmt.b32 t, e, 0, 0x2404; mov.b32 {$0, $4}, t; prmt.b32 t, o, 0, 0x2404; mov.b32 {$1, $5}, t; "
-        "prmt.b32 t, e, 0, 0x3414; mov.b32 {$2, $6}, t; prmt.b32 t, o, 0, 0x3414; mov.b32 {$3, $7}, t; }",
-        "=h,=h,=h,=h,=h,=h,=h,=h,r", [words], dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+        "shl.b32 t, $4, 1; and.b32 e, t, 0x0E0E0E0E; shl.b32 t, $4, 4; and.b32 t, t, 0x80808080; or.b32 e, e, t; "
+        "shr.u32 t, $4, 3; and.b32 o, t, 0x0E0E0E0E; and.b32 t, $4, 0x80808080; or.b32 o, o, t; "
+        "prmt.b32 $0, e, 0, 0x2404; prmt.b32 $1, o, 0, 0x2404; prmt.b32 $2, e, 0, 0x3414; prmt.b32 $3, o, 0, 0x3414; }",
+        "=r,=r,=r,=r,r", [words], dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+
+
+@triton.jit
+def _split_half2(h):
+    """int32 of two fp16 -> (low, high) fp16 (register halves: no instruction)."""
+    return tl.inline_asm_elementwise("mov.b32 {$0, $1}, $2;", "=h,=h,r", [h], dtype=(tl.float16, tl.float16),
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def _decode_words_ptx(words):
+    """`decode_pairs_ptx` as fp16 halves: (a0, a1, a2, a3, b0, b1, b2, b3), aj code j, bj code j + 4."""
+    r0, r1, r2, r3 = decode_pairs_ptx(words)
+    a0, b0 = _split_half2(r0)
+    a1, b1 = _split_half2(r1)
+    a2, b2 = _split_half2(r2)
+    a3, b3 = _split_half2(r3)
+    return a0, a1, a2, a3, b0, b1, b2, b3
 
 
 @triton.jit

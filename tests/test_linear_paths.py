@@ -819,13 +819,13 @@ def test_gemv_matches_fp64_and_writes_every_element(device, m, dtype):
     check(out, ref, bound, dtype)
 
 
-@pytest.mark.parametrize("split_k", [1, 3])
-def test_gemv_uneven_k_tiles_strided_rows_and_split_k(device, split_k):
+@pytest.mark.parametrize("split_k, prefetch", [(1, False), (3, False), (1, True), (3, True)])
+def test_gemv_uneven_k_tiles_strided_rows_and_split_k(device, split_k, prefetch):
     m, n, k = 3, 40, 190  # Kp 192: one full 128-wide tile and a masked half tile
     layer, ckpt, q = layer_for(n, k, device, seed=split_k)
     big = torch.randn(m, k + 30, generator=torch.Generator().manual_seed(5)).to(device)
     x = big[:, 11 : 11 + k]  # row stride k + 30
-    cfg = kernels.GemvConfig(32, 128, 4, 1, split_k=split_k, use_asm=device.type == "cuda")
+    cfg = kernels.GemvConfig(32, 128, 4, 1, split_k=split_k, use_asm=device.type == "cuda", prefetch=prefetch)
     out_big = torch.full((m, n + 8), math.nan, device=device)
     out = out_big[:, :n]
     _gemv(layer, x, out, cfg)
@@ -850,15 +850,16 @@ def test_gemv_nan_rows_stay_visible(device):
 @pytest.mark.cuda
 @pytest.mark.parametrize("m", [1, 2, 4])
 def test_gpu_gemv_fp16x2_ptx_equals_the_portable_path(m):
-    """The inline-PTX path and the portable one (what the CPU runs) give the same bits on the GPU."""
+    """The inline-PTX path and the portable one (what the CPU runs) give the same bits on the GPU,
+    with and without the next K tile's loads issued early."""
     n, k = 1288, 2688
     layer, ckpt, q = layer_for(n, k, "cuda", seed=m)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
     outs = []
-    for use_asm in (True, False):
-        cfg = kernels.GemvConfig(64, 256, 4, 3, use_asm=use_asm)
+    for use_asm, prefetch in ((True, False), (False, False), (True, True), (False, True)):
+        cfg = kernels.GemvConfig(64, 256, 4, 3, use_asm=use_asm, prefetch=prefetch)
         outs.append(_gemv(layer, x, torch.full((m, n), math.nan, device="cuda"), cfg))
-    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
     ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
     check(outs[0], ref, bound, torch.float32)
 

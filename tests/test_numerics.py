@@ -100,11 +100,24 @@ def test_ptx_decode_equals_portable():
 
 def test_kernel_sources_survive_torch_compile():
     """torch.compile (Inductor) re-emits a triton_op's kernels from their source, with their global
-    constants as literals: the result must still be valid Python (a multi-line PTX string was not)."""
+    constants as literals and each called @triton.jit function under its own name: the result must
+    still be valid Python (a multi-line PTX string was not), and every function it calls must be
+    defined in it (a module-level alias under another name is not re-emitted)."""
+    import ast
+    import builtins
+
     from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code as source
 
-    from fp4linear.kernels import small_m_linear
+    from fp4linear.kernels import gemv, quant_dequant, small_m_linear
 
-    for kernel in (gemm.nvfp4_gemm_kernel, gemm.dequantize_activation_kernel, small_m_linear.nvfp4_linear_small_m_kernel):
+    for kernel in (gemm.nvfp4_gemm_kernel, gemm.dequantize_activation_kernel, small_m_linear.nvfp4_linear_small_m_kernel,
+                   gemv.nvfp4_gemv_kernel, quant_dequant.fake_quantize_kernel):
         text = source(kernel)
-        compile(text[0] if isinstance(text, tuple) else text, kernel.fn.__name__, "exec")
+        text = text[0] if isinstance(text, tuple) else text
+        tree = ast.parse(text, kernel.fn.__name__)
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        defined |= {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        local = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        missing = called - defined - local - set(dir(builtins))
+        assert not missing, (kernel.fn.__name__, missing)
