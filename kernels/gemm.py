@@ -196,7 +196,9 @@ def nvfp4_gemm_kernel(
             for s in range(1, SPLIT_K):
                 total += tl.load(tile + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
             _epilogue(total, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
-            tl.atomic_xchg(ticket_ptr + pid, 0)
+            # ready for the next call; relaxed (no fence before it on the tail of the launch): nothing in this
+            # launch reads the ticket again, and the next launch starts after this one ends
+            tl.atomic_xchg(ticket_ptr + pid, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit

@@ -214,7 +214,7 @@ def _finish(acc, pid, pid_m, pid_n, pid_k, alpha_ptr, bias_ptr, out_ptr, part_pt
             for s in range(1, SPLIT_K):
                 total += gl.load(tile + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
             _epilogue(total, alpha, bias_ptr, out_ptr, rm_o, rn_o, N, mask, stride_om, HAS_BIAS)
-            gl.atomic_xchg(ticket_ptr + pid, 0)
+            gl.atomic_xchg(ticket_ptr + pid, 0, sem="relaxed", scope="gpu")  # (as in kernels/gemm.py)
 
 
 @gluon.jit

@@ -118,7 +118,7 @@ def nvfp4_linear_small_m_kernel(
                 total += tl.load(tile + s * (BLOCK_M * N), mask=m_ok[None, :] & n_ok[:, None], other=0.0,
                                  cache_modifier=".cg")
             _store_out(total * alpha, bias_ptr, out_ptr, rm, rn, m_ok, n_ok, stride_om, HAS_BIAS)
-            tl.atomic_xchg(ticket_ptr + pid_n, 0)  # ready for the next call (and graph replay)
+            tl.atomic_xchg(ticket_ptr + pid_n, 0, sem="relaxed", scope="gpu")  # for the next call (as in gemm.py)
 
 
 @triton.jit
