@@ -108,10 +108,14 @@ def test_kernel_sources_survive_torch_compile():
 
     from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code as source
 
-    from fp4linear.kernels import gemv, quant_dequant, small_m_linear
+    from fp4linear.kernels import act_quantize, gemv, quant_dequant, quantize, scales, small_m_linear
 
+    # every kernel a torch.compile'd Linear or GatedMLP launches through torch.library.wrap_triton
     for kernel in (gemm.nvfp4_gemm_kernel, gemm.dequantize_activation_kernel, small_m_linear.nvfp4_linear_small_m_kernel,
-                   gemv.nvfp4_gemv_kernel, quant_dequant.fake_quantize_kernel):
+                   gemv.nvfp4_gemv_kernel, quant_dequant.fake_quantize_kernel, quant_dequant.dequantize_rows_kernel,
+                   quant_dequant.cublas_operands_kernel, quant_dequant.alpha_epilogue_kernel,
+                   quantize.nvfp4_pad_quantize_kernel, scales.dynamic_scale_kernel, act_quantize.activation_kernel,
+                   act_quantize.act_amax_kernel, act_quantize.act_quantize_kernel, act_quantize.act_fake_quantize_kernel):
         text = source(kernel)
         text = text[0] if isinstance(text, tuple) else text
         tree = ast.parse(text, kernel.fn.__name__)
