@@ -7,7 +7,7 @@ it multiplies E2M1 codes against E2M1 codes in fp16 pairs and applies the two E4
 block of 16.
 
 Exactness (docs/nvfp4.md, "Triton backend paths"): within a block, w * 2^-14 (the E2M1 value
-placed in fp16 bits, `_half2_pair`) times a' = 2 * E2M1 of the activation (an integer <= 12) is a
+placed in fp16 bits, `numerics.half2_pair_bits`) times a' = 2 * E2M1 of the activation (an integer <= 12) is a
 multiple of 2^-15 below 72 * 2^-14; a sum of 8 such products stays below 2^-4, where fp16 holds
 every multiple of 2^-15. So the two fp16 lanes of a half2 accumulator sum 8 products each without
 rounding, their fp32 sum is exact, and times the scale product w_sf * a_sf (exact in fp32, 8
@@ -34,21 +34,11 @@ small_input_scales = _numerics.small_input_scales
 e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 e4m3_to_fp16 = _numerics.e4m3_to_fp16
 quantize_blocks = _numerics.quantize_blocks
-decode_pairs_ptx = _numerics.decode_pairs_ptx  # (the name Inductor re-emits it under: its own)
+decode_pairs_ptx = _numerics.decode_pairs_ptx  # (aliases keep their function's name: Inductor re-emits that)
+half2_pair_bits = _numerics.half2_pair_bits
 
 # w is in units of 2^-14 and a' = 2 * E2M1: the accumulated sums are the exact ones times 2^-13.
 GEMV_UNIT_SCALE = tl.constexpr(2.0**13)
-
-
-@triton.jit
-def _weight_pair(words, shift: tl.constexpr):
-    """Codes p and p + 4 of each 32-bit word of 8 codes (p = (9 - shift) / 4) -> int32 holding two
-    fp16 (low: code p, high: code p + 4), each the E2M1 value times 2^-14."""
-    if shift >= 0:
-        mag = (words << shift) & 0x0E000E00
-    else:
-        mag = (words >> -shift) & 0x0E000E00
-    return mag | ((words << (shift + 3)) & -0x7FFF8000)  # -0x7FFF8000: int32 of 0x80008000 (signs)
 
 
 @triton.jit
@@ -85,7 +75,7 @@ def _block_dot(w0, w1, a0, a1, a2, a3, a4, a5, a6, a7, USE_ASM: tl.constexpr):
     int32, broadcast against the activation's rows) and the activation's half2 pairs a0..a7
     (word 0 pairs 0..3, word 1 pairs 0..3; each low: code p, high: code p + 4, as a'): fp32."""
     if USE_ASM:
-        # the pairs by `numerics.decode_pairs_ptx` (the bits of `_weight_pair`, in 11 instructions a word
+        # the pairs by `numerics.decode_pairs_ptx` (the bits of `half2_pair_bits`, in 11 instructions a word
         # instead of 20: the loop's ~520 SASS a K tile of 64x256 held ~320 of decode, offline sm_90)
         p0, p1, p2, p3 = decode_pairs_ptx(w0)
         q0, q1, q2, q3 = decode_pairs_ptx(w1)
@@ -114,7 +104,7 @@ def _block_dot(w0, w1, a0, a1, a2, a3, a4, a5, a6, a7, USE_ASM: tl.constexpr):
 @triton.jit
 def _pair_fp32(words, shift: tl.constexpr, a, lo, hi):
     """Portable twin of one fma.rn.f16x2 step: lane products added to (lo, hi) in fp32."""
-    wl, wh = _fp16_lanes(_weight_pair(words, shift))
+    wl, wh = _fp16_lanes(half2_pair_bits(words, shift))
     al, ah = _fp16_lanes(a)
     return lo + wl * al, hi + wh * ah
 

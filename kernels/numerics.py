@@ -167,8 +167,10 @@ def e4m3_to_fp16(scale_bytes, CHECK_NAN: tl.constexpr):
 
 
 @triton.jit
-def _half2_pair(words, shift: tl.constexpr):  # shift in (9, 5, 1, -3)
-    """Codes i and i+4 of each 32-bit word of 8 codes -> one word of two fp16 (times 2^-14).
+def half2_pair_bits(words, shift: tl.constexpr):  # shift in (9, 5, 1, -3)
+    """Codes i and i + 4 of each 32-bit word of 8 codes (i = (9 - shift) / 4) -> int32 holding two
+    fp16 (low: code i, high: code i + 4), each the E2M1 value times 2^-14: the portable decode
+    (the interpreter's; `decode_pairs_ptx` gives the same bits on GPUs).
 
     -0x7FFF8000 is the int32 of 0x80008000 (the two sign bits)."""
     if shift >= 0:
@@ -176,7 +178,13 @@ def _half2_pair(words, shift: tl.constexpr):  # shift in (9, 5, 1, -3)
     else:
         mag = (words >> -shift) & 0x0E000E00
     sign = (words << (shift + 3)) & -0x7FFF8000  # every caller's shift is >= -3
-    h = mag | sign
+    return mag | sign
+
+
+@triton.jit
+def _half2_pair(words, shift: tl.constexpr):
+    """`half2_pair_bits` as its (low, high) fp16 halves."""
+    h = half2_pair_bits(words, shift)
     low = h.to(tl.int16).to(tl.float16, bitcast=True)
     high = (h >> 16).to(tl.int16).to(tl.float16, bitcast=True)
     return low, high
