@@ -710,7 +710,7 @@ def _forward(layer, x, path):
 @pytest.mark.cuda
 @pytest.mark.parametrize("path, m", GPU_PATHS)
 @pytest.mark.parametrize("dynamic", [False, True])
-def test_gpu_paths_no_sync_graph_deterministic(path, m, dynamic):
+def test_gpu_paths_no_sync_graph_deterministic(monkeypatch, path, m, dynamic):
     n, k = 1288, 2688  # a TP-8 per-rank shape
     layer, ckpt, q = layer_for(n, k, "cuda", dynamic=dynamic, seed=m)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
@@ -721,6 +721,10 @@ def test_gpu_paths_no_sync_graph_deterministic(path, m, dynamic):
     with torch.cuda.graph(graph):
         y = _forward(layer, x, path)
     x.copy_(torch.randn_like(x) * 3)
+    # An eager call of this small layer past 16 rows takes the host-bound route (`ops.host_bound`: other
+    # kernels and K splits than the captured one, so other sums); the replay is compared with an eager
+    # call of the route the capture took.
+    monkeypatch.setattr(ops, "host_bound", lambda *args: False)
     for _ in range(2):
         graph.replay()
         torch.cuda.synchronize()
