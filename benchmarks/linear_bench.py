@@ -178,7 +178,14 @@ GEMV_CONFIGS = [(64, 256, 4, 3, 2), (64, 256, 4, 2, 2), (128, 256, 4, 3, 2), (12
                 # the next K tile's loads issued before this tile's math (GemvConfig.prefetch; session 17)
                 *((bn, bk, w, st, wv, True) for bn, bk, w, st, wv in (
                     (64, 256, 4, 4, 4), (64, 256, 4, 4, 3), (32, 512, 4, 3, 4), (64, 512, 4, 3, 4), (128, 512, 8, 2, 2),
-                    (32, 256, 4, 4, 8), (32, 256, 2, 3, 4), (64, 128, 2, 3, 4), (128, 256, 8, 3, 2), (64, 128, 4, 3, 4)))]
+                    (32, 256, 4, 4, 8), (32, 256, 2, 3, 4), (64, 128, 2, 3, 4), (128, 256, 8, 3, 2), (64, 128, 4, 3, 4))),
+                # fewer weight rows a program and few or no K splits (session 18: is the split-K tail the fixed
+                # cost left at 4096^2? No: 1x4096^2 7.65 us unsplit vs 7.47 on the routed tile; results/
+                # gemv_tune_h100_act_scratch_removed.csv); 7th element: an explicit split_k
+                *((bn, bk, w, st, 4, True, sk) for bn, bk, w, st, sk in (
+                    (16, 512, 4, 3, 1), (16, 1024, 4, 2, 1), (32, 1024, 4, 2, 1), (32, 512, 4, 3, 2), (16, 256, 2, 3, 1),
+                    (32, 256, 4, 4, 2), (16, 512, 2, 3, 2), (64, 512, 4, 3, 2))),
+                (16, 512, 4, 3, 4, True), (16, 256, 2, 3, 8, True)]
 
 
 def time_candidates(candidates, copies: int = 1):
@@ -198,8 +205,10 @@ def run_tune_gemv(args):
     one-launch kernel and the layer's own routed path, weights cold (a chain of layer copies),
     device time per layer."""
     device = "cuda"
-    gemv_configs = [kernels.GemvConfig(bn, bk, w, st, waves=wv, prefetch=bool(pf)) for bn, bk, w, st, wv, *pf in GEMV_CONFIGS]
-    name_of = {cfg: f"gemv bn{cfg.block_n} bk{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} waves{cfg.waves}"
+    gemv_configs = [kernels.GemvConfig(bn, bk, w, st, waves=wv, prefetch=bool(rest and rest[0]),
+                                       split_k=rest[1] if len(rest) > 1 else 0) for bn, bk, w, st, wv, *rest in GEMV_CONFIGS]
+    name_of = {cfg: f"gemv bn{cfg.block_n} bk{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} "
+                    + (f"split{cfg.split_k}" if cfg.split_k else f"waves{cfg.waves}")
                     + (" prefetch" if cfg.prefetch else "") for cfg in gemv_configs}
     if args.tiles:
         gemv_configs = [cfg for cfg in gemv_configs if any(t in name_of[cfg] for t in args.tiles)]
@@ -720,13 +729,15 @@ def run_tune_pipelined(args):
                                              predequant_a=True, w_operand_b=True, wgmma_stages=stages)
                     res.append((cand.two_launches(cfg), f"pipelined {bm}x{bn}x{bk} s{stages} pps{pps}"))
             for bm, bn, bk, stages, *cap in CAPPED_REGISTER_CONFIGS if args.capped else REGISTER_CONFIGS:
-                for pps in (1, 2):
+                # programs per SM (the split chosen from it), or an explicit split (--register-splits: the auto
+                # split can leave a partial second wave of one-per-SM programs, e.g. 64 tiles x 3 on 132 SMs)
+                for pps, split in [(1, 0), (2, 0)] + [(1, s) for s in args.register_splits or ()]:
                     if kp % bk == 0:
-                        cfg = kernels.GemmConfig(bm, bn, bk, bn // 16, 3, split_k=0, programs_per_sm=pps,
+                        cfg = kernels.GemmConfig(bm, bn, bk, bn // 16, 3, split_k=split, programs_per_sm=pps,
                                                  predequant_a=True, w_registers=True, wgmma_stages=stages,
                                                  max_registers=cap[0] if cap else 0)
-                        res.append((cand.two_launches(cfg), f"registers {bm}x{bn}x{bk} s{stages} pps{pps}" +
-                                    (f" r{cap[0]}" if cap else "")))
+                        res.append((cand.two_launches(cfg), f"registers {bm}x{bn}x{bk} s{stages} " +
+                                    (f"split{split}" if split else f"pps{pps}") + (f" r{cap[0]}" if cap else "")))
             if args.registers:
                 res.append((cand.over_layers(lambda layer, out: ops.triton_linear(
                     x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2,
@@ -735,6 +746,8 @@ def run_tune_pipelined(args):
                 for bm, bn, bk in ((128, 128, 64), (128, 64, 64)):  # Triton's schedule of the same tiles
                     cfg = kernels.GemmConfig(bm, bn, bk, bm // 16, 3, split_k=0, predequant_a=True, w_operand_b=True)
                     res.append((cand.two_launches(cfg), f"triton {bm}x{bn}x{bk} w{bm // 16} s3"))
+            if args.tiles:
+                res = [(fn, nm) for fn, nm in res if nm in ("routed path", "cublas path") or any(t in nm for t in args.tiles)]
             bf16 = graph_us(lambda: trios[0][0](x))
             timed = cand.dry_run(res, ("routed path", "cublas path")) if device == "cpu" else time_candidates(res)
             for t, name in timed:
@@ -1208,8 +1221,10 @@ def main():
                    "(-> results/pipelined_capped_<gpu>.csv)")
     p.add_argument("--registers", action="store_true", help="--tune-pipelined: the register-operand tiles, with the "
                    "routed path, the cuBLAS path and the routed shared-memory tiles only")
-    p.add_argument("--tiles", nargs="*", help="--ab-decode, --tune-gemv: only the tiles whose name holds one of these "
-                   "strings")
+    p.add_argument("--register-splits", type=int, nargs="*", help="--tune-pipelined: also each register-operand tile "
+                   "with these explicit split_k (one program per SM)")
+    p.add_argument("--tiles", nargs="*", help="--ab-decode, --tune-gemv, --tune-pipelined: only the tiles whose name "
+                   "holds one of these strings (and the routed / cuBLAS paths)")
     p.add_argument("--ragged-k", action="store_true", help="--ab-decode: also K tiles that do not divide Kp "
                    "(the last one masked)")
     add_output_args(p)
