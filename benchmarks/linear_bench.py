@@ -991,6 +991,54 @@ def run_ab_bias(args):
              "speedup", "speedup_bias"], rows, csv_name=f"bias_ab_{gpu_slug()}.csv")
 
 
+def run_tune_operands(args):
+    """The cuBLAS path's operands kernel (`kernels.cublas_operands`: x's values and the first weight chunk in one
+    launch) per tile: the whole layer's device time (CUDA-graph replays) with each `OperandsConfig`, static and
+    dynamic scale, cuBLAS bf16 in the same process (-> results/operands_tune_<gpu>.csv)."""
+    from fp4linear.kernels import quant_dequant_launch as qdl
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    shapes = [(300, 200)] if device == "cpu" else (args.shapes or [(2688, 464), (2576, 2688), (1288, 2688)])
+    ms = [1100] if device == "cpu" else (args.m or [2048, 4096, 8192])
+    configs = [qdl.OperandsConfig(bm, bk, bn, w) for bm in (16, 32, 64) for bk in (64, 128, 256) for bn in (32, 64)
+               for w in (4, 8)] if device == "cuda" else [qdl.OperandsConfig(), qdl.OperandsConfig(32, 64, 64, 8)]
+    routing = qdl.operands_config
+    rows = []
+    for n, k in tqdm(shapes, desc="operands tune", file=sys.stderr):
+        lin, static, dynamic = make_layers(n, k, 1, device, torch.bfloat16)[0]
+        for m in ms:
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            if not ops.use_cublas(m, n, static.k_padded):
+                continue
+            bf16 = graph_us(lambda: lin(x))
+            default = routing(m, ops.cublas_k(k, static.k_padded))
+            configs_here = configs if default in configs else [default, *configs]
+            for scale, layer in (("static", static), ("dynamic", dynamic)):
+                timed = []
+                for cfg in configs_here:
+                    qdl.operands_config = lambda m_, ka_, cfg=cfg: cfg
+                    try:
+                        timed.append((graph_us(lambda: layer(x)), cfg))
+                    except Exception as e:  # (out of registers or shared memory)
+                        print(f"  {cfg}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+                    finally:
+                        qdl.operands_config = routing
+                timed.sort(key=lambda r: r[0])
+                base = next(t for t, c in timed if c == default)
+                for t, c in timed:
+                    rows.append([m, n, k, scale, c.block_m, c.block_k, c.block_n, c.num_warps, t, bf16])
+                best, cfg = timed[0]
+                print(f"operands {m}x{n}x{k} {scale}: bf16 {bf16:.2f} us, routed {base:.2f} ({bf16 / base:.3f}x), best "
+                      f"{best:.2f} ({bf16 / best:.3f}x) {cfg.block_m}x{cfg.block_k}/{cfg.block_n} w{cfg.num_warps}",
+                      flush=True)
+    if device == "cuda" and not args.no_write:
+        path = args.results_dir / f"operands_tune_{gpu_slug()}.csv"
+        merged = merge_rows(path, rows, 8, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], *map(int, r[4:8]),
+                                                      float(r[8]), float(r[9])])
+        write_csv(path, ["m", "n", "k", "input_scale", "block_m", "block_k", "block_n", "num_warps", "us", "bf16_us"],
+                  merged)
+
+
 def run_tune_chunks(args):
     """The cuBLAS path's weight chunk size (`ops.CUBLAS_CHUNK_BYTES`): smaller chunks may stay in L2
     between their dequantization and cuBLAS's read, larger ones make fewer, wider cuBLAS calls;
@@ -1200,6 +1248,8 @@ def main():
              ("--ab-bias", run_ab_bias, "past decode: the same layer with and without a bias "
               "(-> results/bias_ab_<gpu>.csv)"),
              ("--tune-chunks", run_tune_chunks, "cuBLAS path: weight chunk sizes (-> results/chunk_tune_<gpu>.csv)"),
+             ("--tune-operands", run_tune_operands, "cuBLAS path: tiles of the operands kernel "
+              "(-> results/operands_tune_<gpu>.csv)"),
              ("--tune-pass", run_tune_pass, "decode-sized quantize passes, static and dynamic scale "
               "(-> results/pass_tune_<gpu>.csv)"),
              ("--tune-split", run_tune_split, "decode: K splits of the routed tiles (programs per SM) "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -161,14 +162,27 @@ def dequantize_rows(w_data, w_scale, row_begin: int, out):
 _launch_operands = CachedLaunch(qd_module.cublas_operands_kernel)
 
 
-def cublas_operands(x, global_scale, a, w_data, w_scale, w_out):
+@dataclasses.dataclass(frozen=True)
+class OperandsConfig:
+    """Tiles of `cublas_operands`: x's programs [block_m, block_k], the weight's [block_n, block_k]."""
+    block_m: int = 32
+    block_k: int = 128
+    block_n: int = 32
+    num_warps: int = 4
+
+
+def cublas_operands(x, global_scale, a, w_data, w_scale, w_out, *, config: OperandsConfig | None = None):
     """`fake_quantize(x, global_scale, a, units=False)` and `dequantize_rows(w_data, w_scale, 0, w_out)`
-    in one launch: a [M, Ka] (Ka >= K, zeros beyond K), w_out [rows, Kp] (unit column strides)."""
+    in one launch: a [M, Ka] (Ka >= K, zeros beyond K), w_out [rows, Kp] (unit column strides).
+    config: the tiles (None: `OperandsConfig()`)."""
     m, k = x.shape
     index = x.get_device()  # CUDA device index, -1 on the CPU
     plan = _operands_plan.__wrapped__ if compile_tracing() else _operands_plan  # M may be symbolic there
+    if config is None:
+        config = operands_config(m, a.shape[1])
     grid, ints, meta, launch_id = plan(index, m, k, a.shape[1], x.stride(0), *w_out.shape, w_out.stride(0), x.dtype,
-                                       a.dtype)
+                                       a.dtype, config)
+    options = _OPTIONS if config.num_warps == 4 else dict(num_warps=config.num_warps)
     if grid[0] == 0:
         return
     args = (x, global_scale, a, m, *ints[:3], w_data, w_scale, w_out, *ints[3:])
@@ -176,17 +190,31 @@ def cublas_operands(x, global_scale, a, w_data, w_scale, w_out):
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
             _interpreter.interpreted(qd_module).cublas_operands_kernel[grid](*args, **meta)
     elif compile_tracing():
-        _launch_operands(None, grid, args, meta, _OPTIONS)
-    else:  # the plan's key (dtypes, the integers' int_key) and the alignment of the tensors not allocated here
+        _launch_operands(None, grid, args, meta, options)
+    else:  # the plan's key (dtypes, the integers' int_key, tiles) and the alignment of the tensors not allocated here
         _launch_operands((launch_id, x.data_ptr() % 16 == 0, w_data.data_ptr() % 16 == 0,
-                          w_scale.data_ptr() % 16 == 0), grid, args, meta, _OPTIONS)
+                          w_scale.data_ptr() % 16 == 0), grid, args, meta, options)
+
+
+_DEFAULT_OPERANDS = OperandsConfig()
+_NARROW_K_OPERANDS = OperandsConfig(32, 64, 64, 8)
+
+
+def operands_config(m: int, ka: int) -> OperandsConfig:
+    """The operands kernel's tiles for x [m, .] written ka wide. H100, whole layer on the cuBLAS path,
+    device time (linear_bench.py --tune-operands, 36 tiles, M = 2048 / 4096 / 8192, static and dynamic;
+    results/operands_tune_h100.csv): the 32x128 / 32-row, 4-warp tile is within 0.6% of the best on
+    average; at K = 464 (2688x464) 64-wide K tiles (ka = 7.25 of them instead of 3.6, less of the last
+    one masked off) with 64 weight rows and 8 warps are 2.6% faster on average (4096 rows: 26.6 us vs 27.3,
+    no row slower by more than 0.2%)."""
+    return _NARROW_K_OPERANDS if ka < 1024 and m >= 1024 else _DEFAULT_OPERANDS
 
 
 @functools.lru_cache(maxsize=4096)
-def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype):
+def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype, config=_DEFAULT_OPERANDS):
     """Grid, integer arguments, constexprs and launch key of `cublas_operands` for one shape: worked
     out once (a and w_out are fresh allocations, 16-byte aligned)."""
-    block_m, block_k, block_n = 32, 128, 32  # the two kernels' own tiles
+    block_m, block_k, block_n = config.block_m, config.block_k, config.block_n
     a_k_tiles, w_k_tiles = cdiv(ka, block_k), cdiv(kp, block_k)
     a_programs = cdiv(m, block_m) * a_k_tiles
     grid = (a_programs + cdiv(rows, block_n) * w_k_tiles, 1, 1)
@@ -194,7 +222,7 @@ def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype):
     meta = dict(BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n)
     if compile_tracing():
         return grid, ints, meta, None
-    tail = (index, x_dtype, a_dtype, *(int_key(v) for v in ints))
+    tail = (index, x_dtype, a_dtype, *(int_key(v) for v in ints), config)
     return grid, ints, meta, _launch_ids.setdefault(tail, len(_launch_ids))
 
 

@@ -667,17 +667,19 @@ def test_dequantize_rows_equals_the_reference(device, k):
 
 
 @pytest.mark.parametrize("m, k", [(37, 200), (130, 464)])  # K % 8 == 0 and K < Kp; M over a 32-row tile
-def test_cublas_operands_equal_the_two_launches_and_write_every_element(device, m, k):
-    """`kernels.cublas_operands` (one launch) against `fake_quantize` + `dequantize_rows`, all into
-    poisoned (NaN) buffers: the activation in its unpadded width Ka = K rounded to 8 (< Kp), the
-    weight rows in a chunk shorter than N."""
+@pytest.mark.parametrize("config", [None, (16, 64, 64, 8), (64, 256, 32, 4)])
+def test_cublas_operands_equal_the_two_launches_and_write_every_element(device, m, k, config):
+    """`kernels.cublas_operands` (one launch; the default tiles and others) against `fake_quantize` +
+    `dequantize_rows`, all into poisoned (NaN) buffers: the activation in its unpadded width Ka = K
+    rounded to 8 (< Kp), the weight rows in a chunk shorter than N."""
     layer, _, _ = layer_for(70, k, device, seed=k)
     x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(torch.bfloat16).to(device)
     ka, kp, rows = ops.cublas_k(k, layer.k_padded), layer.k_padded, 50
     assert ka < kp
     a1, a2 = (torch.full((m, ka), math.nan, dtype=torch.bfloat16, device=device) for _ in range(2))
     w1, w2 = (torch.full((rows, kp), math.nan, dtype=torch.bfloat16, device=device) for _ in range(2))
-    kernels.cublas_operands(x, layer.input_global_scale, a1, layer.weight, layer.weight_scale, w1)
+    cfg = kernels.OperandsConfig(*config) if config else None
+    kernels.cublas_operands(x, layer.input_global_scale, a1, layer.weight, layer.weight_scale, w1, config=cfg)
     kernels.fake_quantize(x, layer.input_global_scale, a2, units=False)
     kernels.dequantize_rows(layer.weight, layer.weight_scale, 0, w2)
     assert torch.equal(a1, a2) and torch.equal(w1, w2)  # (NaN != NaN: an unwritten element fails)
