@@ -87,6 +87,18 @@ def available(t: torch.Tensor) -> bool:
     return ENABLED and t.is_cuda and _library() is not None
 
 
+def usable() -> bool:
+    """The routing's view of `available` (`fp4linear.ops.use_cublas`, `temp_bytes`: no tensor at hand):
+    ENABLED and, on a machine with a CUDA GPU, the cuBLAS entry points found; without a GPU, ENABLED
+    (the routing is the GPU's, which CPU tests follow)."""
+    return ENABLED and _entry_points_or_no_gpu()
+
+
+@functools.lru_cache(maxsize=1)
+def _entry_points_or_no_gpu() -> bool:
+    return not torch.cuda.is_available() or _library() is not None
+
+
 def mm_device_alpha(a: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor, zero: torch.Tensor,
                     out: torch.Tensor) -> torch.Tensor:
     """out [M, Nc] = alpha * (a [M, Ka] @ w [Nc, Ka]^T), fp32 accumulation, one rounding to out's dtype.

@@ -85,7 +85,7 @@ def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
     H100 (linear_bench.py, same card): 2048x2688x464 33.3 us on cuBLAS vs 30.5 on the Triton GEMM,
     128x2688x464 14.9 vs 11.7, 8192x2688x464 114 vs 95.1; but 128x1288x2688 19.2 vs 22.1,
     2048x1288x2688 53.4 vs 67.3."""
-    if dynamic and kp < 1024 and not cublas_alpha.ENABLED:
+    if dynamic and kp < 1024 and not cublas_alpha.usable():
         return False
     if m >= 512:
         return m >= 1024 or (kp < 16384 and n < 16384)
@@ -147,7 +147,7 @@ def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None 
         return m * kp * 2
     ka = kp if k is None else cublas_k(k, kp)
     # (a dynamic scale without a bias: cuBLAS reads alpha on the device where it can, `cublas_alpha`)
-    fp32_out = (dynamic and (bias or not cublas_alpha.ENABLED)) or (bias and not bias_in_addmm(n, kp, dtype))
+    fp32_out = (dynamic and (bias or not cublas_alpha.usable())) or (bias and not bias_in_addmm(n, kp, dtype))
     rows = _chunk_rows(n, kp, dtype, m if fp32_out else None)
     return m * ka * dtype.itemsize + rows * kp * dtype.itemsize + (m * rows * 4 if fp32_out else 0)
 

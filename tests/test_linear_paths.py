@@ -259,6 +259,21 @@ def test_cublas_device_alpha_matches_fp64_over_several_chunks(device, monkeypatc
     assert not out.isnan().any()
 
 
+@pytest.mark.parametrize("entry_points", [False, True])
+def test_routing_follows_whether_cublas_can_read_alpha(monkeypatch, entry_points):
+    """`use_cublas` and `temp_bytes` ask `cublas_alpha.usable` (the entry points found), not only its
+    switch: without them a dynamic scale at small K stays off cuBLAS, and a cuBLAS call counts its fp32
+    output chunk."""
+    monkeypatch.setattr(fp4linear.cublas_alpha, "_entry_points_or_no_gpu", lambda: entry_points)
+    m, n, kp = 2048, 2688, 512
+    assert ops.use_cublas(m, n, kp, dynamic=True) == entry_points
+    assert ops.use_cublas(m, n, kp, dynamic=False)
+    fp32_chunk = m * ops._chunk_rows(n, kp, torch.bfloat16, m) * 4
+    plain = ops.temp_bytes(m, n, kp, torch.bfloat16, cublas=True)
+    dynamic = ops.temp_bytes(m, n, kp, torch.bfloat16, cublas=True, dynamic=True)
+    assert dynamic == (plain if entry_points else plain + fp32_chunk)
+
+
 def test_cublas_reads_alpha_only_on_the_gpu():
     assert not fp4linear.cublas_alpha.available(torch.zeros(1))
     a = torch.zeros(4, 32, dtype=torch.bfloat16)
