@@ -36,17 +36,10 @@ e4m3_to_fp16 = _numerics.e4m3_to_fp16
 quantize_blocks = _numerics.quantize_blocks
 decode_pairs_ptx = _numerics.decode_pairs_ptx  # (aliases keep their function's name: Inductor re-emits that)
 half2_pair_bits = _numerics.half2_pair_bits
+half2_lanes = _numerics.half2_lanes
 
 # w is in units of 2^-14 and a' = 2 * E2M1: the accumulated sums are the exact ones times 2^-13.
 GEMV_UNIT_SCALE = tl.constexpr(2.0**13)
-
-
-@triton.jit
-def _fp16_lanes(h):
-    """int32 of two fp16 -> (low, high) as fp32."""
-    low = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    high = (h >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    return low, high
 
 
 @triton.jit
@@ -104,9 +97,9 @@ def _block_dot(w0, w1, a0, a1, a2, a3, a4, a5, a6, a7, USE_ASM: tl.constexpr):
 @triton.jit
 def _pair_fp32(words, shift: tl.constexpr, a, lo, hi):
     """Portable twin of one fma.rn.f16x2 step: lane products added to (lo, hi) in fp32."""
-    wl, wh = _fp16_lanes(half2_pair_bits(words, shift))
-    al, ah = _fp16_lanes(a)
-    return lo + wl * al, hi + wh * ah
+    wl, wh = half2_lanes(half2_pair_bits(words, shift))
+    al, ah = half2_lanes(a)
+    return lo + wl.to(tl.float32) * al.to(tl.float32), hi + wh.to(tl.float32) * ah.to(tl.float32)
 
 
 @triton.jit

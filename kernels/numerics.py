@@ -182,12 +182,17 @@ def half2_pair_bits(words, shift: tl.constexpr):  # shift in (9, 5, 1, -3)
 
 
 @triton.jit
-def _half2_pair(words, shift: tl.constexpr):
-    """`half2_pair_bits` as its (low, high) fp16 halves."""
-    h = half2_pair_bits(words, shift)
+def half2_lanes(h):
+    """int32 holding two fp16 -> (low, high) fp16 (portable: integer shifts and bitcasts)."""
     low = h.to(tl.int16).to(tl.float16, bitcast=True)
     high = (h >> 16).to(tl.int16).to(tl.float16, bitcast=True)
     return low, high
+
+
+@triton.jit
+def _half2_pair(words, shift: tl.constexpr):
+    """`half2_pair_bits` as its (low, high) fp16 halves."""
+    return half2_lanes(half2_pair_bits(words, shift))
 
 
 # The same pairs in 11 integer instructions a word instead of ~15-20 (GPUs, inline PTX): spread the even

@@ -174,15 +174,14 @@ class OperandsConfig:
 def cublas_operands(x, global_scale, a, w_data, w_scale, w_out, *, config: OperandsConfig | None = None):
     """`fake_quantize(x, global_scale, a, units=False)` and `dequantize_rows(w_data, w_scale, 0, w_out)`
     in one launch: a [M, Ka] (Ka >= K, zeros beyond K), w_out [rows, Kp] (unit column strides).
-    config: the tiles (None: `OperandsConfig()`)."""
+    config: the tiles (None: `operands_config`'s)."""
     m, k = x.shape
     index = x.get_device()  # CUDA device index, -1 on the CPU
     plan = _operands_plan.__wrapped__ if compile_tracing() else _operands_plan  # M may be symbolic there
     if config is None:
         config = operands_config(m, a.shape[1])
-    grid, ints, meta, launch_id = plan(index, m, k, a.shape[1], x.stride(0), *w_out.shape, w_out.stride(0), x.dtype,
-                                       a.dtype, config)
-    options = _OPTIONS if config.num_warps == 4 else dict(num_warps=config.num_warps)
+    grid, ints, meta, options, launch_id = plan(index, m, k, a.shape[1], x.stride(0), *w_out.shape, w_out.stride(0),
+                                                x.dtype, a.dtype, config)
     if grid[0] == 0:
         return
     args = (x, global_scale, a, m, *ints[:3], w_data, w_scale, w_out, *ints[3:])
@@ -211,19 +210,20 @@ def operands_config(m: int, ka: int) -> OperandsConfig:
 
 
 @functools.lru_cache(maxsize=4096)
-def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype, config=_DEFAULT_OPERANDS):
-    """Grid, integer arguments, constexprs and launch key of `cublas_operands` for one shape: worked
-    out once (a and w_out are fresh allocations, 16-byte aligned)."""
+def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype, config):
+    """Grid, integer arguments, constexprs, launch options and launch key of `cublas_operands` for one
+    shape and config: worked out once (a and w_out are fresh allocations, 16-byte aligned)."""
     block_m, block_k, block_n = config.block_m, config.block_k, config.block_n
     a_k_tiles, w_k_tiles = cdiv(ka, block_k), cdiv(kp, block_k)
     a_programs = cdiv(m, block_m) * a_k_tiles
     grid = (a_programs + cdiv(rows, block_n) * w_k_tiles, 1, 1)
     ints = (k, ka, sx, rows, kp, stride_wo, a_programs, a_k_tiles, w_k_tiles)
     meta = dict(BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n)
+    options = dict(num_warps=config.num_warps)
     if compile_tracing():
-        return grid, ints, meta, None
+        return grid, ints, meta, options, None
     tail = (index, x_dtype, a_dtype, *(int_key(v) for v in ints), config)
-    return grid, ints, meta, _launch_ids.setdefault(tail, len(_launch_ids))
+    return grid, ints, meta, options, _launch_ids.setdefault(tail, len(_launch_ids))
 
 
 _launch_epilogue = CachedLaunch(qd_module.alpha_epilogue_kernel)
