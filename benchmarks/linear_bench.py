@@ -872,23 +872,7 @@ DECODE_AB_CONFIGS = [(16, 64, 256, 4, 3, True, 2), (16, 64, 256, 4, 3, True, 3),
                      (16, 128, 128, 2, 3, False, 2), (16, 32, 256, 1, 3, False, 4), (16, 32, 256, 1, 3, False, 8),
                      (16, 64, 256, 4, 3, True, 2, True), (16, 64, 256, 4, 3, True, 3, True),
                      (16, 64, 128, 4, 4, True, 2, True), (16, 64, 512, 4, 3, True, 2, True),
-                     (16, 64, 256, 2, 3, False, 2, True), (16, 64, 256, 2, 3, False, 3, True),
-                     # session 19: the padding rows' A runs zero-filled instead of read (9th element,
-                     # `GemmConfig.a_row_mask`: at 8192^2 the programs' 16-row A slices come to as many L2 bytes
-                     # as the weight), more programs a SM (80 registers, 34 KB: room for 6), deeper pipelines,
-                     # 128 weight rows a program (half the A bytes per weight byte)
-                     (16, 64, 256, 4, 3, True, 3, True, True), (16, 64, 256, 4, 3, True, 4, True, True),
-                     (16, 64, 256, 4, 3, True, 5, True, True), (16, 64, 256, 4, 3, True, 6, True, True),
-                     (16, 64, 256, 4, 3, True, 4, True), (16, 64, 256, 4, 4, True, 3, True, True),
-                     (16, 64, 256, 4, 4, True, 4, True, True), (16, 128, 256, 8, 3, True, 2, True, True),
-                     (16, 128, 256, 8, 3, True, 3, True, True), (16, 128, 256, 4, 3, True, 2, True, True),
-                     (16, 128, 256, 4, 3, True, 3, True, True), (16, 64, 128, 4, 6, True, 3, True, True),
-                     (16, 64, 128, 4, 6, True, 4, True, True), (16, 128, 256, 8, 4, True, 2, True, True),
-                     # the same tile with its loads warp-specialized (10th element: `GemmConfig.ws_stages`, the
-                     # ring depth; kernels/gemm_decode_ws.py), K splits for 2-4 programs a SM
-                     *((16, 64, bk, 4, 3, True, pps, True, False, ws) for bk, pps, ws in (
-                         (256, 3, 3), (256, 3, 4), (256, 3, 6), (256, 2, 4), (256, 2, 6), (256, 4, 4), (256, 3, 8),
-                         (128, 2, 6), (128, 3, 6), (128, 3, 4), (128, 2, 8)))]
+                     (16, 64, 256, 2, 3, False, 2, True), (16, 64, 256, 2, 3, False, 3, True)]
 
 
 def run_ab_decode(args):
@@ -913,14 +897,12 @@ def run_ab_decode(args):
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             cand = TileCandidates(trios, x)
             res = [(cand.routed(), "routed path")]
-            for bm, bn, bk, w, st, right, pps, *flags in DECODE_AB_CONFIGS:
+            for bm, bn, bk, w, st, right, pps, *mma16 in DECODE_AB_CONFIGS:
                 if bk > kp or (kp % bk and not args.ragged_k):
                     continue
-                mma16, row_mask, ws = (list(flags) + [False, False, 0])[:3]
                 cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, programs_per_sm=pps, predequant_a=True,
-                                         w_operand_b=right, a_mma16=mma16, a_row_mask=row_mask, ws_stages=ws)
-                label = (f"{'right' if right else 'left'} {bm}x{bn}x{bk} w{w} s{st} {pps}/SM{' mma16' if mma16 else ''}"
-                         f"{' rowmask' if row_mask else ''}{f' ws{ws}' if ws else ''}")
+                                         w_operand_b=right, a_mma16=bool(mma16))
+                label = f"{'right' if right else 'left'} {bm}x{bn}x{bk} w{w} s{st} {pps}/SM{' mma16' if mma16 else ''}"
                 res.append((cand.two_launches(cfg), f"two launches {label}"))
                 if not mma16:
                     res.append((cand.one_launch(cfg), f"one launch {label}"))
@@ -941,7 +923,9 @@ def run_ab_decode(args):
              "the code before the PTX decode), 'ptx': inline PTX (11 integer instructions per 8 codes). Paths: the "
              "routed one, and per tile the pass + GEMM ('two launches') or the GEMM quantizing x ('one launch'); "
              "'right'/'left': the decoded weight as the MMA's right operand or its left one (mma.sync at 1-2 "
-             "warps); 'mma16': A written in the MMA's fragment order (`GemmConfig.a_mma16`); 'rowmask': its runs of padding rows zero-filled, not read (`GemmConfig.a_row_mask`); 'wsN': the tile's loads warp-specialized, a ring of N K tiles (`GemmConfig.ws_stages`); 'n/SM': K splits for "
+             "warps); 'mma16': A written in the MMA's fragment order (`GemmConfig.a_mma16`); 'rowmask', 'wsN' "
+             "(CSV rows of session 19, options since removed: RESULTS.md, 'Decode GEMM: A row mask, ...'): A's "
+             "padding rows not read, the loads warp-specialized with a ring of N K tiles; 'n/SM': K splits for "
              "about n programs per SM. The two decodes run in two processes on the "
              "same machine; bf16 is the last run's. Table: the routed path under each decode, and the fastest tile; "
              "every candidate is in the CSV.")

@@ -82,7 +82,6 @@ def nvfp4_gemm_kernel(
     W_OPERAND_B: tl.constexpr,  # GemmConfig.w_operand_b: out = A @ W^T, the decoded weight the right operand
     A_ORDER: tl.constexpr,  # GemmConfig.a_order: 1, 2: PREDEQUANT_A's A in that `layout.mma16_offset` order; 3: `layout.rs_col`
     RS_ORDER: tl.constexpr,  # GemmConfig.w_registers: K in `layout.rs_col` order on both sides (that kernel's sums)
-    A_ROW_MASK: tl.constexpr,  # GemmConfig.a_row_mask: mma16 A runs of padding rows zero-filled, not read
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -147,8 +146,7 @@ def nvfp4_gemm_kernel(
             x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0)
             a = fake_quantize_tile(x.to(tl.float32), gs, True, BLOCK_M, BLOCK_K)
         elif (A_ORDER == 1) | (A_ORDER == 2):  # a `layout.mma16_offset` order: one 16-byte run per MMA fragment (no register moves)
-            a = load_mma16_tile(a_ptr.to(tl.pointer_type(tl.float16)), pid_m, k0, Kp, M, BLOCK_K, A_ORDER, EVEN_K,
-                                A_ROW_MASK)
+            a = load_mma16_tile(a_ptr.to(tl.pointer_type(tl.float16)), pid_m, k0, Kp, BLOCK_K, A_ORDER, EVEN_K)
         elif PREDEQUANT_A:  # row-major (A_ORDER 3: columns in `layout.rs_col` order)
             rk = k0 + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],

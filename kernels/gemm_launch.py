@@ -9,7 +9,7 @@ import triton
 
 from . import _interpreter
 from . import gemm as gemm_module
-from . import gemm_decode_ws, gemm_wgmma
+from . import gemm_wgmma
 from .launch import CachedLaunch, cdiv, compile_tracing, int_key
 from .launch import sm_count as _sm_count
 from .layout import check_mma16, mma16_rows
@@ -46,10 +46,6 @@ class GemmConfig:
     # fragment one 128-bit load, no register moves (offline sm_90 K loop per K tile: 16x64x256w4s3,
     # weight the right operand, 550 -> 408 SASS; 16x64x256w2s3, the left one, 918 -> 757). block_m 16.
     a_mma16: bool = False
-    # With a_mma16: the 16-byte runs of A whose rows are all padding (row % 8 >= M) are zero-filled
-    # instead of read. At 2-4 rows they are most of the tile, and each program of a split-K decode grid
-    # reads its A slice from L2 again: at 8192^2 the 16-row A slices come to as many bytes as the weight.
-    a_row_mask: bool = False
     # CUDA, A pre-dequantized row-major, the weight the right operand: the same tile as the Gluon kernel
     # of kernels/gemm_wgmma.py with this many cp.async stages, which decodes weight tile i while the
     # tensor cores multiply tile i - 1 (Triton's schedule waits for each MMA before the next decode);
@@ -64,11 +60,6 @@ class GemmConfig:
     # With wgmma_stages: cap the Gluon kernel's registers a thread (ptxas maxnreg; 0: the compiler's
     # choice), e.g. 128 so that two 8-warp CTAs fit on an SM.
     max_registers: int = 0
-    # The decode tile (block_m 16, a_mma16, the weight the right operand, block_n 64, 4 warps) on a CUDA
-    # device of compute capability 9.x: the same tile with its loads warp-specialized (kernels/
-    # gemm_decode_ws.py: a producer warp keeps this many K tiles in flight, no CTA barrier in the K loop);
-    # 0: Triton's schedule (always so on the CPU). The same bits.
-    ws_stages: int = 0
 
     def __post_init__(self):
         if self.a_mma16 and self.block_m != 16:
@@ -94,12 +85,6 @@ class GemmConfig:
             if self.block_n % 16 or not 16 <= self.block_n <= 256 or self.wgmma_stages < 2:
                 raise ValueError(f"wgmma_stages needs block_n in 16..256 (a multiple of 16) and >= 2 stages, got "
                                  f"block_n {self.block_n}, {self.wgmma_stages} stages")
-
-        if self.ws_stages:
-            if not (self.a_mma16 and self.w_operand_b and self.predequant_a and self.block_n == 64
-                    and self.num_warps == 4 and self.block_k in (128, 256) and self.ws_stages >= 2):
-                raise ValueError(f"ws_stages needs the decode tile: a_mma16, w_operand_b, predequant_a, block_n 64, "
-                                 f"4 warps, block_k 128 or 256 and >= 2 stages, got {self}")
 
     @property
     def a_order(self) -> int:
@@ -290,8 +275,6 @@ _wgmma_launch = CachedLaunch(gemm_wgmma.nvfp4_gemm_wgmma_kernel,
                              views={1: (torch.uint8, torch.int32), 2: (torch.float8_e4m3fn, torch.uint8)})
 _wgmma_rs_launch = CachedLaunch(gemm_wgmma.nvfp4_gemm_wgmma_rs_kernel,
                                 views={1: (torch.uint8, torch.int32), 2: (torch.float8_e4m3fn, torch.uint8)})
-_ws_launch = CachedLaunch(gemm_decode_ws.nvfp4_gemm_decode_ws_kernel,
-                          views={1: (torch.uint8, torch.int32), 2: (torch.float8_e4m3fn, torch.uint8)})
 
 
 _PACKED, _UNITS, _X = 0, 1, 2  # what A is: packed NVFP4, fp16 units (dequantized), the input x
@@ -343,14 +326,6 @@ def runs_pipelined(config: GemmConfig, kp: int, device: torch.device) -> bool:
     (`w_registers`: the register-operand one): config.wgmma_stages set, a CUDA device of compute
     capability 9.x (wgmma), whole K tiles."""
     return (config.wgmma_stages > 0 and device.type == "cuda" and kp % config.block_k == 0
-            and _capability(device)[0] == 9)
-
-
-def runs_warp_specialized(config: GemmConfig, kp: int, device: torch.device) -> bool:
-    """Whether the decode tile `config` runs on the warp-specialized Gluon kernel (kernels/
-    gemm_decode_ws.py): config.ws_stages set, Triton >= 3.6, a CUDA device of compute capability 9.x,
-    whole K tiles."""
-    return (config.ws_stages > 0 and gemm_decode_ws.AVAILABLE and device.type == "cuda" and kp % config.block_k == 0
             and _capability(device)[0] == 9)
 
 
@@ -409,20 +384,11 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
         launch = _wgmma_rs_launch if config.w_registers else _wgmma_launch
         return ((tiles * split, 1, 1), meta, options, split, tiles, per_split,
                 _launch_ids.setdefault(tail, len(_launch_ids)), launch)
-    if (a_mode == _UNITS and a_order == 1 and not tracing and config.a_mma16
-            and runs_warp_specialized(config, kp, device)):
-        meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                    GROUP_M=config.group_m, STAGES=config.ws_stages, PRODUCER_REGS=gemm_decode_ws.PRODUCER_REGISTERS)
-        options = dict(num_warps=4, maxnreg=gemm_decode_ws.MAX_REGISTERS)
-        tail = ("ws", index, out_dtype, bias_dtype, n, kp, per_split, *meta.values())
-        return ((tiles * split, 1, 1), meta, options, split, tiles, per_split,
-                _launch_ids.setdefault(tail, len(_launch_ids)), _ws_launch)
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
                 DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1, W_OPERAND_B=config.w_operand_b,
                 A_ORDER=a_order if a_mode == _UNITS else 0, RS_ORDER=config.w_registers,
-                A_ROW_MASK=config.a_row_mask and a_mode == _UNITS and a_order in (1, 2),
                 **amax_reads(amax[1] if amax else 0, amax is not None))
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     tail = (index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values(), *options.values(), k_key, sx_key)

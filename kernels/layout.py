@@ -92,29 +92,18 @@ def mma16_offset(row, col, Kp, ORDER: tl.constexpr):
 
 
 @triton.jit
-def load_mma16_tile(a_ptr, pid_m, k0, Kp, M, BLOCK_K: tl.constexpr, ORDER: tl.constexpr, EVEN_K: tl.constexpr,
-                    ROW_MASK: tl.constexpr):
+def load_mma16_tile(a_ptr, pid_m, k0, Kp, BLOCK_K: tl.constexpr, ORDER: tl.constexpr, EVEN_K: tl.constexpr):
     """fp16 [16, BLOCK_K] = rows 16 pid_m.. and K columns k0.. of an activation in mma16 order ORDER
     (a_ptr fp16; columns from Kp on read as 0 unless EVEN_K: the tile lies inside Kp): one 16-byte
-    run per MMA fragment. ROW_MASK: the runs of rows g >= M - 16 pid_m (g = row % 8, the run's
-    row; each run also holds row g + 8, a padding row of zeros when g + 8 >= M) are not read but
-    zero-filled: at 2-4 rows most of the tile is padding, and every program of a split-K grid would
-    read it from L2 again."""
+    run per MMA fragment."""
     tile = a_ptr + pid_m.to(tl.int64) * 16 * Kp + k0 * 16
     # one flat run (a 16 x BLOCK_K tile is contiguous): lanes then read consecutive 16-byte pieces
     # (a 6-d load let Triton spread a warp's lanes over the cc blocks, 2 KiB apart)
     run = tl.arange(0, 16 * BLOCK_K)
-    if ROW_MASK:
-        ok = (run // 32) % 8 < M - pid_m * 16  # (constant over each 32 halves: the loads stay 16 bytes wide)
-    else:
-        ok = run >= 0
     if EVEN_K:
-        if ROW_MASK:
-            a = tl.load(tile + run, mask=ok, other=0.0)
-        else:
-            a = tl.load(tile + run)
+        a = tl.load(tile + run)
     else:
-        a = tl.load(tile + run, mask=ok & (k0 + (run // 1024) * 64 < Kp), other=0.0)
+        a = tl.load(tile + run, mask=k0 + (run // 1024) * 64 < Kp, other=0.0)
     a8 = tl.reshape(a, [BLOCK_K // 64, 2, 2, 8, 4, 2, 2, 2])
     # -> rows (r8, g), K (cc, h, cl, s, jj, j2); the loaded dims: ORDER 1 cc s jj g cl h r8 j2,
     # ORDER 2 cc r8 jj g cl s h j2

@@ -146,12 +146,7 @@ def mma16_order(a: torch.Tensor, order: int) -> torch.Tensor:
     kernels.GemmConfig(16, 32, 64, 4, 2, split_k=2, predequant_a=True, w_operand_b=True, a_mma16=True),
     kernels.GemmConfig(16, 64, 256, 2, 3, split_k=0, predequant_a=True, a_mma16=True),
     kernels.GemmConfig(16, 64, 128, 1, 3, split_k=3, predequant_a=True, a_mma16=True),
-    # the runs of padding rows zero-filled instead of read (a wrong row mask drops or keeps real rows)
-    kernels.GemmConfig(16, 64, 256, 4, 3, split_k=0, predequant_a=True, w_operand_b=True, a_mma16=True,
-                       a_row_mask=True),
-    kernels.GemmConfig(16, 64, 128, 1, 3, split_k=3, predequant_a=True, a_mma16=True, a_row_mask=True),
-], ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}w{c.num_warps}{'b' if c.w_operand_b else ''}"
-                 f"{'m' if c.a_row_mask else ''}")
+], ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}w{c.num_warps}{'b' if c.w_operand_b else ''}")
 @pytest.mark.parametrize("m", [1, 5, 16, 17, 40])
 def test_a_in_mma16_order(device, config, m):
     """`fake_quantize(a_order=...)` writes the pass's values in the mma16 order of the GEMM's operand
