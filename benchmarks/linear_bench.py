@@ -673,18 +673,6 @@ class TileCandidates:
             kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, layer.alpha, None, out, config=cfg)
         return self.over_layers(step)
 
-    def packed_two_launches(self, cfg):
-        """The quantize kernel (packed codes + 128x4 scales, as `fp4linear.quantize`) + the GEMM reading them
-        packed (`GemmConfig.a_registers`)."""
-        m, kp = self.x.shape[0], self.trios[0][1].k_padded
-        data = torch.empty(m, kp // 2, dtype=torch.uint8, device=self.x.device)
-        scale = torch.empty(-(-m // 128) * 128, -(-(kp // 16) // 4) * 4, dtype=torch.float8_e4m3fn, device=self.x.device)
-
-        def step(layer, out):
-            kernels.pad_quantize(self.x, layer.input_global_scale, data, scale, sf_row_tile=128)
-            kernels.nvfp4_gemm(data, scale, layer.weight, layer.weight_scale, layer.alpha, None, out, config=cfg)
-        return self.over_layers(step)
-
     def one_launch(self, cfg):
         return self.over_layers(lambda layer, out: kernels.nvfp4_gemm_quantize_x(
             self.x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha, None, out, config=cfg))
@@ -710,10 +698,6 @@ PIPELINED_CONFIGS = [(128, 128, 64, 3), (128, 128, 64, 4), (64, 128, 64, 4), (12
 # block_n / 16 warps). --registers: only these, with the routed path, cuBLAS and the routed shared-memory tiles.
 REGISTER_CONFIGS = [(128, 128, 64, 4), (128, 128, 64, 5), (256, 128, 64, 3), (256, 128, 64, 4), (64, 128, 64, 4),
                     (128, 64, 64, 4), (256, 64, 64, 4), (128, 128, 128, 3), (64, 64, 64, 4)]
-# --act-registers: the packed activation decoded into wgmma's registers, the weight into shared memory
-# (`GemmConfig.a_registers`; block_m activation rows = 64 per warpgroup, block_n weight rows, cp.async stages)
-ACT_REGISTER_CONFIGS = [(128, 128, 64, 4), (128, 128, 64, 3), (128, 64, 64, 4), (64, 128, 64, 4), (128, 128, 128, 3),
-                        (64, 256, 64, 3), (128, 32, 64, 4), (64, 64, 64, 4)]
 # --capped: tiles under a register cap (a fifth item, GemmConfig.max_registers: 64x128x64 s3 fits two
 # CTAs per SM at 128), with the uncapped tile and the routed one for reference
 CAPPED_REGISTER_CONFIGS = [(64, 128, 64, 3, 128), (64, 128, 64, 4, 128), (64, 128, 64, 3), (256, 128, 64, 4)]
@@ -737,21 +721,14 @@ def run_tune_pipelined(args):
             cand = TileCandidates(trios, x)
             res = [(cand.routed(), "routed path")]
             kp = trios[0][1].k_padded
-            shared = [(128, 64, 64, 4, 1), (128, 128, 64, 3, 1)] if args.registers or args.act_registers else [
+            shared = [(128, 64, 64, 4, 1), (128, 128, 64, 3, 1)] if args.registers else [
                 (*c, pps) for c in PIPELINED_CONFIGS for pps in (1, 2)]
             for bm, bn, bk, stages, pps in shared:
                 if kp % bk == 0:
                     cfg = kernels.GemmConfig(bm, bn, bk, bm // 16, 3, split_k=0, programs_per_sm=pps,
                                              predequant_a=True, w_operand_b=True, wgmma_stages=stages)
                     res.append((cand.two_launches(cfg), f"pipelined {bm}x{bn}x{bk} s{stages} pps{pps}"))
-            for bm, bn, bk, stages in ACT_REGISTER_CONFIGS if args.act_registers else ():
-                for pps in (1, 2):
-                    if kp % bk == 0:
-                        cfg = kernels.GemmConfig(bm, bn, bk, bm // 16, 3, split_k=0, programs_per_sm=pps,
-                                                 w_operand_b=True, a_registers=True, wgmma_stages=stages)
-                        res.append((cand.packed_two_launches(cfg), f"act registers {bm}x{bn}x{bk} s{stages} pps{pps}"))
-            for bm, bn, bk, stages, *cap in (() if args.act_registers else
-                                             CAPPED_REGISTER_CONFIGS if args.capped else REGISTER_CONFIGS):
+            for bm, bn, bk, stages, *cap in CAPPED_REGISTER_CONFIGS if args.capped else REGISTER_CONFIGS:
                 # programs per SM (the split chosen from it), or an explicit split (--register-splits: the auto
                 # split can leave a partial second wave of one-per-SM programs, e.g. 64 tiles x 3 on 132 SMs)
                 for pps, split in [(1, 0), (2, 0)] + [(1, s) for s in args.register_splits or ()]:
@@ -761,7 +738,7 @@ def run_tune_pipelined(args):
                                                  max_registers=cap[0] if cap else 0)
                         res.append((cand.two_launches(cfg), f"registers {bm}x{bn}x{bk} s{stages} " +
                                     (f"split{split}" if split else f"pps{pps}") + (f" r{cap[0]}" if cap else "")))
-            if args.registers or args.act_registers:
+            if args.registers:
                 res.append((cand.over_layers(lambda layer, out: ops.triton_linear(
                     x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2,
                     None, n, False, layer._alpha_host, cublas=True)), "cublas path"))
@@ -1296,9 +1273,6 @@ def main():
                    "(-> results/pipelined_capped_<gpu>.csv)")
     p.add_argument("--registers", action="store_true", help="--tune-pipelined: the register-operand tiles, with the "
                    "routed path, the cuBLAS path and the routed shared-memory tiles only")
-    p.add_argument("--act-registers", action="store_true", help="--tune-pipelined: the packed activation decoded "
-                   "into wgmma's registers (`GemmConfig.a_registers`), with the routed path, the cuBLAS path and the "
-                   "routed shared-memory tiles only")
     p.add_argument("--register-splits", type=int, nargs="*", help="--tune-pipelined: also each register-operand tile "
                    "with these explicit split_k (one program per SM)")
     p.add_argument("--tiles", nargs="*", help="--ab-decode, --tune-gemv, --tune-pipelined: only the tiles whose name "

@@ -1,6 +1,7 @@
 """Launcher of the NVFP4 GEMM: tile choice and the single launch."""
 
 import functools
+import logging
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -15,6 +16,8 @@ from .launch import sm_count as _sm_count
 from .layout import check_mma16, mma16_rows
 from .quant_dequant_launch import amax_reads, fake_quantize, fake_quantize_dynamic, fuses_dynamic_scale_in_pass
 from .workspace import scratch_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,6 @@ class GemmConfig:
     # then the shared-memory operand, written in that kernel's K order (a_order 3). block_n 64 or 128
     # weight rows with block_n / 16 warps. Triton's kernel computes the same tile portably.
     w_registers: bool = False
-    # With wgmma_stages, A packed (the quantize kernel's output, not pre-dequantized): each warpgroup decodes
-    # its 64 activation rows straight into wgmma's register operand, and the CTA decodes the weight tile
-    # into shared memory as wgmma's B (kernels/gemm_wgmma.py, `nvfp4_gemm_wgmma_ar_kernel`), both in the
-    # register operand's K order: the activation crosses L2 at 0.5 bytes an element instead of 2. block_m 64
-    # or 128 activation rows with block_m / 16 warps. Triton's kernel computes the same tile portably.
-    a_registers: bool = False
     # With wgmma_stages: cap the Gluon kernel's registers a thread (ptxas maxnreg; 0: the compiler's
     # choice), e.g. 128 so that two 8-warp CTAs fit on an SM.
     max_registers: int = 0
@@ -82,18 +79,6 @@ class GemmConfig:
                                  f"block_m {self.block_m}, block_k {self.block_k}")
             if self.wgmma_stages and self.wgmma_stages < 3:
                 raise ValueError(f"w_registers needs >= 3 wgmma_stages, got {self.wgmma_stages}")
-        elif self.a_registers:
-            if self.predequant_a or not (self.word_decode and self.w_operand_b and not self.a_mma16):
-                raise ValueError("a_registers needs A packed (predequant_a False), word_decode, the weight the right "
-                                 "operand (w_operand_b) and A row-major (a_mma16 False)")
-            if self.block_m not in (64, 128) or self.num_warps != self.block_m // 16:
-                raise ValueError(f"a_registers needs block_m 64 or 128 with block_m / 16 warps (one warpgroup per 64 "
-                                 f"activation rows), got block_m {self.block_m}, num_warps {self.num_warps}")
-            if self.block_n not in (16, 32, 64, 128, 256) or self.block_k not in (64, 128):
-                raise ValueError(f"a_registers needs block_n a power of two in 16..256 and block_k 64 or 128, got "
-                                 f"block_n {self.block_n}, block_k {self.block_k}")
-            if self.wgmma_stages and self.wgmma_stages < 3:
-                raise ValueError(f"a_registers needs >= 3 wgmma_stages, got {self.wgmma_stages}")
         elif self.wgmma_stages:
             if not (self.predequant_a and self.w_operand_b and not self.a_mma16):
                 raise ValueError("wgmma_stages needs predequant_a and w_operand_b, A row-major (a_mma16 False)")
@@ -293,9 +278,6 @@ _wgmma_launch = CachedLaunch(gemm_wgmma.nvfp4_gemm_wgmma_kernel,
                              views={1: (torch.uint8, torch.int32), 2: (torch.float8_e4m3fn, torch.uint8)})
 _wgmma_rs_launch = CachedLaunch(gemm_wgmma.nvfp4_gemm_wgmma_rs_kernel,
                                 views={1: (torch.uint8, torch.int32), 2: (torch.float8_e4m3fn, torch.uint8)})
-_wgmma_ar_launch = CachedLaunch(gemm_wgmma.nvfp4_gemm_wgmma_ar_kernel,
-                                views={0: (torch.uint8, torch.int32), 1: (torch.float8_e4m3fn, torch.uint8),
-                                       2: (torch.uint8, torch.int32), 3: (torch.float8_e4m3fn, torch.uint8)})
 
 
 _PACKED, _UNITS, _X = 0, 1, 2  # what A is: packed NVFP4, fp16 units (dequantized), the input x
@@ -324,9 +306,8 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED,
     else:
         partials = tickets = out  # unused
     if gluon_launch is not None:  # a pipelined Gluon kernel (kernels/gemm_wgmma.py)
-        operands = (a, a_scale, w_data, w_scale) if gluon_launch is _wgmma_ar_launch else (a, w_data, w_scale)
-        gluon_launch(launch_id, grid, (*operands, alpha, bias if bias is not None else out, out, partials, tickets, m,
-                                       n, kp // 64, per_split, out.stride(0)), meta, options)
+        gluon_launch(launch_id, grid, (a, w_data, w_scale, alpha, bias if bias is not None else out, out, partials,
+                                       tickets, m, n, kp // 64, per_split, out.stride(0)), meta, options)
         return out
     args = (a, a_scale, w_data, w_scale, alpha, bias if bias is not None else out, out, partials, tickets, m, n,
             kp // 64, per_split, out.stride(0), k, sx)
@@ -344,11 +325,23 @@ _launch_ids: dict = {}
 
 
 def runs_pipelined(config: GemmConfig, kp: int, device: torch.device) -> bool:
-    """Whether a GEMM runs config on a Gluon kernel of kernels/gemm_wgmma.py (`w_registers`: the
-    weight in wgmma's registers, `a_registers`: the activation; A dequantized, for a_registers packed):
-    config.wgmma_stages set, a CUDA device of compute capability 9.x (wgmma), whole K tiles."""
-    return (config.wgmma_stages > 0 and device.type == "cuda" and kp % config.block_k == 0
-            and _capability(device)[0] == 9)
+    """Whether a GEMM with A dequantized runs config on a Gluon kernel of kernels/gemm_wgmma.py
+    (`w_registers`: the register-operand one): config.wgmma_stages set, a CUDA device of compute
+    capability 9.x (wgmma), whole K tiles, a Triton those kernels are written for."""
+    if not (config.wgmma_stages > 0 and device.type == "cuda" and kp % config.block_k == 0
+            and _capability(device)[0] == 9):
+        return False
+    if not gemm_wgmma.SUPPORTED:
+        _gluon_unsupported_once()
+        return False
+    return True
+
+
+@functools.cache
+def _gluon_unsupported_once() -> None:
+    log.warning("Triton %s: the pipelined Gluon GEMMs (kernels/gemm_wgmma.py) are written for Triton 3.5-3.6; "
+                "Triton's portable kernel runs their tiles instead (the same results, slower past decode)",
+                triton.__version__)
 
 
 @functools.lru_cache(maxsize=None)
@@ -395,24 +388,22 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
         config = replace(config, wgmma_stages=0)
     tiles = cdiv(m, config.block_m) * cdiv(n, config.block_n)
     split, per_split = k_splits(config, tiles, kp, _sm_count(device))
-    if config.a_registers and a_mode != _PACKED:  # (its Gluon kernel decodes a packed A)
-        config = replace(config, wgmma_stages=0)
     if a_mode != _X and not tracing and runs_pipelined(config, kp, device):
         meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                     BLOCK_K=config.block_k, GROUP_M=config.group_m, STAGES=config.wgmma_stages)
         options = dict(num_warps=config.num_warps)
         if config.max_registers:
             options["maxnreg"] = config.max_registers
-        tail = ("wgmma", index, out_dtype, bias_dtype, n, kp, per_split, config.w_registers, config.a_registers,
-                *meta.values(), config.max_registers)
-        launch = _wgmma_rs_launch if config.w_registers else _wgmma_ar_launch if config.a_registers else _wgmma_launch
+        tail = ("wgmma", index, out_dtype, bias_dtype, n, kp, per_split, config.w_registers, *meta.values(),
+                config.max_registers)
+        launch = _wgmma_rs_launch if config.w_registers else _wgmma_launch
         return ((tiles * split, 1, 1), meta, options, split, tiles, per_split,
                 _launch_ids.setdefault(tail, len(_launch_ids)), launch)
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
                 DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1, W_OPERAND_B=config.w_operand_b,
-                A_ORDER=a_order if a_mode == _UNITS else 0, RS_ORDER=config.w_registers or config.a_registers,
+                A_ORDER=a_order if a_mode == _UNITS else 0, RS_ORDER=config.w_registers,
                 **amax_reads(amax[1] if amax else 0, amax is not None))
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     tail = (index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values(), *options.values(), k_key, sx_key)

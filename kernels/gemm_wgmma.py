@@ -21,20 +21,28 @@ w_smem[i % 2] was read by MMA i - 2, which every warpgroup waited for in step i 
 barrier that opens step i.
 
 No CPU interpreter runs Gluon: the portable kernel is `gemm.nvfp4_gemm_kernel`, which the CPU (and
-`GemmConfig(pipelined=False)`) runs; `kernels.gemm_launch` picks this one only on CUDA devices.
+a config with `wgmma_stages` 0) runs; `kernels.gemm_launch` picks these only on CUDA devices of
+compute capability 9.x and with a Triton these kernels are written for (`SUPPORTED`).
 """
 
+import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from .layout import col_part_128x4, row_part_128x4
-
-# cp.async into shared memory (`async_load` from Triton 3.7 on, where the old name raises)
-_async_copy = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
-
 DECODE_UNIT_SCALE = gl.constexpr(2.0**28)  # numerics.DECODE_UNIT_SCALE: a dot of two operands in units of 2^-14
+
+
+def supported(version: str) -> bool:
+    """Whether these kernels compile under Triton `version`. Gluon is experimental and its calls move
+    between releases: they are written for 3.5-3.6 (compiled for sm_90 on 3.5.1 and 3.6.0, run on 3.6.0);
+    3.7+ renamed `async_copy_global_to_shared` and dropped `thread_barrier`."""
+    major_minor = tuple(int(part) for part in version.split(".")[:2])
+    return (3, 5) <= major_minor < (3, 7)
+
+
+SUPPORTED = supported(triton.__version__)  # elsewhere the launcher keeps Triton's portable kernel (same bits)
 
 
 @gluon.jit
@@ -61,13 +69,13 @@ def _issue_tile(a_ring, w_ring, s_ring, slot, a_rows, a_row_ok, w_rows, w_row_ok
     [BN, BK/16] (nothing read where `valid` is false: the group is still committed, so every step
     waits for the same count)."""
     ka = gl.arange(0, BLOCK_K, layout=A_COLS)
-    _async_copy(a_ring.index(slot), a_rows + (k0 + ka)[None, :],
+    async_copy.async_copy_global_to_shared(a_ring.index(slot), a_rows + (k0 + ka)[None, :],
                                            mask=a_row_ok & valid)
     kw = gl.arange(0, BLOCK_K // 8, layout=W_COLS)
-    _async_copy(w_ring.index(slot), w_rows + (k0 // 8 + kw)[None, :],
+    async_copy.async_copy_global_to_shared(w_ring.index(slot), w_rows + (k0 // 8 + kw)[None, :],
                                            mask=w_row_ok & valid)
     ks = gl.arange(0, BLOCK_K // 16, layout=S_COLS)
-    _async_copy(s_ring.index(slot), s_rows + (k0 // 16 + ks)[None, :],
+    async_copy.async_copy_global_to_shared(s_ring.index(slot), s_rows + (k0 // 16 + ks)[None, :],
                                            mask=s_row_ok & valid)
     async_copy.commit_group()
 
@@ -373,172 +381,3 @@ def nvfp4_gemm_wgmma_rs_kernel(
     async_copy.wait_group(0)
     _finish(gl.convert_layout(gl.permute(acc, (1, 0)), OUT), pid, pid_m, pid_n, pid_k, alpha_ptr, bias_ptr, out_ptr,
             part_ptr, ticket_ptr, M, N, stride_om, HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N, OUT)
-
-
-# ---- the activation decoded in registers: wgmma's left operand, the weight its shared one ("ar") ----
-# Both kernels above read the activation as fp16 (2 bytes an element, re-read from L2 by every weight
-# tile): under ncu (256 x 8192^2, benchmarks/NOTES.md, session 19) 327-550 MB of L2 traffic for a 37.7
-# MB weight. Here the activation stays the quantize kernel's output (packed codes, 0.5 bytes an element,
-# and 128x4-swizzled scale bytes): each warpgroup decodes its 64 rows straight into wgmma's register
-# operand as the register-operand kernel does its weight rows, and the weight tile is decoded once by
-# the whole CTA into shared memory as wgmma's B. K runs in the register operand's order on both sides
-# (`layout.rs_col`: the same permutation of decoded values, so every product pairs the same elements).
-
-
-@gluon.jit
-def _rs_decode(words, sf, ROWS: gl.constexpr, BLOCK_K: gl.constexpr):
-    """Words [ROWS, BLOCK_K/8] and their scale bytes [ROWS, BLOCK_K/16] -> fp16 [ROWS, BLOCK_K] in the
-    register operand's K order (the decode of `_rs_tile`; NaN where a scale byte is E4M3 NaN)."""
-    s16 = sf.to(gl.float8e4nv, bitcast=True).to(gl.float16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-    s2 = s16 | (s16 << 16)
-    s2 = gl.convert_layout(gl.reshape(gl.join(s2, s2), [ROWS, BLOCK_K // 8]), words.type.layout, assert_trivial=True)
-    a0, a1, a2, a3, b0, b1, b2, b3 = _decode_scaled_words(words, s2)
-    v = gl.join(gl.join(gl.join(a0, a2), gl.join(a1, a3)), gl.join(gl.join(b0, b2), gl.join(b1, b3)))
-    v = gl.permute(gl.reshape(v, [ROWS, BLOCK_K // 64, 4, 2, 2, 2, 2]), (0, 1, 3, 4, 5, 2, 6))
-    return gl.reshape(v, [ROWS, BLOCK_K])
-
-
-@gluon.jit
-def _ar_issue(a_ring, as_ring, w_ring, ws_ring, slot, a_rows, a_row_ok, as_rows, w_rows, w_row_ok, ws_rows, ws_row_ok,
-              k0, valid, BLOCK_K: gl.constexpr, A_COLS: gl.constexpr, AS_COLS: gl.constexpr, W_COLS: gl.constexpr,
-              WS_COLS: gl.constexpr):
-    """cp.async of K tile k0 into ring slot `slot`: the activation's words [BM, BK/8] and scale bytes
-    (row-major [BM, BK/16] in shared memory, gathered from the 128x4 swizzle), the weight's words and
-    scale bytes (one committed group, empty where `valid` is false)."""
-    kw = k0 // 8 + gl.arange(0, BLOCK_K // 8, layout=A_COLS)
-    _async_copy(a_ring.index(slot), a_rows + kw[None, :], mask=a_row_ok & valid)
-    ks = k0 // 16 + gl.arange(0, BLOCK_K // 16, layout=AS_COLS)
-    _async_copy(as_ring.index(slot), as_rows + col_part_128x4(ks)[None, :], mask=valid)
-    kw = k0 // 8 + gl.arange(0, BLOCK_K // 8, layout=W_COLS)
-    _async_copy(w_ring.index(slot), w_rows + kw[None, :], mask=w_row_ok & valid)
-    ks = k0 // 16 + gl.arange(0, BLOCK_K // 16, layout=WS_COLS)
-    _async_copy(ws_ring.index(slot), ws_rows + ks[None, :], mask=ws_row_ok & valid)
-    async_copy.commit_group()
-
-
-@gluon.jit
-def _ar_tile(i, n_k, k_begin, a_ring, as_ring, w_ring, ws_ring, w_smem, a_rows, a_row_ok, as_rows, w_rows, w_row_ok,
-             ws_rows, ws_row_ok, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
-             STAGES: gl.constexpr, A_COLS: gl.constexpr, AS_COLS: gl.constexpr, W_COLS: gl.constexpr,
-             WS_COLS: gl.constexpr, A_RS: gl.constexpr, AS_RS: gl.constexpr, A_REG: gl.constexpr,
-             W_DEC: gl.constexpr, WS_DEC: gl.constexpr):
-    """K tile i up to its MMA: wait for its copies, refill the slot of tile i - 2, decode the weight tile
-    into w_smem[i % 2] (whole CTA) and this warpgroup's activation rows into wgmma's register operand."""
-    slot = i % STAGES
-    async_copy.wait_group(STAGES - 3)
-    # every thread's copies of tile i have landed, and every warpgroup has retired MMA i - 2 (step i -
-    # 1), the last reader of the ring slot refilled next and of w_smem[i % 2]
-    gl.thread_barrier()
-    nxt = i + STAGES - 2
-    _ar_issue(a_ring, as_ring, w_ring, ws_ring, nxt % STAGES, a_rows, a_row_ok, as_rows, w_rows, w_row_ok, ws_rows,
-              ws_row_ok, k_begin + nxt * BLOCK_K, nxt < n_k, BLOCK_K, A_COLS, AS_COLS, W_COLS, WS_COLS)
-    w = _rs_decode(w_ring.index(slot).load(W_DEC), ws_ring.index(slot).load(WS_DEC), BLOCK_N, BLOCK_K)
-    w_buf = w_smem.index(i % 2)
-    w_buf.store(w)
-    fence_async_shared()
-    a = _rs_decode(a_ring.index(slot).load(A_RS), as_ring.index(slot).load(AS_RS), BLOCK_M, BLOCK_K)
-    gl.thread_barrier()  # the whole decoded weight tile is in shared memory before any MMA reads it
-    return gl.convert_layout(a, A_REG), w_buf
-
-
-@gluon.jit(do_not_specialize=["M", "stride_om"])
-def nvfp4_gemm_wgmma_ar_kernel(
-    a_ptr,  # int32 words [M, Kp/8]: the activation's packed E2M1 codes (the quantize kernel's data)
-    a_scale_ptr,  # uint8 [round_up(M, 128), S4]: its E4M3 scales, 128x4-swizzled
-    w_ptr,  # int32 words [>= N, Kp/8] (rows beyond N never read)
-    w_scale_ptr,  # uint8 row-major [>= N, Kp/16]
-    alpha_ptr,  # fp32 [1]: 1 / (gs_a * gs_w)
-    bias_ptr,  # [N] or unused
-    out_ptr,  # [M, N] with row stride stride_om
-    part_ptr,  # SPLIT_K > 1: fp32 partials [SPLIT_K, M, N]
-    ticket_ptr,  # SPLIT_K > 1: int32 [tiles], zero between calls
-    M,
-    N,
-    Kp_div64,
-    k_tiles_per_split,
-    stride_om,
-    HAS_BIAS: gl.constexpr,
-    SPLIT_K: gl.constexpr,
-    BLOCK_M: gl.constexpr,  # activation rows: 64 per warpgroup, num_warps = BLOCK_M / 16
-    BLOCK_N: gl.constexpr,  # weight rows: wgmma's N (16..256)
-    BLOCK_K: gl.constexpr,  # 64 or 128
-    GROUP_M: gl.constexpr,
-    STAGES: gl.constexpr,  # cp.async ring depth (>= 3: a slot is refilled two K tiles after its MMA)
-):
-    num_warps: gl.constexpr = BLOCK_M // 16
-    Kp = Kp_div64 * 64
-    S4 = Kp // 16
-    pid, pid_m, pid_n, pid_k = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M, SPLIT_K)
-
-    # copies: 16 bytes a thread for words, 4 for the activation's scale bytes (4 contiguous per row in the swizzle)
-    A_LOAD: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (BLOCK_K // 32), BLOCK_K // 32], [num_warps, 1], [1, 0])
-    AS_LOAD: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [num_warps, 1], [1, 0])
-    W_LOAD: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (BLOCK_K // 32), BLOCK_K // 32], [num_warps, 1], [1, 0])
-    WS_LOAD: gl.constexpr = gl.BlockedLayout([1, BLOCK_K // 16], [32, 1], [num_warps, 1], [1, 0])
-    # the activation's words and scale bytes as the register operand takes them (`_rs_layout`)
-    A_RS: gl.constexpr = _rs_layout(BLOCK_M, BLOCK_K // 8, 2)
-    AS_RS: gl.constexpr = _rs_layout(BLOCK_M, BLOCK_K // 16, 1)
-    # the weight's: two words (a scale block) a thread, as the shared-memory kernel decodes them
-    W_DEC: gl.constexpr = gl.BlockedLayout([1, 2], [32 // (BLOCK_K // 16), BLOCK_K // 16], [num_warps, 1], [1, 0])
-    WS_DEC: gl.constexpr = gl.BlockedLayout([1, 1], [32 // (BLOCK_K // 16), BLOCK_K // 16], [num_warps, 1], [1, 0])
-    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                  instr_shape=[16, BLOCK_N, 16])
-    A_REG: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
-    OUT: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [num_warps, 1], [1, 0])
-
-    PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    W_SMEM: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], gl.float16)
-    a_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_M, BLOCK_K // 8], PLAIN)
-    as_ring = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_M, BLOCK_K // 16], PLAIN)
-    w_ring = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K // 8], PLAIN)
-    ws_ring = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, BLOCK_K // 16], PLAIN)
-    w_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, BLOCK_K], W_SMEM)
-
-    rm = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, A_LOAD))
-    a_rows = a_ptr + rm.to(gl.int64)[:, None] * (Kp // 8)
-    a_row_ok = (rm < M)[:, None]
-    rm_s = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, AS_LOAD))
-    as_rows = a_scale_ptr + row_part_128x4(rm_s.to(gl.int64), S4)[:, None]  # rows to round_up(M, 128) exist
-    rn = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, W_LOAD))
-    w_rows = w_ptr + rn.to(gl.int64)[:, None] * (Kp // 8)
-    w_row_ok = (rn < N)[:, None]
-    rn_s = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, WS_LOAD))
-    ws_rows = w_scale_ptr + rn_s.to(gl.int64)[:, None] * S4
-    ws_row_ok = (rn_s < N)[:, None]
-    k_begin = pid_k * k_tiles_per_split * BLOCK_K
-    n_k = (gl.minimum(k_begin + k_tiles_per_split * BLOCK_K, Kp) - k_begin) // BLOCK_K
-    A_COLS: gl.constexpr = gl.SliceLayout(0, A_LOAD)
-    AS_COLS: gl.constexpr = gl.SliceLayout(0, AS_LOAD)
-    W_COLS: gl.constexpr = gl.SliceLayout(0, W_LOAD)
-    WS_COLS: gl.constexpr = gl.SliceLayout(0, WS_LOAD)
-
-    for j in gl.static_range(STAGES - 2):
-        _ar_issue(a_ring, as_ring, w_ring, ws_ring, j, a_rows, a_row_ok, as_rows, w_rows, w_row_ok, ws_rows, ws_row_ok,
-                  k_begin + j * BLOCK_K, j < n_k, BLOCK_K, A_COLS, AS_COLS, W_COLS, WS_COLS)
-
-    # As in the register-operand kernel: two K tiles a step, each register operand its own value kept
-    # live until the wait that retires its MMA (no register of an MMA in flight is written).
-    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=MMA)
-    a_b = gl.zeros([BLOCK_M, BLOCK_K], gl.float16, layout=A_REG)
-    for j in range(n_k // 2):
-        i = 2 * j
-        a_a, w_buf = _ar_tile(i, n_k, k_begin, a_ring, as_ring, w_ring, ws_ring, w_smem, a_rows, a_row_ok, as_rows,
-                              w_rows, w_row_ok, ws_rows, ws_row_ok, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, A_COLS, AS_COLS,
-                              W_COLS, WS_COLS, A_RS, AS_RS, A_REG, W_DEC, WS_DEC)
-        acc = warpgroup_mma(a_a, w_buf.permute((1, 0)), acc, is_async=True)
-        acc, a_b = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_b))  # tile i - 1's MMA retired
-        a_b, w_buf = _ar_tile(i + 1, n_k, k_begin, a_ring, as_ring, w_ring, ws_ring, w_smem, a_rows, a_row_ok,
-                              as_rows, w_rows, w_row_ok, ws_rows, ws_row_ok, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, A_COLS,
-                              AS_COLS, W_COLS, WS_COLS, A_RS, AS_RS, A_REG, W_DEC, WS_DEC)
-        acc = warpgroup_mma(a_b, w_buf.permute((1, 0)), acc, is_async=True)
-        acc, a_a = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_a))  # tile i's MMA retired
-    acc, a_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_b))
-    if n_k % 2:  # the last tile of an odd count
-        a_a, w_buf = _ar_tile(n_k - 1, n_k, k_begin, a_ring, as_ring, w_ring, ws_ring, w_smem, a_rows, a_row_ok,
-                              as_rows, w_rows, w_row_ok, ws_rows, ws_row_ok, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, A_COLS,
-                              AS_COLS, W_COLS, WS_COLS, A_RS, AS_RS, A_REG, W_DEC, WS_DEC)
-        acc = warpgroup_mma(a_a, w_buf.permute((1, 0)), acc, is_async=True)
-        acc, a_a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_a))
-    async_copy.wait_group(0)
-    _finish(gl.convert_layout(acc, OUT), pid, pid_m, pid_n, pid_k, alpha_ptr, bias_ptr, out_ptr, part_ptr, ticket_ptr,
-            M, N, stride_om, HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N, OUT)

@@ -1,6 +1,6 @@
-"""The software-pipelined Gluon GEMMs (kernels/gemm_wgmma.py: the decoded weight in shared memory, the
-weight in wgmma's registers, the packed activation in wgmma's registers): bit for bit the portable
-Triton kernel of the same tile (which the CPU runs), and within the fp64 bound."""
+"""The software-pipelined Gluon GEMMs (kernels/gemm_wgmma.py: the decoded weight in shared memory, and
+in wgmma's registers): bit for bit the portable Triton kernel of the same tile (which the CPU runs),
+and within the fp64 bound."""
 
 import dataclasses
 
@@ -9,7 +9,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fp4linear
 from fp4linear import kernels
 
 from .conftest import HAVE_CUDA
@@ -23,13 +22,6 @@ def pipelined(bm, bn, bk, stages, split_k=0):
 
 def portable(config):
     return dataclasses.replace(config, wgmma_stages=0)
-
-
-def act_registers(bm, bn, bk, stages, split_k=0):
-    """The activation-in-registers kernel's config: A packed, bm activation rows (bm / 16 warps), bn
-    weight rows (wgmma's N)."""
-    return kernels.GemmConfig(bm, bn, bk, bm // 16, 3, split_k=split_k, w_operand_b=True, a_registers=True,
-                              wgmma_stages=stages)
 
 
 def in_registers(bm, bn, bk, stages, split_k=0, max_registers=0):
@@ -72,24 +64,6 @@ def test_register_config_errors(kwargs, message):
         kernels.GemmConfig(**{**base, **kwargs})
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(predequant_a=True), "A packed"),
-    (dict(w_operand_b=False), "A packed"),
-    (dict(a_mma16=True, block_m=16, num_warps=1), "A packed"),
-    (dict(block_m=256, num_warps=16), "block_m 64 or 128"),
-    (dict(num_warps=4), "block_m / 16 warps"),
-    (dict(block_n=264), "block_n a power of two in 16..256"),
-    (dict(block_n=96), "block_n a power of two in 16..256"),
-    (dict(block_k=256), "block_k 64 or 128"),
-    (dict(wgmma_stages=2), ">= 3 wgmma_stages"),
-])
-def test_act_register_config_errors(kwargs, message):
-    base = dict(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3, w_operand_b=True, a_registers=True,
-                wgmma_stages=4)
-    with pytest.raises(ValueError, match=message):
-        kernels.GemmConfig(**{**base, **kwargs})
-
-
 @pytest.mark.parametrize("bm, bn, bk", [(64, 64, 64), (32, 128, 128), (16, 64, 128)])
 @pytest.mark.parametrize("m, n, k", [(70, 96, 200), (5, 130, 1368)])
 def test_register_operand_order(device, bm, bn, bk, m, n, k):
@@ -127,14 +101,34 @@ def test_cpu_runs_the_portable_kernel():
     qa, w, ws, alpha, qw = operands(70, 96, 200, "cpu")
     outs = []
     for cfg in (pipelined(64, 64, 64, 3, split_k=2), portable(pipelined(64, 64, 64, 3, split_k=2)),
-                in_registers(64, 64, 64, 3, split_k=2), portable(in_registers(64, 64, 64, 3, split_k=2)),
-                act_registers(64, 64, 64, 3, split_k=2), portable(act_registers(64, 64, 64, 3, split_k=2))):
+                in_registers(64, 64, 64, 3, split_k=2), portable(in_registers(64, 64, 64, 3, split_k=2))):
         out = torch.full((70, 96), float("nan"))
         kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=cfg)
         outs.append(out)
-    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[2], outs[3]) and torch.equal(outs[4], outs[5])
-    for out in outs[::2]:
-        assert_within_fp32_accumulation(out, qa, qw)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[2], outs[3])
+    assert_within_fp32_accumulation(outs[0], qa, qw)
+    assert_within_fp32_accumulation(outs[2], qa, qw)
+
+
+def test_triton_versions_the_gluon_kernels_run_on(monkeypatch, caplog):
+    """The Gluon kernels are written for Triton 3.5-3.6 (Gluon's calls moved in 3.7): elsewhere a
+    pipelined config runs Triton's portable kernel, with one warning."""
+    from fp4linear.kernels import gemm_launch, gemm_wgmma
+
+    assert gemm_wgmma.supported("3.5.1") and gemm_wgmma.supported("3.6.0") and gemm_wgmma.supported("3.6.0+git1234")
+    assert not gemm_wgmma.supported("3.4.0") and not gemm_wgmma.supported("3.7.0")
+    assert not gemm_wgmma.supported("3.9.0") and not gemm_wgmma.supported("3.10.1")
+    cfg = pipelined(64, 64, 64, 3)
+    monkeypatch.setattr(gemm_launch, "_capability", lambda device: (9, 0))  # (a Hopper, on any machine)
+    monkeypatch.setattr(gemm_wgmma, "SUPPORTED", True)
+    assert gemm_launch.runs_pipelined(cfg, 128, torch.device("cuda"))
+    monkeypatch.setattr(gemm_wgmma, "SUPPORTED", False)
+    gemm_launch._gluon_unsupported_once.cache_clear()
+    with caplog.at_level("WARNING", logger="fp4linear.kernels.gemm_launch"):
+        assert not gemm_launch.runs_pipelined(cfg, 128, torch.device("cuda"))
+        assert not gemm_launch.runs_pipelined(cfg, 128, torch.device("cuda"))
+    assert sum("written for Triton 3.5-3.6" in r.message for r in caplog.records) == 1
+    gemm_launch._gluon_unsupported_once.cache_clear()
 
 
 CONFIGS = [(128, 128, 64, 3), (64, 128, 64, 4), (128, 256, 64, 3), (128, 64, 128, 3), (64, 64, 64, 2),
@@ -144,24 +138,21 @@ SHAPES = [(1, 64, 64), (77, 200, 464), (130, 333, 1368), (256, 1288, 2688), (300
 
 RS_CONFIGS = [(128, 128, 64, 4), (256, 128, 64, 3), (64, 64, 64, 3), (128, 64, 128, 3), (16, 128, 64, 5),
               (32, 128, 128, 4)]
-AR_CONFIGS = [(128, 128, 64, 4), (128, 64, 64, 4), (64, 128, 64, 3), (128, 128, 128, 3), (64, 32, 64, 5),
-              (128, 256, 64, 3)]
-MAKERS = {"shared": pipelined, "registers": in_registers, "activation": act_registers}
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAVE_CUDA or torch.cuda.get_device_capability()[0] < 9, reason="needs sm_90 (wgmma)")
 @pytest.mark.parametrize("kind, bm, bn, bk, stages", [("shared", *c) for c in CONFIGS] +
-                         [("registers", *c) for c in RS_CONFIGS] + [("activation", *c) for c in AR_CONFIGS])
+                         [("registers", *c) for c in RS_CONFIGS])
 @pytest.mark.parametrize("m, n, k", SHAPES)
 @pytest.mark.parametrize("split_k", [1, 3])
 def test_bits_equal_the_portable_kernel(kind, bm, bn, bk, stages, m, n, k, split_k):
-    """Each Gluon kernel (the decoded weight in shared memory, the weight or the activation in wgmma's registers) against
+    """Each Gluon kernel (the decoded weight in shared memory, or in wgmma's registers) against
     Triton's tile of the same config (same K order, tiles and splits), twice in a row (split-K
     tickets reset), poisoned outputs, a bias with split-K."""
     gen = torch.Generator().manual_seed(m * 7919 + n * 31 + k + bn + bm)
     qa, w, ws, alpha, qw = operands(m, n, k, "cuda", generator=gen, k_align=bk)
-    cfg = MAKERS[kind](bm, bn, bk, stages, split_k=split_k)
+    cfg = (pipelined if kind == "shared" else in_registers)(bm, bn, bk, stages, split_k=split_k)
     bias = torch.randn(n, generator=gen).to(torch.bfloat16).cuda() if split_k == 3 else None
     assert kernels.gemm_launch.runs_pipelined(cfg, qa.kp, torch.device("cuda"))
     results = []
@@ -183,11 +174,10 @@ def test_bits_equal_the_portable_kernel(kind, bm, bn, bk, stages, m, n, k, split
 @pytest.mark.skipif(not HAVE_CUDA or torch.cuda.get_device_capability()[0] < 9, reason="needs sm_90 (wgmma)")
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(m=st.integers(1, 600), n=st.integers(1, 700), k=st.integers(1, 1500),
-       kind_cfg=st.sampled_from([(pipelined, c) for c in CONFIGS] + [(in_registers, c) for c in RS_CONFIGS]
-                                + [(act_registers, c) for c in AR_CONFIGS]),
+       kind_cfg=st.sampled_from([(pipelined, c) for c in CONFIGS] + [(in_registers, c) for c in RS_CONFIGS]),
        split_k=st.sampled_from([0, 1, 2, 5]), seed=st.integers(0, 2**31 - 1))
 def test_hypothesis_shapes_within_fp64_bound(m, n, k, kind_cfg, split_k, seed):
-    """The Gluon kernels (config makers `pipelined`, `in_registers`, `act_registers`) at random shapes and splits."""
+    """Both Gluon kernels (config makers `pipelined`, `in_registers`) at random shapes and splits."""
     make, (bm, bn, bk, stages) = kind_cfg
     qa, w, ws, alpha, qw = operands(m, n, k, "cuda", generator=torch.Generator().manual_seed(seed), k_align=bk)
     out = torch.full((m, n), float("nan"), device="cuda")
@@ -232,30 +222,3 @@ def test_register_cap_keeps_the_bits(m, n, k):
         outs.append(out)
     assert torch.equal(outs[0], outs[1])
     assert_within_fp32_accumulation(outs[1], qa, qw)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAVE_CUDA or torch.cuda.get_device_capability()[0] < 9, reason="needs sm_90 (wgmma)")
-@pytest.mark.parametrize("split_k", [1, 3])
-def test_act_registers_non_finite_blocks(split_k):
-    """A non-finite activation block (scale byte E4M3 NaN) makes its row NaN in the activation-in-registers
-    kernel as in Triton's tile, and every other output keeps Triton's bits."""
-    m, n, k = 130, 200, 1368
-    gen = torch.Generator().manual_seed(split_k)
-    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-    x[3, 17], x[77, 1000], x[129, 5] = float("nan"), float("inf"), float("-inf")
-    _, w, ws, _, qw = operands(m, n, k, "cuda", generator=gen)
-    gs = torch.tensor([448 * 6 / x[x.isfinite()].float().abs().max().item()])
-    qa = fp4linear.quantize(x.cuda(), gs.cuda(), k_align=64)
-    alpha = (1 / (gs * qw.global_scale.cpu())).cuda()
-    cfg = act_registers(128, 128, 64, 4, split_k=split_k)
-    outs = []
-    for c in (cfg, portable(cfg)):
-        out = torch.full((m, n), 7.0, device="cuda")
-        kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=c)
-        outs.append(out.cpu())
-    bad = torch.zeros(m, dtype=torch.bool)
-    bad[[3, 77, 129]] = True
-    for out in outs:
-        assert out[bad].isnan().all() and not out[~bad].isnan().any()
-    assert torch.equal(outs[0][~bad], outs[1][~bad])
