@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import (add_output_args, card, copy_ceiling_tbps, empty_launch_us, gpu_slug, median_us, publish,  # noqa: E402
-                    read_floor_us)
+from common import (add_output_args, card, copy_ceiling_tbps, empty_launch_us, gpu_slug, median_us, merge_rows,  # noqa: E402
+                    publish, read_floor_us)
 from fp4linear import kernels, reference  # noqa: E402
 from fp4linear.format import NVFP4Tensor  # noqa: E402
 from kernels.quantize_launch import BASELINE, QuantConfig  # noqa: E402
@@ -38,8 +38,9 @@ K_ALIGN = 64  # gives exactly the Kp column above for every K
 COMPILE_SHAPES = {(256, 1368), (4096, 3696), (4096, 4096), (16384, 4096), (16384, 8192)}
 
 # --configs: the shapes of the goals (16384 x 8192 and every M >= 4096 shape kind, decode)
-CONFIG_SHAPES = [(16384, 8192, 8192), (16384, 1368, 1408), (16384, 3696, 3712), (4096, 3696, 3712),
-                 (4096, 464, 512), (4096, 8192, 8192), (16, 8192, 8192), (16, 1368, 1408), (1, 4096, 4096)]
+CONFIG_SHAPES = [(16384, 8192, 8192), (16384, 1368, 1408), (16384, 2736, 2752), (16384, 3696, 3712), (4096, 3696, 3712),
+                 (4096, 4096, 4096), (4096, 2736, 2752), (4096, 1368, 1408), (4096, 464, 512), (4096, 8192, 8192),
+                 (16, 8192, 8192), (16, 1368, 1408), (1, 4096, 4096)]
 VARIANTS = {
     "baseline": BASELINE,  # the kernel as first benchmarked
     "r2": dict(BASELINE, recipe=2),
@@ -125,12 +126,15 @@ def run_table(args):
             csv_name=f"quant_{gpu_slug()}.csv")
 
 
-def config_grid(m: int, kp: int, device_type: str = "cuda") -> list[QuantConfig]:
-    """Today's tile with the kernel as first benchmarked (the A/B reference), then every variant x tile."""
+def config_grid(m: int, kp: int, device_type: str = "cuda", variants=None) -> list[QuantConfig]:
+    """Today's tile with the kernel as first benchmarked (the A/B reference), today's tile as routed, then
+    every variant (those whose name holds one of `variants`, default all) x tile."""
     today = kernels.quant_config(m, kp, device_type)
-    grid = [replace(today, **BASELINE)]
+    grid = [replace(today, **BASELINE), today]
     for bm, bk, w in DECODE_TILES if m <= 16 else WIDE_TILES:
-        for flags in VARIANTS.values():
+        for name, flags in VARIANTS.items():
+            if variants and not any(v in name for v in variants):
+                continue
             cfg = QuantConfig(bm, bk, w, **flags)
             if cfg not in grid:
                 grid.append(cfg)
@@ -153,7 +157,7 @@ def run_configs(args):
         want = reference.quantize(x, gs, k_align=K_ALIGN)
         tb = moved_bytes(m, k, kp) / 1e12
         res = []
-        for cfg in tqdm(config_grid(m, kp), desc=f"configs {m}x{k}", file=sys.stderr):
+        for cfg in tqdm(config_grid(m, kp, variants=args.variants), desc=f"configs {m}x{k}", file=sys.stderr):
             fn = lambda: kernels.pad_quantize(x, gs, out.data, out.scale, sf_row_tile=128, config=cfg)  # noqa: E731
             out.data.fill_(0xFF)
             fn()
@@ -166,9 +170,14 @@ def run_configs(args):
         res.sort(key=lambda r: r[0])
         print(f"{m}x{k}: baseline {base:.2f} us; " + "; ".join(
             f"{t:.2f}us {tb / (t * 1e-6):.2f}TB/s {cfg.label}" for t, cfg in res[:5]))
-        t, cfg = res[0]
-        best_rows.append([m, k, kp, base_label, base, cfg.label, t, tb / (t * 1e-6),
-                          100 * tb / (t * 1e-6) / ceiling, base / t])
+    # the CSV keeps earlier runs' shapes (runs of a few shapes at a time); the table: each shape's baseline and best
+    path = args.results_dir / f"quant_configs_{gpu_slug()}.csv"
+    rows = merge_rows(path, rows, 4, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:])])
+    for m, k, kp in sorted({tuple(r[:3]) for r in rows}, key=lambda s: (-s[0], s[1])):
+        mine = [r for r in rows if tuple(r[:3]) == (m, k, kp)]
+        base = next(r for r in mine if r[7] == 1.0)
+        best = min(mine, key=lambda r: r[4])
+        best_rows.append([m, k, kp, base[3], base[4], best[3], best[4], best[5], best[6], base[4] / best[4]])
     intro = (f"Kernel variants (kernels/quantize.py flags, `QuantConfig` fields) x tiles, device time of "
              f"`kernels.pad_quantize` (CUDA-graph replay medians, bf16, k_align=64, 128x4 scales; every config "
              f"checked bit for bit against the reference first). Copy ceiling {ceiling:.2f} TB/s, empty launch "
@@ -210,6 +219,7 @@ def main():
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--dry-run", action="store_true", help="CPU: check the code paths on tiny shapes, no timing")
     p.add_argument("--shape", action="append", help="with --configs: only this MxK (repeatable), e.g. 16384x8192")
+    p.add_argument("--variants", nargs="*", help="with --configs: only the variants whose name holds one of these")
     add_output_args(p)
     args = p.parse_args()
     if args.dry_run or not torch.cuda.is_available():
