@@ -121,7 +121,7 @@ VARIANTS = [
     QuantConfig(8, 128, 4, grid_2d=True, words=True, recipe=2),  # the decode tile: one program zeroes a k column's padding rows
     QuantConfig(8, 128, 4, grid_2d=True, words=True, recipe=2, persistent=1),
     QuantConfig(2, 512, 2, grid_2d=True, words=True, recipe=2, persistent=2),
-    QuantConfig(8, 512, 2, grid_2d=True, words=True, recipe=2, persistent=4),  # the GPU's M >= 4096, Kp = 4096 tile
+    QuantConfig(8, 512, 2, grid_2d=True, words=True, recipe=2, persistent=4),  # the GPU tile at 4096 <= M < 8192, Kp = 4096
     QuantConfig(8, 256, 2, grid_2d=True, words=True, recipe=2, halves=True),
     QuantConfig(4, 128, 4, **dict(BASELINE, recipe=2, halves=True)),
 ]
