@@ -12,6 +12,7 @@ chain over its length. Weight bandwidth counts the padded NVFP4 weight's bytes (
     python benchmarks/linear_bench.py --tune-gemv      # small M: CUDA-core kernel tiles vs the other one-launch paths
     python benchmarks/linear_bench.py --ab-fused       # past decode: x quantized in the GEMM vs a pass first vs cuBLAS
     python benchmarks/linear_bench.py --ab-decode      # decode: PTX vs portable weight decode, left vs right operand
+    python benchmarks/linear_bench.py --ab-eager       # eager decode: one launch vs the route graphs take
     python benchmarks/linear_bench.py --dry-run        # walk the code on tiny CPU shapes
 """
 
@@ -560,6 +561,79 @@ def run_ab_fused(args):
             md_header=["M", "N", "K", "scale", "path", "bf16 us", "fp4 us", "speed-up", "bf16 eager us",
                        "fp4 eager us", "eager speed-up"],
             md_rows=[[*r[:5], r[5], r[6], r[5] / r[6], r[7], r[8], r[7] / r[8]] for r in rows])
+
+
+AB_EAGER_SHAPES = [(4096, 4096), (8192, 3696), (2736, 4096), (8192, 8192)]  # the host-bound decode rows, GLM-4.5-Air's
+# per-rank gate/up (2 x 1368 rows), and a weight past HOST_BOUND_DECODE_ELEMENTS (unchanged: a control)
+
+
+def run_ab_eager(args):
+    """Eager decode calls (M <= 16) by route: the eager route (`ops.host_bound`: one launch, x quantized
+    inside the GEMM, on weights up to `ops.HOST_BOUND_DECODE_ELEMENTS`) against the route graphs
+    capture (host_bound off: the pass, then the GEMM) and nn.Linear bf16, in alternating rounds. Wall
+    time per call of a loop of calls and one synchronize, 'hot': one layer called again and again (its
+    weights stay in L2: the host's time), 'cold': a chain of layer copies whose bf16 weights exceed
+    256 MiB, called eagerly (a model's decode step: every weight from DRAM), time per layer. Device
+    time of both routes (CUDA-graph replays of the cold chain) beside them."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, wall_us = timers(device)
+    shapes = [(72, 200)] if device == "cpu" else (args.shapes or AB_EAGER_SHAPES)
+    ms = [4] if device == "cpu" else (args.m or [2, 4, 8, 16])
+    saved = ops.host_bound
+
+    def captured_route(fn):
+        def run():
+            ops.host_bound = lambda *a: False
+            try:
+                fn()
+            finally:
+                ops.host_bound = saved
+        return run
+
+    rows = []
+    for n, k in tqdm(shapes, desc="eager a/b", file=sys.stderr):
+        copies = cold_copies(n * k * 2) if device == "cuda" else 2
+        layers = make_layers(n, k, copies, device, torch.bfloat16)
+        for m in ms:
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            for mode, idx in (("static", 1), ("dynamic", 2)):
+                kp = layers[0][idx].k_padded
+                eager_route = ops.host_bound(x, m, n, kp, mode == "dynamic")
+                cold = [chain([c[j] for c in layers], x) for j in (0, idx)]
+                dev = [graph_us(cold[1]) / copies, graph_us(captured_route(cold[1])) / copies]
+                hot = wall_us([lambda: layers[0][0](x), lambda: layers[0][idx](x),
+                               captured_route(lambda: layers[0][idx](x))])
+                walls = wall_us([cold[0], cold[1], captured_route(cold[1])])
+                walls = [w / copies for w in walls]
+                rows.append([m, n, k, mode, int(eager_route), *hot, *walls, *dev])
+                print(f"{m}x{n}x{k} {mode} (eager route {'one launch' if eager_route else 'as captured'}): hot "
+                      f"bf16 {hot[0]:.1f} / eager route {hot[1]:.1f} / captured route {hot[2]:.1f} us; cold "
+                      f"{walls[0]:.1f} / {walls[1]:.1f} / {walls[2]:.1f} us", flush=True)
+    intro = ("Eager decode calls by route, bf16 input, no bias. 'eager route': what an eager call takes (`ops.host_bound`: "
+             "one launch, x quantized inside the GEMM, on weights up to HOST_BOUND_DECODE_ELEMENTS; 'one launch' = 1 "
+             "where that differs from the graph route); 'captured route': the route CUDA graphs and torch.compile take "
+             "(host_bound off). Wall time per call of a loop of 300 calls and one synchronize, nn.Linear and both "
+             "routes in alternating rounds (median of 7): 'hot' = one layer called over and over (weights in L2: the "
+             "host's time), 'cold' = an eager chain of layer copies whose bf16 weights exceed 256 MiB (every weight "
+             "from DRAM, as in a model's decode step), time per layer. Device us: CUDA-graph replays of the cold "
+             "chain per layer. Speed-up = bf16 / fp4 (> 1: fp4linear faster).")
+    header = ["m", "n", "k", "input_scale", "one_launch", "bf16_hot_us", "eager_route_hot_us", "captured_route_hot_us",
+              "bf16_cold_us", "eager_route_cold_us", "captured_route_cold_us", "eager_route_device_us",
+              "captured_route_device_us"]
+    if device == "cpu":
+        args.no_write = True
+    else:
+        rows = merge_rows(args.results_dir / f"eager_ab_{gpu_slug()}.csv", rows, 4,
+                          lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]), *map(float, r[5:13])])
+        rows.sort(key=lambda r: (r[1] * r[2], r[1], r[0], r[3]))
+    publish(args, "Eager decode: one launch vs the captured route (benchmarks/linear_bench.py --ab-eager)", intro,
+            header, rows, csv_name=f"eager_ab_{gpu_slug()}.csv",
+            md_header=["M", "N", "K", "scale", "one launch", "hot bf16 us", "hot eager route us",
+                       "hot captured route us", "hot speed-up (eager / captured route)", "cold bf16 us",
+                       "cold eager route us", "cold captured route us", "cold speed-up (eager / captured route)",
+                       "device us (eager / captured route)"],
+            md_rows=[[*r[:5], r[5], r[6], r[7], f"{r[5] / r[6]:.2f} / {r[5] / r[7]:.2f}", r[8], r[9], r[10],
+                      f"{r[8] / r[9]:.2f} / {r[8] / r[10]:.2f}", f"{r[11]:.1f} / {r[12]:.1f}"] for r in rows])
 
 
 FUSED_CONFIGS = [(64, 64, 128, 4, 3, 0), (32, 64, 128, 4, 3, 0), (64, 128, 128, 4, 3, 0), (64, 64, 64, 4, 4, 0),
@@ -1259,7 +1333,9 @@ def main():
              ("--tune-scale", run_tune_scale, "past decode: tiles of the dynamic-scale kernel "
               "(-> results/scale_tune_<gpu>.csv)"),
              ("--ab-fused", run_ab_fused, "past decode: x quantized inside the Triton GEMM vs a pass first vs "
-              "cuBLAS (-> results/fused_ab_<gpu>.csv)")]
+              "cuBLAS (-> results/fused_ab_<gpu>.csv)"),
+             ("--ab-eager", run_ab_eager, "eager decode: the one-launch eager route vs the captured route, weights "
+              "hot and cold (-> results/eager_ab_<gpu>.csv)")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = p.add_mutually_exclusive_group()
     for flag, _, help_ in modes:

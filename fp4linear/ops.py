@@ -10,6 +10,8 @@ Paths of `triton_linear` by the number of rows M (docs/nvfp4.md, "Triton backend
   exact E2M1 x E2M1 products in fp16 pairs, split-K reduce); `use_gemv`;
 - up to 16 rows on weights under 8M elements: the Triton GEMM quantizing x itself, one launch
   (`kernels.nvfp4_gemm_quantize_x`); `use_quantize_in_gemm`;
+- called eagerly (`host_bound`), up to 16 rows on weights up to 32M elements and past 16 rows on small
+  layers: the GEMM quantizing x, one launch (the host, not the GPU, sets such a call's time);
 - otherwise one quantize-dequantize pass of x, then either the Triton GEMM on the dequantized
   activation (one launch, split-K reduced inside) or, for larger M with a bf16/fp16 input, cuBLAS
   on exactly dequantized operands with fp32 accumulation (the weight dequantized in row chunks,
@@ -200,21 +202,37 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
 # under the host time of the two-launch Triton path (~24 us) and the cuBLAS path (~52 us) there.
 HOST_BOUND_MNK = 1 << 29
 TILES_FOR_HOST_BOUND = 256  # host-bound calls take the tiles `kernels.gemm_config` picks for M < 512
+# Up to 16 rows the same holds by weight size: the GEMM quantizing x (one launch, the decode tiles) takes,
+# weights cold, at most about one launch's host time (~17 us, nn.Linear's) where the two-launch path
+# routed for graphs costs ~24 us of host time an eager call (H100, linear_bench.py --ab-fused, device time,
+# static / dynamic): 4x4096x4096 15.4 / 16.2 us, 16x4096x4096 13.8 / 17.3, 4x8192x3696 22.7 / 24.3,
+# 16x8192x3696 19.6 / 32.6; past them the device decides (16x8192x8192 37.7 us fused vs 25.4 two launches).
+# Static scale up to 32M weight elements (8192x3696), dynamic (every program also reads all of x) to 16M.
+HOST_BOUND_DECODE_ELEMENTS = 32 << 20
+HOST_BOUND_DECODE_ELEMENTS_DYNAMIC = 16 << 20
 
 
-def host_bound(x, m: int, n: int, kp: int) -> bool:
-    """Past 16 rows, a layer of at most HOST_BOUND_MNK multiply-adds called eagerly (not captured
-    into a CUDA graph, not traced by torch.compile: there only device time counts, and `use_cublas`
-    / `use_quantize_in_gemm` decide). Such calls skip cuBLAS (its operands launch, the cuBLAS call
-    and its temporaries cost ~52 us of host time on the H100 machine against ~17 for nn.Linear),
-    quantize x inside the Triton GEMM (one launch), and take the mid-M tiles whatever M, so that
-    act(h) on the same path (GatedMLP's down projection: two launches) gets the same bits."""
-    if m <= 16 or m * n * kp > HOST_BOUND_MNK or _launch_mod.compile_tracing():
+def host_bound(x, m: int, n: int, kp: int, dynamic: bool = False) -> bool:
+    """A call whose time is the host's: called eagerly (not captured into a CUDA graph, not traced by
+    torch.compile: there only device time counts, and `use_cublas` / `use_quantize_in_gemm` decide), on a
+    layer of at most HOST_BOUND_MNK multiply-adds past 16 rows, or up to 16 rows on a weight of at most
+    HOST_BOUND_DECODE_ELEMENTS (N x Kp; _DYNAMIC for a dynamic scale). Such calls quantize x inside the
+    Triton GEMM (one launch) instead of a pass first or cuBLAS (its operands launch, the cuBLAS call and
+    its temporaries cost ~52 us of host time on the H100 machine against ~17 for nn.Linear); past 16 rows
+    with the mid-M tiles whatever M (`TILES_FOR_HOST_BOUND`), so that act(h) on the same path (GatedMLP's
+    down projection: two launches) gets the same bits; up to 16 rows with the decode tiles graphs use,
+    so the bits are those of the captured two-launch path."""
+    if m <= 16:
+        if n * kp > (HOST_BOUND_DECODE_ELEMENTS_DYNAMIC if dynamic else HOST_BOUND_DECODE_ELEMENTS):
+            return False
+    elif m * n * kp > HOST_BOUND_MNK:
+        return False
+    if _launch_mod.compile_tracing():
         return False
     if x.is_cuda:
         if torch.cuda.is_current_stream_capturing():
             return False
-        if (x.get_device(), x.dtype) not in _cublas_ready:
+        if m > 16 and (x.get_device(), x.dtype) not in _cublas_ready:
             _warm_cublas(x)
     return True
 
@@ -246,14 +264,15 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
     (`kernels.fuses_dynamic_scale_in_pass`), else by a launch of its own first."""
     m, n = out.shape
     kp = weight.shape[1] * 2
-    tiles_for_m = None
+    tiles_for_m, one_launch = None, False
     if cublas is None:
-        if host_bound(x, m, n, kp):
-            cublas, tiles_for_m = False, TILES_FOR_HOST_BOUND
+        if host_bound(x, m, n, kp, dynamic):
+            cublas, one_launch = False, True
+            tiles_for_m = TILES_FOR_HOST_BOUND if m > 16 else None
         else:
             cublas = use_cublas(m, n, kp, dynamic)
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
-    in_gemm = not cublas and act is None and (tiles_for_m is not None or use_quantize_in_gemm(m, n, kp))
+    in_gemm = not cublas and act is None and (one_launch or use_quantize_in_gemm(m, n, kp))
     if dynamic:
         fuses = kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0))
         if not cublas and act is None and (fuses or (not in_gemm and kernels.dynamic_pass_barrier(m, kp, x.device))):

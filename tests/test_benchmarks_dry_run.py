@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
                                   ["linear_bench.py", "--dry-run", "--tune-chunks"],
                                   ["linear_bench.py", "--dry-run", "--tune-pass"],
                                   ["linear_bench.py", "--dry-run", "--tune-split"],
-                                  ["linear_bench.py", "--dry-run", "--tune-scale"]],
+                                  ["linear_bench.py", "--dry-run", "--tune-scale"],
+                                  ["linear_bench.py", "--dry-run", "--ab-eager"]],
                          ids=" ".join)
 def test_dry_run(argv, tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:], "--results-dir", str(tmp_path),

@@ -127,6 +127,7 @@ def test_dynamic_scale_in_the_quantize_pass_matches_the_separate_launch(device, 
     # the pass's own route (these small weights would take the decode kernel or the GEMM quantizing x)
     monkeypatch.setattr(ops, "use_gemv", lambda *a: False)
     monkeypatch.setattr(ops, "use_quantize_in_gemm", lambda *a: False)
+    monkeypatch.setattr(ops, "host_bound", lambda *a: False)  # (eager calls would take one launch)
     assert kernels.fuses_dynamic_scale_in_pass(m, k, x.stride(0))
     fused = ops.triton_linear(x, *args)
     monkeypatch.setattr(kernels.quant_dequant_launch, "DYNAMIC_IN_PASS_MAX", 0)
@@ -217,6 +218,7 @@ def test_gpu_linear_dynamic_through_the_barrier_pass(monkeypatch, m, k):
             n, True, None)
     assert kernels.dynamic_pass_barrier(m, layer.k_padded, x.device)
     assert not ops.use_gemv(m, n, layer.k_padded) and not ops.use_quantize_in_gemm(m, n, layer.k_padded)
+    monkeypatch.setattr(ops, "host_bound", lambda *a: False)  # the captured route (eager: one launch on small weights)
     qdl._fake_plan.cache_clear()
     barrier = ops.triton_linear(x, *args)
     monkeypatch.setattr(qdl, "DYNAMIC_PASS_BARRIER_ELEMENTS", 2**40)
@@ -505,7 +507,7 @@ def test_small_layers_called_eagerly_take_one_launch(device):
     m, n, k = 130, 40, 48
     layer, ckpt, q = layer_for(n, k, device)
     x = (torch.randn(m, k, generator=torch.Generator().manual_seed(5)) * 2).to(torch.bfloat16).to(device)
-    assert ops.host_bound(x, m, n, layer.k_padded) and not ops.host_bound(x, 16, n, layer.k_padded)
+    assert ops.host_bound(x, m, n, layer.k_padded)
     assert not ops.host_bound(x, m, n, ops.HOST_BOUND_MNK)
     with fp4linear.kernels.launch.wrapped_for_compile():
         assert not ops.host_bound(x, m, n, layer.k_padded)
@@ -516,6 +518,70 @@ def test_small_layers_called_eagerly_take_one_launch(device):
     assert torch.equal(got, want)
     ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
     check(got, ref, bound, torch.bfloat16)
+
+
+def test_decode_host_bound_by_weight_size():
+    """Up to 16 rows an eager call is host-bound by its weight's size (N x Kp), a dynamic scale's
+    sooner (every program of the one launch also reads all of x); never while traced."""
+    x = torch.zeros(4, 8)
+    for m in (2, 16):
+        assert ops.host_bound(x, m, 4096, 4096) and ops.host_bound(x, m, 4096, 4096, dynamic=True)
+        assert ops.host_bound(x, m, 8192, 3712) and not ops.host_bound(x, m, 8192, 3712, dynamic=True)
+        assert not ops.host_bound(x, m, 8192, 8192) and not ops.host_bound(x, m, 8192, 8192, dynamic=True)
+    assert ops.host_bound(x, 16, 1, ops.HOST_BOUND_DECODE_ELEMENTS)
+    assert not ops.host_bound(x, 16, 1, ops.HOST_BOUND_DECODE_ELEMENTS + 16)
+    with fp4linear.kernels.launch.wrapped_for_compile():
+        assert not ops.host_bound(x, 8, 4096, 4096)
+
+
+def _forbid_pass(monkeypatch):
+    """Make the quantize-dequantize pass (the first of the two launches) fail if called."""
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the quantize-dequantize pass ran: two launches")
+    monkeypatch.setattr(kernels, "fake_quantize", no_pass)
+    monkeypatch.setattr(kernels, "fake_quantize_dynamic", no_pass)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("m", [2, 9, 16])
+def test_decode_called_eagerly_takes_one_launch_with_the_graph_bits(device, monkeypatch, m, dynamic):
+    """Up to 16 rows, a weight the captured route gives two launches (pass, then the GEMM; here forced
+    by `use_quantize_in_gemm` patched off, as for 4096 x 4096 on a GPU) takes one launch when called
+    eagerly: x quantized inside the GEMM, with the decode tiles, so the bits of the two launches."""
+    n, k = 72, 1392  # K % 64 != 0 (Kp 1408): K splits on the interpreter's tiles
+    layer, ckpt, q = layer_for(n, k, device, dynamic=dynamic, seed=m)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(torch.bfloat16).to(device)
+    monkeypatch.setattr(ops, "use_quantize_in_gemm", lambda *args: False)
+    monkeypatch.setattr(ops, "use_gemv", lambda *args: False)
+    two_launches = ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
+                                     layer.weight_scale_2, layer.bias, n, dynamic, layer._alpha_host, cublas=False)
+    _forbid_pass(monkeypatch)
+    assert ops.host_bound(x, m, n, layer.k_padded, dynamic)
+    got = layer(x)
+    assert torch.equal(got, two_launches)
+    scale = fp4linear.decode_scale(x.float().abs().amax().cpu()) if dynamic else ckpt["input_scale"]
+    ref, bound = fp64_bound(x, layer, q, scale)
+    check(got, ref, bound, torch.bfloat16)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("m", [3, 8, 16])
+def test_gpu_decode_eager_one_launch_equals_graph(m, dynamic):
+    """4096 x 4096 at 3-16 rows: captured, the pass and the GEMM (two launches); eagerly, the GEMM
+    quantizing x (one launch, no pass). The same bits, no host sync, the same again on every call."""
+    n = k = 4096
+    layer, ckpt, q = layer_for(n, k, "cuda", dynamic=dynamic, seed=m)
+    assert not ops.use_gemv(m, n, layer.k_padded) and not ops.use_quantize_in_gemm(m, n, layer.k_padded)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
+    graph = as_graph_replay(layer, x)
+    with pytest.MonkeyPatch.context() as mp:
+        _forbid_pass(mp)
+        eager = without_host_sync(lambda: layer(x), 3)
+    assert all(torch.equal(e, graph) for e in eager)
+    scale = fp4linear.decode_scale(x.float().abs().amax().cpu()) if dynamic else ckpt["input_scale"]
+    ref, bound = fp64_bound(x, layer, q, scale)
+    check(graph, ref, bound, torch.bfloat16)
 
 
 @pytest.mark.cuda
