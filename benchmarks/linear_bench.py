@@ -579,7 +579,9 @@ def run_ab_eager(args):
     graph_us, wall_us = timers(device)
     shapes = [(72, 200)] if device == "cpu" else (args.shapes or AB_EAGER_SHAPES)
     ms = [4] if device == "cpu" else (args.m or [2, 4, 8, 16])
-    saved = ops.host_bound
+    saved = ops.host_bound, ops.use_quantize_in_gemm
+    if device == "cuda":  # more rounds than the table's: the host's speed drifts by up to 1.5x between rounds here
+        wall_us = lambda fns: eager_us_interleaved(fns, rounds=11)  # noqa: E731
 
     def captured_route(fn):
         def run():
@@ -587,7 +589,17 @@ def run_ab_eager(args):
             try:
                 fn()
             finally:
-                ops.host_bound = saved
+                ops.host_bound = saved[0]
+        return run
+
+    def one_launch(fn):
+        """fn with the GEMM quantizing x forced (the eager route, which a capture would not take)."""
+        def run():
+            ops.use_quantize_in_gemm = lambda *a: True
+            try:
+                fn()
+            finally:
+                ops.use_quantize_in_gemm = saved[1]
         return run
 
     rows = []
@@ -598,9 +610,11 @@ def run_ab_eager(args):
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             for mode, idx in (("static", 1), ("dynamic", 2)):
                 kp = layers[0][idx].k_padded
-                eager_route = ops.host_bound(x, m, n, kp, mode == "dynamic")
+                # the routes differ where an eager call is host-bound and the captured route takes two launches
+                eager_route = (ops.host_bound(x, m, n, kp, mode == "dynamic") and not ops.use_gemv(m, n, kp)
+                               and not ops.use_quantize_in_gemm(m, n, kp))
                 cold = [chain([c[j] for c in layers], x) for j in (0, idx)]
-                dev = [graph_us(cold[1]) / copies, graph_us(captured_route(cold[1])) / copies]
+                dev = [graph_us(one_launch(cold[1]) if eager_route else cold[1]) / copies, graph_us(cold[1]) / copies]
                 hot = wall_us([lambda: layers[0][0](x), lambda: layers[0][idx](x),
                                captured_route(lambda: layers[0][idx](x))])
                 walls = wall_us([cold[0], cold[1], captured_route(cold[1])])
@@ -610,13 +624,15 @@ def run_ab_eager(args):
                       f"bf16 {hot[0]:.1f} / eager route {hot[1]:.1f} / captured route {hot[2]:.1f} us; cold "
                       f"{walls[0]:.1f} / {walls[1]:.1f} / {walls[2]:.1f} us", flush=True)
     intro = ("Eager decode calls by route, bf16 input, no bias. 'eager route': what an eager call takes (`ops.host_bound`: "
-             "one launch, x quantized inside the GEMM, on weights up to HOST_BOUND_DECODE_ELEMENTS; 'one launch' = 1 "
-             "where that differs from the graph route); 'captured route': the route CUDA graphs and torch.compile take "
-             "(host_bound off). Wall time per call of a loop of 300 calls and one synchronize, nn.Linear and both "
-             "routes in alternating rounds (median of 7): 'hot' = one layer called over and over (weights in L2: the "
-             "host's time), 'cold' = an eager chain of layer copies whose bf16 weights exceed 256 MiB (every weight "
-             "from DRAM, as in a model's decode step), time per layer. Device us: CUDA-graph replays of the cold "
-             "chain per layer. Speed-up = bf16 / fp4 (> 1: fp4linear faster).")
+             "one launch, x quantized inside the GEMM, on weights up to HOST_BOUND_DECODE_ELEMENTS); 'captured route': "
+             "what CUDA graphs and torch.compile take (host_bound off: the quantize pass, then the GEMM; the CUDA-core "
+             "kernel at 1-4 rows on the smaller weights). 'one launch' = 1 where the two routes differ, 0 where they "
+             "are the same code (those rows show the host's noise). Wall time per call of a loop of 300 calls and one "
+             "synchronize, nn.Linear and both routes in alternating rounds (median of 11): 'hot' = one layer called "
+             "over and over (weights in L2: the host's time), 'cold' = an eager chain of layer copies whose bf16 "
+             "weights exceed 256 MiB (every weight from DRAM, as in a model's decode step), time per layer. Device "
+             "us: CUDA-graph replays of the cold chain per layer, each route forced. Speed-up = bf16 / fp4 (> 1: "
+             "fp4linear faster).")
     header = ["m", "n", "k", "input_scale", "one_launch", "bf16_hot_us", "eager_route_hot_us", "captured_route_hot_us",
               "bf16_cold_us", "eager_route_cold_us", "captured_route_cold_us", "eager_route_device_us",
               "captured_route_device_us"]
