@@ -43,10 +43,12 @@ BASELINE = dict(grid_2d=False, words=False, recipe=1, persistent=0, halves=False
 #   16384x8192: 131.1 us (2.62 TB/s, 87.5% of copy) vs 148.3 as first benchmarked; 4096x8192: 35.9 vs 40.4
 #   16384x1368: 26.0 us vs 29.6 (16 x 128);  16x8192: 1.61 us vs 1.83 (8 x 128)
 #   4096x4096: 8 x 512 walked by four persistent programs per SM, 18.0 us vs 19.3 for 16 x 128 (79.7% of copy);
-#   16 x 128 stays best at 4096x1368 / 4096x2736 / 16384x2736 (session 19; larger M at Kp = 4096 not measured)
+#   16 x 128 stays best at 4096x1368 / 4096x2736 / 16384x2736 (session 19; larger M at Kp = 4096 not measured);
+#   there, with a word's two signs placed at once (recipe 4: 64 elements a thread, 2-3% fewer instructions)
+#   17.3 us vs 17.7-18.0 (session 20); recipe 4 lost 1-2% on the 16 x 128 tiles (32 elements a thread)
 MEASURED_VARIANTS = dict(recipe=2, words=True, grid_2d=True)
 _GPU_WIDE_K = QuantConfig(2, 4096, 4, persistent=2, **MEASURED_VARIANTS)
-_GPU_MID_K = QuantConfig(8, 512, 2, persistent=4, **MEASURED_VARIANTS)
+_GPU_MID_K = QuantConfig(8, 512, 2, persistent=4, **dict(MEASURED_VARIANTS, recipe=4))
 _GPU_ROWS = QuantConfig(16, 128, 2, **MEASURED_VARIANTS)
 _GPU_DECODE = QuantConfig(8, 128, 4, **MEASURED_VARIANTS)
 

@@ -121,9 +121,12 @@ VARIANTS = [
     QuantConfig(8, 128, 4, grid_2d=True, words=True, recipe=2),  # the decode tile: one program zeroes a k column's padding rows
     QuantConfig(8, 128, 4, grid_2d=True, words=True, recipe=2, persistent=1),
     QuantConfig(2, 512, 2, grid_2d=True, words=True, recipe=2, persistent=2),
-    QuantConfig(8, 512, 2, grid_2d=True, words=True, recipe=2, persistent=4),  # the GPU tile at 4096 <= M < 8192, Kp = 4096
+    QuantConfig(8, 512, 2, grid_2d=True, words=True, recipe=4, persistent=4),  # the GPU tile at 4096 <= M < 8192, Kp = 4096
     QuantConfig(8, 256, 2, grid_2d=True, words=True, recipe=2, halves=True),
     QuantConfig(4, 128, 4, **dict(BASELINE, recipe=2, halves=True)),
+    QuantConfig(16, 128, 2, grid_2d=True, words=True, recipe=3),  # signs placed a word at a time, by shifts
+    QuantConfig(16, 128, 2, grid_2d=True, words=True, recipe=4),  # ... by a multiply-high
+    QuantConfig(8, 256, 2, grid_2d=True, words=True, recipe=4, halves=True),
 ]
 
 
@@ -149,7 +152,8 @@ def test_kernel_variants_on_gpu():
     """GPU-sized shapes for every variant: several waves of tiles, ragged K, 16 decode rows,
     strided bf16 rows (the reference computed once per shape)."""
     configs = VARIANTS + [QuantConfig(8, 512, 2, grid_2d=True, words=True, recipe=2), QuantConfig(2, 4096, 4, grid_2d=True, words=True, recipe=2, persistent=4),
-                          QuantConfig(8, 512, 2, grid_2d=True, words=True, recipe=2, halves=True)]
+                          QuantConfig(8, 512, 2, grid_2d=True, words=True, recipe=2, halves=True),
+                          QuantConfig(8, 512, 2, grid_2d=True, words=True, recipe=2, persistent=4)]
     big = wide_range((600, 8200), device="cuda")
     for x, k_align, sf_layout in [(big[:, 4:8196], 64, "128x4"), (big[:, :1368], 64, "128x4"),
                                   (big[:16, 2:3698], 32, "8x4"),
