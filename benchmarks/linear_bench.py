@@ -579,28 +579,25 @@ def run_ab_eager(args):
     graph_us, wall_us = timers(device)
     shapes = [(72, 200)] if device == "cpu" else (args.shapes or AB_EAGER_SHAPES)
     ms = [4] if device == "cpu" else (args.m or [2, 4, 8, 16])
-    saved = ops.host_bound, ops.use_quantize_in_gemm
     if device == "cuda":  # more rounds than the table's: the host's speed drifts by up to 1.5x between rounds here
         wall_us = lambda fns: eager_us_interleaved(fns, rounds=11)  # noqa: E731
 
-    def captured_route(fn):
+    def with_rule(fn, name, answer):
+        """fn with the routing function `ops.<name>` answering `answer` while it runs."""
         def run():
-            ops.host_bound = lambda *a: False
+            saved = getattr(ops, name)
+            setattr(ops, name, lambda *a: answer)
             try:
                 fn()
             finally:
-                ops.host_bound = saved[0]
+                setattr(ops, name, saved)
         return run
 
-    def one_launch(fn):
-        """fn with the GEMM quantizing x forced (the eager route, which a capture would not take)."""
-        def run():
-            ops.use_quantize_in_gemm = lambda *a: True
-            try:
-                fn()
-            finally:
-                ops.use_quantize_in_gemm = saved[1]
-        return run
+    def captured_route(fn):
+        return with_rule(fn, "host_bound", False)
+
+    def one_launch(fn):  # the eager route (the GEMM quantizing x), which a capture would not take
+        return with_rule(fn, "use_quantize_in_gemm", True)
 
     rows = []
     for n, k in tqdm(shapes, desc="eager a/b", file=sys.stderr):
