@@ -26,6 +26,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Every test starts with torch.compile's caches empty. Compiled code is cached per code object,
+    and every fp4linear forward runs through the one `ops.on_device_of` wrapper, so the compile tests
+    of one file (other modules, shapes, dtypes) would use up the recompile limit (8) of the next file's
+    (a `fullgraph=True` test then fails: found running test_gated_mlp before test_linear on the H100)."""
+    torch._dynamo.reset()
+    yield
+
+
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def device(request):
     return torch.device(request.param)
