@@ -6,10 +6,12 @@ one activation pass (docs/nvfp4.md, "GatedMLP").
   and one input scale for both: ModelOpt exports gate/up that way, and `from_linear` quantizes the
   concatenated weight (amax over both) the same way. A checkpoint whose gate and up scales differ
   keeps two Linears whose outputs are concatenated: the exact result, one more GEMM and a copy.
-- the activation is fused into the pass that quantizes the down projection's input
+- the activation is fused into the quantization of the down projection's input
   (`ops.triton_act_linear`): act(h) is computed in fp32, rounded once to h's dtype and quantized
   with the down layer's input scale (static, or dynamic: its amax taken on the device), and is
-  never written out; the down GEMM reads what that pass writes.
+  never written out; where the down Linear would quantize x inside its GEMM (decode sizes on small
+  weights, small eager calls) that GEMM computes act(h) itself, elsewhere the down GEMM reads what
+  a pass writes.
 
 The numerics are those of the unfused modules `down(activation(gate_up(x), act))` built from the
 same tensors, bit for bit wherever the down layer would take the same GEMM (`triton_act_linear`).

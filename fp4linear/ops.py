@@ -272,7 +272,8 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
         else:
             cublas = use_cublas(m, n, kp, dynamic)
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
-    in_gemm = not cublas and act is None and (one_launch or use_quantize_in_gemm(m, n, kp))
+    # (act(x) too: a dynamic scale's max |act(x)| then comes from a launch of its own first)
+    in_gemm = not cublas and (one_launch or use_quantize_in_gemm(m, n, kp))
     if dynamic:
         fuses = kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0))
         if not cublas and act is None and (fuses or (not in_gemm and kernels.dynamic_pass_barrier(m, kp, x.device))):
@@ -285,7 +286,8 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
             return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out, a_order=order)
         gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2, act=act)  # views of per-stream scratch, made once
     if in_gemm:
-        return kernels.nvfp4_gemm_quantize_x(x, gs, weight, weight_scale, alpha, bias, out, tiles_for_m=tiles_for_m)
+        return kernels.nvfp4_gemm_quantize_x(x, gs, weight, weight_scale, alpha, bias, out, tiles_for_m=tiles_for_m,
+                                             act=act)
     if cublas:
         k = kernels.act_width(act, x.shape[1]) if act is not None else x.shape[1]
         a = torch.empty((m, cublas_k(k, kp)), dtype=x.dtype, device=x.device)
@@ -386,10 +388,12 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
       act=)`: the bits `triton_linear` derives from activation(h));
     - cuBLAS (large M, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype
       (`kernels.act_fake_quantize`, units=False), then `cublas_dequantized_gemm`;
+    - where `triton_linear` would quantize x inside the Triton GEMM (`use_quantize_in_gemm`, or an
+      eager call `host_bound`): that GEMM taking act(h) itself, one launch
+      (`kernels.nvfp4_gemm_quantize_x(act=)`; a dynamic scale's pass first);
     - otherwise, decode sizes included: those values as fp16 units in the weight decode's order
       (per-stream scratch), then `kernels.nvfp4_gemm_dequantized_a`. (`triton_linear`'s decode
-      kernel, `linear_gemv`, quantizes a plain x itself; fed act(h) it would need the activation
-      written first: two launches either way, and the down input would be a bf16 tensor again.)
+      kernel, `linear_gemv`, quantizes a plain x itself; it takes no activation.)
     Same quantized operand as `triton_linear(activation(h))` on every path, so the same bits
     wherever that takes the same GEMM (wherever `use_gemv` is false).
     """

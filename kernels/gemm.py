@@ -5,7 +5,9 @@ out[M, N] = alpha * (A @ W^T) (+ bias), A = the quantize kernel's output as is (
 [N, Kp/2] + row-major E4M3 scale bytes [N, Kp/16]). A may also come as fp16 units already
 dequantized (PREDEQUANT_A: `fake_quantize(units=True)`'s output), or as the Linear's input x
 itself (QUANTIZE_X): every program then quantizes the x rows it multiplies in registers (the same
-values, `quant_dequant.fake_quantize_tile`), so the whole Linear is one launch.
+values, `quant_dequant.fake_quantize_tile`), so the whole Linear is one launch; with ACT, x is an
+activation's input and the program takes act(x) first (`act_quantize._act_tile`, rounded to x's
+dtype), so a GatedMLP's down projection is one launch too.
 
 Every E2M1 x E4M3 value is exact in fp16 (`numerics`: decoded in units of 2^-14, one multiply per
 element), so each operand is dequantized in registers with integer bit operations and an fp16
@@ -33,15 +35,23 @@ dequant_bytes = _numerics.dequant_bytes
 dequant_words = _numerics.dequant_words
 small_input_scales = _numerics.small_input_scales
 fake_quantize_tile = sibling(__name__, "quant_dequant").fake_quantize_tile
+_act_tile = sibling(__name__, "act_quantize")._act_tile
 
 
 @triton.jit
-def _epilogue(acc, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS: tl.constexpr):
+def _epilogue(acc, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS: tl.constexpr,
+              FMA: tl.constexpr = 0):
     """acc [BLOCK_N, BLOCK_M] fp32 (a dot of operands in units of 2^-14) -> out[m, n] = alpha * acc
-    (+ bias[n]), cast to out's dtype."""
-    out = acc * (alpha * DECODE_UNIT_SCALE)
+    (+ bias[n]), cast to out's dtype. FMA: the multiply-add written out, for a kernel compiled without
+    FMA contraction to round it as the contracting ones do (one FFMA)."""
     if HAS_BIAS:
-        out += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+        bias = tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+        if FMA:
+            out = tl.fma(acc, alpha * DECODE_UNIT_SCALE, bias)
+        else:
+            out = acc * (alpha * DECODE_UNIT_SCALE) + bias
+    else:
+        out = acc * (alpha * DECODE_UNIT_SCALE)
     tl.store(out_ptr + rm64[None, :] * stride_om + rn[:, None], out.to(out_ptr.dtype.element_ty),
              mask=m_ok[None, :] & n_ok[:, None])
 
@@ -82,6 +92,10 @@ def nvfp4_gemm_kernel(
     W_OPERAND_B: tl.constexpr,  # GemmConfig.w_operand_b: out = A @ W^T, the decoded weight the right operand
     A_ORDER: tl.constexpr,  # GemmConfig.a_order: 1, 2: PREDEQUANT_A's A in that `layout.mma16_offset` order; 3: `layout.rs_col`
     RS_ORDER: tl.constexpr,  # GemmConfig.w_registers: K in `layout.rs_col` order on both sides (that kernel's sums)
+    ACT: tl.constexpr = -1,  # QUANTIZE_X: >= 0, x is an activation's input (`act_quantize` codes; K = act's width)
+    GATED: tl.constexpr = 0,  # ACT: x = [gate, up], up K columns to the right of gate
+    BF16_BITS: tl.constexpr = 0,  # ACT: bf16 rounding on the bits (the interpreter truncates its casts)
+    FMA_EPILOGUE: tl.constexpr = 0,  # compiled without FMA contraction (ACT): the epilogue's FFMA written out
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -143,8 +157,11 @@ def nvfp4_gemm_kernel(
         w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
         if QUANTIZE_X:  # the values `fake_quantize(units=True)` writes, here in registers (word order)
             rk = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0)
-            a = fake_quantize_tile(x.to(tl.float32), gs, True, BLOCK_M, BLOCK_K)
+            if ACT >= 0:  # act(x) rounded to x's dtype, as `act_fake_quantize` takes it
+                x = _act_tile(a_ptr, rm[:, None], rk[None, :], M, K, stride_xm, ACT, GATED, BF16_BITS)
+            else:
+                x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0).to(tl.float32)
+            a = fake_quantize_tile(x, gs, True, BLOCK_M, BLOCK_K)
         elif (A_ORDER == 1) | (A_ORDER == 2):  # a `layout.mma16_offset` order: one 16-byte run per MMA fragment (no register moves)
             a = load_mma16_tile(a_ptr.to(tl.pointer_type(tl.float16)), pid_m, k0, Kp, BLOCK_K, A_ORDER, EVEN_K)
         elif PREDEQUANT_A:  # row-major (A_ORDER 3: columns in `layout.rs_col` order)
@@ -182,7 +199,7 @@ def nvfp4_gemm_kernel(
         acc = tl.trans(acc)  # the epilogue and the split-K partials take [BLOCK_N, BLOCK_M]
 
     if SPLIT_K == 1:
-        _epilogue(acc, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
+        _epilogue(acc, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS, FMA_EPILOGUE)
     else:
         # fp32 partial of this K split; the last split of the tile to finish (an atomic ticket) sums
         # them in split order (deterministic) and resets the ticket for the next call.
@@ -195,7 +212,7 @@ def nvfp4_gemm_kernel(
             total = tl.load(tile, mask=mask, other=0.0, cache_modifier=".cg")
             for s in range(1, SPLIT_K):
                 total += tl.load(tile + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-            _epilogue(total, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS)
+            _epilogue(total, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HAS_BIAS, FMA_EPILOGUE)
             # ready for the next call; relaxed (no fence before it on the tail of the launch): nothing in this
             # launch reads the ticket again, and the next launch starts after this one ends
             tl.atomic_xchg(ticket_ptr + pid, 0, sem="relaxed", scope="gpu")

@@ -14,6 +14,7 @@ from . import gemm_wgmma
 from .launch import CachedLaunch, cdiv, compile_tracing, int_key
 from .launch import sm_count as _sm_count
 from .layout import check_mma16, mma16_rows
+from .act_quantize_launch import ACTS, act_fake_quantize, act_width
 from .quant_dequant_launch import amax_reads, fake_quantize, fake_quantize_dynamic, fuses_dynamic_scale_in_pass
 from .workspace import scratch_of
 
@@ -235,7 +236,7 @@ def nvfp4_gemm_dequantized_a(a_units, w_data, w_scale, alpha, bias, out, *, conf
 
 
 def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: GemmConfig | None = None,
-                          tiles_for_m: int | None = None, weight_scale_2=None):
+                          tiles_for_m: int | None = None, weight_scale_2=None, act: str | None = None):
     """The whole Linear in one launch: out = alpha * quantize(x, gs) @ dequant(W)^T (+ bias), every
     program quantizing the x rows it multiplies in registers. x bf16/fp16/fp32 [M, K] with unit
     column stride (K <= Kp); gs, alpha fp32 [1] (read on the device). The same values, tiles and
@@ -244,22 +245,36 @@ def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: G
     tiles_for_m: as for `nvfp4_gemm_dequantized_a`. weight_scale_2 (fp32 [1], the weight's decode
     scale) instead of gs and alpha (then unused): a dynamic scale, every program deriving gs and
     alpha from max |x| of all of x, the bits `dynamic_gs_alpha` gives; x must be small enough for
-    `fuses_dynamic_scale_in_pass` (the same unrolled reads)."""
+    `fuses_dynamic_scale_in_pass` (the same unrolled reads). act (a name of `ACTS`, static scale only):
+    x is that activation's input ([M, 2I] for a gated one) and the GEMM multiplies quantize(act(x)):
+    the bits of `act_fake_quantize(x, act, gs, units=True)` then `nvfp4_gemm_dequantized_a` (the kernel
+    is compiled, as the activation pass is, without FMA contraction; its epilogue's one multiply-add is
+    written out as the contracting GEMM rounds it)."""
     m, n = out.shape
     if m == 0 or n == 0:
         return out
     dynamic = weight_scale_2 is not None
+    if act is not None:
+        if act not in ACTS:
+            raise ValueError(f"act must be one of {sorted(ACTS)}, got {act!r}")
+        if dynamic:
+            raise ValueError("act needs a static scale (gs): max |act(x)| is not taken inside the GEMM")
+        if ACTS[act][1] and x.shape[1] % 2:
+            raise ValueError(f"x of a gated act must have an even number of columns (gate, up), got {x.shape[1]}")
     if dynamic and not fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
         raise ValueError(f"x of {m} x {x.shape[1]} (row stride {x.stride(0)}) is too large for the dynamic scale "
                          "inside the GEMM (fuses_dynamic_scale_in_pass)")
-    if x.shape[1] == 1 or x.stride(0) == 1:
+    k = act_width(act, x.shape[1]) if act is not None else x.shape[1]
+    if k == 1 or x.stride(0) == 1:
         # Triton makes an integer argument equal to 1 a constant, and with K or x's row stride a
         # constant its dot-operand pass fails to compile this kernel (Triton 3.6): a pass first.
         # (A in the layout the tile reads: the routed decode tiles take the mma16 order)
         kp = w_data.shape[1] * 2
         order = config.a_order if config is not None else activation_order(m, n, kp, x.device, tiles_for_m)
         a = torch.empty((mma16_rows(m, order), kp), dtype=torch.float16, device=x.device)
-        if dynamic:
+        if act is not None:
+            act_fake_quantize(x, act, gs, a, units=True, a_order=order)
+        elif dynamic:
             alpha = fake_quantize_dynamic(x, weight_scale_2, a, units=True, a_order=order)
         else:
             fake_quantize(x, gs, a, units=True, a_order=order)
@@ -268,7 +283,7 @@ def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: G
     if dynamic:
         return _gemm(x, weight_scale_2, w_data, w_scale, weight_scale_2, bias, out, config, a_mode=_X,
                      tiles_for_m=tiles_for_m, dynamic=True)
-    return _gemm(x, gs, w_data, w_scale, alpha, bias, out, config, a_mode=_X, tiles_for_m=tiles_for_m)
+    return _gemm(x, gs, w_data, w_scale, alpha, bias, out, config, a_mode=_X, tiles_for_m=tiles_for_m, act=act)
 
 
 # The kernel reads scale bytes as uint8: only the JIT needs the views of e4m3 scales (`CachedLaunch`).
@@ -284,12 +299,12 @@ _PACKED, _UNITS, _X = 0, 1, 2  # what A is: packed NVFP4, fp16 units (dequantize
 
 
 def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED, tiles_for_m=None, dynamic=False,
-          a_order=0):
+          a_order=0, act=None):
     m, n = out.shape
     kp = w_data.shape[1] * 2
     index = out.get_device()  # CUDA device index, -1 on the CPU
     if a_mode == _X:
-        k, sx = a.shape[1], a.stride(0)
+        k, sx = (a.shape[1] if act is None else act_width(act, a.shape[1])), a.stride(0)
         if k > kp:
             raise ValueError(f"x has {k} columns, more than the weight's padded K ({kp})")
     else:
@@ -300,7 +315,7 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED,
     amax = (triton.next_power_of_2(int(m)), k) if dynamic else None
     grid, meta, options, split, tiles, per_split, launch_id, gluon_launch = plan(
         index, m, n, kp, config, a_mode, a.dtype, out.dtype, None if bias is None else bias.dtype,
-        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax, a_order, tracing)
+        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax, a_order, tracing, act)
     if split > 1:
         partials, tickets = scratch_of(out).get(split * m * n, tiles)
     else:
@@ -363,7 +378,7 @@ def k_splits(config: GemmConfig, tiles: int, kp: int, sm_count: int) -> tuple[in
 
 @functools.lru_cache(maxsize=4096)
 def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, k_key=0, sx_key=0, tiles_for_m=None,
-               amax=None, a_order=0, tracing=False):
+               amax=None, a_order=0, tracing=False, act=None):
     """Config, split-K, grid, constexprs and launch key of one shape (device index -1: the CPU):
     worked out once. k_key, sx_key: `int_key` of x's K and row stride (what Triton specializes
     them on; a_mode _X only); amax: (rows, K) of a dynamic scale's max |x| reads, or None. The last
@@ -406,5 +421,9 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
                 A_ORDER=a_order if a_mode == _UNITS else 0, RS_ORDER=config.w_registers,
                 **amax_reads(amax[1] if amax else 0, amax is not None))
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    if act is not None:  # the activation's IEEE ops in torch's order, as the activation pass compiles them
+        code, gated = ACTS[act]
+        meta.update(ACT=code, GATED=int(gated), BF16_BITS=int(index < 0), FMA_EPILOGUE=int(index >= 0))
+        options["enable_fp_fusion"] = False
     tail = (index, a_dtype, out_dtype, bias_dtype, n, kp, per_split, *meta.values(), *options.values(), k_key, sx_key)
     return (tiles * split, 1, 1), meta, options, split, tiles, per_split, _launch_ids.setdefault(tail, len(_launch_ids)), None

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import fp4linear
-from fp4linear import GatedMLP, Linear, ops, parallel, reference
+from fp4linear import GatedMLP, Linear, kernels, ops, parallel, reference
 from fp4linear.format import abs_amax
 
 from .conftest import as_graph_replay, free_port, modelopt_checkpoint, rel_err, without_host_sync
@@ -99,6 +99,47 @@ def test_matches_fp64_and_the_unfused_modules(device, m, hidden, inter, act, dyn
         if not ops.use_gemv(m, hidden, d.k_padded):  # down takes the same GEMM as the unfused Linear: same bits
             assert torch.equal(y, unfused)
     check(unfused, *down_reference(mlp, hu, q_down, dynamic=dynamic))
+
+
+@pytest.mark.parametrize("act", sorted(kernels.ACTS))
+@pytest.mark.parametrize("m, tiles_for_m", [(1, None), (5, None), (16, None), (37, 256)])
+def test_gemm_taking_act_of_x_equals_the_activation_pass_then_the_gemm(device, act, m, tiles_for_m):
+    """`nvfp4_gemm_quantize_x(act=)`: every program takes act(x) of the rows it multiplies (one launch),
+    against `act_fake_quantize` then `nvfp4_gemm_dequantized_a` (two): the same bits. Odd I (200: Kp
+    256, K splits on the interpreter), a strided x, a bias, a poisoned output."""
+    n, i = 40, 200
+    gated = kernels.ACTS[act][1]
+    width = 2 * i if gated else i
+    down, _ = modelopt_checkpoint(n, i, seed=m, bias=True)
+    layer = Linear.from_modelopt(**on(down, device), backend="triton", in_features=i)
+    base = (torch.randn(m, width + 24, generator=torch.Generator().manual_seed(m)) * 3).to(torch.bfloat16)
+    x = base.to(device)[:, 8:8 + width]  # row stride width + 24
+    gs, alpha = layer.input_global_scale, layer.alpha
+    order = kernels.activation_order(m, n, layer.k_padded, x.device, tiles_for_m)
+    a = torch.empty(kernels.mma16_rows(m, order), layer.k_padded, dtype=torch.float16, device=device)
+    kernels.act_fake_quantize(x, act, gs, a, units=True, a_order=order)
+    want = kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, alpha, layer.bias,
+                                            torch.empty(m, n, dtype=torch.bfloat16, device=device),
+                                            tiles_for_m=tiles_for_m, a_order=order)
+    got = kernels.nvfp4_gemm_quantize_x(x, gs, layer.weight, layer.weight_scale, alpha, layer.bias,
+                                        torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device),
+                                        tiles_for_m=tiles_for_m, act=act)
+    assert torch.equal(got, want)
+    if not ops.use_gemv(m, n, layer.k_padded):  # the unfused Linear, where it takes the same GEMM
+        assert torch.equal(got, layer(fp4linear.activation(x, act).contiguous()))
+
+
+def test_gemm_taking_act_of_x_refuses_bad_arguments():
+    down, _ = modelopt_checkpoint(40, 64, seed=1)
+    layer = Linear.from_modelopt(**down, backend="triton", in_features=64)
+    args = (layer.weight, layer.weight_scale, layer.alpha, None, torch.empty(2, 40))
+    with pytest.raises(ValueError, match="act must be one of"):
+        kernels.nvfp4_gemm_quantize_x(torch.zeros(2, 128), layer.input_global_scale, *args, act="swish")
+    with pytest.raises(ValueError, match="even number of columns"):
+        kernels.nvfp4_gemm_quantize_x(torch.zeros(2, 127), layer.input_global_scale, *args, act="silu_mul")
+    with pytest.raises(ValueError, match="static scale"):
+        kernels.nvfp4_gemm_quantize_x(torch.zeros(2, 128), None, layer.weight, layer.weight_scale, None, None,
+                                      torch.empty(2, 40), weight_scale_2=layer.weight_scale_2, act="silu_mul")
 
 
 @pytest.mark.parametrize("m", [3, 17, 130])
@@ -424,6 +465,35 @@ def test_gpu_paths_bits_graph_no_sync(m, dynamic, act):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, mlp(x))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("act", ["silu_mul", "gelu_tanh_mul", "relu2"])
+@pytest.mark.parametrize("m, tiles_for_m", [(1, None), (16, None), (100, 256)])
+def test_gpu_gemm_taking_act_of_x_equals_the_activation_pass_then_the_gemm(act, m, tiles_for_m):
+    """A per-rank down projection (4096 x 1368, bias) on the GPU's own tiles: the one-launch GEMM taking
+    act(x) gives the activation pass + GEMM bits (the kernel without FMA contraction, its epilogue's FFMA
+    written out), in a CUDA graph too, without a host sync."""
+    n, i = 4096, 1368
+    width = 2 * i if kernels.ACTS[act][1] else i
+    down, _ = modelopt_checkpoint(n, i, seed=m, bias=True)
+    layer = Linear.from_modelopt(**on(down, "cuda"), backend="triton", in_features=i)
+    x = torch.randn(m, width, device="cuda", dtype=torch.bfloat16) * 3
+    gs, alpha = layer.input_global_scale, layer.alpha
+    order = kernels.activation_order(m, n, layer.k_padded, x.device, tiles_for_m)
+    a = torch.empty(kernels.mma16_rows(m, order), layer.k_padded, dtype=torch.float16, device="cuda")
+    kernels.act_fake_quantize(x, act, gs, a, units=True, a_order=order)
+    want = kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, alpha, layer.bias,
+                                            torch.empty(m, n, dtype=torch.bfloat16, device="cuda"),
+                                            tiles_for_m=tiles_for_m, a_order=order)
+
+    def one_launch():
+        return kernels.nvfp4_gemm_quantize_x(x, gs, layer.weight, layer.weight_scale, alpha, layer.bias,
+                                             torch.full((m, n), math.nan, dtype=torch.bfloat16, device="cuda"),
+                                             tiles_for_m=tiles_for_m, act=act)
+    got = without_host_sync(one_launch, 2)
+    assert all(torch.equal(g, want) for g in got)
+    assert torch.equal(as_graph_replay(lambda _: one_launch(), x), want)
 
 
 @pytest.mark.cuda
