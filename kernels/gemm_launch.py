@@ -419,7 +419,7 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
                 DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1, W_OPERAND_B=config.w_operand_b,
                 A_ORDER=a_order if a_mode == _UNITS else 0, RS_ORDER=config.w_registers,
-                **amax_reads(amax[1] if amax else 0, amax is not None))
+                **amax_reads(amax[1] if amax else 0, amax is not None), ACT=-1, GATED=0, BF16_BITS=0, FMA_EPILOGUE=0)
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     if act is not None:  # the activation's IEEE ops in torch's order, as the activation pass compiles them
         code, gated = ACTS[act]
