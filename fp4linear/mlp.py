@@ -9,9 +9,8 @@ one activation pass (docs/nvfp4.md, "GatedMLP").
 - the activation is fused into the quantization of the down projection's input
   (`ops.triton_act_linear`): act(h) is computed in fp32, rounded once to h's dtype and quantized
   with the down layer's input scale (static, or dynamic: its amax taken on the device), and is
-  never written out; where the down Linear would quantize x inside its GEMM (decode sizes on small
-  weights, small eager calls) that GEMM computes act(h) itself, elsewhere the down GEMM reads what
-  a pass writes.
+  never written out; on eager calls whose time is the host's the down GEMM computes act(h) itself
+  (one launch), elsewhere it reads what a pass writes.
 
 The numerics are those of the unfused modules `down(activation(gate_up(x), act))` built from the
 same tensors, bit for bit wherever the down layer would take the same GEMM (`triton_act_linear`).

@@ -272,8 +272,10 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
         else:
             cublas = use_cublas(m, n, kp, dynamic)
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
-    # (act(x) too: a dynamic scale's max |act(x)| then comes from a launch of its own first)
-    in_gemm = not cublas and (one_launch or use_quantize_in_gemm(m, n, kp))
+    # act(x) too, on host-bound calls only (a dynamic scale's max |act(x)| then comes from a launch of its own
+    # first): every N tile's programs recompute the activation, which cost the GPU more than the pass it saves
+    # (H100, mlp_bench.py, GLM-4.5-Air per rank, CUDA graphs: M = 1 20.0 us vs 15.5, M = 16 24.4 vs 20.6)
+    in_gemm = not cublas and (one_launch or (act is None and use_quantize_in_gemm(m, n, kp)))
     if dynamic:
         fuses = kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0))
         if not cublas and act is None and (fuses or (not in_gemm and kernels.dynamic_pass_barrier(m, kp, x.device))):
@@ -388,9 +390,8 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
       act=)`: the bits `triton_linear` derives from activation(h));
     - cuBLAS (large M, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype
       (`kernels.act_fake_quantize`, units=False), then `cublas_dequantized_gemm`;
-    - where `triton_linear` would quantize x inside the Triton GEMM (`use_quantize_in_gemm`, or an
-      eager call `host_bound`): that GEMM taking act(h) itself, one launch
-      (`kernels.nvfp4_gemm_quantize_x(act=)`; a dynamic scale's pass first);
+    - an eager call whose time is the host's (`host_bound`): the Triton GEMM taking act(h) itself, one
+      launch (`kernels.nvfp4_gemm_quantize_x(act=)`; a dynamic scale's pass first);
     - otherwise, decode sizes included: those values as fp16 units in the weight decode's order
       (per-stream scratch), then `kernels.nvfp4_gemm_dequantized_a`. (`triton_linear`'s decode
       kernel, `linear_gemv`, quantizes a plain x itself; it takes no activation.)
