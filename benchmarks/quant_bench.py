@@ -49,7 +49,6 @@ VARIANTS = {
     "default+p2": dict(recipe=2, words=True, grid_2d=True, persistent=2),
     "default+p4": dict(recipe=2, words=True, grid_2d=True, persistent=4),
     "default+halves": dict(recipe=2, words=True, grid_2d=True, persistent=0, halves=True),
-    "default+r3": dict(recipe=3, words=True, grid_2d=True, persistent=0),
     "default+r4": dict(recipe=4, words=True, grid_2d=True, persistent=0),
     "default+r4+p4": dict(recipe=4, words=True, grid_2d=True, persistent=4),
     "default+r4+halves": dict(recipe=4, words=True, grid_2d=True, persistent=0, halves=True),

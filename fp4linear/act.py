@@ -29,14 +29,7 @@ GATED_ACTS = tuple(name for name, (_, gated) in kernels.ACTS.items() if gated)
 def _check_x_act(x, act: str) -> int:
     """-> I, the activation's width."""
     _check_x(x, "width")
-    if act not in kernels.ACTS:
-        raise ValueError(f"act must be one of {ACTS}, got {act!r}")
-    width = x.shape[-1]
-    if act in GATED_ACTS:
-        if width % 2:
-            raise ValueError(f"x's last dimension must be even for the gated act {act!r} ([gate, up]), got {width}")
-        return width // 2
-    return width
+    return kernels.act_width(act, x.shape[-1])
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,16 @@ ACTS = {"silu_mul": (0, True), "gelu_tanh_mul": (1, True), "relu2": (2, False), 
 
 
 def act_width(act: str, width: int) -> int:
-    """Columns of act(x) for x of `width` columns (a gated act halves them: x = [gate, up])."""
-    return width // 2 if ACTS[act][1] else width
+    """Columns of act(x) for x of `width` columns (a gated act halves them: x = [gate, up]); a clear
+    error for an unknown act or a gated act's odd width."""
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {tuple(ACTS)}, got {act!r}")
+    if not ACTS[act][1]:
+        return width
+    if width % 2:
+        raise ValueError(f"x's last dimension must be even for the gated act {act!r} (an even number of columns: "
+                         f"[gate, up]), got {width}")
+    return width // 2
 
 
 @dataclass(frozen=True)

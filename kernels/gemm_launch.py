@@ -254,17 +254,12 @@ def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: G
     if m == 0 or n == 0:
         return out
     dynamic = weight_scale_2 is not None
-    if act is not None:
-        if act not in ACTS:
-            raise ValueError(f"act must be one of {sorted(ACTS)}, got {act!r}")
-        if dynamic:
-            raise ValueError("act needs a static scale (gs): max |act(x)| is not taken inside the GEMM")
-        if ACTS[act][1] and x.shape[1] % 2:
-            raise ValueError(f"x of a gated act must have an even number of columns (gate, up), got {x.shape[1]}")
+    if act is not None and dynamic:
+        raise ValueError("act needs a static scale (gs): max |act(x)| is not taken inside the GEMM")
+    k = act_width(act, x.shape[1]) if act is not None else x.shape[1]  # (checks act and a gated x's width)
     if dynamic and not fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
         raise ValueError(f"x of {m} x {x.shape[1]} (row stride {x.stride(0)}) is too large for the dynamic scale "
                          "inside the GEMM (fuses_dynamic_scale_in_pass)")
-    k = act_width(act, x.shape[1]) if act is not None else x.shape[1]
     if k == 1 or x.stride(0) == 1:
         # Triton makes an integer argument equal to 1 a constant, and with K or x's row stride a
         # constant its dot-operand pass fails to compile this kernel (Triton 3.6): a pass first.

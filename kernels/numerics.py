@@ -83,14 +83,12 @@ def e2m1_code(a, sign_bits):
 
 
 @triton.jit
-def word_sign_bits(words, MULHI: tl.constexpr = 0):
+def word_sign_bits(words):
     """int32 words of two bf16 (element 2i in the low half) -> int32 whose bits 3 and 7 are the low and
-    the high element's sign bits (15 and 31), where the packed byte of their two E2M1 codes keeps them.
-    MULHI: by one multiply-high (bit 15 times 2^20 and bit 31 times 2^8 land 32 bits up at 3 and 7),
-    with bit 19 (bit 31 times 2^20) also set, which a byte cast drops; else the other bits are 0."""
-    if MULHI:
-        return tl.umulhi((words & -0x7FFF8000).to(tl.uint32, bitcast=True), 0x00100100).to(tl.int32, bitcast=True)
-    return ((words >> 12) & 0x8) | ((words >> 24) & 0x80)
+    the high element's sign bits (15 and 31), where the packed byte of their two E2M1 codes keeps them,
+    by one multiply-high (bit 15 times 2^20 and bit 31 times 2^8 land 32 bits up at 3 and 7); bit 19
+    (bit 31 times 2^20) is set too, which the byte cast drops."""
+    return tl.umulhi((words & -0x7FFF8000).to(tl.uint32, bitcast=True), 0x00100100).to(tl.int32, bitcast=True)
 
 
 @triton.jit

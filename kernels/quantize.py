@@ -13,9 +13,9 @@ Variants (constexpr flags, `QuantConfig` fields, A/B-able in `benchmarks/quant_b
 - WORDS: bf16 read as 32-bit pairs: bits << 16 and bits & 0xFFFF0000 are the fp32 values, the
   high element's |x| is one mask, and the signs come from the word.
 - RECIPE: 1 = e2m1_rne_magnitude plus a separate sign merge (as first benchmarked), 2 =
-  numerics.e2m1_code (sign and magnitude from one magic add); with WORDS, 3 and 4 = the two
-  magnitudes of a word from e2m1_code, then both signs placed in its byte at once
-  (numerics.word_sign_bits: 3 by shifts, 4 by one multiply-high); without WORDS 3 and 4 are 2.
+  numerics.e2m1_code (sign and magnitude from one magic add); with WORDS, 4 = the two magnitudes
+  of a word from e2m1_code, then both signs placed in its byte at once (numerics.word_sign_bits, one
+  multiply-high; 3, the same by two shifts, measured slower and removed); without WORDS 4 is 2.
 - PERSISTENT (with GRID_2D): each program walks m tiles of one k column, loading the next tile
   before the current one's math.
 - HALVES: a thread holds whole blocks (no shuffle for the block max, one scale computation per
@@ -88,10 +88,10 @@ def quantize_store(tile, gs, data_ptr, scale_ptr, rows, blocks, M, Kp, S4, scale
         vmax_bits = _block_max(tl.maximum(low & 0x7FFFFFFF, high_abs), HALVES)
         scale_byte, _, out_scale, finite = numerics.block_scales(vmax_bits, gs)
         out = _per_unit(out_scale, HALVES)
-        if RECIPE >= 3:  # magnitudes, then both signs of the word at once (bits 3 and 7 of its byte)
+        if RECIPE == 4:  # magnitudes, then both signs of the word at once (bits 3 and 7 of its byte)
             c_low = numerics.e2m1_code(tl.abs(low.to(tl.float32, bitcast=True) * out), 0)
             c_high = numerics.e2m1_code(high_abs.to(tl.float32, bitcast=True) * out, 0)
-            codes = (c_low & 15) | (c_high << 4) | numerics.word_sign_bits(tile, RECIPE == 4)
+            codes = (c_low & 15) | (c_high << 4) | numerics.word_sign_bits(tile)
         else:
             # y's sign is x's (out_scale >= 0, never NaN): bit 31 of low and of the word
             c_low = numerics.e2m1_code(tl.abs(low.to(tl.float32, bitcast=True) * out), low)
@@ -106,7 +106,7 @@ def quantize_store(tile, gs, data_ptr, scale_ptr, rows, blocks, M, Kp, S4, scale
         y = tile * _per_unit(out_scale, HALVES)
         y_bits = y.to(tl.int32, bitcast=True)
         if RECIPE == 1:
-            codes = numerics.e2m1_rne_magnitude(tl.abs(y)) | ((y_bits >> 28) & 8)  # (RECIPE 3, 4: as 2 here)
+            codes = numerics.e2m1_rne_magnitude(tl.abs(y)) | ((y_bits >> 28) & 8)  # (RECIPE 4: as 2 here)
         else:
             codes = numerics.e2m1_code(tl.abs(y), y_bits)
         if HALVES:

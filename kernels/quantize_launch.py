@@ -21,9 +21,15 @@ class QuantConfig:
     # (`BASELINE`, the A/B reference of `quant_bench.py --configs`; the GPU defaults below are measured).
     grid_2d: bool = False
     words: bool = False  # bf16 read as 32-bit pairs where x allows it (else the element path)
-    recipe: int = 1
+    recipe: int = 1  # 1, 2 or 4 (kernels/quantize.py, RECIPE)
     persistent: int = 0  # > 0: with grid_2d, this many programs per SM walk the m tiles
     halves: bool = False  # whole blocks per thread, loaded as two 16-byte halves (lanes along blocks)
+
+    def __post_init__(self):
+        if self.recipe not in (1, 2, 4):
+            raise ValueError(f"recipe must be 1, 2 or 4 (kernels/quantize.py), got {self.recipe}")
+        if self.block_k % 64:
+            raise ValueError(f"block_k must be a multiple of 64, got {self.block_k}")
 
     @property
     def label(self) -> str:

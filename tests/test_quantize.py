@@ -124,8 +124,7 @@ VARIANTS = [
     QuantConfig(8, 512, 2, grid_2d=True, words=True, recipe=4, persistent=4),  # the GPU tile at 4096 <= M < 8192, Kp = 4096
     QuantConfig(8, 256, 2, grid_2d=True, words=True, recipe=2, halves=True),
     QuantConfig(4, 128, 4, **dict(BASELINE, recipe=2, halves=True)),
-    QuantConfig(16, 128, 2, grid_2d=True, words=True, recipe=3),  # signs placed a word at a time, by shifts
-    QuantConfig(16, 128, 2, grid_2d=True, words=True, recipe=4),  # ... by a multiply-high
+    QuantConfig(16, 128, 2, grid_2d=True, words=True, recipe=4),  # signs placed a word at a time
     QuantConfig(8, 256, 2, grid_2d=True, words=True, recipe=4, halves=True),
 ]
 
@@ -248,3 +247,10 @@ def test_scales_equal_flashinfer_block_scale_interleave(flashinfer, m, k):
     linear = reference.unswizzle(q.scale.view(torch.uint8), q.sf_layout)[:m]  # [M, S4], padded cols 0
     theirs = block_scale_interleave(linear.contiguous())
     assert torch.equal(theirs.view(torch.uint8).flatten().cpu(), q.scale.view(torch.uint8).flatten().cpu())
+
+
+def test_quant_config_refuses_unknown_recipes_and_ragged_tiles():
+    with pytest.raises(ValueError, match="recipe must be 1, 2 or 4"):
+        QuantConfig(16, 128, 2, recipe=3)
+    with pytest.raises(ValueError, match="block_k must be a multiple of 64"):
+        QuantConfig(16, 96, 2)
