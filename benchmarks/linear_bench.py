@@ -1271,6 +1271,80 @@ def run_tune_split(args):
               ["m", "n", "k", "programs_per_sm", "min_split_tiles", "split", "us", "bf16_us"], rows)
 
 
+# (block_n, warps, stages, programs per SM, min split tiles) of the 16-token tile quantizing x
+SMALL_CONFIGS = [(64, 4, 4, 2, 1), (64, 4, 4, 2, 4), (128, 4, 3, 2, 1), (32, 4, 4, 2, 1), (32, 2, 4, 2, 1),
+                 (64, 4, 4, 1, 1), (32, 4, 4, 1, 1), (64, 4, 4, 3, 1)]
+SMALL_SHAPES = [(2688, 464), (1288, 2688), (2576, 2688)]
+
+
+def run_tune_small(args):
+    """Decode on small per-rank weights (issue 13's 1.3x and dynamic <= 1.15x static at 8-16 rows): the
+    16-token tile quantizing x with other weight-tile widths, warps and K splits, static and dynamic scale
+    (one launch: every program reads all of x for max |x|), and the dynamic scale's two launches (the pass
+    taking max |x|, then the GEMM). Weights cold, device time per layer, the routed layers and nn.Linear in
+    the same process (-> results/small_tune_<gpu>.csv)."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    shapes = [(72, 200)] if device == "cpu" else (args.shapes or SMALL_SHAPES)
+    ms = [9] if device == "cpu" else (args.m or [8, 16])
+    sm = torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else 132
+    rows = []
+    for n, k in tqdm(shapes, desc="small tune", file=sys.stderr):
+        copies = cold_copies(n * k * 2) if device == "cuda" else 1
+        trios = make_layers(n, k, copies, device, torch.bfloat16)
+        kp = trios[0][1].k_padded
+        for m in ms:
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in trios]
+            base = kernels.gemm_config(m, n, kp, "cuda", sm)
+            if base.block_m != 16 or not base.a_mma16:
+                continue
+            bf16 = graph_us(chain([t[0] for t in trios], x)) / copies
+            routed_static = graph_us(chain([t[1] for t in trios], x)) / copies
+            routed_dynamic = graph_us(chain([t[2] for t in trios], x)) / copies
+            want_static, want_dynamic = trios[0][1](x).float(), trios[0][2](x).float()
+            rows.append([m, n, k, "routed", "-", 0, routed_static, routed_dynamic, float("nan"), bf16])
+            line = [f"bf16 {bf16:.2f}us routed {routed_static:.2f}/{routed_dynamic:.2f}us"]
+            for bn, warps, stages, pps, mst in SMALL_CONFIGS:
+                cfg = dataclasses.replace(base, block_n=bn, num_warps=warps, num_stages=stages, programs_per_sm=pps,
+                                          min_split_tiles=mst, split_k=0)
+                split, _ = gemm_launch.k_splits(cfg, -(-m // 16) * -(-n // bn), kp, sm)
+                a = torch.empty(kernels.mma16_rows(m, cfg.a_order), kp, device=device, dtype=torch.float16)
+
+                def static(cfg=cfg):
+                    for (_, layer, _), out in zip(trios, outs):
+                        kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale,
+                                                      layer.alpha, None, out, config=cfg)
+
+                def dynamic_one(cfg=cfg):
+                    for (_, _, layer), out in zip(trios, outs):
+                        kernels.nvfp4_gemm_quantize_x(x, None, layer.weight, layer.weight_scale, None, None, out,
+                                                      config=cfg, weight_scale_2=layer.weight_scale_2)
+
+                def dynamic_two(cfg=cfg, a=a):
+                    for (_, _, layer), out in zip(trios, outs):
+                        alpha = kernels.fake_quantize_dynamic(x, layer.weight_scale_2, a, units=True,
+                                                              a_order=cfg.a_order)
+                        kernels.nvfp4_gemm_dequantized_a(a, layer.weight, layer.weight_scale, alpha, None, out,
+                                                         config=cfg)
+
+                times = []
+                for fn, want in ((static, want_static), (dynamic_one, want_dynamic), (dynamic_two, want_dynamic)):
+                    fn()
+                    err = ((outs[0].float() - want).abs().max() / want.abs().max()).item()
+                    assert err < 1e-2, (m, n, k, cfg, fn.__name__, err)  # (another split sums in another order)
+                    times.append(graph_us(fn) / copies)
+                label = f"16x{bn}x{cfg.block_k}w{warps}s{stages} {pps}/SM >={mst}"
+                rows.append([m, n, k, label, split, 1, *times, bf16])
+                line.append(f"{label} split {split}: {times[0]:.2f}/{times[1]:.2f}/{times[2]:.2f}us")
+            print(f"small {m}x{n}x{k} (static/dynamic one launch/dynamic two): " + "; ".join(line), flush=True)
+    if device == "cpu":
+        return
+    write_csv(args.results_dir / f"small_tune_{gpu_slug()}.csv",
+              ["m", "n", "k", "config", "split", "tuned", "static_us", "dynamic_one_launch_us",
+               "dynamic_two_launches_us", "bf16_us"], rows)
+
+
 SCALE_CONFIGS = [(1, 2048, 1, 4), (1, 1024, 1, 4), (4, 1024, 1, 4), (8, 2048, 0, 4), (8, 2048, 1, 4),
                  (8, 1024, 2, 4), (8, 2048, 0, 8), (16, 1024, 1, 8), (16, 1024, 2, 8), (32, 512, 2, 8)]
 
@@ -1343,6 +1417,8 @@ def main():
               "(-> results/pass_tune_<gpu>.csv)"),
              ("--tune-split", run_tune_split, "decode: K splits of the routed tiles (programs per SM) "
               "(-> results/split_tune_<gpu>.csv)"),
+             ("--tune-small", run_tune_small, "decode on small per-rank weights: tiles and K splits of the GEMM "
+              "quantizing x, static and dynamic, and the dynamic two launches (-> results/small_tune_<gpu>.csv)"),
              ("--tune-scale", run_tune_scale, "past decode: tiles of the dynamic-scale kernel "
               "(-> results/scale_tune_<gpu>.csv)"),
              ("--ab-fused", run_ab_fused, "past decode: x quantized inside the Triton GEMM vs a pass first vs "
