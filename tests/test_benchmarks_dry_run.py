@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("argv", [["act_quant_bench.py", "--dry-run"], ["act_quant_bench.py", "--dry-run", "--configs"],
+@pytest.mark.parametrize("argv", [["act_quant_bench.py", "--dry-run"], ["act_quant_bench.py", "--dry-run", "--configs"], ["breakdown.py", "--dry-run"],
                                   ["quant_bench.py", "--dry-run", "--configs"], ["mlp_bench.py", "--dry-run"],
                                   ["linear_bench.py", "--dry-run"], ["linear_bench.py", "--dry-run", "--ab-dynamic"],
                                   ["linear_bench.py", "--dry-run", "--ab-operands"],
