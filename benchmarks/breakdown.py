@@ -36,7 +36,7 @@ from mlp_bench import bf16_mlp  # noqa: E402
 
 LINEARS = [(2048, 1288, 2688), (4096, 1288, 2688), (2048, 2688, 464), (4096, 2576, 2688), (16, 4096, 4096),
            (16, 8192, 8192), (16, 1288, 2688)]
-MLPS = [("GLM-4.5-Air", 4096, 1368, 4096)]  # (model, hidden, per-rank intermediate, M)
+MLPS = [("GLM-4.5-Air", 4096, 1368, 4096), ("Qwen2.5-72B", 8192, 3696, 4096)]  # (model, hidden, per-rank intermediate, M)
 CALLS = 20
 
 
