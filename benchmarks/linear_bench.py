@@ -63,6 +63,14 @@ def make_layers(n, k, copies, device, dtype):
     return out
 
 
+def cold_layer_sets(shapes, desc: str, device: str):
+    """(n, k, copies, trios, Kp) per shape: `make_layers` copies enough for cold weights on the GPU (one on the CPU)."""
+    for n, k in tqdm(shapes, desc=desc, file=sys.stderr):
+        copies = cold_copies(n * k * 2) if device == "cuda" else 1
+        trios = make_layers(n, k, copies, device, torch.bfloat16)
+        yield n, k, copies, trios, trios[0][1].k_padded
+
+
 def compiled_walls(trio, x, wall_us) -> list[float]:
     """Wall time per call of `torch.compile` of (nn.Linear, static, dynamic), alternating; nan if
     compiling fails (reported). Dynamo is reset first: every Linear shares one forward, whose
@@ -976,10 +984,7 @@ def run_ab_decode(args):
     shapes = [(72, 200)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
     ms = [4] if device == "cpu" else (args.m or [1, 4, 16])
     rows = []
-    for n, k in tqdm(shapes, desc=f"decode a/b ({decode})", file=sys.stderr):
-        copies = cold_copies(n * k * 2) if device == "cuda" else 1
-        trios = make_layers(n, k, copies, device, torch.bfloat16)
-        kp = trios[0][1].k_padded
+    for n, k, copies, trios, kp in cold_layer_sets(shapes, f"decode a/b ({decode})", device):
         for m in ms:
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             cand = TileCandidates(trios, x)
@@ -1226,10 +1231,7 @@ def run_tune_split(args):
     ms = [4, 16] if device == "cpu" else (args.m or [4, 8, 16])
     sm = torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else 132
     rows = []
-    for n, k in tqdm(shapes, desc="split tune", file=sys.stderr):
-        copies = cold_copies(n * k * 2) if device == "cuda" else 1
-        trios = make_layers(n, k, copies, device, torch.bfloat16)
-        kp = trios[0][1].k_padded
+    for n, k, copies, trios, kp in cold_layer_sets(shapes, "split tune", device):
         for m in ms:
             if ops.use_gemv(m, n, kp):
                 continue
@@ -1289,10 +1291,7 @@ def run_tune_small(args):
     ms = [9] if device == "cpu" else (args.m or [8, 16])
     sm = torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else 132
     rows = []
-    for n, k in tqdm(shapes, desc="small tune", file=sys.stderr):
-        copies = cold_copies(n * k * 2) if device == "cuda" else 1
-        trios = make_layers(n, k, copies, device, torch.bfloat16)
-        kp = trios[0][1].k_padded
+    for n, k, copies, trios, kp in cold_layer_sets(shapes, "small tune", device):
         for m in ms:
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in trios]
