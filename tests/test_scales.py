@@ -48,3 +48,21 @@ def test_tiles_give_the_routed_bits(device, config, act, outlier):
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     if act is None:
         assert torch.equal(got.cpu().view(torch.int32), expected(x, ws2).view(torch.int32))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m, k", [(3, 2688), (300, 3000)])
+def test_later_calls_see_their_own_maximum(m, k):
+    """The launch leaves its running maximum and ticket at zero for the next call (its last program resets
+    them): a call after one with a larger outlier gets its own, smaller maximum, and the words read zero.
+    GPU only: there the words are per-stream scratch that outlives the call (the CPU gets fresh ones)."""
+    from fp4linear.kernels.workspace import scratch_of
+
+    device = "cuda"
+    ws2 = torch.tensor([0.25], device=device)
+    for outlier in (50.0, 3.0, 0.75):
+        x = (torch.rand(m, k, generator=torch.Generator().manual_seed(7)) * 0.5 - 0.25).to(torch.bfloat16)
+        x[m // 2, k // 2] = outlier
+        got = kernels.dynamic_scales(x.to(device), ws2).cpu()
+        assert torch.equal(got, expected(x, ws2)), outlier
+        assert scratch_of(x.to(device)).scale_words.cpu().tolist() == [0, 0, 0]
