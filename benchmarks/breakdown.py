@@ -44,7 +44,7 @@ def short_name(name: str) -> str:
     """A readable kernel label: Triton kernels keep their function name; cuBLAS/CUTLASS GEMMs one label."""
     if any(s in name for s in ("gemm", "Gemm", "sm90_xmma", "cutlass", "nvjet")) and "nvfp4" not in name:
         return "cuBLAS GEMM"
-    return name.split("(")[0][:60]
+    return name.split("(")[0][:60].strip()
 
 
 def kernel_times(fn, calls: int, device: str) -> dict[str, float]:

@@ -9,6 +9,7 @@ import torch
 
 import fp4linear
 from fp4linear import kernels
+from fp4linear.kernels.workspace import scratch_of
 
 
 def expected(values: torch.Tensor, weight_scale_2: torch.Tensor) -> torch.Tensor:
@@ -56,8 +57,6 @@ def test_later_calls_see_their_own_maximum(m, k):
     """The launch leaves its running maximum and ticket at zero for the next call (its last program resets
     them): a call after one with a larger outlier gets its own, smaller maximum, and the words read zero.
     GPU only: there the words are per-stream scratch that outlives the call (the CPU gets fresh ones)."""
-    from fp4linear.kernels.workspace import scratch_of
-
     device = "cuda"
     ws2 = torch.tensor([0.25], device=device)
     for outlier in (50.0, 3.0, 0.75):
