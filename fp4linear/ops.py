@@ -195,6 +195,12 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
     return kernels.linear_gemv(x, gs, alpha, weight, weight_scale, bias, out)
 
 
+# A dynamic scale past decode, where a pass quantizes x before the GEMM (cuBLAS or Triton): up to
+# `kernels.maxima.MAX_MAXIMA` programs, the scale launch leaves per-program maxima that the pass reduces
+# (`kernels.dynamic_encode_scale`) instead of reducing them itself through atomics and a ticket
+# (`kernels.dynamic_gs_alpha`). False: always the latter (linear_bench.py --ab-maxima compares the two).
+DYNAMIC_MAXIMA = True
+
 # A small layer past decode, called eagerly, spends more time on the host than on the GPU: its launches
 # decide its time, and the path with the fewest wins (`host_bound`). Up to this M * N * Kp the GEMM
 # quantizing x runs <= ~20 us of device time on the H100 with the mid-M tiles (linear_bench.py
@@ -286,7 +292,10 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
             a = scratch_of(x).dequantized_activation(kernels.mma16_rows(m, order), kp)
             alpha = kernels.fake_quantize_dynamic(x, weight_scale_2, a, units=True, a_order=order)
             return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out, a_order=order)
-        gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2, act=act)  # views of per-stream scratch, made once
+        if in_gemm or not DYNAMIC_MAXIMA:
+            gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2, act=act)  # views of per-stream scratch, made once
+        else:  # where it pays, the pass below reduces the scale launch's per-program maxima and writes alpha
+            gs, alpha = kernels.dynamic_encode_scale(x, weight_scale_2, act=act)
     if in_gemm:
         return kernels.nvfp4_gemm_quantize_x(x, gs, weight, weight_scale, alpha, bias, out, tiles_for_m=tiles_for_m,
                                              act=act)

@@ -25,6 +25,7 @@ numerics = sibling(__name__, "numerics")
 quantize = sibling(__name__, "quantize")
 fake_quantize_tile = sibling(__name__, "quant_dequant").fake_quantize_tile
 activation_offset = sibling(__name__, "layout").activation_offset
+encode_scale = numerics.encode_scale
 
 # ACT codes (the launcher maps names): gated ones multiply act(gate) by up.
 SILU_MUL = tl.constexpr(0)
@@ -217,18 +218,21 @@ def act_quantize_kernel(
         quantize.store_zero_scales(scale_ptr, rows, blocks, S4, scale_rows, SF_ROW_TILE)
 
 
-@triton.jit(do_not_specialize=["M"])
-def act_fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, M, I_div, stride_xm_div, Kp,
-                             I_MULT: tl.constexpr, XM_MULT: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
-                             BF16_BITS: tl.constexpr, UNITS: tl.constexpr, BLOCK_M: tl.constexpr,
-                             BLOCK_K: tl.constexpr, A_ORDER: tl.constexpr):
+@triton.jit(do_not_specialize=["M", "n_maxima"], do_not_specialize_on_alignment=["maxima_ptr", "scales_ptr"])
+def act_fake_quantize_kernel(x_ptr, global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, out_ptr, M, I_div,
+                             stride_xm_div, Kp, I_MULT: tl.constexpr, XM_MULT: tl.constexpr, ACT: tl.constexpr,
+                             GATED: tl.constexpr, BF16_BITS: tl.constexpr, UNITS: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_K: tl.constexpr, A_ORDER: tl.constexpr, MAXIMA_BLOCK: tl.constexpr):
     """out [M, Kp] = the NVFP4 values of act(x) (x [M, W], W = 2I gated), e2m1 * e4m3 without the
     global scale, zeros beyond I: fp16 units in the weight decode's K order (UNITS) or true values
     in out's dtype; the codes and scales `act_quantize_kernel` stores for the same x and scale.
-    A_ORDER 1-3 (UNITS): out in that `layout.activation_offset` order instead of row-major."""
+    A_ORDER 1-3 (UNITS): out in that `layout.activation_offset` order instead of row-major.
+    gs as `numerics.encode_scale` gives it (MAXIMA_BLOCK > 0: program (0, 0) writes (gs, alpha))."""
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     cols = (tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
     h = _act_tile(x_ptr, rows, cols, M, I_div * I_MULT, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
-    v = fake_quantize_tile(h, tl.load(global_scale_ptr), UNITS, BLOCK_M, BLOCK_K)
+    gs = encode_scale(global_scale_ptr, maxima_ptr, n_maxima, scales_ptr,
+                      (tl.program_id(0) == 0) & (tl.program_id(1) == 0), MAXIMA_BLOCK)
+    v = fake_quantize_tile(h, gs, UNITS, BLOCK_M, BLOCK_K)
     offsets = activation_offset(rows.to(tl.int64), cols, Kp, A_ORDER)
     tl.store(out_ptr + offsets, v.to(out_ptr.dtype.element_ty), mask=(rows < M) & (cols < Kp))

@@ -11,6 +11,7 @@ import triton
 
 from . import _interpreter
 from . import act_quantize as act_module
+from .maxima import scale_args
 from .launch import CachedLaunch, cdiv, compile_tracing, int_key
 from .layout import check_mma16
 from .quantize_launch import MEASURED_VARIANTS, QuantConfig, kernel_meta, quant_config
@@ -149,7 +150,8 @@ _launch_fake = CachedLaunch(act_module.act_fake_quantize_kernel)
 
 def act_fake_quantize(x, act: str, global_scale, out, *, units: bool, a_order: int = 0):
     """out [M, Kp] = the NVFP4 values of act(x [M, W]) under the encode scale `global_scale` (fp32
-    [1], read on the device): e2m1 * e4m3 without the global scale, zeros beyond I. units=True:
+    [1], read on the device, or a `DynamicScale` of act(x): reduced here, (gs, alpha) written to its
+    scales): e2m1 * e4m3 without the global scale, zeros beyond I. units=True:
     fp16 in units of 2^-14 in the weight decode's K order (the Triton GEMM's dequantized A); False:
     true values in out's dtype (bf16/fp16), natural order (cuBLAS). `kernels.fake_quantize` of
     `activation(x)`, in one pass that never writes the activation. a_order 1, 2 (units only): out
@@ -164,8 +166,10 @@ def act_fake_quantize(x, act: str, global_scale, out, *, units: bool, a_order: i
     index = x.get_device()  # CUDA device index, -1 on the CPU
     sx = x.stride(0)
     plan = _fake_plan.__wrapped__ if compile_tracing() else _fake_plan  # M may be symbolic (unhashable) there
-    grid, meta, (i_div, xm_div), launch_id = plan(index, m, act, width, sx, kp, units, x.dtype, out.dtype, a_order)
-    args = (x, global_scale, out, m, i_div, xm_div, kp)
+    scale, maxima_block = scale_args(global_scale)
+    grid, meta, (i_div, xm_div), launch_id = plan(index, m, act, width, sx, kp, units, x.dtype, out.dtype, a_order,
+                                                  maxima_block)
+    args = (x, *scale, out, m, i_div, xm_div, kp)
     if index < 0:
         _run(_interpreter.interpreted(act_module).act_fake_quantize_kernel[grid], args, meta, x.device)
     elif compile_tracing():
@@ -180,7 +184,7 @@ _FAKE_OPTIONS = dict(num_warps=4, enable_fp_fusion=False)  # the activation's IE
 
 
 @functools.lru_cache(maxsize=4096)
-def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype, a_order=0):
+def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype, a_order=0, maxima_block=0):
     """Grid, constexprs, integer arguments and launch key of one shape (device index -1: the CPU):
     worked out once (host time per call matters). Tiles as `fake_quantize`'s (not yet tuned on a
     GPU for the activation's second input)."""
@@ -191,7 +195,7 @@ def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype, a_or
     block_m, block_k = (32, 128) if index >= 0 else (min(64, triton.next_power_of_2(m)), 128)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=index < 0, UNITS=units,
-                BLOCK_M=block_m, BLOCK_K=block_k, A_ORDER=a_order)
+                BLOCK_M=block_m, BLOCK_K=block_k, A_ORDER=a_order, MAXIMA_BLOCK=maxima_block)
     ints = (i // i_mult, stride // xm_mult)
     tail = (index, x_dtype, out_dtype, *(int_key(v) for v in (*ints, kp)), *meta.values())  # with x's alignment
     return grid, meta, ints, _launch_ids.setdefault(tail, len(_launch_ids))

@@ -308,6 +308,27 @@ def small_input_scales(x_ptr, M, K, stride_xm, weight_scale_2, ROWS: tl.constexp
 
 
 @triton.jit
+def encode_scale(global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, is_first, MAXIMA_BLOCK: tl.constexpr):
+    """The encode scale gs of a pass that quantizes x. MAXIMA_BLOCK == 0: gs = *global_scale_ptr (a
+    static scale, or one a scale launch wrote). Else global_scale_ptr is the weight's decode scale
+    and maxima_ptr[:n_maxima] (n_maxima <= MAXIMA_BLOCK) the int32 max |x| bits each program of
+    `scales.dynamic_scale_kernel` stored (MAXIMA): their max gives (gs, alpha), the bits that
+    launch would have written, and the program with is_first writes them to scales_ptr (fp32 [2])
+    for the GEMM that follows. Every program of the pass reduces them itself: no atomics or tickets
+    on the scale launch's tail, no words to reset."""
+    if MAXIMA_BLOCK > 0:
+        i = tl.arange(0, MAXIMA_BLOCK)
+        bits = tl.load(maxima_ptr + i, mask=i < n_maxima, other=0)
+        gs, alpha = dynamic_scales(tl.reduce(bits, 0, max_combine), tl.load(global_scale_ptr))
+        if is_first:
+            tl.store(scales_ptr, gs)
+            tl.store(scales_ptr + 1, alpha)
+    else:
+        gs = tl.load(global_scale_ptr)
+    return gs
+
+
+@triton.jit
 def dynamic_scales(amax_bits, weight_scale_2):
     """From max |x| (int32 bits, NaN kept) the dynamic activation scales, with the same bits as
     `fp4linear.format.decode_scale` and the Linear's static path: input_scale = max(amax, 1e-30) /

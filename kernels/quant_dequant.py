@@ -26,6 +26,7 @@ dequant_bytes = _numerics.dequant_bytes
 e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 quantize_blocks = _numerics.quantize_blocks
 small_input_scales = _numerics.small_input_scales
+encode_scale = _numerics.encode_scale
 dynamic_scales = _numerics.dynamic_scales
 max_abs_bits = _numerics.max_abs_bits
 max_combine = _numerics.max_combine
@@ -49,12 +50,16 @@ def fake_quantize_tile(x, gs, UNITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_
     return v
 
 
-@triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["global_scale_ptr", "scales_ptr", "words_ptr"])
-def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, words_ptr, M, K, Kp, stride_xm,
-                         UNITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DYNAMIC: tl.constexpr,
-                         AMAX_ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr, AMAX_CHUNKS: tl.constexpr,
-                         A_ORDER: tl.constexpr, BARRIER: tl.constexpr):
-    """DYNAMIC (small x only): global_scale_ptr is the weight's decode scale, and program (0, 0)
+@triton.jit(do_not_specialize=["M", "n_maxima"],
+            do_not_specialize_on_alignment=["global_scale_ptr", "scales_ptr", "words_ptr", "maxima_ptr"])
+def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, words_ptr, maxima_ptr, n_maxima, M, K, Kp,
+                         stride_xm, UNITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                         DYNAMIC: tl.constexpr, AMAX_ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr,
+                         AMAX_CHUNKS: tl.constexpr, A_ORDER: tl.constexpr, BARRIER: tl.constexpr,
+                         MAXIMA_BLOCK: tl.constexpr):
+    """MAXIMA_BLOCK > 0: gs from a scale launch's per-program maxima (`numerics.encode_scale`;
+    global_scale_ptr is then the weight's decode scale), program (0, 0) writing (gs, alpha) to
+    scales_ptr. DYNAMIC (small x only): global_scale_ptr is the weight's decode scale, and program (0, 0)
     writes (gs, alpha) to scales_ptr (fp32 [2]) for the GEMM that follows. Without BARRIER every
     program derives them from max |x| over all of x (`small_input_scales`: x is a few hundred KB at
     most, read from L2). BARRIER (GPU only, every program resident at once: the launcher keeps the
@@ -87,10 +92,13 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, words_ptr
             if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
                 tl.store(scales_ptr, gs)
                 tl.store(scales_ptr + 1, alpha)
-        else:
-            gs = tl.load(global_scale_ptr)
-        _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, tl.program_id(0), tl.program_id(1), UNITS,
-                               BLOCK_M, BLOCK_K, A_ORDER)
+            _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, tl.program_id(0), tl.program_id(1),
+                                   UNITS, BLOCK_M, BLOCK_K, A_ORDER)
+        else:  # x's tile first: its load is in flight while gs is loaded or reduced
+            rows, cols, x = _load_tile(x_ptr, M, K, stride_xm, tl.program_id(0), tl.program_id(1), BLOCK_M, BLOCK_K)
+            gs = encode_scale(global_scale_ptr, maxima_ptr, n_maxima, scales_ptr,
+                              (tl.program_id(0) == 0) & (tl.program_id(1) == 0), MAXIMA_BLOCK)
+            _store_fake_quantized(x, gs, out_ptr, rows, cols, M, Kp, UNITS, BLOCK_M, BLOCK_K, A_ORDER)
 
 
 @triton.jit
@@ -146,18 +154,24 @@ def _dequantize_rows_program(w_ptr, w_scale_ptr, out_ptr, row_begin, N, Kp, stri
              mask=ok[:, None] & (rk < Kp)[None, :])
 
 
-@triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["global_scale_ptr"])
-def cublas_operands_kernel(x_ptr, global_scale_ptr, a_ptr, M, K, Ka, stride_xm, w_ptr, w_scale_ptr, w_out_ptr, N,
-                           Kp, stride_wo, a_programs, a_k_tiles, w_k_tiles, BLOCK_M: tl.constexpr,
-                           BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+@triton.jit(do_not_specialize=["M", "n_maxima"],
+            do_not_specialize_on_alignment=["global_scale_ptr", "maxima_ptr", "scales_ptr"])
+def cublas_operands_kernel(x_ptr, global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, a_ptr, M, K, Ka, stride_xm,
+                           w_ptr, w_scale_ptr, w_out_ptr, N, Kp, stride_wo, a_programs, a_k_tiles, w_k_tiles,
+                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                           MAXIMA_BLOCK: tl.constexpr):
     """Both operands of a cuBLAS call in one launch: programs [0, a_programs) write x's values
     (`fake_quantize_kernel`, true values, natural order, row stride Ka), the rest weight rows
     [0, N) (`dequantize_rows_kernel`). Two memory-bound passes that would otherwise each pay a
-    launch and a tail: for narrow per-rank weights they are a fifth of cuBLAS's own time."""
+    launch and a tail: for narrow per-rank weights they are a fifth of cuBLAS's own time.
+    gs as `numerics.encode_scale` gives it (MAXIMA_BLOCK > 0: program 0 writes (gs, alpha) to
+    scales_ptr, the alpha cuBLAS reads next)."""
     pid = tl.program_id(0)
     if pid < a_programs:
-        _fake_quantize_program(x_ptr, tl.load(global_scale_ptr), a_ptr, M, K, Ka, stride_xm, pid // a_k_tiles,
-                               pid % a_k_tiles, False, BLOCK_M, BLOCK_K, 0)
+        # x's tile first: its load is in flight while gs is loaded or reduced
+        rows, cols, x = _load_tile(x_ptr, M, K, stride_xm, pid // a_k_tiles, pid % a_k_tiles, BLOCK_M, BLOCK_K)
+        gs = encode_scale(global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, pid == 0, MAXIMA_BLOCK)
+        _store_fake_quantized(x, gs, a_ptr, rows, cols, M, Ka, False, BLOCK_M, BLOCK_K, 0)
     else:
         w_pid = pid - a_programs
         _dequantize_rows_program(w_ptr, w_scale_ptr, w_out_ptr, 0, N, Kp, stride_wo, w_pid // w_k_tiles,

@@ -14,6 +14,7 @@ from . import quant_dequant as qd_module
 from .launch import CachedLaunch, alignment_key, cdiv, compile_tracing, int_key
 from .launch import sm_count as _sm_count
 from .layout import check_mma16
+from .maxima import scale_args
 from .workspace import scratch_of
 
 _launch_fake = CachedLaunch(qd_module.fake_quantize_kernel)
@@ -69,7 +70,9 @@ def fuses_dynamic_scale_in_pass(m: int, k: int, row_stride: int) -> bool:
 
 
 def fake_quantize(x, global_scale, out, *, units: bool, a_order: int = 0):
-    """out [M, Kp] = the NVFP4 values of x (e2m1 * e4m3, no global scale; zeros beyond K).
+    """out [M, Kp] = the NVFP4 values of x (e2m1 * e4m3, no global scale; zeros beyond K) under the
+    encode scale global_scale: fp32 [1] on the device, or a `DynamicScale` (reduced here, (gs, alpha)
+    written to its scales).
     units=True: fp16 in units of 2^-14 in the weight decode's K order (Triton GEMM operand);
     False: true values in out's dtype (bf16/fp16), natural order (cuBLAS operand).
     a_order 1, 2 (units only; `GemmConfig.a_order` of the GEMM that reads out): out [round_up(M, 16),
@@ -103,10 +106,14 @@ def _fake_quantize(x, scale, out, units, scales, a_order=0, scratch=None):
     if dynamic and compile_tracing():
         m = int(m)  # torch.compile: the max |x| pass unrolls over rows (the graph specializes on M)
     plan = _fake_plan.__wrapped__ if compile_tracing() else _fake_plan  # M may be symbolic (unhashable) there
-    grid, meta, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype, dynamic, a_order)
+    if dynamic:
+        (scale, maxima, count, scales), maxima_block = (scale, out, 0, scales), 0
+    else:
+        (scale, maxima, count, scales), maxima_block = scale_args(scale)
+    grid, meta, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype, dynamic, a_order, maxima_block)
     sx = x.stride(0)
     words = scratch.scale_words if meta["BARRIER"] else out
-    args = (x, scale, out, scales if dynamic else out, words, m, k, kp, sx)
+    args = (x, scale, out, scales, words, maxima, count, m, k, kp, sx)
     if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
             _interpreter.interpreted(qd_module).fake_quantize_kernel[grid](*args, **meta)
@@ -120,7 +127,7 @@ _OPTIONS = dict(num_warps=4)
 
 
 @functools.lru_cache(maxsize=4096)
-def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_order=0):
+def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_order=0, maxima_block=0):
     """Grid, constexprs and launch key of one shape (device index -1: the CPU): worked out once
     (host time per call matters). With a dynamic scale (M <= 16) every program also reads all of x:
     wider, shorter tiles, so fewer programs do; or, with the barrier, each only its own tile."""
@@ -135,7 +142,7 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_orde
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
                 AMAX_ROWS=triton.next_power_of_2(m) if dynamic and not barrier else 1,
-                **amax_reads(k, dynamic and not barrier), A_ORDER=a_order, BARRIER=barrier)
+                **amax_reads(k, dynamic and not barrier), A_ORDER=a_order, BARRIER=barrier, MAXIMA_BLOCK=maxima_block)
     tail = (index, x_dtype, out_dtype, k, kp, *meta.values())  # with x's alignment: the launch key
     return grid, meta, _launch_ids.setdefault(tail, len(_launch_ids))
 
@@ -174,17 +181,19 @@ class OperandsConfig:
 def cublas_operands(x, global_scale, a, w_data, w_scale, w_out, *, config: OperandsConfig | None = None):
     """`fake_quantize(x, global_scale, a, units=False)` and `dequantize_rows(w_data, w_scale, 0, w_out)`
     in one launch: a [M, Ka] (Ka >= K, zeros beyond K), w_out [rows, Kp] (unit column strides).
+    global_scale: fp32 [1] or a `DynamicScale` (reduced here; its alpha written for cuBLAS).
     config: the tiles (None: `operands_config`'s)."""
     m, k = x.shape
     index = x.get_device()  # CUDA device index, -1 on the CPU
     plan = _operands_plan.__wrapped__ if compile_tracing() else _operands_plan  # M may be symbolic there
     if config is None:
         config = operands_config(m, a.shape[1])
+    (scale, maxima, count, scales), maxima_block = scale_args(global_scale)
     grid, ints, meta, options, launch_id = plan(index, m, k, a.shape[1], x.stride(0), *w_out.shape, w_out.stride(0),
-                                                x.dtype, a.dtype, config)
+                                                x.dtype, a.dtype, config, maxima_block)
     if grid[0] == 0:
         return
-    args = (x, global_scale, a, m, *ints[:3], w_data, w_scale, w_out, *ints[3:])
+    args = (x, scale, maxima, count, scales, a, m, *ints[:3], w_data, w_scale, w_out, *ints[3:])
     if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
             _interpreter.interpreted(qd_module).cublas_operands_kernel[grid](*args, **meta)
@@ -210,7 +219,7 @@ def operands_config(m: int, ka: int) -> OperandsConfig:
 
 
 @functools.lru_cache(maxsize=4096)
-def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype, config):
+def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype, config, maxima_block=0):
     """Grid, integer arguments, constexprs, launch options and launch key of `cublas_operands` for one
     shape and config: worked out once (a and w_out are fresh allocations, 16-byte aligned)."""
     block_m, block_k, block_n = config.block_m, config.block_k, config.block_n
@@ -218,11 +227,11 @@ def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype, c
     a_programs = cdiv(m, block_m) * a_k_tiles
     grid = (a_programs + cdiv(rows, block_n) * w_k_tiles, 1, 1)
     ints = (k, ka, sx, rows, kp, stride_wo, a_programs, a_k_tiles, w_k_tiles)
-    meta = dict(BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n)
+    meta = dict(BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n, MAXIMA_BLOCK=maxima_block)
     options = dict(num_warps=config.num_warps)
     if compile_tracing():
         return grid, ints, meta, options, None
-    tail = (index, x_dtype, a_dtype, *(int_key(v) for v in ints), config)
+    tail = (index, x_dtype, a_dtype, *(int_key(v) for v in ints), config, maxima_block)
     return grid, ints, meta, options, _launch_ids.setdefault(tail, len(_launch_ids))
 
 

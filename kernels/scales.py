@@ -12,6 +12,12 @@ With ACT set (a code of kernels/act_quantize.py) the maximum is of |act(x)| as t
 kernels compute it (x = [gate, up] for gated acts, K = I): the dynamic input scale of a down
 projection whose input is act(x) (`fp4linear.GatedMLP`), the bits the same Linear would derive
 from the activation's output.
+
+With MAXIMA the launch ends earlier: each program stores its own max |x| bits (words[program],
+program = i * grid[1] + j) and the pass that quantizes x next reduces them itself
+(`numerics.encode_scale`), writing (gs, alpha) for the GEMM. No atomic, ticket or reset on the
+launch's tail: those serialized L2 round trips were ~1.5-2 us of every dynamic call past decode
+(H100, benchmarks/NOTES.md session 21).
 """
 
 import triton
@@ -32,8 +38,9 @@ _act_tile = sibling(__name__, "act_quantize")._act_tile
 @triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["weight_scale_2_ptr"])
 def dynamic_scale_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, M, K, stride_xm, k_per_program,
                          BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
-                         BF16_BITS: tl.constexpr):
+                         BF16_BITS: tl.constexpr, MAXIMA: tl.constexpr):
     """scales[0] = gs, scales[1] = alpha; words: int32 [2] (running max, ticket), zero on entry and exit.
+    MAXIMA: words int32 [grid[0] * grid[1]] instead, each program's max |x| bits; scales not written.
     ACT < 0: max |x| over x [M, K]; else max |act(x)| over its [M, K] outputs (NaN kept, as for x).
     Program (i, j) reads rows i * BLOCK_R.. and columns j * k_per_program.. (a multiple of BLOCK_K)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -47,16 +54,19 @@ def dynamic_scale_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, M, K,
             x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :],
                         mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
         acc = tl.maximum(acc, max_abs_bits(x))
-    tl.atomic_max(words_ptr, tl.reduce(acc, 0, max_combine), sem="relaxed", scope="gpu")
-    tl.debug_barrier()
-    ticket = tl.atomic_add(words_ptr + 1, 1, sem="acq_rel", scope="gpu")
-    if ticket == tl.num_programs(0) * tl.num_programs(1) - 1:
-        # the ticket's acquire orders every program's max before this read: a load and a store suffice, one
-        # fenced atomic fewer on the launch's tail than an exchange (H100, RESULTS.md's Linear table: dynamic
-        # 2048 x 1288 x 2688 40.5 -> 39.6 us, 2048 x 2688 x 464 19.5 -> 18.9)
-        amax_bits = tl.load(words_ptr, volatile=True)
-        tl.store(words_ptr, 0)
-        gs, alpha = dynamic_scales(amax_bits, tl.load(weight_scale_2_ptr))
-        tl.store(scales_ptr, gs)
-        tl.store(scales_ptr + 1, alpha)
-        tl.atomic_xchg(words_ptr + 1, 0, sem="relaxed", scope="gpu")
+    if MAXIMA:
+        tl.store(words_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.reduce(acc, 0, max_combine))
+    else:
+        tl.atomic_max(words_ptr, tl.reduce(acc, 0, max_combine), sem="relaxed", scope="gpu")
+        tl.debug_barrier()
+        ticket = tl.atomic_add(words_ptr + 1, 1, sem="acq_rel", scope="gpu")
+        if ticket == tl.num_programs(0) * tl.num_programs(1) - 1:
+            # the ticket's acquire orders every program's max before this read: a load and a store suffice, one
+            # fenced atomic fewer on the launch's tail than an exchange (H100, RESULTS.md's Linear table: dynamic
+            # 2048 x 1288 x 2688 40.5 -> 39.6 us, 2048 x 2688 x 464 19.5 -> 18.9)
+            amax_bits = tl.load(words_ptr, volatile=True)
+            tl.store(words_ptr, 0)
+            gs, alpha = dynamic_scales(amax_bits, tl.load(weight_scale_2_ptr))
+            tl.store(scales_ptr, gs)
+            tl.store(scales_ptr + 1, alpha)
+            tl.atomic_xchg(words_ptr + 1, 0, sem="relaxed", scope="gpu")

@@ -12,6 +12,8 @@ from . import _interpreter
 from . import scales as scales_module
 from .act_quantize_launch import ACTS, act_width
 from .launch import CachedLaunch, cdiv, compile_tracing
+from . import maxima as _maxima
+from .maxima import DynamicScale
 from .workspace import scratch_of
 
 _launch = CachedLaunch(scales_module.dynamic_scale_kernel)
@@ -51,26 +53,50 @@ def dynamic_scales(x: torch.Tensor, weight_scale_2: torch.Tensor, act: str | Non
     computed as the activation kernels do (x = [gate, up] for gated acts), without writing it. The
     tensor is per-stream scratch: read it before the next dynamic-scale call on this stream (the
     Linear's next kernel does). config: tiles other than `scale_config`'s (tuning)."""
-    return _dynamic_scales(x, weight_scale_2, act, config).scales
+    return _dynamic_scales(x, weight_scale_2, act, config)[0].scales
 
 
 def dynamic_gs_alpha(x: torch.Tensor, weight_scale_2: torch.Tensor,
                      act: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`dynamic_scales` as the two fp32 [1] tensors (gs, alpha) the Linear's kernels read: views of
     the per-stream scratch made once, not sliced on every call."""
-    s = _dynamic_scales(x, weight_scale_2, act)
+    s = _dynamic_scales(x, weight_scale_2, act)[0]
     return s.gs, s.alpha
 
 
-_metas: dict = {}  # (width, M class, act, CPU, config) -> (K, config, columns per program, constexprs)
+def dynamic_maxima(x: torch.Tensor, weight_scale_2: torch.Tensor, act: str | None = None) -> DynamicScale:
+    """x's dynamic scale (of act(x) with `act`, as `dynamic_scales`) as per-program maxima, for a pass
+    that reduces them (`DynamicScale`): one launch with no atomics on its tail. Eager calls and CUDA
+    graphs (under torch.compile M may be symbolic, and the count must be a plain int:
+    `dynamic_encode_scale` takes `dynamic_gs_alpha` there)."""
+    s, count = _dynamic_scales(x, weight_scale_2, act, maxima=True)
+    return DynamicScale(s.maxima(count), count, weight_scale_2, s.scales, s.alpha)
 
 
-def _dynamic_scales(x, weight_scale_2, act=None, config: ScaleConfig | None = None):
-    m, width = x.shape
-    index = x.get_device()  # CUDA device index, -1 on the CPU
-    s = scratch_of(x)
+def dynamic_encode_scale(x: torch.Tensor, weight_scale_2: torch.Tensor,
+                         act: str | None = None) -> tuple[DynamicScale | torch.Tensor, torch.Tensor]:
+    """(encode scale, alpha) of x's dynamic scale for a pass that quantizes x and the GEMM after it:
+    `dynamic_maxima` where its launch has at most MAX_MAXIMA programs (the pass then writes alpha),
+    else `dynamic_gs_alpha` (its own last program writes both). Under torch.compile always the
+    latter: M may be symbolic there, and the maxima's count must be a plain int."""
+    if not compile_tracing() and scale_programs(x.shape[0], x.shape[1], act) <= _maxima.MAX_MAXIMA:
+        d = dynamic_maxima(x, weight_scale_2, act)
+        return d, d.alpha
+    return dynamic_gs_alpha(x, weight_scale_2, act)
+
+
+def scale_programs(m: int, width: int, act: str | None = None) -> int:
+    """Programs of the scale launch for x [m, width] (the routed tiles)."""
+    k, cfg, per_program, _ = _plan(m, width, act, False, None, False)
+    return cdiv(m, cfg.block_r) * cdiv(k, per_program)
+
+
+_metas: dict = {}  # (width, M class, act, CPU, config, maxima) -> (K, config, columns per program, constexprs)
+
+
+def _plan(m, width, act, cpu: bool, config, maxima):
     # bool(): under torch.compile a guard on M's class, not a symbolic value in the plan key
-    key = (width, bool(m <= 16), bool(m <= 256), act, index < 0, config)
+    key = (width, bool(m <= 16), bool(m <= 256), act, cpu, config, maxima)
     plan = _metas.get(key)
     if plan is None:
         code, gated = ACTS[act] if act is not None else (-1, False)
@@ -78,11 +104,19 @@ def _dynamic_scales(x, weight_scale_2, act=None, config: ScaleConfig | None = No
         cfg = config or scale_config(m, k, act)
         per_program = (cfg.k_blocks or cdiv(k, cfg.block_k)) * cfg.block_k
         plan = _metas[key] = (k, cfg, per_program, dict(BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k, ACT=code,
-                                                        GATED=gated, BF16_BITS=index < 0))
-    k, cfg, per_program, meta = plan
+                                                        GATED=gated, BF16_BITS=cpu, MAXIMA=maxima))
+    return plan
+
+
+def _dynamic_scales(x, weight_scale_2, act=None, config: ScaleConfig | None = None, maxima: bool = False):
+    m, width = x.shape
+    index = x.get_device()  # CUDA device index, -1 on the CPU
+    s = scratch_of(x)
+    k, cfg, per_program, meta = _plan(m, width, act, index < 0, config, maxima)
     grid = ((m + cfg.block_r - 1) // cfg.block_r, cdiv(k, per_program), 1)
+    count = grid[0] * grid[1]
     sx = x.stride(0)
-    args = (x, weight_scale_2, s.scales, s.scale_words, m, k, sx, per_program)
+    args = (x, weight_scale_2, s.scales, s.maxima(count) if maxima else s.scale_words, m, k, sx, per_program)
     options = dict(_OPTIONS, num_warps=cfg.num_warps)
     if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # inf and NaN are values of an act
@@ -90,6 +124,6 @@ def _dynamic_scales(x, weight_scale_2, act=None, config: ScaleConfig | None = No
     elif compile_tracing():
         _launch(None, grid, args, meta, options)
     else:  # K and x's alignment and row stride: what Triton specializes on besides dtypes
-        _launch((index, x.dtype, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1, k, per_program, cfg, meta["ACT"]),
-                grid, args, meta, options)
-    return s
+        _launch((index, x.dtype, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1, k, per_program, cfg, meta["ACT"],
+                 maxima), grid, args, meta, options)
+    return s, count

@@ -41,6 +41,7 @@ class Scratch:
         self.tickets = torch.empty(0, dtype=torch.int32, device=device)
         self._scale_words = None
         self._zero = None
+        self._maxima = None
         self.scales = torch.empty(2, dtype=torch.float32, device=device)  # gs, alpha
         self.gs, self.alpha = self.scales[0:1], self.scales[1:2]  # views made once, not per call
         self.activation = torch.empty(0, dtype=torch.float16, device=device)
@@ -54,6 +55,13 @@ class Scratch:
         if self._scale_words is None:
             self._scale_words = torch.zeros(3, dtype=torch.int32, device=self.device)
         return self._scale_words
+
+    def maxima(self, count: int) -> torch.Tensor:
+        """int32 [>= count] for a scale launch's per-program maxima (every program writes its own word
+        and the readers take only the first count: never zeroed)."""
+        if self._maxima is None or self._maxima.numel() < count:
+            self._maxima = torch.empty(count, dtype=torch.int32, device=self.device)
+        return self._maxima
 
     @property
     def zero(self) -> torch.Tensor:
@@ -92,6 +100,7 @@ class _Fresh(Scratch):
         self.device = device
         self._scale_words = None
         self._zero = None
+        self._maxima = None
         self.scales = torch.empty(2, dtype=torch.float32, device=device)
         self.gs, self.alpha = self.scales[0:1], self.scales[1:2]
 

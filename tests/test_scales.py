@@ -9,6 +9,7 @@ import torch
 
 import fp4linear
 from fp4linear import kernels
+from fp4linear.kernels.maxima import MAX_MAXIMA
 from fp4linear.kernels.workspace import scratch_of
 
 
@@ -65,3 +66,103 @@ def test_later_calls_see_their_own_maximum(m, k):
         got = kernels.dynamic_scales(x.to(device), ws2).cpu()
         assert torch.equal(got, expected(x, ws2)), outlier
         assert scratch_of(x.to(device)).scale_words.cpu().tolist() == [0, 0, 0]
+
+
+def _poisoned_scales(d: kernels.DynamicScale) -> None:
+    """NaN in the (gs, alpha) words the consuming pass must write."""
+    d.scales.fill_(math.nan)
+
+
+@pytest.mark.parametrize("m, k", [(1, 48), (17, 464), (300, 200), (4100, 40)])
+@pytest.mark.parametrize("act", [None, "silu_mul"])
+@pytest.mark.parametrize("outlier", [9.0, -7.0, math.nan])
+def test_maxima_reduced_by_the_pass_give_the_launchs_bits(device, m, k, act, outlier):
+    """`dynamic_maxima` then a pass reducing its per-program maxima (`fake_quantize`, or
+    `act_fake_quantize` with an act) against `dynamic_scales` then the same pass on the gs it wrote:
+    the same values, and the pass writes the same (gs, alpha). 4100 rows give more programs than
+    MAX_MAXIMA (the routed cap, not a limit of the kernels); the outlier sits in the last row, i.e. the
+    last program's block."""
+    width = 2 * k if act else k
+    x = (torch.rand(m, width, generator=torch.Generator().manual_seed(m + k)) * 4 - 2).to(torch.bfloat16)
+    x[m - 1, k - 1] = outlier  # (gated: the gate of the last row's last output)
+    x, ws2 = x.to(device), torch.tensor([0.0625], device=device)
+    want_scales = kernels.dynamic_scales(x, ws2, act).clone()
+    kp = -(-k // 64) * 64
+    want = torch.full((m, kp), math.nan, dtype=torch.float16, device=device)
+    got = torch.full_like(want, math.inf)
+    if act is None:
+        kernels.fake_quantize(x, want_scales[0:1], want, units=True)
+    else:
+        kernels.act_fake_quantize(x, act, want_scales[0:1], want, units=True)
+    d = kernels.dynamic_maxima(x, ws2, act)
+    assert d.count == kernels.scale_programs(m, width, act)
+    if m == 4100:
+        assert d.count > MAX_MAXIMA
+    _poisoned_scales(d)
+    if act is None:
+        kernels.fake_quantize(x, d, got, units=True)
+    else:
+        kernels.act_fake_quantize(x, act, d, got, units=True)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+    assert torch.equal(d.scales.view(torch.int32), want_scales.view(torch.int32))
+    assert d.alpha.data_ptr() == d.scales.data_ptr() + 4
+
+
+@pytest.mark.parametrize("m, k, rows", [(5, 40, 64), (300, 464, 200), (2100, 96, 128)])
+def test_maxima_reduced_by_the_cublas_operands(device, m, k, rows):
+    """`cublas_operands` (x's true values + the first weight rows) under a `DynamicScale`: the x values
+    and the weight rows of the same launch under the gs `dynamic_scales` gives, and (gs, alpha) written."""
+    g = torch.Generator().manual_seed(m)
+    x = (torch.rand(m, k, generator=g) * 6 - 3).to(torch.bfloat16)
+    x[m // 2, 1] = 11.0
+    w = fp4linear.Linear.from_linear(torch.nn.Linear(k, rows, bias=False, dtype=torch.bfloat16))
+    x, ws2 = x.to(device), w.weight_scale_2.to(device)
+    wdata, wscale = w.weight.to(device), w.weight_scale.to(device)
+    kp = w.k_padded
+    want_scales = kernels.dynamic_scales(x, ws2).clone()
+    a_want = torch.full((m, kp), math.nan, dtype=torch.bfloat16, device=device)
+    w_want = torch.full((rows, kp), math.nan, dtype=torch.bfloat16, device=device)
+    kernels.cublas_operands(x, want_scales[0:1], a_want, wdata, wscale, w_want)
+    a_got, w_got = torch.full_like(a_want, math.inf), torch.full_like(w_want, math.inf)
+    d = kernels.dynamic_maxima(x, ws2)
+    _poisoned_scales(d)
+    kernels.cublas_operands(x, d, a_got, wdata, wscale, w_got)
+    assert torch.equal(a_got.view(torch.int16), a_want.view(torch.int16))
+    assert torch.equal(w_got.view(torch.int16), w_want.view(torch.int16))
+    assert torch.equal(d.scales.view(torch.int32), want_scales.view(torch.int32))
+
+
+@pytest.mark.cuda
+def test_maxima_of_later_calls_are_their_own():
+    """Per-program maxima are overwritten, never accumulated: a call after one with a larger outlier,
+    on the same stream (the same scratch words), gets its own maximum."""
+    ws2 = torch.tensor([0.25], device="cuda")
+    for outlier in (50.0, 3.0, 0.75):
+        x = (torch.rand(300, 3000, generator=torch.Generator().manual_seed(7)) * 0.5 - 0.25).to(torch.bfloat16)
+        x[150, 1500] = outlier
+        d = kernels.dynamic_maxima(x.to("cuda"), ws2)
+        out = torch.empty(300, 3008, dtype=torch.float16, device="cuda")
+        kernels.fake_quantize(x.to("cuda"), d, out, units=True)
+        assert torch.equal(d.scales.cpu(), expected(x, ws2)), outlier
+
+
+def test_encode_scale_takes_the_maxima_up_to_the_cap(device, monkeypatch):
+    """`dynamic_encode_scale`: per-program maxima where the scale launch has at most MAX_MAXIMA programs,
+    the ticket's (gs, alpha) beyond; the same pass output and alpha either way."""
+    from fp4linear.kernels import maxima
+
+    x = (torch.rand(40, 300, generator=torch.Generator().manual_seed(3)) * 4 - 2).to(torch.bfloat16).to(device)
+    ws2 = torch.tensor([0.125], device=device)
+    programs = kernels.scale_programs(40, 300)
+    results = []
+    for cap, kind in ((programs, kernels.DynamicScale), (programs - 1, torch.Tensor)):
+        monkeypatch.setattr(maxima, "MAX_MAXIMA", cap)
+        gs, alpha = kernels.dynamic_encode_scale(x, ws2)
+        assert isinstance(gs, kind)
+        out = kernels.fake_quantize(x, gs, torch.full((40, 320), math.nan, dtype=torch.float16, device=device),
+                                    units=True)
+        results.append((out.clone(), alpha.clone()))
+    (a, alpha_a), (b, alpha_b) = results
+    assert torch.equal(a.view(torch.int16), b.view(torch.int16))
+    assert torch.equal(alpha_a.cpu(), expected(x, ws2)[1:])
+    assert torch.equal(alpha_b.cpu(), expected(x, ws2)[1:])
