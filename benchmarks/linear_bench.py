@@ -22,6 +22,7 @@ import argparse
 import csv
 import dataclasses
 import datetime
+import functools
 import sys
 import time
 from pathlib import Path
@@ -389,6 +390,79 @@ def run_ab_dynamic(args):
             csv_name=f"dynamic_ab_{gpu_slug()}.csv",
             md_header=["M", "N", "K", "static us", "dynamic us", "dynamic / static", "previous us", "vs previous",
                        "previous path"], md_rows=md)
+
+
+def run_ab_maxima(args):
+    """A dynamic scale past decode: the scale launch leaving per-program maxima that the quantize
+    pass reduces (`kernels.dynamic_maxima`) vs the launch reducing them itself through an atomic max
+    and a ticket (`kernels.dynamic_gs_alpha`), and the routed choice between them
+    (`kernels.dynamic_encode_scale`: maxima up to `kernels.maxima.MAX_MAXIMA` programs), for x itself
+    and for silu_mul(h) (`ops.triton_act_linear`, GatedMLP's down projection), with the static layer
+    and nn.Linear; device time per layer (CUDA-graph replays), bf16, no bias
+    (-> results/maxima_ab_<gpu>.csv)."""
+    from fp4linear.kernels import maxima
+
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    shapes = [(72, 80)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
+    ms = [20, 300] if device == "cpu" else (args.m or [128, 256, 512, 2048, 4096, 8192])
+    rows = []
+    routed_cap = maxima.MAX_MAXIMA
+
+    def timed(fn):
+        """Timings of fn: per-program maxima always, a ticket always, routed; checked to give the same bits."""
+        out = []
+        try:
+            for flag, cap in ((True, 1 << 30), (False, routed_cap), (True, routed_cap)):
+                ops.DYNAMIC_MAXIMA, maxima.MAX_MAXIMA = flag, cap
+                out.append((graph_us(fn), fn().clone()))
+        finally:
+            ops.DYNAMIC_MAXIMA, maxima.MAX_MAXIMA = True, routed_cap
+        if any(not torch.equal(y.view(torch.int16), out[0][1].view(torch.int16)) for _, y in out):
+            raise AssertionError("the dynamic routes differ")
+        return [t for t, _ in out]
+
+    for n, k in tqdm(shapes, desc="maxima a/b", file=sys.stderr):
+        lin, static, dynamic = make_layers(n, k, 1, device, torch.bfloat16)[0]
+        for m in ms:
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            h = (torch.rand(m, 2 * k, device=device) * 8 - 4).to(torch.bfloat16)
+            route = "cuBLAS" if ops.use_cublas(m, n, dynamic.k_padded, True) else "Triton"
+
+            # the route graphs take, named (an eager call of a small layer would take the host-bound one)
+            def linear(layer, dyn, inp, act=None):
+                fn = ops.triton_linear if act is None else functools.partial(ops.triton_act_linear, act=act)
+                return lambda: fn(inp, weight=layer.weight, weight_scale=layer.weight_scale, gs=layer.input_global_scale,
+                                  alpha=layer.alpha, weight_scale_2=layer.weight_scale_2, bias=None, n=n, dynamic=dyn,
+                                  alpha_host=layer._alpha_host, cublas=ops.use_cublas(m, n, layer.k_padded, dyn))
+            for what, act, bf16, inp in (("x", None, lambda: lin(x), x),
+                                         ("silu_mul(h)", "silu_mul",
+                                          lambda: lin(torch.nn.functional.silu(h[:, :k]) * h[:, k:]), h)):
+                t_bf16, t_static = graph_us(bf16), graph_us(linear(static, False, inp, act))
+                t_maxima, t_ticket, t_routed = timed(linear(dynamic, True, inp, act))
+                programs = kernels.scale_programs(m, inp.shape[1], act)
+                rows.append([m, n, k, what, route, programs, t_bf16, t_static, t_maxima, t_ticket, t_routed])
+                print(f"maxima {what} {m}x{n}x{k} ({route}, {programs} programs): bf16 {t_bf16:.1f}, static "
+                      f"{t_static:.1f}, dynamic maxima {t_maxima:.1f} / ticket {t_ticket:.1f} / routed {t_routed:.1f} us",
+                      flush=True)
+    md = [[m, n, k, w, r, p, bf, st, mx, tk, ro, tk - mx, ro / st, bf / ro]
+          for m, n, k, w, r, p, bf, st, mx, tk, ro in rows]
+    intro = ("Dynamic input scale past decode, bf16 input, no bias; device time per layer (CUDA-graph replay "
+             "medians), one process. 'maxima': the scale launch stores one max |x| per program and the pass that "
+             "quantizes x reduces them and writes alpha; 'ticket': the launch folds them with an atomic max and its "
+             "last program (a ticket) writes (gs, alpha) (the route before); 'routed': maxima where the launch has "
+             f"at most {routed_cap} programs ('programs'), else the ticket. All three give the same bits (checked per "
+             "row). 'silu_mul(h)': the down projection taking h = [gate, up] (`ops.triton_act_linear`, as GatedMLP; "
+             "its scale launch reads act(h)), bf16 = nn.Linear after torch's silu * up.")
+    if device == "cpu":
+        args.no_write = True
+    publish(args, "Dynamic scale past decode: per-program maxima vs a ticket (benchmarks/linear_bench.py --ab-maxima)",
+            intro, ["m", "n", "k", "input", "route", "scale_programs", "bf16_us", "static_us", "dynamic_maxima_us",
+                    "dynamic_ticket_us", "dynamic_routed_us"],
+            rows, csv_name=f"maxima_ab_{gpu_slug()}.csv",
+            md_header=["M", "N", "K", "input", "GEMM route", "scale programs", "bf16 us", "static us",
+                       "dynamic maxima us", "dynamic ticket us", "dynamic routed us", "ticket - maxima us",
+                       "routed / static", "routed speed-up vs bf16"], md_rows=md)
 
 
 def run_ab_alpha(args):
@@ -1397,6 +1471,8 @@ def main():
               "(-> results/fused_tune_<gpu>.csv)"),
              ("--ab-dynamic", run_ab_dynamic, "dynamic vs static scale, new vs previous dynamic paths "
               "(-> results/dynamic_ab_<gpu>.csv)"),
+             ("--ab-maxima", run_ab_maxima, "dynamic scale past decode: per-program maxima reduced by the pass vs an "
+              "atomic max and ticket (-> results/maxima_ab_<gpu>.csv)"),
              ("--ab-alpha", run_ab_alpha, "dynamic scale on the cuBLAS path: alpha read by cuBLAS vs an fp32 "
               "epilogue vs the Triton GEMM (-> results/alpha_ab_<gpu>.csv)"),
              ("--ab-operands", run_ab_operands, "cuBLAS path: operands in one launch vs two "
