@@ -9,10 +9,10 @@ import torch
 import triton
 
 from . import _interpreter
+from . import maxima as _maxima
 from . import scales as scales_module
 from .act_quantize_launch import ACTS, act_width
 from .launch import CachedLaunch, cdiv, compile_tracing
-from . import maxima as _maxima
 from .maxima import DynamicScale
 from .workspace import scratch_of
 
