@@ -53,14 +53,14 @@ def dynamic_scales(x: torch.Tensor, weight_scale_2: torch.Tensor, act: str | Non
     computed as the activation kernels do (x = [gate, up] for gated acts), without writing it. The
     tensor is per-stream scratch: read it before the next dynamic-scale call on this stream (the
     Linear's next kernel does). config: tiles other than `scale_config`'s (tuning)."""
-    return _dynamic_scales(x, weight_scale_2, act, config)[0].scales
+    return _dynamic_scales(x, weight_scale_2, act, config, maxima=False)[0].scales
 
 
 def dynamic_gs_alpha(x: torch.Tensor, weight_scale_2: torch.Tensor,
                      act: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`dynamic_scales` as the two fp32 [1] tensors (gs, alpha) the Linear's kernels read: views of
     the per-stream scratch made once, not sliced on every call."""
-    s = _dynamic_scales(x, weight_scale_2, act)[0]
+    s = _dynamic_scales(x, weight_scale_2, act, maxima=False)[0]
     return s.gs, s.alpha
 
 
@@ -69,7 +69,7 @@ def dynamic_maxima(x: torch.Tensor, weight_scale_2: torch.Tensor, act: str | Non
     that reduces them (`DynamicScale`): one launch with no atomics on its tail. Eager calls and CUDA
     graphs (under torch.compile M may be symbolic, and the count must be a plain int:
     `dynamic_encode_scale` takes `dynamic_gs_alpha` there)."""
-    s, count = _dynamic_scales(x, weight_scale_2, act, maxima=True)
+    s, count, _ = _dynamic_scales(x, weight_scale_2, act, maxima=True)
     return DynamicScale(s.maxima(count), count, weight_scale_2, s.scales, s.alpha)
 
 
@@ -79,16 +79,22 @@ def dynamic_encode_scale(x: torch.Tensor, weight_scale_2: torch.Tensor,
     `dynamic_maxima` where its launch has at most MAX_MAXIMA programs (the pass then writes alpha),
     else `dynamic_gs_alpha` (its own last program writes both). Under torch.compile always the
     latter: M may be symbolic there, and the maxima's count must be a plain int."""
-    if not compile_tracing() and scale_programs(x.shape[0], x.shape[1], act) <= _maxima.MAX_MAXIMA:
-        d = dynamic_maxima(x, weight_scale_2, act)
-        return d, d.alpha
-    return dynamic_gs_alpha(x, weight_scale_2, act)
+    s, count, maxima = _dynamic_scales(x, weight_scale_2, act, maxima=None)
+    if maxima:
+        return DynamicScale(s.maxima(count), count, weight_scale_2, s.scales, s.alpha), s.alpha
+    return s.gs, s.alpha
 
 
 def scale_programs(m: int, width: int, act: str | None = None) -> int:
     """Programs of the scale launch for x [m, width] (the routed tiles)."""
     k, cfg, per_program, _ = _plan(m, width, act, False, None, False)
-    return cdiv(m, cfg.block_r) * cdiv(k, per_program)
+    grid = _grid(m, k, cfg, per_program)
+    return grid[0] * grid[1]
+
+
+def _grid(m, k, cfg: ScaleConfig, per_program):
+    """A program per BLOCK_R rows and per `per_program` columns."""
+    return (m + cfg.block_r - 1) // cfg.block_r, cdiv(k, per_program), 1
 
 
 _metas: dict = {}  # (width, M class, act, CPU, config, maxima) -> (K, config, columns per program, constexprs)
@@ -108,13 +114,22 @@ def _plan(m, width, act, cpu: bool, config, maxima):
     return plan
 
 
-def _dynamic_scales(x, weight_scale_2, act=None, config: ScaleConfig | None = None, maxima: bool = False):
+def _dynamic_scales(x, weight_scale_2, act=None, config: ScaleConfig | None = None, maxima: bool | None = False):
+    """(scratch, programs, maxima) of one scale launch. maxima None: per-program maxima where the launch
+    has at most MAX_MAXIMA programs and torch.compile is not tracing (`dynamic_encode_scale`), else the
+    ticket's (gs, alpha) in the scratch."""
     m, width = x.shape
     index = x.get_device()  # CUDA device index, -1 on the CPU
     s = scratch_of(x)
-    k, cfg, per_program, meta = _plan(m, width, act, index < 0, config, maxima)
-    grid = ((m + cfg.block_r - 1) // cfg.block_r, cdiv(k, per_program), 1)
+    if maxima is None and compile_tracing():
+        maxima = False
+    k, cfg, per_program, meta = _plan(m, width, act, index < 0, config, bool(maxima))
+    grid = _grid(m, k, cfg, per_program)
     count = grid[0] * grid[1]
+    if maxima is None:  # (the tiles, hence the count, are the same either way)
+        maxima = count <= _maxima.MAX_MAXIMA
+        if maxima:
+            meta = _plan(m, width, act, index < 0, config, True)[3]
     sx = x.stride(0)
     args = (x, weight_scale_2, s.scales, s.maxima(count) if maxima else s.scale_words, m, k, sx, per_program)
     options = dict(_OPTIONS, num_warps=cfg.num_warps)
@@ -126,4 +141,4 @@ def _dynamic_scales(x, weight_scale_2, act=None, config: ScaleConfig | None = No
     else:  # K and x's alignment and row stride: what Triton specializes on besides dtypes
         _launch((index, x.dtype, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1, k, per_program, cfg, meta["ACT"],
                  maxima), grid, args, meta, options)
-    return s, count
+    return s, count, maxima
