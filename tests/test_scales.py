@@ -68,6 +68,14 @@ def test_later_calls_see_their_own_maximum(m, k):
         assert scratch_of(x.to(device)).scale_words.cpu().tolist() == [0, 0, 0]
 
 
+def _poisoned_like(t: torch.Tensor) -> torch.Tensor:
+    """t's shape and dtype, every byte 0xFF (the expected buffers hold NaN, other bits: an element
+    neither call wrote cannot compare equal)."""
+    out = torch.empty_like(t)
+    out.view(torch.uint8).fill_(0xFF)
+    return out
+
+
 def _poisoned_scales(d: kernels.DynamicScale) -> None:
     """NaN in the (gs, alpha) words the consuming pass must write."""
     d.scales.fill_(math.nan)
@@ -89,7 +97,7 @@ def test_maxima_reduced_by_the_pass_give_the_launchs_bits(device, m, k, act, out
     want_scales = kernels.dynamic_scales(x, ws2, act).clone()
     kp = -(-k // 64) * 64
     want = torch.full((m, kp), math.nan, dtype=torch.float16, device=device)
-    got = torch.full_like(want, math.inf)
+    got = _poisoned_like(want)
     if act is None:
         kernels.fake_quantize(x, want_scales[0:1], want, units=True)
     else:
@@ -123,7 +131,7 @@ def test_maxima_reduced_by_the_cublas_operands(device, m, k, rows):
     a_want = torch.full((m, kp), math.nan, dtype=torch.bfloat16, device=device)
     w_want = torch.full((rows, kp), math.nan, dtype=torch.bfloat16, device=device)
     kernels.cublas_operands(x, want_scales[0:1], a_want, wdata, wscale, w_want)
-    a_got, w_got = torch.full_like(a_want, math.inf), torch.full_like(w_want, math.inf)
+    a_got, w_got = _poisoned_like(a_want), _poisoned_like(w_want)
     d = kernels.dynamic_maxima(x, ws2)
     _poisoned_scales(d)
     kernels.cublas_operands(x, d, a_got, wdata, wscale, w_got)
