@@ -411,13 +411,13 @@ def run_ab_maxima(args):
 
     def timed(fn):
         """Timings of fn: per-program maxima always, a ticket always, routed; checked to give the same bits."""
-        out = []
+        out, saved = [], ops.DYNAMIC_MAXIMA
         try:
             for flag, cap in ((True, 1 << 30), (False, routed_cap), (True, routed_cap)):
                 ops.DYNAMIC_MAXIMA, maxima.MAX_MAXIMA = flag, cap
                 out.append((graph_us(fn), fn().clone()))
         finally:
-            ops.DYNAMIC_MAXIMA, maxima.MAX_MAXIMA = True, routed_cap
+            ops.DYNAMIC_MAXIMA, maxima.MAX_MAXIMA = saved, routed_cap
         if any(not torch.equal(y.view(torch.int16), out[0][1].view(torch.int16)) for _, y in out):
             raise AssertionError("the dynamic routes differ")
         return [t for t, _ in out]
