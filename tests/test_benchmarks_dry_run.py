@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
                                   ["linear_bench.py", "--dry-run", "--tune-pass"],
                                   ["linear_bench.py", "--dry-run", "--tune-split"],
                                   ["linear_bench.py", "--dry-run", "--tune-small"],
+                                  ["linear_bench.py", "--dry-run", "--tune-gemv"],
                                   ["linear_bench.py", "--dry-run", "--tune-scale"],
                                   ["linear_bench.py", "--dry-run", "--ab-eager"]],
                          ids=" ".join)
