@@ -195,12 +195,9 @@ GEMV_CONFIGS = [(64, 256, 4, 3, 2), (64, 256, 4, 2, 2), (128, 256, 4, 3, 2), (12
                 *((bn, bk, w, st, 4, True, sk) for bn, bk, w, st, sk in (
                     (16, 512, 4, 3, 1), (16, 1024, 4, 2, 1), (32, 1024, 4, 2, 1), (32, 512, 4, 3, 2), (16, 256, 2, 3, 1),
                     (32, 256, 4, 4, 2), (16, 512, 2, 3, 2), (64, 512, 4, 3, 2))),
-                (16, 512, 4, 3, 4, True), (16, 256, 2, 3, 8, True),
-                # the K loop pipelined by Triton (cp.async into shared memory, loop_stages - 1 tiles ahead, no
-                # registers held for them; session 23); 8th element: GemvConfig.loop_stages
-                *((bn, bk, w, 1, wv, False, 0, ls) for bn, bk, w, wv in (
-                    (64, 256, 4, 4), (32, 512, 4, 4), (64, 512, 4, 2), (64, 128, 4, 4), (32, 256, 4, 8))
-                  for ls in (3, 5))]
+                (16, 512, 4, 3, 4, True), (16, 256, 2, 3, 8, True)]
+# (session 23: the K loop pipelined by Triton, `tl.range(num_stages=)` on the dot-free loop, 3 / 5 stages on five
+# tiles: 1.1-3x slower at M = 1, 4-7x at M = 2-4; results/gemv_tune_h100_loop_stages_removed.csv, commit 6083858)
 
 
 def time_candidates(candidates, copies: int = 1):
@@ -223,18 +220,16 @@ def run_tune_gemv(args):
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     graph_us, _ = timers(device)
     gemv_configs = [kernels.GemvConfig(bn, bk, w, st, waves=wv, prefetch=bool(rest and rest[0]),
-                                       split_k=rest[1] if len(rest) > 1 else 0,
-                                       loop_stages=rest[2] if len(rest) > 2 else 1)
+                                       split_k=rest[1] if len(rest) > 1 else 0)
                     for bn, bk, w, st, wv, *rest in GEMV_CONFIGS]
     name_of = {cfg: f"gemv bn{cfg.block_n} bk{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} "
                     + (f"split{cfg.split_k}" if cfg.split_k else f"waves{cfg.waves}")
-                    + (" prefetch" if cfg.prefetch else "")
-                    + (f" ls{cfg.loop_stages}" if cfg.loop_stages > 1 else "") for cfg in gemv_configs}
+                    + (" prefetch" if cfg.prefetch else "") for cfg in gemv_configs}
     if args.tiles:
         gemv_configs = [cfg for cfg in gemv_configs if any(t in name_of[cfg] for t in args.tiles)]
-    if device == "cpu":  # dry run: a prefetching tile, a pipelined one, tiny shapes
+    if device == "cpu":  # dry run: two tiles (one prefetching), tiny shapes
         gemv_configs = [cfg for cfg in gemv_configs if cfg.block_n == 64 and cfg.block_k == 128][:1] + \
-            [cfg for cfg in gemv_configs if cfg.loop_stages > 1][:1]
+            [cfg for cfg in gemv_configs if cfg.prefetch][:1]
     ms = sorted(set([1, 2] if device == "cpu" else (args.m or (1, 2, 4))))
     suffix = "" if ms == [1, 2, 4] or (args.update and max(ms) <= 4) else "_m" + "-".join(map(str, ms))
     path = args.results_dir / f"gemv_tune_{gpu_slug()}{suffix}.csv"

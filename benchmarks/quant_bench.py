@@ -52,9 +52,6 @@ VARIANTS = {
     "default+r4": dict(recipe=4, words=True, grid_2d=True, persistent=0),
     "default+r4+p4": dict(recipe=4, words=True, grid_2d=True, persistent=4),
     "default+r4+halves": dict(recipe=4, words=True, grid_2d=True, persistent=0, halves=True),
-    # persistent programs whose next tiles are copied ahead by Triton's pipeliner (session 23)
-    "default+p2+st3": dict(recipe=2, words=True, grid_2d=True, persistent=2, stages=3),
-    "default+p4+st3": dict(recipe=2, words=True, grid_2d=True, persistent=4, stages=3),
 }
 WIDE_TILES = [(8, 512, 2), (16, 128, 2), (16, 256, 2), (16, 512, 4), (2, 4096, 4), (4, 2048, 4), (16, 128, 4), (8, 128, 2),
               (8, 256, 4), (16, 256, 4), (32, 128, 4), (8, 128, 4)]  # (the last six: fewer registers a thread)

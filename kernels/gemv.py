@@ -153,7 +153,6 @@ def nvfp4_gemv_kernel(
     EVEN_K: tl.constexpr,  # Kp % BLOCK_K == 0
     USE_ASM: tl.constexpr,  # fp16x2 PTX (GPU); False: the portable path
     PREFETCH: tl.constexpr,  # load K tile i + 1 before the math of tile i
-    LOOP_STAGES: tl.constexpr,  # > 1: K tiles in flight through Triton's pipeliner (cp.async to shared memory)
     DYNAMIC: tl.constexpr,  # gs and alpha from max |x|, computed by every program (x is tiny at decode)
     AMAX_BLOCK: tl.constexpr,  # DYNAMIC: columns per load of the max |x| pass
     AMAX_CHUNKS: tl.constexpr,  # DYNAMIC: cdiv(K, AMAX_BLOCK), unrolled so that every load is in flight at once
@@ -191,10 +190,7 @@ def nvfp4_gemv_kernel(
     else:
         gs = tl.load(scale_ptr)
         alpha = tl.load(alpha_ptr)
-    # A loop with its own num_stages is pipelined although no dot consumes its loads (Triton pipelines
-    # dot-free loops only when asked): LOOP_STAGES - 1 K tiles are copied ahead into shared memory, no
-    # registers held for them. 1 leaves the loop as written.
-    for k0 in tl.range(k_begin, k_end, BLOCK_K, num_stages=LOOP_STAGES):
+    for k0 in range(k_begin, k_end, BLOCK_K):
         if PREFETCH:
             # Triton's pipeliner leaves this loop's loads (no dot) where they are, so a warp would wait out
             # a DRAM round trip every K tile: the next tile's loads go out before this tile's math

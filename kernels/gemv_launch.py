@@ -34,7 +34,6 @@ class GemvConfig:
     waves: int = 2
     use_asm: bool = True  # fp16x2 PTX on the GPU (the CPU always takes the portable path)
     prefetch: bool = False  # load K tile i + 1 before the math of tile i (registers; kernels/gemv.py)
-    loop_stages: int = 1  # > 1: the K loop pipelined by Triton (cp.async, loop_stages - 1 tiles ahead); not with prefetch
 
 
 def gemv_config(n: int, kp: int, m_rows: int, device_type: str) -> GemvConfig:
@@ -93,12 +92,8 @@ def _plan(device, n, k, kp, m_rows, has_bias, config, dtypes, dynamic=False):
         config = gemv_config(n, kp, m_rows, device.type)
     if config.block_k % 64:
         raise ValueError(f"block_k must be a multiple of 64, got {config.block_k}")
-    if config.loop_stages < 1 or (config.loop_stages > 1 and config.prefetch):
-        raise ValueError(f"loop_stages must be >= 1, and 1 with prefetch; got {config.loop_stages} "
-                         f"(prefetch={config.prefetch})")
     return single_launch_plan(device, n, k, kp, config, dtypes, MAX_M, _launch_ids, M_ROWS=m_rows, HAS_BIAS=has_bias,
                               USE_ASM=config.use_asm and device.type == "cuda", PREFETCH=config.prefetch,
-                              LOOP_STAGES=config.loop_stages,
                               DYNAMIC=dynamic, **amax_reads(k, dynamic))
 
 

@@ -166,7 +166,6 @@ def nvfp4_pad_quantize_kernel(
     RECIPE: tl.constexpr = 2,
     PERSISTENT: tl.constexpr = 0,
     ONE_PAD_TILE: tl.constexpr = 0,  # GRID_2D: one program per k column zeroes the padding rows
-    STAGES: tl.constexpr = 1,  # PERSISTENT: > 1, the m loop pipelined by Triton (tiles copied ahead into shared memory)
 ):
     NB: tl.constexpr = BLOCK_K // 16
     if WORDS:  # K_MULT and XM_MULT are even: the loads count words
@@ -188,24 +187,14 @@ def nvfp4_pad_quantize_kernel(
             first = tl.program_id(1)
             step = tl.num_programs(1)
             gs = tl.load(global_scale_ptr)
-            if STAGES > 1:
-                # STAGES - 1 tiles in flight through cp.async, no registers held for them (Triton pipelines a
-                # loop without a dot only when the loop asks for stages)
-                for pid_m in tl.range(first, n_m_tiles, step, num_stages=STAGES):
-                    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-                    tile = load_tile(x_ptr, rows, blocks, M, K_units, stride_units, WORDS, HALVES)
-                    quantize_store(tile, gs, data_ptr, scale_ptr, rows, blocks, M, Kp, S4, scale_rows, SF_ROW_TILE,
-                                   WORDS, RECIPE, HALVES)
-            else:
-                tile = load_tile(x_ptr, first * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M, K_units, stride_units, WORDS,
-                                 HALVES)
-                for pid_m in tl.range(first, n_m_tiles, step, num_stages=1):
-                    # the next tile's load is in flight during this tile's math (rows >= M: no traffic)
-                    following = load_tile(x_ptr, (pid_m + step) * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M, K_units,
-                                          stride_units, WORDS, HALVES)
-                    quantize_store(tile, gs, data_ptr, scale_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M,
-                                   Kp, S4, scale_rows, SF_ROW_TILE, WORDS, RECIPE, HALVES)
-                    tile = following
+            tile = load_tile(x_ptr, first * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M, K_units, stride_units, WORDS, HALVES)
+            for pid_m in tl.range(first, n_m_tiles, step, num_stages=1):
+                # the next tile's load is in flight during this tile's math (rows >= M: no traffic)
+                following = load_tile(x_ptr, (pid_m + step) * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M, K_units,
+                                       stride_units, WORDS, HALVES)
+                quantize_store(tile, gs, data_ptr, scale_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), blocks, M,
+                                Kp, S4, scale_rows, SF_ROW_TILE, WORDS, RECIPE, HALVES)
+                tile = following
             for pid_m in tl.range(n_m_tiles + first, n_m_all, step, num_stages=1):
                 store_zero_scales(scale_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), blocks, S4, scale_rows,
                                    SF_ROW_TILE)

@@ -24,15 +24,12 @@ class QuantConfig:
     recipe: int = 1  # 1, 2 or 4 (kernels/quantize.py, RECIPE)
     persistent: int = 0  # > 0: with grid_2d, this many programs per SM walk the m tiles
     halves: bool = False  # whole blocks per thread, loaded as two 16-byte halves (lanes along blocks)
-    stages: int = 1  # with persistent: > 1, tiles copied ahead by Triton's pipeliner instead of one in registers
 
     def __post_init__(self):
         if self.recipe not in (1, 2, 4):
             raise ValueError(f"recipe must be 1, 2 or 4 (kernels/quantize.py), got {self.recipe}")
         if self.block_k % 64:
             raise ValueError(f"block_k must be a multiple of 64, got {self.block_k}")
-        if self.stages < 1 or (self.stages > 1 and not (self.persistent and self.grid_2d)):
-            raise ValueError(f"stages must be >= 1, and > 1 only with persistent and grid_2d, got {self.stages}")
 
     @property
     def label(self) -> str:
@@ -40,12 +37,10 @@ class QuantConfig:
                                                        ("halves", self.halves)) if on]
         if self.persistent:
             flags.append(f"p{self.persistent}")
-        if self.stages > 1:
-            flags.append(f"st{self.stages}")
         return f"{self.block_m}x{self.block_k}w{self.num_warps}:" + ",".join(flags)
 
 
-BASELINE = dict(grid_2d=False, words=False, recipe=1, persistent=0, halves=False, stages=1)  # QuantConfig(..., **BASELINE)
+BASELINE = dict(grid_2d=False, words=False, recipe=1, persistent=0, halves=False)  # QuantConfig(..., **BASELINE)
 
 # H100 defaults, each the fastest of `quant_bench.py --configs` (variants x tiles, every one checked
 # bit for bit first; CUDA-graph medians, benchmarks/results/quant_configs_h100.csv and RESULTS.md):
@@ -94,8 +89,7 @@ def kernel_meta(config: QuantConfig, *, k: int, stride: int, m: int, dtype=torch
         sf_row_tile * config.block_k // 16 <= 8 * 32 * config.num_warps
     return dict(K_MULT=k_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, BLOCK_M=config.block_m,
                 BLOCK_K=config.block_k, GRID_2D=int(config.grid_2d), WORDS=int(words), HALVES=int(config.halves),
-                RECIPE=config.recipe, PERSISTENT=int(persistent), ONE_PAD_TILE=int(one_pad),
-                STAGES=config.stages if persistent else 1)
+                RECIPE=config.recipe, PERSISTENT=int(persistent), ONE_PAD_TILE=int(one_pad))
 
 
 def pad_quantize(x, global_scale, data, scale, *, sf_row_tile: int, config: QuantConfig | None = None):

@@ -894,17 +894,6 @@ def test_single_launch_kernels_refuse_more_rows_than_they_take(device):
             fn(x, *args, torch.empty(max_m + 1, 64, device=device))
 
 
-def test_gemv_refuses_a_pipelined_loop_with_prefetch(device):
-    """Registers one tile ahead and Triton's copies ahead are two ways to do one thing; asked for both,
-    the launcher says which argument is wrong instead of compiling a loop that waits twice."""
-    layer, _, _ = layer_for(64, 128, device)
-    x = torch.randn(2, 128, device=device)
-    for cfg in (kernels.GemvConfig(32, 64, 4, 1, prefetch=True, loop_stages=3), kernels.GemvConfig(32, 64, 4, 1,
-                                                                                                      loop_stages=0)):
-        with pytest.raises(ValueError, match="loop_stages"):
-            _gemv(layer, x, torch.empty(2, 64, device=device), cfg)
-
-
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 16])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_gemv_matches_fp64_and_writes_every_element(device, m, dtype):
@@ -917,15 +906,13 @@ def test_gemv_matches_fp64_and_writes_every_element(device, m, dtype):
     check(out, ref, bound, dtype)
 
 
-@pytest.mark.parametrize("split_k, prefetch, loop_stages", [(1, False, 1), (3, False, 1), (1, True, 1), (3, True, 1),
-                                                            (1, False, 3), (3, False, 4)])
-def test_gemv_uneven_k_tiles_strided_rows_and_split_k(device, split_k, prefetch, loop_stages):
+@pytest.mark.parametrize("split_k, prefetch", [(1, False), (3, False), (1, True), (3, True)])
+def test_gemv_uneven_k_tiles_strided_rows_and_split_k(device, split_k, prefetch):
     m, n, k = 3, 40, 190  # Kp 192: one full 128-wide tile and a masked half tile
     layer, ckpt, q = layer_for(n, k, device, seed=split_k)
     big = torch.randn(m, k + 30, generator=torch.Generator().manual_seed(5)).to(device)
     x = big[:, 11 : 11 + k]  # row stride k + 30
-    cfg = kernels.GemvConfig(32, 128, 4, 1, split_k=split_k, use_asm=device.type == "cuda", prefetch=prefetch,
-                             loop_stages=loop_stages)
+    cfg = kernels.GemvConfig(32, 128, 4, 1, split_k=split_k, use_asm=device.type == "cuda", prefetch=prefetch)
     out_big = torch.full((m, n + 8), math.nan, device=device)
     out = out_big[:, :n]
     _gemv(layer, x, out, cfg)
@@ -951,15 +938,13 @@ def test_gemv_nan_rows_stay_visible(device):
 @pytest.mark.parametrize("m", [1, 2, 4])
 def test_gpu_gemv_fp16x2_ptx_equals_the_portable_path(m):
     """The inline-PTX path and the portable one (what the CPU runs) give the same bits on the GPU,
-    with and without the next K tile's loads issued early, or several K tiles copied ahead by Triton's
-    pipeliner."""
+    with and without the next K tile's loads issued early."""
     n, k = 1288, 2688
     layer, ckpt, q = layer_for(n, k, "cuda", seed=m)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
     outs = []
-    for use_asm, prefetch, stages in ((True, False, 1), (False, False, 1), (True, True, 1), (False, True, 1),
-                                      (True, False, 3), (True, False, 5)):
-        cfg = kernels.GemvConfig(64, 256, 4, 3, use_asm=use_asm, prefetch=prefetch, loop_stages=stages)
+    for use_asm, prefetch in ((True, False), (False, False), (True, True), (False, True)):
+        cfg = kernels.GemvConfig(64, 256, 4, 3, use_asm=use_asm, prefetch=prefetch)
         outs.append(_gemv(layer, x, torch.full((m, n), math.nan, device="cuda"), cfg))
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])

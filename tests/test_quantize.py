@@ -126,8 +126,6 @@ VARIANTS = [
     QuantConfig(4, 128, 4, **dict(BASELINE, recipe=2, halves=True)),
     QuantConfig(16, 128, 2, grid_2d=True, words=True, recipe=4),  # signs placed a word at a time
     QuantConfig(8, 256, 2, grid_2d=True, words=True, recipe=4, halves=True),
-    QuantConfig(8, 128, 4, grid_2d=True, words=True, recipe=2, persistent=1, stages=3),  # tiles copied ahead
-    QuantConfig(4, 256, 2, grid_2d=True, words=True, recipe=4, persistent=2, stages=4, halves=True),
 ]
 
 
@@ -256,5 +254,3 @@ def test_quant_config_refuses_unknown_recipes_and_ragged_tiles():
         QuantConfig(16, 128, 2, recipe=3)
     with pytest.raises(ValueError, match="block_k must be a multiple of 64"):
         QuantConfig(16, 96, 2)
-    with pytest.raises(ValueError, match="stages"):  # only a persistent program's loop has tiles to copy ahead
-        QuantConfig(16, 128, 2, grid_2d=True, stages=3)
