@@ -1063,10 +1063,9 @@ DECODE_AB_CONFIGS = [(16, 64, 256, 4, 3, True, 2), (16, 64, 256, 4, 3, True, 3),
                      (16, 128, 128, 2, 3, False, 2), (16, 32, 256, 1, 3, False, 4), (16, 32, 256, 1, 3, False, 8),
                      (16, 64, 256, 4, 3, True, 2, True), (16, 64, 256, 4, 3, True, 3, True),
                      (16, 64, 128, 4, 4, True, 2, True), (16, 64, 512, 4, 3, True, 2, True),
-                     (16, 64, 256, 2, 3, False, 2, True), (16, 64, 256, 2, 3, False, 3, True),
-                     # the K loop in registers, tile i + 1 loaded before tile i's math (GemmConfig.reg_prefetch)
-                     (16, 64, 256, 4, 1, True, 2, True, True), (16, 64, 256, 4, 1, True, 3, True, True),
-                     (16, 64, 128, 4, 1, True, 3, True, True), (16, 64, 128, 4, 1, True, 4, True, True)]
+                     (16, 64, 256, 2, 3, False, 2, True), (16, 64, 256, 2, 3, False, 3, True)]
+# (session 23: the mma16 tile's K loop in registers, tile i + 1 loaded before tile i's math: 1.4-1.75x slower,
+# results/decode_regpf_h100_removed.csv, commit f707f6c)
 
 
 def run_ab_decode(args):
@@ -1091,11 +1090,9 @@ def run_ab_decode(args):
             for bm, bn, bk, w, st, right, pps, *mma16 in DECODE_AB_CONFIGS:
                 if bk > kp or (kp % bk and not args.ragged_k):
                     continue
-                regpf = len(mma16) > 1 and mma16[1]
                 cfg = kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, programs_per_sm=pps, predequant_a=True,
-                                         w_operand_b=right, a_mma16=bool(mma16 and mma16[0]), reg_prefetch=regpf)
-                label = (f"{'right' if right else 'left'} {bm}x{bn}x{bk} w{w} s{st} {pps}/SM{' mma16' if mma16 else ''}"
-                         f"{' regpf' if regpf else ''}")
+                                         w_operand_b=right, a_mma16=bool(mma16))
+                label = f"{'right' if right else 'left'} {bm}x{bn}x{bk} w{w} s{st} {pps}/SM{' mma16' if mma16 else ''}"
                 res.append((cand.two_launches(cfg), f"two launches {label}"))
                 if not mma16:
                     res.append((cand.one_launch(cfg), f"one launch {label}"))

@@ -96,7 +96,6 @@ def nvfp4_gemm_kernel(
     GATED: tl.constexpr = 0,  # ACT: x = [gate, up], up K columns to the right of gate
     BF16_BITS: tl.constexpr = 0,  # ACT: bf16 rounding on the bits (the interpreter truncates its casts)
     FMA_EPILOGUE: tl.constexpr = 0,  # compiled without FMA contraction (ACT): the epilogue's FFMA written out
-    PREFETCH: tl.constexpr = 0,  # GemmConfig.reg_prefetch: the decode tile's K loop unpipelined, tile i + 1 loaded in registers
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -147,70 +146,55 @@ def nvfp4_gemm_kernel(
         unit = 8
     else:
         unit = 2
-    if PREFETCH:
-        # The decode tile (A pre-dequantized in mma16 order, word decode, the weight the right operand)
-        # without Triton's cp.async ring: tile i + 1's words, scales and A go out before tile i's math,
-        # straight into registers (no shared-memory round trip, no CTA barrier a K tile). The last
-        # iteration reloads its own tile instead of reading past the split (EVEN_K: whole tiles).
-        w_next, sf_next, a_next = _decode_tile_loads(a_ptr, w_rows, w_sf_rows, n_ok, rb, rs, pid_m, k_begin, Kp,
-                                                     BLOCK_K, A_ORDER)
-        for k0 in tl.range(k_begin, k_end, BLOCK_K, num_stages=1):
-            w_packed, w_sf, a = w_next, sf_next, a_next
-            w_next, sf_next, a_next = _decode_tile_loads(a_ptr, w_rows, w_sf_rows, n_ok, rb, rs, pid_m,
-                                                         tl.minimum(k0 + BLOCK_K, k_end - BLOCK_K), Kp, BLOCK_K,
-                                                         A_ORDER)
-            w = dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
-            acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.float32)
-    else:
-        for k0 in range(k_begin, k_end, BLOCK_K):
-            s = k0 // 16 + rs
-            k_ok_b = (k0 // unit + rb) < Kp // unit
-            k_ok_s = s < S4
-            if EVEN_K:  # every split covers whole K tiles: no K masks
-                k_ok_b = k_ok_b | True
-                k_ok_s = k_ok_s | True
-            w_packed = tl.load(w_rows + k0 // unit + rb[None, :], mask=n_ok[:, None] & k_ok_b[None, :], other=0)
-            w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
-            if QUANTIZE_X:  # the values `fake_quantize(units=True)` writes, here in registers (word order)
-                rk = k0 + tl.arange(0, BLOCK_K)
-                if ACT >= 0:  # act(x) rounded to x's dtype, as `act_fake_quantize` takes it
-                    x = _act_tile(a_ptr, rm[:, None], rk[None, :], M, K, stride_xm, ACT, GATED, BF16_BITS)
-                else:
-                    x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0).to(tl.float32)
-                a = fake_quantize_tile(x, gs, True, BLOCK_M, BLOCK_K)
-            elif (A_ORDER == 1) | (A_ORDER == 2):  # a `layout.mma16_offset` order: one 16-byte run per MMA fragment (no register moves)
-                a = load_mma16_tile(a_ptr.to(tl.pointer_type(tl.float16)), pid_m, k0, Kp, BLOCK_K, A_ORDER, EVEN_K)
-            elif PREDEQUANT_A:  # row-major (A_ORDER 3: columns in `layout.rs_col` order)
-                rk = k0 + tl.arange(0, BLOCK_K)
-                a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],
-                            mask=m_ok[:, None] & (rk < Kp)[None, :], other=0.0)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        s = k0 // 16 + rs
+        k_ok_b = (k0 // unit + rb) < Kp // unit
+        k_ok_s = s < S4
+        if EVEN_K:  # every split covers whole K tiles: no K masks
+            k_ok_b = k_ok_b | True
+            k_ok_s = k_ok_s | True
+        w_packed = tl.load(w_rows + k0 // unit + rb[None, :], mask=n_ok[:, None] & k_ok_b[None, :], other=0)
+        w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
+        if QUANTIZE_X:  # the values `fake_quantize(units=True)` writes, here in registers (word order)
+            rk = k0 + tl.arange(0, BLOCK_K)
+            if ACT >= 0:  # act(x) rounded to x's dtype, as `act_fake_quantize` takes it
+                x = _act_tile(a_ptr, rm[:, None], rk[None, :], M, K, stride_xm, ACT, GATED, BF16_BITS)
             else:
-                a_packed = tl.load(a_rows + k0 // unit + rb[None, :], mask=m_ok[:, None] & k_ok_b[None, :], other=0)
-                a_sf = tl.load(a_scale_ptr + a_sf_row[:, None] + col_part_128x4(s)[None, :],
-                               mask=m_ok[:, None] & k_ok_s[None, :], other=0)
-                if WORD_DECODE:
-                    a = dequant_words(a_packed, a_sf, BLOCK_M, BLOCK_K, True)
-                else:
-                    a = dequant_bytes(a_packed, a_sf, BLOCK_M, BLOCK_K, True)
-            # weight scales are validated at load (no E4M3 NaN): no NaN check
+                x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0).to(tl.float32)
+            a = fake_quantize_tile(x, gs, True, BLOCK_M, BLOCK_K)
+        elif (A_ORDER == 1) | (A_ORDER == 2):  # a `layout.mma16_offset` order: one 16-byte run per MMA fragment (no register moves)
+            a = load_mma16_tile(a_ptr.to(tl.pointer_type(tl.float16)), pid_m, k0, Kp, BLOCK_K, A_ORDER, EVEN_K)
+        elif PREDEQUANT_A:  # row-major (A_ORDER 3: columns in `layout.rs_col` order)
+            rk = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],
+                        mask=m_ok[:, None] & (rk < Kp)[None, :], other=0.0)
+        else:
+            a_packed = tl.load(a_rows + k0 // unit + rb[None, :], mask=m_ok[:, None] & k_ok_b[None, :], other=0)
+            a_sf = tl.load(a_scale_ptr + a_sf_row[:, None] + col_part_128x4(s)[None, :],
+                           mask=m_ok[:, None] & k_ok_s[None, :], other=0)
             if WORD_DECODE:
-                w = dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
+                a = dequant_words(a_packed, a_sf, BLOCK_M, BLOCK_K, True)
             else:
-                w = dequant_bytes(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
-            if RS_ORDER:  # the K order of `gemm_wgmma.nvfp4_gemm_wgmma_rs_kernel`'s register operand, on both sides
-                w = to_rs_order(w, BLOCK_N, BLOCK_K)
-                if A_ORDER != 3:  # (A_ORDER 3: A stored in that order)
-                    a = to_rs_order(a, BLOCK_M, BLOCK_K)
-            if W_OPERAND_B:
-                # out = A @ W^T, the decoded weight the right operand: with 16-token tiles (mma.sync) Triton
-                # decodes the weight words straight into the operand's registers; with 64+ (wgmma) it stores
-                # the tile to shared memory once and the K tile's MMAs issue back to back.
-                acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.float32)
-            else:
-                # out^T = W @ A^T: the weight tile, decoded in registers, is the MMA's left operand (the
-                # 64-row side of wgmma: Triton moves it into the operand layout through shared memory and
-                # waits on every MMA), and a handful of tokens fits the right operand's small N.
-                acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.float32)
+                a = dequant_bytes(a_packed, a_sf, BLOCK_M, BLOCK_K, True)
+        # weight scales are validated at load (no E4M3 NaN): no NaN check
+        if WORD_DECODE:
+            w = dequant_words(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
+        else:
+            w = dequant_bytes(w_packed, w_sf, BLOCK_N, BLOCK_K, False)
+        if RS_ORDER:  # the K order of `gemm_wgmma.nvfp4_gemm_wgmma_rs_kernel`'s register operand, on both sides
+            w = to_rs_order(w, BLOCK_N, BLOCK_K)
+            if A_ORDER != 3:  # (A_ORDER 3: A stored in that order)
+                a = to_rs_order(a, BLOCK_M, BLOCK_K)
+        if W_OPERAND_B:
+            # out = A @ W^T, the decoded weight the right operand: with 16-token tiles (mma.sync) Triton
+            # decodes the weight words straight into the operand's registers; with 64+ (wgmma) it stores
+            # the tile to shared memory once and the K tile's MMAs issue back to back.
+            acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.float32)
+        else:
+            # out^T = W @ A^T: the weight tile, decoded in registers, is the MMA's left operand (the
+            # 64-row side of wgmma: Triton moves it into the operand layout through shared memory and
+            # waits on every MMA), and a handful of tokens fits the right operand's small N.
+            acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.float32)
     if W_OPERAND_B:
         acc = tl.trans(acc)  # the epilogue and the split-K partials take [BLOCK_N, BLOCK_M]
 
@@ -232,17 +216,6 @@ def nvfp4_gemm_kernel(
             # ready for the next call; relaxed (no fence before it on the tail of the launch): nothing in this
             # launch reads the ticket again, and the next launch starts after this one ends
             tl.atomic_xchg(ticket_ptr + pid, 0, sem="relaxed", scope="gpu")
-
-
-@triton.jit
-def _decode_tile_loads(a_ptr, w_rows, w_sf_rows, n_ok, rb, rs, pid_m, k0, Kp, BLOCK_K: tl.constexpr,
-                       A_ORDER: tl.constexpr):
-    """The decode tile's loads for the K tile at k0 (whole, inside Kp): weight words, weight scale
-    bytes (rows from N on read as 0), and A's 16 x BLOCK_K fp16 units in mma16 order."""
-    w_packed = tl.load(w_rows + k0 // 8 + rb[None, :], mask=n_ok[:, None], other=0)
-    w_sf = tl.load(w_sf_rows + (k0 // 16 + rs)[None, :], mask=n_ok[:, None], other=0)
-    a = load_mma16_tile(a_ptr.to(tl.pointer_type(tl.float16)), pid_m, k0, Kp, BLOCK_K, A_ORDER, True)
-    return w_packed, w_sf, a
 
 
 @triton.jit

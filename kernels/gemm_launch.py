@@ -64,16 +64,8 @@ class GemmConfig:
     # With wgmma_stages: cap the Gluon kernel's registers a thread (ptxas maxnreg; 0: the compiler's
     # choice), e.g. 128 so that two 8-warp CTAs fit on an SM.
     max_registers: int = 0
-    # The decode tile (a_mma16, w_operand_b, predequant_a) with its K loop left to registers: tile i + 1's
-    # words, scales and A loaded before tile i's math instead of Triton's cp.async ring (no shared-memory
-    # round trip, no CTA barrier a K tile). Needs whole K tiles in every split (Kp % block_k == 0).
-    reg_prefetch: bool = False
 
     def __post_init__(self):
-        if self.reg_prefetch and not (self.a_mma16 and self.w_operand_b and self.predequant_a and self.word_decode
-                                      and not self.wgmma_stages):
-            raise ValueError("reg_prefetch needs the decode tile: a_mma16, w_operand_b, predequant_a, word_decode, "
-                             "no wgmma_stages")
         if self.a_mma16 and self.block_m != 16:
             raise ValueError(f"a_mma16 needs block_m 16, got {self.block_m}")
         if self.w_registers:
@@ -422,8 +414,7 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
                 DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1, W_OPERAND_B=config.w_operand_b,
                 A_ORDER=a_order if a_mode == _UNITS else 0, RS_ORDER=config.w_registers,
-                **amax_reads(amax[1] if amax else 0, amax is not None), ACT=-1, GATED=0, BF16_BITS=0, FMA_EPILOGUE=0,
-                PREFETCH=int(config.reg_prefetch and a_mode == _UNITS and config.a_mma16 and kp % config.block_k == 0))
+                **amax_reads(amax[1] if amax else 0, amax is not None), ACT=-1, GATED=0, BF16_BITS=0, FMA_EPILOGUE=0)
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     if act is not None:  # the activation's IEEE ops in torch's order, as the activation pass compiles them
         code, gated = ACTS[act]

@@ -146,13 +146,7 @@ def mma16_order(a: torch.Tensor, order: int) -> torch.Tensor:
     kernels.GemmConfig(16, 32, 64, 4, 2, split_k=2, predequant_a=True, w_operand_b=True, a_mma16=True),
     kernels.GemmConfig(16, 64, 256, 2, 3, split_k=0, predequant_a=True, a_mma16=True),
     kernels.GemmConfig(16, 64, 128, 1, 3, split_k=3, predequant_a=True, a_mma16=True),
-    # the K loop in registers (Kp 1408: whole 128-wide tiles; the 3 splits of 4, 4, 3 tiles)
-    kernels.GemmConfig(16, 64, 128, 4, 1, split_k=3, predequant_a=True, w_operand_b=True, a_mma16=True,
-                       reg_prefetch=True),
-    kernels.GemmConfig(16, 32, 64, 4, 1, split_k=1, predequant_a=True, w_operand_b=True, a_mma16=True,
-                       reg_prefetch=True),
-], ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}w{c.num_warps}{'b' if c.w_operand_b else ''}"
-                 f"{'-regpf' if c.reg_prefetch else ''}")
+], ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}w{c.num_warps}{'b' if c.w_operand_b else ''}")
 @pytest.mark.parametrize("m", [1, 5, 16, 17, 40])
 def test_a_in_mma16_order(device, config, m):
     """`fake_quantize(a_order=...)` writes the pass's values in the mma16 order of the GEMM's operand
@@ -175,7 +169,7 @@ def test_a_in_mma16_order(device, config, m):
     assert torch.equal(a16.cpu().flatten()[written].view(torch.int16), want_order[written].view(torch.int16))
     assert a16.cpu().flatten()[~written].isnan().all()  # rows past M: untouched
     want = torch.full((m, n), float("nan"), device=device)
-    row_major = dataclasses.replace(config, a_mma16=False, reg_prefetch=False)
+    row_major = dataclasses.replace(config, a_mma16=False)
     kernels.nvfp4_gemm_dequantized_a(a, w, ws, alpha, None, want, config=row_major)
     got = torch.full((m, n), float("nan"), device=device)
     kernels.nvfp4_gemm_dequantized_a(a16, w, ws, alpha, None, got, config=config)
