@@ -414,127 +414,6 @@ def run_ab_dynamic(args):
                        "previous path"], md_rows=md)
 
 
-OVERLAP_SHAPES = [(1288, 2688), (2688, 464), (2576, 2688), (4096, 4096), (8192, 3696)]
-
-
-class OverlappedCublas:
-    """Prototype (benchmark only) of the cuBLAS path with x's row blocks quantized beside cuBLAS: the
-    first launch writes row block 0's values and the dequantized weight (one chunk: the shapes here fit
-    `ops.CUBLAS_CHUNK_BYTES`), a low-priority stream quantizes row blocks 1.. while a high-priority one
-    runs cuBLAS block by block, told to leave `carve` SMs free (`cublasSetSmCountTarget`). Static scale,
-    no bias. On the CPU the same blocks run in order on one stream (the dry run checks the values)."""
-
-    def __init__(self, layer, x, n, parts: int, carve: int):
-        self.layer, self.x, self.n, self.parts, self.carve = layer, x, n, parts, carve
-        m, k = x.shape
-        kp = layer.k_padded
-        self.a = torch.empty(m, ops.cublas_k(k, kp), dtype=x.dtype, device=x.device)
-        self.w = torch.empty(n, kp, dtype=x.dtype, device=x.device)
-        self.out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-        step = -(-(-(-m // parts)) // 128) * 128  # row blocks of whole 128s
-        self.bounds = [(r, min(m, r + step)) for r in range(0, m, step)]
-        self.cuda = x.is_cuda
-        if self.cuda:
-            self.hi, self.lo = torch.cuda.Stream(priority=-1), torch.cuda.Stream(priority=0)
-            self.events = [torch.cuda.Event() for _ in self.bounds]
-            self.sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-            self.set_target = self._sm_target_fn()
-
-    @staticmethod
-    def _sm_target_fn():
-        import ctypes
-
-        from fp4linear import cublas_alpha
-        for path in cublas_alpha._loaded_cublas_paths():
-            try:
-                fn = ctypes.CDLL(path).cublasSetSmCountTarget
-            except (OSError, AttributeError):
-                continue
-            return lambda count: fn(ctypes.c_void_p(torch.cuda.current_blas_handle()), count)
-        raise RuntimeError("cublasSetSmCountTarget not found")
-
-    def _mm(self, r0, r1):
-        o = self.out[r0:r1]
-        w = self.w[:, : self.a.shape[1]]
-        torch.addmm(o, self.a[r0:r1], w.t(), beta=0, alpha=self.layer._alpha_host, out=o)
-
-    def __call__(self):
-        layer, x, a = self.layer, self.x, self.a
-        (b0, b1), rest = self.bounds[0], self.bounds[1:]
-        gs = layer.input_global_scale
-        if not self.cuda:
-            kernels.cublas_operands(x[b0:b1], gs, a[b0:b1], layer.weight, layer.weight_scale, self.w)
-            for r0, r1 in rest:
-                kernels.fake_quantize(x[r0:r1], gs, a[r0:r1], units=False)
-            for r0, r1 in self.bounds:
-                self._mm(r0, r1)
-            return self.out
-        cur = torch.cuda.current_stream()
-        self.hi.wait_stream(cur)
-        self.lo.wait_stream(cur)
-        with torch.cuda.stream(self.lo):
-            for (r0, r1), ev in zip(rest, self.events):
-                kernels.fake_quantize(x[r0:r1], gs, a[r0:r1], units=False)
-                ev.record(self.lo)
-        with torch.cuda.stream(self.hi), ops._fp32_reductions(x.dtype):
-            kernels.cublas_operands(x[b0:b1], gs, a[b0:b1], layer.weight, layer.weight_scale, self.w)
-            self.set_target(self.sms - self.carve if self.carve else 0)
-            try:
-                for i, (r0, r1) in enumerate(self.bounds):
-                    if i:
-                        self.hi.wait_event(self.events[i - 1])
-                    self._mm(r0, r1)
-            finally:
-                self.set_target(0)
-        cur.wait_stream(self.hi)
-        cur.wait_stream(self.lo)
-        return self.out
-
-
-def run_ab_overlap(args):
-    """Prefill on the cuBLAS path (issue 10): the routed layer (operands launch, then cuBLAS) against the
-    `OverlappedCublas` prototype per (row blocks, SMs left free), nn.Linear bf16 in the same process;
-    device time per layer (CUDA-graph replays), static scale, bf16, no bias; each prototype's output
-    checked against the routed one (a tolerance: other cuBLAS kernels sum in another order)
-    (-> results/overlap_ab_<gpu>.csv)."""
-    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
-    graph_us, _ = timers(device)
-    shapes = [(72, 80)] if device == "cpu" else (args.shapes or OVERLAP_SHAPES)
-    ms = [300] if device == "cpu" else (args.m or [2048, 4096, 8192])
-    variants = [(2, 0), (2, 16)] if device == "cpu" else [(2, 0), (2, 16), (4, 0), (4, 16), (4, 24), (8, 16)]
-    rows = []
-    for n, k in tqdm(shapes, desc="overlap a/b", file=sys.stderr):
-        lin, static, _ = make_layers(n, k, 1, device, torch.bfloat16)[0]
-        for m in ms:
-            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
-            if not ops.use_cublas(m, n, static.k_padded, False):
-                continue
-            want = static(x).float()
-            t_bf16, t_routed = graph_us(lambda: lin(x)), graph_us(lambda: static(x))
-            line = [f"bf16 {t_bf16:.1f} routed {t_routed:.1f}"]
-            for parts, carve in variants:
-                proto = OverlappedCublas(static, x, n, parts, carve)
-                err = ((proto().float() - want).abs().max() / want.abs().max()).item()
-                assert err < 1e-2, (m, n, k, parts, carve, err)
-                t = graph_us(proto)
-                rows.append([m, n, k, parts, carve, t_bf16, t_routed, t])
-                line.append(f"{parts} blocks c{carve} {t:.1f} ({t_bf16 / t:.2f}x)")
-            print(f"overlap {m}x{n}x{k} ({t_bf16 / t_routed:.2f}x routed): " + "; ".join(line), flush=True)
-    if device == "cpu":
-        args.no_write = True
-    md = [[m, n, k, p, c, b, r, t, b / r, b / t, r / t] for m, n, k, p, c, b, r, t in rows]
-    intro = ("Prefill, cuBLAS path, static scale, bf16, no bias; device time per layer (CUDA-graph replay medians), "
-             "one process. 'routed': today's path (x's values and the weight in one launch, then cuBLAS). 'blocks': "
-             "x split into that many row blocks, the first quantized with the weight, the rest on a low-priority "
-             "stream while a high-priority stream runs cuBLAS block by block; 'free SMs': cuBLAS told to target "
-             "that many SMs fewer (`cublasSetSmCountTarget`). A benchmark prototype, not a library path.")
-    publish(args, "cuBLAS path: x quantized beside cuBLAS, a prototype (benchmarks/linear_bench.py --ab-overlap)",
-            intro, ["m", "n", "k", "blocks", "free_sms", "bf16_us", "routed_us", "overlapped_us"], rows,
-            csv_name=f"overlap_ab_{gpu_slug()}.csv",
-            md_header=["M", "N", "K", "blocks", "free SMs", "bf16 us", "routed us", "overlapped us",
-                       "routed vs bf16", "overlapped vs bf16", "speed-up"], md_rows=md)
-
-
 def run_ab_maxima(args):
     """A dynamic scale past decode: the scale launch leaving per-program maxima that the quantize
     pass reduces (`kernels.dynamic_maxima`) vs the launch reducing them itself through an atomic max
@@ -1618,8 +1497,6 @@ def main():
               "(-> results/dynamic_ab_<gpu>.csv)"),
              ("--ab-maxima", run_ab_maxima, "dynamic scale past decode: per-program maxima reduced by the pass vs an "
               "atomic max and ticket (-> results/maxima_ab_<gpu>.csv)"),
-             ("--ab-overlap", run_ab_overlap, "cuBLAS path prototype: x's row blocks quantized beside cuBLAS on "
-              "fewer SMs (-> results/overlap_ab_<gpu>.csv)"),
              ("--ab-alpha", run_ab_alpha, "dynamic scale on the cuBLAS path: alpha read by cuBLAS vs an fp32 "
               "epilogue vs the Triton GEMM (-> results/alpha_ab_<gpu>.csv)"),
              ("--ab-operands", run_ab_operands, "cuBLAS path: operands in one launch vs two "
