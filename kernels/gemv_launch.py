@@ -46,6 +46,10 @@ def gemv_config(n: int, kp: int, m_rows: int, device_type: str) -> GemvConfig:
     # before the math of this one (`prefetch`; session 17, same runs: M = 1 1288x2688 5.44 us vs 5.88
     # without, 8192x3696 11.57 vs 12.14, 28672x8192 53.5 vs >= 57, 8192x8192 18.33 vs 19.36).
     small = GemvConfig(32, 512, 4, 3, waves=4, prefetch=True)
+    if m_rows >= 8:  # 5-8 rows: the router sends weights under 2M elements only (`ops.use_gemv`)
+        # 8x2688x464 4.20 us vs 4.52 for `small` (half the K tile: each program quantizes half as much of
+        # x; twice the programs a SM); at M = 4 it lost, 3.05 vs 2.97 (gemv_tune_h100_m8-16.csv, session 23)
+        return GemvConfig(32, 256, 4, 4, waves=8, prefetch=True)
     if m_rows >= 4:  # 1x4096x4096-class and smaller (the router sends larger weights elsewhere)
         # M = 4: 1288x2688 6.76 us, 2576x2688 8.80, 2688x464 2.97
         return small if n * kp < 8 << 20 else GemvConfig(128, 128, 4, 3, waves=2)
