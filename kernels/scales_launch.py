@@ -70,7 +70,7 @@ def dynamic_maxima(x: torch.Tensor, weight_scale_2: torch.Tensor, act: str | Non
     graphs (under torch.compile M may be symbolic, and the count must be a plain int:
     `dynamic_encode_scale` takes `dynamic_gs_alpha` there)."""
     s, count, _ = _dynamic_scales(x, weight_scale_2, act, maxima=True)
-    return DynamicScale(s.maxima(count), count, weight_scale_2, s.scales, s.alpha)
+    return _maxima_scale(s, count, weight_scale_2)
 
 
 def dynamic_encode_scale(x: torch.Tensor, weight_scale_2: torch.Tensor,
@@ -80,14 +80,17 @@ def dynamic_encode_scale(x: torch.Tensor, weight_scale_2: torch.Tensor,
     else `dynamic_gs_alpha` (its own last program writes both). Under torch.compile always the
     latter: M may be symbolic there, and the maxima's count must be a plain int."""
     s, count, maxima = _dynamic_scales(x, weight_scale_2, act, maxima=None)
-    if maxima:
-        return DynamicScale(s.maxima(count), count, weight_scale_2, s.scales, s.alpha), s.alpha
-    return s.gs, s.alpha
+    return (_maxima_scale(s, count, weight_scale_2) if maxima else s.gs), s.alpha
+
+
+def _maxima_scale(s, count: int, weight_scale_2) -> DynamicScale:
+    """The `DynamicScale` of a maxima launch that used scratch `s` with `count` programs."""
+    return DynamicScale(s.maxima(count), count, weight_scale_2, s.scales, s.alpha)
 
 
 def scale_programs(m: int, width: int, act: str | None = None) -> int:
     """Programs of the scale launch for x [m, width] (the routed tiles)."""
-    k, cfg, per_program, _ = _plan(m, width, act, False, None, False)
+    k, cfg, per_program, _ = _plan(m, width, act, False, None)
     grid = _grid(m, k, cfg, per_program)
     return grid[0] * grid[1]
 
@@ -97,20 +100,20 @@ def _grid(m, k, cfg: ScaleConfig, per_program):
     return (m + cfg.block_r - 1) // cfg.block_r, cdiv(k, per_program), 1
 
 
-_metas: dict = {}  # (width, M class, act, CPU, config, maxima) -> (K, config, columns per program, constexprs)
+_metas: dict = {}  # (width, M class, act, CPU, config) -> (K, config, columns per program, constexprs by MAXIMA)
 
 
-def _plan(m, width, act, cpu: bool, config, maxima):
+def _plan(m, width, act, cpu: bool, config):
     # bool(): under torch.compile a guard on M's class, not a symbolic value in the plan key
-    key = (width, bool(m <= 16), bool(m <= 256), act, cpu, config, maxima)
+    key = (width, bool(m <= 16), bool(m <= 256), act, cpu, config)
     plan = _metas.get(key)
     if plan is None:
         code, gated = ACTS[act] if act is not None else (-1, False)
         k = act_width(act, width) if act is not None else width
         cfg = config or scale_config(m, k, act)
         per_program = (cfg.k_blocks or cdiv(k, cfg.block_k)) * cfg.block_k
-        plan = _metas[key] = (k, cfg, per_program, dict(BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k, ACT=code,
-                                                        GATED=gated, BF16_BITS=cpu, MAXIMA=maxima))
+        meta = dict(BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k, ACT=code, GATED=gated, BF16_BITS=cpu)
+        plan = _metas[key] = (k, cfg, per_program, {False: dict(meta, MAXIMA=False), True: dict(meta, MAXIMA=True)})
     return plan
 
 
@@ -123,13 +126,12 @@ def _dynamic_scales(x, weight_scale_2, act=None, config: ScaleConfig | None = No
     s = scratch_of(x)
     if maxima is None and compile_tracing():
         maxima = False
-    k, cfg, per_program, meta = _plan(m, width, act, index < 0, config, bool(maxima))
+    k, cfg, per_program, metas = _plan(m, width, act, index < 0, config)
     grid = _grid(m, k, cfg, per_program)
     count = grid[0] * grid[1]
     if maxima is None:  # (the tiles, hence the count, are the same either way)
         maxima = count <= _maxima.MAX_MAXIMA
-        if maxima:
-            meta = _plan(m, width, act, index < 0, config, True)[3]
+    meta = metas[maxima]
     sx = x.stride(0)
     args = (x, weight_scale_2, s.scales, s.maxima(count) if maxima else s.scale_words, m, k, sx, per_program)
     options = dict(_OPTIONS, num_warps=cfg.num_warps)
