@@ -27,7 +27,6 @@ rows, `kernels.fuses_dynamic_scale_in_pass`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -35,7 +34,7 @@ import torch
 from . import cublas_alpha, kernels
 from .format import SCALE_LAYOUTS, pad_k
 from .kernels import launch as _launch_mod
-from .kernels.workspace import scratch_of
+from .kernels.workspace import chunk_views, scratch_of
 
 _current_device = getattr(torch._C, "_cuda_getDevice", None)  # torch.cuda.current_device() without the Python
 
@@ -61,6 +60,11 @@ def on_device_of(position: int):
 
 # cuBLAS path: the dequantized weight chunk is at most this many bytes (a per-call temporary)
 CUBLAS_CHUNK_BYTES = 64 << 20
+# ... and where the activation's values, or a weight chunk, take at most this many bytes, they are views
+# of per-stream scratch (`kernels.workspace`, shared by every layer on the stream, views made once per
+# shape) instead of per-call tensors: an eager call of a small layer on this path is host-bound, and its
+# two allocations and three views were a fifth of its host time (benchmarks/NOTES.md, session 24).
+CUBLAS_SCRATCH_BYTES = 32 << 20
 # ... and with alpha on the device (dynamic scale), the chunk's fp32 output, which the epilogue
 # (`kernels.alpha_epilogue`) reads back while it is still mostly in L2 (50 MB on the H100)
 CUBLAS_FP32_CHUNK_BYTES = 32 << 20
@@ -118,28 +122,49 @@ def use_quantize_in_gemm(m: int, n: int, kp: int) -> bool:
     return m <= 16 and n * kp < 8 << 20
 
 
-@contextlib.contextmanager
-def _fp32_reductions(dtype: torch.dtype):
-    """cuBLAS may reduce split-K partials in bf16/fp16 unless told not to: fp32 accumulation only.
-    Only the flag of the operands' dtype is touched (each flag costs host time on every call)."""
-    m = torch.backends.cuda.matmul
-    name = "allow_bf16_reduced_precision_reduction" if dtype == torch.bfloat16 else "allow_fp16_reduced_precision_reduction"
-    saved = getattr(m, name)
-    if not saved:
-        yield
-        return
-    setattr(m, name, False)
-    try:
-        yield
-    finally:
-        setattr(m, name, saved)
+# torch's flags letting cuBLAS reduce split-K partials in bf16 / fp16, read and set without
+# `torch.backends.cuda.matmul`'s attribute layer (host time on every cuBLAS-path call). Newer torch
+# keeps a pair (allow reduced precision, allow split-K) where older kept one bool.
+_REDUCTION_FLAGS = {
+    torch.bfloat16: (torch._C._get_cublas_allow_bf16_reduced_precision_reduction,
+                     torch._C._set_cublas_allow_bf16_reduced_precision_reduction),
+    torch.float16: (torch._C._get_cublas_allow_fp16_reduced_precision_reduction,
+                    torch._C._set_cublas_allow_fp16_reduced_precision_reduction),
+}
+
+
+class _fp32_reductions:
+    """Context: cuBLAS may reduce split-K partials in bf16/fp16 unless told not to: fp32 accumulation
+    only. Only the flag of the operands' dtype is touched, and put back as it was (split-K choice
+    included); other dtypes have none."""
+
+    __slots__ = ("_get", "_set", "_saved")
+
+    def __init__(self, dtype: torch.dtype):
+        self._get, self._set = _REDUCTION_FLAGS.get(dtype, (None, None))
+
+    def __enter__(self):
+        if self._get is None:
+            self._saved = None
+            return
+        saved = self._get()
+        pair = isinstance(saved, tuple)
+        self._saved = saved if (saved[0] if pair else saved) else None
+        if self._saved is not None:
+            self._set(False, saved[1]) if pair else self._set(False)
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            self._set(*self._saved) if isinstance(self._saved, tuple) else self._set(self._saved)
+        return False
 
 
 def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None = None, dynamic: bool = False,
                k: int | None = None, bias: bool = False) -> int:
     """Temporary device memory of `triton_linear` besides the output: the dequantized activation
-    (per-stream scratch on the Triton path, reused from call to call; allocated per call on the
-    cuBLAS path, K rounded up to 8 columns (k None: Kp), with the weight chunk and, for a bias
+    (per-stream scratch on the Triton path, reused from call to call; on the cuBLAS path K rounded up
+    to 8 columns (k None: Kp), with the weight chunk, each per-stream scratch up to
+    CUBLAS_SCRATCH_BYTES and allocated per call beyond, and, for a bias
     cuBLAS cannot add (`bias_in_addmm`) or a dynamic scale with a bias (or without
     `cublas_alpha`), the fp32 output chunk). Split-K partials (per-stream scratch) not counted."""
     if use_gemv(m, n, kp):
@@ -301,7 +326,11 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
                                              act=act)
     if cublas:
         k = kernels.act_width(act, x.shape[1]) if act is not None else x.shape[1]
-        a = torch.empty((m, cublas_k(k, kp)), dtype=x.dtype, device=x.device)
+        ka = cublas_k(k, kp)
+        if _scratch_fits(m * ka * x.element_size()):
+            a = scratch_of(x).cublas_activation(m, ka, x.dtype)
+        else:
+            a = torch.empty((m, ka), dtype=x.dtype, device=x.device)
         host_alpha = not dynamic and alpha_host is not None and (bias is None or bias_in_addmm(n, kp, x.dtype))
         alpha_arg = alpha_host if host_alpha else alpha
         if act is None:  # x's values and the first weight chunk in one launch
@@ -344,29 +373,41 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
     # alpha on the device without a bias: cuBLAS reads it itself (no fp32 chunk, no epilogue launch)
     device_alpha = on_device and bias is None and cublas_alpha.available(a)
     fp32_out = on_device and not device_alpha
-    rows = _chunk_rows(n, kp, a.dtype, a.shape[0] if fp32_out else None)
-    chunk = torch.empty((rows, kp), dtype=a.dtype, device=a.device)
+    rows = _chunk_rows(n, kp, a.dtype, a.shape[0] if fp32_out else None)  # (<= n: the first chunk is whole)
+    if _scratch_fits(rows * kp * a.element_size()):
+        chunk, w_whole, w_whole_t = scratch_of(a).weight_chunk(rows, kp, ka, a.dtype)
+    else:
+        chunk, w_whole, w_whole_t = chunk_views(torch.empty((rows, kp), dtype=a.dtype, device=a.device), ka)
     acc = torch.empty((a.shape[0], rows), dtype=torch.float32, device=a.device) if fp32_out else None
     zero = scratch_of(a).zero if device_alpha else None
     with _fp32_reductions(a.dtype):
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
+            whole = r1 - r0 == rows
             if x is not None and r0 == 0:
-                kernels.cublas_operands(x, gs, a, weight, weight_scale, chunk[:r1])
+                kernels.cublas_operands(x, gs, a, weight, weight_scale, chunk)
             else:
-                kernels.dequantize_rows(weight, weight_scale, r0, chunk[: r1 - r0])
-            w = chunk[: r1 - r0, :ka] if r1 - r0 < rows or ka < kp else chunk
+                kernels.dequantize_rows(weight, weight_scale, r0, chunk if whole else chunk[: r1 - r0])
+            w = w_whole if whole else chunk[: r1 - r0, :ka]
             o = out[:, r0:r1] if r1 - r0 < n else out  # a view: cuBLAS writes it in place (leading dimension n)
             if device_alpha:
                 cublas_alpha.mm(a, w, alpha, zero, o, _launch_mod.compile_tracing())
-            elif on_device:
-                _mm_fp32(a, w.t(), acc[:, : r1 - r0])
+                continue
+            w_t = w_whole_t if whole else w.t()
+            if on_device:
+                _mm_fp32(a, w_t, acc[:, : r1 - r0])
                 kernels.alpha_epilogue(acc[:, : r1 - r0], alpha, None if bias is None else bias[r0:r1], o)
             elif bias is None:
-                torch.addmm(o, a, w.t(), beta=0, alpha=alpha, out=o)  # beta=0: o is not read
+                torch.addmm(o, a, w_t, beta=0, alpha=alpha, out=o)  # beta=0: o is not read
             else:  # one chunk, aligned rows (`bias_in_addmm`)
-                torch.addmm(bias.to(a.dtype), a, w.t(), alpha=alpha, out=o)
+                torch.addmm(bias.to(a.dtype), a, w_t, alpha=alpha, out=o)
     return out
+
+
+def _scratch_fits(nbytes: int) -> bool:
+    """Whether a cuBLAS-path operand of nbytes comes from per-stream scratch (CUBLAS_SCRATCH_BYTES;
+    never while torch.compile traces: M may be symbolic there, and the traced graph allocates)."""
+    return not _launch_mod.compile_tracing() and nbytes <= CUBLAS_SCRATCH_BYTES
 
 
 def bias_in_addmm(n: int, kp: int, dtype: torch.dtype) -> bool:

@@ -1,5 +1,6 @@
-"""Scratch memory the single-launch kernels share: fp32 split-K partials, int32 tickets and the
-dynamic-scale words, one set per device and stream.
+"""Scratch memory the kernels share: fp32 split-K partials, int32 tickets and the dynamic-scale
+words, the dequantized activation, and the cuBLAS path's operands (for small layers), one set per
+device and stream.
 
 Kernels on one stream run one after another and each leaves its tickets at zero, so every layer
 on that stream can use the same buffers without allocating on the forward path.
@@ -31,7 +32,7 @@ from . import launch as _launch
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 _capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None)  # torch.cuda.is_current_stream_capturing
 
-_MAX_VIEWS = 256  # cached activation views per Scratch (shapes seen), cleared beyond
+_MAX_VIEWS = 256  # cached buffer views per Scratch (shapes seen), cleared beyond
 
 
 class Scratch:
@@ -44,8 +45,8 @@ class Scratch:
         self._maxima = None
         self.scales = torch.empty(2, dtype=torch.float32, device=device)  # gs, alpha
         self.gs, self.alpha = self.scales[0:1], self.scales[1:2]  # views made once, not per call
-        self.activation = torch.empty(0, dtype=torch.float16, device=device)
-        self._views: dict = {}  # (m, kp) -> activation[: m * kp].view(m, kp)
+        self._buffers: dict = {}  # (name, dtype) -> flat buffer, grown on demand
+        self._views: dict = {}  # (name, dtype, shape) -> views of that buffer made for the shape
 
     @property
     def scale_words(self) -> torch.Tensor:
@@ -77,18 +78,34 @@ class Scratch:
             self.tickets = torch.zeros(n_tickets, dtype=torch.int32, device=self.device)
         return self.partials, self.tickets
 
-    def dequantized_activation(self, m: int, kp: int) -> torch.Tensor:
-        """fp16 [m, kp] for the dequantized activation (decode and mid-size M: no allocation; the
-        view of each shape is made once)."""
-        view = self._views.get((m, kp))
-        if view is None:
-            if self.activation.numel() < m * kp:
-                self.activation = torch.empty(m * kp, dtype=torch.float16, device=self.device)
-                self._views.clear()  # views of the old buffer
+    def _shaped(self, name: str, dtype: torch.dtype, shape: tuple, numel: int, make):
+        """make(buffer[:numel]) for the per-stream buffer `name` of dtype, grown to numel elements where
+        smaller, made once per shape and kept (a view costs as much host time as an allocation)."""
+        key = (name, dtype, shape)
+        views = self._views.get(key)
+        if views is None:
+            buf = self._buffers.get((name, dtype))
+            if buf is None or buf.numel() < numel:
+                buf = self._buffers[(name, dtype)] = torch.empty(numel, dtype=dtype, device=self.device)
+                self._views.clear()  # (some are views of the old buffer)
             if len(self._views) >= _MAX_VIEWS:
                 self._views.clear()
-            view = self._views[(m, kp)] = self.activation[: m * kp].view(m, kp)
-        return view
+            views = self._views[key] = make(buf[:numel])
+        return views
+
+    def dequantized_activation(self, m: int, kp: int) -> torch.Tensor:
+        """fp16 [m, kp] for the dequantized activation (decode and mid-size M: no allocation)."""
+        return self._shaped("activation", torch.float16, (m, kp), m * kp, lambda flat: flat.view(m, kp))
+
+    def cublas_activation(self, m: int, ka: int, dtype: torch.dtype) -> torch.Tensor:
+        """[m, ka] in dtype: the activation's values that cuBLAS reads (`fp4linear.ops`' cuBLAS path)."""
+        return self._shaped("cublas_activation", dtype, (m, ka), m * ka, lambda flat: flat.view(m, ka))
+
+    def weight_chunk(self, rows: int, kp: int, ka: int, dtype: torch.dtype) -> tuple:
+        """(chunk [rows, kp], w = chunk[:, :ka], w.t()) in dtype: a dequantized weight chunk and the
+        views of it that cuBLAS reads (`fp4linear.ops.cublas_dequantized_gemm`)."""
+        return self._shaped("weight_chunk", dtype, (rows, kp, ka), rows * kp,
+                            lambda flat: chunk_views(flat.view(rows, kp), ka))
 
 
 class _Fresh(Scratch):
@@ -110,6 +127,19 @@ class _Fresh(Scratch):
 
     def dequantized_activation(self, m, kp):
         return torch.empty((m, kp), dtype=torch.float16, device=self.device)
+
+    def cublas_activation(self, m, ka, dtype):
+        return torch.empty((m, ka), dtype=dtype, device=self.device)
+
+    def weight_chunk(self, rows, kp, ka, dtype):
+        return chunk_views(torch.empty((rows, kp), dtype=dtype, device=self.device), ka)
+
+
+def chunk_views(chunk: torch.Tensor, ka: int) -> tuple:
+    """(chunk, w = chunk[:, :ka], w.t()): a dequantized weight chunk [rows, Kp] and the views of it
+    that cuBLAS reads (its first ka columns: K rounded to 8)."""
+    w = chunk[:, :ka] if ka < chunk.shape[1] else chunk
+    return chunk, w, w.t()
 
 
 _scratch: dict = {}  # (device index, raw stream handle) -> Scratch

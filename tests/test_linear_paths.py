@@ -261,6 +261,65 @@ def test_cublas_device_alpha_matches_fp64_over_several_chunks(device, monkeypatc
     assert not out.isnan().any()
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_cublas_operands_from_scratch_equal_per_call_tensors(device, monkeypatch, dynamic):
+    """The cuBLAS path's activation values and weight chunk as views of per-stream scratch
+    (`CUBLAS_SCRATCH_BYTES`) give the bits of per-call tensors, over interleaved layers and shapes
+    (the views of each shape kept, the buffers grown), for x and for act(h); and the scratch is what
+    they used. On the CPU the stream's scratch is stood in by one `workspace.Scratch`."""
+    from fp4linear.kernels import workspace
+
+    if device.type == "cpu":
+        kept = workspace.Scratch(device)
+        monkeypatch.setattr(ops, "scratch_of", lambda t: kept)
+    shapes = [(72, 464), (136, 200), (72, 464)]
+    layers = [layer_for(n, k, device, bias=False, dynamic=dynamic, seed=i)[0] for i, (n, k) in enumerate(shapes)]
+    calls = [(0, 40), (1, 17), (2, 40), (0, 90), (1, 40)]
+    xs = [(torch.randn(m, shapes[i][1], generator=torch.Generator().manual_seed(j)) * 3).to(torch.bfloat16).to(device)
+          for j, (i, m) in enumerate(calls)]
+    hs = [(torch.randn(m, 2 * shapes[i][1], generator=torch.Generator().manual_seed(50 + j)) * 3).to(torch.bfloat16)
+          .to(device) for j, (i, m) in enumerate(calls)]
+
+    def run():
+        outs = []
+        for (i, _), x, h in zip(calls, xs, hs):
+            lay = layers[i]
+            args = (lay.weight, lay.weight_scale, lay.input_global_scale, lay.alpha, lay.weight_scale_2, None,
+                    lay.out_features, dynamic, None if dynamic else lay._alpha_host)
+            outs.append(ops.triton_linear(x, *args, cublas=True))
+            outs.append(ops.triton_act_linear(h, "silu_mul", *args, cublas=True))
+        return outs
+
+    monkeypatch.setattr(ops, "CUBLAS_SCRATCH_BYTES", 0)
+    want = run()
+    monkeypatch.setattr(ops, "CUBLAS_SCRATCH_BYTES", 32 << 20)
+    got = run()
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    scratch = ops.scratch_of(xs[0])
+    assert {("cublas_activation", torch.bfloat16), ("weight_chunk", torch.bfloat16)} <= set(scratch._buffers)
+
+
+def test_scratch_views_are_made_once_per_shape_and_follow_a_grown_buffer():
+    from fp4linear.kernels import workspace
+
+    s = workspace.Scratch(torch.device("cpu"))
+    a = s.cublas_activation(4, 16, torch.bfloat16)
+    assert a.shape == (4, 16) and a.dtype == torch.bfloat16 and s.cublas_activation(4, 16, torch.bfloat16) is a
+    chunk, w, w_t = s.weight_chunk(8, 64, 40, torch.bfloat16)
+    assert chunk.shape == (8, 64) and w.shape == (8, 40) and w_t.shape == (40, 8) and w_t.stride() == (1, 64)
+    assert w.data_ptr() == chunk.data_ptr() and s.weight_chunk(8, 64, 40, torch.bfloat16)[2] is w_t
+    assert s.weight_chunk(8, 64, 64, torch.bfloat16)[1] is s.weight_chunk(8, 64, 64, torch.bfloat16)[0]
+    big = s.cublas_activation(64, 16, torch.bfloat16)  # grows the buffer: the old views are dropped
+    again = s.cublas_activation(4, 16, torch.bfloat16)
+    assert again is not a and again.data_ptr() == big.data_ptr()
+    # one buffer per name and dtype: the operands of one call never share memory
+    half = s.cublas_activation(4, 16, torch.float16)
+    ptrs = {again.data_ptr(), half.data_ptr(), s.weight_chunk(8, 64, 40, torch.bfloat16)[0].data_ptr(),
+            s.dequantized_activation(4, 16).data_ptr()}
+    assert len(ptrs) == 4
+
+
 @pytest.mark.parametrize("entry_points", [False, True])
 def test_routing_follows_whether_cublas_can_read_alpha(monkeypatch, entry_points):
     """`use_cublas` and `temp_bytes` ask `cublas_alpha.usable` (the entry points found), not only its
@@ -673,14 +732,20 @@ def test_gpu_weight_as_right_operand(config, m, n, k):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dynamic", [False, True])
-def test_gpu_graphs_share_scratch_within_a_capture_only(dynamic):
+@pytest.mark.parametrize("route", ["decode", "cublas"])
+def test_gpu_graphs_share_scratch_within_a_capture_only(dynamic, route):
     """One scratch set per capture and stream (zeroed once per replay, not once per layer), none
     shared with eager calls or other graphs: two graphs captured into one shared memory pool and
-    replayed in turn, with eager calls in between, give the eager bits."""
+    replayed in turn, with eager calls in between, give the eager bits. Decode GEMMs split over K
+    (their tickets must be zero at every launch), and cuBLAS-path layers (their operands in scratch)."""
     from fp4linear.kernels import workspace
 
-    n = 4096  # decode GEMMs split over K: their tickets must be zero at every launch
+    n = 4096 if route == "decode" else 1024
+    ms = (16, 8, 1) if route == "decode" else (600, 520)
     layers = [layer_for(n, n, "cuda", dynamic=dynamic, seed=i)[0] for i in range(3)]
+    if route == "cublas":
+        assert all(ops.use_cublas(m, n, n, dynamic) and not ops.host_bound(torch.empty(0), m, n, n, dynamic)
+                   for m in ms)
 
     def run(x, seen=None):
         for layer in layers:
@@ -691,7 +756,7 @@ def test_gpu_graphs_share_scratch_within_a_capture_only(dynamic):
 
     pool = torch.cuda.graph_pool_handle()
     cases = []
-    for m in (16, 8, 1):
+    for m in ms:
         x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16) * 2
         graph, seen = torch.cuda.CUDAGraph(), []
         with torch.cuda.graph(graph, pool=pool):
@@ -1121,6 +1186,17 @@ def test_launchers_under_compile_tracing_take_a_symbolic_m(monkeypatch):
                                              _TracedTensor((m16, 512), torch.float16), units=True) == 1
     assert len(launched) == 10  # (no plan cache hashed M; CachedLaunch ignores keys while tracing)
     assert all(type(v) in (int, bool) for _, meta in launched for v in meta.values())
+
+
+def test_fp32_reductions_touch_only_their_dtypes_flag():
+    flags = (torch._C._get_cublas_allow_bf16_reduced_precision_reduction,
+             torch._C._get_cublas_allow_fp16_reduced_precision_reduction)
+    before = [get() for get in flags]
+    with ops._fp32_reductions(torch.float32):  # fp32 operands: no reduced-precision flag to clear
+        assert [get() for get in flags] == before
+    with ops._fp32_reductions(torch.float16):
+        assert flags[0]() == before[0]
+    assert [get() for get in flags] == before
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
