@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import add_output_args, empty_kernel, gpu_slug, publish  # noqa: E402
-from fp4linear import kernels, ops  # noqa: E402
+from common import add_output_args, eager_us_interleaved, empty_kernel, gpu_slug, publish  # noqa: E402
+from fp4linear import cublas_alpha, kernels, ops  # noqa: E402
 from fp4linear.kernels import launch  # noqa: E402
 from fp4linear.kernels.workspace import scratch, scratch_for  # noqa: E402
 
@@ -63,6 +63,13 @@ def both(fn):
     return {"static": under(True), "static, tensors": under(True, False), "runner": under(False)}
 
 
+def cublas_route(layer, x, dynamic: bool):
+    """`ops.triton_linear` of layer on x forced onto the cuBLAS path (as an eager call past `ops.host_bound`)."""
+    return ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
+                             layer.weight_scale_2, layer.bias, layer.out_features, dynamic,
+                             None if dynamic else layer._alpha_host, cublas=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=4096)
@@ -70,6 +77,9 @@ def main():
     p.add_argument("--m-large", type=int, default=768, help="rows of the prefill-size cases (the cuBLAS path; "
                    "with a small weight, e.g. MiniLM's 1536x384, the GPU is not what is timed)")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile listings")
+    p.add_argument("--route-shapes", type=lambda v: tuple(map(int, v.split("x"))), nargs="*",
+                   default=[(2048, 1288, 2688), (512, 2688, 464)],
+                   help="MxNxK layers whose eager cuBLAS-route calls are also timed, operands in scratch or not")
     add_output_args(p)
     a = p.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {__import__('triton').__version__}; "
@@ -85,6 +95,8 @@ def main():
     a_l = torch.empty(ml, ops.cublas_k(a.k, kp), dtype=torch.bfloat16, device="cuda")
     chunk = torch.empty(a.n, kp, dtype=torch.bfloat16, device="cuda")
     out_l = torch.empty(ml, a.n, dtype=torch.bfloat16, device="cuda")
+    w_l = chunk[:, : a_l.shape[1]]
+    zero = torch.zeros(1, device="cuda")
     out = torch.empty(1, a.n, dtype=torch.bfloat16, device="cuda")
     out16 = torch.empty(16, a.n, dtype=torch.bfloat16, device="cuda")
     act16 = torch.empty(16, layer.k_padded, dtype=torch.float16, device="cuda")
@@ -148,6 +160,11 @@ def main():
             a_l, layer.weight, layer.weight_scale, None, 0.5, out_l, x=xl, gs=layer.input_global_scale),
         f"fp4linear.Linear static, M={ml}": both(lambda: layer(xl)),
         f"fp4linear.Linear dynamic, M={ml}": both(lambda: dyn(xl)),
+        # pieces of the cuBLAS route (what eager layers past `ops.host_bound` take; the whole route: above)
+        f"cublas_alpha.mm_device_alpha, M={ml}": lambda: cublas_alpha.mm_device_alpha(a_l, w_l, dyn.alpha, zero,
+                                                                                      out_l),
+        "a view (chunk[:n])": lambda: chunk[: a.n],
+        "a transpose (w.t())": lambda: w_l.t(),
     }
     if entry.function is not None:  # the static launcher itself, the empty kernel's arguments as tensors or ints
         tys, extra = entry.arg_tys, entry.extra
@@ -160,6 +177,37 @@ def main():
     else:
         print("the empty kernel's key takes Triton's runner: no static-launcher rows")
     results = {}
+    # the cuBLAS route's operands from per-stream scratch vs per-call tensors, in alternating rounds
+    # (the host's speed drifts within a run; the layer is small, so the host is what is timed)
+    saved_cap = ops.CUBLAS_SCRATCH_BYTES
+
+    def capped(cap, fn):
+        def run():
+            ops.CUBLAS_SCRATCH_BYTES = cap
+            return fn()
+        return run
+    def route_pairs(tag, lay, dy, x):
+        return [(f"ops.triton_linear cuBLAS route {kind}, {tag} [{label}]",
+                 capped(cap, lambda lay=lay, d=d: cublas_route(lay, x, d)))
+                for kind, lay, d in (("static", lay, False), ("dynamic", dy, True))
+                for label, cap in (("operands in scratch", saved_cap), ("operands per call", 0))]
+    pairs = route_pairs(f"M={ml}", layer, dyn, xl)
+    # per-rank layers at prefill sizes, whose eager calls take this route (`ops.host_bound` false): wall time
+    # per call with nn.Linear in the same rounds (the host decides it where the GPU needs less)
+    for m_, n_, k_ in a.route_shapes:
+        lin_ = torch.nn.Linear(k_, n_, bias=False, device="cuda", dtype=torch.bfloat16)
+        st_ = fp4linear.Linear.from_linear(lin_, input_scale=fp4linear.decode_scale(torch.tensor(4.0)),
+                                           backend="triton")
+        dy_ = fp4linear.Linear.from_linear(lin_, backend="triton")
+        x_ = torch.randn(m_, k_, dtype=torch.bfloat16, device="cuda")
+        pairs += [(f"nn.Linear bf16, {m_}x{n_}x{k_}", lambda lin_=lin_, x_=x_: lin_(x_))]
+        pairs += route_pairs(f"{m_}x{n_}x{k_}", st_, dy_, x_)
+    try:
+        for (name, _), us in zip(pairs, eager_us_interleaved([fn for _, fn in pairs], calls=500, rounds=7)):
+            results[name] = us
+            print(f"{name:50s} {us:7.2f} us per call (alternating rounds)", flush=True)
+    finally:
+        ops.CUBLAS_SCRATCH_BYTES = saved_cap
     for name, fn in cases.items():
         if isinstance(fn, dict):
             for mode, run in fn.items():
@@ -171,7 +219,10 @@ def main():
     intro = (f"Host time per call of {a.n}x{a.k} (M = 1, 16 and {ml}, bf16): a loop of 2000 calls without a synchronize, "
              "time per call; for the smallest cases this is the host's cost, not the GPU's. '[static]': torch's static "
              "launcher given the tensors' addresses (the default), '[static, tensors]': given the tensors, '[runner]': "
-             "Triton's launcher. The host's speed drifts between runs: compare rows of one run.")
+             "Triton's launcher. The host's speed drifts between runs: compare rows of one run. Rows marked 'alternating "
+             "rounds' (the cuBLAS route with its operands in per-stream scratch or per-call tensors, and nn.Linear beside "
+             "the per-rank MxNxK layers): 7 rounds of 500 calls each with a synchronize, in which the cases alternate; "
+             "wall time per call, median. The n and k columns are the main layer's; a row naming MxNxK timed that layer.")
     publish(a, "Host time per call (benchmarks/host_overhead.py)", intro, ["case", "n", "k", "host_us"],
             [[name, a.n, a.k, us] for name, us in results.items()], csv_name=f"host_overhead_{gpu_slug()}.csv")
     base = results["nn.Linear bf16, M=1"]
@@ -185,7 +236,9 @@ def main():
         return
     for label, fn in (("static M=1", lambda: layer(x1)), ("dynamic M=1", lambda: dyn(x1)),
                       ("static M=16", lambda: layer(x16)), ("dynamic M=16", lambda: dyn(x16)),
-                      (f"static M={ml}", lambda: layer(xl)), (f"dynamic M={ml}", lambda: dyn(xl))):
+                      (f"static M={ml}", lambda: layer(xl)), (f"dynamic M={ml}", lambda: dyn(xl)),
+                      (f"static M={ml}, cuBLAS route", lambda: cublas_route(layer, xl, False)),
+                      (f"dynamic M={ml}, cuBLAS route", lambda: cublas_route(dyn, xl, True))):
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(2000):
