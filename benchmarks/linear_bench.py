@@ -95,9 +95,20 @@ def chain(layers, x):
     return run
 
 
+EAGER_ROUND_US = 20_000  # device time a round of eager calls aims at (at most 300 calls, at least 20)
+
+
+def eager_calls(device_us: float) -> int:
+    """Calls per round of an eager measurement: 300 for layers whose device time is under ~67 us (the
+    host decides there), fewer for long ones (their wall time is their device time; a 5 ms layer
+    needs no 300 calls a round to show it)."""
+    return max(20, min(300, int(EAGER_ROUND_US / max(device_us, 1e-3))))
+
+
 def timers(device):
     if device == "cuda":
-        return (lambda fn: median_us(fn, graph=True, rep_ms=50)), (lambda fns: eager_us_interleaved(fns))
+        return ((lambda fn: median_us(fn, graph=True, rep_ms=50)),
+                (lambda fns, calls=300: eager_us_interleaved(fns, calls=calls)))
 
     def cpu(fn):  # dry run: wall time of a few calls
         fn()
@@ -105,7 +116,7 @@ def timers(device):
         for _ in range(2):
             fn()
         return (time.perf_counter() - t) / 2 * 1e6
-    return cpu, (lambda fns: [cpu(fn) for fn in fns])
+    return cpu, (lambda fns, calls=300: [cpu(fn) for fn in fns])
 
 
 def run_table(args):
@@ -132,12 +143,13 @@ def run_table(args):
                               if m <= 16 and device == "cuda" else float("nan"))
         layers = cache["layers"]
         x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
-        eager = m <= 16  # users run decode eagerly; prefill is GPU-bound either way
+        decode = m <= 16
         bf16_graph = graph_us(chain([c[0] for c in layers], x)) / copies
-        # eager: nn.Linear and both fp4 layers in alternating rounds (host speed drifts)
-        walls = wall_us([lambda i=i: layers[0][i](x) for i in range(3)]) if eager else [float("nan")] * 3
+        # eager, every M (engines run prefill eagerly too): nn.Linear and both fp4 layers in alternating
+        # rounds (host speed drifts); long layers in fewer calls a round (`eager_calls`)
+        walls = wall_us([lambda i=i: layers[0][i](x) for i in range(3)], eager_calls(bf16_graph))
         bf16_eager = walls[0]
-        compiled = compiled_walls(layers[0], x, wall_us) if eager and device == "cuda" else [float("nan")] * 3
+        compiled = compiled_walls(layers[0], x, wall_us) if decode and device == "cuda" else [float("nan")] * 3
         lin0 = layers[0][1]
         for mode, idx in (("static", 1), ("dynamic", 2)):
             fp4_graph = graph_us(chain([c[idx] for c in layers], x)) / copies
@@ -164,7 +176,7 @@ def run_table(args):
                  "compiled speed-up", "temp MiB"]
     intro = (f"Whole layer, bf16 input, no bias; device times are CUDA-graph replay medians (decode rows: a chain "
              f"of layer copies whose bf16 weights exceed {L2_ROTATE_BYTES >> 20} MiB, so weights come from DRAM), "
-             f"eager (M <= 16) = wall time per call of a loop of 300 calls and one synchronize, median of 7 rounds in which nn.Linear and both fp4 layers alternate; compiled = the same for `torch.compile` of each layer (dynamo reset per row). 'speed-up' = bf16 / fp4 "
+             f"eager = wall time per call of a loop of calls and one synchronize (300 calls, fewer where bf16 takes over {EAGER_ROUND_US / 300:.0f} us: about {EAGER_ROUND_US / 1000:.0f} ms of bf16 device time, at least 20), median of 7 rounds in which nn.Linear and both fp4 layers alternate (one layer, weights hot); compiled (M <= 16) = the same for `torch.compile` of each layer (dynamo reset per row). 'speed-up' = bf16 / fp4 "
              f"(> 1: fp4linear faster). Weight TB/s: the padded NVFP4 weight's bytes per fp4 device time; copy "
              f"ceiling {copy:.2f} TB/s measured in the same run. read floor (decode rows): device time per layer of one "
              f"Triton kernel that only reads the same copies' weight codes (launch, ramp-up and tail included), "
