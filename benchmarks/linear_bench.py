@@ -591,6 +591,7 @@ def run_ab_operands(args):
             md_rows=[[*r, r[5] / r[4]] for r in rows])
 
 
+EAGER_PATHS_BF16_US = 100  # --ab-fused times eager calls of layers under this bf16 device time (host-bound ones)
 AB_FUSED_SHAPES = [(384, 384), (1536, 384), (384, 1536), (2688, 464), (1288, 2688), (2576, 2688), (4096, 4096),
                    (8192, 8192)]  # MiniLM's three, then per-rank TP shapes and two large ones
 
@@ -606,18 +607,21 @@ def run_ab_fused(args):
     graph_us, wall_us = timers(device)
     shapes = [(72, 200)] if device == "cpu" else (args.shapes or AB_FUSED_SHAPES)
     ms = [16, 40] if device == "cpu" else (args.m or [16, 128, 512, 768, 2048])
-    saved = ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv
+    saved = ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv, ops.host_bound
 
     def routed(cublas, fused, layer_fn):
-        """layer_fn under a forced path (the routing functions replaced while it runs)."""
+        """layer_fn under a forced path (the routing functions replaced while it runs; `ops.host_bound`
+        too, so that an eager call takes the path named rather than the one-launch route of small
+        layers)."""
         def run():
             ops.use_cublas = (lambda *a: cublas) if cublas is not None else saved[0]
             ops.use_quantize_in_gemm = (lambda *a: fused) if fused is not None else saved[1]
             ops.use_gemv = lambda *a: False
+            ops.host_bound = lambda *a: False
             try:
                 layer_fn()
             finally:
-                ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv = saved
+                ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv, ops.host_bound = saved
         return run
 
     paths = [("fused", False, True), ("two launches", False, False), ("cublas", True, None)]
@@ -628,7 +632,7 @@ def run_ab_fused(args):
             layers = make_layers(n, k, copies, device, torch.bfloat16)
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             bf16 = graph_us(chain([c[0] for c in layers], x)) / copies
-            eager = device == "cpu" or bf16 < 20
+            eager = device == "cpu" or bf16 < EAGER_PATHS_BF16_US
             for mode, idx in (("static", 1), ("dynamic", 2)):
                 fns, names = [], []
                 for name, cublas, fused in paths:
@@ -652,7 +656,7 @@ def run_ab_fused(args):
                 if eager:  # one layer (eager measures the host), nn.Linear and the routed paths alternating
                     timed = [(name, routed(c, f, lambda lyr=layers[0][idx]: lyr(x))) for name, c, f in paths
                              if name in names]
-                    walls = wall_us([lambda lin=layers[0][0]: lin(x)] + [fn for _, fn in timed])
+                    walls = wall_us([lambda lin=layers[0][0]: lin(x)] + [fn for _, fn in timed], eager_calls(bf16))
                     bf16_wall, wall_of = walls[0], {name: w for (name, _), w in zip(timed, walls[1:])}
                 for j, name in enumerate(names):
                     rows.append([m, n, k, mode, name, bf16, dev[j], bf16_wall, wall_of.get(name, nan)])
@@ -663,8 +667,10 @@ def run_ab_fused(args):
              "(`kernels.nvfp4_gemm_quantize_x`, one launch); 'two launches': the quantize-dequantize pass, then the "
              "Triton GEMM; 'cublas': the cuBLAS path (operands launch, then cuBLAS); 'small_m kernel': the "
              "tensor-core single-launch kernel (M <= 16, static). Device time: CUDA-graph replay medians (M <= 16: "
-             "weights cold); eager: wall time per call, the paths and nn.Linear in alternating rounds, for layers "
-             "under 20 us of bf16 device time.")
+             "weights cold); eager: wall time per call, the paths and nn.Linear in alternating rounds (each path "
+             "forced, small layers' one-launch eager route (`ops.host_bound`) included), for layers under "
+             f"{EAGER_PATHS_BF16_US} us of bf16 device time (the rows before session 24: under 20 us, and at "
+             "M x N x Kp <= 2^29 every path's eager call took that one-launch route).")
     if device == "cpu":
         args.no_write = True
     else:  # runs over some shapes or M keep the other rows of the card's file
