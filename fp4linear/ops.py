@@ -123,8 +123,8 @@ def use_quantize_in_gemm(m: int, n: int, kp: int) -> bool:
 
 
 # torch's flags letting cuBLAS reduce split-K partials in bf16 / fp16, read and set without
-# `torch.backends.cuda.matmul`'s attribute layer (host time on every cuBLAS-path call). Newer torch
-# keeps a pair (allow reduced precision, allow split-K) where older kept one bool.
+# `torch.backends.cuda.matmul`'s attribute layer (host time on every cuBLAS-path call): each a pair
+# (allow reduced precision, allow split-K) in the torch versions supported (>= 2.11).
 _REDUCTION_FLAGS = {
     torch.bfloat16: (torch._C._get_cublas_allow_bf16_reduced_precision_reduction,
                      torch._C._set_cublas_allow_bf16_reduced_precision_reduction),
@@ -144,18 +144,15 @@ class _fp32_reductions:
         self._get, self._set = _REDUCTION_FLAGS.get(dtype, (None, None))
 
     def __enter__(self):
-        if self._get is None:
-            self._saved = None
-            return
-        saved = self._get()
-        pair = isinstance(saved, tuple)
-        self._saved = saved if (saved[0] if pair else saved) else None
-        if self._saved is not None:
-            self._set(False, saved[1]) if pair else self._set(False)
+        self._saved = self._get() if self._get is not None else None
+        if self._saved is not None and self._saved[0]:
+            self._set(False, self._saved[1])
+        else:
+            self._saved = None  # nothing to put back
 
     def __exit__(self, *exc):
         if self._saved is not None:
-            self._set(*self._saved) if isinstance(self._saved, tuple) else self._set(self._saved)
+            self._set(*self._saved)
         return False
 
 
