@@ -298,6 +298,11 @@ def test_cublas_operands_from_scratch_equal_per_call_tensors(device, monkeypatch
         assert torch.equal(g, w)
     scratch = ops.scratch_of(xs[0])
     assert {("cublas_activation", torch.bfloat16), ("weight_chunk", torch.bfloat16)} <= set(scratch._buffers)
+    for (name, _), buf in scratch._buffers.items():  # stale operands must never be read: poison them, run again
+        if name in ("cublas_activation", "weight_chunk"):
+            buf.view(torch.uint8).fill_(0xFF)
+    for g, w in zip(run(), want):
+        assert torch.equal(g, w)
 
 
 def test_scratch_views_are_made_once_per_shape_and_follow_a_grown_buffer():
