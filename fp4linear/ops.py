@@ -10,8 +10,9 @@ Paths of `triton_linear` by the number of rows M (docs/nvfp4.md, "Triton backend
   exact E2M1 x E2M1 products in fp16 pairs, split-K reduce); `use_gemv`;
 - up to 16 rows on weights under 8M elements: the Triton GEMM quantizing x itself, one launch
   (`kernels.nvfp4_gemm_quantize_x`); `use_quantize_in_gemm`;
-- called eagerly (`host_bound`), up to 16 rows on weights up to 32M elements and past 16 rows on small
-  layers: the GEMM quantizing x, one launch (the host, not the GPU, sets such a call's time);
+- called eagerly (`eager_route`), up to 16 rows on weights up to 32M elements and past 16 rows on small
+  layers: the GEMM quantizing x, one launch; past 16 rows on per-rank layers up to 2^33 multiply-adds:
+  the pass, then the Triton GEMM, not cuBLAS (the host, not the GPU, sets such calls' time);
 - otherwise one quantize-dequantize pass of x, then either the Triton GEMM on the dequantized
   activation (one launch, split-K reduced inside) or, for larger M with a bf16/fp16 input, cuBLAS
   on exactly dequantized operands with fp32 accumulation (the weight dequantized in row chunks,
@@ -34,7 +35,7 @@ import torch
 from . import cublas_alpha, kernels
 from .format import SCALE_LAYOUTS, pad_k
 from .kernels import launch as _launch_mod
-from .kernels.workspace import chunk_views, scratch_of
+from .kernels.workspace import per_call, scratch_of
 
 _current_device = getattr(torch._C, "_cuda_getDevice", None)  # torch.cuda.current_device() without the Python
 
@@ -91,11 +92,13 @@ def use_cublas(m: int, n: int, kp: int, dynamic: bool = False) -> bool:
     H100 (linear_bench.py, same card): 2048x2688x464 33.3 us on cuBLAS vs 30.5 on the Triton GEMM,
     128x2688x464 14.9 vs 11.7, 8192x2688x464 114 vs 95.1; but 128x1288x2688 19.2 vs 22.1,
     2048x1288x2688 53.4 vs 67.3."""
-    if dynamic and kp < 1024 and not cublas_alpha.usable():
-        return False
     if m >= 512:
-        return m >= 1024 or (kp < 16384 and n < 16384)
-    return any(m >= rows and n * kp <= elements for rows, elements in CUBLAS_EARLY)
+        rows_say = m >= 1024 or (kp < 16384 and n < 16384)
+    else:
+        rows_say = any(m >= rows and n * kp <= elements for rows, elements in CUBLAS_EARLY)
+    # (the probe last: its first call makes a cuBLAS handle, which a decode call captured into a CUDA graph
+    # before any cuBLAS use in the process could not)
+    return rows_say and not (dynamic and kp < 1024 and not cublas_alpha.usable())
 
 
 def use_gemv(m: int, n: int, kp: int) -> bool:
@@ -223,13 +226,24 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
 # (`kernels.dynamic_gs_alpha`). False: always the latter (linear_bench.py --ab-maxima compares the two).
 DYNAMIC_MAXIMA = True
 
-# A small layer past decode, called eagerly, spends more time on the host than on the GPU: its launches
-# decide its time, and the path with the fewest wins (`host_bound`). Up to this M * N * Kp the GEMM
-# quantizing x runs <= ~20 us of device time on the H100 with the mid-M tiles (linear_bench.py
-# --ab-fused, --tune-fused: 768x1536x384 15-18 us, 768x384x1536 19.7-19.9, 2048x384x384 10.6-11.8),
-# under the host time of the two-launch Triton path (~24 us) and the cuBLAS path (~52 us) there.
+# Eager calls (not captured into a CUDA graph, not traced by torch.compile) pay their launches in host
+# time, which on per-rank layers is more than their GPU time: such calls take the path with the least of
+# the two (`eager_route`), where graphs and compiled code take the least device time.
+# One launch (the GEMM quantizing x) up to this M * N * Kp past 16 rows: it runs <= ~20 us of device time
+# on the H100 with the mid-M tiles (linear_bench.py --ab-fused, --tune-fused: 768x1536x384 15-18 us,
+# 768x384x1536 19.7-19.9, 2048x384x384 10.6-11.8), under the host time of the two-launch Triton path
+# (~24 us) and the cuBLAS path (~52 us) there.
 HOST_BOUND_MNK = 1 << 29
 TILES_FOR_HOST_BOUND = 256  # host-bound calls take the tiles `kernels.gemm_config` picks for M < 512
+# Past it, up to this M * N * Kp: the pass and then the Triton GEMM (two launches, the tiles graphs take
+# for M), not cuBLAS. Its device time there (<= ~55 us) is under the cuBLAS route's host time (operands
+# launch, cuBLAS call, the reduction flag: ~75-100 us static, ~135-185 dynamic on the H100 machine of
+# session 25, whose nn.Linear took ~30) and, by at most ~10%, over it on a host twice as fast. H100,
+# linear_bench.py --ab-fused, eager wall per call, static / dynamic, two launches vs cuBLAS:
+# 2048x1288x2688 57.9 / 106 vs 73.4 / 186 us, 4096x2688x464 54.4 / 98.1 vs 83.8 / 163, 1024x2576x2688
+# 54.2 / 81.6 vs 77.2 / 137, 512x4096x4096 58.8 / 90.8 vs 69.6 / 144; past it cuBLAS's device time wins:
+# 2048x2576x2688 101 / 110 vs 68.9 / 100, 4096x1288x2688 110 static vs 102, 1024x4096x4096 131 vs 84.0.
+EAGER_TRITON_MNK = 1 << 33
 # Up to 16 rows the same holds by weight size: the GEMM quantizing x (one launch, the decode tiles) takes,
 # weights cold, at most about one launch's host time (~17 us, nn.Linear's) where the two-launch path
 # routed for graphs costs ~24 us of host time an eager call (H100, linear_bench.py --ab-fused, device time,
@@ -239,30 +253,39 @@ TILES_FOR_HOST_BOUND = 256  # host-bound calls take the tiles `kernels.gemm_conf
 HOST_BOUND_DECODE_ELEMENTS = 32 << 20
 HOST_BOUND_DECODE_ELEMENTS_DYNAMIC = 16 << 20
 
+ONE_LAUNCH, TRITON = "one launch", "triton"  # `eager_route`'s routes
 
-def host_bound(x, m: int, n: int, kp: int, dynamic: bool = False) -> bool:
-    """A call whose time is the host's: called eagerly (not captured into a CUDA graph, not traced by
-    torch.compile: there only device time counts, and `use_cublas` / `use_quantize_in_gemm` decide), on a
-    layer of at most HOST_BOUND_MNK multiply-adds past 16 rows, or up to 16 rows on a weight of at most
-    HOST_BOUND_DECODE_ELEMENTS (N x Kp; _DYNAMIC for a dynamic scale). Such calls quantize x inside the
-    Triton GEMM (one launch) instead of a pass first or cuBLAS (its operands launch, the cuBLAS call and
-    its temporaries cost ~52 us of host time on the H100 machine against ~17 for nn.Linear); past 16 rows
-    with the mid-M tiles whatever M (`TILES_FOR_HOST_BOUND`), so that act(h) on the same path (GatedMLP's
-    down projection: two launches) gets the same bits; up to 16 rows with the decode tiles graphs use,
-    so the bits are those of the captured two-launch path."""
+
+def eager_route(x, m: int, n: int, kp: int, dynamic: bool = False) -> str | None:
+    """The route of a call whose time is the host's, or None where the device-time routing holds
+    (`use_cublas`, `use_quantize_in_gemm`): every call captured into a CUDA graph or traced by
+    torch.compile (there only device time counts), and eager calls past EAGER_TRITON_MNK.
+
+    - ONE_LAUNCH: up to 16 rows on a weight of at most HOST_BOUND_DECODE_ELEMENTS (N x Kp; _DYNAMIC for
+      a dynamic scale), or past 16 rows up to HOST_BOUND_MNK multiply-adds: x quantized inside the
+      Triton GEMM; past 16 rows with the mid-M tiles whatever M (`TILES_FOR_HOST_BOUND`), so that act(h)
+      on the same path (GatedMLP's down projection) gets the same bits; up to 16 rows with the decode
+      tiles graphs use, so the bits are those of the captured two-launch path.
+    - TRITON: past 16 rows up to EAGER_TRITON_MNK: the quantize-dequantize pass, then the Triton GEMM
+      (the graphs' Triton route), where graphs may take cuBLAS (operands launch, the cuBLAS call and
+      its flag cost ~75 us of host time on the H100 machine against ~30 for nn.Linear)."""
     if m <= 16:
         if n * kp > (HOST_BOUND_DECODE_ELEMENTS_DYNAMIC if dynamic else HOST_BOUND_DECODE_ELEMENTS):
-            return False
-    elif m * n * kp > HOST_BOUND_MNK:
-        return False
+            return None
+        route = ONE_LAUNCH
+    else:
+        mnk = m * n * kp
+        route = ONE_LAUNCH if mnk <= HOST_BOUND_MNK else TRITON if mnk <= EAGER_TRITON_MNK else None
+        if route is None:
+            return None
     if _launch_mod.compile_tracing():
-        return False
+        return None
     if x.is_cuda:
         if torch.cuda.is_current_stream_capturing():
-            return False
+            return None
         if m > 16 and (x.get_device(), x.dtype) not in _cublas_ready:
             _warm_cublas(x)
-    return True
+    return route
 
 
 _cublas_ready: set = set()
@@ -270,9 +293,10 @@ _cublas_ready: set = set()
 
 def _warm_cublas(x) -> None:
     """The calls the cuBLAS path makes, once per device and dtype, on tiny operands. An eager
-    warm-up of a small layer takes the one-launch route, so it would leave cuBLAS uninitialized,
+    warm-up of a small layer takes an `eager_route`, so it would leave cuBLAS uninitialized,
     and a CUDA graph captured next takes the cuBLAS route: cuBLAS cannot create its handles inside
     a capture (CUBLAS_STATUS_NOT_INITIALIZED)."""
+    cublas_alpha.usable()  # (its first call makes torch's cuBLAS handle: never inside a capture)
     a = torch.ones(8, 8, dtype=x.dtype, device=x.device)
     with _fp32_reductions(x.dtype):
         torch.addmm(a[0], a, a.t(), alpha=0.5)
@@ -286,7 +310,7 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
                                 alpha_host, cublas):
     """The paths past decode, for x itself (act None) or act(x) (`triton_act_linear`): the Triton
     GEMM quantizing x itself (one launch; `use_quantize_in_gemm`, or a small eager call:
-    `host_bound`), or the activation's NVFP4 values written once, then cuBLAS (large M, bf16/fp16:
+    `eager_route`), or the activation's NVFP4 values written once, then cuBLAS (large M, bf16/fp16:
     true values in x's dtype) or the Triton GEMM (fp16 units in the weight decode's order, per-stream
     scratch). A dynamic scale: taken inside the first launch for small x
     (`kernels.fuses_dynamic_scale_in_pass`), else by a launch of its own first."""
@@ -294,11 +318,12 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
     kp = weight.shape[1] * 2
     tiles_for_m, one_launch = None, False
     if cublas is None:
-        if host_bound(x, m, n, kp, dynamic):
+        route = eager_route(x, m, n, kp, dynamic)
+        if route == ONE_LAUNCH:
             cublas, one_launch = False, True
             tiles_for_m = TILES_FOR_HOST_BOUND if m > 16 else None
         else:
-            cublas = use_cublas(m, n, kp, dynamic)
+            cublas = route is None and use_cublas(m, n, kp, dynamic)
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
     # act(x) too, on host-bound calls only (a dynamic scale's max |act(x)| then comes from a launch of its own
     # first): every N tile's programs recompute the activation, which cost the GPU more than the pass it saves
@@ -324,10 +349,7 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
     if cublas:
         k = kernels.act_width(act, x.shape[1]) if act is not None else x.shape[1]
         ka = cublas_k(k, kp)
-        if _scratch_fits(m * ka * x.element_size()):
-            a = scratch_of(x).cublas_activation(m, ka, x.dtype)
-        else:
-            a = torch.empty((m, ka), dtype=x.dtype, device=x.device)
+        a = _operands_source(x, m * ka * x.element_size()).cublas_activation(m, ka, x.dtype)
         host_alpha = not dynamic and alpha_host is not None and (bias is None or bias_in_addmm(n, kp, x.dtype))
         alpha_arg = alpha_host if host_alpha else alpha
         if act is None:  # x's values and the first weight chunk in one launch
@@ -371,10 +393,7 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
     device_alpha = on_device and bias is None and cublas_alpha.available(a)
     fp32_out = on_device and not device_alpha
     rows = _chunk_rows(n, kp, a.dtype, a.shape[0] if fp32_out else None)  # (<= n: the first chunk is whole)
-    if _scratch_fits(rows * kp * a.element_size()):
-        chunk, w_whole, w_whole_t = scratch_of(a).weight_chunk(rows, kp, ka, a.dtype)
-    else:
-        chunk, w_whole, w_whole_t = chunk_views(torch.empty((rows, kp), dtype=a.dtype, device=a.device), ka)
+    chunk, w_whole, w_whole_t = _operands_source(a, rows * kp * a.element_size()).weight_chunk(rows, kp, ka, a.dtype)
     acc = torch.empty((a.shape[0], rows), dtype=torch.float32, device=a.device) if fp32_out else None
     zero = scratch_of(a).zero if device_alpha else None
     with _fp32_reductions(a.dtype):
@@ -401,10 +420,13 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
     return out
 
 
-def _scratch_fits(nbytes: int) -> bool:
-    """Whether a cuBLAS-path operand of nbytes comes from per-stream scratch (CUBLAS_SCRATCH_BYTES;
-    never while torch.compile traces: M may be symbolic there, and the traced graph allocates)."""
-    return not _launch_mod.compile_tracing() and nbytes <= CUBLAS_SCRATCH_BYTES
+def _operands_source(t: torch.Tensor, nbytes: int):
+    """Where a cuBLAS-path operand of nbytes on t's device comes from: per-stream scratch up to
+    CUBLAS_SCRATCH_BYTES, tensors made for the call beyond (and while torch.compile traces: M may be
+    symbolic there, and the traced graph allocates)."""
+    if nbytes <= CUBLAS_SCRATCH_BYTES and not _launch_mod.compile_tracing():
+        return scratch_of(t)
+    return per_call(t.device)
 
 
 def bias_in_addmm(n: int, kp: int, dtype: torch.dtype) -> bool:
@@ -437,7 +459,7 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
       act=)`: the bits `triton_linear` derives from activation(h));
     - cuBLAS (large M, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype
       (`kernels.act_fake_quantize`, units=False), then `cublas_dequantized_gemm`;
-    - an eager call whose time is the host's (`host_bound`): the Triton GEMM taking act(h) itself, one
+    - an eager call whose time is the host's (`eager_route` ONE_LAUNCH): the Triton GEMM taking act(h) itself, one
       launch (`kernels.nvfp4_gemm_quantize_x(act=)`; a dynamic scale's pass first);
     - otherwise, decode sizes included: those values as fp16 units in the weight decode's order
       (per-stream scratch), then `kernels.nvfp4_gemm_dequantized_a`. (`triton_linear`'s decode

@@ -118,8 +118,18 @@ class _Fresh(Scratch):
         self._scale_words = None
         self._zero = None
         self._maxima = None
-        self.scales = torch.empty(2, dtype=torch.float32, device=device)
-        self.gs, self.alpha = self.scales[0:1], self.scales[1:2]
+
+    @functools.cached_property
+    def scales(self) -> torch.Tensor:  # (made where asked for: a call taking only operands needs none)
+        return torch.empty(2, dtype=torch.float32, device=self.device)
+
+    @property
+    def gs(self) -> torch.Tensor:
+        return self.scales[0:1]
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.scales[1:2]
 
     def get(self, part_numel, n_tickets):
         return (torch.empty(part_numel, dtype=torch.float32, device=self.device),
@@ -169,6 +179,11 @@ def capture_id(stream: int) -> int | None:
     if fn(stream, ctypes.byref(status), ctypes.byref(cid), None, None, None) != 0 or status.value != 1:
         return None  # (1: CU_STREAM_CAPTURE_STATUS_ACTIVE)
     return cid.value
+
+
+def per_call(device: torch.device) -> Scratch:
+    """Buffers made for one call and never kept (what `scratch` gives where it cannot keep them)."""
+    return _Fresh(device)
 
 
 def scratch(device: torch.device) -> Scratch:

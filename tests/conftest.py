@@ -101,7 +101,7 @@ def without_host_sync(fn, times: int = 1) -> list:
 def as_graph_replay(fn, x):
     """fn(x) as a CUDA graph replay computes it (a copy). That is the routing torch.compile'd code
     takes too: an eager call of a small layer past 16 rows takes the host-bound route instead
-    (`fp4linear.ops.host_bound`: the Triton GEMM where graphs and compiled code take cuBLAS), whose
+    (`fp4linear.ops.eager_route`: the Triton GEMM where graphs and compiled code take cuBLAS), whose
     sums run in another order, so compiled code is compared with this, not with the eager call."""
     fn(x)  # warm-up outside the capture (kernels compiled, cuBLAS initialized)
     graph = torch.cuda.CUDAGraph()

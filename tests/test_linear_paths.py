@@ -127,7 +127,7 @@ def test_dynamic_scale_in_the_quantize_pass_matches_the_separate_launch(device, 
     # the pass's own route (these small weights would take the decode kernel or the GEMM quantizing x)
     monkeypatch.setattr(ops, "use_gemv", lambda *a: False)
     monkeypatch.setattr(ops, "use_quantize_in_gemm", lambda *a: False)
-    monkeypatch.setattr(ops, "host_bound", lambda *a: False)  # (eager calls would take one launch)
+    monkeypatch.setattr(ops, "eager_route", lambda *a: None)  # (eager calls would take one launch)
     assert kernels.fuses_dynamic_scale_in_pass(m, k, x.stride(0))
     fused = ops.triton_linear(x, *args)
     monkeypatch.setattr(kernels.quant_dequant_launch, "DYNAMIC_IN_PASS_MAX", 0)
@@ -218,7 +218,7 @@ def test_gpu_linear_dynamic_through_the_barrier_pass(monkeypatch, m, k):
             n, True, None)
     assert kernels.dynamic_pass_barrier(m, layer.k_padded, x.device)
     assert not ops.use_gemv(m, n, layer.k_padded) and not ops.use_quantize_in_gemm(m, n, layer.k_padded)
-    monkeypatch.setattr(ops, "host_bound", lambda *a: False)  # the captured route (eager: one launch on small weights)
+    monkeypatch.setattr(ops, "eager_route", lambda *a: None)  # the captured route (eager: one launch on small weights)
     qdl._fake_plan.cache_clear()
     barrier = ops.triton_linear(x, *args)
     monkeypatch.setattr(qdl, "DYNAMIC_PASS_BARRIER_ELEMENTS", 2**40)
@@ -567,14 +567,13 @@ def test_quantize_in_gemm_refuses_x_wider_than_the_weight(device):
 
 def test_small_layers_called_eagerly_take_one_launch(device):
     """Past 16 rows a small layer called eagerly quantizes x inside the Triton GEMM with the mid-M
-    tiles (`ops.host_bound`), not cuBLAS; traced by torch.compile it keeps the device-time routing."""
+    tiles (`ops.eager_route`), not cuBLAS; traced by torch.compile it keeps the device-time routing."""
     m, n, k = 130, 40, 48
     layer, ckpt, q = layer_for(n, k, device)
     x = (torch.randn(m, k, generator=torch.Generator().manual_seed(5)) * 2).to(torch.bfloat16).to(device)
-    assert ops.host_bound(x, m, n, layer.k_padded)
-    assert not ops.host_bound(x, m, n, ops.HOST_BOUND_MNK)
+    assert ops.eager_route(x, m, n, layer.k_padded) == ops.ONE_LAUNCH
     with fp4linear.kernels.launch.wrapped_for_compile():
-        assert not ops.host_bound(x, m, n, layer.k_padded)
+        assert ops.eager_route(x, m, n, layer.k_padded) is None
     got = layer(x)
     want = kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
                                          layer.bias, torch.empty(m, n, dtype=x.dtype, device=device),
@@ -588,14 +587,74 @@ def test_decode_host_bound_by_weight_size():
     """Up to 16 rows an eager call is host-bound by its weight's size (N x Kp), a dynamic scale's
     sooner (every program of the one launch also reads all of x); never while traced."""
     x = torch.zeros(4, 8)
+    one = ops.ONE_LAUNCH
     for m in (2, 16):
-        assert ops.host_bound(x, m, 4096, 4096) and ops.host_bound(x, m, 4096, 4096, dynamic=True)
-        assert ops.host_bound(x, m, 8192, 3712) and not ops.host_bound(x, m, 8192, 3712, dynamic=True)
-        assert not ops.host_bound(x, m, 8192, 8192) and not ops.host_bound(x, m, 8192, 8192, dynamic=True)
-    assert ops.host_bound(x, 16, 1, ops.HOST_BOUND_DECODE_ELEMENTS)
-    assert not ops.host_bound(x, 16, 1, ops.HOST_BOUND_DECODE_ELEMENTS + 16)
+        assert ops.eager_route(x, m, 4096, 4096) == one and ops.eager_route(x, m, 4096, 4096, dynamic=True) == one
+        assert ops.eager_route(x, m, 8192, 3712) == one and ops.eager_route(x, m, 8192, 3712, dynamic=True) is None
+        assert ops.eager_route(x, m, 8192, 8192) is None and ops.eager_route(x, m, 8192, 8192, dynamic=True) is None
+    assert ops.eager_route(x, 16, 1, ops.HOST_BOUND_DECODE_ELEMENTS) == one
+    assert ops.eager_route(x, 16, 1, ops.HOST_BOUND_DECODE_ELEMENTS + 16) is None
     with fp4linear.kernels.launch.wrapped_for_compile():
-        assert not ops.host_bound(x, 8, 4096, 4096)
+        assert ops.eager_route(x, 8, 4096, 4096) is None
+
+
+def test_eager_route_tiers_past_decode():
+    """Past 16 rows an eager call takes one launch up to HOST_BOUND_MNK multiply-adds, the pass and the
+    Triton GEMM up to EAGER_TRITON_MNK (the per-rank prefill layers), and the device-time routing beyond;
+    never while traced."""
+    x = torch.zeros(4, 8)
+    assert ops.eager_route(x, 768, 384, 1536) == ops.ONE_LAUNCH  # MiniLM's FFN at 768 rows: 2^28.8
+    assert ops.eager_route(x, 17, 1, ops.HOST_BOUND_MNK // 17) == ops.ONE_LAUNCH
+    assert ops.eager_route(x, 2048, 1288, 2688) == ops.TRITON
+    assert ops.eager_route(x, 512, 4096, 4096) == ops.TRITON  # exactly EAGER_TRITON_MNK
+    assert ops.eager_route(x, 513, 4096, 4096) is None
+    assert ops.eager_route(x, 4096, 1288, 2688) is None
+    with fp4linear.kernels.launch.wrapped_for_compile():
+        assert ops.eager_route(x, 2048, 1288, 2688) is None
+
+
+@pytest.mark.parametrize("act", [None, "silu_mul"])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_eager_triton_route_takes_the_pass_and_the_triton_gemm(device, monkeypatch, dynamic, act):
+    """A layer the graphs give cuBLAS, called eagerly in the EAGER_TRITON_MNK tier (the tiers lowered
+    here to this small layer's size): the quantize pass, then the Triton GEMM, never cuBLAS, with the
+    bits of that route forced (`cublas=False`), and within the fp64 bound. GatedMLP's down projection
+    (act(h)) follows the same rule. Past the tier: cuBLAS, as graphs."""
+    m, n, k = 130, 40, 1392  # K % 64 != 0
+    layer, ckpt, q = layer_for(n, k, device, dynamic=dynamic, seed=7)
+    kp = layer.k_padded
+    width = 2 * k if act else k
+    x = (torch.randn(m, width, generator=torch.Generator().manual_seed(7)) * 3).to(torch.bfloat16).to(device)
+    assert ops.use_cublas(m, n, kp, dynamic)
+    monkeypatch.setattr(ops, "HOST_BOUND_MNK", m * n * kp - 1)
+    monkeypatch.setattr(ops, "EAGER_TRITON_MNK", m * n * kp)
+    assert ops.eager_route(x, m, n, kp, dynamic) == ops.TRITON
+    args = (layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2, layer.bias,
+            n, dynamic, layer._alpha_host)
+
+    def call(cublas=None):
+        if act is None:
+            return ops.triton_linear(x, *args, cublas=cublas)
+        return ops.triton_act_linear(x, act, *args, cublas=cublas)
+
+    want = call(cublas=False)
+    calls = []
+    real = ops.cublas_dequantized_gemm
+    monkeypatch.setattr(ops, "cublas_dequantized_gemm", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    got = call()
+    assert not calls and torch.equal(got, want)
+    if act is None:
+        assert torch.equal(layer(x), want)
+        scale = fp4linear.decode_scale(x.float().abs().amax().cpu()) if dynamic else ckpt["input_scale"]
+        ref, bound = fp64_bound(x, layer, q, scale)
+        check(got, ref, bound, torch.bfloat16)
+    else:
+        h = fp4linear.activation(x, act)
+        assert torch.equal(ops.triton_linear(h, *args), want)  # the unfused Linear's bits
+    monkeypatch.setattr(ops, "EAGER_TRITON_MNK", m * n * kp - 1)
+    assert ops.eager_route(x, m, n, kp, dynamic) is None
+    call()
+    assert calls  # past the tier: cuBLAS
 
 
 def _forbid_pass(monkeypatch):
@@ -620,7 +679,7 @@ def test_decode_called_eagerly_takes_one_launch_with_the_graph_bits(device, monk
     two_launches = ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
                                      layer.weight_scale_2, layer.bias, n, dynamic, layer._alpha_host, cublas=False)
     _forbid_pass(monkeypatch)
-    assert ops.host_bound(x, m, n, layer.k_padded, dynamic)
+    assert ops.eager_route(x, m, n, layer.k_padded, dynamic) == ops.ONE_LAUNCH
     got = layer(x)
     assert torch.equal(got, two_launches)
     scale = fp4linear.decode_scale(x.float().abs().amax().cpu()) if dynamic else ckpt["input_scale"]
@@ -656,7 +715,7 @@ def test_gpu_small_layer_eager_one_launch_and_graph_cublas(dynamic):
     m, n, k = 768, 384, 1536
     layer, ckpt, q = layer_for(n, k, "cuda", dynamic=dynamic, seed=3)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
-    assert ops.host_bound(x, m, n, layer.k_padded) and ops.use_cublas(m, n, layer.k_padded, dynamic)
+    assert ops.eager_route(x, m, n, layer.k_padded) == ops.ONE_LAUNCH and ops.use_cublas(m, n, layer.k_padded, dynamic)
     eager = layer(x)
     again = without_host_sync(lambda: layer(x), 3)
     assert all(torch.equal(eager, a) for a in again)
@@ -672,6 +731,41 @@ def test_gpu_small_layer_eager_one_launch_and_graph_cublas(dynamic):
     ref, bound = fp64_bound(x, layer, q, scale)
     check(eager, ref, bound, torch.bfloat16)
     check(y, ref, bound, torch.bfloat16)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("m, n, k", [(2048, 1288, 2688), (4096, 2688, 464)])
+def test_gpu_per_rank_prefill_eager_triton_and_graph_cublas(m, n, k, dynamic):
+    """Per-rank prefill layers in the EAGER_TRITON_MNK tier: eagerly the pass and the Triton GEMM (the
+    bits of that route forced), no sync, deterministic; captured, cuBLAS. Both within the fp64 bound."""
+    layer, ckpt, q = layer_for(n, k, "cuda", dynamic=dynamic, seed=m)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
+    assert ops.eager_route(x, m, n, layer.k_padded, dynamic) == ops.TRITON and ops.use_cublas(m, n, layer.k_padded,
+                                                                                                dynamic)
+    args = (x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2,
+            layer.bias, n, dynamic, layer._alpha_host)
+    eager = without_host_sync(lambda: layer(x), 3)
+    assert all(torch.equal(e, ops.triton_linear(*args, cublas=False)) for e in eager)
+    graph = as_graph_replay(layer, x)
+    assert torch.equal(graph, ops.triton_linear(*args, cublas=True))
+    scale = fp4linear.decode_scale(x.float().abs().amax()) if dynamic else ckpt["input_scale"]
+    ref, bound = fp64_bound(x, layer, q, scale)
+    check(eager[0], ref, bound, torch.bfloat16)
+    check(graph, ref, bound, torch.bfloat16)
+
+
+def test_routing_probes_cublas_only_where_it_would_take_it(monkeypatch):
+    """`use_cublas` looks at the rows first: its cuBLAS probe (`cublas_alpha.usable`, whose first call
+    makes a cuBLAS handle) never runs for a call cuBLAS would not take, e.g. a decode call captured
+    into a CUDA graph before any cuBLAS use in the process."""
+    def probe():
+        raise AssertionError("probed cuBLAS")
+    monkeypatch.setattr(fp4linear.cublas_alpha, "usable", probe)
+    assert not ops.use_cublas(16, 1536, 384, True) and not ops.use_cublas(1, 4096, 512, True)
+    assert ops.use_cublas(2048, 1536, 4096, True)  # Kp >= 1024: no probe either
+    with pytest.raises(AssertionError, match="probed"):
+        ops.use_cublas(2048, 1536, 384, True)
 
 
 @pytest.mark.cuda
@@ -738,7 +832,7 @@ def test_gpu_weight_as_right_operand(config, m, n, k):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dynamic", [False, True])
 @pytest.mark.parametrize("route", ["decode", "cublas"])
-def test_gpu_graphs_share_scratch_within_a_capture_only(dynamic, route):
+def test_gpu_graphs_share_scratch_within_a_capture_only(monkeypatch, dynamic, route):
     """One scratch set per capture and stream (zeroed once per replay, not once per layer), none
     shared with eager calls or other graphs: two graphs captured into one shared memory pool and
     replayed in turn, with eager calls in between, give the eager bits. Decode GEMMs split over K
@@ -748,8 +842,9 @@ def test_gpu_graphs_share_scratch_within_a_capture_only(dynamic, route):
     n = 4096 if route == "decode" else 1024
     ms = (16, 8, 1) if route == "decode" else (600, 520)
     layers = [layer_for(n, n, "cuda", dynamic=dynamic, seed=i)[0] for i in range(3)]
-    if route == "cublas":
-        assert all(ops.use_cublas(m, n, n, dynamic) and not ops.host_bound(torch.empty(0), m, n, n, dynamic)
+    if route == "cublas":  # eager calls on the cuBLAS route too (not the eager Triton route of these sizes)
+        monkeypatch.setattr(ops, "EAGER_TRITON_MNK", ops.HOST_BOUND_MNK)
+        assert all(ops.use_cublas(m, n, n, dynamic) and ops.eager_route(torch.empty(0), m, n, n, dynamic) is None
                    for m in ms)
 
     def run(x, seen=None):
@@ -874,10 +969,10 @@ def test_gpu_paths_no_sync_graph_deterministic(monkeypatch, path, m, dynamic):
     with torch.cuda.graph(graph):
         y = _forward(layer, x, path)
     x.copy_(torch.randn_like(x) * 3)
-    # An eager call of this small layer past 16 rows takes the host-bound route (`ops.host_bound`: other
+    # An eager call of this small layer past 16 rows takes the host-bound route (`ops.eager_route`: other
     # kernels and K splits than the captured one, so other sums); the replay is compared with an eager
     # call of the route the capture took.
-    monkeypatch.setattr(ops, "host_bound", lambda *args: False)
+    monkeypatch.setattr(ops, "eager_route", lambda *args: None)
     for _ in range(2):
         graph.replay()
         torch.cuda.synchronize()
@@ -1257,19 +1352,23 @@ def test_dynamic_scale_inside_the_quantizing_gemm_matches_the_separate_launch(de
 
 
 @pytest.mark.cuda
-def test_gpu_fresh_process_eager_warmup_then_graph_capture():
+@pytest.mark.parametrize("dynamic, m", [(False, 768), (True, 768), (True, 16)])
+def test_gpu_fresh_process_eager_warmup_then_graph_capture(dynamic, m):
     """A fresh process whose only CUDA work is a small layer called eagerly (the one-launch route,
-    no cuBLAS), then captured into a CUDA graph (the cuBLAS route): the capture must not be the
-    first cuBLAS call (cuBLAS cannot create its handles inside a capture)."""
+    no cuBLAS), then captured into a CUDA graph (768 rows: the cuBLAS route): the capture must not be
+    the first cuBLAS call (cuBLAS cannot create its handles inside a capture). 16 rows with a dynamic
+    scale and Kp < 1024: the capture's routing must not probe cuBLAS (`cublas_alpha`) either (it did,
+    and failed, before any row count was looked at)."""
     import subprocess
     import sys
     import textwrap
 
-    code = textwrap.dedent("""
+    scale = "None" if dynamic else "fp4linear.decode_scale(torch.tensor(4.0))"
+    code = textwrap.dedent(f"""
         import torch, fp4linear
         lin = torch.nn.Linear(384, 1536, device="cuda", dtype=torch.bfloat16)
-        layer = fp4linear.Linear.from_linear(lin, input_scale=fp4linear.decode_scale(torch.tensor(4.0)))
-        x = torch.randn(768, 384, device="cuda", dtype=torch.bfloat16)
+        layer = fp4linear.Linear.from_linear(lin, input_scale={scale})
+        x = torch.randn({m}, 384, device="cuda", dtype=torch.bfloat16)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
