@@ -3,8 +3,8 @@ baselines, from the torch profiler (CUPTI kernel records), per call.
 
 The issues' remaining gaps are each claimed to sit in one part of the route (the quantize pass, the
 weight dequantization, cuBLAS itself); this measures the parts. Rows, all bf16 input, no bias, static
-input scale unless named, the routes CUDA graphs take (the eager one-launch route, `ops.host_bound`,
-is switched off so that an eager call runs the same kernels):
+input scale unless named, the routes CUDA graphs take (the eager routes, `ops.eager_route`,
+are switched off so that an eager call runs the same kernels):
 - prefill Linears at issue 10's near misses (cuBLAS path: the operands launch, the weight chunks,
   cuBLAS) and nn.Linear;
 - GatedMLP vs the unfused swapped MLP vs transformers' LlamaMLP at M = 4096 (GLM-4.5-Air per rank);
@@ -76,8 +76,8 @@ def run(args):
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     linears = [(40, 72, 200), (5, 72, 200)] if device == "cpu" else LINEARS
     mlps = [("tiny", 64, 40, 40)] if device == "cpu" else MLPS
-    saved = ops.host_bound
-    ops.host_bound = lambda *a, **kw: False  # the CUDA-graph routes, eagerly
+    saved = ops.eager_route
+    ops.eager_route = lambda *a, **kw: None  # the CUDA-graph routes, eagerly
     rows = []
     try:
         for m, n, k in tqdm(linears, desc="linears", file=sys.stderr):
@@ -102,9 +102,9 @@ def run(args):
                 rows += rows_of(f"MLP {model}", m, hidden, inter, variant,
                                 kernel_times(lambda mod=mod: mod(x), CALLS, device))
     finally:
-        ops.host_bound = saved
+        ops.eager_route = saved
     intro = ("Per-kernel device time per call (torch profiler, CUPTI kernel records, mean of "
-             f"{CALLS} eager calls after a warm-up) on the routes CUDA graphs take (`ops.host_bound` off); decode "
+             f"{CALLS} eager calls after a warm-up) on the routes CUDA graphs take (`ops.eager_route` off); decode "
              "rows (M <= 16) over a chain of cold layer copies, time per layer. bf16 input, no bias. Linear: N, K "
              "the weight's; MLP: N = hidden, K = per-rank intermediate. cuBLAS GEMM = every cuBLAS/CUTLASS GEMM "
              "kernel of the call. share = % of the variant's summed kernel time (launch gaps not counted). A kernel "

@@ -64,7 +64,7 @@ def both(fn):
 
 
 def cublas_route(layer, x, dynamic: bool):
-    """`ops.triton_linear` of layer on x forced onto the cuBLAS path (as an eager call past `ops.host_bound`)."""
+    """`ops.triton_linear` of layer on x forced onto the cuBLAS path (as an eager call past `ops.EAGER_TRITON_MNK`)."""
     return ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
                              layer.weight_scale_2, layer.bias, layer.out_features, dynamic,
                              None if dynamic else layer._alpha_host, cublas=True)
@@ -160,7 +160,7 @@ def main():
             a_l, layer.weight, layer.weight_scale, None, 0.5, out_l, x=xl, gs=layer.input_global_scale),
         f"fp4linear.Linear static, M={ml}": both(lambda: layer(xl)),
         f"fp4linear.Linear dynamic, M={ml}": both(lambda: dyn(xl)),
-        # pieces of the cuBLAS route (what eager layers past `ops.host_bound` take; the whole route: above)
+        # pieces of the cuBLAS route (what eager layers past `ops.EAGER_TRITON_MNK` take; the whole route: above)
         f"cublas_alpha.mm_device_alpha, M={ml}": lambda: cublas_alpha.mm_device_alpha(a_l, w_l, dyn.alpha, zero,
                                                                                       out_l),
         "a view (chunk[:n])": lambda: chunk[: a.n],
@@ -192,7 +192,7 @@ def main():
                 for kind, lay, d in (("static", lay, False), ("dynamic", dy, True))
                 for label, cap in (("operands in scratch", saved_cap), ("operands per call", 0))]
     pairs = route_pairs(f"M={ml}", layer, dyn, xl)
-    # per-rank layers at prefill sizes, whose eager calls take this route (`ops.host_bound` false): wall time
+    # per-rank layers at prefill sizes, whose eager calls took this route before `ops.EAGER_TRITON_MNK`: wall time
     # per call with nn.Linear in the same rounds (the host decides it where the GPU needs less)
     for m_, n_, k_ in a.route_shapes:
         lin_ = torch.nn.Linear(k_, n_, bias=False, device="cuda", dtype=torch.bfloat16)

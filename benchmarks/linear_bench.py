@@ -607,24 +607,27 @@ def run_ab_fused(args):
     graph_us, wall_us = timers(device)
     shapes = [(72, 200)] if device == "cpu" else (args.shapes or AB_FUSED_SHAPES)
     ms = [16, 40] if device == "cpu" else (args.m or [16, 128, 512, 768, 2048])
-    saved = ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv, ops.host_bound
+    saved = ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv, ops.eager_route
 
-    def routed(cublas, fused, layer_fn):
-        """layer_fn under a forced path (the routing functions replaced while it runs; `ops.host_bound`
-        too, so that an eager call takes the path named rather than the one-launch route of small
-        layers)."""
+    def routed(cublas, fused, layer_fn, eager_route=False):
+        """layer_fn under a forced path (the routing functions replaced while it runs; `ops.eager_route`
+        too, so that an eager call takes the path named rather than an eager route; eager_route: the
+        one-launch route of small eager layers itself, forced on, graphs included)."""
         def run():
             ops.use_cublas = (lambda *a: cublas) if cublas is not None else saved[0]
             ops.use_quantize_in_gemm = (lambda *a: fused) if fused is not None else saved[1]
             ops.use_gemv = lambda *a: False
-            ops.host_bound = lambda *a: False
+            ops.eager_route = lambda *a: ops.ONE_LAUNCH if eager_route else None
             try:
                 layer_fn()
             finally:
-                ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv, ops.host_bound = saved
+                ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv, ops.eager_route = saved
         return run
 
-    paths = [("fused", False, True), ("two launches", False, False), ("cublas", True, None)]
+    # (name, cublas, fused, eager route); 'host-bound tiles': the one launch with the tiles `ops.eager_route`
+    # gives it (`ops.TILES_FOR_HOST_BOUND`), where 'fused' takes the tiles `kernels.gemm_config` picks for M
+    paths = [("fused", False, True, False), ("host-bound tiles", None, None, True),
+             ("two launches", False, False, False), ("cublas", True, None, False)]
     rows = []
     for n, k in tqdm(shapes, desc="fused a/b", file=sys.stderr):
         for m in ms:
@@ -635,10 +638,12 @@ def run_ab_fused(args):
             eager = device == "cpu" or bf16 < EAGER_PATHS_BF16_US
             for mode, idx in (("static", 1), ("dynamic", 2)):
                 fns, names = [], []
-                for name, cublas, fused in paths:
+                for name, cublas, fused, eager_route in paths:
                     if cublas and not ops.use_cublas(m, n, layers[0][idx].k_padded, False) and m < 512:
                         continue  # cuBLAS only where it is a candidate (M >= 512 or small weights from M = 64)
-                    fns.append(routed(cublas, fused, chain([c[idx] for c in layers], x)))
+                    if eager_route and (m <= 16 or not args.host_bound_tiles):
+                        continue  # (up to 16 rows the host-bound route takes the decode tiles: 'fused' times them)
+                    fns.append(routed(cublas, fused, chain([c[idx] for c in layers], x), eager_route))
                     names.append(name)
                 if m <= kernels.SMALL_M and mode == "static":
                     outs = [torch.empty(m, n, device=device, dtype=torch.bfloat16) for _ in layers]
@@ -654,7 +659,7 @@ def run_ab_fused(args):
                 nan = float("nan")
                 bf16_wall, wall_of = nan, {}
                 if eager:  # one layer (eager measures the host), nn.Linear and the routed paths alternating
-                    timed = [(name, routed(c, f, lambda lyr=layers[0][idx]: lyr(x))) for name, c, f in paths
+                    timed = [(name, routed(c, f, lambda lyr=layers[0][idx]: lyr(x), e)) for name, c, f, e in paths
                              if name in names]
                     walls = wall_us([lambda lin=layers[0][0]: lin(x)] + [fn for _, fn in timed], eager_calls(bf16))
                     bf16_wall, wall_of = walls[0], {name: w for (name, _), w in zip(timed, walls[1:])}
@@ -665,10 +670,12 @@ def run_ab_fused(args):
                     f"{nm} {d:.2f}us" for nm, d in zip(names, dev)) + f" -> {names[best]}", flush=True)
     intro = ("Paths past decode, whole layer, bf16 input, no bias. 'fused': x quantized inside the Triton GEMM "
              "(`kernels.nvfp4_gemm_quantize_x`, one launch); 'two launches': the quantize-dequantize pass, then the "
-             "Triton GEMM; 'cublas': the cuBLAS path (operands launch, then cuBLAS); 'small_m kernel': the "
+             "Triton GEMM; 'cublas': the cuBLAS path (operands launch, then cuBLAS); 'host-bound tiles' (runs with "
+             "--host-bound-tiles): the one launch with the tiles small eager layers' route gives it "
+             "(`ops.TILES_FOR_HOST_BOUND`); 'small_m kernel': the "
              "tensor-core single-launch kernel (M <= 16, static). Device time: CUDA-graph replay medians (M <= 16: "
              "weights cold); eager: wall time per call, the paths and nn.Linear in alternating rounds (each path "
-             "forced, small layers' one-launch eager route (`ops.host_bound`) included), for layers under "
+             "forced, the eager routes (`ops.eager_route`) included), for layers under "
              f"{EAGER_PATHS_BF16_US} us of bf16 device time (the rows before session 24: under 20 us, and at "
              "M x N x Kp <= 2^29 every path's eager call took that one-launch route).")
     if device == "cpu":
@@ -690,9 +697,9 @@ AB_EAGER_SHAPES = [(4096, 4096), (8192, 3696), (2736, 4096), (8192, 8192)]  # th
 
 
 def run_ab_eager(args):
-    """Eager decode calls (M <= 16) by route: the eager route (`ops.host_bound`: one launch, x quantized
+    """Eager decode calls (M <= 16) by route: the eager route (`ops.eager_route`: one launch, x quantized
     inside the GEMM, on weights up to `ops.HOST_BOUND_DECODE_ELEMENTS`) against the route graphs
-    capture (host_bound off: the pass, then the GEMM) and nn.Linear bf16, in alternating rounds. Wall
+    capture (eager_route off: the pass, then the GEMM) and nn.Linear bf16, in alternating rounds. Wall
     time per call of a loop of calls and one synchronize, 'hot': one layer called again and again (its
     weights stay in L2: the host's time), 'cold': a chain of layer copies whose bf16 weights exceed
     256 MiB, called eagerly (a model's decode step: every weight from DRAM), time per layer. Device
@@ -716,7 +723,7 @@ def run_ab_eager(args):
         return run
 
     def captured_route(fn):
-        return with_rule(fn, "host_bound", False)
+        return with_rule(fn, "eager_route", None)
 
     def one_launch(fn):  # the eager route (the GEMM quantizing x), which a capture would not take
         return with_rule(fn, "use_quantize_in_gemm", True)
@@ -730,7 +737,8 @@ def run_ab_eager(args):
             for mode, idx in (("static", 1), ("dynamic", 2)):
                 kp = layers[0][idx].k_padded
                 # the routes differ where an eager call is host-bound and the captured route takes two launches
-                eager_route = (ops.host_bound(x, m, n, kp, mode == "dynamic") and not ops.use_gemv(m, n, kp)
+                eager_route = (ops.eager_route(x, m, n, kp, mode == "dynamic") == ops.ONE_LAUNCH
+                               and not ops.use_gemv(m, n, kp)
                                and not ops.use_quantize_in_gemm(m, n, kp))
                 cold = [chain([c[j] for c in layers], x) for j in (0, idx)]
                 dev = [graph_us(one_launch(cold[1]) if eager_route else cold[1]) / copies, graph_us(cold[1]) / copies]
@@ -742,9 +750,9 @@ def run_ab_eager(args):
                 print(f"{m}x{n}x{k} {mode} (eager route {'one launch' if eager_route else 'as captured'}): hot "
                       f"bf16 {hot[0]:.1f} / eager route {hot[1]:.1f} / captured route {hot[2]:.1f} us; cold "
                       f"{walls[0]:.1f} / {walls[1]:.1f} / {walls[2]:.1f} us", flush=True)
-    intro = ("Eager decode calls by route, bf16 input, no bias. 'eager route': what an eager call takes (`ops.host_bound`: "
+    intro = ("Eager decode calls by route, bf16 input, no bias. 'eager route': what an eager call takes (`ops.eager_route`: "
              "one launch, x quantized inside the GEMM, on weights up to HOST_BOUND_DECODE_ELEMENTS); 'captured route': "
-             "what CUDA graphs and torch.compile take (host_bound off: the quantize pass, then the GEMM; the CUDA-core "
+             "what CUDA graphs and torch.compile take (eager_route off: the quantize pass, then the GEMM; the CUDA-core "
              "kernel at 1-4 rows on the smaller weights). 'one launch' = 1 where the two routes differ, 0 where they "
              "are the same code (those rows show the host's noise). Wall time per call of a loop of 300 calls and one "
              "synchronize, nn.Linear and both routes in alternating rounds (median of 11): 'hot' = one layer called "
@@ -1549,6 +1557,8 @@ def main():
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (no timings of note)")
     p.add_argument("--m", type=int, nargs="*", help="only these M")
     p.add_argument("--shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", help="only these NxK")
+    p.add_argument("--host-bound-tiles", action="store_true", help="--ab-fused: also the one launch with the tiles "
+                   "of the host-bound eager route (ops.TILES_FOR_HOST_BOUND)")
     p.add_argument("--update", action="store_true", help="replace only the measured rows of this card's CSV")
     p.add_argument("--capped", action="store_true", help="--tune-pipelined --registers: only the register "
                    "kernel's tiles under a register cap (two CTAs per SM), with references "
