@@ -424,7 +424,7 @@ def _operands_source(t: torch.Tensor, nbytes: int):
     """Where a cuBLAS-path operand of nbytes on t's device comes from: per-stream scratch up to
     CUBLAS_SCRATCH_BYTES, tensors made for the call beyond (and while torch.compile traces: M may be
     symbolic there, and the traced graph allocates)."""
-    if nbytes <= CUBLAS_SCRATCH_BYTES and not _launch_mod.compile_tracing():
+    if not _launch_mod.compile_tracing() and nbytes <= CUBLAS_SCRATCH_BYTES:  # (nbytes may be symbolic there)
         return scratch_of(t)
     return per_call(t.device)
 

@@ -638,11 +638,12 @@ def test_eager_triton_route_takes_the_pass_and_the_triton_gemm(device, monkeypat
         return ops.triton_act_linear(x, act, *args, cublas=cublas)
 
     want = call(cublas=False)
-    calls = []
-    real = ops.cublas_dequantized_gemm
+    calls, gemms = [], []
+    real, real_gemm = ops.cublas_dequantized_gemm, kernels.nvfp4_gemm_dequantized_a
     monkeypatch.setattr(ops, "cublas_dequantized_gemm", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(kernels, "nvfp4_gemm_dequantized_a", lambda *a, **kw: gemms.append(1) or real_gemm(*a, **kw))
     got = call()
-    assert not calls and torch.equal(got, want)
+    assert not calls and gemms == [1] and torch.equal(got, want)  # the pass's GEMM (not one launch), not cuBLAS
     if act is None:
         assert torch.equal(layer(x), want)
         scale = fp4linear.decode_scale(x.float().abs().amax().cpu()) if dynamic else ckpt["input_scale"]
