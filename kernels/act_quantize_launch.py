@@ -12,7 +12,7 @@ import triton
 from . import _interpreter
 from . import act_quantize as act_module
 from .maxima import scale_args
-from .launch import CachedLaunch, cdiv, compile_tracing, int_key
+from .launch import CachedLaunch, cdiv, compile_tracing, int_key, next_pow2
 from .layout import check_mma16
 from .quantize_launch import MEASURED_VARIANTS, QuantConfig, kernel_meta, quant_config
 
@@ -119,7 +119,7 @@ def act_pad_quantize(x, act: str, global_scale, data, scale, *, sf_row_tile: int
             ip // 16, n_partials)
     meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, SF_ROW_TILE=sf_row_tile, ACT=code, GATED=gated,
                 BF16_BITS=x.device.type == "cpu", DYNAMIC=dynamic,
-                PARTIALS=triton.next_power_of_2(n_partials), BLOCK_M=config.block_m, BLOCK_K=config.block_k,
+                PARTIALS=next_pow2(n_partials), BLOCK_M=config.block_m, BLOCK_K=config.block_k,
                 ONE_PAD_TILE=meta["ONE_PAD_TILE"], HALVES=meta["HALVES"], num_warps=config.num_warps,
                 enable_fp_fusion=False)  # IEEE ops in torch's order: no FMA contraction
     _run(mod.act_quantize_kernel[grid], args, meta, x.device)

@@ -11,7 +11,7 @@ import triton
 from . import _interpreter
 from . import gemm as gemm_module
 from . import gemm_wgmma
-from .launch import CachedLaunch, cdiv, compile_tracing, int_key
+from .launch import CachedLaunch, cdiv, compile_tracing, int_key, next_pow2
 from .launch import sm_count as _sm_count
 from .layout import check_mma16, mma16_rows
 from .act_quantize_launch import ACTS, act_fake_quantize, act_width
@@ -307,7 +307,7 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED,
     tracing = compile_tracing()
     plan = _gemm_plan.__wrapped__ if tracing else _gemm_plan  # M may be symbolic (unhashable) there
     # the max |x| reads unroll over rows: M made concrete (under torch.compile, a guard on M)
-    amax = (triton.next_power_of_2(int(m)), k) if dynamic else None
+    amax = (next_pow2(int(m)), k) if dynamic else None
     grid, meta, options, split, tiles, per_split, launch_id, gluon_launch = plan(
         index, m, n, kp, config, a_mode, a.dtype, out.dtype, None if bias is None else bias.dtype,
         *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax, a_order, tracing, act)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import triton
+
+from .launch import next_pow2
 
 # Up to this many programs in the scale launch, the pass after it reduces their maxima
 # (`scales_launch.dynamic_encode_scale`); beyond, the launch's ticket does. H100, whole dynamic layer,
@@ -37,7 +38,7 @@ class DynamicScale(NamedTuple):
     @property
     def block(self) -> int:
         """The consumer's MAXIMA_BLOCK constexpr (a power of two >= count)."""
-        return triton.next_power_of_2(self.count)
+        return next_pow2(self.count)
 
     def kernel_args(self) -> tuple:
         """(the encode-scale pointer's tensor, maxima, count, scales) as the passes take them

@@ -421,3 +421,10 @@ def test_gpu_a_launch_hook_sees_every_launch():
     with _launch_hook(lambda *a: seen.append(1)):
         got = static(x)
     assert seen and torch.equal(got, want)
+
+
+def test_next_pow2_is_tritons():
+    """The host-side power of two the per-call launch code uses equals `triton.next_power_of_2`."""
+    from fp4linear.kernels.launch import next_pow2
+    for n in [*range(1, 4100), 2**20 - 1, 2**20, 2**20 + 1, 2**31 - 1]:
+        assert next_pow2(n) == triton.next_power_of_2(n), n
