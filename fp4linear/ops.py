@@ -11,8 +11,9 @@ Paths of `triton_linear` by the number of rows M (docs/nvfp4.md, "Triton backend
 - up to 16 rows on weights under 8M elements: the Triton GEMM quantizing x itself, one launch
   (`kernels.nvfp4_gemm_quantize_x`); `use_quantize_in_gemm`;
 - called eagerly (`eager_route`), up to 16 rows on weights up to 32M elements and past 16 rows on small
-  layers: the GEMM quantizing x, one launch; past 16 rows on per-rank layers up to 2^33 multiply-adds:
-  the pass, then the Triton GEMM, not cuBLAS (the host, not the GPU, sets such calls' time);
+  layers: the GEMM quantizing x, one launch; past 16 rows on per-rank layers up to 2^32 multiply-adds
+  (2^33 with a dynamic scale): the pass, then the Triton GEMM, not cuBLAS (the host, not the GPU, sets
+  such calls' time);
 - otherwise one quantize-dequantize pass of x, then either the Triton GEMM on the dequantized
   activation (one launch, split-K reduced inside) or, for larger M with a bf16/fp16 input, cuBLAS
   on exactly dequantized operands with fp32 accumulation (the weight dequantized in row chunks,
@@ -235,15 +236,20 @@ DYNAMIC_MAXIMA = True
 # (~24 us) and the cuBLAS path (~52 us) there.
 HOST_BOUND_MNK = 1 << 29
 TILES_FOR_HOST_BOUND = 256  # host-bound calls take the tiles `kernels.gemm_config` picks for M < 512
-# Past it, up to this M * N * Kp: the pass and then the Triton GEMM (two launches, the tiles graphs take
-# for M), not cuBLAS. Its device time there (<= ~55 us) is under the cuBLAS route's host time (operands
-# launch, cuBLAS call, the reduction flag: ~75-100 us static, ~135-185 dynamic on the H100 machine of
-# session 25, whose nn.Linear took ~30) and, by at most ~10%, over it on a host twice as fast. H100,
-# linear_bench.py --ab-fused, eager wall per call, static / dynamic, two launches vs cuBLAS:
-# 2048x1288x2688 57.9 / 106 vs 73.4 / 186 us, 4096x2688x464 54.4 / 98.1 vs 83.8 / 163, 1024x2576x2688
-# 54.2 / 81.6 vs 77.2 / 137, 512x4096x4096 58.8 / 90.8 vs 69.6 / 144; past it cuBLAS's device time wins:
-# 2048x2576x2688 101 / 110 vs 68.9 / 100, 4096x1288x2688 110 static vs 102, 1024x4096x4096 131 vs 84.0.
-EAGER_TRITON_MNK = 1 << 33
+# Past it, up to this M * N * Kp (static scale; _DYNAMIC for a dynamic one): the pass and then the Triton
+# GEMM (two launches, the tiles graphs take for M), not cuBLAS. An eager call takes about the larger of its
+# host and device time. H100, linear_bench.py --ab-fused, eager wall per call, static / dynamic, two
+# launches vs the cuBLAS route, on a host whose nn.Linear call took ~30 us: 2048x1288x2688 57.9 / 106 vs
+# 73.4 / 186 us, 4096x2688x464 54.4 / 98.1 vs 83.8 / 163, 512x4096x4096 58.8 / 90.8 vs 69.6 / 144,
+# 512x1288x2688 62.9 / 99.0 vs 98.9 / 174; past 2^33 cuBLAS's device time wins (2048x2576x2688 101 / 110
+# vs 68.9 / 100). The static cuBLAS route's host time (~75-100 us there) is ~40-45 us on a host twice as
+# fast (nn.Linear ~17 us: ~52 measured there before its operands moved to scratch, which saved 13-27%), where
+# a static call whose two launches need more device time than that would lose to it: those launches take <= ~40 us of device time up to 2^32 (1024x1288x2688 40.2, 512x2576x2688
+# 39.8, 2048x2688x464 24.5; 256x4096x4096 47.4 at 2^32 itself) but up to ~55 beyond (2048x1288x2688 52.4,
+# 512x4096x4096 54.7). The dynamic cuBLAS route adds a scale launch and a ctypes GEMM call (~135-185 us of
+# host time there), so its tier reaches 2^33 (two launches' device time <= ~60 us).
+EAGER_TRITON_MNK = 1 << 32
+EAGER_TRITON_MNK_DYNAMIC = 1 << 33
 # Up to 16 rows the same holds by weight size: the GEMM quantizing x (one launch, the decode tiles) takes,
 # weights cold, at most about one launch's host time (~17 us, nn.Linear's) where the two-launch path
 # routed for graphs costs ~24 us of host time an eager call (H100, linear_bench.py --ab-fused, device time,
@@ -259,24 +265,28 @@ ONE_LAUNCH, TRITON = "one launch", "triton"  # `eager_route`'s routes
 def eager_route(x, m: int, n: int, kp: int, dynamic: bool = False) -> str | None:
     """The route of a call whose time is the host's, or None where the device-time routing holds
     (`use_cublas`, `use_quantize_in_gemm`): every call captured into a CUDA graph or traced by
-    torch.compile (there only device time counts), and eager calls past EAGER_TRITON_MNK.
+    torch.compile (there only device time counts), and eager calls past EAGER_TRITON_MNK (_DYNAMIC).
 
     - ONE_LAUNCH: up to 16 rows on a weight of at most HOST_BOUND_DECODE_ELEMENTS (N x Kp; _DYNAMIC for
       a dynamic scale), or past 16 rows up to HOST_BOUND_MNK multiply-adds: x quantized inside the
       Triton GEMM; past 16 rows with the mid-M tiles whatever M (`TILES_FOR_HOST_BOUND`), so that act(h)
       on the same path (GatedMLP's down projection) gets the same bits; up to 16 rows with the decode
       tiles graphs use, so the bits are those of the captured two-launch path.
-    - TRITON: past 16 rows up to EAGER_TRITON_MNK: the quantize-dequantize pass, then the Triton GEMM
-      (the graphs' Triton route), where graphs may take cuBLAS (operands launch, the cuBLAS call and
-      its flag cost ~75 us of host time on the H100 machine against ~30 for nn.Linear)."""
+    - TRITON: past 16 rows up to EAGER_TRITON_MNK (_DYNAMIC for a dynamic scale): the quantize-dequantize
+      pass, then the Triton GEMM (the graphs' Triton route), where graphs may take cuBLAS (operands
+      launch, the cuBLAS call and its flag cost ~75 us of host time on the H100 machine against ~30 for
+      nn.Linear)."""
     if m <= 16:
         if n * kp > (HOST_BOUND_DECODE_ELEMENTS_DYNAMIC if dynamic else HOST_BOUND_DECODE_ELEMENTS):
             return None
         route = ONE_LAUNCH
     else:
         mnk = m * n * kp
-        route = ONE_LAUNCH if mnk <= HOST_BOUND_MNK else TRITON if mnk <= EAGER_TRITON_MNK else None
-        if route is None:
+        if mnk <= HOST_BOUND_MNK:
+            route = ONE_LAUNCH
+        elif mnk <= (EAGER_TRITON_MNK_DYNAMIC if dynamic else EAGER_TRITON_MNK):
+            route = TRITON
+        else:
             return None
     if _launch_mod.compile_tracing():
         return None

@@ -600,23 +600,29 @@ def test_decode_host_bound_by_weight_size():
 
 def test_eager_route_tiers_past_decode():
     """Past 16 rows an eager call takes one launch up to HOST_BOUND_MNK multiply-adds, the pass and the
-    Triton GEMM up to EAGER_TRITON_MNK (the per-rank prefill layers), and the device-time routing beyond;
-    never while traced."""
+    Triton GEMM up to EAGER_TRITON_MNK (_DYNAMIC with a dynamic scale: the per-rank prefill layers), and
+    the device-time routing beyond; never while traced."""
     x = torch.zeros(4, 8)
     assert ops.eager_route(x, 768, 384, 1536) == ops.ONE_LAUNCH  # MiniLM's FFN at 768 rows: 2^28.8
     assert ops.eager_route(x, 17, 1, ops.HOST_BOUND_MNK // 17) == ops.ONE_LAUNCH
-    assert ops.eager_route(x, 2048, 1288, 2688) == ops.TRITON
-    assert ops.eager_route(x, 512, 4096, 4096) == ops.TRITON  # exactly EAGER_TRITON_MNK
-    assert ops.eager_route(x, 513, 4096, 4096) is None
-    assert ops.eager_route(x, 4096, 1288, 2688) is None
+    for dynamic in (False, True):
+        assert ops.eager_route(x, 1024, 1288, 2688, dynamic) == ops.TRITON
+        assert ops.eager_route(x, 256, 4096, 4096, dynamic) == ops.TRITON  # exactly EAGER_TRITON_MNK
+        assert ops.eager_route(x, 513, 4096, 4096, dynamic) is None
+        assert ops.eager_route(x, 4096, 1288, 2688, dynamic) is None
+    # between the two limits: a dynamic scale's cuBLAS route costs more host time
+    assert ops.eager_route(x, 2048, 1288, 2688) is None
+    assert ops.eager_route(x, 2048, 1288, 2688, dynamic=True) == ops.TRITON
+    assert ops.eager_route(x, 257, 4096, 4096) is None
+    assert ops.eager_route(x, 512, 4096, 4096, dynamic=True) == ops.TRITON  # exactly EAGER_TRITON_MNK_DYNAMIC
     with fp4linear.kernels.launch.wrapped_for_compile():
-        assert ops.eager_route(x, 2048, 1288, 2688) is None
+        assert ops.eager_route(x, 1024, 1288, 2688) is None
 
 
 @pytest.mark.parametrize("act", [None, "silu_mul"])
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_eager_triton_route_takes_the_pass_and_the_triton_gemm(device, monkeypatch, dynamic, act):
-    """A layer the graphs give cuBLAS, called eagerly in the EAGER_TRITON_MNK tier (the tiers lowered
+    """A layer the graphs give cuBLAS, called eagerly in the EAGER_TRITON_MNK (_DYNAMIC) tier (the tiers lowered
     here to this small layer's size): the quantize pass, then the Triton GEMM, never cuBLAS, with the
     bits of that route forced (`cublas=False`), and within the fp64 bound. GatedMLP's down projection
     (act(h)) follows the same rule. Past the tier: cuBLAS, as graphs."""
@@ -626,8 +632,9 @@ def test_eager_triton_route_takes_the_pass_and_the_triton_gemm(device, monkeypat
     width = 2 * k if act else k
     x = (torch.randn(m, width, generator=torch.Generator().manual_seed(7)) * 3).to(torch.bfloat16).to(device)
     assert ops.use_cublas(m, n, kp, dynamic)
+    limit = "EAGER_TRITON_MNK_DYNAMIC" if dynamic else "EAGER_TRITON_MNK"
     monkeypatch.setattr(ops, "HOST_BOUND_MNK", m * n * kp - 1)
-    monkeypatch.setattr(ops, "EAGER_TRITON_MNK", m * n * kp)
+    monkeypatch.setattr(ops, limit, m * n * kp)
     assert ops.eager_route(x, m, n, kp, dynamic) == ops.TRITON
     args = (layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2, layer.bias,
             n, dynamic, layer._alpha_host)
@@ -652,7 +659,7 @@ def test_eager_triton_route_takes_the_pass_and_the_triton_gemm(device, monkeypat
     else:
         h = fp4linear.activation(x, act)
         assert torch.equal(ops.triton_linear(h, *args), want)  # the unfused Linear's bits
-    monkeypatch.setattr(ops, "EAGER_TRITON_MNK", m * n * kp - 1)
+    monkeypatch.setattr(ops, limit, m * n * kp - 1)
     assert ops.eager_route(x, m, n, kp, dynamic) is None
     call()
     assert calls  # past the tier: cuBLAS
@@ -736,10 +743,11 @@ def test_gpu_small_layer_eager_one_launch_and_graph_cublas(dynamic):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dynamic", [False, True])
-@pytest.mark.parametrize("m, n, k", [(2048, 1288, 2688), (4096, 2688, 464)])
+@pytest.mark.parametrize("m, n, k", [(1024, 1288, 2688), (2048, 2688, 464)])
 def test_gpu_per_rank_prefill_eager_triton_and_graph_cublas(m, n, k, dynamic):
-    """Per-rank prefill layers in the EAGER_TRITON_MNK tier: eagerly the pass and the Triton GEMM (the
-    bits of that route forced), no sync, deterministic; captured, cuBLAS. Both within the fp64 bound."""
+    """Per-rank prefill layers in the EAGER_TRITON_MNK tier (both scales): eagerly the pass and the Triton
+    GEMM (the bits of that route forced), no sync, deterministic; captured, cuBLAS. Both within the fp64
+    bound."""
     layer, ckpt, q = layer_for(n, k, "cuda", dynamic=dynamic, seed=m)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
     assert ops.eager_route(x, m, n, layer.k_padded, dynamic) == ops.TRITON and ops.use_cublas(m, n, layer.k_padded,
@@ -845,6 +853,7 @@ def test_gpu_graphs_share_scratch_within_a_capture_only(monkeypatch, dynamic, ro
     layers = [layer_for(n, n, "cuda", dynamic=dynamic, seed=i)[0] for i in range(3)]
     if route == "cublas":  # eager calls on the cuBLAS route too (not the eager Triton route of these sizes)
         monkeypatch.setattr(ops, "EAGER_TRITON_MNK", ops.HOST_BOUND_MNK)
+        monkeypatch.setattr(ops, "EAGER_TRITON_MNK_DYNAMIC", ops.HOST_BOUND_MNK)
         assert all(ops.use_cublas(m, n, n, dynamic) and ops.eager_route(torch.empty(0), m, n, n, dynamic) is None
                    for m in ms)
 
