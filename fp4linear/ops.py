@@ -244,10 +244,11 @@ TILES_FOR_HOST_BOUND = 256  # host-bound calls take the tiles `kernels.gemm_conf
 # 512x1288x2688 62.9 / 99.0 vs 98.9 / 174; past 2^33 cuBLAS's device time wins (2048x2576x2688 101 / 110
 # vs 68.9 / 100). The static cuBLAS route's host time (~75-100 us there) is ~40-45 us on a host twice as
 # fast (nn.Linear ~17 us: ~52 measured there before its operands moved to scratch, which saved 13-27%), where
-# a static call whose two launches need more device time than that would lose to it: those launches take <= ~40 us of device time up to 2^32 (1024x1288x2688 40.2, 512x2576x2688
-# 39.8, 2048x2688x464 24.5; 256x4096x4096 47.4 at 2^32 itself) but up to ~55 beyond (2048x1288x2688 52.4,
-# 512x4096x4096 54.7). The dynamic cuBLAS route adds a scale launch and a ctypes GEMM call (~135-185 us of
-# host time there), so its tier reaches 2^33 (two launches' device time <= ~60 us).
+# a static call whose two launches need more device time than that would lose to it: those launches take
+# <= ~40 us of device time up to 2^32 (1024x1288x2688 40.2, 512x2576x2688 39.8, 2048x2688x464 24.5;
+# 256x4096x4096 47.4 at 2^32 itself) but up to ~55 beyond (2048x1288x2688 52.4, 512x4096x4096 54.7).
+# The dynamic cuBLAS route adds a scale launch and a ctypes GEMM call (~135-185 us of host time there),
+# so its tier reaches 2^33 (two launches' device time <= ~60 us).
 EAGER_TRITON_MNK = 1 << 32
 EAGER_TRITON_MNK_DYNAMIC = 1 << 33
 # Up to 16 rows the same holds by weight size: the GEMM quantizing x (one launch, the decode tiles) takes,
