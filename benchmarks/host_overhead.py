@@ -8,6 +8,7 @@ against nn.Linear (issue 14's targets: static <= 1.25x, dynamic <= 1.6x), and a 
 layer call.
 
     python benchmarks/host_overhead.py [--n 4096 --k 4096] [--no-profile]   # table + results/host_overhead_<gpu>.csv
+    python benchmarks/host_overhead.py --dry-run   # CPU: the layer-level cases on tiny shapes, a few calls, prints only
 """
 
 import argparse
@@ -24,21 +25,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import add_output_args, eager_us_interleaved, empty_kernel, gpu_slug, publish  # noqa: E402
+from common import add_output_args, card, eager_us_interleaved, empty_kernel, gpu_slug, publish  # noqa: E402
 from fp4linear import cublas_alpha, kernels, ops  # noqa: E402
 from fp4linear.kernels import launch  # noqa: E402
 from fp4linear.kernels.workspace import scratch, scratch_for  # noqa: E402
 
 
-def host_us(fn, n=2000):
-    for _ in range(50):
+HOST_CALLS, WARMUP = 2000, 50  # (--dry-run: 2 and 1)
+
+
+def host_us(fn, n=None):
+    n = n or HOST_CALLS
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(WARMUP):
         fn()
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     for _ in range(n):
         fn()
     dt = time.perf_counter() - t
-    torch.cuda.synchronize()
+    sync()
     return dt / n * 1e6
 
 
@@ -80,36 +86,46 @@ def main():
     p.add_argument("--route-shapes", type=lambda v: tuple(map(int, v.split("x"))), nargs="*",
                    default=[(2048, 1288, 2688), (512, 2688, 464)],
                    help="MxNxK layers whose eager cuBLAS-route calls are also timed, operands in scratch or not")
+    p.add_argument("--dry-run", action="store_true", help="CPU tensors (Triton's interpreter), tiny shapes, a few "
+                   "calls: walks the layer-level cases and the alternating rounds; the launcher-level cases need a GPU")
     add_output_args(p)
     a = p.parse_args()
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {__import__('triton').__version__}; "
+    global HOST_CALLS, WARMUP
+    gpu = torch.cuda.is_available() and not a.dry_run
+    dev = "cuda" if gpu else "cpu"
+    if not gpu:  # (prints only; timings of note need the GPU)
+        HOST_CALLS, WARMUP = 2, 1
+        a.n, a.k, a.m_large, a.route_shapes, a.no_write = 72, 200, 40, [(40, 72, 200)], True
+    print(f"{card() if gpu else 'CPU (dry run)'}, torch {torch.__version__}, triton {__import__('triton').__version__}; "
           f"static launcher {'available' if launch._static_launch is not None else 'ABSENT'}")
-    lin = torch.nn.Linear(a.k, a.n, bias=False, device="cuda", dtype=torch.bfloat16)
+    lin = torch.nn.Linear(a.k, a.n, bias=False, device=dev, dtype=torch.bfloat16)
     layer = fp4linear.Linear.from_linear(lin, input_scale=fp4linear.decode_scale(torch.tensor(4.0)), backend="triton")
     dyn = fp4linear.Linear.from_linear(lin, backend="triton")
-    x1 = torch.randn(1, a.k, dtype=torch.bfloat16, device="cuda")
-    x16 = torch.randn(16, a.k, dtype=torch.bfloat16, device="cuda")
-    xl = torch.randn(a.m_large, a.k, dtype=torch.bfloat16, device="cuda")
+    x1 = torch.randn(1, a.k, dtype=torch.bfloat16, device=dev)
+    x16 = torch.randn(16, a.k, dtype=torch.bfloat16, device=dev)
+    xl = torch.randn(a.m_large, a.k, dtype=torch.bfloat16, device=dev)
     ml = a.m_large
     kp = layer.k_padded
-    a_l = torch.empty(ml, ops.cublas_k(a.k, kp), dtype=torch.bfloat16, device="cuda")
-    chunk = torch.empty(a.n, kp, dtype=torch.bfloat16, device="cuda")
-    out_l = torch.empty(ml, a.n, dtype=torch.bfloat16, device="cuda")
+    a_l = torch.empty(ml, ops.cublas_k(a.k, kp), dtype=torch.bfloat16, device=dev)
+    chunk = torch.empty(a.n, kp, dtype=torch.bfloat16, device=dev)
+    out_l = torch.empty(ml, a.n, dtype=torch.bfloat16, device=dev)
     w_l = chunk[:, : a_l.shape[1]]
-    zero = torch.zeros(1, device="cuda")
-    out = torch.empty(1, a.n, dtype=torch.bfloat16, device="cuda")
-    out16 = torch.empty(16, a.n, dtype=torch.bfloat16, device="cuda")
-    act16 = torch.empty(16, layer.k_padded, dtype=torch.float16, device="cuda")
-    e = torch.empty(16, device="cuda")
-    compiled = empty_kernel[(1,)](e, 16, BLOCK=16)
-    cached_empty = launch.CachedLaunch(empty_kernel)
-    empty_args = lambda: cached_empty("e", (1,), (e, 16), dict(BLOCK=16), dict(num_warps=4))  # noqa: E731
-    for _ in range(3):
-        empty_args()
-    entry = cached_empty._entries["e"]
+    zero = torch.zeros(1, device=dev)
+    out = torch.empty(1, a.n, dtype=torch.bfloat16, device=dev)
+    out16 = torch.empty(16, a.n, dtype=torch.bfloat16, device=dev)
+    act16 = torch.empty(16, layer.k_padded, dtype=torch.float16, device=dev)
+    e = torch.empty(16, device=dev)
+    compiled = empty_args = entry = None  # (the launcher-level cases: GPU only)
+    if gpu:
+        compiled = empty_kernel[(1,)](e, 16, BLOCK=16)
+        cached_empty = launch.CachedLaunch(empty_kernel)
+        empty_args = lambda: cached_empty("e", (1,), (e, 16), dict(BLOCK=16), dict(num_warps=4))  # noqa: E731
+        for _ in range(3):
+            empty_args()
+        entry = cached_empty._entries["e"]
     args = (x1, layer.input_global_scale, layer.alpha, layer.weight, layer.weight_scale, None, out)
     gemm_args = (act16, layer.weight, layer.weight_scale, layer.alpha, None, out16)
-    q16 = fp4linear.NVFP4Tensor.empty((16, a.k), k_align=64, device="cuda")
+    q16 = fp4linear.NVFP4Tensor.empty((16, a.k), k_align=64, device=dev)
     for fn in (lambda: kernels.linear_small_m(*args), lambda: kernels.nvfp4_gemm_dequantized_a(*gemm_args),
                lambda: kernels.fake_quantize(x16, layer.input_global_scale, act16, units=True),
                lambda: kernels.pad_quantize(x16, layer.input_global_scale, q16.data, q16.scale, sf_row_tile=128)):
@@ -125,10 +141,10 @@ def main():
         "empty kernel, JIT dispatch": lambda: empty_kernel[(1,)](e, 16, BLOCK=16),
         "empty kernel, compiled[grid] (runner)": lambda: compiled[(1, 1, 1)](e, 16, 16),
         "empty kernel, CachedLaunch": both(empty_args),
-        "torch.empty": lambda: torch.empty(1, a.n, dtype=torch.bfloat16, device="cuda"),
+        "torch.empty": lambda: torch.empty(1, a.n, dtype=torch.bfloat16, device=dev),
         "x.new_empty": lambda: x1.new_empty((1, a.n)),
         "is_current_stream_capturing": torch.cuda.is_current_stream_capturing,
-        "torch._C._cuda_getDevice": torch._C._cuda_getDevice,
+        "torch._C._cuda_getDevice": getattr(torch._C, "_cuda_getDevice", None),  # (absent from CPU builds)
         "raw stream (device 0)": lambda: torch._C._cuda_getCurrentRawStream(0),
         "launch hooks check": launch._hooks_empty,
         "scratch(device)": lambda: scratch(x1.device),
@@ -166,7 +182,11 @@ def main():
         "a view (chunk[:n])": lambda: chunk[: a.n],
         "a transpose (w.t())": lambda: w_l.t(),
     }
-    if entry.function is not None:  # the static launcher itself, the empty kernel's arguments as tensors or ints
+    if not gpu:  # the CPU runs kernels through Triton's interpreter: no launcher, stream or cuBLAS to time
+        gpu_only = ("empty kernel", "is_current_stream_capturing", "torch._C._cuda_getDevice", "raw stream",
+                    "scratch_for(0)", "cublas_alpha.mm_device_alpha")
+        cases = {name: fn for name, fn in cases.items() if not name.startswith(gpu_only)}
+    elif entry.function is not None:  # the static launcher itself, the empty kernel's arguments as tensors or ints
         tys, extra = entry.arg_tys, entry.extra
         fn_, nw, sh = entry.function, entry.num_warps, entry.shared
         cases["empty kernel, _launch_kernel (tensor)"] = lambda: launch._static_launch(
@@ -195,15 +215,16 @@ def main():
     # per-rank layers at prefill sizes, whose eager calls took this route before `ops.EAGER_TRITON_MNK`: wall time
     # per call with nn.Linear in the same rounds (the host decides it where the GPU needs less)
     for m_, n_, k_ in a.route_shapes:
-        lin_ = torch.nn.Linear(k_, n_, bias=False, device="cuda", dtype=torch.bfloat16)
+        lin_ = torch.nn.Linear(k_, n_, bias=False, device=dev, dtype=torch.bfloat16)
         st_ = fp4linear.Linear.from_linear(lin_, input_scale=fp4linear.decode_scale(torch.tensor(4.0)),
                                            backend="triton")
         dy_ = fp4linear.Linear.from_linear(lin_, backend="triton")
-        x_ = torch.randn(m_, k_, dtype=torch.bfloat16, device="cuda")
+        x_ = torch.randn(m_, k_, dtype=torch.bfloat16, device=dev)
         pairs += [(f"nn.Linear bf16, {m_}x{n_}x{k_}", lambda lin_=lin_, x_=x_: lin_(x_))]
         pairs += route_pairs(f"{m_}x{n_}x{k_}", st_, dy_, x_)
     try:
-        for (name, _), us in zip(pairs, eager_us_interleaved([fn for _, fn in pairs], calls=500, rounds=7)):
+        calls, rounds = (500, 7) if gpu else (2, 1)
+        for (name, _), us in zip(pairs, eager_us_interleaved([fn for _, fn in pairs], calls=calls, rounds=rounds)):
             results[name] = us
             print(f"{name:50s} {us:7.2f} us per call (alternating rounds)", flush=True)
     finally:
@@ -241,10 +262,10 @@ def main():
                       (f"dynamic M={ml}, cuBLAS route", lambda: cublas_route(dyn, xl, True))):
         prof = cProfile.Profile()
         prof.enable()
-        for _ in range(2000):
+        for _ in range(HOST_CALLS):
             fn()
         prof.disable()
-        print(f"--- cProfile of 2000 calls, {label} (static launcher {'on' if launch.STATIC else 'off'})")
+        print(f"--- cProfile of {HOST_CALLS} calls, {label} (static launcher {'on' if launch.STATIC else 'off'})")
         pstats.Stats(prof).sort_stats("tottime").print_stats(14)
 
 

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
                                   ["linear_bench.py", "--dry-run", "--tune-gemv"],
                                   ["linear_bench.py", "--dry-run", "--tune-scale"],
                                   ["linear_bench.py", "--dry-run", "--ab-eager"],
-                                  ["linear_bench.py", "--dry-run", "--ab-fused", "--host-bound-tiles"]],
+                                  ["linear_bench.py", "--dry-run", "--ab-fused", "--host-bound-tiles"],
+                                  ["host_overhead.py", "--dry-run"]],
                          ids=" ".join)
 def test_dry_run(argv, tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:], "--results-dir", str(tmp_path),
