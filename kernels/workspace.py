@@ -105,7 +105,7 @@ class Scratch:
         """(chunk [rows, kp], w = chunk[:, :ka], w.t()) in dtype: a dequantized weight chunk and the
         views of it that cuBLAS reads (`fp4linear.ops.cublas_dequantized_gemm`)."""
         return self._shaped("weight_chunk", dtype, (rows, kp, ka), rows * kp,
-                            lambda flat: chunk_views(flat.view(rows, kp), ka))
+                            lambda flat: _chunk_views(flat.view(rows, kp), ka))
 
 
 class _Fresh(Scratch):
@@ -135,17 +135,11 @@ class _Fresh(Scratch):
         return (torch.empty(part_numel, dtype=torch.float32, device=self.device),
                 torch.zeros(n_tickets, dtype=torch.int32, device=self.device))
 
-    def dequantized_activation(self, m, kp):
-        return torch.empty((m, kp), dtype=torch.float16, device=self.device)
-
-    def cublas_activation(self, m, ka, dtype):
-        return torch.empty((m, ka), dtype=dtype, device=self.device)
-
-    def weight_chunk(self, rows, kp, ka, dtype):
-        return chunk_views(torch.empty((rows, kp), dtype=dtype, device=self.device), ka)
+    def _shaped(self, name, dtype, shape, numel, make):
+        return make(torch.empty(numel, dtype=dtype, device=self.device))  # (the buffers' views: Scratch's)
 
 
-def chunk_views(chunk: torch.Tensor, ka: int) -> tuple:
+def _chunk_views(chunk: torch.Tensor, ka: int) -> tuple:
     """(chunk, w = chunk[:, :ka], w.t()): a dequantized weight chunk [rows, Kp] and the views of it
     that cuBLAS reads (its first ka columns: K rounded to 8)."""
     w = chunk[:, :ka] if ka < chunk.shape[1] else chunk
@@ -188,26 +182,26 @@ def per_call(device: torch.device) -> Scratch:
 
 def scratch(device: torch.device) -> Scratch:
     if device.type != "cuda" or _launch._compile_tracing:
-        return _Fresh(device)
+        return per_call(device)
     return scratch_for(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def scratch_of(t: torch.Tensor) -> Scratch:
     """`scratch` of t's device, found from t's device index (cheaper than a device object)."""
     index = t.get_device()  # -1 off CUDA
-    return scratch_for(index) if index >= 0 else _Fresh(t.device)
+    return scratch_for(index) if index >= 0 else per_call(t.device)
 
 
 def scratch_for(index: int) -> Scratch:
     """`scratch(torch.device("cuda", index))`, for callers that have the CUDA device index at hand
     (cheaper than a device object)."""
     if _launch._compile_tracing:
-        return _Fresh(torch.device("cuda", index))
+        return per_call(torch.device("cuda", index))
     stream = _raw_stream(index)
     if stream and _capturing():
         cid = capture_id(stream)
         if cid is None:
-            return _Fresh(torch.device("cuda", index))
+            return per_call(torch.device("cuda", index))
         entry = _captured.get((index, stream))
         if entry is None or entry[0] != cid:  # (a finished capture's set is dropped here)
             entry = _captured[(index, stream)] = (cid, Scratch(torch.device("cuda", index)))
