@@ -35,7 +35,7 @@ def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90, word_decode=False,
                  a_mma16=False):
     consts = dict(HAS_BIAS=False, SPLIT_K=split, EVEN_K=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
                   WORD_DECODE=word_decode, PREDEQUANT_A=predequant_a, QUANTIZE_X=False, DYNAMIC=False, AMAX_ROWS=1,
-                  AMAX_BLOCK=1, AMAX_CHUNKS=1, AMAX_SHARES=0, AMAX_POLLS=0, W_OPERAND_B=w_operand_b, A_ORDER=(1 if w_operand_b else 2) if a_mma16 else 0,
+                  AMAX_BLOCK=1, AMAX_CHUNKS=1, W_OPERAND_B=w_operand_b, A_ORDER=(1 if w_operand_b else 2) if a_mma16 else 0,
                   RS_ORDER=False)
     sig = {**SIG, **{k: "constexpr" for k in consts}}
     src = ASTSource(gemm.nvfp4_gemm_kernel, sig, {(list(sig).index(k),): v for k, v in consts.items()},

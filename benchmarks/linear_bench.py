@@ -1468,60 +1468,6 @@ def run_tune_small(args):
                "dynamic_two_launches_us", "bf16_us"], rows)
 
 
-AB_SHARES_SHAPES = [(1288, 2688), (2576, 2688), (2688, 464), (1536, 384), (384, 1536)]
-
-
-def run_ab_shares(args):
-    """A dynamic scale inside the GEMM quantizing x (the one-launch route of small x): every program
-    reading all of x for max |x| (shares 0) vs x read once in row shares by the first programs, the
-    others waiting for their maxima (`kernels.gemm_launch.AMAX_SHARES`, `numerics.shared_input_scales`).
-    The routed static layer and nn.Linear in the same process; weights cold, device time per layer;
-    every variant's output checked equal to shares 0's bit for bit (-> results/shares_ab_<gpu>.csv)."""
-    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
-    graph_us, _ = timers(device)
-    shapes = [(72, 200)] if device == "cpu" else (args.shapes or AB_SHARES_SHAPES)
-    ms = [9] if device == "cpu" else (args.m or [4, 8, 16])
-    variants = [0, 1, 2, 4, 8, 16]
-    saved = gemm_launch.AMAX_SHARES
-    rows = []
-    try:
-        for n, k, copies, trios, kp in cold_layer_sets(shapes, "shares A/B", device):
-            for m in ms:
-                if ops.use_gemv(m, n, kp) or not ops.use_quantize_in_gemm(m, n, kp) or \
-                        not kernels.fuses_dynamic_scale_in_pass(m, k, k):
-                    continue  # (another route: no dynamic scale inside the GEMM)
-                x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
-                bf16 = graph_us(chain([t[0] for t in trios], x)) / copies
-                static = graph_us(chain([t[1] for t in trios], x)) / copies
-                line, want = [], None
-                for shares in variants:
-                    gemm_launch.AMAX_SHARES = shares
-                    got = trios[0][2](x)
-                    if want is None:
-                        want = got
-                    assert torch.equal(got, want), (m, n, k, shares)  # the same maximum, the same bits
-                    t = graph_us(chain([t[2] for t in trios], x)) / copies
-                    line.append(t)
-                rows.append([m, n, k, f"{bf16:.2f}", f"{static:.2f}", *(f"{t:.2f}" for t in line),
-                             *(f"{t / static:.2f}" for t in (line[0], min(line)))])
-                print(f"shares {m}x{n}x{k}: bf16 {bf16:.2f}us static {static:.2f}us; dynamic by shares "
-                      + " ".join(f"{v}: {t:.2f}" for v, t in zip(variants, line)), flush=True)
-    finally:
-        gemm_launch.AMAX_SHARES = saved
-    if device == "cpu":
-        return
-    intro = ("Device time per layer (CUDA-graph replay medians, weights cold, bf16 x, no bias) of the routed layer "
-             "with a dynamic scale taken inside the GEMM quantizing x, by `AMAX_SHARES` (0: every program reads "
-             "all of x; s > 0: x's rows read once in s shares, the other programs waiting for their maxima), the "
-             "routed static layer and cuBLAS bf16 `nn.Linear` in the same process. Every variant's output equals "
-             "shares 0's bit for bit (checked before timing). 'dyn/static' = shares 0 / static and the best "
-             "variant / static (issue 13: <= 1.15).")
-    header = ["m", "n", "k", "bf16 us", "static us", *(f"dynamic s={v} us" for v in variants),
-              "dyn/static s=0", "dyn/static best"]
-    publish(args, "Dynamic scale inside the decode GEMM: max |x| read in shares (benchmarks/linear_bench.py "
-            "--ab-shares)", intro, header, rows, csv_name=f"shares_ab_{gpu_slug()}.csv")
-
-
 SCALE_CONFIGS = [(1, 2048, 1, 4), (1, 1024, 1, 4), (4, 1024, 1, 4), (8, 2048, 0, 4), (8, 2048, 1, 4),
                  (8, 1024, 2, 4), (8, 2048, 0, 8), (16, 1024, 1, 8), (16, 1024, 2, 8), (32, 512, 2, 8)]
 
@@ -1598,8 +1544,6 @@ def main():
               "(-> results/split_tune_<gpu>.csv)"),
              ("--tune-small", run_tune_small, "decode on small per-rank weights: tiles and K splits of the GEMM "
               "quantizing x, static and dynamic, and the dynamic two launches (-> results/small_tune_<gpu>.csv)"),
-             ("--ab-shares", run_ab_shares, "decode, dynamic scale inside the GEMM quantizing x: max |x| read by "
-              "every program vs in shares (-> results/shares_ab_<gpu>.csv)"),
              ("--tune-scale", run_tune_scale, "past decode: tiles of the dynamic-scale kernel "
               "(-> results/scale_tune_<gpu>.csv)"),
              ("--ab-fused", run_ab_fused, "past decode: x quantized inside the Triton GEMM vs a pass first vs "

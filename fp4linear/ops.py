@@ -162,7 +162,8 @@ class _fp32_reductions:
 
 def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None = None, dynamic: bool = False,
                k: int | None = None, bias: bool = False) -> int:
-    """Temporary device memory of `triton_linear` besides the output: the dequantized activation
+    """Temporary device memory of `triton_linear` besides the output, on the routes CUDA graphs take:
+    none for the decode kernel and the Triton GEMM quantizing x itself; the dequantized activation
     (per-stream scratch on the Triton path, reused from call to call; on the cuBLAS path K rounded up
     to 8 columns (k None: Kp), with the weight chunk, each per-stream scratch up to
     CUBLAS_SCRATCH_BYTES and allocated per call beyond, and, for a bias
@@ -172,7 +173,7 @@ def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None 
         return 0
     cublas = use_cublas(m, n, kp, dynamic) if cublas is None else cublas
     if not cublas:
-        return m * kp * 2
+        return 0 if use_quantize_in_gemm(m, n, kp) else m * kp * 2
     ka = kp if k is None else cublas_k(k, kp)
     # (a dynamic scale without a bias: cuBLAS reads alpha on the device where it can, `cublas_alpha`)
     fp32_out = (dynamic and (bias or not cublas_alpha.usable())) or (bias and not bias_in_addmm(n, kp, dtype))

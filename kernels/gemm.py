@@ -34,8 +34,6 @@ DECODE_UNIT_SCALE = _numerics.DECODE_UNIT_SCALE
 dequant_bytes = _numerics.dequant_bytes
 dequant_words = _numerics.dequant_words
 small_input_scales = _numerics.small_input_scales
-shared_input_scales = _numerics.shared_input_scales
-shared_scales_depart = _numerics.shared_scales_depart
 fake_quantize_tile = sibling(__name__, "quant_dequant").fake_quantize_tile
 _act_tile = sibling(__name__, "act_quantize")._act_tile
 
@@ -69,7 +67,7 @@ def nvfp4_gemm_kernel(
     bias_ptr,  # [N] or unused
     out_ptr,  # [M, N] with row stride stride_om
     part_ptr,  # SPLIT_K > 1: fp32 partials [SPLIT_K, M, N]
-    ticket_ptr,  # SPLIT_K > 1: int32 [tiles], zero between calls; AMAX_SHARES: then 1 + AMAX_SHARES words, also zero
+    ticket_ptr,  # SPLIT_K > 1: int32 [tiles], zero between calls
     M,
     N,
     Kp_div64,  # Kp // 64
@@ -91,8 +89,6 @@ def nvfp4_gemm_kernel(
     AMAX_ROWS: tl.constexpr,  # DYNAMIC: rows (>= M) and column chunks of the max |x| reads
     AMAX_BLOCK: tl.constexpr,
     AMAX_CHUNKS: tl.constexpr,
-    AMAX_SHARES: tl.constexpr,  # DYNAMIC: > 0, x read once by the grid in that many shares (`shared_input_scales`)
-    AMAX_POLLS: tl.constexpr,  # AMAX_SHARES: reads of the shares' slots before a program reads x itself
     W_OPERAND_B: tl.constexpr,  # GemmConfig.w_operand_b: out = A @ W^T, the decoded weight the right operand
     A_ORDER: tl.constexpr,  # GemmConfig.a_order: 1, 2: PREDEQUANT_A's A in that `layout.mma16_offset` order; 3: `layout.rs_col`
     RS_ORDER: tl.constexpr,  # GemmConfig.w_registers: K in `layout.rs_col` order on both sides (that kernel's sums)
@@ -128,10 +124,7 @@ def nvfp4_gemm_kernel(
     w_rows = w_ptr + rn64[:, None] * (Kp // 2)
     w_sf_rows = w_scale_ptr + rn64[:, None] * S4
 
-    if DYNAMIC and AMAX_SHARES > 0:  # x is small (the launcher checks): read once, in shares, by the first programs
-        gs, alpha = shared_input_scales(a_ptr, M, K, stride_xm, tl.load(a_scale_ptr), ticket_ptr + n_m * n_n,
-                                        AMAX_ROWS, AMAX_BLOCK, AMAX_CHUNKS, AMAX_SHARES, AMAX_POLLS)
-    elif DYNAMIC:  # ... or whole from L2 by every program
+    if DYNAMIC:  # x is small (the launcher checks): read whole from L2 by every program
         gs, alpha = small_input_scales(a_ptr, M, K, stride_xm, tl.load(a_scale_ptr), AMAX_ROWS, AMAX_BLOCK,
                                        AMAX_CHUNKS, tl.program_id(0))
     else:
@@ -223,8 +216,6 @@ def nvfp4_gemm_kernel(
             # ready for the next call; relaxed (no fence before it on the tail of the launch): nothing in this
             # launch reads the ticket again, and the next launch starts after this one ends
             tl.atomic_xchg(ticket_ptr + pid, 0, sem="relaxed", scope="gpu")
-    if DYNAMIC and AMAX_SHARES > 0:  # (last: its atomic off the path to the results)
-        shared_scales_depart(ticket_ptr + n_m * n_n, AMAX_SHARES)
 
 
 @triton.jit

@@ -20,20 +20,6 @@ from .workspace import scratch_of
 
 log = logging.getLogger(__name__)
 
-# A dynamic scale inside the GEMM quantizing x (small x): x cut into at most this many row shares, each
-# read by one of the first programs, the others reading their maxima (`numerics.shared_input_scales`),
-# instead of every program reading all of x (0).
-AMAX_SHARES = 8
-# ... each program reading the shares' slots at most this many times (~0.5 us each on the H100) before it
-# reads x itself: only a program whose share readers have not started gets that far (once on the CPU,
-# where the interpreter runs programs one after another)
-AMAX_POLLS = 4096
-
-
-def amax_shares(rows: int) -> int:
-    """Shares of a dynamic scale's max |x| reads over `rows` rows (a power of two): AMAX_SHARES at most."""
-    return min(rows, AMAX_SHARES) if AMAX_SHARES > 0 else 0
-
 
 @dataclass(frozen=True)
 class GemmConfig:
@@ -321,14 +307,12 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED,
     tracing = compile_tracing()
     plan = _gemm_plan.__wrapped__ if tracing else _gemm_plan  # M may be symbolic (unhashable) there
     # the max |x| reads unroll over rows: M made concrete (under torch.compile, a guard on M)
-    rows = next_pow2(int(m))
-    amax = (rows, k, amax_shares(rows), AMAX_POLLS) if dynamic else None
+    amax = (next_pow2(int(m)), k) if dynamic else None
     grid, meta, options, split, tiles, per_split, launch_id, gluon_launch = plan(
         index, m, n, kp, config, a_mode, a.dtype, out.dtype, None if bias is None else bias.dtype,
         *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax, a_order, tracing, act)
-    shares = meta.get("AMAX_SHARES", 0)
-    if split > 1 or shares:  # (the shared max |x| words after the tiles' tickets)
-        partials, tickets = scratch_of(out).get(split * m * n, tiles + (1 + shares if shares else 0))
+    if split > 1:
+        partials, tickets = scratch_of(out).get(split * m * n, tiles)
     else:
         partials = tickets = out  # unused
     if gluon_launch is not None:  # a pipelined Gluon kernel (kernels/gemm_wgmma.py)
@@ -392,7 +376,7 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
                amax=None, a_order=0, tracing=False, act=None):
     """Config, split-K, grid, constexprs and launch key of one shape (device index -1: the CPU):
     worked out once. k_key, sx_key: `int_key` of x's K and row stride (what Triton specializes
-    them on; a_mode _X only); amax: (rows, K, shares, polls) of a dynamic scale's max |x| reads, or None. The last
+    them on; a_mode _X only); amax: (rows, K) of a dynamic scale's max |x| reads, or None. The last
     item: the `CachedLaunch` of the Gluon kernel where config.wgmma_stages applies (a CUDA device, A
     dequantized, not while torch.compile traces: Inductor launches Triton kernels), else None."""
     device = torch.device("cuda", index) if index >= 0 else torch.device("cpu")
@@ -428,8 +412,7 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
     meta = dict(HAS_BIAS=bias_dtype is not None, SPLIT_K=split, EVEN_K=kp % config.block_k == 0,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
-                DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1,
-                AMAX_SHARES=amax[2] if amax else 0, AMAX_POLLS=(amax[3] if index >= 0 else 1) if amax else 0, W_OPERAND_B=config.w_operand_b,
+                DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1, W_OPERAND_B=config.w_operand_b,
                 A_ORDER=a_order if a_mode == _UNITS else 0, RS_ORDER=config.w_registers,
                 **amax_reads(amax[1] if amax else 0, amax is not None), ACT=-1, GATED=0, BF16_BITS=0, FMA_EPILOGUE=0)
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)

@@ -308,56 +308,6 @@ def small_input_scales(x_ptr, M, K, stride_xm, weight_scale_2, ROWS: tl.constexp
 
 
 @triton.jit
-def shared_input_scales(x_ptr, M, K, stride_xm, weight_scale_2, words_ptr, ROWS: tl.constexpr,
-                        AMAX_BLOCK: tl.constexpr, AMAX_CHUNKS: tl.constexpr, SHARES: tl.constexpr,
-                        MAX_POLLS: tl.constexpr):
-    """`small_input_scales`' (gs, alpha), with x read once by the first programs rather than by every
-    program: x's ROWS rows (>= M) cut into SHARES shares, program i < SHARES reading share i and storing
-    its max |x| in slot i; every program reads the slots until all are filled, at most MAX_POLLS
-    times, and past that reads all of x itself (`small_input_scales`). No program waits without bound
-    on another (a grid larger than the GPU, MPS, fewer SMs, the CPU interpreter running programs one
-    after another), and the maximum is the same either way, so are the bits.
-    words_ptr: int32 [1 + SHARES], zero between calls: departures, then the slots (max bits + 1, so that
-    0 means empty; the one NaN pattern 0x7FFFFFFF is kept as 0x7FFFFFFE, also a NaN). The caller's last
-    act is `shared_scales_depart`, whose last program zeroes them for the next call."""
-    ROWS_PER_SHARE: tl.constexpr = ROWS // SHARES
-    pid = tl.program_id(0)
-    if pid < SHARES:
-        amax = tl.full([AMAX_BLOCK], 0, tl.int32)
-        for r in tl.static_range(ROWS_PER_SHARE):
-            row = pid * ROWS_PER_SHARE + r
-            for c in tl.static_range(AMAX_CHUNKS):
-                cols = c * AMAX_BLOCK + tl.arange(0, AMAX_BLOCK)
-                v = tl.load(x_ptr + row * stride_xm + cols, mask=(cols < K) & (cols * 0 + row < M), other=0.0)
-                amax = tl.maximum(amax, v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF)
-        slot = tl.minimum(tl.reduce(amax, 0, max_combine), 0x7FFFFFFE) + 1
-        tl.atomic_xchg(words_ptr + 1 + pid, slot, sem="relaxed", scope="gpu")
-    # (the slots carry the data themselves: a relaxed read of a filled slot is all a program needs)
-    s = tl.arange(0, SHARES)
-    slots = tl.load(words_ptr + 1 + s, volatile=True)
-    empty = tl.reduce((slots == 0).to(tl.int32), 0, max_combine)
-    polls = 0
-    while (empty > 0) & (polls < MAX_POLLS):
-        slots = tl.load(words_ptr + 1 + s, volatile=True)
-        empty = tl.reduce((slots == 0).to(tl.int32), 0, max_combine)
-        polls += 1
-    if empty > 0:
-        gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, weight_scale_2, ROWS, AMAX_BLOCK, AMAX_CHUNKS, pid)
-    else:
-        gs, alpha = dynamic_scales(tl.reduce(slots, 0, max_combine) - 1, weight_scale_2)
-    return gs, alpha
-
-
-@triton.jit
-def shared_scales_depart(words_ptr, SHARES: tl.constexpr):
-    """A program of `shared_input_scales`' grid is done with the slots; the last to leave zeroes the words."""
-    if tl.atomic_add(words_ptr, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) - 1:
-        s = tl.arange(0, SHARES)
-        tl.store(words_ptr + 1 + s, s * 0)
-        tl.store(words_ptr, 0)
-
-
-@triton.jit
 def encode_scale(global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, is_first, MAXIMA_BLOCK: tl.constexpr):
     """The encode scale gs of a pass that quantizes x. MAXIMA_BLOCK == 0: gs = *global_scale_ptr (a
     static scale, or one a scale launch wrote). Else global_scale_ptr is the weight's decode scale

@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
                                   ["linear_bench.py", "--dry-run", "--tune-small"],
                                   ["linear_bench.py", "--dry-run", "--tune-gemv"],
                                   ["linear_bench.py", "--dry-run", "--tune-scale"],
-                                  ["linear_bench.py", "--dry-run", "--ab-shares"],
                                   ["linear_bench.py", "--dry-run", "--ab-eager"],
                                   ["linear_bench.py", "--dry-run", "--ab-fused", "--host-bound-tiles"],
                                   ["host_overhead.py", "--dry-run"]],

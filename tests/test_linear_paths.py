@@ -340,6 +340,32 @@ def test_routing_follows_whether_cublas_can_read_alpha(monkeypatch, entry_points
     assert dynamic == (plain if entry_points else plain + fp32_chunk)
 
 
+@pytest.mark.parametrize("m, dynamic", [(9, False), (9, True), (40, False), (40, True)])
+def test_temp_bytes_is_what_the_graph_route_takes(monkeypatch, m, dynamic):
+    """`temp_bytes` (the Linear table's column) counts the dequantized activation where the route
+    writes one (a pass, then the Triton GEMM: 40 rows) and nothing where the GEMM quantizes x itself
+    (9 rows), on the routes CUDA graphs take (`eager_route` off)."""
+    from fp4linear.kernels import workspace
+
+    n, k = 72, 200
+    layer, _, _ = layer_for(n, k, "cpu", bias=False, dynamic=dynamic, seed=m)
+    kp = layer.k_padded
+    monkeypatch.setattr(ops, "eager_route", lambda *a: None)
+    taken = []
+    real = workspace.Scratch.dequantized_activation
+
+    def spy(self, rows, cols):
+        taken.append(rows * cols * 2)
+        return real(self, rows, cols)
+    monkeypatch.setattr(workspace.Scratch, "dequantized_activation", spy)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+    ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2,
+                      None, n, dynamic, None if dynamic else layer._alpha_host)
+    assert not ops.use_cublas(m, n, kp, dynamic) and not ops.use_gemv(m, n, kp)
+    assert ops.temp_bytes(m, n, kp, torch.bfloat16, dynamic=dynamic, k=k) == sum(taken)
+    assert (sum(taken) == 0) == (m <= 16)
+
+
 def test_cublas_reads_alpha_only_on_the_gpu():
     assert not fp4linear.cublas_alpha.available(torch.zeros(1))
     a = torch.zeros(4, 32, dtype=torch.bfloat16)
@@ -790,50 +816,6 @@ def test_gpu_quantize_in_gemm_equals_the_two_launches(m, n, k):
     got = kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
                                         layer.bias, torch.full((m, n), math.nan, dtype=torch.bfloat16, device="cuda"))
     assert torch.equal(got, want)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("m, shares, polls", [(16, 8, 4096), (16, 16, 1), (9, 4, 4096), (3, 2, 1)])
-def test_gpu_shared_max_over_more_programs_than_the_gpu_holds(monkeypatch, m, shares, polls):
-    """The dynamic scale inside the GEMM quantizing x, max |x| read in shares (`AMAX_SHARES`), on a
-    grid of 4096 programs (2^17 weight rows in 32-row tiles, one K split; at most 16 four-warp
-    programs fit an SM, ~2100 on an H100): most programs start after the shares were read, so they
-    find the maxima without waiting on anyone who has not started (and AMAX_POLLS 1: programs that
-    give up polling read x themselves). The bits of the scale launch then the same GEMM; repeated
-    graph replays too (the words back at zero each time)."""
-    from fp4linear.kernels import gemm_launch
-
-    monkeypatch.setattr(gemm_launch, "AMAX_SHARES", shares)
-    monkeypatch.setattr(gemm_launch, "AMAX_POLLS", polls)
-    n, k = 1 << 17, 464
-    layer, _, _ = layer_for(n, k, "cuda", dynamic=True, seed=m, bias=False)
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
-    x[m - 1, k - 1] = 40.0
-    cfg = kernels.GemmConfig(block_m=16, block_n=32, block_k=64, num_warps=4, num_stages=3, split_k=1)
-    gs, alpha = kernels.dynamic_gs_alpha(x, layer.weight_scale_2)
-    want = kernels.nvfp4_gemm_quantize_x(x, gs, layer.weight, layer.weight_scale, alpha, None,
-                                         torch.empty(m, n, dtype=torch.bfloat16, device="cuda"), config=cfg)
-    out = torch.full((m, n), math.nan, dtype=torch.bfloat16, device="cuda")
-
-    def call():
-        kernels.nvfp4_gemm_quantize_x(x, None, layer.weight, layer.weight_scale, None, None, out, config=cfg,
-                                      weight_scale_2=layer.weight_scale_2)
-    call()
-    torch.cuda.synchronize()
-    assert torch.equal(out, want)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        call()  # (warm-up on the capturing stream)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    for _ in range(3):
-        out.fill_(math.nan)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(out, want)
 
 
 @pytest.mark.cuda
@@ -1380,18 +1362,15 @@ def test_cublas_path_runs_with_fp32_reductions_and_restores_the_flag(monkeypatch
         setattr(matmul, name, saved)
 
 
-@pytest.mark.parametrize("shares", [0, 1, 2, 8])
 @pytest.mark.parametrize("m, k, outlier, row_stride", [(5, 464, 1e4, 0), (16, 1376, 1e4, 1472), (9, 200, math.nan, 0)])
 def test_dynamic_scale_inside_the_quantizing_gemm_matches_the_separate_launch(device, monkeypatch, m, k, outlier,
-                                                                              row_stride, shares):
-    """`nvfp4_gemm_quantize_x(weight_scale_2=)`: the programs derive gs and alpha from max |x|
-    themselves, each reading all of x (shares 0) or x read once in row shares (`AMAX_SHARES`,
-    `numerics.shared_input_scales`); the bits of `dynamic_gs_alpha` then the same GEMM (strided rows,
-    an outlier or a NaN, a poisoned output; split K on the CPU at K = 1376), twice on the same
-    scratch, whose words each call leaves at zero."""
+                                                                              row_stride):
+    """`nvfp4_gemm_quantize_x(weight_scale_2=)`: every program derives gs and alpha from max |x|
+    itself; the bits of `dynamic_gs_alpha` then the same GEMM (strided rows, an outlier or a NaN,
+    a poisoned output; split K on the CPU at K = 1376), twice on the same scratch, whose split-K
+    tickets each call leaves at zero."""
     from fp4linear.kernels import gemm_launch, workspace
 
-    monkeypatch.setattr(gemm_launch, "AMAX_SHARES", shares)
     if device.type == "cpu":  # (the stream's scratch, stood in by one kept set)
         kept = workspace.Scratch(device)
         monkeypatch.setattr(gemm_launch, "scratch_of", lambda t: kept)
@@ -1412,7 +1391,7 @@ def test_dynamic_scale_inside_the_quantizing_gemm_matches_the_separate_launch(de
                                           torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device),
                                           weight_scale_2=layer.weight_scale_2)
     torch.testing.assert_close(again, want, rtol=0, atol=0, equal_nan=True)
-    assert not gemm_launch.scratch_of(x).tickets.any()  # tickets and the shares' words back at zero
+    assert not gemm_launch.scratch_of(x).tickets.any()  # the tickets back at zero
     with pytest.raises(ValueError, match="too large"):
         big = torch.zeros(17, k, dtype=torch.bfloat16, device=device)
         kernels.nvfp4_gemm_quantize_x(big, None, layer.weight, layer.weight_scale, None, None,
