@@ -321,11 +321,18 @@ def encode_scale(global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, is_first, M
         bits = tl.load(maxima_ptr + i, mask=i < n_maxima, other=0)
         gs, alpha = dynamic_scales(tl.reduce(bits, 0, max_combine), tl.load(global_scale_ptr))
         if is_first:
-            tl.store(scales_ptr, gs)
-            tl.store(scales_ptr + 1, alpha)
+            store_scales(scales_ptr, gs, alpha)
     else:
         gs = tl.load(global_scale_ptr)
     return gs
+
+
+@triton.jit
+def store_scales(scales_ptr, gs, alpha):
+    """A dynamic scale's (gs, alpha) as fp32 [2] at scales_ptr, where the GEMM after the launch reads them
+    (one program of the launch writes them)."""
+    tl.store(scales_ptr, gs)
+    tl.store(scales_ptr + 1, alpha)
 
 
 @triton.jit

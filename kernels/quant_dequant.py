@@ -28,6 +28,7 @@ quantize_blocks = _numerics.quantize_blocks
 small_input_scales = _numerics.small_input_scales
 encode_scale = _numerics.encode_scale
 dynamic_scales = _numerics.dynamic_scales
+store_scales = _numerics.store_scales
 max_abs_bits = _numerics.max_abs_bits
 max_combine = _numerics.max_combine
 to_word_order = _numerics.to_word_order
@@ -82,16 +83,14 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, words_ptr
             tl.atomic_xchg(words_ptr + 1, 0, sem="relaxed", scope="gpu")
             tl.atomic_xchg(words_ptr + 2, 0, sem="relaxed", scope="gpu")
         if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
-            tl.store(scales_ptr, gs)
-            tl.store(scales_ptr + 1, alpha)
+            store_scales(scales_ptr, gs, alpha)
         _store_fake_quantized(x, gs, out_ptr, rows, cols, M, Kp, UNITS, BLOCK_M, BLOCK_K, A_ORDER)
     else:
         if DYNAMIC:
             gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(global_scale_ptr), AMAX_ROWS,
                                            AMAX_BLOCK, AMAX_CHUNKS, tl.program_id(1))
             if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
-                tl.store(scales_ptr, gs)
-                tl.store(scales_ptr + 1, alpha)
+                store_scales(scales_ptr, gs, alpha)
             _fake_quantize_program(x_ptr, gs, out_ptr, M, K, Kp, stride_xm, tl.program_id(0), tl.program_id(1),
                                    UNITS, BLOCK_M, BLOCK_K, A_ORDER)
         else:  # x's tile first: its load is in flight while gs is loaded or reduced

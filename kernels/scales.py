@@ -31,6 +31,7 @@ from ._interpreter import sibling
 _numerics = sibling(__name__, "numerics")
 max_combine = _numerics.max_combine
 dynamic_scales = _numerics.dynamic_scales
+store_scales = _numerics.store_scales
 max_abs_bits = _numerics.max_abs_bits
 _act_tile = sibling(__name__, "act_quantize")._act_tile
 
@@ -67,6 +68,5 @@ def dynamic_scale_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, M, K,
             amax_bits = tl.load(words_ptr, volatile=True)
             tl.store(words_ptr, 0)
             gs, alpha = dynamic_scales(amax_bits, tl.load(weight_scale_2_ptr))
-            tl.store(scales_ptr, gs)
-            tl.store(scales_ptr + 1, alpha)
+            store_scales(scales_ptr, gs, alpha)
             tl.atomic_xchg(words_ptr + 1, 0, sem="relaxed", scope="gpu")
