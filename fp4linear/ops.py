@@ -11,7 +11,7 @@ Paths of `triton_linear` by the number of rows M (docs/nvfp4.md, "Triton backend
 - up to 16 rows on weights under 8M elements: the Triton GEMM quantizing x itself, one launch
   (`kernels.nvfp4_gemm_quantize_x`); `use_quantize_in_gemm`;
 - called eagerly (`eager_route`), up to 16 rows on weights up to 32M elements and past 16 rows on small
-  layers: the GEMM quantizing x, one launch; past 16 rows on per-rank layers up to 2^32 multiply-adds
+  layers: the GEMM quantizing x, one launch; past 16 rows on per-rank layers up to 6 x 10^9 multiply-adds
   (2^33 with a dynamic scale): the pass, then the Triton GEMM, not cuBLAS (the host, not the GPU, sets
   such calls' time);
 - otherwise one quantize-dequantize pass of x, then either the Triton GEMM on the dequantized
@@ -243,14 +243,17 @@ TILES_FOR_HOST_BOUND = 256  # host-bound calls take the tiles `kernels.gemm_conf
 # launches vs the cuBLAS route, on a host whose nn.Linear call took ~30 us: 2048x1288x2688 57.9 / 106 vs
 # 73.4 / 186 us, 4096x2688x464 54.4 / 98.1 vs 83.8 / 163, 512x4096x4096 58.8 / 90.8 vs 69.6 / 144,
 # 512x1288x2688 62.9 / 99.0 vs 98.9 / 174; past 2^33 cuBLAS's device time wins (2048x2576x2688 101 / 110
-# vs 68.9 / 100). The static cuBLAS route's host time (~75-100 us there) is ~40-45 us on a host twice as
-# fast (nn.Linear ~17 us: ~52 measured there before its operands moved to scratch, which saved 13-27%), where
-# a static call whose two launches need more device time than that would lose to it: those launches take
-# <= ~40 us of device time up to 2^32 (1024x1288x2688 40.2, 512x2576x2688 39.8, 2048x2688x464 24.5;
-# 256x4096x4096 47.4 at 2^32 itself) but up to ~55 beyond (2048x1288x2688 52.4, 512x4096x4096 54.7).
-# The dynamic cuBLAS route adds a scale launch and a ctypes GEMM call (~135-185 us of host time there),
-# so its tier reaches 2^33 (two launches' device time <= ~60 us).
-EAGER_TRITON_MNK = 1 << 32
+# vs 68.9 / 100). On a faster host the static cuBLAS route costs less host time, and a static call whose two
+# launches need more device time than that loses to it. The two launches take ~7.5 us of device time per
+# 10^9 multiply-adds past ~2^31 (4096x2688x464 43.6 us, 2048x1288x2688 53.0, 1024x4096x4096 126), and the
+# static cuBLAS route's host time was 44.6 us a call at 2048x1288x2688 on a host whose nn.Linear call took
+# 23.1 us (host_overhead.py, session 26), so the static tier ends at 6 * 10^9 (two launches <= ~45 us). Same-run
+# eager A/B on that machine (--ab-fused, session 26, nn.Linear ~20-22 us): 4096x2688x464 (5.6 * 10^9) 47.6 vs
+# 59.9 us, 2048x1288x2688 (7.1 * 10^9) 56.4 vs 53.3, 1024x1288x2688 55.1 vs 80.7, 2048x2688x464 32.9 vs 48.4.
+# The dynamic cuBLAS route adds a scale launch and a ctypes GEMM call (~85-185 us of host time on these
+# hosts), so its tier reaches 2^33 (two launches' device time <= ~60 us; that run: 2048x1288x2688 64.5 vs
+# 88.5, 4096x2688x464 74.0 vs 121, but past it 4096x1288x2688 125 vs 83.4).
+EAGER_TRITON_MNK = 6 * 10**9
 EAGER_TRITON_MNK_DYNAMIC = 1 << 33
 # Up to 16 rows the same holds by weight size: the GEMM quantizing x (one launch, the decode tiles) takes,
 # weights cold, at most about one launch's host time (~17 us, nn.Linear's) where the two-launch path

@@ -633,13 +633,15 @@ def test_eager_route_tiers_past_decode():
     assert ops.eager_route(x, 17, 1, ops.HOST_BOUND_MNK // 17) == ops.ONE_LAUNCH
     for dynamic in (False, True):
         assert ops.eager_route(x, 1024, 1288, 2688, dynamic) == ops.TRITON
-        assert ops.eager_route(x, 256, 4096, 4096, dynamic) == ops.TRITON  # exactly EAGER_TRITON_MNK
+        assert ops.eager_route(x, 4096, 2688, 512, dynamic) == ops.TRITON  # 5.6 * 10^9
         assert ops.eager_route(x, 513, 4096, 4096, dynamic) is None
         assert ops.eager_route(x, 4096, 1288, 2688, dynamic) is None
+    assert ops.eager_route(x, 17, 1, ops.EAGER_TRITON_MNK // 17) == ops.TRITON
+    assert ops.eager_route(x, 17, 1, ops.EAGER_TRITON_MNK // 17 + 1) is None
     # between the two limits: a dynamic scale's cuBLAS route costs more host time
-    assert ops.eager_route(x, 2048, 1288, 2688) is None
+    assert ops.eager_route(x, 2048, 1288, 2688) is None  # 7.1 * 10^9
     assert ops.eager_route(x, 2048, 1288, 2688, dynamic=True) == ops.TRITON
-    assert ops.eager_route(x, 257, 4096, 4096) is None
+    assert ops.eager_route(x, 512, 4096, 4096) is None
     assert ops.eager_route(x, 512, 4096, 4096, dynamic=True) == ops.TRITON  # exactly EAGER_TRITON_MNK_DYNAMIC
     with fp4linear.kernels.launch.wrapped_for_compile():
         assert ops.eager_route(x, 1024, 1288, 2688) is None
@@ -769,7 +771,7 @@ def test_gpu_small_layer_eager_one_launch_and_graph_cublas(dynamic):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dynamic", [False, True])
-@pytest.mark.parametrize("m, n, k", [(1024, 1288, 2688), (2048, 2688, 464)])
+@pytest.mark.parametrize("m, n, k", [(1024, 1288, 2688), (2048, 2688, 464), (4096, 2688, 464)])
 def test_gpu_per_rank_prefill_eager_triton_and_graph_cublas(m, n, k, dynamic):
     """Per-rank prefill layers in the EAGER_TRITON_MNK tier (both scales): eagerly the pass and the Triton
     GEMM (the bits of that route forced), no sync, deterministic; captured, cuBLAS. Both within the fp64
