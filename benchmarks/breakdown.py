@@ -21,6 +21,7 @@ import collections
 import copy
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -76,10 +77,8 @@ def run(args):
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     linears = [(40, 72, 200), (5, 72, 200)] if device == "cpu" else LINEARS
     mlps = [("tiny", 64, 40, 40)] if device == "cpu" else MLPS
-    saved = ops.eager_route
-    ops.eager_route = lambda *a, **kw: None  # the CUDA-graph routes, eagerly
     rows = []
-    try:
+    with mock.patch.object(ops, "eager_route", lambda *a, **kw: None):  # the CUDA-graph routes, eagerly
         for m, n, k in tqdm(linears, desc="linears", file=sys.stderr):
             copies = cold_copies(n * k * 2) if m <= 16 and device == "cuda" else 1
             lins = [torch.nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16) for _ in range(copies)]
@@ -101,8 +100,6 @@ def run(args):
             for variant, mod in variants.items():
                 rows += rows_of(f"MLP {model}", m, hidden, inter, variant,
                                 kernel_times(lambda mod=mod: mod(x), CALLS, device))
-    finally:
-        ops.eager_route = saved
     intro = ("Per-kernel device time per call (torch profiler, CUPTI kernel records, mean of "
              f"{CALLS} eager calls after a warm-up) on the routes CUDA graphs take (`ops.eager_route` off); decode "
              "rows (M <= 16) over a chain of cold layer copies, time per layer. bf16 input, no bias. Linear: N, K "

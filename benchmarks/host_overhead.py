@@ -12,12 +12,12 @@ layer call.
 """
 
 import argparse
-import contextlib
 import cProfile
 import pstats
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import add_output_args, card, eager_us_interleaved, empty_kernel, gpu_slug, publish  # noqa: E402
+from common import Forced, add_output_args, card, eager_us_interleaved, empty_kernel, gpu_slug, publish  # noqa: E402
 from fp4linear import cublas_alpha, kernels, ops  # noqa: E402
 from fp4linear.kernels import launch  # noqa: E402
 from fp4linear.kernels.workspace import scratch, scratch_for  # noqa: E402
@@ -48,14 +48,8 @@ def host_us(fn, n=None):
     return dt / n * 1e6
 
 
-@contextlib.contextmanager
 def static_launcher(on: bool, int_pointers: bool = True):
-    saved = launch.STATIC, launch.INT_POINTERS
-    launch.STATIC, launch.INT_POINTERS = on, int_pointers
-    try:
-        yield
-    finally:
-        launch.STATIC, launch.INT_POINTERS = saved
+    return mock.patch.multiple(launch, STATIC=on, INT_POINTERS=int_pointers)
 
 
 def both(fn):
@@ -199,13 +193,10 @@ def main():
     results = {}
     # the cuBLAS route's operands from per-stream scratch vs per-call tensors, in alternating rounds
     # (the host's speed drifts within a run; the layer is small, so the host is what is timed)
-    saved_cap = ops.CUBLAS_SCRATCH_BYTES
+    saved_cap = ops.CUBLAS_SCRATCH_BYTES  # (the routed cap)
 
     def capped(cap, fn):
-        def run():
-            ops.CUBLAS_SCRATCH_BYTES = cap
-            return fn()
-        return run
+        return Forced(fn, ((ops, {"CUBLAS_SCRATCH_BYTES": cap}),))
     def route_pairs(tag, lay, dy, x):
         return [(f"ops.triton_linear cuBLAS route {kind}, {tag} [{label}]",
                  capped(cap, lambda lay=lay, d=d: cublas_route(lay, x, d)))
@@ -222,13 +213,10 @@ def main():
         x_ = torch.randn(m_, k_, dtype=torch.bfloat16, device=dev)
         pairs += [(f"nn.Linear bf16, {m_}x{n_}x{k_}", lambda lin_=lin_, x_=x_: lin_(x_))]
         pairs += route_pairs(f"{m_}x{n_}x{k_}", st_, dy_, x_)
-    try:
-        calls, rounds = (500, 7) if gpu else (2, 1)
-        for (name, _), us in zip(pairs, eager_us_interleaved([fn for _, fn in pairs], calls=calls, rounds=rounds)):
-            results[name] = us
-            print(f"{name:50s} {us:7.2f} us per call (alternating rounds)", flush=True)
-    finally:
-        ops.CUBLAS_SCRATCH_BYTES = saved_cap
+    calls, rounds = (500, 7) if gpu else (2, 1)
+    for (name, _), us in zip(pairs, eager_us_interleaved([fn for _, fn in pairs], calls=calls, rounds=rounds)):
+        results[name] = us
+        print(f"{name:50s} {us:7.2f} us per call (alternating rounds)", flush=True)
     for name, fn in cases.items():
         if isinstance(fn, dict):
             for mode, run in fn.items():

@@ -19,6 +19,7 @@ chain over its length. Weight bandwidth counts the padded NVFP4 weight's bytes (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -26,6 +27,7 @@ import functools
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import triton
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import (L2_ROTATE_BYTES, LINEAR_SHAPES, ROOT, add_output_args, card, cold_copies, copy_ceiling_tbps,  # noqa: E402
+from common import (Forced, L2_ROTATE_BYTES, LINEAR_SHAPES, ROOT, add_output_args, card, cold_copies, copy_ceiling_tbps,  # noqa: E402
                     eager_us, eager_us_interleaved, gpu_slug, markdown_table, median_us, merge_rows, publish,
                     read_floor_us, replace_section, write_csv)
 from fp4linear import kernels, ops  # noqa: E402
@@ -394,12 +396,8 @@ def run_ab_dynamic(args):
             kp = layers[0][2].k_padded
             if ops.use_gemv(m, n, kp):
                 alt_name = "dynamic_scales launch + gemv"
-                saved = gemv_launch.DYNAMIC_IN_KERNEL_MAX
-                gemv_launch.DYNAMIC_IN_KERNEL_MAX = 0
-                try:
+                with mock.patch.object(gemv_launch, "DYNAMIC_IN_KERNEL_MAX", 0):
                     alt = graph_us(chain([c[2] for c in layers], x)) / copies
-                finally:
-                    gemv_launch.DYNAMIC_IN_KERNEL_MAX = saved
             elif ops.use_cublas(m, n, kp, dynamic=True):
                 alt_name = "Triton GEMM"
 
@@ -445,13 +443,10 @@ def run_ab_maxima(args):
 
     def timed(fn):
         """Timings of fn: per-program maxima always, a ticket always, routed; checked to give the same bits."""
-        out, saved = [], ops.DYNAMIC_MAXIMA
-        try:
-            for flag, cap in ((True, 1 << 30), (False, routed_cap), (True, routed_cap)):
-                ops.DYNAMIC_MAXIMA, maxima.MAX_MAXIMA = flag, cap
+        out = []
+        for flag, cap in ((True, 1 << 30), (False, routed_cap), (True, routed_cap)):
+            with mock.patch.object(ops, "DYNAMIC_MAXIMA", flag), mock.patch.object(maxima, "MAX_MAXIMA", cap):
                 out.append((graph_us(fn), fn().clone()))
-        finally:
-            ops.DYNAMIC_MAXIMA, maxima.MAX_MAXIMA = saved, routed_cap
         if any(not torch.equal(y.view(torch.int16), out[0][1].view(torch.int16)) for _, y in out):
             raise AssertionError("the dynamic routes differ")
         return [t for t, _ in out]
@@ -521,14 +516,9 @@ def run_ab_alpha(args):
 
             def forced(cublas, reads_alpha):
                 def run():
-                    saved = cublas_alpha.ENABLED
-                    cublas_alpha.ENABLED = reads_alpha
-                    try:
-                        ops.triton_linear(x, dynamic.weight, dynamic.weight_scale, dynamic.input_global_scale,
-                                          dynamic.alpha, dynamic.weight_scale_2, None, n, True, None, cublas=cublas)
-                    finally:
-                        cublas_alpha.ENABLED = saved
-                return run
+                    ops.triton_linear(x, dynamic.weight, dynamic.weight_scale, dynamic.input_global_scale,
+                                      dynamic.alpha, dynamic.weight_scale_2, None, n, True, None, cublas=cublas)
+                return Forced(run, ((cublas_alpha, {"ENABLED": reads_alpha}),))
             t = [graph_us(lambda: lin(x)), graph_us(lambda: static(x)), graph_us(lambda: dynamic(x)),
                  graph_us(forced(True, True)), graph_us(forced(True, False)), graph_us(forced(False, True))]
             route = "cuBLAS" if ops.use_cublas(m, n, kp, True) else "Triton"
@@ -607,22 +597,16 @@ def run_ab_fused(args):
     graph_us, wall_us = timers(device)
     shapes = [(72, 200)] if device == "cpu" else (args.shapes or AB_FUSED_SHAPES)
     ms = [16, 40] if device == "cpu" else (args.m or [16, 128, 512, 768, 2048])
-    saved = ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv, ops.eager_route
-
     def routed(cublas, fused, layer_fn, eager_route=False):
         """layer_fn under a forced path (the routing functions replaced while it runs; `ops.eager_route`
         too, so that an eager call takes the path named rather than an eager route; eager_route: the
         one-launch route of small eager layers itself, forced on, graphs included)."""
-        def run():
-            ops.use_cublas = (lambda *a: cublas) if cublas is not None else saved[0]
-            ops.use_quantize_in_gemm = (lambda *a: fused) if fused is not None else saved[1]
-            ops.use_gemv = lambda *a: False
-            ops.eager_route = lambda *a: ops.ONE_LAUNCH if eager_route else None
-            try:
-                layer_fn()
-            finally:
-                ops.use_cublas, ops.use_quantize_in_gemm, ops.use_gemv, ops.eager_route = saved
-        return run
+        rules = dict(use_gemv=lambda *a: False, eager_route=lambda *a: ops.ONE_LAUNCH if eager_route else None)
+        if cublas is not None:
+            rules["use_cublas"] = lambda *a: cublas
+        if fused is not None:
+            rules["use_quantize_in_gemm"] = lambda *a: fused
+        return Forced(layer_fn, ((ops, rules),))
 
     # (name, cublas, fused, eager route); 'host-bound tiles': the one launch with the tiles `ops.eager_route`
     # gives it (`ops.TILES_FOR_HOST_BOUND`), where 'fused' takes the tiles `kernels.gemm_config` picks for M
@@ -713,14 +697,7 @@ def run_ab_eager(args):
 
     def with_rule(fn, name, answer):
         """fn with the routing function `ops.<name>` answering `answer` while it runs."""
-        def run():
-            saved = getattr(ops, name)
-            setattr(ops, name, lambda *a: answer)
-            try:
-                fn()
-            finally:
-                setattr(ops, name, saved)
-        return run
+        return Forced(fn, ((ops, {name: lambda *a: answer}),))
 
     def captured_route(fn):
         return with_rule(fn, "eager_route", None)
@@ -1267,7 +1244,6 @@ def run_tune_chunks(args):
     shapes = [(300, 200)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
     ms = [600] if device == "cpu" else (args.m or [2048, 4096])
     chunks = [1, 2] if device == "cpu" else [8, 16, 32, 64, 128]  # MiB (the CPU: 128-row chunks)
-    saved = ops.CUBLAS_CHUNK_BYTES
     rows = []
     for n, k in tqdm(shapes, desc="chunk tune", file=sys.stderr):
         lin, static, dynamic = make_layers(n, k, 1, device, torch.bfloat16)[0]
@@ -1276,14 +1252,11 @@ def run_tune_chunks(args):
             bf16 = graph_us(lambda: lin(x))
             line = []
             for mib in chunks:
-                ops.CUBLAS_CHUNK_BYTES = mib << 20 if device == "cuda" else mib
-                try:
+                with mock.patch.object(ops, "CUBLAS_CHUNK_BYTES", mib << 20 if device == "cuda" else mib):
                     for mode, layer in (("static", static), ("dynamic", dynamic)):
                         t = graph_us(lambda: layer(x))
                         rows.append([m, n, k, mode, mib, t, bf16])
                         line.append(f"{mode} {mib}MiB {t:.1f}us ({bf16 / t:.2f}x)")
-                finally:
-                    ops.CUBLAS_CHUNK_BYTES = saved
             print(f"chunks {m}x{n}x{k}: bf16 {bf16:.1f}us; " + "; ".join(line), flush=True)
     if device == "cpu":
         return
@@ -1303,16 +1276,13 @@ def run_tune_pass(args):
         barrier does not fit (`dynamic_pass_barrier`: its grid beyond the SMs)."""
         def run():
             kernels.fake_quantize_dynamic(x, ws2, a, units=True)
-        saved = qdl.DYNAMIC_PASS_BARRIER_ELEMENTS
-        qdl.DYNAMIC_PASS_BARRIER_ELEMENTS = 0 if barrier else 2**40
-        qdl._fake_plan.cache_clear()
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(qdl._fake_plan.cache_clear)  # (last: the plans made under the patch go)
+            stack.enter_context(mock.patch.object(qdl, "DYNAMIC_PASS_BARRIER_ELEMENTS", 0 if barrier else 2**40))
+            qdl._fake_plan.cache_clear()
             if barrier and not kernels.dynamic_pass_barrier(x.shape[0], a.shape[1], x.device):
                 return None
             return graph_us(run)  # (the plan is taken when the graph is captured)
-        finally:
-            qdl.DYNAMIC_PASS_BARRIER_ELEMENTS = saved
-            qdl._fake_plan.cache_clear()
 
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     graph_us, _ = timers(device)

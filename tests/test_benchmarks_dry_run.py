@@ -37,3 +37,33 @@ def test_dry_run(argv, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "bit-exact=False" not in out.stdout
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_forced_functions_patch_once_a_round_and_put_back():
+    """`common.Forced`: its patches are in force for its calls and only for them (a plain function timed
+    beside it sees the module as it was), entered once a round of eager calls, outside the timed loop,
+    not once a call; and put back afterwards."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    class Module:  # counts the patches' sets
+        sets = 0
+
+        def __setattr__(self, name, value):
+            type(self).sets += 1
+            object.__setattr__(self, name, value)
+
+    module = Module()
+    object.__setattr__(module, "rule", "routed")
+    seen_forced, seen_plain = [], []
+    forced = common.Forced(lambda: seen_forced.append(module.rule), ((module, {"rule": "forced"}),))
+    common.eager_us_interleaved([forced, lambda: seen_plain.append(module.rule)], calls=5, rounds=3)
+    assert set(seen_forced) == {"forced"} and set(seen_plain) == {"routed"}
+    assert len(seen_forced) == 5 * 4  # a warm-up round and three timed ones
+    assert Module.sets == 2 * 4  # set and put back once a round
+    assert module.rule == "routed"
+    forced()  # a single call (a graph capture) is patched around itself
+    assert seen_forced[-1] == "forced" and module.rule == "routed"
