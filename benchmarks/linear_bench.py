@@ -180,7 +180,8 @@ def run_table(args):
              f"of layer copies whose bf16 weights exceed {L2_ROTATE_BYTES >> 20} MiB, so weights come from DRAM), "
              f"eager = wall time per call of a loop of calls and one synchronize (300 calls, fewer where bf16 takes over {EAGER_ROUND_US / 300:.0f} us: about {EAGER_ROUND_US / 1000:.0f} ms of bf16 device time, at least 20), median of 7 rounds in which nn.Linear and both fp4 layers alternate (one layer, weights hot); compiled (M <= 16) = the same for `torch.compile` of each layer (dynamo reset per row). 'speed-up' = bf16 / fp4 "
              f"(> 1: fp4linear faster). Weight TB/s: the padded NVFP4 weight's bytes per fp4 device time; copy "
-             f"ceiling {copy:.2f} TB/s measured in the same run. read floor (decode rows): device time per layer of one "
+             f"ceiling {copy:.2f} TB/s measured in the latest run (with --update, the rows of earlier runs are put against it too, "
+             f"so their % copy moves as the ceiling does between runs, well under 1%). read floor (decode rows): device time per layer of one "
              f"Triton kernel that only reads the same copies' weight codes (launch, ramp-up and tail included), "
              f"the least a kernel streaming that weight takes. temp = per-call temporary (the dequantized "
              f"activation; on the cuBLAS path also the weight chunk, and the fp32 output chunk where cuBLAS cannot apply alpha itself: with a bias).")
