@@ -1370,7 +1370,9 @@ def run_tune_split(args):
 
 # (block_n, warps, stages, programs per SM, min split tiles) of the 16-token tile quantizing x
 SMALL_CONFIGS = [(64, 4, 4, 2, 1), (64, 4, 4, 2, 4), (128, 4, 3, 2, 1), (32, 4, 4, 2, 1), (32, 2, 4, 2, 1),
-                 (64, 4, 4, 1, 1), (32, 4, 4, 1, 1), (64, 4, 4, 3, 1)]
+                 (64, 4, 4, 1, 1), (32, 4, 4, 1, 1), (64, 4, 4, 3, 1),
+                 # 8 warps: half the max |x| loads a thread has in flight with a dynamic scale (session 26)
+                 (64, 8, 4, 2, 1), (128, 8, 3, 2, 1), (64, 8, 4, 1, 1), (32, 8, 4, 2, 1)]
 SMALL_SHAPES = [(2688, 464), (1288, 2688), (2576, 2688)]
 
 
