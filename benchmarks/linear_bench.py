@@ -1212,13 +1212,11 @@ def run_tune_operands(args):
             for scale, layer in (("static", static), ("dynamic", dynamic)):
                 timed = []
                 for cfg in configs_here:
-                    qdl.operands_config = lambda m_, ka_, cfg=cfg: cfg
                     try:
-                        timed.append((graph_us(lambda: layer(x)), cfg))
+                        with mock.patch.object(qdl, "operands_config", lambda m_, ka_, cfg=cfg: cfg):
+                            timed.append((graph_us(lambda: layer(x)), cfg))
                     except Exception as e:  # (out of registers or shared memory)
                         print(f"  {cfg}: {type(e).__name__}: {str(e)[:100]}", flush=True)
-                    finally:
-                        qdl.operands_config = routing
                 timed.sort(key=lambda r: r[0])
                 base = next(t for t, c in timed if c == default)
                 for t, c in timed:
