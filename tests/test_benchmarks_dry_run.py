@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
                                   ["linear_bench.py", "--dry-run", "--ab-maxima"],
                                   ["linear_bench.py", "--dry-run", "--tune-fused"],
                                   ["linear_bench.py", "--dry-run", "--tune-operand"],
+                                  ["linear_bench.py", "--dry-run", "--tune-operands"],
                                   ["linear_bench.py", "--dry-run", "--ab-decode"],
                                   ["linear_bench.py", "--dry-run", "--ab-bias"],
                                   ["linear_bench.py", "--dry-run", "--tune-chunks"],
