@@ -193,7 +193,7 @@ def main():
     results = {}
     # the cuBLAS route's operands from per-stream scratch vs per-call tensors, in alternating rounds
     # (the host's speed drifts within a run; the layer is small, so the host is what is timed)
-    saved_cap = ops.CUBLAS_SCRATCH_BYTES  # (the routed cap)
+    routed_cap = ops.CUBLAS_SCRATCH_BYTES
 
     def capped(cap, fn):
         return Forced(fn, ((ops, {"CUBLAS_SCRATCH_BYTES": cap}),))
@@ -201,7 +201,7 @@ def main():
         return [(f"ops.triton_linear cuBLAS route {kind}, {tag} [{label}]",
                  capped(cap, lambda lay=lay, d=d: cublas_route(lay, x, d)))
                 for kind, lay, d in (("static", lay, False), ("dynamic", dy, True))
-                for label, cap in (("operands in scratch", saved_cap), ("operands per call", 0))]
+                for label, cap in (("operands in scratch", routed_cap), ("operands per call", 0))]
     pairs = route_pairs(f"M={ml}", layer, dyn, xl)
     # per-rank layers at prefill sizes, whose eager calls took this route before `ops.EAGER_TRITON_MNK`: wall time
     # per call with nn.Linear in the same rounds (the host decides it where the GPU needs less)
