@@ -1172,7 +1172,7 @@ def run_ab_bias(args):
         for m in ms:
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             t = [graph_us(lambda mod=mod: mod(x)) for mod in (lin_nb, lin, no_bias, with_bias)]
-            in_addmm = ops.bias_in_addmm(n, with_bias.k_padded, x.dtype)
+            in_addmm = ops.bias_in_addmm(m, n, with_bias.k_padded, x.dtype)
             rows.append([m, n, k, "addmm" if in_addmm else "fp32 epilogue", *t, t[3] - t[2], t[0] / t[2], t[1] / t[3]])
             print(f"bias {m}x{n}x{k}: bf16 {t[0]:.1f} / {t[1]:.1f} us, fp4 {t[2]:.1f} / {t[3]:.1f} us "
                   f"(no bias / bias)", flush=True)
@@ -1235,32 +1235,79 @@ def run_tune_operands(args):
 
 def run_tune_chunks(args):
     """The cuBLAS path's weight chunk size (`ops.CUBLAS_CHUNK_BYTES`): smaller chunks may stay in L2
-    between their dequantization and cuBLAS's read, larger ones make fewer, wider cuBLAS calls;
-    device time of the whole layer, static and dynamic scale, cuBLAS bf16 in the same process
-    (-> results/chunk_tune_<gpu>.csv)."""
+    between their dequantization and cuBLAS's read (one chunk buffer, per-stream scratch, serves chunk
+    after chunk and layer after layer, so its writes need not reach DRAM), larger ones make fewer,
+    wider cuBLAS calls. Device time of the whole layer, static and dynamic scale, with weights hot (one
+    layer replayed) and cold (a chain of `cold_copies` distinct layers, time per layer, as in a model);
+    the cuBLAS route forced (`ops.use_cublas`) where the layer would take the Triton GEMM (mid M), the
+    routed path (path 'routed', no chunk) and cuBLAS bf16 the same way in the same process
+    (-> results/chunk_tune_<gpu>.csv, merged by (m, n, k, scale, weights, path, chunk))."""
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     graph_us, _ = timers(device)
     shapes = [(300, 200)] if device == "cpu" else (args.shapes or LINEAR_SHAPES)
-    ms = [600] if device == "cpu" else (args.m or [2048, 4096])
-    chunks = [1, 2] if device == "cpu" else [8, 16, 32, 64, 128]  # MiB (the CPU: 128-row chunks)
+    ms = [40] if device == "cpu" else (args.m or [2048, 4096])
+    chunks = [1, 2] if device == "cpu" else [4, 8, 16, 32, 64, 128]  # MiB (the CPU: 128-row chunks)
     rows = []
     for n, k in tqdm(shapes, desc="chunk tune", file=sys.stderr):
-        lin, static, dynamic = make_layers(n, k, 1, device, torch.bfloat16)[0]
+        copies = cold_copies(n * k * 2) if device == "cuda" else 2
+        layers = make_layers(n, k, copies, device, torch.bfloat16)
         for m in ms:
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
-            bf16 = graph_us(lambda: lin(x))
             line = []
-            for mib in chunks:
-                with mock.patch.object(ops, "CUBLAS_CHUNK_BYTES", mib << 20 if device == "cuda" else mib):
-                    for mode, layer in (("static", static), ("dynamic", dynamic)):
-                        t = graph_us(lambda: layer(x))
-                        rows.append([m, n, k, mode, mib, t, bf16])
-                        line.append(f"{mode} {mib}MiB {t:.1f}us ({bf16 / t:.2f}x)")
-            print(f"chunks {m}x{n}x{k}: bf16 {bf16:.1f}us; " + "; ".join(line), flush=True)
+            for weights, chained in (("hot", layers[:1]), ("cold", layers)):
+                bf16 = graph_us(chain([c[0] for c in chained], x)) / len(chained)
+                line.append(f"{weights}: bf16 {bf16:.1f}us")
+                cases = [("routed", "", contextlib.nullcontext)] + [
+                    ("cublas", mib, lambda mib=mib: mock.patch.multiple(
+                        ops, CUBLAS_CHUNK_BYTES=mib << 20 if device == "cuda" else mib, use_cublas=lambda *a, **kw: True))
+                    for mib in chunks]
+                for path, mib, patches in cases:
+                    with patches():
+                        for mode, idx in (("static", 1), ("dynamic", 2)):
+                            t = graph_us(chain([c[idx] for c in chained], x)) / len(chained)
+                            rows.append([m, n, k, mode, weights, path, mib, t, bf16])
+                            line.append(f"{mode} {path}{f' {mib}MiB' if mib else ''} {t:.1f}us ({bf16 / t:.2f}x)")
+            print(f"chunks {m}x{n}x{k}: " + "; ".join(line), flush=True)
     if device == "cpu":
-        return
-    write_csv(args.results_dir / f"chunk_tune_{gpu_slug()}.csv",
-              ["m", "n", "k", "input_scale", "chunk_mib", "us", "bf16_us"], rows)
+        args.no_write = True
+    path = args.results_dir / f"chunk_tune_{gpu_slug()}.csv"
+    rows = merge_rows(path, rows, 7, parse_chunk_row) if device == "cuda" else rows
+    publish(args, CHUNK_TITLE, CHUNK_INTRO, CHUNK_HEADER, rows, csv_name=path.name, **chunk_table(rows))
+
+
+CHUNK_TITLE = "cuBLAS path: weight chunk sizes (benchmarks/linear_bench.py --tune-chunks)"
+CHUNK_HEADER = ["m", "n", "k", "input_scale", "weights", "path", "chunk_mib", "us", "bf16_us"]
+CHUNK_INTRO = ("The whole layer on the cuBLAS path with the weight dequantized in chunks of at most 4-128 MiB (the "
+               "route forced where the layer takes the Triton GEMM), against the routed path and cuBLAS bf16 in the same "
+               "process; bf16 input, no bias, device time (CUDA-graph replay medians, us). hot = one layer replayed; "
+               "cold = a chain of distinct layer copies whose bf16 weights exceed 256 MiB, time per layer. Rows of "
+               "several runs on the same card (the M = 2048 / 4096 hot rows without a routed column: the first run, "
+               "2026-11-26). Static scale here; dynamic in the CSV. Routed: 128 MiB below 768 rows, 64 MiB from there "
+               "(`ops._chunk_rows`).")
+
+
+def parse_chunk_row(r):
+    """A CSV row of --tune-chunks (the first runs' rows had neither weights nor path: hot weights, the cuBLAS route)."""
+    if len(r) == 7:
+        r = r[:4] + ["hot", "cublas"] + r[4:]
+    return [int(r[0]), int(r[1]), int(r[2]), r[3], r[4], r[5], int(r[6]) if r[6] else "", float(r[7]), float(r[8])]
+
+
+def chunk_table(rows) -> dict:
+    """The markdown view of --tune-chunks rows: one line per (M, N, K, weights), static scale."""
+    cells = {}
+    mibs = sorted({r[6] for r in rows if r[5] == "cublas"})
+    for m, n, k, scale, weights, path, mib, us, bf16 in rows:
+        if scale == "static":
+            line = cells.setdefault((m, n, k, weights), {"bf16": bf16})
+            line["routed" if path == "routed" else mib] = us
+    md = []
+    for (m, n, k, weights), line in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0], kv[0][3])):
+        best = min((mib for mib in mibs if mib in line), key=line.get)
+        md.append([m, n, k, weights, line["bf16"], line.get("routed", float("nan")),
+                   *[line.get(mib, float("nan")) for mib in mibs], f"{best} MiB"])
+    return dict(md_header=["M", "N", "K", "weights", "bf16 us", "routed us", *[f"{mib} MiB us" for mib in mibs],
+                           "best chunk"], md_rows=md)
 
 
 def run_tune_pass(args):

@@ -60,8 +60,17 @@ def on_device_of(position: int):
     return decorate
 
 
-# cuBLAS path: the dequantized weight chunk is at most this many bytes (a per-call temporary)
+# cuBLAS path: the dequantized weight chunk is at most this many bytes (a per-call temporary) ...
 CUBLAS_CHUNK_BYTES = 64 << 20
+# ... and below CUBLAS_WIDE_CHUNK_ROWS rows at most this many: there cuBLAS's GEMM on one chunk has too few
+# output tiles to fill the GPU unless the chunk is wide (chunks cut N). H100, whole layer, CUDA-graph medians,
+# static / dynamic (linear_bench.py --tune-chunks, results/chunk_tune_h100.csv): 512x8192x8192 156.8 / 163.8 us
+# with one 128 MiB chunk vs 164.3 / 169.9 with two of 64 (weights cold: 156.6 / 163.3 vs 163.8 / 171.8); equal
+# from 768 rows (205.9 vs 206.0; 1024 rows 252.6 vs 251.7). Narrower chunks lose everywhere (4-16 MiB: 1.1-6x
+# slower from 128 to 2048 rows, each cuBLAS call a few output tiles deep in K), L2 residency of the chunk
+# notwithstanding.
+CUBLAS_WIDE_CHUNK_BYTES = 128 << 20
+CUBLAS_WIDE_CHUNK_ROWS = 768
 # ... and where the activation's values, or a weight chunk, take at most this many bytes, they are views
 # of per-stream scratch (`kernels.workspace`, shared by every layer on the stream, views made once per
 # shape) instead of per-call tensors: an eager call of a small layer on this path is host-bound, and its
@@ -176,8 +185,8 @@ def temp_bytes(m: int, n: int, kp: int, dtype: torch.dtype, cublas: bool | None 
         return 0 if use_quantize_in_gemm(m, n, kp) else m * kp * 2
     ka = kp if k is None else cublas_k(k, kp)
     # (a dynamic scale without a bias: cuBLAS reads alpha on the device where it can, `cublas_alpha`)
-    fp32_out = (dynamic and (bias or not cublas_alpha.usable())) or (bias and not bias_in_addmm(n, kp, dtype))
-    rows = _chunk_rows(n, kp, dtype, m if fp32_out else None)
+    fp32_out = (dynamic and (bias or not cublas_alpha.usable())) or (bias and not bias_in_addmm(m, n, kp, dtype))
+    rows = _chunk_rows(m, n, kp, dtype, fp32_out)
     return m * ka * dtype.itemsize + rows * kp * dtype.itemsize + (m * rows * 4 if fp32_out else 0)
 
 
@@ -187,14 +196,17 @@ def cublas_k(k: int, kp: int) -> int:
     return min(kp, -(-k // 8) * 8)
 
 
-def _chunk_rows(n: int, kp: int, dtype: torch.dtype, fp32_out_m: int | None = None) -> int:
-    """Weight rows dequantized per cuBLAS call: within CUBLAS_CHUNK_BYTES, and a multiple of 128 so
-    that every chunk's output columns start 16-byte aligned (cuBLAS falls back to slow kernels on
-    unaligned pointers: 2048x8192x28672 ran 6120 us with 1170-row chunks vs 1320 us for bf16).
-    fp32_out_m: the chunk's fp32 output [M, rows] (device alpha) stays within CUBLAS_FP32_CHUNK_BYTES."""
-    rows = CUBLAS_CHUNK_BYTES // (kp * dtype.itemsize)
-    if fp32_out_m is not None:
-        rows = min(rows, CUBLAS_FP32_CHUNK_BYTES // (4 * fp32_out_m))
+def _chunk_rows(m, n: int, kp: int, dtype: torch.dtype, fp32_out: bool = False) -> int:
+    """Weight rows dequantized per cuBLAS call for M = m: within CUBLAS_CHUNK_BYTES (CUBLAS_WIDE_CHUNK_BYTES
+    below CUBLAS_WIDE_CHUNK_ROWS rows), and a multiple of 128 so that every chunk's output columns start
+    16-byte aligned (cuBLAS falls back to slow kernels on unaligned pointers: 2048x8192x28672 ran 6120 us
+    with 1170-row chunks vs 1320 us for bf16). fp32_out: the chunk's fp32 output [m, rows] (device alpha)
+    stays within CUBLAS_FP32_CHUNK_BYTES. (m may be symbolic while torch.compile traces: then the wide
+    chunk is not taken.)"""
+    wide = isinstance(m, int) and m < CUBLAS_WIDE_CHUNK_ROWS
+    rows = (CUBLAS_WIDE_CHUNK_BYTES if wide else CUBLAS_CHUNK_BYTES) // (kp * dtype.itemsize)
+    if fp32_out:
+        rows = min(rows, CUBLAS_FP32_CHUNK_BYTES // (4 * m))
     return min(n, max(128, rows // 128 * 128))
 
 
@@ -365,7 +377,7 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
         k = kernels.act_width(act, x.shape[1]) if act is not None else x.shape[1]
         ka = cublas_k(k, kp)
         a = _operands_source(x, m * ka * x.element_size()).cublas_activation(m, ka, x.dtype)
-        host_alpha = not dynamic and alpha_host is not None and (bias is None or bias_in_addmm(n, kp, x.dtype))
+        host_alpha = not dynamic and alpha_host is not None and (bias is None or bias_in_addmm(m, n, kp, x.dtype))
         alpha_arg = alpha_host if host_alpha else alpha
         if act is None:  # x's values and the first weight chunk in one launch
             return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_arg, out, x=x, gs=gs)
@@ -401,13 +413,13 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
     and rounds them once, as cuBLAS's own epilogue does (the same bits).
     """
     n, kp, ka = out.shape[1], weight.shape[1] * 2, a.shape[1]
-    if bias is not None and not isinstance(alpha, torch.Tensor) and not bias_in_addmm(n, kp, a.dtype):
+    if bias is not None and not isinstance(alpha, torch.Tensor) and not bias_in_addmm(a.shape[0], n, kp, a.dtype):
         alpha = torch.full((1,), alpha, dtype=torch.float32, device=a.device)  # the epilogue route (see there)
     on_device = isinstance(alpha, torch.Tensor)
     # alpha on the device without a bias: cuBLAS reads it itself (no fp32 chunk, no epilogue launch)
     device_alpha = on_device and bias is None and cublas_alpha.available(a)
     fp32_out = on_device and not device_alpha
-    rows = _chunk_rows(n, kp, a.dtype, a.shape[0] if fp32_out else None)  # (<= n: the first chunk is whole)
+    rows = _chunk_rows(a.shape[0], n, kp, a.dtype, fp32_out)  # (<= n: the first chunk is whole)
     chunk, w_whole, w_whole_t = _operands_source(a, rows * kp * a.element_size()).weight_chunk(rows, kp, ka, a.dtype)
     acc = torch.empty((a.shape[0], rows), dtype=torch.float32, device=a.device) if fp32_out else None
     zero = scratch_of(a).zero if device_alpha else None
@@ -444,7 +456,7 @@ def _operands_source(t: torch.Tensor, nbytes: int):
     return per_call(t.device)
 
 
-def bias_in_addmm(n: int, kp: int, dtype: torch.dtype) -> bool:
+def bias_in_addmm(m, n: int, kp: int, dtype: torch.dtype) -> bool:
     """Whether the cuBLAS path with a static scale may add the bias in cuBLAS's own epilogue
     (`torch.addmm` with a 1-D bias): only where the output is one chunk with 16-byte aligned rows.
     Elsewhere torch 2.11's addmm gave wrong elements on the H100 (found by the hypothesis test):
@@ -452,7 +464,7 @@ def bias_in_addmm(n: int, kp: int, dtype: torch.dtype) -> bool:
     chunks: 15x272x73, 44x136x394), the latter also with the bias first copied into the slice
     (beta = 1). There the path takes the dynamic scale's route instead: fp32 accumulators, then
     `kernels.alpha_epilogue` (alpha, bias, one rounding)."""
-    return n % 8 == 0 and _chunk_rows(n, kp, dtype) >= n
+    return n % 8 == 0 and _chunk_rows(m, n, kp, dtype) >= n
 
 
 def _mm_fp32(a, b, out):

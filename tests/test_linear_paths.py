@@ -19,6 +19,12 @@ from fp4linear import kernels, ops, reference
 from .conftest import HAVE_CUDA, as_graph_replay, modelopt_checkpoint, without_host_sync
 
 
+def chunk_bytes(monkeypatch, nbytes):
+    """Weight chunks of the cuBLAS path capped at nbytes at every M (both of `ops._chunk_rows`' caps)."""
+    monkeypatch.setattr(ops, "CUBLAS_CHUNK_BYTES", nbytes)
+    monkeypatch.setattr(ops, "CUBLAS_WIDE_CHUNK_BYTES", nbytes)
+
+
 def layer_for(n, k, device, *, bias=True, dynamic=False, seed=0):
     ckpt, q = modelopt_checkpoint(n, k, bias=bias, seed=seed)
     if dynamic:
@@ -247,9 +253,9 @@ def test_cublas_device_alpha_matches_fp64_over_several_chunks(device, monkeypatc
     one short); every output element written (poisoned output)."""
     m, n, k = 40, 300, 464
     monkeypatch.setattr(ops, "CUBLAS_FP32_CHUNK_BYTES", 4 * m * 128)
-    monkeypatch.setattr(ops, "CUBLAS_CHUNK_BYTES", 128 * 512 * 2)
+    chunk_bytes(monkeypatch, 128 * 512 * 2)
     monkeypatch.setattr(fp4linear.cublas_alpha, "ENABLED", cublas_reads_alpha)
-    assert ops._chunk_rows(n, 512, torch.bfloat16, m) == ops._chunk_rows(n, 512, torch.bfloat16) == 128
+    assert ops._chunk_rows(m, n, 512, torch.bfloat16, True) == ops._chunk_rows(m, n, 512, torch.bfloat16) == 128
     layer, ckpt, q = layer_for(n, k, device, bias=bias, seed=3)
     x = (torch.randn(m, k, generator=torch.Generator().manual_seed(3)) * 3).to(torch.bfloat16).to(device)
     out = torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device)
@@ -334,10 +340,28 @@ def test_routing_follows_whether_cublas_can_read_alpha(monkeypatch, entry_points
     m, n, kp = 2048, 2688, 512
     assert ops.use_cublas(m, n, kp, dynamic=True) == entry_points
     assert ops.use_cublas(m, n, kp, dynamic=False)
-    fp32_chunk = m * ops._chunk_rows(n, kp, torch.bfloat16, m) * 4
+    fp32_chunk = m * ops._chunk_rows(m, n, kp, torch.bfloat16, True) * 4
     plain = ops.temp_bytes(m, n, kp, torch.bfloat16, cublas=True)
     dynamic = ops.temp_bytes(m, n, kp, torch.bfloat16, cublas=True, dynamic=True)
     assert dynamic == (plain if entry_points else plain + fp32_chunk)
+
+
+def test_cublas_chunks_widen_below_the_wide_chunk_rows():
+    """Below `CUBLAS_WIDE_CHUNK_ROWS` rows the cuBLAS path dequantizes the weight in chunks of up to
+    `CUBLAS_WIDE_CHUNK_BYTES` (8192x8192 fp16 whole at 512 rows), from there up to `CUBLAS_CHUNK_BYTES`;
+    always multiples of 128 rows, never more than N, and the temporary `temp_bytes` reports follows."""
+    wide, narrow = ops.CUBLAS_WIDE_CHUNK_ROWS - 1, ops.CUBLAS_WIDE_CHUNK_ROWS
+    assert ops._chunk_rows(512, 8192, 8192, torch.bfloat16) == 8192
+    assert ops._chunk_rows(wide, 8192, 8192, torch.bfloat16) == ops.CUBLAS_WIDE_CHUNK_BYTES // (8192 * 2)
+    assert ops._chunk_rows(narrow, 8192, 8192, torch.bfloat16) == ops.CUBLAS_CHUNK_BYTES // (8192 * 2) == 4096
+    for m in (1, 100, wide, narrow, 4096):
+        for n, kp in ((8192, 8192), (28672, 8192), (8192, 28672), (1288, 2688), (300, 512)):
+            rows = ops._chunk_rows(m, n, kp, torch.float16)
+            cap = ops.CUBLAS_WIDE_CHUNK_BYTES if m < narrow else ops.CUBLAS_CHUNK_BYTES
+            assert rows == n or (rows % 128 == 0 and rows * kp * 2 <= cap)
+    m, n, kp = 512, 8192, 8192
+    assert ops.temp_bytes(m, n, kp, torch.bfloat16, cublas=True) == m * kp * 2 + n * kp * 2
+    assert ops.temp_bytes(narrow, n, kp, torch.bfloat16, cublas=True) == narrow * kp * 2 + 4096 * kp * 2
 
 
 @pytest.mark.parametrize("m, dynamic", [(9, False), (9, True), (40, False), (40, True)])
@@ -393,7 +417,7 @@ def test_cublas_reading_alpha_gives_the_epilogue_bits(monkeypatch, m, n, k, chun
     layer, ckpt, q = layer_for(n, k, "cuda", bias=False, seed=m + n)
     kp = layer.k_padded
     rows = -(-n // chunks) // 128 * 128 or 128
-    monkeypatch.setattr(ops, "CUBLAS_CHUNK_BYTES", rows * kp * dtype.itemsize)
+    chunk_bytes(monkeypatch, rows * kp * dtype.itemsize)
     monkeypatch.setattr(ops, "CUBLAS_FP32_CHUNK_BYTES", rows * m * 4)
     x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(dtype).cuda()
     a = kernels.fake_quantize(x, layer.input_global_scale,
@@ -488,7 +512,7 @@ def test_hypothesis_paths_match_fp64(device, monkeypatch, m, n, k, dynamic, cubl
     """Every route (`use_gemv`, `use_cublas`, forced either way) at random shapes, static and dynamic
     scale, cuBLAS in 128-row chunks (several where N > 128), against the fp64 bound. (Unwritten
     elements: the poisoned-output tests above, per path.)"""
-    monkeypatch.setattr(ops, "CUBLAS_CHUNK_BYTES", 1)  # -> 128-row chunks
+    chunk_bytes(monkeypatch, 1)  # -> 128-row chunks
     monkeypatch.setattr(ops, "CUBLAS_FP32_CHUNK_BYTES", 1)
     layer, ckpt, q = layer_for(n, k, device, bias=bias, dynamic=dynamic, seed=seed)
     x = (torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3).to(torch.bfloat16).to(device)
@@ -827,7 +851,7 @@ def test_gpu_cublas_bias_over_several_chunks(monkeypatch, m, n, k):
     """The cuBLAS path with a bias where the output's rows are not 16-byte aligned (N % 8 != 0), and
     over several weight chunks (each chunk's output a column slice of out, aligned rows or not):
     found by the hypothesis test on the H100 (wrong elements from addmm's 1-D bias there)."""
-    monkeypatch.setattr(ops, "CUBLAS_CHUNK_BYTES", 1)  # -> 128-row chunks
+    chunk_bytes(monkeypatch, 1)  # -> 128-row chunks
     layer, ckpt, q = layer_for(n, k, "cuda", bias=True, seed=0)
     x = (torch.randn(m, k, generator=torch.Generator().manual_seed(0)) * 3).to(torch.bfloat16).cuda()
     out = ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
