@@ -29,7 +29,7 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels import quantize as quantize_module  # noqa: E402
-from kernels.quantize_launch import BASELINE, QuantConfig, kernel_meta  # noqa: E402
+from kernels.quantize_launch import BASELINE, MEASURED_VARIANTS, QuantConfig, kernel_meta  # noqa: E402
 
 
 def compile_quant(arch, config: QuantConfig, *, k=8192, stride=8192, m=4096, sf_row_tile=128, dtype="bf16"):
@@ -100,6 +100,7 @@ VARIANTS = {
     "recipe 2 + words": dict(BASELINE, recipe=2, words=True),
     "recipe 2 + 2-D grid": dict(BASELINE, recipe=2, grid_2d=True),
     "default: recipe 2 + words + 2-D grid": dict(recipe=2, words=True, grid_2d=True, persistent=0),
+    "default, recipe 4 (a word's two signs at once)": dict(recipe=4, words=True, grid_2d=True, persistent=0),
     "default + persistent": dict(recipe=2, words=True, grid_2d=True, persistent=4),
     "default + halves (whole blocks per thread)": dict(recipe=2, words=True, grid_2d=True, persistent=0, halves=True),
 }
@@ -129,7 +130,7 @@ def main():
     p.add_argument("--baseline", action="store_true", help="the kernel as first benchmarked (all variant flags off)")
     p.add_argument("--no-grid-2d", action="store_true")
     p.add_argument("--no-words", action="store_true")
-    p.add_argument("--recipe", type=int, choices=(1, 2))
+    p.add_argument("--recipe", type=int, choices=(1, 2, 4))
     p.add_argument("--persistent", type=int, help="programs per SM (0: off)")
     p.add_argument("--halves", action="store_true", help="whole blocks per thread (two 16-byte half loads)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
@@ -141,7 +142,8 @@ def main():
     if a.variants:
         variants_table(a.arch)
         return
-    cfg = QuantConfig(a.block_m, a.block_k, a.warps, **(BASELINE if a.baseline else {}))
+    # the variants the GPU defaults take (kernels/quantize_launch.py), which the --no-* flags switch off
+    cfg = QuantConfig(a.block_m, a.block_k, a.warps, **(BASELINE if a.baseline else MEASURED_VARIANTS))
     if a.no_grid_2d:
         cfg = replace(cfg, grid_2d=False)
     if a.no_words:
