@@ -43,7 +43,8 @@ from common import (Forced, L2_ROTATE_BYTES, LINEAR_SHAPES, ROOT, add_output_arg
 from fp4linear import kernels, ops  # noqa: E402
 from fp4linear.kernels import gemm_launch  # noqa: E402
 
-MS = [1, 2, 4, 8, 16, 128, 256, 512, 2048, 4096, 8192]
+MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048, 4096, 8192]
+COLD_ROWS = 64  # decode-sized rows (batched decode included): weights cold in L2, the read floor beside them
 
 
 def cold_static_layers(n, k, device):
@@ -134,7 +135,7 @@ def run_table(args):
     cache = {}
     for n, k, m in tqdm(todo, desc="linear", file=sys.stderr):
         wbytes_bf16 = n * k * 2
-        copies = 1 if m > 16 else cold_copies(wbytes_bf16)
+        copies = 1 if m > COLD_ROWS else cold_copies(wbytes_bf16)
         if device == "cpu":
             copies = 1
         if cache.get("key") != (n, k, copies):
@@ -142,7 +143,7 @@ def run_table(args):
             cache.update(key=(n, k, copies), layers=make_layers(n, k, copies, device, torch.bfloat16))
             # decode: one kernel that only streams the same copies' weight codes (same cold chain)
             cache["floor"] = (read_floor_us([c[1].weight for c in cache["layers"]], graph_us)
-                              if m <= 16 and device == "cuda" else float("nan"))
+                              if m <= COLD_ROWS and device == "cuda" else float("nan"))
         layers = cache["layers"]
         x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
         decode = m <= 16
@@ -176,12 +177,12 @@ def run_table(args):
     md_header = ["M", "N", "K", "scale", "bf16 us", "fp4 us", "speed-up", "weight TB/s", "% copy", "read floor us",
                  "bf16 eager us", "fp4 eager us", "eager speed-up", "bf16 compiled us", "fp4 compiled us",
                  "compiled speed-up", "temp MiB"]
-    intro = (f"Whole layer, bf16 input, no bias; device times are CUDA-graph replay medians (decode rows: a chain "
+    intro = (f"Whole layer, bf16 input, no bias; device times are CUDA-graph replay medians (decode rows, M <= {COLD_ROWS}: a chain "
              f"of layer copies whose bf16 weights exceed {L2_ROTATE_BYTES >> 20} MiB, so weights come from DRAM), "
              f"eager = wall time per call of a loop of calls and one synchronize (300 calls, fewer where bf16 takes over {EAGER_ROUND_US / 300:.0f} us: about {EAGER_ROUND_US / 1000:.0f} ms of bf16 device time, at least 20), median of 7 rounds in which nn.Linear and both fp4 layers alternate (one layer, weights hot); compiled (M <= 16) = the same for `torch.compile` of each layer (dynamo reset per row). 'speed-up' = bf16 / fp4 "
              f"(> 1: fp4linear faster). Weight TB/s: the padded NVFP4 weight's bytes per fp4 device time; copy "
              f"ceiling {copy:.2f} TB/s measured in the latest run (with --update, the rows of earlier runs are put against it too, "
-             f"so their % copy moves as the ceiling does between runs, well under 1%). read floor (decode rows): device time per layer of one "
+             f"so their % copy moves as the ceiling does between runs, well under 1%). read floor (decode rows, M <= {COLD_ROWS}): device time per layer of one "
              f"Triton kernel that only reads the same copies' weight codes (launch, ramp-up and tail included), "
              f"the least a kernel streaming that weight takes. temp = per-call temporary (the dequantized "
              f"activation; on the cuBLAS path also the weight chunk, and the fp32 output chunk where cuBLAS cannot apply alpha itself: with a bias).")
@@ -834,6 +835,9 @@ OPERAND_CONFIGS = {
                (16, 32, 256, 4, 4), (16, 128, 128, 8, 3), (16, 64, 512, 4, 2), (16, 64, 512, 4, 3),
                (16, 128, 256, 8, 3), (16, 64, 256, 4, 4), (16, 64, 256, 2, 3), (16, 32, 512, 4, 3),
                (16, 128, 512, 8, 2)],
+    # batched decode, 17-64 rows: 32 / 64-row tiles on mma.sync (Triton takes wgmma from 64 rows), K splits to fill the SMs
+    "small": [(32, 64, 256, 4, 3), (32, 64, 128, 4, 4), (32, 128, 128, 4, 3), (32, 128, 256, 4, 3), (32, 64, 256, 8, 3),
+              (32, 128, 128, 8, 3), (64, 64, 128, 4, 3), (64, 64, 256, 4, 3), (64, 128, 128, 8, 3), (16, 64, 256, 4, 3)],
     "mid": [(64, 64, 128, 4, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (64, 128, 128, 4, 3),
             (128, 128, 128, 8, 3), (256, 128, 64, 8, 3)],
     "prefill": [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 128, 8, 3)],
@@ -1018,8 +1022,8 @@ def run_tune_operand(args):
     rows, cache = [], {}
     for n, k in tqdm(shapes, desc="operand tune", file=sys.stderr):
         for m in ms:
-            cls = "decode" if m <= 16 else "mid" if m < 1024 else "prefill"
-            copies = cold_copies(n * k * 2) if (device == "cuda" and m <= 16) else 1
+            cls = "decode" if m <= 16 else "small" if m <= COLD_ROWS else "mid" if m < 1024 else "prefill"
+            copies = cold_copies(n * k * 2) if (device == "cuda" and m <= COLD_ROWS) else 1
             if cache.get("key") != (n, k, copies):  # quantized once per shape and chain length
                 cache.clear()
                 cache.update(key=(n, k, copies), trios=make_layers(n, k, copies, device, torch.bfloat16))
@@ -1039,7 +1043,7 @@ def run_tune_operand(args):
             for cfg in configs:
                 label = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
                 res.append((cand.two_launches(cfg), f"B-operand two launches {label}"))
-                if m <= 16:
+                if m <= COLD_ROWS:
                     res.append((cand.one_launch(cfg), f"B-operand one launch {label}"))
             lins = [t[0] for t in trios]
             bf16 = graph_us(lambda: [lin(x) for lin in lins]) / copies

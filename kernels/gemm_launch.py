@@ -142,6 +142,22 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
             return GemmConfig(16, 64, block_k, 4, 4, split_k=0, min_split_tiles=1, predequant_a=True, w_operand_b=True,
                               a_mma16=True)
         return GemmConfig(16, 64, block_k, 4, 4, split_k=0, predequant_a=True, w_operand_b=True, a_mma16=True)
+    if m <= 64:
+        # Batched decode, 17-64 rows: the weight as the right operand of 32- or 64-row tiles (mma.sync; one
+        # decode of each weight tile serves every row) with K splits to fill the SMs, where the mid-M tiles
+        # below decoded it for 128-row wgmma tiles mostly of padding. H100, two launches, weights cold,
+        # device time (linear_bench.py --tune-operand --m 32 64, results/operand_tune_h100.csv), vs the
+        # mid-M route then: 32x8192x8192 31.0 us vs 58.2 (bf16 48.5), 32x4096x4096 13.5 vs 23.7, 32x8192x3696
+        # 19.3 vs 29.6 (128-wide K tiles: Kp % 256 != 0), 32x28672x8192 95.8 vs 161 (128 weight rows),
+        # 32x1288x2688 9.4 vs 11.4; 64x8192x8192 40.8 vs 58.6, 64x8192x3696 23.7 vs 30.1, 64x28672x8192 137.6
+        # vs 165 (64x128x128 w8), 64x4096x4096 20.2 vs 24.2 (32x128x256: 18.9).
+        tile = dict(split_k=0, predequant_a=True, w_operand_b=True)
+        if m <= 32:
+            wide = kp % 256 == 0
+            return GemmConfig(32, 128 if n >= 16384 else 64, 256 if wide else 128, 4, 3 if wide else 4, **tile)
+        if n >= 16384:
+            return GemmConfig(64, 128, 128, 8, 3, **tile)
+        return GemmConfig(64, 64, 128, 4, 3, **tile)
     # Mid M on the Triton GEMM (the cuBLAS path takes over from M = 512, `fp4linear.ops.use_cublas`):
     # 64x64x128 tiles, 3 stages (128x4096x4096: 26.0 us vs 38.2 with 128x64x64; 128x1288x2688: 17.2
     # vs 30.3). Triton's schedule of the large tiles waits for each MMA before decoding the next weight

@@ -115,8 +115,13 @@ def test_decode_variants(device, m, n, k, word_decode, predequant_a):
     # the weight as the left operand on mma.sync (1-2 warps), K tiles wider than Kp's last one
     kernels.GemmConfig(16, 64, 256, 2, 3, split_k=0, predequant_a=True),
     kernels.GemmConfig(16, 32, 256, 1, 3, split_k=0, predequant_a=True, programs_per_sm=8),
+    # batched decode (17-64 rows, `gemm_config`): 32 / 64-row tiles, the weight the right operand, K splits
+    kernels.GemmConfig(32, 64, 256, 4, 3, split_k=0, predequant_a=True, w_operand_b=True),
+    kernels.GemmConfig(32, 128, 128, 4, 4, split_k=0, predequant_a=True, w_operand_b=True),
+    kernels.GemmConfig(64, 64, 128, 4, 3, split_k=0, predequant_a=True, w_operand_b=True),
+    kernels.GemmConfig(64, 128, 128, 8, 3, split_k=0, predequant_a=True, w_operand_b=True),
 ], ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}s{c.split_k}{'b' if c.w_operand_b else ''}")
-@pytest.mark.parametrize("m", [300, 7])
+@pytest.mark.parametrize("m", [300, 7, 40])
 def test_tile_shapes(device, config, m):
     """Tiles the tuning (`linear_bench.py --tune`, `--tune-operand`) tries, at ragged M and N, split K included."""
     n, k = 100, 1368

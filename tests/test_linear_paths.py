@@ -57,7 +57,7 @@ def check(out, ref, bound, out_dtype):
     assert not out.isnan().any()
 
 
-PATHS = [("small", 1), ("small", 3), ("small", 16), ("triton", 17), ("triton", 70), ("cublas", 40)]
+PATHS = [("small", 1), ("small", 3), ("small", 16), ("triton", 17), ("triton", 40), ("triton", 70), ("cublas", 40)]
 
 
 @pytest.mark.parametrize("path, m", PATHS)
