@@ -41,7 +41,7 @@ from common import (Forced, L2_ROTATE_BYTES, LINEAR_SHAPES, ROOT, add_output_arg
                     eager_us, eager_us_interleaved, gpu_slug, markdown_table, median_us, merge_rows, publish,
                     read_floor_us, replace_section, write_csv)
 from fp4linear import kernels, ops  # noqa: E402
-from fp4linear.kernels import gemm_launch  # noqa: E402
+from fp4linear.kernels import gemm_launch, quant_dequant_launch  # noqa: E402
 
 MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048, 4096, 8192]
 COLD_ROWS = 64  # decode-sized rows (batched decode included): weights cold in L2, the read floor beside them
@@ -390,13 +390,17 @@ def run_ab_dynamic(args):
     rows = []
     for n, k in tqdm(shapes, desc="dynamic a/b", file=sys.stderr):
         for m in ms:
-            copies = 1 if m > 16 or device == "cpu" else cold_copies(n * k * 2)
+            copies = 1 if m > COLD_ROWS or device == "cpu" else cold_copies(n * k * 2)
             layers = make_layers(n, k, copies, device, torch.bfloat16)
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             static = graph_us(chain([c[1] for c in layers], x)) / copies
             dynamic = graph_us(chain([c[2] for c in layers], x)) / copies
             kp = layers[0][2].k_padded
-            if ops.use_gemv(m, n, kp):
+            if m > 16 and not ops.use_cublas(m, n, kp, dynamic=True) and kernels.dynamic_pass_barrier(m, kp, x.device):
+                alt_name = "scale launch + pass"  # the batched-decode rows before the pass took the barrier
+                with mock.patch.object(quant_dequant_launch, "DYNAMIC_PASS_BARRIER_ROWS", 16):
+                    alt = graph_us(chain([c[2] for c in layers], x)) / copies
+            elif ops.use_gemv(m, n, kp):
                 alt_name = "dynamic_scales launch + gemv"
                 with mock.patch.object(gemv_launch, "DYNAMIC_IN_KERNEL_MAX", 0):
                     alt = graph_us(chain([c[2] for c in layers], x)) / copies
@@ -413,7 +417,13 @@ def run_ab_dynamic(args):
                 alt_name, alt = "-", float("nan")
             rows.append([m, n, k, static, dynamic, alt, alt_name])
     md = [[m, n, k, st, dy, dy / st, alt, alt / dy, name] for m, n, k, st, dy, alt, name in rows]
-    intro = ("Whole layer, bf16 input, no bias, device time per layer (CUDA-graph replay medians; M <= 4: a chain of "
+    if device == "cuda":  # (rows of other shapes and M from earlier runs kept)
+        rows = merge_rows(args.results_dir / f"dynamic_ab_{gpu_slug()}.csv", rows, 3,
+                          lambda r: [int(r[0]), int(r[1]), int(r[2]), float(r[3]), float(r[4]), float(r[5]), r[6]])
+        order = {s: i for i, s in enumerate(LINEAR_SHAPES)}
+        rows.sort(key=lambda r: (order.get((r[1], r[2]), 99), r[0]))
+        md = [[m, n, k, st, dy, dy / st, alt, alt / dy, name] for m, n, k, st, dy, alt, name in rows]
+    intro = ("Whole layer, bf16 input, no bias, device time per layer (CUDA-graph replay medians; M <= 64: a chain of "
              f"layer copies whose bf16 weights exceed {L2_ROTATE_BYTES >> 20} MiB). 'dynamic' is the routed path with a "
              "dynamic input scale; 'previous' is the path it replaced for that M ('vs previous' = previous / dynamic, "
              "> 1: the new path faster). Goal (decode): dynamic <= 1.15x static.")

@@ -38,6 +38,9 @@ AMAX_BLOCK = 1024  # columns per load of the max |x| reads that the small-input 
 # rows of K = 2688-4096 (43K-64K), 5.8 at 8x8192; 16x8192: 4.1 vs 5.5 for the scale launch + static
 # pass. The crossing lies between 32K and 43K elements: x's size, not its rows, decides.
 DYNAMIC_PASS_BARRIER_ELEMENTS = 36 * 1024
+# ... up to this many rows: the batched-decode rows (17-64, where the pass then feeds the 32/64-row tiles) take it
+# too where the pass's 16-row tiles fit on the SMs (linear_bench.py --ab-dynamic --m 32 64: see RESULTS.md).
+DYNAMIC_PASS_BARRIER_ROWS = 64
 
 
 def dynamic_pass_barrier(m: int, kp: int, device: torch.device) -> bool:
@@ -48,7 +51,7 @@ def dynamic_pass_barrier(m: int, kp: int, device: torch.device) -> bool:
 def _barrier_block_k(m: int, kp: int, device: torch.device) -> int | None:
     """The barrier pass's K tile (16-row tiles, 128 columns, or 256 where 128 would put more programs
     than SMs: 4 x 28672 in 112 programs), or None where it does not apply."""
-    if device.type != "cuda" or not (m <= 16 and m * kp > DYNAMIC_PASS_BARRIER_ELEMENTS):
+    if device.type != "cuda" or not (m <= DYNAMIC_PASS_BARRIER_ROWS and m * kp > DYNAMIC_PASS_BARRIER_ELEMENTS):
         return None
     return next((bk for bk in (128, 256) if cdiv(m, 16) * cdiv(kp, bk) <= _sm_count(device)), None)
 

@@ -150,7 +150,7 @@ def test_dynamic_scale_in_the_quantize_pass_matches_the_separate_launch(device, 
 @pytest.mark.cuda
 @pytest.mark.parametrize("m, k, outlier, a_order", [(1, 464, 1e4, 0), (5, 1376, 1e4, 1), (16, 4096, 1e4, 1),
                                                      (9, 1400, math.nan, 2), (16, 2688, math.inf, 0),
-                                                     (3, 8, 1e4, 0)])
+                                                     (3, 8, 1e4, 0), (48, 768, 1e4, 0), (40, 1400, math.nan, 0)])
 def test_gpu_dynamic_pass_barrier_matches_every_program_reading_x(monkeypatch, m, k, outlier, a_order):
     """The dynamic pass's GPU barrier (each program reads its own tile, max |x| shared through an
     atomic, all wait) against every program reading all of x: the same values and alpha, NaN and
@@ -210,7 +210,7 @@ def test_gpu_dynamic_pass_barrier_matches_every_program_reading_x(monkeypatch, m
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("m, k", [(16, 8192), (12, 3696), (8, 8192), (4, 28672)])
+@pytest.mark.parametrize("m, k", [(16, 8192), (12, 3696), (8, 8192), (4, 28672), (40, 4096), (64, 2688)])
 def test_gpu_linear_dynamic_through_the_barrier_pass(monkeypatch, m, k):
     """A dynamic-scale Linear past 36K elements of x takes the barrier pass on the GPU, x too large for
     every program to read (16 x 8192, 4 x 28672 in 256-wide tiles) or not: the bits of the separate
