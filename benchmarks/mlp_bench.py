@@ -33,10 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import L2_ROTATE_BYTES, add_output_args, cold_copies, eager_us, gpu_slug, median_us, publish  # noqa: E402
+from common import (L2_ROTATE_BYTES, add_output_args, cold_copies, eager_us, gpu_slug, median_us, merge_rows,  # noqa: E402
+                    publish)
 
 MODELS = {"GLM-4.5-Air": (4096, 1368), "Qwen2.5-72B": (8192, 3696)}  # (hidden, per-rank intermediate at TP 8)
-MS = [1, 16, 4096]
+MS = [1, 16, 64, 4096]
+COLD_ROWS = 64  # decode-sized rows (batched decode included): weights cold in L2
 X_AMAX = 4.0  # inputs are uniform in [-4, 4)
 
 
@@ -101,7 +103,7 @@ def run_table(args, dry: bool):
     cache = {}
     for name, m in tqdm(todo, desc="mlp", file=sys.stderr):
         hidden, inter = models[name]
-        copies = 1 if m > 16 or dry else cold_copies(3 * hidden * inter * 2)
+        copies = 1 if m > COLD_ROWS or dry else cold_copies(3 * hidden * inter * 2)
         if cache.get("key") != (name, copies):
             cache.clear()
             cache.update(key=(name, copies), copies=make_copies(hidden, inter, copies, device))
@@ -125,11 +127,16 @@ def run_table(args, dry: bool):
              f"LlamaMLP (3 nn.Linear + `F.silu(g) * u`); unfused = that module after `fp4linear.swap(fuse_mlp=False)` "
              f"(3 fp4linear.Linear + the torch activation); GatedMLP = after `fp4linear.swap` ([gate; up] one NVFP4 "
              f"GEMM, activation fused with the quantization of down's input). static = `calibrate` scales, dynamic = "
-             f"per call on the device. Device times: CUDA-graph replay medians (M <= 16: a chain of copies whose bf16 "
+             f"per call on the device. Device times: CUDA-graph replay medians (M <= {COLD_ROWS}: a chain of copies whose bf16 "
              f"weights exceed {L2_ROTATE_BYTES >> 20} MiB, time per MLP); eager: wall time per call, loop of 100 calls "
              f"and one synchronize, median of 3. speed-up = unfused / GatedMLP, vs bf16 = bf16 / GatedMLP (> 1: "
              f"GatedMLP faster); err = relative error of the output vs the bf16 MLP. Goal: GatedMLP >= 1.15x the "
              f"unfused MLP at M = 4096.")
+    if not dry:  # (rows of other models and M from earlier runs kept)
+        order = {name: i for i, name in enumerate(MODELS)}
+        rows = merge_rows(args.results_dir / f"mlp_{gpu_slug()}.csv", rows, 5,
+                          lambda r: [r[0], int(r[1]), int(r[2]), int(r[3]), r[4], *map(float, r[5:])])
+        rows.sort(key=lambda r: (order.get(r[0], 99), r[3], r[4] != "static"))
     md_header = ["model", *header[3:]]
     md_rows = [[r[0], *r[3:]] for r in rows]  # the shapes are in the intro
     if dry:
