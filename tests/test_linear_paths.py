@@ -615,6 +615,52 @@ def test_quantize_in_gemm_refuses_x_wider_than_the_weight(device):
                                       None, torch.empty(3, 40, device=device))
 
 
+@pytest.mark.parametrize("tile", [
+    kernels.GemmConfig(128, 64, 64, 8, 3, split_k=0, programs_per_sm=1, predequant_a=True, w_operand_b=True,
+                       wgmma_stages=4),
+    kernels.GemmConfig(256, 128, 64, 8, 3, split_k=0, programs_per_sm=1, predequant_a=True, w_registers=True,
+                       wgmma_stages=4)], ids=["wgmma", "w_registers"])
+def test_gemm_quantizing_x_on_a_routed_gluon_tile(device, monkeypatch, tile):
+    """The one launch of small eager layers past 16 rows (x quantized inside the GEMM with the tiles
+    `gemm_config` gives `ops.TILES_FOR_HOST_BOUND` rows) where those are a Gluon kernel's, which reads a
+    pre-dequantized A: the GPU routes them for 17-21 rows on weights of 24M-31M elements and for N >= 16384.
+    Triton's kernel of the tile runs instead (a ValueError before); within the fp64 bound."""
+    from fp4linear.kernels import gemm_launch
+
+    monkeypatch.setattr(gemm_launch, "gemm_config", lambda *a, **kw: tile)
+    gemm_launch._gemm_plan.cache_clear()
+    try:
+        m, n, k = 17, 72, 200
+        layer, ckpt, q = layer_for(n, k, device, bias=False, seed=3)
+        x = (torch.randn(m, k, generator=torch.Generator().manual_seed(3)) * 3).to(torch.bfloat16).to(device)
+        out = kernels.nvfp4_gemm_quantize_x(x, layer.input_global_scale, layer.weight, layer.weight_scale, layer.alpha,
+                                            None, torch.full((m, n), math.nan, dtype=x.dtype, device=device),
+                                            tiles_for_m=ops.TILES_FOR_HOST_BOUND)
+    finally:
+        gemm_launch._gemm_plan.cache_clear()
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(out, ref, bound, torch.bfloat16)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m, n, k", [(17, 8192, 3696), (21, 6144, 4096), (17, 16384, 1024)])
+def test_gpu_eager_one_launch_where_graphs_take_gluon_tiles(m, n, k):
+    """Eager calls that take the one-launch route (M x N x Kp <= HOST_BOUND_MNK past 16 rows) on weights whose
+    host-bound tiles are the Gluon kernels' (from 24M elements, or N >= 16384): they run, within the fp64
+    bound, static and dynamic scale."""
+    for dynamic in (False, True):
+        layer, ckpt, q = layer_for(n, k, "cuda", bias=False, dynamic=dynamic, seed=m)
+        x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(torch.bfloat16).cuda()
+        assert ops.eager_route(x, m, n, layer.k_padded, dynamic) == ops.ONE_LAUNCH
+        tile = kernels.gemm_config(ops.TILES_FOR_HOST_BOUND, n, layer.k_padded, "cuda")
+        assert tile.wgmma_stages or tile.w_registers
+        out = layer(x)
+        # (a dynamic scale is a static one of max |x| / 2688: the same encode scale, bit for bit)
+        scale = fp4linear.decode_scale(x.float().abs().amax()) if dynamic else ckpt["input_scale"]
+        ref, bound = fp64_bound(x, layer, q, scale)
+        check(out, ref, bound, torch.bfloat16)
+
+
 def test_small_layers_called_eagerly_take_one_launch(device):
     """Past 16 rows a small layer called eagerly quantizes x inside the Triton GEMM with the mid-M
     tiles (`ops.eager_route`), not cuBLAS; traced by torch.compile it keeps the device-time routing."""
