@@ -275,6 +275,15 @@ EAGER_TRITON_MNK_DYNAMIC = 1 << 33
 # Static scale up to 32M weight elements (8192x3696), dynamic (every program also reads all of x) to 16M.
 HOST_BOUND_DECODE_ELEMENTS = 32 << 20
 HOST_BOUND_DECODE_ELEMENTS_DYNAMIC = 16 << 20
+# Batched decode, 17-32 rows: the one launch with the tiles graphs take (the 32-row tiles, `kernels.gemm_config`;
+# the captured route's bits), and on weights up to this many elements past HOST_BOUND_MNK too. H100, weights hot,
+# eager wall per call / device time, static (linear_bench.py --ab-fused --host-bound-tiles --m 32, session 27, a
+# host whose nn.Linear call took ~20-35 us): 32x4096x4096 21.0 / 19.6 us vs 32.1 / 12.6 for the two launches (dynamic
+# 48.9 vs 55.8); on the mid-M tiles (`TILES_FOR_HOST_BOUND`) instead: 32x2576x2688 24.9 / 13.3 vs 25.3 / 24.1,
+# 32x1288x2688 32.3 / 10.1 vs 32.8 / 20.7. Past it a tie (32x8192x3696, 31M elements: 31.0 vs 30.9); at 64 rows
+# every weight tile re-quantizing 64 rows of x costs more than it saves (64x4096x4096 44.8 / 43.2 vs 43.3 / 19.5).
+HOST_BOUND_BATCH_ROWS = 32
+HOST_BOUND_BATCH_ELEMENTS = 16 << 20
 
 ONE_LAUNCH, TRITON = "one launch", "triton"  # `eager_route`'s routes
 
@@ -285,10 +294,11 @@ def eager_route(x, m: int, n: int, kp: int, dynamic: bool = False) -> str | None
     torch.compile (there only device time counts), and eager calls past EAGER_TRITON_MNK (_DYNAMIC).
 
     - ONE_LAUNCH: up to 16 rows on a weight of at most HOST_BOUND_DECODE_ELEMENTS (N x Kp; _DYNAMIC for
-      a dynamic scale), or past 16 rows up to HOST_BOUND_MNK multiply-adds: x quantized inside the
-      Triton GEMM; past 16 rows with the mid-M tiles whatever M (`TILES_FOR_HOST_BOUND`), so that act(h)
-      on the same path (GatedMLP's down projection) gets the same bits; up to 16 rows with the decode
-      tiles graphs use, so the bits are those of the captured two-launch path.
+      a dynamic scale), up to HOST_BOUND_BATCH_ROWS on one of at most HOST_BOUND_BATCH_ELEMENTS, or past
+      16 rows up to HOST_BOUND_MNK multiply-adds: x quantized inside the Triton GEMM; past
+      HOST_BOUND_BATCH_ROWS with the mid-M tiles whatever M (`TILES_FOR_HOST_BOUND`), below with the tiles
+      graphs use, so the bits are those of the captured two-launch path (act(h), GatedMLP's down
+      projection, takes the same tiles as x on every call, so it keeps its unfused Linear's bits).
     - TRITON: past 16 rows up to EAGER_TRITON_MNK (_DYNAMIC for a dynamic scale): the quantize-dequantize
       pass, then the Triton GEMM (the graphs' Triton route), where graphs may take cuBLAS (operands
       launch, the cuBLAS call and its flag cost ~45-100 us of host time on the H100 machines measured,
@@ -299,7 +309,7 @@ def eager_route(x, m: int, n: int, kp: int, dynamic: bool = False) -> str | None
         route = ONE_LAUNCH
     else:
         mnk = m * n * kp
-        if mnk <= HOST_BOUND_MNK:
+        if mnk <= HOST_BOUND_MNK or (m <= HOST_BOUND_BATCH_ROWS and n * kp <= HOST_BOUND_BATCH_ELEMENTS):
             route = ONE_LAUNCH
         elif mnk <= (EAGER_TRITON_MNK_DYNAMIC if dynamic else EAGER_TRITON_MNK):
             route = TRITON
@@ -348,7 +358,7 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
         route = eager_route(x, m, n, kp, dynamic)
         if route == ONE_LAUNCH:
             cublas, one_launch = False, True
-            tiles_for_m = TILES_FOR_HOST_BOUND if m > 16 else None
+            tiles_for_m = TILES_FOR_HOST_BOUND if m > HOST_BOUND_BATCH_ROWS else None
         else:
             cublas = route is None and use_cublas(m, n, kp, dynamic)
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)

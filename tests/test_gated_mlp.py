@@ -102,7 +102,7 @@ def test_matches_fp64_and_the_unfused_modules(device, m, hidden, inter, act, dyn
 
 
 @pytest.mark.parametrize("act", sorted(kernels.ACTS))
-@pytest.mark.parametrize("m, tiles_for_m", [(1, None), (5, None), (16, None), (37, 256)])
+@pytest.mark.parametrize("m, tiles_for_m", [(1, None), (5, None), (16, None), (24, None), (37, 256)])
 def test_gemm_taking_act_of_x_equals_the_activation_pass_then_the_gemm(device, act, m, tiles_for_m):
     """`nvfp4_gemm_quantize_x(act=)`: every program takes act(x) of the rows it multiplies (one launch),
     against `act_fake_quantize` then `nvfp4_gemm_dequantized_a` (two): the same bits. Odd I (200: Kp
@@ -469,7 +469,7 @@ def test_gpu_paths_bits_graph_no_sync(m, dynamic, act):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("act", ["silu_mul", "gelu_tanh_mul", "relu2"])
-@pytest.mark.parametrize("m, tiles_for_m", [(1, None), (16, None), (100, 256)])
+@pytest.mark.parametrize("m, tiles_for_m", [(1, None), (16, None), (24, None), (100, 256)])
 def test_gpu_gemm_taking_act_of_x_equals_the_activation_pass_then_the_gemm(act, m, tiles_for_m):
     """A per-rank down projection (4096 x 1368, bias) on the GPU's own tiles: the one-launch GEMM taking
     act(x) gives the activation pass + GEMM bits (the kernel without FMA contraction, its epilogue's FFMA

@@ -679,6 +679,25 @@ def test_small_layers_called_eagerly_take_one_launch(device):
     check(got, ref, bound, torch.bfloat16)
 
 
+@pytest.mark.parametrize("m", [24, 32])
+def test_batched_decode_eager_one_launch_has_the_graph_routes_bits(device, m):
+    """Up to HOST_BOUND_BATCH_ROWS rows an eager call's one launch takes the tiles the graphs' two launches
+    take (not `TILES_FOR_HOST_BOUND`'s), so an eager call and a graph replay give the same bits."""
+    n, k = 72, 464
+    layer, ckpt, q = layer_for(n, k, device, bias=False, seed=m)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(torch.bfloat16).to(device)
+    assert ops.eager_route(x, m, n, layer.k_padded) == ops.ONE_LAUNCH
+    eager = layer(x)
+    two = ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
+                            layer.weight_scale_2, None, n, False, layer._alpha_host, cublas=False)
+    with fp4linear.kernels.launch.wrapped_for_compile():  # the device-time routing (what graphs take)
+        assert ops.eager_route(x, m, n, layer.k_padded) is None
+    assert not ops.use_quantize_in_gemm(m, n, layer.k_padded)  # so `two` was the pass and the GEMM
+    assert torch.equal(eager, two)
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(eager, ref, bound, torch.bfloat16)
+
+
 def test_decode_host_bound_by_weight_size():
     """Up to 16 rows an eager call is host-bound by its weight's size (N x Kp), a dynamic scale's
     sooner (every program of the one launch also reads all of x); never while traced."""
@@ -701,6 +720,11 @@ def test_eager_route_tiers_past_decode():
     x = torch.zeros(4, 8)
     assert ops.eager_route(x, 768, 384, 1536) == ops.ONE_LAUNCH  # MiniLM's FFN at 768 rows: 2^28.8
     assert ops.eager_route(x, 17, 1, ops.HOST_BOUND_MNK // 17) == ops.ONE_LAUNCH
+    # batched decode, up to 32 rows: the one launch on weights up to HOST_BOUND_BATCH_ELEMENTS past HOST_BOUND_MNK
+    for dynamic in (False, True):
+        assert ops.eager_route(x, 32, 4096, 4096, dynamic) == ops.ONE_LAUNCH  # 5.4 * 10^8 > 2^29
+        assert ops.eager_route(x, 33, 4096, 4096, dynamic) == ops.TRITON
+        assert ops.eager_route(x, 32, 8192, 3712, dynamic) == ops.TRITON
     for dynamic in (False, True):
         assert ops.eager_route(x, 1024, 1288, 2688, dynamic) == ops.TRITON
         assert ops.eager_route(x, 4096, 2688, 512, dynamic) == ops.TRITON  # 5.6 * 10^9
