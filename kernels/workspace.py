@@ -37,16 +37,20 @@ _MAX_VIEWS = 256  # cached buffer views per Scratch (shapes seen), cleared beyon
 
 class Scratch:
     def __init__(self, device: torch.device):
-        self.device = device
+        self._lazy(device)
         self.partials = torch.empty(0, dtype=torch.float32, device=device)
         self.tickets = torch.empty(0, dtype=torch.int32, device=device)
-        self._scale_words = None
-        self._zero = None
-        self._maxima = None
         self.scales = torch.empty(2, dtype=torch.float32, device=device)  # gs, alpha
         self.gs, self.alpha = self.scales[0:1], self.scales[1:2]  # views made once, not per call
         self._buffers: dict = {}  # (name, dtype) -> flat buffer, grown on demand
         self._views: dict = {}  # (name, dtype, shape) -> views of that buffer made for the shape
+
+    def _lazy(self, device: torch.device) -> None:
+        """The device, and the buffers made at first use (`_Fresh` makes only these)."""
+        self.device = device
+        self._scale_words = None
+        self._zero = None
+        self._maxima = None
 
     @property
     def scale_words(self) -> torch.Tensor:
@@ -114,10 +118,7 @@ class _Fresh(Scratch):
     from zero.)"""
 
     def __init__(self, device):
-        self.device = device
-        self._scale_words = None
-        self._zero = None
-        self._maxima = None
+        self._lazy(device)
 
     @functools.cached_property
     def scales(self) -> torch.Tensor:  # (made where asked for: a call taking only operands needs none)
