@@ -69,6 +69,15 @@ def cold_copies(bf16_weight_bytes: int) -> int:
     return max(1, min(32, -(-L2_ROTATE_BYTES // bf16_weight_bytes)))
 
 
+COLD_ROWS = 64  # decode-sized rows (batched decode included): timed over `cold_copies`, the read floor beside them
+
+
+def chain_copies(m: int, bf16_weight_bytes: int, gpu: bool = True) -> int:
+    """Copies of a layer a timing of M = m rows chains: `cold_copies` up to COLD_ROWS rows on the GPU,
+    else one (past decode the weights stay hot, as in a prefill whose layers each take longer)."""
+    return cold_copies(bf16_weight_bytes) if gpu and m <= COLD_ROWS else 1
+
+
 @dataclass(frozen=True)
 class Forced:
     """fn with module attributes forced (a route, a routing rule, a constant), each patch a (module,

@@ -37,14 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import (Forced, L2_ROTATE_BYTES, LINEAR_SHAPES, ROOT, add_output_args, card, cold_copies, copy_ceiling_tbps,  # noqa: E402
+from common import (COLD_ROWS, Forced, L2_ROTATE_BYTES, LINEAR_SHAPES, ROOT, add_output_args, card, chain_copies,
+                    cold_copies, copy_ceiling_tbps,  # noqa: E402
                     eager_us, eager_us_interleaved, gpu_slug, markdown_table, median_us, merge_rows, publish,
                     read_floor_us, replace_section, write_csv)
 from fp4linear import kernels, ops  # noqa: E402
 from fp4linear.kernels import gemm_launch, quant_dequant_launch  # noqa: E402
 
 MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048, 4096, 8192]
-COLD_ROWS = 64  # decode-sized rows (batched decode included): weights cold in L2, the read floor beside them
 
 
 def cold_static_layers(n, k, device):
@@ -135,9 +135,7 @@ def run_table(args):
     cache = {}
     for n, k, m in tqdm(todo, desc="linear", file=sys.stderr):
         wbytes_bf16 = n * k * 2
-        copies = 1 if m > COLD_ROWS else cold_copies(wbytes_bf16)
-        if device == "cpu":
-            copies = 1
+        copies = chain_copies(m, wbytes_bf16, device == "cuda")
         if cache.get("key") != (n, k, copies):
             cache.clear()
             cache.update(key=(n, k, copies), layers=make_layers(n, k, copies, device, torch.bfloat16))
@@ -390,7 +388,7 @@ def run_ab_dynamic(args):
     rows = []
     for n, k in tqdm(shapes, desc="dynamic a/b", file=sys.stderr):
         for m in ms:
-            copies = 1 if m > COLD_ROWS or device == "cpu" else cold_copies(n * k * 2)
+            copies = chain_copies(m, n * k * 2, device == "cuda")
             layers = make_layers(n, k, copies, device, torch.bfloat16)
             x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
             static = graph_us(chain([c[1] for c in layers], x)) / copies
@@ -416,14 +414,13 @@ def run_ab_dynamic(args):
             else:
                 alt_name, alt = "-", float("nan")
             rows.append([m, n, k, static, dynamic, alt, alt_name])
-    md = [[m, n, k, st, dy, dy / st, alt, alt / dy, name] for m, n, k, st, dy, alt, name in rows]
     if device == "cuda":  # (rows of other shapes and M from earlier runs kept)
         rows = merge_rows(args.results_dir / f"dynamic_ab_{gpu_slug()}.csv", rows, 3,
                           lambda r: [int(r[0]), int(r[1]), int(r[2]), float(r[3]), float(r[4]), float(r[5]), r[6]])
         order = {s: i for i, s in enumerate(LINEAR_SHAPES)}
         rows.sort(key=lambda r: (order.get((r[1], r[2]), 99), r[0]))
-        md = [[m, n, k, st, dy, dy / st, alt, alt / dy, name] for m, n, k, st, dy, alt, name in rows]
-    intro = ("Whole layer, bf16 input, no bias, device time per layer (CUDA-graph replay medians; M <= 64: a chain of "
+    md = [[m, n, k, st, dy, dy / st, alt, alt / dy, name] for m, n, k, st, dy, alt, name in rows]
+    intro = (f"Whole layer, bf16 input, no bias, device time per layer (CUDA-graph replay medians; M <= {COLD_ROWS}: a chain of "
              f"layer copies whose bf16 weights exceed {L2_ROTATE_BYTES >> 20} MiB). 'dynamic' is the routed path with a "
              "dynamic input scale; 'previous' is the path it replaced for that M ('vs previous' = previous / dynamic, "
              "> 1: the new path faster). Goal (decode): dynamic <= 1.15x static.")
@@ -1040,7 +1037,7 @@ def run_tune_operand(args):
     for n, k in tqdm(shapes, desc="operand tune", file=sys.stderr):
         for m in ms:
             cls = "decode" if m <= 16 else "small" if m <= COLD_ROWS else "mid" if m < 1024 else "prefill"
-            copies = cold_copies(n * k * 2) if (device == "cuda" and m <= COLD_ROWS) else 1
+            copies = chain_copies(m, n * k * 2, device == "cuda")
             if cache.get("key") != (n, k, copies):  # quantized once per shape and chain length
                 cache.clear()
                 cache.update(key=(n, k, copies), trios=make_layers(n, k, copies, device, torch.bfloat16))

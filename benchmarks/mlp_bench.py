@@ -33,12 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import (L2_ROTATE_BYTES, add_output_args, cold_copies, eager_us, gpu_slug, median_us, merge_rows,  # noqa: E402
-                    publish)
+from common import (COLD_ROWS, L2_ROTATE_BYTES, add_output_args, chain_copies, eager_us, gpu_slug, median_us,  # noqa: E402
+                    merge_rows, publish)
 
 MODELS = {"GLM-4.5-Air": (4096, 1368), "Qwen2.5-72B": (8192, 3696)}  # (hidden, per-rank intermediate at TP 8)
 MS = [1, 16, 64, 4096]
-COLD_ROWS = 64  # decode-sized rows (batched decode included): weights cold in L2
 X_AMAX = 4.0  # inputs are uniform in [-4, 4)
 
 
@@ -103,7 +102,7 @@ def run_table(args, dry: bool):
     cache = {}
     for name, m in tqdm(todo, desc="mlp", file=sys.stderr):
         hidden, inter = models[name]
-        copies = 1 if m > COLD_ROWS or dry else cold_copies(3 * hidden * inter * 2)
+        copies = chain_copies(m, 3 * hidden * inter * 2, not dry)
         if cache.get("key") != (name, copies):
             cache.clear()
             cache.update(key=(name, copies), copies=make_copies(hidden, inter, copies, device))

@@ -168,7 +168,7 @@ def run_configs(args):
             if not (torch.equal(out.data, want.data) and torch.equal(out.scale.view(torch.uint8), want.scale.view(torch.uint8))):
                 raise SystemExit(f"{cfg.label} at {m}x{k}: bits differ from the reference")
             res.append((median_us(fn, graph=True), cfg))
-        base, base_label = res[0][0], res[0][1].label
+        base = res[0][0]
         for t, cfg in res:
             rows.append([m, k, kp, cfg.label, t, tb / (t * 1e-6), 100 * tb / (t * 1e-6) / ceiling, base / t])
         res.sort(key=lambda r: r[0])
