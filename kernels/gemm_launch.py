@@ -401,8 +401,8 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
         config = gemm_config(m if tiles_for_m is None else tiles_for_m, n, kp, device.type, _sm_count(device))
     if a_mode == _X and (config.wgmma_stages or config.w_registers):
         # x quantized inside: Triton's kernel of the tile (the Gluon kernels read a pre-dequantized A; a routed
-        # tile is one of theirs where an eager call of 17-21 rows on a weight of 24M-31M elements, or past 16 rows
-        # with N >= 16384, takes the one launch with `ops.TILES_FOR_HOST_BOUND`'s tiles)
+        # tile is one of theirs where a small eager call past 32 rows with N >= 16384 or Kp >= 16384 takes the
+        # one launch with `ops.TILES_FOR_HOST_BOUND`'s tiles)
         config = replace(config, wgmma_stages=0, w_registers=False, max_registers=0)
     if a_mode != _PACKED:  # A's values in the weight decode's order: word decode on both sides
         config = replace(config, predequant_a=a_mode == _UNITS, word_decode=True)

@@ -623,8 +623,8 @@ def test_quantize_in_gemm_refuses_x_wider_than_the_weight(device):
 def test_gemm_quantizing_x_on_a_routed_gluon_tile(device, monkeypatch, tile):
     """The one launch of small eager layers past 16 rows (x quantized inside the GEMM with the tiles
     `gemm_config` gives `ops.TILES_FOR_HOST_BOUND` rows) where those are a Gluon kernel's, which reads a
-    pre-dequantized A: the GPU routes them for 17-21 rows on weights of 24M-31M elements and for N >= 16384.
-    Triton's kernel of the tile runs instead (a ValueError before); within the fp64 bound."""
+    pre-dequantized A (on the GPU, past HOST_BOUND_BATCH_ROWS with N >= 16384 and a small K). Triton's kernel of
+    the tile runs instead (a ValueError before); within the fp64 bound."""
     from fp4linear.kernels import gemm_launch
 
     monkeypatch.setattr(gemm_launch, "gemm_config", lambda *a, **kw: tile)
@@ -643,15 +643,17 @@ def test_gemm_quantizing_x_on_a_routed_gluon_tile(device, monkeypatch, tile):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("m, n, k", [(17, 8192, 3696), (21, 6144, 4096), (17, 16384, 1024)])
+@pytest.mark.parametrize("m, n, k", [(40, 16384, 768), (64, 20480, 376), (40, 512, 16384)])
 def test_gpu_eager_one_launch_where_graphs_take_gluon_tiles(m, n, k):
-    """Eager calls that take the one-launch route (M x N x Kp <= HOST_BOUND_MNK past 16 rows) on weights whose
-    host-bound tiles are the Gluon kernels' (from 24M elements, or N >= 16384): they run, within the fp64
-    bound, static and dynamic scale."""
+    """Eager calls that take the one-launch route with `TILES_FOR_HOST_BOUND`'s tiles (past HOST_BOUND_BATCH_ROWS,
+    M x N x Kp <= HOST_BOUND_MNK) on weights whose tiles for those rows are a Gluon kernel's (N >= 16384 with a
+    small K: the register-operand tile; Kp >= 16384 with a small N: the shared-memory one): they run, within the
+    fp64 bound, static and dynamic scale."""
     for dynamic in (False, True):
         layer, ckpt, q = layer_for(n, k, "cuda", bias=False, dynamic=dynamic, seed=m)
         x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(torch.bfloat16).cuda()
         assert ops.eager_route(x, m, n, layer.k_padded, dynamic) == ops.ONE_LAUNCH
+        assert m > ops.HOST_BOUND_BATCH_ROWS  # so the one launch takes TILES_FOR_HOST_BOUND's tiles
         tile = kernels.gemm_config(ops.TILES_FOR_HOST_BOUND, n, layer.k_padded, "cuda")
         assert tile.wgmma_stages or tile.w_registers
         out = layer(x)
