@@ -1305,9 +1305,7 @@ CHUNK_INTRO = ("The whole layer on the cuBLAS path with the weight dequantized i
 
 
 def parse_chunk_row(r):
-    """A CSV row of --tune-chunks (the first runs' rows had neither weights nor path: hot weights, the cuBLAS route)."""
-    if len(r) == 7:
-        r = r[:4] + ["hot", "cublas"] + r[4:]
+    """A CSV row of --tune-chunks (CHUNK_HEADER)."""
     return [int(r[0]), int(r[1]), int(r[2]), r[3], r[4], r[5], int(r[6]) if r[6] else "", float(r[7]), float(r[8])]
 
 
