@@ -1,6 +1,6 @@
 """Compile the NVFP4 GEMM for sm_90 offline (no GPU) and print its SASS instruction mix.
 
-    python benchmarks/gemm_asm.py 16x64x256w4s3 128x64x64w4s4 --word-decode --predequant-a [--w-operand-b] [--dump DIR]
+    python benchmarks/gemm_asm.py 16x64x256w4s3 128x64x64w4s4 --word-decode --predequant-a [--w-operand-b] [--dot-m 32] [--dump DIR]
 
 With --dump, grep the SASS for STS/LDSM/BAR and HGMMA/HMMA to see how the decoded weight reaches the
 MMA (benchmarks/NOTES.md, session 8: through shared memory as the left operand, straight from the
@@ -32,11 +32,11 @@ SIG = {"a_ptr": "*u8", "a_scale_ptr": "*u8", "w_ptr": "*u8", "w_scale_ptr": "*u8
 
 
 def compile_gemm(bm, bn, bk, warps, stages, split=1, arch=90, word_decode=False, predequant_a=False, w_operand_b=False,
-                 a_mma16=False):
+                 a_mma16=False, dot_m=0):
     consts = dict(HAS_BIAS=False, SPLIT_K=split, EVEN_K=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
                   WORD_DECODE=word_decode, PREDEQUANT_A=predequant_a, QUANTIZE_X=False, DYNAMIC=False, AMAX_ROWS=1,
                   AMAX_BLOCK=1, AMAX_CHUNKS=1, W_OPERAND_B=w_operand_b, A_ORDER=(1 if w_operand_b else 2) if a_mma16 else 0,
-                  RS_ORDER=False)
+                  RS_ORDER=False, ACT=-1, GATED=0, BF16_BITS=0, FMA_EPILOGUE=0, DOT_M=dot_m)
     sig = {**SIG, **{k: "constexpr" for k in consts}}
     src = ASTSource(gemm.nvfp4_gemm_kernel, sig, {(list(sig).index(k),): v for k, v in consts.items()},
                     {(i,): [["tt.divisibility", 16]] for i in range(9)})
@@ -74,11 +74,12 @@ def main():
     p.add_argument("--predequant-a", action="store_true")
     p.add_argument("--w-operand-b", action="store_true", help="the decoded weight as the MMA's right operand")
     p.add_argument("--a-mma16", action="store_true", help="pre-dequantized A in the MMA fragment order (GemmConfig.a_mma16)")
+    p.add_argument("--dot-m", type=int, default=0, help="GemmConfig.dot_m: the rows as dots of this many rows")
     a = p.parse_args()
     for spec in a.configs:
         bm, bn, bk, w, st = map(int, re.fullmatch(r"(\d+)x(\d+)x(\d+)w(\d+)s(\d+)", spec).groups())
         k = compile_gemm(bm, bn, bk, w, st, word_decode=a.word_decode, predequant_a=a.predequant_a,
-                         w_operand_b=a.w_operand_b, a_mma16=a.a_mma16)
+                         w_operand_b=a.w_operand_b, a_mma16=a.a_mma16, dot_m=a.dot_m)
         sass = sass_of(k)
         ops = re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass, re.M)
         mix = collections.Counter(o.split(".")[0] for o in ops)
