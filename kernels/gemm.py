@@ -56,6 +56,26 @@ def _epilogue(acc, alpha, bias_ptr, out_ptr, rm64, rn, m_ok, n_ok, stride_om, HA
              mask=m_ok[None, :] & n_ok[:, None])
 
 
+@triton.jit
+def _rows_units(a_ptr, row0, rk, M, Kp, ROWS: tl.constexpr):
+    """Rows row0 .. row0 + ROWS of a row-major fp16 A [M, Kp] at columns rk (zeros past M)."""
+    r = row0 + tl.arange(0, ROWS)
+    return tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + r.to(tl.int64)[:, None] * Kp + rk[None, :],
+                   mask=(r < M)[:, None] & (rk < Kp)[None, :], other=0.0)
+
+
+@triton.jit
+def _row_halves(a, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """[ROWS, COLS] -> (rows 0 .. ROWS / 2, rows ROWS / 2 .. ROWS)."""
+    return tl.split(tl.permute(tl.reshape(a, [2, ROWS // 2, COLS]), [1, 2, 0]))
+
+
+@triton.jit
+def _row_concat(top, bottom, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Two [ROWS, COLS] -> [2 * ROWS, COLS], top's rows first (`_row_halves` undone)."""
+    return tl.reshape(tl.permute(tl.join(top, bottom), [2, 0, 1]), [2 * ROWS, COLS])
+
+
 @triton.jit(do_not_specialize=["M", "stride_om"])
 def nvfp4_gemm_kernel(
     a_ptr,  # uint8 [M, Kp/2]; PREDEQUANT_A: fp16 units [M, Kp]; QUANTIZE_X: x [M, K] (row stride stride_xm)
@@ -96,6 +116,7 @@ def nvfp4_gemm_kernel(
     GATED: tl.constexpr = 0,  # ACT: x = [gate, up], up K columns to the right of gate
     BF16_BITS: tl.constexpr = 0,  # ACT: bf16 rounding on the bits (the interpreter truncates its casts)
     FMA_EPILOGUE: tl.constexpr = 0,  # compiled without FMA contraction (ACT): the epilogue's FFMA written out
+    DOT_M: tl.constexpr = 0,  # GemmConfig.dot_m (W_OPERAND_B): the rows as BLOCK_M / DOT_M dots (2 or 4) sharing each decoded weight tile
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
@@ -133,8 +154,16 @@ def nvfp4_gemm_kernel(
             gs = tl.load(a_scale_ptr)
     if QUANTIZE_X:
         x_rows = a_ptr + rm64[:, None] * stride_xm
+    SUBTILES: tl.constexpr = BLOCK_M // DOT_M if DOT_M > 0 else 1
     if W_OPERAND_B:
-        acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+        if SUBTILES == 1:
+            acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+        else:  # one accumulator per DOT_M-row sub-tile (acc: the first)
+            acc = tl.full([DOT_M, BLOCK_N], 0.0, tl.float32)
+            acc1 = tl.full([DOT_M, BLOCK_N], 0.0, tl.float32)
+            if SUBTILES == 4:
+                acc2 = tl.full([DOT_M, BLOCK_N], 0.0, tl.float32)
+                acc3 = tl.full([DOT_M, BLOCK_N], 0.0, tl.float32)
     else:
         acc = tl.full([BLOCK_N, BLOCK_M], 0.0, tl.float32)
     k_begin = pid_k * k_tiles_per_split * BLOCK_K
@@ -162,8 +191,12 @@ def nvfp4_gemm_kernel(
             else:
                 x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0).to(tl.float32)
             a = fake_quantize_tile(x, gs, True, BLOCK_M, BLOCK_K)
+        elif ((A_ORDER == 1) | (A_ORDER == 2)) and SUBTILES > 1:
+            pass  # 16-row sub-tiles in mma16 order, loaded below
         elif (A_ORDER == 1) | (A_ORDER == 2):  # a `layout.mma16_offset` order: one 16-byte run per MMA fragment (no register moves)
             a = load_mma16_tile(a_ptr.to(tl.pointer_type(tl.float16)), pid_m, k0, Kp, BLOCK_K, A_ORDER, EVEN_K)
+        elif PREDEQUANT_A and SUBTILES > 1:  # row-major, loaded per sub-tile below (each load feeds its own dot)
+            rk = k0 + tl.arange(0, BLOCK_K)
         elif PREDEQUANT_A:  # row-major (A_ORDER 3: columns in `layout.rs_col` order)
             rk = k0 + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],
@@ -185,7 +218,36 @@ def nvfp4_gemm_kernel(
             w = to_rs_order(w, BLOCK_N, BLOCK_K)
             if A_ORDER != 3:  # (A_ORDER 3: A stored in that order)
                 a = to_rs_order(a, BLOCK_M, BLOCK_K)
-        if W_OPERAND_B:
+        if W_OPERAND_B and SUBTILES > 1:
+            # one decode of the weight tile serves every sub-tile's dot (mma.sync, the decoded weight fed from
+            # registers, where one 64+-row dot would take wgmma and store the tile to shared memory first)
+            if (A_ORDER == 1) | (A_ORDER == 2):  # (DOT_M 16) 16-row tiles; those past M repeat the last (rows not stored)
+                a16 = a_ptr.to(tl.pointer_type(tl.float16))
+                last = (M - 1) // 16
+                a0 = load_mma16_tile(a16, tl.minimum(pid_m * SUBTILES, last), k0, Kp, BLOCK_K, A_ORDER, EVEN_K)
+                a1 = load_mma16_tile(a16, tl.minimum(pid_m * SUBTILES + 1, last), k0, Kp, BLOCK_K, A_ORDER, EVEN_K)
+                if SUBTILES == 4:
+                    a2 = load_mma16_tile(a16, tl.minimum(pid_m * SUBTILES + 2, last), k0, Kp, BLOCK_K, A_ORDER, EVEN_K)
+                    a3 = load_mma16_tile(a16, tl.minimum(pid_m * SUBTILES + 3, last), k0, Kp, BLOCK_K, A_ORDER, EVEN_K)
+            elif PREDEQUANT_A and A_ORDER == 0:
+                a0 = _rows_units(a_ptr, pid_m * BLOCK_M, rk, M, Kp, DOT_M)
+                a1 = _rows_units(a_ptr, pid_m * BLOCK_M + DOT_M, rk, M, Kp, DOT_M)
+                if SUBTILES == 4:
+                    a2 = _rows_units(a_ptr, pid_m * BLOCK_M + 2 * DOT_M, rk, M, Kp, DOT_M)
+                    a3 = _rows_units(a_ptr, pid_m * BLOCK_M + 3 * DOT_M, rk, M, Kp, DOT_M)
+            elif SUBTILES == 2:
+                a0, a1 = _row_halves(a, BLOCK_M, BLOCK_K)
+            else:
+                a01, a23 = _row_halves(a, BLOCK_M, BLOCK_K)
+                a0, a1 = _row_halves(a01, BLOCK_M // 2, BLOCK_K)
+                a2, a3 = _row_halves(a23, BLOCK_M // 2, BLOCK_K)
+            wt = tl.trans(w)
+            acc = tl.dot(a0, wt, acc, out_dtype=tl.float32)
+            acc1 = tl.dot(a1, wt, acc1, out_dtype=tl.float32)
+            if SUBTILES == 4:
+                acc2 = tl.dot(a2, wt, acc2, out_dtype=tl.float32)
+                acc3 = tl.dot(a3, wt, acc3, out_dtype=tl.float32)
+        elif W_OPERAND_B:
             # out = A @ W^T, the decoded weight the right operand: with 16-token tiles (mma.sync) Triton
             # decodes the weight words straight into the operand's registers; with 64+ (wgmma) it stores
             # the tile to shared memory once and the K tile's MMAs issue back to back.
@@ -196,6 +258,11 @@ def nvfp4_gemm_kernel(
             # waits on every MMA), and a handful of tokens fits the right operand's small N.
             acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.float32)
     if W_OPERAND_B:
+        if SUBTILES == 2:
+            acc = _row_concat(acc, acc1, DOT_M, BLOCK_N)
+        elif SUBTILES == 4:
+            acc = _row_concat(_row_concat(acc, acc1, DOT_M, BLOCK_N), _row_concat(acc2, acc3, DOT_M, BLOCK_N),
+                              2 * DOT_M, BLOCK_N)
         acc = tl.trans(acc)  # the epilogue and the split-K partials take [BLOCK_N, BLOCK_M]
 
     if SPLIT_K == 1:

@@ -64,10 +64,22 @@ class GemmConfig:
     # With wgmma_stages: cap the Gluon kernel's registers a thread (ptxas maxnreg; 0: the compiler's
     # choice), e.g. 128 so that two 8-warp CTAs fit on an SM.
     max_registers: int = 0
+    # With w_operand_b (Triton's kernel): the block_m rows multiplied as block_m / dot_m (2 or 4) dots of
+    # dot_m rows that share each decoded weight tile (decoded once into mma.sync's registers; one dot of 64+
+    # rows would take wgmma, which Triton feeds from shared memory). With dot_m 16 and a_mma16 each dot reads
+    # its A fragments in one load each (a 32-row dot over a row-major A gathers them with register moves).
+    # Each row's sums are those of a tile of dot_m rows (the same bits). 0: one dot.
+    dot_m: int = 0
 
     def __post_init__(self):
-        if self.a_mma16 and self.block_m != 16:
-            raise ValueError(f"a_mma16 needs block_m 16, got {self.block_m}")
+        if self.dot_m:
+            if not (self.w_operand_b and not self.wgmma_stages and not self.w_registers):
+                raise ValueError("dot_m needs w_operand_b on Triton's kernel (no wgmma_stages, w_registers)")
+            if self.dot_m < 16 or self.block_m not in (2 * self.dot_m, 4 * self.dot_m):
+                raise ValueError(f"dot_m needs block_m 2 or 4 times dot_m (>= 16), got block_m {self.block_m}, "
+                                 f"dot_m {self.dot_m}")
+        if self.a_mma16 and 16 not in (self.block_m, self.dot_m):
+            raise ValueError(f"a_mma16 needs block_m 16 or dot_m 16, got block_m {self.block_m}, dot_m {self.dot_m}")
         if self.w_registers:
             if not (self.predequant_a and self.word_decode and not self.w_operand_b and not self.a_mma16):
                 raise ValueError("w_registers needs predequant_a and word_decode (its K order moves whole words), the "
@@ -151,11 +163,21 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
         # 19.3 vs 29.6 (128-wide K tiles: Kp % 256 != 0), 32x28672x8192 95.8 vs 161 (128 weight rows),
         # 32x1288x2688 9.4 vs 11.4; 64x8192x8192 40.8 vs 58.6, 64x8192x3696 23.7 vs 30.1, 64x28672x8192 137.6
         # vs 165 (64x128x128 w8), 64x4096x4096 20.2 vs 24.2 (32x128x256: 18.9).
+        # From 24M weight elements the 32-row tiles multiply as two 16-row dots with A in the mma16 order (`dot_m`
+        # 16: no register moves gathering A's fragments, 474 SASS a 64x256 K tile instead of 757; --tune-operand
+        # --m 32 64 --tiles d16, same run): 32x8192x8192 28.4 us vs 31.4, 32x8192x3696 18.2 vs 19.3, 32x28672x8192
+        # 78.6 vs 95.2, 32x8192x28672 82.4 vs 90.7; 64x28672x8192 124.3 vs 137.7 (32x128x256). Not below (32x4096x4096
+        # 14.2 vs 13.7, the per-rank shapes 1.1-1.2x slower) nor at 64 rows otherwise (64x8192x8192 41.5 vs 41.4,
+        # 64x8192x28672 126.1 vs 124.2, 64x8192x3696 25.5 vs 24.0; 64x4096x4096 17.7 vs 20.4, one shape, not routed).
         tile = dict(split_k=0, predequant_a=True, w_operand_b=True)
+        wide = kp % 256 == 0
         if m <= 32:
-            wide = kp % 256 == 0
+            if n * kp >= 24 << 20:
+                return GemmConfig(32, 64, 256 if wide else 128, 4, 3 if wide else 4, dot_m=16, a_mma16=True, **tile)
             return GemmConfig(32, 128 if n >= 16384 else 64, 256 if wide else 128, 4, 3 if wide else 4, **tile)
         if n >= 16384:
+            if wide:
+                return GemmConfig(32, 128, 256, 4, 3, dot_m=16, a_mma16=True, **tile)
             return GemmConfig(64, 128, 128, 8, 3, **tile)
         return GemmConfig(64, 64, 128, 4, 3, **tile)
     # Mid M on the Triton GEMM (the cuBLAS path takes over from M = 512, `fp4linear.ops.use_cublas`):
@@ -410,7 +432,8 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
     if a_mode == _UNITS and a_order != config.a_order:
         # the caller's layout of A decides; a routed tile follows it where it can (a row-major A and the
         # register-operand tile: Triton's kernel of that tile, A moved into its K order in registers)
-        if not routed or a_order in (1, 2) and (config.block_m != 16 or (a_order == 1) != config.w_operand_b) or (
+        if not routed or a_order in (1, 2) and (16 not in (config.block_m, config.dot_m) or
+                                                (a_order == 1) != config.w_operand_b) or (
                 a_order == 3) or (config.w_registers and a_order != 0):
             raise ValueError(f"a_order {a_order} does not match the GEMM tile ({config}): its A layout is "
                              f"{config.a_order}")
@@ -435,7 +458,8 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
                 WORD_DECODE=config.word_decode, PREDEQUANT_A=config.predequant_a, QUANTIZE_X=a_mode == _X,
                 DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1, W_OPERAND_B=config.w_operand_b,
                 A_ORDER=a_order if a_mode == _UNITS else 0, RS_ORDER=config.w_registers,
-                **amax_reads(amax[1] if amax else 0, amax is not None), ACT=-1, GATED=0, BF16_BITS=0, FMA_EPILOGUE=0)
+                **amax_reads(amax[1] if amax else 0, amax is not None), ACT=-1, GATED=0, BF16_BITS=0, FMA_EPILOGUE=0,
+                DOT_M=config.dot_m)
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     if act is not None:  # the activation's IEEE ops in torch's order, as the activation pass compiles them
         code, gated = ACTS[act]

@@ -131,6 +131,79 @@ def test_tile_shapes(device, config, m):
     assert_within_fp32_accumulation(out, qa, qw)
 
 
+@pytest.mark.parametrize("block_m, dot_m, block_n, block_k, warps", [(64, 32, 64, 128, 4), (128, 32, 64, 64, 8),
+                                                                     (64, 16, 32, 64, 4)])
+@pytest.mark.parametrize("a_form", ["dequantized", "packed", "x"])
+@pytest.mark.parametrize("m", [37, 100])
+def test_dot_m_sub_tiles_have_the_sub_tile_bits(device, block_m, dot_m, block_n, block_k, warps, a_form, m):
+    """`GemmConfig.dot_m`: a tile of block_m rows multiplied as block_m / dot_m dots sharing each decoded
+    weight tile gives every row the bits of a tile of dot_m rows (same K tiles and splits), whatever
+    form A comes in (pre-dequantized row-major, packed, x quantized inside); ragged M (partial and
+    empty sub-tiles), K % 64 != 0, split K, NaN-poisoned output; and the fp64 bound."""
+    import dataclasses
+
+    n, k = 100, 1368
+    g = torch.Generator().manual_seed(m + block_m)
+    qa, w, ws, alpha, qw = operands(m, n, k, device, generator=g)
+    base = kernels.GemmConfig(dot_m, block_n, block_k, warps, 3, split_k=3, predequant_a=a_form == "dequantized",
+                              w_operand_b=True)
+    tiled = dataclasses.replace(base, block_m=block_m, dot_m=dot_m)
+    outs = []
+    for config in (base, tiled):
+        out = torch.full((m, n), float("nan"), device=device)
+        if a_form == "x":
+            x = fp4linear.dequantize(qa).to(torch.bfloat16)  # values the quantize maps back to qa's codes
+            gs = fp4linear.encode_scale(x.float().abs().amax()).to(device)
+            kernels.nvfp4_gemm_quantize_x(x, gs, w, ws, alpha, None, out, config=config)
+        else:
+            kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=config)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    if a_form != "x":
+        assert_within_fp32_accumulation(outs[1], qa, qw)
+    else:
+        assert not outs[1].isnan().any()
+
+
+@pytest.mark.parametrize("block_m, block_n, block_k, warps", [(32, 64, 256, 4), (64, 64, 128, 4), (64, 128, 64, 8)])
+@pytest.mark.parametrize("m", [5, 20, 37, 100])
+def test_dot_m_16_reads_a_in_mma16_order(device, block_m, block_n, block_k, warps, m):
+    """dot_m 16 with `a_mma16`: each 16-row sub-tile read in the MMA fragment order (the pass writes
+    round_up(M, 16) rows; sub-tiles past them repeat the last one, whose rows are not stored) gives the
+    bits of the 16-row mma16 tile and of a row-major A; K % 256 != 0, split K, NaN-poisoned output."""
+    import dataclasses
+
+    n, k = 100, 1368
+    g = torch.Generator().manual_seed(m + block_m)
+    x = (torch.randn(m, k, generator=g) * 3).to(torch.bfloat16).to(device)
+    _, w, ws, _, qw = operands(m, n, k, device, generator=g)
+    gs = fp4linear.encode_scale(x.float().abs().amax()).to(device)
+    alpha = (1 / (gs.cpu() * qw.global_scale)).to(device)
+    base = kernels.GemmConfig(16, block_n, block_k, warps, 3, split_k=3, predequant_a=True, w_operand_b=True,
+                              a_mma16=True)
+    tiled = dataclasses.replace(base, block_m=block_m, dot_m=16)
+    a16 = torch.full((kernels.mma16_rows(m, 1), qw.kp), float("nan"), dtype=torch.float16, device=device)
+    kernels.fake_quantize(x, gs, a16, units=True, a_order=1)
+    a = torch.empty((m, qw.kp), dtype=torch.float16, device=device)
+    kernels.fake_quantize(x, gs, a, units=True)
+    outs = []
+    for config, a_units in ((base, a16), (tiled, a16), (dataclasses.replace(tiled, a_mma16=False), a)):
+        out = torch.full((m, n), float("nan"), device=device)
+        kernels.nvfp4_gemm_dequantized_a(a_units, w, ws, alpha, None, out, config=config)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert_within_fp32_accumulation(outs[1], fp4linear.quantize(x, gs, k_align=64), qw)
+
+
+def test_dot_m_needs_the_weight_as_the_right_operand_and_2_or_4_sub_tiles():
+    with pytest.raises(ValueError, match="dot_m needs w_operand_b"):
+        kernels.GemmConfig(64, 64, 128, 4, 3, predequant_a=True, dot_m=32)
+    with pytest.raises(ValueError, match="dot_m needs block_m 2 or 4 times"):
+        kernels.GemmConfig(96, 64, 128, 4, 3, predequant_a=True, w_operand_b=True, dot_m=32)
+    with pytest.raises(ValueError, match="dot_m needs block_m 2 or 4 times"):
+        kernels.GemmConfig(64, 64, 128, 4, 3, predequant_a=True, w_operand_b=True, dot_m=8)
+
+
 def mma16_order(a: torch.Tensor, order: int) -> torch.Tensor:
     """[M, Kp] row-major -> the flat mma16 order (kernels/layout.py), written here as reshape/permute:
     per 16-row tile [Kp/64 cc], then order 1: [s][jj][8 g][4 cl][h][r8][j2], order 2: [r8][jj][8 g][4 cl][s][h][j2],
