@@ -851,9 +851,13 @@ OPERAND_CONFIGS = {
                (16, 128, 512, 8, 2)],
     # batched decode, 17-64 rows: 32 / 64-row tiles on mma.sync (Triton takes wgmma from 64 rows), K splits to fill the SMs
     "small": [(32, 64, 256, 4, 3), (32, 64, 128, 4, 4), (32, 128, 128, 4, 3), (32, 128, 256, 4, 3), (32, 64, 256, 8, 3),
-              (32, 128, 128, 8, 3), (64, 64, 128, 4, 3), (64, 64, 256, 4, 3), (64, 128, 128, 8, 3), (16, 64, 256, 4, 3)],
+              (32, 128, 128, 8, 3), (64, 64, 128, 4, 3), (64, 64, 256, 4, 3), (64, 128, 128, 8, 3), (16, 64, 256, 4, 3),
+              # (.., dot_m): the rows as 16-row dots sharing each decoded weight tile (`GemmConfig.dot_m`), A in
+              # the mma16 order (32-row dots, A row-major: measured slower, RESULTS.md)
+              (32, 64, 256, 4, 3, 16), (32, 64, 128, 4, 4, 16), (32, 128, 256, 4, 3, 16), (32, 128, 128, 4, 3, 16),
+              (64, 64, 128, 4, 3, 16), (64, 64, 64, 4, 4, 16), (64, 128, 128, 8, 3, 16), (64, 64, 256, 4, 3, 16)],
     "mid": [(64, 64, 128, 4, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (64, 128, 128, 4, 3),
-            (128, 128, 128, 8, 3), (256, 128, 64, 8, 3)],
+            (128, 128, 128, 8, 3), (256, 128, 64, 8, 3), (128, 64, 64, 8, 4, 16), (128, 64, 128, 8, 3, 16)],
     "prefill": [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 128, 8, 3)],
 }
 
@@ -1050,15 +1054,21 @@ def run_tune_operand(args):
                 res.append((cand.over_layers(lambda layer, out: ops.triton_linear(
                     x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2,
                     None, n, False, layer._alpha_host, cublas=True)), "cublas path"))
-            configs = [kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, predequant_a=True, w_operand_b=True)
-                       for bm, bn, bk, w, st in OPERAND_CONFIGS[cls] if bk <= kp and kp % bk == 0]
+            configs = [kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, predequant_a=True, w_operand_b=True,
+                                          dot_m=dot_m[0] if dot_m else 0, a_mma16=dot_m == [16])
+                       for bm, bn, bk, w, st, *dot_m in OPERAND_CONFIGS[cls] if bk <= kp and kp % bk == 0]
             if device == "cpu":
-                configs = [kernels.GemmConfig(16, 32, 64, 4, 1, split_k=0, predequant_a=True, w_operand_b=True)]
+                configs = [kernels.GemmConfig(16, 32, 64, 4, 1, split_k=0, predequant_a=True, w_operand_b=True),
+                           kernels.GemmConfig(32, 32, 64, 4, 1, split_k=0, predequant_a=True, w_operand_b=True, dot_m=16,
+                                              a_mma16=True)]
             for cfg in configs:
-                label = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
+                label = (f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
+                         + (f" d{cfg.dot_m}" if cfg.dot_m else ""))
                 res.append((cand.two_launches(cfg), f"B-operand two launches {label}"))
                 if m <= COLD_ROWS:
                     res.append((cand.one_launch(cfg), f"B-operand one launch {label}"))
+            if args.tiles:  # only the candidates whose name holds one of these strings (the routed path always)
+                res = [(fn, nm) for fn, nm in res if nm in ("routed path", "cublas path") or any(t in nm for t in args.tiles)]
             lins = [t[0] for t in trios]
             bf16 = graph_us(lambda: [lin(x) for lin in lins]) / copies
             timed = cand.dry_run(res, ("routed path", "cublas path")) if device == "cpu" else time_candidates(res, copies)
@@ -1067,11 +1077,11 @@ def run_tune_operand(args):
             routed = next(t for t, nm in timed if nm == "routed path")
             print(f"operand {m}x{n}x{k}: bf16 {bf16:.2f}us routed {routed:.2f}us ({bf16 / routed:.2f}x); " +
                   "; ".join(f"{t:.2f}us ({bf16 / t:.2f}x) {nm}" for t, nm in timed[:4]), flush=True)
-    if device == "cpu":
-        return
-    path = args.results_dir / f"operand_tune_{gpu_slug()}.csv"  # (rows of shapes and M not measured now kept)
-    rows = merge_rows(path, rows, 3, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], float(r[4]), float(r[5])])
-    write_csv(path, ["m", "n", "k", "kernel", "us", "bf16_us"], rows)
+        if device == "cuda":  # after every shape: a run cut short by a time limit keeps what it measured
+            path = args.results_dir / f"operand_tune_{gpu_slug()}.csv"  # (rows of candidates not measured now kept)
+            write_csv(path, ["m", "n", "k", "kernel", "us", "bf16_us"], merge_rows(
+                path, rows, 4, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], float(r[4]), float(r[5])]))
+            rows = []
 
 
 # --ab-decode candidates: (block_m, block_n, block_k, warps, stages, weight the right operand, programs per SM
@@ -1601,7 +1611,7 @@ def main():
                    "routed path, the cuBLAS path and the routed shared-memory tiles only")
     p.add_argument("--register-splits", type=int, nargs="*", help="--tune-pipelined: also each register-operand tile "
                    "with these explicit split_k (one program per SM)")
-    p.add_argument("--tiles", nargs="*", help="--ab-decode, --tune-gemv, --tune-pipelined: only the tiles whose name "
+    p.add_argument("--tiles", nargs="*", help="--ab-decode, --tune-gemv, --tune-pipelined, --tune-operand: only the tiles whose name "
                    "holds one of these strings (and the routed / cuBLAS paths)")
     p.add_argument("--ragged-k", action="store_true", help="--ab-decode: also K tiles that do not divide Kp "
                    "(the last one masked)")

@@ -1143,6 +1143,35 @@ def test_gpu_layer_with_the_weight_in_wgmma_registers(m, dynamic):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("m, n, k", [(24, 8192, 3072), (32, 6144, 4112), (17, 8192, 3072), (40, 16384, 2048)])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_gpu_batched_decode_on_16_row_dots(m, n, k, dynamic):
+    """Batched decode on the 16-row-dot tiles (`GemmConfig.dot_m` 16, A in the mma16 order: 17-32 rows from
+    24M weight elements, 33-64 rows with N >= 16384), whole and masked K tiles, a last 16-row tile past M:
+    the pass writes that order, no host sync, deterministic, graph replays; an eager call (the one launch
+    with the same tiles where it takes one) gives the graph's bits; within the fp64 bound."""
+    layer, ckpt, q = layer_for(n, k, "cuda", dynamic=dynamic, seed=m)
+    tile = kernels.gemm_config(m, n, layer.k_padded, "cuda")
+    assert tile.dot_m == 16 and tile.a_mma16
+    assert kernels.activation_order(m, n, layer.k_padded, torch.device("cuda")) == 1
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
+    first = _forward(layer, x, "triton")
+    again = without_host_sync(lambda: _forward(layer, x, "triton"), 3)
+    assert all(torch.equal(first, a) for a in again)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = _forward(layer, x, "triton")
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, first)
+    if m <= ops.HOST_BOUND_BATCH_ROWS:  # eager calls of up to 32 rows: the graphs' tiles, the same bits
+        assert torch.equal(layer(x), first)
+    scale = fp4linear.decode_scale(x.float().abs().amax()) if dynamic else ckpt["input_scale"]
+    ref, bound = fp64_bound(x, layer, q, scale)
+    check(y, ref, bound, torch.bfloat16)
+
+
+@pytest.mark.cuda
 def test_gpu_cached_launches_follow_shape_dtype_and_stride_changes():
     from fp4linear.kernels import launch
 
