@@ -133,12 +133,12 @@ def test_tile_shapes(device, config, m):
 
 @pytest.mark.parametrize("block_m, dot_m, block_n, block_k, warps", [(64, 32, 64, 128, 4), (128, 32, 64, 64, 8),
                                                                      (64, 16, 32, 64, 4)])
-@pytest.mark.parametrize("a_form", ["dequantized", "packed", "x"])
+@pytest.mark.parametrize("a_form", ["dequantized", "packed", "x", "act"])
 @pytest.mark.parametrize("m", [37, 100])
 def test_dot_m_sub_tiles_have_the_sub_tile_bits(device, block_m, dot_m, block_n, block_k, warps, a_form, m):
     """`GemmConfig.dot_m`: a tile of block_m rows multiplied as block_m / dot_m dots sharing each decoded
     weight tile gives every row the bits of a tile of dot_m rows (same K tiles and splits), whatever
-    form A comes in (pre-dequantized row-major, packed, x quantized inside); ragged M (partial and
+    form A comes in (pre-dequantized row-major, packed, x or act(x) quantized inside); ragged M (partial and
     empty sub-tiles), K % 64 != 0, split K, NaN-poisoned output; and the fp64 bound."""
     import dataclasses
 
@@ -151,15 +151,18 @@ def test_dot_m_sub_tiles_have_the_sub_tile_bits(device, block_m, dot_m, block_n,
     outs = []
     for config in (base, tiled):
         out = torch.full((m, n), float("nan"), device=device)
-        if a_form == "x":
-            x = fp4linear.dequantize(qa).to(torch.bfloat16)  # values the quantize maps back to qa's codes
+        if a_form in ("x", "act"):  # x quantized inside the GEMM (of act(x) = silu(gate) * up: x = [gate, up])
+            x = fp4linear.dequantize(qa).to(torch.bfloat16)
+            if a_form == "act":
+                x = torch.cat([x, x.flip(0)], dim=1)
             gs = fp4linear.encode_scale(x.float().abs().amax()).to(device)
-            kernels.nvfp4_gemm_quantize_x(x, gs, w, ws, alpha, None, out, config=config)
+            kernels.nvfp4_gemm_quantize_x(x, gs, w, ws, alpha, None, out, config=config,
+                                          act="silu_mul" if a_form == "act" else None)
         else:
             kernels.nvfp4_gemm(qa.data, qa.scale, w, ws, alpha, None, out, config=config)
         outs.append(out)
     assert torch.equal(outs[0], outs[1])
-    if a_form != "x":
+    if a_form not in ("x", "act"):
         assert_within_fp32_accumulation(outs[1], qa, qw)
     else:
         assert not outs[1].isnan().any()
