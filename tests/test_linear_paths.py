@@ -1116,6 +1116,21 @@ def test_gpu_paths_no_sync_graph_deterministic(monkeypatch, path, m, dynamic):
         check(y, ref, bound, torch.bfloat16)
 
 
+def _triton_route_checked(layer, x):
+    """The layer's Triton route (as graphs capture it) on x: no host sync, the same bits over repeated
+    calls and a CUDA-graph replay."""
+    first = _forward(layer, x, "triton")
+    again = without_host_sync(lambda: _forward(layer, x, "triton"), 3)
+    assert all(torch.equal(first, a) for a in again)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = _forward(layer, x, "triton")
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, first)
+    return y
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAVE_CUDA or torch.cuda.get_device_capability()[0] != 9, reason="the routed tile on SM90")
 @pytest.mark.parametrize("m", [200, 600])
@@ -1128,15 +1143,7 @@ def test_gpu_layer_with_the_weight_in_wgmma_registers(m, dynamic):
     assert kernels.activation_order(m, n, layer.k_padded, torch.device("cuda")) == 3
     assert not ops.use_cublas(m, n, layer.k_padded, dynamic)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
-    first = _forward(layer, x, "triton")
-    again = without_host_sync(lambda: _forward(layer, x, "triton"), 3)
-    assert all(torch.equal(first, a) for a in again)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = _forward(layer, x, "triton")
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(y, first)
+    y = _triton_route_checked(layer, x)
     scale = fp4linear.decode_scale(x.float().abs().amax()) if dynamic else ckpt["input_scale"]
     ref, bound = fp64_bound(x, layer, q, scale)
     check(y, ref, bound, torch.bfloat16)
@@ -1155,17 +1162,9 @@ def test_gpu_batched_decode_on_16_row_dots(m, n, k, dynamic):
     assert tile.dot_m == 16 and tile.a_mma16
     assert kernels.activation_order(m, n, layer.k_padded, torch.device("cuda")) == 1
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
-    first = _forward(layer, x, "triton")
-    again = without_host_sync(lambda: _forward(layer, x, "triton"), 3)
-    assert all(torch.equal(first, a) for a in again)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = _forward(layer, x, "triton")
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(y, first)
+    y = _triton_route_checked(layer, x)
     if m <= ops.HOST_BOUND_BATCH_ROWS:  # eager calls of up to 32 rows: the graphs' tiles, the same bits
-        assert torch.equal(layer(x), first)
+        assert torch.equal(layer(x), y)
     scale = fp4linear.decode_scale(x.float().abs().amax()) if dynamic else ckpt["input_scale"]
     ref, bound = fp64_bound(x, layer, q, scale)
     check(y, ref, bound, torch.bfloat16)
