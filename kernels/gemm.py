@@ -195,12 +195,10 @@ def nvfp4_gemm_kernel(
             pass  # 16-row sub-tiles in mma16 order, loaded below
         elif (A_ORDER == 1) | (A_ORDER == 2):  # a `layout.mma16_offset` order: one 16-byte run per MMA fragment (no register moves)
             a = load_mma16_tile(a_ptr.to(tl.pointer_type(tl.float16)), pid_m, k0, Kp, BLOCK_K, A_ORDER, EVEN_K)
-        elif PREDEQUANT_A and SUBTILES > 1:  # row-major, loaded per sub-tile below (each load feeds its own dot)
-            rk = k0 + tl.arange(0, BLOCK_K)
         elif PREDEQUANT_A:  # row-major (A_ORDER 3: columns in `layout.rs_col` order)
             rk = k0 + tl.arange(0, BLOCK_K)
-            a = tl.load(a_ptr.to(tl.pointer_type(tl.float16)) + rm64[:, None] * Kp + rk[None, :],
-                        mask=m_ok[:, None] & (rk < Kp)[None, :], other=0.0)
+            if SUBTILES == 1:  # (else loaded per sub-tile below: each load feeds its own dot)
+                a = _rows_units(a_ptr, pid_m * BLOCK_M, rk, M, Kp, BLOCK_M)
         else:
             a_packed = tl.load(a_rows + k0 // unit + rb[None, :], mask=m_ok[:, None] & k_ok_b[None, :], other=0)
             a_sf = tl.load(a_scale_ptr + a_sf_row[:, None] + col_part_128x4(s)[None, :],
