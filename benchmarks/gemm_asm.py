@@ -1,6 +1,6 @@
 """Compile the NVFP4 GEMM for sm_90 offline (no GPU) and print its SASS instruction mix.
 
-    python benchmarks/gemm_asm.py 16x64x256w4s3 128x64x64w4s4 --word-decode --predequant-a [--w-operand-b] [--dot-m 32] [--dump DIR]
+    python benchmarks/gemm_asm.py 16x64x256w4s3 128x64x64w4s4 --word-decode --predequant-a [--w-operand-b [--a-mma16 --dot-m 16]] [--dump DIR]
 
 With --dump, grep the SASS for STS/LDSM/BAR and HGMMA/HMMA to see how the decoded weight reaches the
 MMA (benchmarks/NOTES.md, session 8: through shared memory as the left operand, straight from the

@@ -214,6 +214,16 @@ GEMV_CONFIGS = [(64, 256, 4, 3, 2), (64, 256, 4, 2, 2), (128, 256, 4, 3, 2), (12
 # tiles: 1.1-3x slower at M = 1, 4-7x at M = 2-4; results/gemv_tune_h100_loop_stages_removed.csv, commit 6083858)
 
 
+REFERENCE_PATHS = ("routed path", "cublas path")  # candidates every tuning run keeps
+
+
+def only_tiles(candidates, tiles):
+    """--tiles: the (fn, name) candidates whose name holds one of these strings, and the routed / cuBLAS paths."""
+    if not tiles:
+        return candidates
+    return [(fn, nm) for fn, nm in candidates if nm in REFERENCE_PATHS or any(t in nm for t in tiles)]
+
+
 def time_candidates(candidates, copies: int = 1):
     """[(device us per layer, name)] of each (fn, name) that compiles and runs (fastest first); a
     candidate that fails (out of registers or shared memory) is reported and left out."""
@@ -963,10 +973,9 @@ def run_tune_pipelined(args):
                 for bm, bn, bk in ((128, 128, 64), (128, 64, 64)):  # Triton's schedule of the same tiles
                     cfg = kernels.GemmConfig(bm, bn, bk, bm // 16, 3, split_k=0, predequant_a=True, w_operand_b=True)
                     res.append((cand.two_launches(cfg), f"triton {bm}x{bn}x{bk} w{bm // 16} s3"))
-            if args.tiles:
-                res = [(fn, nm) for fn, nm in res if nm in ("routed path", "cublas path") or any(t in nm for t in args.tiles)]
+            res = only_tiles(res, args.tiles)
             bf16 = graph_us(lambda: trios[0][0](x))
-            timed = cand.dry_run(res, ("routed path", "cublas path")) if device == "cpu" else time_candidates(res)
+            timed = cand.dry_run(res, REFERENCE_PATHS) if device == "cpu" else time_candidates(res)
             for t, name in timed:
                 rows.append([m, n, k, name, t, bf16])
             routed = next(t for t, nm in timed if nm == "routed path")
@@ -1067,11 +1076,10 @@ def run_tune_operand(args):
                 res.append((cand.two_launches(cfg), f"B-operand two launches {label}"))
                 if m <= COLD_ROWS:
                     res.append((cand.one_launch(cfg), f"B-operand one launch {label}"))
-            if args.tiles:  # only the candidates whose name holds one of these strings (the routed path always)
-                res = [(fn, nm) for fn, nm in res if nm in ("routed path", "cublas path") or any(t in nm for t in args.tiles)]
+            res = only_tiles(res, args.tiles)
             lins = [t[0] for t in trios]
             bf16 = graph_us(lambda: [lin(x) for lin in lins]) / copies
-            timed = cand.dry_run(res, ("routed path", "cublas path")) if device == "cpu" else time_candidates(res, copies)
+            timed = cand.dry_run(res, REFERENCE_PATHS) if device == "cpu" else time_candidates(res, copies)
             for t, name in timed:
                 rows.append([m, n, k, name, t, bf16])
             routed = next(t for t, nm in timed if nm == "routed path")
@@ -1128,8 +1136,7 @@ def run_ab_decode(args):
                 res.append((cand.two_launches(cfg), f"two launches {label}"))
                 if not mma16:
                     res.append((cand.one_launch(cfg), f"one launch {label}"))
-            if args.tiles:  # only the candidates whose name holds one of these strings (the routed path always)
-                res = res[:1] + [(fn, nm) for fn, nm in res[1:] if any(t in nm for t in args.tiles)]
+            res = only_tiles(res, args.tiles)
             bf16 = graph_us(chain([t[0] for t in trios], x)) / copies
             timed = cand.dry_run(res) if device == "cpu" else time_candidates(res, copies)
             rows += [[m, n, k, decode, name, t, bf16] for t, name in timed]
