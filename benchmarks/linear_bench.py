@@ -867,9 +867,19 @@ OPERAND_CONFIGS = {
               (32, 64, 256, 4, 3, 16), (32, 64, 128, 4, 4, 16), (32, 128, 256, 4, 3, 16), (32, 128, 128, 4, 3, 16),
               (64, 64, 128, 4, 3, 16), (64, 64, 64, 4, 4, 16), (64, 128, 128, 8, 3, 16), (64, 64, 256, 4, 3, 16)],
     "mid": [(64, 64, 128, 4, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (64, 128, 128, 4, 3),
-            (128, 128, 128, 8, 3), (256, 128, 64, 8, 3), (128, 64, 64, 8, 4, 16), (128, 64, 128, 8, 3, 16)],
+            (128, 128, 128, 8, 3), (256, 128, 64, 8, 3),
+            # the batched-decode tiles of 16-row dots (dot_m 16 needs block_m 32 or 64), the weight decoded once per 32 / 64 rows
+            (32, 64, 256, 4, 3, 16), (32, 128, 256, 4, 3, 16), (32, 128, 128, 4, 3, 16), (64, 64, 128, 4, 3, 16),
+            (64, 128, 128, 8, 3, 16), (64, 64, 256, 4, 3, 16)],
     "prefill": [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 128, 8, 3)],
 }
+
+
+def operand_configs(cls: str, kp: int) -> list:
+    """OPERAND_CONFIGS[cls] as GemmConfigs, those whose K tile divides Kp."""
+    return [kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, predequant_a=True, w_operand_b=True,
+                               dot_m=dot_m[0] if dot_m else 0, a_mma16=dot_m == [16])
+            for bm, bn, bk, w, st, *dot_m in OPERAND_CONFIGS[cls] if bk <= kp and kp % bk == 0]
 
 
 class TileCandidates:
@@ -1063,10 +1073,10 @@ def run_tune_operand(args):
                 res.append((cand.over_layers(lambda layer, out: ops.triton_linear(
                     x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2,
                     None, n, False, layer._alpha_host, cublas=True)), "cublas path"))
-            configs = [kernels.GemmConfig(bm, bn, bk, w, st, split_k=0, predequant_a=True, w_operand_b=True,
-                                          dot_m=dot_m[0] if dot_m else 0, a_mma16=dot_m == [16])
-                       for bm, bn, bk, w, st, *dot_m in OPERAND_CONFIGS[cls] if bk <= kp and kp % bk == 0]
+            configs = operand_configs(cls, kp)
             if device == "cpu":
+                for other in OPERAND_CONFIGS:  # every class's tiles are valid GemmConfigs (a GPU run's M may differ)
+                    operand_configs(other, 1 << 16)
                 configs = [kernels.GemmConfig(16, 32, 64, 4, 1, split_k=0, predequant_a=True, w_operand_b=True),
                            kernels.GemmConfig(32, 32, 64, 4, 1, split_k=0, predequant_a=True, w_operand_b=True, dot_m=16,
                                               a_mma16=True)]
