@@ -1232,6 +1232,53 @@ def run_ab_bias(args):
              "speedup", "speedup_bias"], rows, csv_name=f"bias_ab_{gpu_slug()}.csv")
 
 
+def run_ab_align(args):
+    """x's loads at K % 16 != 0: every kernel reading x told what K and x's row stride are multiples of
+    (`kernels.launch.x_align`, 16-byte loads) vs told nothing (x_align forced to 1: Triton, which specializes
+    integers on % 16 only, then loads x two bytes at a time). The routed Linear (static and dynamic scale,
+    bf16 input; weights cold up to COLD_ROWS rows), nn.Linear bf16 in the same process; K % 16 == 0 shapes of
+    the same Kp as a control. Bits checked equal (-> results/align_ab_<gpu>.csv)."""
+    from fp4linear.kernels import gemm_launch, quant_dequant_launch, scales_launch, small_m_linear_launch
+    from fp4linear.kernels.launch import x_align
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    shapes = [(72, 200)] if device == "cpu" else (args.shapes or [(4096, 1368), (4096, 1376), (2688, 232),
+                                                                   (2688, 240), (16384, 1368), (16384, 1376)])
+    ms = [1, 20, 70] if device == "cpu" else (args.m or [1, 4, 16, 32, 2048])
+    unhinted = tuple((mod, {"x_align": lambda *a: 1})
+                     for mod in (gemm_launch, quant_dequant_launch, scales_launch, small_m_linear_launch))
+    rows, cache = [], {}
+    for n, k in tqdm(shapes, desc="align a/b", file=sys.stderr):
+        for m in ms:
+            copies = chain_copies(m, n * k * 2, device == "cuda")
+            if cache.get("key") != (n, k, copies):
+                cache.update(key=(n, k, copies), trios=None)  # (the old copies freed first)
+                cache["trios"] = make_layers(n, k, copies, device, torch.bfloat16)
+            trios = cache["trios"]
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            bf16 = graph_us(lambda: [t[0](x) for t in trios]) / copies
+            for scale, which in (("static", 1), ("dynamic", 2)):
+                layers = [t[which] for t in trios]
+                hinted = Forced(lambda: [layer(x) for layer in layers], ())
+                plain = Forced(hinted.fn, unhinted)
+                if not torch.equal(hinted()[0], plain()[0]):
+                    raise AssertionError(f"{m}x{n}x{k} {scale}: the hint changed the bits")
+                t_hint, t_plain = (graph_us(f) / copies for f in (hinted, plain))
+                rows.append([m, n, k, scale, x_align(k, k), bf16, t_plain, t_hint, t_plain / t_hint,
+                             bf16 / t_hint])
+                print(f"align {m}x{n}x{k} {scale}: bf16 {bf16:.2f} us, x_align 1 {t_plain:.2f}, "
+                      f"x_align {rows[-1][4]} {t_hint:.2f}", flush=True)
+    if device == "cpu":
+        args.no_write = True
+    intro = ("The routed Linear with every kernel that reads x told what K and x's row stride are multiples of "
+             "(`kernels.launch.x_align`) vs told nothing (forced to 1, as before session 29), bits checked equal; "
+             "device time per layer (CUDA-graph replays; M <= 64 over a chain of cold copies), bf16 input, "
+             "nn.Linear bf16 in the same process. 'gain' = x_align 1 / hinted; 'vs bf16' = bf16 / hinted.")
+    publish(args, "x's loads at K % 16 != 0 (benchmarks/linear_bench.py --ab-align)", intro,
+            ["m", "n", "k", "scale", "x_align", "bf16_us", "align1_us", "fp4_us", "gain", "vs_bf16"], rows,
+            csv_name=f"align_ab_{gpu_slug()}.csv")
+
+
 def run_tune_operands(args):
     """The cuBLAS path's operands kernel (`kernels.cublas_operands`: x's values and the first weight chunk in one
     launch) per tile: the whole layer's device time (CUDA-graph replays) with each `OperandsConfig`, static and
@@ -1596,6 +1643,8 @@ def main():
               "tiles (-> results/decode_ab_<gpu>.csv)"),
              ("--ab-bias", run_ab_bias, "past decode: the same layer with and without a bias "
               "(-> results/bias_ab_<gpu>.csv)"),
+             ("--ab-align", run_ab_align, "K % 16 != 0: x's loads told K's and the row stride's alignment vs not "
+              "(-> results/align_ab_<gpu>.csv)"),
              ("--tune-chunks", run_tune_chunks, "cuBLAS path: weight chunk sizes (-> results/chunk_tune_<gpu>.csv)"),
              ("--tune-operands", run_tune_operands, "cuBLAS path: tiles of the operands kernel "
               "(-> results/operands_tune_<gpu>.csv)"),

@@ -2,7 +2,6 @@
 act_fake_quantize (fused, dequantized values for the down GEMM) and activation (unfused)."""
 
 import functools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +11,7 @@ import triton
 from . import _interpreter
 from . import act_quantize as act_module
 from .maxima import scale_args
-from .launch import CachedLaunch, cdiv, compile_tracing, int_key, next_pow2
+from .launch import CachedLaunch, cdiv, compile_tracing, int_key, next_pow2, x_multiples
 from .layout import check_mma16
 from .quantize_launch import MEASURED_VARIANTS, QuantConfig, kernel_meta, quant_config
 
@@ -64,8 +63,7 @@ def act_quant_config(m: int, ip: int, gated: bool, device_type: str) -> QuantCon
 
 
 def _multiples(x, width):
-    m = x.shape[0]
-    return math.gcd(width, 16), (math.gcd(x.stride(0), 16) if m > 1 else 16)
+    return x_multiples(width, x.stride(0), x.shape[0])
 
 
 def _run(launch, args, meta, device):
@@ -190,8 +188,7 @@ def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype, a_or
     GPU for the activation's second input)."""
     code, gated = ACTS[act]
     i = act_width(act, width)
-    i_mult = math.gcd(i, 16)
-    xm_mult = math.gcd(stride, 16) if m > 1 else 16
+    i_mult, xm_mult = x_multiples(i, stride, m)
     block_m, block_k = (32, 128) if index >= 0 else (min(64, triton.next_power_of_2(m)), 128)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=index < 0, UNITS=units,

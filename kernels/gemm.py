@@ -34,6 +34,7 @@ DECODE_UNIT_SCALE = _numerics.DECODE_UNIT_SCALE
 dequant_bytes = _numerics.dequant_bytes
 dequant_words = _numerics.dequant_words
 small_input_scales = _numerics.small_input_scales
+aligned = _numerics.aligned
 fake_quantize_tile = sibling(__name__, "quant_dequant").fake_quantize_tile
 _act_tile = sibling(__name__, "act_quantize")._act_tile
 
@@ -117,9 +118,12 @@ def nvfp4_gemm_kernel(
     BF16_BITS: tl.constexpr = 0,  # ACT: bf16 rounding on the bits (the interpreter truncates its casts)
     FMA_EPILOGUE: tl.constexpr = 0,  # compiled without FMA contraction (ACT): the epilogue's FFMA written out
     DOT_M: tl.constexpr = 0,  # GemmConfig.dot_m (W_OPERAND_B): the rows as BLOCK_M / DOT_M dots (2 or 4) sharing each decoded weight tile
+    X_ALIGN: tl.constexpr = 1,  # QUANTIZE_X: K and stride_xm are multiples of it (`launch.x_align`; 1: no more known)
 ):
     Kp = Kp_div64 * 64
     S4 = Kp // 16  # Kp is a multiple of 64, so the scale columns are already a multiple of 4
+    K = aligned(K, X_ALIGN)
+    stride_xm = aligned(stride_xm, X_ALIGN)
     pid = tl.program_id(0)
     pid_k = pid % SPLIT_K
     pid = pid // SPLIT_K

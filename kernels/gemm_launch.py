@@ -11,7 +11,7 @@ import triton
 from . import _interpreter
 from . import gemm as gemm_module
 from . import gemm_wgmma
-from .launch import CachedLaunch, cdiv, compile_tracing, int_key, next_pow2
+from .launch import CachedLaunch, cdiv, compile_tracing, int_key, next_pow2, x_align
 from .launch import sm_count as _sm_count
 from .layout import check_mma16, mma16_rows
 from .act_quantize_launch import ACTS, act_fake_quantize, act_width
@@ -348,7 +348,8 @@ def _gemm(a, a_scale, w_data, w_scale, alpha, bias, out, config, a_mode=_PACKED,
     amax = (next_pow2(int(m)), k) if dynamic else None
     grid, meta, options, split, tiles, per_split, launch_id, gluon_launch = plan(
         index, m, n, kp, config, a_mode, a.dtype, out.dtype, None if bias is None else bias.dtype,
-        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax, a_order, tracing, act)
+        *((0, 0) if tracing else (int_key(k), int_key(sx))), tiles_for_m, amax, a_order, tracing, act,
+        x_align(k, sx) if a_mode == _X else 1)
     if split > 1:
         partials, tickets = scratch_of(out).get(split * m * n, tiles)
     else:
@@ -411,10 +412,10 @@ def k_splits(config: GemmConfig, tiles: int, kp: int, sm_count: int) -> tuple[in
 
 @functools.lru_cache(maxsize=4096)
 def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, k_key=0, sx_key=0, tiles_for_m=None,
-               amax=None, a_order=0, tracing=False, act=None):
+               amax=None, a_order=0, tracing=False, act=None, x_al=1):
     """Config, split-K, grid, constexprs and launch key of one shape (device index -1: the CPU):
     worked out once. k_key, sx_key: `int_key` of x's K and row stride (what Triton specializes
-    them on; a_mode _X only); amax: (rows, K) of a dynamic scale's max |x| reads, or None. The last
+    them on; a_mode _X only), x_al their `x_align`; amax: (rows, K) of a dynamic scale's max |x| reads, or None. The last
     item: the `CachedLaunch` of the Gluon kernel where config.wgmma_stages applies (a CUDA device, A
     dequantized, not while torch.compile traces: Inductor launches Triton kernels), else None."""
     device = torch.device("cuda", index) if index >= 0 else torch.device("cpu")
@@ -459,7 +460,7 @@ def _gemm_plan(index, m, n, kp, config, a_mode, a_dtype, out_dtype, bias_dtype, 
                 DYNAMIC=amax is not None, AMAX_ROWS=amax[0] if amax else 1, W_OPERAND_B=config.w_operand_b,
                 A_ORDER=a_order if a_mode == _UNITS else 0, RS_ORDER=config.w_registers,
                 **amax_reads(amax[1] if amax else 0, amax is not None), ACT=-1, GATED=0, BF16_BITS=0, FMA_EPILOGUE=0,
-                DOT_M=config.dot_m)
+                DOT_M=config.dot_m, X_ALIGN=x_al)
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     if act is not None:  # the activation's IEEE ops in torch's order, as the activation pass compiles them
         code, gated = ACTS[act]

@@ -31,6 +31,7 @@ from ._interpreter import sibling
 
 _numerics = sibling(__name__, "numerics")
 small_input_scales = _numerics.small_input_scales
+aligned = _numerics.aligned
 e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 e4m3_to_fp16 = _numerics.e4m3_to_fp16
 quantize_blocks = _numerics.quantize_blocks
@@ -156,8 +157,11 @@ def nvfp4_gemv_kernel(
     DYNAMIC: tl.constexpr,  # gs and alpha from max |x|, computed by every program (x is tiny at decode)
     AMAX_BLOCK: tl.constexpr,  # DYNAMIC: columns per load of the max |x| pass
     AMAX_CHUNKS: tl.constexpr,  # DYNAMIC: cdiv(K, AMAX_BLOCK), unrolled so that every load is in flight at once
+    X_ALIGN: tl.constexpr = 1,  # K and stride_xm are multiples of it (`launch.x_align`; 1: no more known)
 ):
     NB: tl.constexpr = BLOCK_K // 16
+    K = aligned(K, X_ALIGN)
+    stride_xm = aligned(stride_xm, X_ALIGN)
     Kp = Kp_div64 * 64
     pid_n = tl.program_id(0) // SPLIT_K
     pid_k = tl.program_id(0) % SPLIT_K

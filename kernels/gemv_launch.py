@@ -91,14 +91,14 @@ def linear_gemv(x, gs, alpha, w_data, w_scale, bias, out, *, config: GemvConfig 
 _launch_ids: dict = {}  # a plan's launch key (dtypes, shape, config, constexprs) -> a small int
 
 
-def _plan(device, n, k, kp, m_rows, has_bias, config, dtypes, dynamic=False):
+def _plan(device, n, k, kp, m_rows, has_bias, config, dtypes, x_al, dynamic=False):
     if config is None:
         config = gemv_config(n, kp, m_rows, device.type)
     if config.block_k % 64:
         raise ValueError(f"block_k must be a multiple of 64, got {config.block_k}")
     return single_launch_plan(device, n, k, kp, config, dtypes, MAX_M, _launch_ids, M_ROWS=m_rows, HAS_BIAS=has_bias,
                               USE_ASM=config.use_asm and device.type == "cuda", PREFETCH=config.prefetch,
-                              DYNAMIC=dynamic, **amax_reads(k, dynamic))
+                              DYNAMIC=dynamic, **amax_reads(k, dynamic), X_ALIGN=x_al)
 
 
 _GEMV = SingleLaunch(gemv_module, "nvfp4_gemv_kernel", _plan, MAX_M)

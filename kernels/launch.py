@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import operator
 
 import torch
@@ -85,6 +86,23 @@ def next_pow2(n: int) -> int:
     """The least power of two >= n (n >= 1), for per-call host code: `triton.next_power_of_2` is a
     ConstexprFunction too (~1.5 us a call)."""
     return 1 << (n - 1).bit_length()
+
+
+def x_multiples(k: int, stride: int, m: int) -> tuple[int, int]:
+    """(K's, x's row stride's) largest power-of-two divisor up to 16 (the stride's counts as 16 for one row),
+    for a kernel reading x [m, k]. Triton specializes an integer argument on % 16 only, so at K = 1368 or 232
+    (per-rank intermediate sizes) it knows nothing of K and the stride, and loads x two bytes at a time (masks
+    not constant per vector, rows of unknown alignment): about 2x the device time of K = 1376 on the H100.
+    Kernels take them as K // k_mult (quantize, act_quantize) or one `x_align` constexpr (`numerics.aligned`)."""
+    return math.gcd(k, 16), (math.gcd(stride, 16) if m > 1 else 16)
+
+
+def x_align(k, stride) -> int:
+    """What K and x's row stride are both multiples of (`x_multiples` of more than one row): a kernel's
+    X_ALIGN constexpr. 1 where either is not a plain int (symbolic while torch.compile traces: no guard)."""
+    if type(k) is not int or type(stride) is not int:
+        return 1
+    return math.gcd(k, stride, 16)
 
 
 def alignment_key(t) -> tuple:

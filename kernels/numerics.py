@@ -283,6 +283,13 @@ def dequant_bytes(packed, scale_bytes, ROWS: tl.constexpr, BLOCK_K: tl.constexpr
 
 
 @triton.jit
+def aligned(v, MULT: tl.constexpr):
+    """v, which the launcher found to be a multiple of MULT (`launch.x_align`), written so that the
+    compiler knows it too: loads of x then stay 16 bytes wide where K % 16 != 0 (a shift pair a program)."""
+    return v // MULT * MULT
+
+
+@triton.jit
 def max_abs_bits(x):
     """max |x| over the last axis as int32 bits of the fp32 value (NaN bits sort above +inf)."""
     return tl.reduce(x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF, len(x.shape) - 1, max_combine)

@@ -32,6 +32,7 @@ store_scales = _numerics.store_scales
 max_abs_bits = _numerics.max_abs_bits
 max_combine = _numerics.max_combine
 to_word_order = _numerics.to_word_order
+aligned = _numerics.aligned
 
 
 @triton.jit
@@ -57,7 +58,7 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, words_ptr
                          stride_xm, UNITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                          DYNAMIC: tl.constexpr, AMAX_ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr,
                          AMAX_CHUNKS: tl.constexpr, A_ORDER: tl.constexpr, BARRIER: tl.constexpr,
-                         MAXIMA_BLOCK: tl.constexpr):
+                         MAXIMA_BLOCK: tl.constexpr, X_ALIGN: tl.constexpr = 1):
     """MAXIMA_BLOCK > 0: gs from a scale launch's per-program maxima (`numerics.encode_scale`;
     global_scale_ptr is then the weight's decode scale), program (0, 0) writing (gs, alpha) to
     scales_ptr. DYNAMIC (small x only): global_scale_ptr is the weight's decode scale, and program (0, 0)
@@ -68,6 +69,8 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, words_ptr
     words_ptr[0] (int32 bits, an atomic max), and all wait until every program has (words_ptr[1]
     counts arrivals); the last to leave (words_ptr[2]) zeroes the three words for the next call.
     The same maximum, so the same bits."""
+    K = aligned(K, X_ALIGN)
+    stride_xm = aligned(stride_xm, X_ALIGN)
     if DYNAMIC and BARRIER:
         rows, cols, x = _load_tile(x_ptr, M, K, stride_xm, tl.program_id(0), tl.program_id(1), BLOCK_M, BLOCK_K)
         n = tl.num_programs(0) * tl.num_programs(1)
@@ -158,13 +161,15 @@ def _dequantize_rows_program(w_ptr, w_scale_ptr, out_ptr, row_begin, N, Kp, stri
 def cublas_operands_kernel(x_ptr, global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, a_ptr, M, K, Ka, stride_xm,
                            w_ptr, w_scale_ptr, w_out_ptr, N, Kp, stride_wo, a_programs, a_k_tiles, w_k_tiles,
                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                           MAXIMA_BLOCK: tl.constexpr):
+                           MAXIMA_BLOCK: tl.constexpr, X_ALIGN: tl.constexpr = 1):
     """Both operands of a cuBLAS call in one launch: programs [0, a_programs) write x's values
     (`fake_quantize_kernel`, true values, natural order, row stride Ka), the rest weight rows
     [0, N) (`dequantize_rows_kernel`). Two memory-bound passes that would otherwise each pay a
     launch and a tail: for narrow per-rank weights they are a fifth of cuBLAS's own time.
     gs as `numerics.encode_scale` gives it (MAXIMA_BLOCK > 0: program 0 writes (gs, alpha) to
     scales_ptr, the alpha cuBLAS reads next)."""
+    K = aligned(K, X_ALIGN)
+    stride_xm = aligned(stride_xm, X_ALIGN)
     pid = tl.program_id(0)
     if pid < a_programs:
         # x's tile first: its load is in flight while gs is loaded or reduced

@@ -11,7 +11,7 @@ import triton
 
 from . import _interpreter
 from . import quant_dequant as qd_module
-from .launch import CachedLaunch, alignment_key, cdiv, compile_tracing, int_key
+from .launch import CachedLaunch, alignment_key, cdiv, compile_tracing, int_key, x_align
 from .launch import sm_count as _sm_count
 from .layout import check_mma16
 from .maxima import scale_args
@@ -113,8 +113,9 @@ def _fake_quantize(x, scale, out, units, scales, a_order=0, scratch=None):
         (scale, maxima, count, scales), maxima_block = (scale, out, 0, scales), 0
     else:
         (scale, maxima, count, scales), maxima_block = scale_args(scale)
-    grid, meta, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype, dynamic, a_order, maxima_block)
     sx = x.stride(0)
+    grid, meta, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype, dynamic, a_order, maxima_block,
+                                 x_align(k, sx))
     words = scratch.scale_words if meta["BARRIER"] else out
     args = (x, scale, out, scales, words, maxima, count, m, k, kp, sx)
     if index < 0:
@@ -130,7 +131,7 @@ _OPTIONS = dict(num_warps=4)
 
 
 @functools.lru_cache(maxsize=4096)
-def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_order=0, maxima_block=0):
+def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_order=0, maxima_block=0, x_al=1):
     """Grid, constexprs and launch key of one shape (device index -1: the CPU): worked out once
     (host time per call matters). With a dynamic scale (M <= 16) every program also reads all of x:
     wider, shorter tiles, so fewer programs do; or, with the barrier, each only its own tile."""
@@ -145,7 +146,8 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_orde
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
                 AMAX_ROWS=triton.next_power_of_2(m) if dynamic and not barrier else 1,
-                **amax_reads(k, dynamic and not barrier), A_ORDER=a_order, BARRIER=barrier, MAXIMA_BLOCK=maxima_block)
+                **amax_reads(k, dynamic and not barrier), A_ORDER=a_order, BARRIER=barrier, MAXIMA_BLOCK=maxima_block,
+                X_ALIGN=x_al)
     tail = (index, x_dtype, out_dtype, k, kp, *meta.values())  # with x's alignment: the launch key
     return grid, meta, _launch_ids.setdefault(tail, len(_launch_ids))
 
@@ -193,7 +195,7 @@ def cublas_operands(x, global_scale, a, w_data, w_scale, w_out, *, config: Opera
         config = operands_config(m, a.shape[1])
     (scale, maxima, count, scales), maxima_block = scale_args(global_scale)
     grid, ints, meta, options, launch_id = plan(index, m, k, a.shape[1], x.stride(0), *w_out.shape, w_out.stride(0),
-                                                x.dtype, a.dtype, config, maxima_block)
+                                                x.dtype, a.dtype, config, maxima_block, x_align(k, x.stride(0)))
     if grid[0] == 0:
         return
     args = (x, scale, maxima, count, scales, a, m, *ints[:3], w_data, w_scale, w_out, *ints[3:])
@@ -222,7 +224,7 @@ def operands_config(m: int, ka: int) -> OperandsConfig:
 
 
 @functools.lru_cache(maxsize=4096)
-def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype, config, maxima_block=0):
+def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype, config, maxima_block=0, x_al=1):
     """Grid, integer arguments, constexprs, launch options and launch key of `cublas_operands` for one
     shape and config: worked out once (a and w_out are fresh allocations, 16-byte aligned)."""
     block_m, block_k, block_n = config.block_m, config.block_k, config.block_n
@@ -230,11 +232,11 @@ def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype, c
     a_programs = cdiv(m, block_m) * a_k_tiles
     grid = (a_programs + cdiv(rows, block_n) * w_k_tiles, 1, 1)
     ints = (k, ka, sx, rows, kp, stride_wo, a_programs, a_k_tiles, w_k_tiles)
-    meta = dict(BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n, MAXIMA_BLOCK=maxima_block)
+    meta = dict(BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n, MAXIMA_BLOCK=maxima_block, X_ALIGN=x_al)
     options = dict(num_warps=config.num_warps)
     if compile_tracing():
         return grid, ints, meta, options, None
-    tail = (index, x_dtype, a_dtype, *(int_key(v) for v in ints), config, maxima_block)
+    tail = (index, x_dtype, a_dtype, *(int_key(v) for v in ints), config, maxima_block, x_al)
     return grid, ints, meta, options, _launch_ids.setdefault(tail, len(_launch_ids))
 
 

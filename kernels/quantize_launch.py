@@ -1,6 +1,5 @@
 """Launcher of the fused pad + quantize kernel: tile choice and the single launch."""
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +8,7 @@ import triton
 
 from . import _interpreter
 from . import quantize as quantize_module
-from .launch import CachedLaunch, cdiv, compile_tracing, int_key
+from .launch import CachedLaunch, cdiv, compile_tracing, int_key, x_multiples
 
 
 @dataclass(frozen=True)
@@ -79,8 +78,7 @@ def _sm_count(device) -> int:
 def kernel_meta(config: QuantConfig, *, k: int, stride: int, m: int, dtype=torch.bfloat16, x_aligned: bool = True,
                 sf_row_tile: int = 128) -> dict:
     """The kernel's constexprs for x of shape [m, k], row stride `stride` (shared with kernel_asm)."""
-    k_mult = math.gcd(k, 16)
-    xm_mult = math.gcd(stride, 16) if m > 1 else 16
+    k_mult, xm_mult = x_multiples(k, stride, m)
     words = config.words and dtype == torch.bfloat16 and k_mult % 2 == 0 and xm_mult % 2 == 0 and x_aligned
     persistent = config.persistent > 0 and config.grid_2d
     # one zero-store program per k column for the padding rows, where its tile is at most 8 bytes

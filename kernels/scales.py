@@ -33,17 +33,20 @@ max_combine = _numerics.max_combine
 dynamic_scales = _numerics.dynamic_scales
 store_scales = _numerics.store_scales
 max_abs_bits = _numerics.max_abs_bits
+aligned = _numerics.aligned
 _act_tile = sibling(__name__, "act_quantize")._act_tile
 
 
 @triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["weight_scale_2_ptr"])
 def dynamic_scale_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, M, K, stride_xm, k_per_program,
                          BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
-                         BF16_BITS: tl.constexpr, MAXIMA: tl.constexpr):
+                         BF16_BITS: tl.constexpr, MAXIMA: tl.constexpr, X_ALIGN: tl.constexpr = 1):
     """scales[0] = gs, scales[1] = alpha; words: int32 [2] (running max, ticket), zero on entry and exit.
     MAXIMA: words int32 [grid[0] * grid[1]] instead, each program's max |x| bits; scales not written.
     ACT < 0: max |x| over x [M, K]; else max |act(x)| over its [M, K] outputs (NaN kept, as for x).
     Program (i, j) reads rows i * BLOCK_R.. and columns j * k_per_program.. (a multiple of BLOCK_K)."""
+    K = aligned(K, X_ALIGN)
+    stride_xm = aligned(stride_xm, X_ALIGN)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     acc = tl.full([BLOCK_R], 0, tl.int32)
     k_begin = tl.program_id(1) * k_per_program

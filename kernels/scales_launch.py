@@ -12,7 +12,7 @@ from . import _interpreter
 from . import maxima as _maxima
 from . import scales as scales_module
 from .act_quantize_launch import ACTS, act_width
-from .launch import CachedLaunch, cdiv, compile_tracing
+from .launch import CachedLaunch, cdiv, compile_tracing, x_align
 from .maxima import DynamicScale
 from .workspace import scratch_of
 
@@ -131,8 +131,11 @@ def _dynamic_scales(x, weight_scale_2, act=None, config: ScaleConfig | None = No
     count = grid[0] * grid[1]
     if maxima is None:  # (the tiles, hence the count, are the same either way)
         maxima = count <= _maxima.MAX_MAXIMA
-    meta = metas[maxima]
     sx = x.stride(0)
+    xa = x_align(k, sx)
+    meta = metas.get((maxima, xa))
+    if meta is None:
+        meta = metas[maxima, xa] = dict(metas[maxima], X_ALIGN=xa)
     args = (x, weight_scale_2, s.scales, s.maxima(count) if maxima else s.scale_words, m, k, sx, per_program)
     options = dict(_OPTIONS, num_warps=cfg.num_warps)
     if index < 0:
@@ -142,5 +145,5 @@ def _dynamic_scales(x, weight_scale_2, act=None, config: ScaleConfig | None = No
         _launch(None, grid, args, meta, options)
     else:  # K and x's alignment and row stride: what Triton specializes on besides dtypes
         _launch((index, x.dtype, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1, k, per_program, cfg, meta["ACT"],
-                 maxima), grid, args, meta, options)
+                 maxima, xa), grid, args, meta, options)
     return s, count, maxima

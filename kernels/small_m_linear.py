@@ -27,6 +27,7 @@ e2m1_to_fp16_units = _numerics.e2m1_to_fp16_units
 quantize_blocks = _numerics.quantize_blocks
 to_word_order = _numerics.to_word_order
 word_order = _numerics.word_order
+aligned = _numerics.aligned
 
 BLOCK_M = tl.constexpr(16)  # tokens per MMA (the dot's N side); M <= 16
 
@@ -56,9 +57,12 @@ def nvfp4_linear_small_m_kernel(
     BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,  # Kp % BLOCK_K == 0
     NATURAL_X: tl.constexpr,  # SmallMConfig.natural_x
+    X_ALIGN: tl.constexpr = 1,  # K and stride_xm are multiples of it (`launch.x_align`; 1: no more known)
 ):
     Kp = Kp_div64 * 64
     pid_n = tl.program_id(0) // SPLIT_K
+    K = aligned(K, X_ALIGN)
+    stride_xm = aligned(stride_xm, X_ALIGN)
     pid_k = tl.program_id(0) % SPLIT_K
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N

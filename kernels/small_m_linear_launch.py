@@ -11,7 +11,7 @@ import triton
 
 from . import _interpreter
 from . import small_m_linear as small_m_module
-from .launch import CachedLaunch, cdiv, compile_tracing
+from .launch import CachedLaunch, cdiv, compile_tracing, x_align
 from .workspace import scratch_of
 
 MAX_M = 16  # rows the kernel takes (one 16-token MMA tile)
@@ -86,19 +86,21 @@ def run_single_launch(kind: SingleLaunch, x, gs, alpha, w_data, w_scale, bias, o
         m = int(m)  # torch.compile: the kernel's row tile is a constexpr (the graph specializes on M)
     # Everything that depends only on the shapes and dtypes is worked out once (host time is what a
     # decode-sized call costs outside CUDA graphs); the key is cheap to hash (ints, dtypes).
-    plan_key = (index, n, k, kp, m, bias is None or bias.dtype, x.dtype, out.dtype, config, dynamic)
+    sx = x.stride(0)
+    xa = x_align(k, sx)
+    plan_key = (index, n, k, kp, m, bias is None or bias.dtype, x.dtype, out.dtype, config, dynamic, xa)
     plan = kind.plans.get(plan_key)
     if plan is None:  # (checked once per shape: the plan is keyed by M)
         if m > kind.max_m:
             raise ValueError(f"x has {m} rows; {kind.kernel_name} takes at most {kind.max_m}")
         plan = kind.plans[plan_key] = kind.plan(out.device, n, k, kp, min(kind.max_m, triton.next_power_of_2(m)),
-                                                bias is not None, config, plan_key[5:8], **({"dynamic": True} if dynamic else {}))
+                                                bias is not None, config, plan_key[5:8], xa,
+                                                **({"dynamic": True} if dynamic else {}))
     grid, meta, options, split, per_split, n_tiles, part_numel, launch_id = plan
     if split > 1:
         partials, tickets = scratch_of(out).get(part_numel, n_tiles)
     else:
         partials = tickets = out  # unused
-    sx = x.stride(0)
     args = (x, gs, alpha, w_data, w_scale, bias if bias is not None else out, out, partials, tickets, m, sx,
             out.stride(0), n, k, kp // 64, per_split)
     launch = kind.launch
@@ -116,11 +118,11 @@ def run_single_launch(kind: SingleLaunch, x, gs, alpha, w_data, w_scale, bias, o
 _launch_ids: dict = {}  # a plan's launch key (dtypes, shape, config, constexprs) -> a small int
 
 
-def _plan(device, n, k, kp, x_rows, has_bias, config, dtypes):
+def _plan(device, n, k, kp, x_rows, has_bias, config, dtypes, x_al):
     if config is None:
         config = small_m_config(n, kp, device.type)
     return single_launch_plan(device, n, k, kp, config, dtypes, MAX_M, _launch_ids, X_ROWS=x_rows, HAS_BIAS=has_bias,
-                              NATURAL_X=config.natural_x)
+                              NATURAL_X=config.natural_x, X_ALIGN=x_al)
 
 
 def single_launch_plan(device, n, k, kp, config, dtypes, max_m: int, launch_ids: dict, **constexprs):

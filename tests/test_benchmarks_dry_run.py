@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
                                   ["linear_bench.py", "--dry-run", "--tune-operands"],
                                   ["linear_bench.py", "--dry-run", "--ab-decode"],
                                   ["linear_bench.py", "--dry-run", "--ab-bias"],
+                                  ["linear_bench.py", "--dry-run", "--ab-align"],
                                   ["linear_bench.py", "--dry-run", "--tune-chunks"],
                                   ["linear_bench.py", "--dry-run", "--tune-pass"],
                                   ["linear_bench.py", "--dry-run", "--tune-split"],

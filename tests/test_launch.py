@@ -428,3 +428,71 @@ def test_next_pow2_is_tritons():
     from fp4linear.kernels.launch import next_pow2
     for n in [*range(1, 4100), 2**20 - 1, 2**20, 2**20 + 1, 2**31 - 1]:
         assert next_pow2(n) == triton.next_power_of_2(n), n
+
+
+def test_x_align_is_what_k_and_the_row_stride_are_multiples_of():
+    assert launch.x_align(1368, 1368) == 8 and launch.x_align(232, 232) == 8
+    assert launch.x_align(1376, 1376) == 16 and launch.x_align(1376, 1380) == 4 and launch.x_align(201, 201) == 1
+    assert launch.x_multiples(1368, 1370, 1) == (8, 16) and launch.x_multiples(1368, 1370, 2) == (8, 2)
+    assert launch.x_align(torch.SymInt, 16) == 1  # not a plain int (symbolic under torch.compile): no hint
+
+
+# The kernels that read x [M, K] at a row stride, with the types and constexprs of a route that takes them
+# (x bf16, K = 1368 and its row stride unspecialized: Triton knows neither is a multiple of 16; the integers
+# `_X_SIXTEENS` names are, as Triton specializes them at Kp = 1408).
+_X_SIXTEENS = ("Kp", "Ka", "stride_wo", "k_per_program")
+_X_READERS = {
+    "gemm quantizing x": ("gemm", "nvfp4_gemm_kernel", dict(
+        a_ptr="*bf16", a_scale_ptr="*fp32", w_ptr="*u8", w_scale_ptr="*u8", alpha_ptr="*fp32", bias_ptr="*bf16",
+        out_ptr="*bf16", part_ptr="*fp32", ticket_ptr="*i32"), dict(
+        HAS_BIAS=False, SPLIT_K=2, EVEN_K=True, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, WORD_DECODE=True,
+        PREDEQUANT_A=False, QUANTIZE_X=True, DYNAMIC=True, AMAX_ROWS=16, AMAX_BLOCK=512, AMAX_CHUNKS=3,
+        W_OPERAND_B=True, A_ORDER=0, RS_ORDER=False, ACT=-1, GATED=0, BF16_BITS=0, FMA_EPILOGUE=0, DOT_M=0)),
+    "gemv": ("gemv", "nvfp4_gemv_kernel", dict(
+        x_ptr="*bf16", scale_ptr="*fp32", alpha_ptr="*fp32", w_ptr="*i32", w_scale_ptr="*u8", bias_ptr="*bf16",
+        out_ptr="*bf16", part_ptr="*fp32", ticket_ptr="*i32"), dict(
+        M_ROWS=4, HAS_BIAS=False, SPLIT_K=2, BLOCK_N=32, BLOCK_K=512, EVEN_K=True, USE_ASM=True, PREFETCH=True,
+        DYNAMIC=True, AMAX_BLOCK=512, AMAX_CHUNKS=3)),
+    "pass": ("quant_dequant", "fake_quantize_kernel", dict(
+        x_ptr="*bf16", global_scale_ptr="*fp32", out_ptr="*fp16", scales_ptr="*fp32", words_ptr="*i32",
+        maxima_ptr="*fp32"), dict(
+        UNITS=True, BLOCK_M=32, BLOCK_K=128, DYNAMIC=False, AMAX_ROWS=1, AMAX_BLOCK=1, AMAX_CHUNKS=1, A_ORDER=1,
+        BARRIER=False, MAXIMA_BLOCK=0)),
+    "cuBLAS operands": ("quant_dequant", "cublas_operands_kernel", dict(
+        x_ptr="*bf16", global_scale_ptr="*fp32", maxima_ptr="*fp32", scales_ptr="*fp32", a_ptr="*bf16",
+        w_ptr="*u8", w_scale_ptr="*u8", w_out_ptr="*bf16"), dict(BLOCK_M=32, BLOCK_K=128, BLOCK_N=32, MAXIMA_BLOCK=0)),
+    "max |x|": ("scales", "dynamic_scale_kernel", dict(
+        x_ptr="*bf16", weight_scale_2_ptr="*fp32", scales_ptr="*fp32", words_ptr="*i32"), dict(
+        BLOCK_R=8, BLOCK_K=512, ACT=-1, GATED=False, BF16_BITS=False, MAXIMA=True)),
+}
+
+
+def _x_loads_ptx(name, x_align_value):
+    """PTX of one x-reading kernel compiled for sm_90 here (Triton's ptxas, no GPU) with X_ALIGN given."""
+    import importlib
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    module, kernel, pointers, consts = _X_READERS[name]
+    fn = getattr(importlib.import_module(f"fp4linear.kernels.{module}"), kernel)
+    consts = dict(consts, X_ALIGN=x_align_value)
+    sig = {a: ("constexpr" if p.is_constexpr else pointers.get(a, "i32")) for a, p in zip(fn.arg_names, fn.params)}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if a in pointers or a in _X_SIXTEENS}
+    src = ASTSource(fn, sig, {(list(sig).index(c),): v for c, v in consts.items()}, aligned)
+    try:
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
+    except Exception as e:  # no ptxas, say
+        pytest.skip(f"Triton cannot compile for sm_90 here: {e}")
+
+
+@pytest.mark.parametrize("name", list(_X_READERS))
+def test_x_loads_stay_16_bytes_wide_where_k_is_not_a_multiple_of_16(name):
+    """At K = 1368 (a per-rank intermediate size) every kernel reading x gets `x_align`'s 8 and loads x in
+    16-byte vectors; told nothing (X_ALIGN 1), Triton loads it two bytes at a time (found on the H100:
+    16 x 4096 x 1368 took 15.5 us against 8.0 at K = 1376, the same padded K)."""
+    import re
+
+    two_bytes = re.compile(r"ld\.global(\.\w+)*\.[bu]16\b")
+    assert not two_bytes.search(_x_loads_ptx(name, launch.x_align(1368, 1368)))
+    assert two_bytes.search(_x_loads_ptx(name, 1))  # what the test would see without the hint

@@ -76,6 +76,37 @@ def test_paths_match_fp64(device, path, m, dtype):
 
 
 @pytest.mark.parametrize("path, m", PATHS)
+@pytest.mark.parametrize("k, row_stride", [(200, 200), (196, 204), (198, 198), (201, 201)])
+def test_paths_where_k_is_not_a_multiple_of_16(device, path, m, k, row_stride):
+    """K % 16 = 8, 4, 2, 1 (per-rank intermediate sizes: GLM-4.5-Air's 1368, Nemotron's 232), x's rows
+    row_stride elements apart: every kernel reading x is told what K and the stride are multiples of
+    (`launch.x_align`, for 16-byte loads; one too large would drop columns) and reads all of them. Static
+    and dynamic scale (the max |x| pass, or inside the one launch) against fp64, and bit for bit."""
+    if path == "cublas" and device == "cpu" and m != 40:
+        pytest.skip()
+    n = 72
+    layer, ckpt, q = layer_for(n, k, device, seed=k)
+    base = torch.randn(m, row_stride, generator=torch.Generator().manual_seed(k)) * 3
+    base[:, k - 1] = 40.0  # the last column decides max |x| and, if dropped, the error
+    x = base.to(torch.bfloat16).to(device)[:, :k]
+    cublas = path == "cublas"
+    out = ops.triton_linear(x, layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha,
+                            layer.weight_scale_2, layer.bias, n, False, layer._alpha_host, cublas=cublas)
+    ref, bound = fp64_bound(x, layer, q, ckpt["input_scale"])
+    check(out, ref, bound, torch.bfloat16)
+    dyn, _, _ = layer_for(n, k, device, dynamic=True, seed=k)
+    static = layer
+    static.input_scale.copy_(fp4linear.decode_scale(x.float().abs().amax()))
+    static.input_global_scale.copy_(1.0 / static.input_scale)
+    static.alpha.copy_(static.input_scale * static.weight_scale_2)
+    got = ops.triton_linear(x, dyn.weight, dyn.weight_scale, dyn.input_global_scale, dyn.alpha, dyn.weight_scale_2,
+                            dyn.bias, n, True, None, cublas=cublas)
+    want = ops.triton_linear(x, static.weight, static.weight_scale, static.input_global_scale, static.alpha,
+                             static.weight_scale_2, static.bias, n, False, None, cublas=cublas)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("path, m", PATHS)
 def test_dynamic_scale_is_bit_identical_to_the_static_one(device, path, m):
     n, k = 40, 192
     dyn, ckpt, q = layer_for(n, k, device, dynamic=True)
