@@ -862,6 +862,7 @@ OPERAND_CONFIGS = {
     # batched decode, 17-64 rows: 32 / 64-row tiles on mma.sync (Triton takes wgmma from 64 rows), K splits to fill the SMs
     "small": [(32, 64, 256, 4, 3), (32, 64, 128, 4, 4), (32, 128, 128, 4, 3), (32, 128, 256, 4, 3), (32, 64, 256, 8, 3),
               (32, 128, 128, 8, 3), (64, 64, 128, 4, 3), (64, 64, 256, 4, 3), (64, 128, 128, 8, 3), (16, 64, 256, 4, 3),
+              (16, 64, 128, 4, 4),
               # (.., dot_m): the rows as 16-row dots sharing each decoded weight tile (`GemmConfig.dot_m`), A in
               # the mma16 order (32-row dots, A row-major: measured slower, RESULTS.md)
               (32, 64, 256, 4, 3, 16), (32, 64, 128, 4, 4, 16), (32, 128, 256, 4, 3, 16), (32, 128, 128, 4, 3, 16),

@@ -131,8 +131,11 @@ def use_quantize_in_gemm(m: int, n: int, kp: int) -> bool:
     (linear_bench.py --ab-fused): 16x2688x464 6.1 us vs 7.4, 16x1288x2688 11.3 vs 12.8,
     16x2576x2688 13.6 vs 14.6, 16x384x1536 9.0 vs 10.8; but 16x4096x4096 19.9 vs 17.0, 16x8192x8192
     53.6 vs 31.7 (more weight tiles, each re-quantizing x). Past 16 rows the quantize work grows
-    with M per weight tile: 128x4096x4096 61.7 vs 26.7, 768x1288x2688 81.4 vs 35.4."""
-    return m <= 16 and n * kp < 8 << 20
+    with M per weight tile: 128x4096x4096 61.7 vs 26.7, 768x1288x2688 81.4 vs 35.4; up to 32 rows it
+    still pays where Kp <= 512 (16-row tiles, --tune-operand, session 29): 32x2688x232 3.64 vs 4.85,
+    32x2688x464 5.18 vs 5.53, 32x4096x512 5.26 vs 5.75, 24 rows 3.67 / 5.53 / 5.83 vs 4.90 / 5.63 / 5.81;
+    not at 32x1288x2688 (9.24 vs 8.89) nor 32x2576x2688 (12.76 vs 10.83)."""
+    return n * kp < 8 << 20 and (m <= 16 or (m <= 32 and kp <= 512))
 
 
 # torch's flags letting cuBLAS reduce split-K partials in bf16 / fp16, read and set without

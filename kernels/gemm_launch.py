@@ -168,9 +168,18 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
         # --m 32 64 --tiles d16, same run): 32x8192x8192 28.4 us vs 31.4, 32x8192x3696 18.2 vs 19.3, 32x28672x8192
         # 78.6 vs 95.2, 32x8192x28672 82.4 vs 90.7; 64x28672x8192 124.3 vs 137.7 (32x128x256). Not below (32x4096x4096
         # 14.2 vs 13.7, the per-rank shapes 1.1-1.2x slower) nor at 64 rows otherwise (64x8192x8192 41.5 vs 41.4,
-        # 64x8192x28672 126.1 vs 124.2, 64x8192x3696 25.5 vs 24.0; 64x4096x4096 17.7 vs 20.4, one shape, not routed).
+        # 64x8192x28672 126.1 vs 124.2, 64x8192x3696 25.5 vs 24.0; Kp 4096-8192 below).
+        # Below 8M weight elements 17-32 rows take 16-row tiles, the weight decoded once a 16 rows (--tune-operand
+        # --m 24 32, two launches, session 29): 32x2688x464 5.58 us vs 6.32, 32x768x4096 8.50 vs 10.25, 32x4096x512
+        # 5.95 vs 6.30, 32x1288x2688 8.93 vs 9.30, 32x2688x232 5.21 vs 5.53, 24x1288x2688 9.09 vs 9.61; level at
+        # 2576x2688 (10.93 vs 10.94, 11.17 vs 11.08 at 24). 33-64 rows at Kp 4096-8192 under 64M elements: the
+        # 32-row tiles of 16-row dots (64x4096x4096 17.7 vs 20.0, 64x3584x4096 17.6 vs 20.1, 64x14336x4096 40.0
+        # vs 44.2, 48 rows alike); not at 64x8192x8192 (41.5 vs 40.6), 64x4096x1792 (14.3 vs 12.3), 64x4096x14336
+        # (57.4 vs 45.3).
         tile = dict(split_k=0, predequant_a=True, w_operand_b=True)
         wide = kp % 256 == 0
+        if m <= 32 and n * kp < 8 << 20:
+            return GemmConfig(16, 64, block_k, 4, 4, **tile)
         if m <= 32:
             if n * kp >= 24 << 20:
                 return GemmConfig(32, 64, 256 if wide else 128, 4, 3 if wide else 4, dot_m=16, a_mma16=True, **tile)
@@ -179,6 +188,8 @@ def gemm_config(m: int, n: int, kp: int, device_type: str, sm_count: int = 132) 
             if wide:
                 return GemmConfig(32, 128, 256, 4, 3, dot_m=16, a_mma16=True, **tile)
             return GemmConfig(64, 128, 128, 8, 3, **tile)
+        if wide and 4096 <= kp <= 8192 and n * kp < 64 << 20:
+            return GemmConfig(32, 128, 256, 4, 3, dot_m=16, a_mma16=True, **tile)
         return GemmConfig(64, 64, 128, 4, 3, **tile)
     # Mid M on the Triton GEMM (the cuBLAS path takes over from M = 512, `fp4linear.ops.use_cublas`):
     # 64x64x128 tiles, 3 stages (128x4096x4096: 26.0 us vs 38.2 with 128x64x64; 128x1288x2688: 17.2

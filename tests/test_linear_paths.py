@@ -715,8 +715,9 @@ def test_small_layers_called_eagerly_take_one_launch(device):
 @pytest.mark.parametrize("m", [24, 32])
 def test_batched_decode_eager_one_launch_has_the_graph_routes_bits(device, m):
     """Up to HOST_BOUND_BATCH_ROWS rows an eager call's one launch takes the tiles the graphs' two launches
-    take (not `TILES_FOR_HOST_BOUND`'s), so an eager call and a graph replay give the same bits."""
-    n, k = 72, 464
+    take (not `TILES_FOR_HOST_BOUND`'s), so an eager call and a graph replay give the same bits. (Kp 1024:
+    at Kp <= 512 graphs take the one launch too, `use_quantize_in_gemm`.)"""
+    n, k = 72, 1008
     layer, ckpt, q = layer_for(n, k, device, bias=False, seed=m)
     x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(torch.bfloat16).to(device)
     assert ops.eager_route(x, m, n, layer.k_padded) == ops.ONE_LAUNCH
@@ -1181,11 +1182,12 @@ def test_gpu_layer_with_the_weight_in_wgmma_registers(m, dynamic):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("m, n, k", [(24, 8192, 3072), (32, 6144, 4112), (17, 8192, 3072), (40, 16384, 2048)])
+@pytest.mark.parametrize("m, n, k", [(24, 8192, 3072), (32, 6144, 4112), (17, 8192, 3072), (40, 16384, 2048),
+                                     (48, 3584, 4096), (61, 4096, 4040)])
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_gpu_batched_decode_on_16_row_dots(m, n, k, dynamic):
     """Batched decode on the 16-row-dot tiles (`GemmConfig.dot_m` 16, A in the mma16 order: 17-32 rows from
-    24M weight elements, 33-64 rows with N >= 16384), whole and masked K tiles, a last 16-row tile past M:
+    24M weight elements, 33-64 rows with N >= 16384 or Kp 4096-8192), whole and masked K tiles, a last 16-row tile past M:
     the pass writes that order, no host sync, deterministic, graph replays; an eager call (the one launch
     with the same tiles where it takes one) gives the graph's bits; within the fp64 bound."""
     layer, ckpt, q = layer_for(n, k, "cuda", dynamic=dynamic, seed=m)
