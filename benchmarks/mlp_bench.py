@@ -92,7 +92,7 @@ def rel_err(out, ref):
 def run_table(args, dry: bool):
     device = "cpu" if dry else "cuda"
     graph_us, wall_us = timers(dry)
-    models = {"tiny": (64, 40)} if dry else MODELS
+    models = {"tiny": (64, 40)} if dry else {k: v for k, v in MODELS.items() if not args.models or k in args.models}
     ms = [1, 20, 70] if dry else (args.m or MS)  # dry: decode-kernel-sized, Triton GEMM and cuBLAS-path rows
     header = ["model", "hidden", "inter", "M", "scale", "bf16 us", "unfused us", "GatedMLP us", "speed-up", "vs bf16",
               "bf16 eager us", "unfused eager us", "GatedMLP eager us", "eager speed-up", "eager vs bf16",
@@ -148,6 +148,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="CPU tensors, tiny shapes, no timing: walk the code")
     p.add_argument("--m", type=int, nargs="*", help="only these M")
+    p.add_argument("--models", nargs="*", choices=list(MODELS), help="only these models")
     add_output_args(p)
     args = p.parse_args()
     dry = args.dry_run or not torch.cuda.is_available()
