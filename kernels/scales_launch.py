@@ -100,7 +100,8 @@ def _grid(m, k, cfg: ScaleConfig, per_program):
     return (m + cfg.block_r - 1) // cfg.block_r, cdiv(k, per_program), 1
 
 
-_metas: dict = {}  # (width, M class, act, CPU, config) -> (K, config, columns per program, constexprs by MAXIMA)
+_metas: dict = {}  # (width, M class, act, CPU, config) -> (K, config, columns per program, constexprs
+#   by (MAXIMA, X_ALIGN))
 
 
 def _plan(m, width, act, cpu: bool, config):
@@ -113,7 +114,8 @@ def _plan(m, width, act, cpu: bool, config):
         cfg = config or scale_config(m, k, act)
         per_program = (cfg.k_blocks or cdiv(k, cfg.block_k)) * cfg.block_k
         meta = dict(BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k, ACT=code, GATED=gated, BF16_BITS=cpu)
-        plan = _metas[key] = (k, cfg, per_program, {False: dict(meta, MAXIMA=False), True: dict(meta, MAXIMA=True)})
+        plan = _metas[key] = (k, cfg, per_program, {(maxima, x_al): dict(meta, MAXIMA=maxima, X_ALIGN=x_al)
+                                                    for maxima in (False, True) for x_al in (1, 2, 4, 8, 16)})
     return plan
 
 
@@ -133,9 +135,7 @@ def _dynamic_scales(x, weight_scale_2, act=None, config: ScaleConfig | None = No
         maxima = count <= _maxima.MAX_MAXIMA
     sx = x.stride(0)
     xa = x_align(k, sx)
-    meta = metas.get((maxima, xa))
-    if meta is None:
-        meta = metas[maxima, xa] = dict(metas[maxima], X_ALIGN=xa)
+    meta = metas[maxima, xa]
     args = (x, weight_scale_2, s.scales, s.maxima(count) if maxima else s.scale_words, m, k, sx, per_program)
     options = dict(_OPTIONS, num_warps=cfg.num_warps)
     if index < 0:

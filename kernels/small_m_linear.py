@@ -59,10 +59,10 @@ def nvfp4_linear_small_m_kernel(
     NATURAL_X: tl.constexpr,  # SmallMConfig.natural_x
     X_ALIGN: tl.constexpr = 1,  # K and stride_xm are multiples of it (`launch.x_align`; 1: no more known)
 ):
-    Kp = Kp_div64 * 64
-    pid_n = tl.program_id(0) // SPLIT_K
     K = aligned(K, X_ALIGN)
     stride_xm = aligned(stride_xm, X_ALIGN)
+    Kp = Kp_div64 * 64
+    pid_n = tl.program_id(0) // SPLIT_K
     pid_k = tl.program_id(0) % SPLIT_K
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
