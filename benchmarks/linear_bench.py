@@ -513,80 +513,6 @@ def run_ab_maxima(args):
                        "routed / static", "routed speed-up vs bf16"], md_rows=md)
 
 
-AB_BARRIER_SHAPES = [(1288, 2688), (2688, 464), (2576, 2688), (4096, 4096), (8192, 3696), (8192, 8192)]
-
-
-def run_ab_barrier(args):
-    """A dynamic scale on the cuBLAS path (x itself): the operands launch taking max |x| behind a grid-wide
-    barrier, no launch before it (`ops.DYNAMIC_OPERANDS_BARRIER`, `kernels.barrier_scale`; SMs x per_sm programs,
-    per_sm 1, 2, 4) against the scale launch first (the route before), with the static layer and nn.Linear in the
-    same process: device time per layer (CUDA-graph replays), and eager wall time of the scale launch's route, the
-    barrier's routed per_sm, the static layer and nn.Linear (alternating rounds; an eager call of a small layer
-    may take another route, `ops.eager_route`). Every variant's output checked equal to the scale launch's
-    (-> results/barrier_ab_<gpu>.csv)."""
-    from fp4linear.kernels import quant_dequant_launch as qdl
-
-    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
-    graph_us, eager = timers(device)
-    shapes = [(200, 464)] if device == "cpu" else (args.shapes or AB_BARRIER_SHAPES)
-    ms = [600] if device == "cpu" else (args.m or [128, 256, 512, 2048, 4096, 8192])
-    per_sms = [1] if device == "cpu" else [1, 2, 4]
-    launch_first = ((ops, {"DYNAMIC_OPERANDS_BARRIER": False}),)
-    rows = []
-    for n, k in tqdm(shapes, desc="barrier a/b", file=sys.stderr):
-        lin, static, dynamic = make_layers(n, k, 1, device, torch.bfloat16)[0]
-        for m in ms:
-            if not ops.use_cublas(m, n, dynamic.k_padded, True):
-                continue
-            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
-            routed = qdl.operands_config(m, ops.cublas_k(k, dynamic.k_padded))
-            bf16, fp4_static, dyn = (lambda: lin(x)), (lambda: static(x)), (lambda: dynamic(x))
-            t_bf16, t_static = graph_us(bf16), graph_us(fp4_static)
-            before = Forced(dyn, launch_first)
-            t_before = graph_us(before)
-            want = before().clone()
-            t_barrier = []
-            for per_sm in per_sms:
-                cfg = dataclasses.replace(routed, per_sm=per_sm)
-                with mock.patch.object(qdl, "operands_config", lambda m_, ka_, cfg=cfg: cfg):
-                    t_barrier.append(graph_us(dyn))
-                    if not torch.equal(dyn().view(torch.int16), want.view(torch.int16)):
-                        raise AssertionError(f"{m}x{n}x{k} per_sm {per_sm}: the barrier form's bits differ")
-            e_bf16, e_static, e_before, e_barrier = eager([bf16, fp4_static, before, dyn],
-                                                          calls=eager_calls(t_bf16))
-            rows.append([m, n, k, routed.per_sm, t_bf16, t_static, t_before, *t_barrier, e_bf16, e_static, e_before,
-                         e_barrier])
-            print(f"barrier {m}x{n}x{k}: bf16 {t_bf16:.2f}, static {t_static:.2f}, dynamic: scale launch "
-                  f"{t_before:.2f}, barrier " + " / ".join(f"s{p} {t:.2f}" for p, t in zip(per_sms, t_barrier)) +
-                  f" us; eager bf16 {e_bf16:.1f}, static {e_static:.1f}, dynamic {e_before:.1f} -> {e_barrier:.1f}",
-                  flush=True)
-    header = ["m", "n", "k", "routed_per_sm", "bf16_us", "static_us", "dynamic_scale_launch_us",
-              *(f"dynamic_barrier_s{p}_us" for p in per_sms), "bf16_eager_us", "static_eager_us",
-              "dynamic_scale_launch_eager_us", "dynamic_barrier_eager_us"]
-    md = []
-    for r in rows:
-        m, n, k, routed_s, bf, st, before, *barrier = r[: 7 + len(per_sms)]
-        eb, es, ebefore, ebarrier = r[7 + len(per_sms):]
-        t_routed = barrier[per_sms.index(routed_s)] if routed_s in per_sms else float("nan")
-        md.append([m, n, k, bf, st, before, *barrier, before / st, t_routed / st, bf / before, bf / t_routed, eb,
-                   ebefore, ebarrier])
-    intro = ("Dynamic input scale on the cuBLAS path, x itself (bf16, no bias); device time per layer (CUDA-graph "
-             "replay medians) and eager wall time per call, one process. 'scale launch': max |x| by a launch of its "
-             "own (per-program maxima), then the operands launch (x's values, the first weight chunk) reducing them; "
-             "'barrier sP': no launch before the operands launch, whose SMs x P programs (all resident) read their "
-             "share of x for max |x|, meet at a grid-wide barrier while decoding weight rows, then quantize x. "
-             "Outputs checked equal (bits) per row. 'dyn/static': the dynamic layer's time over the static one's; "
-             f"'routed' the barrier's routed per_sm ({', '.join(sorted({f's{r[3]}' for r in rows}))}).")
-    if device == "cpu":
-        args.no_write = True
-    publish(args, "Dynamic scale on the cuBLAS path: no scale launch (benchmarks/linear_bench.py --ab-barrier)",
-            intro, header, rows, csv_name=f"barrier_ab_{gpu_slug()}.csv",
-            md_header=["M", "N", "K", "bf16 us", "static us", "dyn scale launch us",
-                       *(f"dyn barrier s{p} us" for p in per_sms), "dyn/static before", "dyn/static routed",
-                       "speed-up vs bf16 before", "speed-up vs bf16 routed", "bf16 eager us", "dyn eager before us",
-                       "dyn eager routed us"], md_rows=md)
-
-
 def run_ab_alpha(args):
     """The cuBLAS path with a dynamic input scale: cuBLAS reading alpha through a device pointer
     (`fp4linear.cublas_alpha`) vs fp32 output chunks scaled by `kernels.alpha_epilogue` (the route
@@ -658,11 +584,9 @@ def run_ab_operands(args):
             for mode, layer in (("static", layers[1]), ("dynamic", layers[2])):
                 if not ops.use_cublas(m, n, layer.k_padded, mode == "dynamic"):
                     continue
-                # (a dynamic layer with its scale launch first: the two launches take its maxima, not a barrier)
-                with mock.patch.object(ops, "DYNAMIC_OPERANDS_BARRIER", False):
-                    one = graph_us(lambda: layer(x))
-                    with mock.patch.object(kernels, "cublas_operands", two_launches):
-                        two = graph_us(lambda: layer(x))
+                one = graph_us(lambda: layer(x))
+                with mock.patch.object(kernels, "cublas_operands", two_launches):
+                    two = graph_us(lambda: layer(x))
                 rows.append([m, n, k, mode, one, two])
     intro = ("cuBLAS path, whole layer, bf16 input, no bias, device time (CUDA-graph replay medians). 'one launch': the "
              "activation's values and the first weight chunk by `kernels.cublas_operands`; 'two launches': "
@@ -1708,8 +1632,6 @@ def main():
               "(-> results/dynamic_ab_<gpu>.csv)"),
              ("--ab-maxima", run_ab_maxima, "dynamic scale past decode: per-program maxima reduced by the pass vs an "
               "atomic max and ticket (-> results/maxima_ab_<gpu>.csv)"),
-             ("--ab-barrier", run_ab_barrier, "dynamic scale on the cuBLAS path: no scale launch, the operands launch "
-              "taking max |x| behind a grid-wide barrier, vs the scale launch first (-> results/barrier_ab_<gpu>.csv)"),
              ("--ab-alpha", run_ab_alpha, "dynamic scale on the cuBLAS path: alpha read by cuBLAS vs an fp32 "
               "epilogue vs the Triton GEMM (-> results/alpha_ab_<gpu>.csv)"),
              ("--ab-operands", run_ab_operands, "cuBLAS path: operands in one launch vs two "

@@ -242,10 +242,6 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
 # (`kernels.dynamic_encode_scale`) instead of reducing them itself through atomics and a ticket
 # (`kernels.dynamic_gs_alpha`). False: always the latter (linear_bench.py --ab-maxima compares the two).
 DYNAMIC_MAXIMA = True
-# On the cuBLAS path (x itself, not act(x)): no scale launch; the launch writing the operands takes max |x|
-# behind a grid-wide barrier, the weight rows' decode covering the wait (`kernels.barrier_scale`).
-# False: the scale launch first (linear_bench.py --ab-barrier compares the two).
-DYNAMIC_OPERANDS_BARRIER = True
 
 # Eager calls (not captured into a CUDA graph, not traced by torch.compile) pay their launches in host
 # time, which on per-rank layers is more than their GPU time: such calls take the path with the least of
@@ -383,10 +379,7 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
             a = scratch_of(x).dequantized_activation(kernels.mma16_rows(m, order), kp)
             alpha = kernels.fake_quantize_dynamic(x, weight_scale_2, a, units=True, a_order=order)
             return kernels.nvfp4_gemm_dequantized_a(a, weight, weight_scale, alpha, bias, out, a_order=order)
-        if cublas and act is None and DYNAMIC_OPERANDS_BARRIER:  # no scale launch: the operands launch takes it
-            gs = kernels.barrier_scale(x, weight_scale_2)
-            alpha = gs.alpha
-        elif in_gemm or not DYNAMIC_MAXIMA:
+        if in_gemm or not DYNAMIC_MAXIMA:
             gs, alpha = kernels.dynamic_gs_alpha(x, weight_scale_2, act=act)  # views of per-stream scratch, made once
         else:  # where it pays, the pass below reduces the scale launch's per-program maxima and writes alpha
             gs, alpha = kernels.dynamic_encode_scale(x, weight_scale_2, act=act)

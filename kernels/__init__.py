@@ -10,18 +10,17 @@ from .gemv_launch import GemvConfig, fuses_dynamic_scale, gemv_config, linear_ge
 from .layout import mma16_rows
 from .gemm_launch import (GemmConfig, activation_order, gemm_config, nvfp4_gemm, nvfp4_gemm_dequantized_a,
                           nvfp4_gemm_quantize_x)
-from .quant_dequant_launch import (OperandsConfig, alpha_epilogue, barrier_scale, cublas_operands, dequantize_rows, dynamic_pass_barrier,
+from .quant_dequant_launch import (OperandsConfig, alpha_epilogue, cublas_operands, dequantize_rows, dynamic_pass_barrier,
                                    fake_quantize, fake_quantize_dynamic, fuses_dynamic_scale_in_pass)
 from .quantize_launch import QuantConfig, pad_quantize, quant_config
 from . import maxima
-from .maxima import BarrierScale, DynamicScale
+from .maxima import DynamicScale
 from .scales_launch import (ScaleConfig, dynamic_encode_scale, dynamic_gs_alpha, dynamic_maxima, dynamic_scales,
                             scale_config, scale_programs)
 from .small_m_linear_launch import MAX_M as SMALL_M, SmallMConfig, linear_small_m, small_m_config
 
-__all__ = ["ACTS", "AmaxConfig", "BarrierScale", "DynamicScale", "GemmConfig", "GemvConfig", "OperandsConfig", "QuantConfig", "SMALL_M", "ScaleConfig", "SmallMConfig",
+__all__ = ["ACTS", "AmaxConfig", "DynamicScale", "GemmConfig", "GemvConfig", "OperandsConfig", "QuantConfig", "SMALL_M", "ScaleConfig", "SmallMConfig",
            "act_fake_quantize", "act_pad_quantize", "act_width", "activation", "activation_order", "alpha_epilogue", "amax_config",
-           "barrier_scale",
            "cublas_operands",
            "dequantize_rows", "dynamic_encode_scale", "dynamic_gs_alpha", "dynamic_maxima", "dynamic_pass_barrier", "dynamic_scales", "fake_quantize", "fake_quantize_dynamic",
            "fuses_dynamic_scale", "fuses_dynamic_scale_in_pass", "gemm_config", "gemv_config", "linear_gemv",

@@ -1,10 +1,9 @@
-"""A dynamic activation scale handed to the pass that quantizes x, unreduced.
+"""A dynamic activation scale handed on as per-program maxima, for the pass that quantizes x to reduce.
 
 `scales_launch.dynamic_maxima` leaves one max |x| word per program of its launch; the passes that
 take an encode scale (`fake_quantize`, `act_fake_quantize`, `cublas_operands`) accept a
 `DynamicScale` where they accept a static scale tensor and reduce the words themselves
-(`numerics.encode_scale`). `cublas_operands` also accepts a `BarrierScale`: no launch before it, its
-own programs reduce max |x| behind a grid-wide barrier.
+(`numerics.encode_scale`).
 """
 
 from __future__ import annotations
@@ -45,16 +44,6 @@ class DynamicScale(NamedTuple):
         """(the encode-scale pointer's tensor, maxima, count, scales) as the passes take them
         (`numerics.encode_scale`)."""
         return self.weight_scale_2, self.maxima, self.count, self.scales
-
-
-class BarrierScale(NamedTuple):
-    """x's dynamic scale, to be taken by `cublas_operands` itself (`quant_dequant.cublas_operands_barrier_kernel`:
-    every program resident, max |x| shared through an atomic and a barrier): no scale launch first. It writes
-    (gs, alpha) to `scales`; the GEMM after it reads `alpha` (per-stream scratch, as `DynamicScale`'s)."""
-    weight_scale_2: torch.Tensor  # fp32 [1]
-    words: torch.Tensor  # int32 [3], zero between calls (`Scratch.scale_words`)
-    scales: torch.Tensor  # fp32 [2]: (gs, alpha)
-    alpha: torch.Tensor  # fp32 [1], a view of scales[1]
 
 
 def static_scale_args(global_scale: torch.Tensor) -> tuple:

@@ -9,8 +9,7 @@ non-finite block is NaN.
 `dequantize_rows_kernel`: rows of a prepared weight (packed codes [N, Kp/2], row-major scale bytes
 [N, Kp/16]) -> true values e2m1 * e4m3 in bf16/fp16 (exact in both), natural order.
 
-`cublas_operands_kernel`: the two in one launch (x's values and the first weight rows for cuBLAS);
-`cublas_operands_barrier_kernel` the same under x's dynamic scale, reduced inside the launch.
+`cublas_operands_kernel`: the two in one launch (x's values and the first weight rows for cuBLAS).
 """
 
 import triton
@@ -181,51 +180,6 @@ def cublas_operands_kernel(x_ptr, global_scale_ptr, maxima_ptr, n_maxima, scales
         w_pid = pid - a_programs
         _dequantize_rows_program(w_ptr, w_scale_ptr, w_out_ptr, 0, N, Kp, stride_wo, w_pid // w_k_tiles,
                                  w_pid % w_k_tiles, BLOCK_N, BLOCK_K)
-
-
-@triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["weight_scale_2_ptr", "scales_ptr", "words_ptr"])
-def cublas_operands_barrier_kernel(x_ptr, weight_scale_2_ptr, scales_ptr, words_ptr, a_ptr, M, K, Ka, stride_xm,
-                                   w_ptr, w_scale_ptr, w_out_ptr, N, Kp, stride_wo, a_tiles, a_k_tiles, w_tiles,
-                                   w_k_tiles, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                                   X_ALIGN: tl.constexpr = 1):
-    """`cublas_operands_kernel` under x's dynamic scale, taken in the same launch: no scale launch
-    before it. Every program is resident at once (the launcher sizes the grid to the SMs and caps
-    the registers; one program on the CPU, where the interpreter runs programs one after another)
-    and walks tiles t = pid, pid + P, ... of each phase:
-    1. x's tiles, for max |x|, folded into words[0] (an atomic max); then it counts itself arrived
-       (words[1]);
-    2. the weight rows' tiles, which need no scale: the other programs arrive meanwhile;
-    3. it waits until all P have arrived, derives (gs, alpha) from the maximum (program 0 writes them
-       to scales_ptr for cuBLAS), and the last to leave (words[2]) zeroes the three words;
-    4. x's tiles again (from L2 now), quantized under gs.
-    The bits of the scale launch + `cublas_operands_kernel` route (the same maximum, the same recipe)."""
-    K = aligned(K, X_ALIGN)
-    stride_xm = aligned(stride_xm, X_ALIGN)
-    pid = tl.program_id(0)
-    n = tl.num_programs(0)
-    amax = tl.full([BLOCK_M], 0, tl.int32)
-    for t in range(pid, a_tiles, n):
-        _, _, x = _load_tile(x_ptr, M, K, stride_xm, t // a_k_tiles, t % a_k_tiles, BLOCK_M, BLOCK_K)
-        amax = tl.maximum(amax, max_abs_bits(x))
-    tl.atomic_max(words_ptr, tl.reduce(amax, 0, max_combine), sem="relaxed", scope="gpu")
-    tl.debug_barrier()
-    tl.atomic_add(words_ptr + 1, 1, sem="acq_rel", scope="gpu")
-    for t in range(pid, w_tiles, n):
-        _dequantize_rows_program(w_ptr, w_scale_ptr, w_out_ptr, 0, N, Kp, stride_wo, t // w_k_tiles, t % w_k_tiles,
-                                 BLOCK_N, BLOCK_K)
-    arrived = tl.atomic_add(words_ptr + 1, 0, sem="acquire", scope="gpu")
-    while arrived < n:
-        arrived = tl.atomic_add(words_ptr + 1, 0, sem="acquire", scope="gpu")
-    gs, alpha = dynamic_scales(tl.atomic_max(words_ptr, 0, sem="acquire", scope="gpu"), tl.load(weight_scale_2_ptr))
-    if tl.atomic_add(words_ptr + 2, 1, sem="acq_rel", scope="gpu") == n - 1:  # everyone has read the maximum
-        tl.atomic_xchg(words_ptr, 0, sem="relaxed", scope="gpu")
-        tl.atomic_xchg(words_ptr + 1, 0, sem="relaxed", scope="gpu")
-        tl.atomic_xchg(words_ptr + 2, 0, sem="relaxed", scope="gpu")
-    if pid == 0:
-        store_scales(scales_ptr, gs, alpha)
-    for t in range(pid, a_tiles, n):
-        rows, cols, x = _load_tile(x_ptr, M, K, stride_xm, t // a_k_tiles, t % a_k_tiles, BLOCK_M, BLOCK_K)
-        _store_fake_quantized(x, gs, a_ptr, rows, cols, M, Ka, False, BLOCK_M, BLOCK_K, 0)
 
 
 @triton.jit(do_not_specialize=["M"], do_not_specialize_on_alignment=["alpha_ptr"])

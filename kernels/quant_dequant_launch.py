@@ -14,7 +14,7 @@ from . import quant_dequant as qd_module
 from .launch import CachedLaunch, alignment_key, cdiv, compile_tracing, int_key, x_align
 from .launch import sm_count as _sm_count
 from .layout import check_mma16
-from .maxima import BarrierScale, scale_args
+from .maxima import scale_args
 from .workspace import scratch_of
 
 _launch_fake = CachedLaunch(qd_module.fake_quantize_kernel)
@@ -176,29 +176,23 @@ _launch_operands = CachedLaunch(qd_module.cublas_operands_kernel)
 
 @dataclasses.dataclass(frozen=True)
 class OperandsConfig:
-    """Tiles of `cublas_operands`: x's programs [block_m, block_k], the weight's [block_n, block_k];
-    per_sm: programs an SM of its barrier form (a `BarrierScale`: a grid of SMs x per_sm, each walking
-    tiles), all of which must be resident at once (the launcher caps the registers to make them fit)."""
+    """Tiles of `cublas_operands`: x's programs [block_m, block_k], the weight's [block_n, block_k]."""
     block_m: int = 32
     block_k: int = 128
     block_n: int = 32
     num_warps: int = 4
-    per_sm: int = 2
 
 
 def cublas_operands(x, global_scale, a, w_data, w_scale, w_out, *, config: OperandsConfig | None = None):
     """`fake_quantize(x, global_scale, a, units=False)` and `dequantize_rows(w_data, w_scale, 0, w_out)`
     in one launch: a [M, Ka] (Ka >= K, zeros beyond K), w_out [rows, Kp] (unit column strides).
-    global_scale: fp32 [1], a `DynamicScale` (reduced here; its alpha written for cuBLAS) or a
-    `BarrierScale` (x's dynamic scale taken here, with no launch before: `barrier_scale`).
+    global_scale: fp32 [1] or a `DynamicScale` (reduced here; its alpha written for cuBLAS).
     config: the tiles (None: `operands_config`'s)."""
     m, k = x.shape
     index = x.get_device()  # CUDA device index, -1 on the CPU
+    plan = _operands_plan.__wrapped__ if compile_tracing() else _operands_plan  # M may be symbolic there
     if config is None:
         config = operands_config(m, a.shape[1])
-    if isinstance(global_scale, BarrierScale):
-        return _cublas_operands_barrier(x, global_scale, a, w_data, w_scale, w_out, config)
-    plan = _operands_plan.__wrapped__ if compile_tracing() else _operands_plan  # M may be symbolic there
     (scale, maxima, count, scales), maxima_block = scale_args(global_scale)
     grid, ints, meta, options, launch_id = plan(index, m, k, a.shape[1], x.stride(0), *w_out.shape, w_out.stride(0),
                                                 x.dtype, a.dtype, config, maxima_block, x_align(k, x.stride(0)))
@@ -243,64 +237,6 @@ def _operands_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype, c
     if compile_tracing():
         return grid, ints, meta, options, None
     tail = (index, x_dtype, a_dtype, *(int_key(v) for v in ints), config, maxima_block, x_al)
-    return grid, ints, meta, options, _launch_ids.setdefault(tail, len(_launch_ids))
-
-
-_launch_operands_barrier = CachedLaunch(qd_module.cublas_operands_barrier_kernel)
-_REGISTERS_PER_SM = 65536  # (every NVIDIA GPU since Kepler)
-
-
-def barrier_scale(x: torch.Tensor, weight_scale_2: torch.Tensor) -> BarrierScale:
-    """x's dynamic scale for `cublas_operands` to take itself (its alpha, per-stream scratch, written by it)."""
-    s = scratch_of(x)
-    return BarrierScale(weight_scale_2, s.scale_words, s.scales, s.alpha)
-
-
-def _cublas_operands_barrier(x, scale: BarrierScale, a, w_data, w_scale, w_out, config: OperandsConfig):
-    m, k = x.shape
-    index = x.get_device()
-    plan = _barrier_plan.__wrapped__ if compile_tracing() else _barrier_plan  # M may be symbolic there
-    grid, ints, meta, options, launch_id = plan(index, m, k, a.shape[1], x.stride(0), *w_out.shape, w_out.stride(0),
-                                                x.dtype, a.dtype, config, x_align(k, x.stride(0)))
-    args = (x, scale.weight_scale_2, scale.scales, scale.words, a, m, *ints[:3], w_data, w_scale, w_out, *ints[3:])
-    if index < 0:
-        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
-            _interpreter.interpreted(qd_module).cublas_operands_barrier_kernel[grid](*args, **meta)
-    elif compile_tracing():
-        _launch_operands_barrier(None, grid, args, meta, options)
-    else:
-        _launch_operands_barrier((launch_id, x.data_ptr() % 16 == 0, w_data.data_ptr() % 16 == 0,
-                                  w_scale.data_ptr() % 16 == 0), grid, args, meta, options)
-
-
-def barrier_programs(index: int, config: OperandsConfig) -> int:
-    """Programs of the barrier form's grid on CUDA device `index` (1 on the CPU, index -1: the
-    interpreter runs programs one after another, so only one can wait for all)."""
-    return 1 if index < 0 else _sm_count(torch.device("cuda", index)) * config.per_sm
-
-
-def barrier_options(config: OperandsConfig) -> dict:
-    """Launch options of the barrier form: its registers capped so that per_sm programs fit an SM."""
-    options = dict(num_warps=config.num_warps)
-    cap = _REGISTERS_PER_SM // (32 * config.num_warps * config.per_sm) // 8 * 8
-    if cap < 255:
-        options["maxnreg"] = cap
-    return options
-
-
-@functools.lru_cache(maxsize=4096)
-def _barrier_plan(index, m, k, ka, sx, rows, kp, stride_wo, x_dtype, a_dtype, config, x_al=1):
-    """`_operands_plan` of the barrier form: a fixed grid (`barrier_programs`), tile counts as arguments."""
-    block_m, block_k, block_n = config.block_m, config.block_k, config.block_n
-    a_k_tiles, w_k_tiles = cdiv(ka, block_k), cdiv(kp, block_k)
-    ints = (k, ka, sx, rows, kp, stride_wo, cdiv(m, block_m) * a_k_tiles, a_k_tiles, cdiv(rows, block_n) * w_k_tiles,
-            w_k_tiles)
-    meta = dict(BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n, X_ALIGN=x_al)
-    options = barrier_options(config)
-    if compile_tracing():  # (the tile counts may be symbolic: the whole grid, idle programs only wait)
-        return (barrier_programs(index, config), 1, 1), ints, meta, options, None
-    grid = (min(barrier_programs(index, config), max(ints[6], ints[8], 1)), 1, 1)
-    tail = ("barrier", index, x_dtype, a_dtype, *(int_key(v) for v in ints), config, x_al)
     return grid, ints, meta, options, _launch_ids.setdefault(tail, len(_launch_ids))
 
 

@@ -16,7 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
                                   ["linear_bench.py", "--dry-run", "--ab-operands"],
                                   ["linear_bench.py", "--dry-run", "--ab-alpha"],
                                   ["linear_bench.py", "--dry-run", "--ab-maxima"],
-                                  ["linear_bench.py", "--dry-run", "--ab-barrier"],
                                   ["linear_bench.py", "--dry-run", "--tune-fused"],
                                   ["linear_bench.py", "--dry-run", "--tune-operand"],
                                   ["linear_bench.py", "--dry-run", "--tune-operands"],

@@ -461,9 +461,6 @@ _X_READERS = {
     "cuBLAS operands": ("quant_dequant", "cublas_operands_kernel", dict(
         x_ptr="*bf16", global_scale_ptr="*fp32", maxima_ptr="*fp32", scales_ptr="*fp32", a_ptr="*bf16",
         w_ptr="*u8", w_scale_ptr="*u8", w_out_ptr="*bf16"), dict(BLOCK_M=32, BLOCK_K=128, BLOCK_N=32, MAXIMA_BLOCK=0)),
-    "cuBLAS operands, barrier": ("quant_dequant", "cublas_operands_barrier_kernel", dict(
-        x_ptr="*bf16", weight_scale_2_ptr="*fp32", scales_ptr="*fp32", words_ptr="*i32", a_ptr="*bf16",
-        w_ptr="*u8", w_scale_ptr="*u8", w_out_ptr="*bf16"), dict(BLOCK_M=32, BLOCK_K=128, BLOCK_N=32)),
     "max |x|": ("scales", "dynamic_scale_kernel", dict(
         x_ptr="*bf16", weight_scale_2_ptr="*fp32", scales_ptr="*fp32", words_ptr="*i32"), dict(
         BLOCK_R=8, BLOCK_K=512, ACT=-1, GATED=False, BF16_BITS=False, MAXIMA=True)),

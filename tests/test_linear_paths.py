@@ -127,33 +127,6 @@ def test_dynamic_scale_is_bit_identical_to_the_static_one(device, path, m):
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("m, n, k", [(40, 72, 464), (300, 136, 1368), (600, 40, 200)])
-@pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("outlier", [30.0, math.nan])
-def test_cublas_route_dynamic_scale_without_a_scale_launch(device, monkeypatch, m, n, k, bias, outlier):
-    """A dynamic layer on the cuBLAS path whose operands launch takes max |x| itself (`ops.DYNAMIC_OPERANDS_BARRIER`,
-    `kernels.barrier_scale`) against the scale launch first: the same bits (with a bias: the fp32 epilogue reads
-    the alpha that launch wrote), and within the fp64 bound of the static layer holding that scale."""
-    layer, ckpt, q = layer_for(n, k, device, bias=bias, dynamic=True, seed=m + k)
-    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).to(torch.bfloat16)
-    x[m // 2, k // 3] = outlier
-    x = x.to(device)
-    args = (layer.weight, layer.weight_scale, layer.input_global_scale, layer.alpha, layer.weight_scale_2, layer.bias,
-            n, True, None)
-    launches = []
-    real = kernels.barrier_scale
-    monkeypatch.setattr(kernels, "barrier_scale", lambda *a: launches.append(1) or real(*a))
-    got = ops.triton_linear(x, *args, cublas=True)
-    assert launches, "the barrier form was not taken"
-    monkeypatch.setattr(ops, "DYNAMIC_OPERANDS_BARRIER", False)
-    want = ops.triton_linear(x, *args, cublas=True)
-    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
-    if outlier == outlier:
-        input_scale = fp4linear.decode_scale(x.float().abs().amax().cpu())
-        ref, bound = fp64_bound(x, layer, q, input_scale)
-        check(got, ref, bound, torch.bfloat16)
-
-
 @pytest.mark.parametrize("m", [1, 2, 4])
 @pytest.mark.parametrize("outlier", [1e4, math.nan])
 def test_gemv_dynamic_scale_in_kernel_matches_the_separate_launch(device, monkeypatch, m, outlier):

@@ -113,8 +113,7 @@ def test_kernel_sources_survive_torch_compile():
     # every kernel a torch.compile'd Linear or GatedMLP launches through torch.library.wrap_triton
     for kernel in (gemm.nvfp4_gemm_kernel, gemm.dequantize_activation_kernel, small_m_linear.nvfp4_linear_small_m_kernel,
                    gemv.nvfp4_gemv_kernel, quant_dequant.fake_quantize_kernel, quant_dequant.dequantize_rows_kernel,
-                   quant_dequant.cublas_operands_kernel, quant_dequant.cublas_operands_barrier_kernel,
-                   quant_dequant.alpha_epilogue_kernel,
+                   quant_dequant.cublas_operands_kernel, quant_dequant.alpha_epilogue_kernel,
                    quantize.nvfp4_pad_quantize_kernel, scales.dynamic_scale_kernel, act_quantize.activation_kernel,
                    act_quantize.act_amax_kernel, act_quantize.act_quantize_kernel, act_quantize.act_fake_quantize_kernel):
         text = source(kernel)

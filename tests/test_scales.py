@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fp4linear
-from fp4linear import kernels, ops
+from fp4linear import kernels
 from fp4linear.kernels.maxima import MAX_MAXIMA
 from fp4linear.kernels.workspace import scratch_of
 
@@ -138,118 +138,6 @@ def test_maxima_reduced_by_the_cublas_operands(device, m, k, rows):
     assert torch.equal(a_got.view(torch.int16), a_want.view(torch.int16))
     assert torch.equal(w_got.view(torch.int16), w_want.view(torch.int16))
     assert torch.equal(d.scales.view(torch.int32), want_scales.view(torch.int32))
-
-
-_BARRIER_CONFIGS = [None, kernels.OperandsConfig(32, 64, 64, 8, per_sm=1), kernels.OperandsConfig(16, 128, 32, 4, per_sm=4)]
-
-
-def _barrier_operands(x, ws2, wdata, wscale, a, w_out, config=None):
-    """`cublas_operands` under a `BarrierScale` (no scale launch) into a and w_out: its scale."""
-    b = kernels.barrier_scale(x, ws2)
-    b.scales.fill_(math.nan)
-    kernels.cublas_operands(x, b, a, wdata, wscale, w_out, config=config)
-    return b
-
-
-@pytest.mark.parametrize("m, k, rows", [(5, 40, 64), (300, 464, 200), (2100, 96, 128), (77, 1368, 40)])
-@pytest.mark.parametrize("config", _BARRIER_CONFIGS, ids=lambda c: "routed" if c is None else
-                         f"{c.block_m}x{c.block_k}x{c.block_n}w{c.num_warps}s{c.per_sm}")
-@pytest.mark.parametrize("outlier", [11.0, math.nan])
-def test_barrier_scale_taken_by_the_cublas_operands(device, m, k, rows, config, outlier):
-    """`cublas_operands` taking x's dynamic scale itself (`barrier_scale`: max |x| shared behind a grid-wide
-    barrier, no launch before it) against the scale launch + the static-scale operands under its gs: the same
-    x values, weight rows and (gs, alpha), every element written (poisoned buffers), the words left at zero.
-    On the CPU one program walks every tile (the interpreter runs programs one after another)."""
-    g = torch.Generator().manual_seed(m + k)
-    x = (torch.rand(m, k, generator=g) * 6 - 3).to(torch.bfloat16)
-    x[m // 2, k - 1] = outlier
-    w = fp4linear.Linear.from_linear(torch.nn.Linear(k, rows, bias=False, dtype=torch.bfloat16))
-    x, ws2 = x.to(device), w.weight_scale_2.to(device)
-    wdata, wscale = w.weight.to(device), w.weight_scale.to(device)
-    kp = w.k_padded
-    want_scales = kernels.dynamic_scales(x, ws2).clone()
-    a_want = torch.full((m, kp), math.nan, dtype=torch.bfloat16, device=device)
-    w_want = torch.full((rows, kp), math.nan, dtype=torch.bfloat16, device=device)
-    kernels.cublas_operands(x, want_scales[0:1], a_want, wdata, wscale, w_want, config=config)
-    a_got, w_got = _poisoned_like(a_want), _poisoned_like(w_want)
-    b = _barrier_operands(x, ws2, wdata, wscale, a_got, w_got, config)
-    assert torch.equal(a_got.view(torch.int16), a_want.view(torch.int16))
-    assert torch.equal(w_got.view(torch.int16), w_want.view(torch.int16))
-    assert torch.equal(b.scales.view(torch.int32), want_scales.view(torch.int32))
-    assert b.alpha.data_ptr() == b.scales.data_ptr() + 4
-    assert b.words.tolist() == [0, 0, 0]
-
-
-@pytest.mark.cuda
-def test_barrier_scale_of_later_calls_is_their_own_and_replays_in_graphs():
-    """The barrier's words are per-stream scratch reset by the launch's last program: a call after one with a
-    larger outlier gets its own maximum; and a CUDA graph of the launch, replayed on new contents of x, gives
-    each replay's own scale and values."""
-    m, k, rows = 600, 2688, 256
-    w = fp4linear.Linear.from_linear(torch.nn.Linear(k, rows, bias=False, dtype=torch.bfloat16)).cuda()
-    x = torch.empty(m, k, dtype=torch.bfloat16, device="cuda")
-    a = torch.empty(m, w.k_padded, dtype=torch.bfloat16, device="cuda")
-    w_out = torch.empty(rows, w.k_padded, dtype=torch.bfloat16, device="cuda")
-    a_want, w_want = torch.empty_like(a), torch.empty_like(w_out)
-
-    def fill(outlier):
-        x.copy_((torch.rand(m, k, generator=torch.Generator().manual_seed(7)) * 0.5 - 0.25).to(torch.bfloat16))
-        x[m // 3, k // 2] = outlier
-
-    def check(scales, outlier):
-        want = kernels.dynamic_scales(x, w.weight_scale_2).clone()
-        kernels.cublas_operands(x, want[0:1], a_want, w.weight, w.weight_scale, w_want)
-        assert torch.equal(scales.cpu(), expected(x, w.weight_scale_2)), outlier
-        assert torch.equal(scales.view(torch.int32), want.view(torch.int32)), outlier
-        assert torch.equal(a.view(torch.int16), a_want.view(torch.int16)), outlier
-
-    for outlier in (50.0, 3.0, 0.75):
-        fill(outlier)
-        check(_barrier_operands(x, w.weight_scale_2, w.weight, w.weight_scale, a, w_out).scales, outlier)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fill(9.0)
-        _barrier_operands(x, w.weight_scale_2, w.weight, w.weight_scale, a, w_out)  # warm-up on the capture stream
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, stream=s):
-            b = kernels.barrier_scale(x, w.weight_scale_2)
-            kernels.cublas_operands(x, b, a, w.weight, w.weight_scale, w_out)
-    torch.cuda.current_stream().wait_stream(s)
-    for outlier in (40.0, 2.0, -6.5):
-        fill(outlier)
-        g.replay()
-        torch.cuda.synchronize()
-        check(b.scales, outlier)
-        assert b.words.tolist() == [0, 0, 0]
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("config", [kernels.OperandsConfig(), kernels.OperandsConfig(32, 64, 64, 8),
-                                    kernels.OperandsConfig(32, 128, 32, 4, per_sm=4),
-                                    kernels.OperandsConfig(32, 64, 64, 8, per_sm=4)],
-                         ids=lambda c: f"{c.block_k}w{c.num_warps}s{c.per_sm}")
-def test_barrier_programs_fit_the_sms_at_once(config):
-    """The barrier form's grid (SMs x per_sm programs) must be resident at once or its programs wait forever:
-    the compiled kernel's registers (capped by the launcher), shared memory and threads leave room for per_sm
-    programs an SM."""
-    from fp4linear.kernels import quant_dequant_launch as qdl
-
-    m, k, rows = 2048, 464, 2688
-    x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-    w = fp4linear.Linear.from_linear(torch.nn.Linear(k, rows, bias=False, dtype=torch.bfloat16)).cuda()
-    a = torch.empty(m, ops.cublas_k(k, w.k_padded), dtype=torch.bfloat16, device="cuda")
-    w_out = torch.empty(rows, w.k_padded, dtype=torch.bfloat16, device="cuda")
-    _barrier_operands(x, w.weight_scale_2, w.weight, w.weight_scale, a, w_out, config)
-    torch.cuda.synchronize()
-    entries = [e for e in qdl._launch_operands_barrier._entries.values()]
-    compiled = entries[-1].compiled
-    props = torch.cuda.get_device_properties(0)
-    threads = 32 * config.num_warps
-    assert compiled.n_regs * threads * config.per_sm <= props.regs_per_multiprocessor
-    assert compiled.metadata.shared * config.per_sm <= props.shared_memory_per_multiprocessor
-    assert threads * config.per_sm <= props.max_threads_per_multi_processor
-    assert compiled.n_spills == 0 or config.per_sm * config.num_warps > 16  # (a spill only where the cap is tight)
 
 
 @pytest.mark.cuda
