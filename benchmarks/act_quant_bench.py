@@ -140,16 +140,79 @@ def run_configs(dry: bool):
         print(f"{m}x{i} silu_mul: " + "; ".join(f"{t:.2f}us {tb / (t * 1e-6):.2f}TB/s {label}" for t, label in res))
 
 
+FAKE_TILES = [(32, 128, 4), (16, 128, 4), (16, 256, 4), (8, 256, 4), (8, 512, 4), (32, 64, 4), (64, 128, 8),
+              (32, 256, 8), (16, 512, 8), (4, 512, 2), (8, 128, 2), (16, 128, 2), (64, 64, 4), (32, 128, 8)]
+
+
+def run_fake_configs(args, dry: bool):
+    """Tile sweep of `act_fake_quantize` as GatedMLP's cuBLAS path runs it (silu_mul, static scale, the
+    activation's true values written in bf16, K rounded to 8): device time, the bytes it moves (2 read per
+    input element, 2 written per output element) per second and % of the copy ceiling, every tile's output
+    checked equal to the routed one's (-> results/act_fake_tiles_<gpu>.csv)."""
+    from fp4linear import ops
+    from fp4linear.kernels import act_quantize_launch as aql
+
+    device = "cpu" if dry else "cuda"
+    time_us = timer(dry)
+    ceiling = copy_ceiling_tbps() if not dry else math.nan
+    shapes = [(20, 40)] if dry else [(4096, 1368), (4096, 3696), (16384, 1368), (16384, 3696), (4096, 2048),
+                                     (2048, 1368), (4096, 232)]
+    tiles = [(32, 128, 4), (16, 128, 4)] if dry else FAKE_TILES
+    rows = []
+    for m, i in tqdm(shapes, desc="act_fake tiles", file=sys.stderr):
+        x = torch.randn(m, 2 * i, dtype=torch.bfloat16, device=device)
+        gs = (E4M3_MAX * E2M1_MAX / fp4linear.activation(x, "silu_mul").float().abs().amax()).reshape(1)
+        ka = ops.cublas_k(i, fp4linear.pad_k(i, K_ALIGN))
+        want = torch.empty(m, ka, dtype=torch.bfloat16, device=device)
+        kernels.act_fake_quantize(x, "silu_mul", gs, want, units=False)
+        routed = aql.fake_tiles(m, ka, False)
+        moved = 2 * m * 2 * i + 2 * m * ka
+        for t in (tiles if routed in tiles else [routed, *tiles]):
+            out = torch.full_like(want, math.nan)
+            fn = lambda t=t, out=out: kernels.act_fake_quantize(x, "silu_mul", gs, out, units=False, tiles=t)  # noqa: E731
+            fn()
+            if not torch.equal(out.view(torch.int16), want.view(torch.int16)):
+                raise SystemExit(f"tiles {t} at {m}x{i}: bits differ from the routed tiles'")
+            us = time_us(fn)
+            tbps = moved / (us * 1e-6) / 1e12
+            rows.append([m, i, *t, t == routed, us, tbps, 100 * tbps / ceiling])
+        here = sorted((r for r in rows if r[0] == m and r[1] == i), key=lambda r: r[6])
+        base = next(r for r in here if r[5])
+        print(f"{m}x{i}: routed {base[6]:.2f} us ({base[8]:.0f}% copy), best {here[0][6]:.2f} us "
+              f"({here[0][8]:.0f}%) {here[0][2]}x{here[0][3]} w{here[0][4]}", flush=True)
+    if dry:
+        return
+    header = ["m", "i", "block_m", "block_k", "num_warps", "routed", "us", "tbps", "pct_copy"]
+    best = {}
+    for r in rows:
+        if (r[0], r[1]) not in best or r[6] < best[r[0], r[1]][6]:
+            best[r[0], r[1]] = r
+    md = [[m, i, next(r[6] for r in rows if r[:2] == [m, i] and r[5]), b[6], f"{b[2]}x{b[3]} w{b[4]}", b[8],
+           next(r[6] for r in rows if r[:2] == [m, i] and r[5]) / b[6]] for (m, i), b in best.items()]
+    publish(args, "act_fake_quantize tiles (benchmarks/act_quant_bench.py --fake-configs)",
+            f"silu_mul of x [M, 2I] bf16, static scale, the activation's NVFP4 values written in bf16 [M, K rounded "
+            f"to 8] (GatedMLP's cuBLAS path); device time (CUDA-graph replay medians); bytes moved = 2 per input "
+            f"element read + 2 per output element written; copy ceiling {ceiling:.2f} TB/s measured in the same "
+            f"run. Every tile's output equal to the routed tile's (bits).", header, rows,
+            csv_name=f"act_fake_tiles_{gpu_slug()}.csv",
+            md_header=["M", "I", "routed us", "best us", "best tile", "best % copy", "routed / best"], md_rows=md)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", action="store_true", help="tile sweep of the fused kernel instead of the table")
+    p.add_argument("--fake-configs", action="store_true", help="tile sweep of act_fake_quantize (GatedMLP's cuBLAS "
+                   "path) -> results/act_fake_tiles_<gpu>.csv")
     p.add_argument("--dry-run", action="store_true", help="CPU tensors, tiny shapes, no timing: walk the code")
     add_output_args(p)
     args = p.parse_args()
     dry = args.dry_run or not torch.cuda.is_available()
     if dry and not args.dry_run:
         print("No CUDA GPU: running the dry run (timings need a GPU).")
-    run_configs(dry) if args.configs else run_table(args, dry)
+    if args.fake_configs:
+        run_fake_configs(args, dry)
+    else:
+        run_configs(dry) if args.configs else run_table(args, dry)
 
 
 if __name__ == "__main__":

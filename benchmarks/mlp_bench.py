@@ -14,6 +14,7 @@ loop of calls and one synchronize. "speed-up" = unfused / GatedMLP, "vs bf16" = 
 (> 1: GatedMLP faster).
 
     python benchmarks/mlp_bench.py              # table -> RESULTS.md section + results/mlp_<gpu>.csv
+    python benchmarks/mlp_bench.py --ab-act-operands  # the down projection's cuBLAS operands, forms compared
     python benchmarks/mlp_bench.py --dry-run    # CPU: walk the same code on tiny shapes, no timing
 """
 
@@ -144,17 +145,86 @@ def run_table(args, dry: bool):
             csv_name=f"mlp_{gpu_slug()}.csv", md_header=md_header, md_rows=md_rows)
 
 
+@torch.no_grad()
+def run_ab_act_operands(args, dry: bool):
+    """GatedMLP's down projection on the cuBLAS path (M >= 512): 'before' = the activation's launch with
+    `fake_quantize`'s tiles (32 x 128, 4 warps), then the weight chunk's launch; 'tiles' = the same with the
+    activation's routed tiles (`act_quantize_launch.fake_tiles`); 'one launch' = act(h)'s values and the first
+    weight chunk in one launch (`ops.ACT_OPERANDS_ONE_LAUNCH`, `kernels.act_cublas_operands`), the routed tiles.
+    Whole GatedMLP, device time (CUDA-graph replays), with the unfused MLP and bf16 in the same process; the
+    three forms' outputs checked equal (-> results/act_operands_ab_<gpu>.csv)."""
+    import contextlib
+    from unittest import mock
+
+    from fp4linear import ops
+    from fp4linear.kernels import act_quantize_launch as aql
+
+    device = "cpu" if dry else "cuda"
+    graph_us, _ = timers(dry)
+    models = {"tiny": (64, 40)} if dry else {k: v for k, v in MODELS.items() if not args.models or k in args.models}
+    ms = [600] if dry else (args.m or [2048, 4096, 8192])
+
+    @contextlib.contextmanager
+    def form(one_launch, old_tiles):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(mock.patch.object(ops, "ACT_OPERANDS_ONE_LAUNCH", one_launch))
+            if old_tiles:
+                stack.enter_context(mock.patch.object(aql, "fake_tiles", lambda m, kp, units: (32, 128, 4)))
+            for plan in (aql._fake_plan, aql._operands_plan):  # (plans made under another rule go)
+                plan.cache_clear()
+                stack.callback(plan.cache_clear)
+            yield
+
+    forms = [("before", False, True), ("tiles", False, False), ("one launch", True, False)]
+    rows = []
+    for name, (hidden, inter) in tqdm(models.items(), desc="act operands a/b", file=sys.stderr):
+        variants = make_copies(hidden, inter, 1, device)[0]
+        for m in ms:
+            x = (torch.rand(m, hidden, device=device) * (2 * X_AMAX) - X_AMAX).to(torch.bfloat16)
+            t_bf16 = graph_us(lambda: variants["bf16"](x))
+            for mode in ("static", "dynamic"):
+                mlp, unfused = variants[f"GatedMLP {mode}"], variants[f"unfused {mode}"]
+                t_unfused = graph_us(lambda: unfused(x))
+                times, outs = [], []
+                for _, one_launch, old_tiles in forms:
+                    with form(one_launch, old_tiles):
+                        times.append(graph_us(lambda: mlp(x)))
+                        outs.append(mlp(x).clone())
+                if any(not torch.equal(o.view(torch.int16), outs[0].view(torch.int16)) for o in outs):
+                    raise AssertionError(f"{name} {m} {mode}: the forms' outputs differ")
+                rows.append([name, hidden, inter, m, mode, t_bf16, t_unfused, *times])
+                print(f"{name} M={m} {mode}: bf16 {t_bf16:.1f}, unfused {t_unfused:.1f}, GatedMLP " +
+                      ", ".join(f"{f[0]} {t:.1f}" for f, t in zip(forms, times)) + " us", flush=True)
+    header = ["model", "hidden", "inter", "M", "scale", "bf16_us", "unfused_us", "gated_before_us", "gated_tiles_us",
+              "gated_one_launch_us"]
+    md = [[r[0], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[6] / r[7], r[6] / r[9], r[5] / r[9]] for r in rows]
+    if dry:
+        args.no_write = True
+    publish(args, "Gated MLP: the down projection's operands (benchmarks/mlp_bench.py --ab-act-operands)",
+            "GatedMLP on the cuBLAS path (per-rank TP-8 MLPs, bf16 input, no bias), device time (CUDA-graph replay "
+            "medians), one process. 'before': the activation's values by `act_fake_quantize` with 32 x 128 tiles, "
+            "4 warps, then the down weight's first chunk by its own launch; 'tiles': the activation's tiles routed "
+            "since (8 x 128, 2 warps); 'one launch': those values and the weight chunk in one launch "
+            "(`kernels.act_cublas_operands`). The three forms' outputs equal (bits), checked per row. speed-up = "
+            "unfused / GatedMLP.", header, rows, csv_name=f"act_operands_ab_{gpu_slug()}.csv",
+            md_header=["model", "M", "scale", "bf16 us", "unfused us", "GatedMLP before us", "GatedMLP tiles us",
+                       "GatedMLP one launch us", "speed-up before", "speed-up one launch", "vs bf16 one launch"],
+            md_rows=md)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="CPU tensors, tiny shapes, no timing: walk the code")
     p.add_argument("--m", type=int, nargs="*", help="only these M")
+    p.add_argument("--ab-act-operands", action="store_true", help="the down projection's cuBLAS operands: one launch "
+                   "and the activation's tiles vs before (-> results/act_operands_ab_<gpu>.csv)")
     p.add_argument("--models", nargs="*", choices=list(MODELS), help="only these models")
     add_output_args(p)
     args = p.parse_args()
     dry = args.dry_run or not torch.cuda.is_available()
     if dry and not args.dry_run:
         print("No CUDA GPU: running the dry run (timings need a GPU).")
-    run_table(args, dry)
+    (run_ab_act_operands if args.ab_act_operands else run_table)(args, dry)
 
 
 if __name__ == "__main__":

@@ -242,6 +242,10 @@ def triton_linear(x, weight, weight_scale, gs, alpha, weight_scale_2, bias, n: i
 # (`kernels.dynamic_encode_scale`) instead of reducing them itself through atomics and a ticket
 # (`kernels.dynamic_gs_alpha`). False: always the latter (linear_bench.py --ab-maxima compares the two).
 DYNAMIC_MAXIMA = True
+# GatedMLP's down projection on the cuBLAS path: act(h)'s values and the first weight chunk in one launch
+# (`kernels.act_cublas_operands`), as the Linear's x and weight (`kernels.cublas_operands`). False: the
+# activation's launch, then the weight chunk's (mlp_bench.py --ab-act-operands compares the two).
+ACT_OPERANDS_ONE_LAUNCH = True
 
 # Eager calls (not captured into a CUDA graph, not traced by torch.compile) pay their launches in host
 # time, which on per-rank layers is more than their GPU time: such calls take the path with the least of
@@ -392,8 +396,8 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
         a = _operands_source(x, m * ka * x.element_size()).cublas_activation(m, ka, x.dtype)
         host_alpha = not dynamic and alpha_host is not None and (bias is None or bias_in_addmm(m, n, kp, x.dtype))
         alpha_arg = alpha_host if host_alpha else alpha
-        if act is None:  # x's values and the first weight chunk in one launch
-            return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_arg, out, x=x, gs=gs)
+        if act is None or ACT_OPERANDS_ONE_LAUNCH:  # x's (act(x)'s) values and the first weight chunk in one launch
+            return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_arg, out, x=x, gs=gs, act=act)
         kernels.act_fake_quantize(x, act, gs, a, units=False)
         return cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha_arg, out)
     order = kernels.activation_order(m, n, kp, x.device, tiles_for_m)
@@ -410,12 +414,13 @@ def _fake_quantize(x, act, gs, out, units: bool, a_order: int = 0):
 
 
 def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.Tensor, out, *, x=None,
-                            gs=None) -> torch.Tensor:
+                            gs=None, act: str | None = None) -> torch.Tensor:
     """out [M, N] = alpha * a @ dequant(W)^T (+ bias) with cuBLAS and fp32 accumulation: `a`
     [M, Ka] (Kp >= Ka >= K) holds an activation's exact NVFP4 values in out's dtype (bf16/fp16),
     zeros beyond K; the weight is dequantized in chunks of `_chunk_rows` rows (never kept), of which
     cuBLAS reads the first Ka columns. The cuBLAS path of `triton_linear` and `triton_act_linear`.
-    With x and gs, `a` is written here first, by the first chunk's launch (`kernels.cublas_operands`).
+    With x and gs, `a` is written here first, by the first chunk's launch (`kernels.cublas_operands`; with
+    `act`, of act(x): `kernels.act_cublas_operands`).
 
     alpha a Python float (a static scale): cuBLAS applies it, `addmm(alpha=)` (with a bias only where
     `bias_in_addmm`; elsewhere alpha goes to the device and the route below is taken). alpha an fp32 [1]
@@ -440,8 +445,10 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             whole = r1 - r0 == rows
-            if x is not None and r0 == 0:
+            if x is not None and r0 == 0 and act is None:
                 kernels.cublas_operands(x, gs, a, weight, weight_scale, chunk)
+            elif x is not None and r0 == 0:
+                kernels.act_cublas_operands(x, act, gs, a, weight, weight_scale, chunk)
             else:
                 kernels.dequantize_rows(weight, weight_scale, r0, chunk if whole else chunk[: r1 - r0])
             w = w_whole if whole else chunk[: r1 - r0, :ka]
@@ -497,8 +504,8 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
 
     - dynamic: the scale pass reads h and computes max |act(h)| (`kernels.dynamic_gs_alpha(...,
       act=)`: the bits `triton_linear` derives from activation(h));
-    - cuBLAS (large M, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype
-      (`kernels.act_fake_quantize`, units=False), then `cublas_dequantized_gemm`;
+    - cuBLAS (large M, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype and the first weight chunk in one
+      launch (`kernels.act_cublas_operands`), then `cublas_dequantized_gemm`;
     - an eager call whose time is the host's (`eager_route` ONE_LAUNCH): the Triton GEMM taking act(h) itself, one
       launch (`kernels.nvfp4_gemm_quantize_x(act=)`; a dynamic scale's pass first);
     - otherwise, decode sizes included: those values as fp16 units in the weight decode's order

@@ -4,8 +4,8 @@ Kernels and their launchers only: no torch.nn, no backend policy. Launchers take
 validated, already allocated tensors; `fp4linear` does the checking and allocation.
 """
 
-from .act_quantize_launch import (ACTS, AmaxConfig, act_fake_quantize, act_pad_quantize, act_width, activation,
-                                  amax_config)
+from .act_quantize_launch import (ACTS, AmaxConfig, act_cublas_operands, act_fake_quantize, act_pad_quantize, act_width,
+                                  activation, amax_config)
 from .gemv_launch import GemvConfig, fuses_dynamic_scale, gemv_config, linear_gemv
 from .layout import mma16_rows
 from .gemm_launch import (GemmConfig, activation_order, gemm_config, nvfp4_gemm, nvfp4_gemm_dequantized_a,
@@ -20,7 +20,7 @@ from .scales_launch import (ScaleConfig, dynamic_encode_scale, dynamic_gs_alpha,
 from .small_m_linear_launch import MAX_M as SMALL_M, SmallMConfig, linear_small_m, small_m_config
 
 __all__ = ["ACTS", "AmaxConfig", "DynamicScale", "GemmConfig", "GemvConfig", "OperandsConfig", "QuantConfig", "SMALL_M", "ScaleConfig", "SmallMConfig",
-           "act_fake_quantize", "act_pad_quantize", "act_width", "activation", "activation_order", "alpha_epilogue", "amax_config",
+           "act_cublas_operands", "act_fake_quantize", "act_pad_quantize", "act_width", "activation", "activation_order", "alpha_epilogue", "amax_config",
            "cublas_operands",
            "dequantize_rows", "dynamic_encode_scale", "dynamic_gs_alpha", "dynamic_maxima", "dynamic_pass_barrier", "dynamic_scales", "fake_quantize", "fake_quantize_dynamic",
            "fuses_dynamic_scale", "fuses_dynamic_scale_in_pass", "gemm_config", "gemv_config", "linear_gemv",

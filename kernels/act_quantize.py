@@ -10,7 +10,8 @@ kernel's own `quantize.quantize_store` (numerics.block_scales / e2m1_code, layou
 
 act_fake_quantize: the same activation, quantized, written as the values its NVFP4 holds (the
 quantize-dequantize pass `quant_dequant.fake_quantize_tile`), for the GEMMs that take a dequantized
-activation: what `fp4linear.GatedMLP` feeds its down projection (fp4linear/ops.py, `triton_act_linear`).
+activation: what `fp4linear.GatedMLP` feeds its down projection (fp4linear/ops.py, `triton_act_linear`);
+act_cublas_operands the same with the down weight's first cuBLAS chunk in the same launch.
 It is traced by torch.compile (inside that op), so the helpers it calls are plain globals named as
 their functions (`_act_tile` and its callees live here; `fake_quantize_tile` is bound below).
 """
@@ -24,6 +25,7 @@ from ._interpreter import sibling
 numerics = sibling(__name__, "numerics")
 quantize = sibling(__name__, "quantize")
 fake_quantize_tile = sibling(__name__, "quant_dequant").fake_quantize_tile
+_dequantize_rows_program = sibling(__name__, "quant_dequant")._dequantize_rows_program
 activation_offset = sibling(__name__, "layout").activation_offset
 encode_scale = numerics.encode_scale
 
@@ -236,3 +238,29 @@ def act_fake_quantize_kernel(x_ptr, global_scale_ptr, maxima_ptr, n_maxima, scal
     v = fake_quantize_tile(h, gs, UNITS, BLOCK_M, BLOCK_K)
     offsets = activation_offset(rows.to(tl.int64), cols, Kp, A_ORDER)
     tl.store(out_ptr + offsets, v.to(out_ptr.dtype.element_ty), mask=(rows < M) & (cols < Kp))
+
+
+@triton.jit(do_not_specialize=["M", "n_maxima"], do_not_specialize_on_alignment=["maxima_ptr", "scales_ptr"])
+def act_cublas_operands_kernel(x_ptr, global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, out_ptr, M, I_div,
+                               stride_xm_div, Ka, w_ptr, w_scale_ptr, w_out_ptr, N, Kp, stride_wo, a_programs,
+                               a_k_tiles, w_k_tiles, I_MULT: tl.constexpr, XM_MULT: tl.constexpr, ACT: tl.constexpr,
+                               GATED: tl.constexpr, BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, W_BLOCK_K: tl.constexpr,
+                               MAXIMA_BLOCK: tl.constexpr):
+    """Both operands of the down projection's cuBLAS call in one launch (GatedMLP's cuBLAS path):
+    programs [0, a_programs) write act(x)'s NVFP4 values in out's dtype, natural order, row stride Ka
+    (`act_fake_quantize_kernel`'s tiles, true values), the rest weight rows [0, N) of the first chunk
+    (`quant_dequant.dequantize_rows_kernel`'s [BLOCK_N, W_BLOCK_K] tiles): the weight's pass then pays no
+    launch of its own. gs as `numerics.encode_scale` gives it (MAXIMA_BLOCK > 0: program 0 writes (gs, alpha))."""
+    pid = tl.program_id(0)
+    if pid < a_programs:
+        rows = ((pid // a_k_tiles) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+        cols = ((pid % a_k_tiles) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
+        h = _act_tile(x_ptr, rows, cols, M, I_div * I_MULT, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
+        gs = encode_scale(global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, pid == 0, MAXIMA_BLOCK)
+        v = fake_quantize_tile(h, gs, False, BLOCK_M, BLOCK_K)
+        tl.store(out_ptr + rows.to(tl.int64) * Ka + cols, v.to(out_ptr.dtype.element_ty), mask=(rows < M) & (cols < Ka))
+    else:
+        w_pid = pid - a_programs
+        _dequantize_rows_program(w_ptr, w_scale_ptr, w_out_ptr, 0, N, Kp, stride_wo, w_pid // w_k_tiles,
+                                 w_pid % w_k_tiles, BLOCK_N, W_BLOCK_K)

@@ -1,5 +1,6 @@
 """Launchers of the activation kernels: act_quantize (fused, 1 launch static / 2 dynamic),
-act_fake_quantize (fused, dequantized values for the down GEMM) and activation (unfused)."""
+act_fake_quantize (fused, dequantized values for the down GEMM; act_cublas_operands: with the down weight's
+first cuBLAS chunk) and activation (unfused)."""
 
 import functools
 from dataclasses import dataclass
@@ -146,14 +147,15 @@ def activation(x, act: str, out):
 _launch_fake = CachedLaunch(act_module.act_fake_quantize_kernel)
 
 
-def act_fake_quantize(x, act: str, global_scale, out, *, units: bool, a_order: int = 0):
+def act_fake_quantize(x, act: str, global_scale, out, *, units: bool, a_order: int = 0, tiles: tuple | None = None):
     """out [M, Kp] = the NVFP4 values of act(x [M, W]) under the encode scale `global_scale` (fp32
     [1], read on the device, or a `DynamicScale` of act(x): reduced here, (gs, alpha) written to its
     scales): e2m1 * e4m3 without the global scale, zeros beyond I. units=True:
     fp16 in units of 2^-14 in the weight decode's K order (the Triton GEMM's dequantized A); False:
     true values in out's dtype (bf16/fp16), natural order (cuBLAS). `kernels.fake_quantize` of
     `activation(x)`, in one pass that never writes the activation. a_order 1, 2 (units only): out
-    [round_up(M, 16), Kp] in that MMA fragment order, as `fake_quantize`'s."""
+    [round_up(M, 16), Kp] in that MMA fragment order, as `fake_quantize`'s. tiles: (block_m, block_k,
+    num_warps) other than `fake_tiles`' (tuning: act_quant_bench.py --fake-configs)."""
     m, width = x.shape
     kp = out.shape[1]
     check_mma16(a_order, out.shape[0], m, "out")
@@ -165,15 +167,15 @@ def act_fake_quantize(x, act: str, global_scale, out, *, units: bool, a_order: i
     sx = x.stride(0)
     plan = _fake_plan.__wrapped__ if compile_tracing() else _fake_plan  # M may be symbolic (unhashable) there
     scale, maxima_block = scale_args(global_scale)
-    grid, meta, (i_div, xm_div), launch_id = plan(index, m, act, width, sx, kp, units, x.dtype, out.dtype, a_order,
-                                                  maxima_block)
+    grid, meta, (i_div, xm_div), options, launch_id = plan(index, m, act, width, sx, kp, units, x.dtype, out.dtype,
+                                                           a_order, maxima_block, tiles)
     args = (x, *scale, out, m, i_div, xm_div, kp)
     if index < 0:
         _run(_interpreter.interpreted(act_module).act_fake_quantize_kernel[grid], args, meta, x.device)
     elif compile_tracing():
-        _launch_fake(None, grid, args, meta, _FAKE_OPTIONS)
+        _launch_fake(None, grid, args, meta, options)
     else:  # the plan's launch key and x's alignment (its row stride is in the plan)
-        _launch_fake((launch_id, x.data_ptr() % 16 == 0), grid, args, meta, _FAKE_OPTIONS)
+        _launch_fake((launch_id, x.data_ptr() % 16 == 0), grid, args, meta, options)
     return out
 
 
@@ -181,21 +183,86 @@ _FAKE_OPTIONS = dict(num_warps=4, enable_fp_fusion=False)  # the activation's IE
 # `activation` computes them (no FMA contraction; under torch.compile Inductor uses its own options)
 
 
+def fake_tiles(m: int, kp: int, units: bool) -> tuple[int, int, int]:
+    """(block_m, block_k, num_warps) of `act_fake_quantize` on a GPU. True values for cuBLAS (units False):
+    8 x 128, 2 warps. H100, silu_mul, static scale, bf16 values (act_quant_bench.py --fake-configs, 14 tiles,
+    results/act_fake_tiles_h100.csv): the best or within 1% of it on every shape measured, against 32 x 128,
+    4 warps (`fake_quantize`'s, the tile before): 4096x1368 12.7 us vs 16.1 (88% of copy), 16384x1368 53.3 vs
+    67.9, 2048x1368 7.07 vs 8.75, 4096x232 3.98 vs 4.63, 4096x3696 36.4 vs 37.8, 16384x3696 138 vs 140.
+    The Triton GEMM's operand (units, the decode and mid-M rows) keeps `fake_quantize`'s tiles (not measured)."""
+    return (32, 128, 4) if units else (8, 128, 2)
+
+
+_launch_operands = CachedLaunch(act_module.act_cublas_operands_kernel)
+_OPERANDS_W_TILE = (32, 128)  # the weight rows' tile: `quant_dequant.dequantize_rows`' (rows, columns)
+
+
+def act_cublas_operands(x, act: str, global_scale, a, w_data, w_scale, w_out, *, tiles: tuple | None = None):
+    """`act_fake_quantize(x, act, global_scale, a, units=False)` and `dequantize_rows(w_data, w_scale, 0, w_out)`
+    in one launch (GatedMLP's down projection on the cuBLAS path): a [M, Ka] (Ka >= I, zeros beyond I), w_out
+    [rows, Kp] (unit column strides). global_scale: fp32 [1] or a `DynamicScale` of act(x). tiles: the
+    activation's (block_m, block_k, num_warps), as `act_fake_quantize` takes them."""
+    m, width = x.shape
+    if m == 0:
+        return
+    index = x.get_device()  # CUDA device index, -1 on the CPU
+    plan = _operands_plan.__wrapped__ if compile_tracing() else _operands_plan  # M may be symbolic there
+    scale, maxima_block = scale_args(global_scale)
+    grid, meta, ints, options, launch_id = plan(index, m, act, width, x.stride(0), a.shape[1], *w_out.shape,
+                                                w_out.stride(0), x.dtype, a.dtype, maxima_block, tiles)
+    args = (x, *scale, a, m, *ints[:3], w_data, w_scale, w_out, *ints[3:])
+    if index < 0:
+        _run(_interpreter.interpreted(act_module).act_cublas_operands_kernel[grid], args, meta, x.device)
+    elif compile_tracing():
+        _launch_operands(None, grid, args, meta, options)
+    else:  # the plan's key and the alignment of the tensors not allocated here
+        _launch_operands((launch_id, x.data_ptr() % 16 == 0, w_data.data_ptr() % 16 == 0,
+                          w_scale.data_ptr() % 16 == 0), grid, args, meta, options)
+
+
 @functools.lru_cache(maxsize=4096)
-def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype, a_order=0, maxima_block=0):
-    """Grid, constexprs, integer arguments and launch key of one shape (device index -1: the CPU):
-    worked out once (host time per call matters). Tiles as `fake_quantize`'s (not yet tuned on a
-    GPU for the activation's second input)."""
+def _operands_plan(index, m, act, width, stride, ka, rows, kp, stride_wo, x_dtype, a_dtype, maxima_block=0,
+                   tiles=None):
+    """Grid, constexprs, integer arguments, launch options and launch key of `act_cublas_operands`."""
     code, gated = ACTS[act]
     i = act_width(act, width)
     i_mult, xm_mult = x_multiples(i, stride, m)
-    block_m, block_k = (32, 128) if index >= 0 else (min(64, triton.next_power_of_2(m)), 128)
+    if index < 0:
+        block_m, block_k, warps = min(64, triton.next_power_of_2(m)), 128, 4
+    else:
+        block_m, block_k, warps = tiles or fake_tiles(m, ka, False)
+    block_n, w_block_k = _OPERANDS_W_TILE
+    a_k_tiles, w_k_tiles = cdiv(ka, block_k), cdiv(kp, w_block_k)
+    a_programs = cdiv(m, block_m) * a_k_tiles
+    grid = (a_programs + cdiv(rows, block_n) * w_k_tiles, 1, 1)
+    ints = (i // i_mult, stride // xm_mult, ka, rows, kp, stride_wo, a_programs, a_k_tiles, w_k_tiles)
+    meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=index < 0, BLOCK_M=block_m,
+                BLOCK_K=block_k, BLOCK_N=block_n, W_BLOCK_K=w_block_k, MAXIMA_BLOCK=maxima_block)
+    options = dict(_FAKE_OPTIONS, num_warps=warps)
+    if compile_tracing():
+        return grid, meta, ints, options, None
+    tail = ("operands", index, x_dtype, a_dtype, *(int_key(v) for v in ints), *meta.values(), warps)
+    return grid, meta, ints, options, _launch_ids.setdefault(tail, len(_launch_ids))
+
+
+@functools.lru_cache(maxsize=4096)
+def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype, a_order=0, maxima_block=0, tiles=None):
+    """Grid, constexprs, integer arguments, launch options and launch key of one shape (device index -1: the
+    CPU): worked out once (host time per call matters)."""
+    code, gated = ACTS[act]
+    i = act_width(act, width)
+    i_mult, xm_mult = x_multiples(i, stride, m)
+    if index < 0:
+        block_m, block_k, warps = min(64, triton.next_power_of_2(m)), 128, 4
+    else:
+        block_m, block_k, warps = tiles or fake_tiles(m, kp, units)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=index < 0, UNITS=units,
                 BLOCK_M=block_m, BLOCK_K=block_k, A_ORDER=a_order, MAXIMA_BLOCK=maxima_block)
     ints = (i // i_mult, stride // xm_mult)
-    tail = (index, x_dtype, out_dtype, *(int_key(v) for v in (*ints, kp)), *meta.values())  # with x's alignment
-    return grid, meta, ints, _launch_ids.setdefault(tail, len(_launch_ids))
+    options = dict(_FAKE_OPTIONS, num_warps=warps)
+    tail = (index, x_dtype, out_dtype, *(int_key(v) for v in (*ints, kp)), *meta.values(), warps)  # with x's alignment
+    return grid, meta, ints, options, _launch_ids.setdefault(tail, len(_launch_ids))
 
 
 _launch_ids: dict = {}

@@ -309,3 +309,39 @@ def test_act_fake_quantize_in_register_operand_order(device, m):
     kernels.act_fake_quantize(x, "silu_mul", gs, a3, units=True, a_order=3)
     assert not a3.isnan().any()
     assert torch.equal(a3.cpu().view(torch.int16), rs_order(a.cpu()).view(torch.int16))
+
+
+@pytest.mark.parametrize("m, i, rows", [(5, 40, 64), (300, 232, 200), (700, 1368, 48), (64, 200, 33)])
+@pytest.mark.parametrize("act", ["silu_mul", "relu2"])
+@pytest.mark.parametrize("scale", ["static", "maxima"])
+@pytest.mark.parametrize("tiles", [None, (32, 128, 4), (16, 64, 4)])
+def test_act_cublas_operands_equal_the_two_launches(device, m, i, rows, act, scale, tiles):
+    """`act_cublas_operands` (act(x)'s values and the down weight's first rows in one launch) against
+    `act_fake_quantize` + `dequantize_rows`, into poisoned buffers: the activation written Ka = I rounded to 8
+    wide (< Kp), the weight rows in a chunk shorter than N; a static scale and a dynamic one handed on as
+    per-program maxima (whose (gs, alpha) the launch writes)."""
+    if device.type == "cpu" and tiles is not None:
+        pytest.skip("the interpreter takes its own tiles")
+    x = act_input(m, i, act, device=device)
+    ws2 = torch.tensor([0.02], device=device)
+    w = fp4linear.Linear.from_linear(torch.nn.Linear(i, rows + 7, bias=False, dtype=torch.bfloat16)).to(device)
+    kp, ka = w.k_padded, -(-i // 8) * 8
+    if scale == "static":
+        gs = dynamic_scale(torch_act(x, act)).to(device)
+        gs_want = gs
+    else:
+        gs_want = kernels.dynamic_scales(x, ws2, act).clone()[0:1]
+        gs = kernels.dynamic_maxima(x, ws2, act)
+        gs.scales.fill_(math.nan)
+    a_want = torch.full((m, ka), math.nan, dtype=torch.bfloat16, device=device)
+    w_want = torch.full((rows, kp), math.nan, dtype=torch.bfloat16, device=device)
+    kernels.act_fake_quantize(x, act, gs_want, a_want, units=False)
+    kernels.dequantize_rows(w.weight, w.weight_scale, 0, w_want)
+    a_got, w_got = torch.empty_like(a_want), torch.empty_like(w_want)
+    a_got.view(torch.uint8).fill_(0xFF)  # (other bits than the expected buffers' NaN: an unwritten element differs)
+    w_got.view(torch.uint8).fill_(0xFF)
+    kernels.act_cublas_operands(x, act, gs, a_got, w.weight, w.weight_scale, w_got, tiles=tiles)
+    assert torch.equal(a_got.view(torch.int16), a_want.view(torch.int16))
+    assert torch.equal(w_got.view(torch.int16), w_want.view(torch.int16))
+    if scale == "maxima":
+        assert torch.equal(gs.scales.view(torch.int32), kernels.dynamic_scales(x, ws2, act).view(torch.int32))

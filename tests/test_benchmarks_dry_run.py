@@ -10,8 +10,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("argv", [["act_quant_bench.py", "--dry-run"], ["act_quant_bench.py", "--dry-run", "--configs"], ["breakdown.py", "--dry-run"],
+@pytest.mark.parametrize("argv", [["act_quant_bench.py", "--dry-run"], ["act_quant_bench.py", "--dry-run", "--configs"],
+                                  ["act_quant_bench.py", "--dry-run", "--fake-configs"], ["breakdown.py", "--dry-run"],
                                   ["quant_bench.py", "--dry-run", "--configs"], ["mlp_bench.py", "--dry-run"],
+                                  ["mlp_bench.py", "--dry-run", "--ab-act-operands"],
                                   ["linear_bench.py", "--dry-run"], ["linear_bench.py", "--dry-run", "--ab-dynamic"],
                                   ["linear_bench.py", "--dry-run", "--ab-operands"],
                                   ["linear_bench.py", "--dry-run", "--ab-alpha"],

@@ -161,6 +161,36 @@ def test_dynamic_scale_is_bit_identical_to_the_static_one(device, m):
     assert torch.equal(got, d(a))  # = the dynamic Linear on the activation
 
 
+@pytest.mark.parametrize("m, inter", [(130, 88), (600, 232), (300, 1368)])
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_down_projection_operands_in_one_launch_equal_two(device, monkeypatch, m, inter, dynamic, bias):
+    """The down projection on the cuBLAS path: act(h)'s values and the first weight chunk in one launch
+    (`ops.ACT_OPERANDS_ONE_LAUNCH`, `kernels.act_cublas_operands`) against the activation's launch and then the
+    chunk's: the same bits, over two weight chunks (the second by its own launch in both)."""
+    hidden = 300
+    gate, up, down, _ = mlp_tensors(hidden, inter)
+    mlp, _ = build(gate, up, down, device, dynamic=dynamic, hidden=hidden, inter=inter)
+    d = mlp.down
+    for name in ("CUBLAS_CHUNK_BYTES", "CUBLAS_WIDE_CHUNK_BYTES"):  # 256-row chunks
+        monkeypatch.setattr(ops, name, 256 * d.k_padded * 2)
+    if bias:
+        d.bias = torch.nn.Parameter(torch.randn(hidden, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+                                    .to(device), requires_grad=False)
+    h = (torch.randn(m, 2 * inter, generator=torch.Generator().manual_seed(m)) * 3).to(torch.bfloat16).to(device)
+    args = (h, "silu_mul", d.weight, d.weight_scale, d.input_global_scale, d.alpha, d.weight_scale_2, d.bias, hidden,
+            dynamic, None if dynamic else d._alpha_host)
+    calls = []
+    real = kernels.act_cublas_operands
+    monkeypatch.setattr(kernels, "act_cublas_operands", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = ops.triton_act_linear(*args, cublas=True)
+    assert calls, "the one launch was not taken"
+    assert ops._chunk_rows(m, hidden, d.k_padded, torch.bfloat16) == 256
+    monkeypatch.setattr(ops, "ACT_OPERANDS_ONE_LAUNCH", False)
+    want = ops.triton_act_linear(*args, cublas=True)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
 @pytest.mark.parametrize("m", [1, 17, 130])
 def test_nan_rows_stay_visible(device, m):
     hidden, inter = 48, 40

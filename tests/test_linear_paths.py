@@ -1419,7 +1419,7 @@ def test_plans_take_a_symbolic_m(monkeypatch):
     assert type(meta["SPLIT_K"]) is int and type(per_split) is int and isinstance(grid[0], torch.SymInt)
     grid, meta, _ = quant_dequant_launch._fake_plan.__wrapped__(0, m, 464, 512, True, torch.bfloat16, torch.float16)
     assert all(type(v) in (int, bool) for v in meta.values())
-    grid, meta, _, _ = act_quantize_launch._fake_plan.__wrapped__(0, m, "silu_mul", 928, 928, 512, True,
+    grid, meta, _, _, _ = act_quantize_launch._fake_plan.__wrapped__(0, m, "silu_mul", 928, 928, 512, True,
                                                                   torch.bfloat16, torch.float16)
     assert all(type(v) in (int, bool) for v in meta.values())
 

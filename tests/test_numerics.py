@@ -115,7 +115,8 @@ def test_kernel_sources_survive_torch_compile():
                    gemv.nvfp4_gemv_kernel, quant_dequant.fake_quantize_kernel, quant_dequant.dequantize_rows_kernel,
                    quant_dequant.cublas_operands_kernel, quant_dequant.alpha_epilogue_kernel,
                    quantize.nvfp4_pad_quantize_kernel, scales.dynamic_scale_kernel, act_quantize.activation_kernel,
-                   act_quantize.act_amax_kernel, act_quantize.act_quantize_kernel, act_quantize.act_fake_quantize_kernel):
+                   act_quantize.act_amax_kernel, act_quantize.act_quantize_kernel, act_quantize.act_fake_quantize_kernel,
+                   act_quantize.act_cublas_operands_kernel):
         text = source(kernel)
         text = text[0] if isinstance(text, tuple) else text
         tree = ast.parse(text, kernel.fn.__name__)
