@@ -1289,8 +1289,11 @@ def run_tune_operands(args):
     graph_us, _ = timers(device)
     shapes = [(300, 200)] if device == "cpu" else (args.shapes or [(2688, 464), (2576, 2688), (1288, 2688)])
     ms = [1100] if device == "cpu" else (args.m or [2048, 4096, 8192])
-    configs = [qdl.OperandsConfig(bm, bk, bn, w) for bm in (16, 32, 64) for bk in (64, 128, 256) for bn in (32, 64)
-               for w in (4, 8)] if device == "cuda" else [qdl.OperandsConfig(), qdl.OperandsConfig(32, 64, 64, 8)]
+    configs = [qdl.OperandsConfig(bm, bk, bn, w) for bm in (8, 16, 32, 64) for bk in (64, 128, 256) for bn in (32, 64)
+               for w in (2, 4, 8)] if device == "cuda" else [qdl.OperandsConfig(), qdl.OperandsConfig(32, 64, 64, 8)]
+    if args.tiles:  # (names as "32x128x32w4": block_m x block_k x block_n, warps)
+        configs = [c for c in configs if any(t in f"{c.block_m}x{c.block_k}x{c.block_n}w{c.num_warps}"
+                                             for t in args.tiles)]
     routing = qdl.operands_config
     rows = []
     for n, k in tqdm(shapes, desc="operands tune", file=sys.stderr):
@@ -1678,7 +1681,8 @@ def main():
                    "routed path, the cuBLAS path and the routed shared-memory tiles only")
     p.add_argument("--register-splits", type=int, nargs="*", help="--tune-pipelined: also each register-operand tile "
                    "with these explicit split_k (one program per SM)")
-    p.add_argument("--tiles", nargs="*", help="--ab-decode, --tune-gemv, --tune-pipelined, --tune-operand: only the tiles whose name "
+    p.add_argument("--tiles", nargs="*", help="--ab-decode, --tune-gemv, --tune-pipelined, --tune-operand, --tune-operands: "
+                   "only the tiles whose name "
                    "holds one of these strings (and the routed / cuBLAS paths)")
     p.add_argument("--ragged-k", action="store_true", help="--ab-decode: also K tiles that do not divide Kp "
                    "(the last one masked)")
