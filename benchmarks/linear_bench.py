@@ -1455,6 +1455,54 @@ def run_tune_pass(args):
     write_csv(args.results_dir / f"pass_tune_{gpu_slug()}.csv", ["m", "k", "pass", "us"], rows)
 
 
+PASS_TILES = [(32, 128, 4), (16, 128, 4), (16, 128, 2), (16, 128, 1), (16, 64, 4), (16, 64, 2), (16, 64, 1),
+              (16, 256, 4), (16, 256, 2), (8, 128, 2), (16, 32, 1), (32, 64, 4)]
+PASS_SHAPES = [(4096, 4096), (8192, 8192), (8192, 3696), (28672, 8192), (8192, 28672)]
+
+
+def run_tune_pass_tiles(args):
+    """The static scale's quantize-dequantize pass of the two-launch decode route (M = 2-16 on weights from 8M
+    elements: x's values in the MMA fragment order the GEMM reads, `kernels.activation_order`) per tile
+    (block_m x block_k, warps), alone, device time (CUDA-graph replays), every tile's output checked equal to
+    the routed tile's (-> results/pass_tiles_<gpu>.csv)."""
+    from fp4linear.kernels import quant_dequant_launch as qdl
+
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    ms = [4] if device == "cpu" else (args.m or [2, 4, 8, 16])
+    shapes = [(300, 200)] if device == "cpu" else (args.shapes or PASS_SHAPES)
+    tiles = PASS_TILES[:2] if device == "cpu" else PASS_TILES
+    gs = torch.tensor([100.0], device=device)
+    rows = []
+    for n, k in tqdm(shapes, desc="pass tiles", file=sys.stderr):
+        kp = -(-k // 64) * 64
+        for m in ms:
+            order = kernels.activation_order(m, n, kp, torch.device(device))
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            rows_out = kernels.mma16_rows(m, order)
+            want = torch.zeros(rows_out, kp, device=device, dtype=torch.float16)
+            kernels.fake_quantize(x, gs, want, units=True, a_order=order)
+            routed = qdl.pass_tiles(m, kp)
+            res = []
+            for t in (tiles if routed in tiles else [routed, *tiles]):
+                a = torch.zeros_like(want)
+                fn = lambda t=t, a=a: kernels.fake_quantize(x, gs, a, units=True, a_order=order, tiles=t)  # noqa: E731
+                fn()
+                if not torch.equal(a.view(torch.int16), want.view(torch.int16)):
+                    raise AssertionError(f"pass tiles {t} at {m}x{k}: bits differ from the routed tiles'")
+                res.append((graph_us(fn), t))
+            base = next(us for us, t in res if t == routed)
+            for us, t in res:
+                rows.append([m, n, k, order, *t, t == routed, us])
+            best = min(res)
+            print(f"pass {m}x{k} (order {order}, N {n}): routed {base:.2f} us, best {best[0]:.2f} "
+                  f"{best[1][0]}x{best[1][1]} w{best[1][2]}", flush=True)
+    if device == "cpu" or args.no_write:
+        return
+    write_csv(args.results_dir / f"pass_tiles_{gpu_slug()}.csv",
+              ["m", "n", "k", "a_order", "block_m", "block_k", "num_warps", "routed", "us"], rows)
+
+
 def run_tune_split(args):
     """Decode: how many K splits (programs per SM) the routed tiles take (`GemmConfig.programs_per_sm`,
     `min_split_tiles`), the routed launches (pass + GEMM, or the GEMM quantizing x), weights cold,
@@ -1654,6 +1702,8 @@ def main():
               "(-> results/operands_tune_<gpu>.csv)"),
              ("--tune-pass", run_tune_pass, "decode-sized quantize passes, static and dynamic scale "
               "(-> results/pass_tune_<gpu>.csv)"),
+             ("--tune-pass-tiles", run_tune_pass_tiles, "the static decode pass per tile, alone "
+              "(-> results/pass_tiles_<gpu>.csv)"),
              ("--tune-split", run_tune_split, "decode: K splits of the routed tiles (programs per SM) "
               "(-> results/split_tune_<gpu>.csv)"),
              ("--tune-small", run_tune_small, "decode on small per-rank weights: tiles and K splits of the GEMM "

@@ -72,7 +72,7 @@ def fuses_dynamic_scale_in_pass(m: int, k: int, row_stride: int) -> bool:
     return m <= DYNAMIC_IN_PASS_ROWS and m * k <= DYNAMIC_IN_PASS_MAX and m * row_stride < 2**31
 
 
-def fake_quantize(x, global_scale, out, *, units: bool, a_order: int = 0):
+def fake_quantize(x, global_scale, out, *, units: bool, a_order: int = 0, tiles: tuple | None = None):
     """out [M, Kp] = the NVFP4 values of x (e2m1 * e4m3, no global scale; zeros beyond K) under the
     encode scale global_scale: fp32 [1] on the device, or a `DynamicScale` (reduced here, (gs, alpha)
     written to its scales).
@@ -81,8 +81,9 @@ def fake_quantize(x, global_scale, out, *, units: bool, a_order: int = 0):
     a_order 1, 2 (units only; `GemmConfig.a_order` of the GEMM that reads out): out [round_up(M, 16),
     Kp] in that 16-row MMA fragment order (`layout.mma16_offset`); rows M.. of the last tile are left
     as they are. a_order 3 (units only): [M, Kp] with the columns of each 64 moved for the weight as
-    wgmma's register operand (`layout.rs_col`)."""
-    _fake_quantize(x, global_scale, out, units, None, a_order)
+    wgmma's register operand (`layout.rs_col`). tiles: (block_m, block_k, num_warps) of a static scale's
+    pass on a GPU other than `pass_tiles`' (tuning: linear_bench.py --tune-pass)."""
+    _fake_quantize(x, global_scale, out, units, None, a_order, tiles=tiles)
     return out
 
 
@@ -96,7 +97,7 @@ def fake_quantize_dynamic(x, weight_scale_2, out, *, units: bool, a_order: int =
     return s.alpha
 
 
-def _fake_quantize(x, scale, out, units, scales, a_order=0, scratch=None):
+def _fake_quantize(x, scale, out, units, scales, a_order=0, scratch=None, tiles=None):
     m, k = x.shape
     kp = out.shape[1]
     check_mma16(a_order, out.shape[0], m, "out")
@@ -114,42 +115,55 @@ def _fake_quantize(x, scale, out, units, scales, a_order=0, scratch=None):
     else:
         (scale, maxima, count, scales), maxima_block = scale_args(scale)
     sx = x.stride(0)
-    grid, meta, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype, dynamic, a_order, maxima_block,
-                                 x_align(k, sx))
+    grid, meta, options, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype, dynamic, a_order, maxima_block,
+                                          x_align(k, sx), tiles)
     words = scratch.scale_words if meta["BARRIER"] else out
     args = (x, scale, out, scales, words, maxima, count, m, k, kp, sx)
     if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
             _interpreter.interpreted(qd_module).fake_quantize_kernel[grid](*args, **meta)
     elif compile_tracing():
-        _launch_fake(None, grid, args, meta, _OPTIONS)
+        _launch_fake(None, grid, args, meta, options)
     else:  # the launch key: the plan's, and what Triton specializes x on (alignment_key)
-        _launch_fake((launch_id, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1), grid, args, meta, _OPTIONS)
+        _launch_fake((launch_id, x.data_ptr() % 16 == 0, sx % 16 == 0, sx == 1), grid, args, meta, options)
 
 
 _OPTIONS = dict(num_warps=4)
 
 
+def pass_tiles(m: int, kp: int) -> tuple[int, int, int]:
+    """(block_m, block_k, num_warps) of a static scale's pass on a GPU: up to 16 rows 16 x 64, 4 warps (twice
+    the programs of a 16 x 128 tile, each thread 8 elements), else 32 x 128, 4 warps. H100, the pass alone, the
+    decode route's layouts (linear_bench.py --tune-pass-tiles, 12 tiles, M = 2-16, K = 3696-28672,
+    results/pass_tiles_h100.csv): 16 x 64, 4 warps the best on 18 of 20 rows, 1.53x faster than 32 x 128 on
+    average (16 x 4096: 1.60 us vs 2.62, 8 x 28672 2.19 vs 3.86); past 16 rows not measured."""
+    return (16, 64, 4) if m <= 16 else (32, 128, 4)
+
+
 @functools.lru_cache(maxsize=4096)
-def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_order=0, maxima_block=0, x_al=1):
-    """Grid, constexprs and launch key of one shape (device index -1: the CPU): worked out once
-    (host time per call matters). With a dynamic scale (M <= 16) every program also reads all of x:
+def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_order=0, maxima_block=0, x_al=1,
+               tiles=None):
+    """Grid, constexprs, launch options and launch key of one shape (device index -1: the CPU): worked out
+    once (host time per call matters). With a dynamic scale (M <= 16) every program also reads all of x:
     wider, shorter tiles, so fewer programs do; or, with the barrier, each only its own tile."""
     barrier = False
+    warps = _OPTIONS["num_warps"]
     if index < 0:
         block_m, block_k = min(64, triton.next_power_of_2(m)), 128
     elif dynamic and dynamic_pass_barrier(m, kp, torch.device("cuda", index)):
         # every program resident: each reads only its own tile
         block_m, block_k, barrier = 16, _barrier_block_k(m, kp, torch.device("cuda", index)), True
-    else:  # (a dynamic scale's tile: 4x1024 .. 16x64 measured alike on the H100, benchmarks/NOTES.md)
-        block_m, block_k = (16, 256) if dynamic else (32, 128)
+    elif dynamic:  # (a dynamic scale's tile: 4x1024 .. 16x64 measured alike on the H100, benchmarks/NOTES.md)
+        block_m, block_k = 16, 256
+    else:
+        block_m, block_k, warps = tiles or pass_tiles(m, kp)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
                 AMAX_ROWS=triton.next_power_of_2(m) if dynamic and not barrier else 1,
                 **amax_reads(k, dynamic and not barrier), A_ORDER=a_order, BARRIER=barrier, MAXIMA_BLOCK=maxima_block,
                 X_ALIGN=x_al)
-    tail = (index, x_dtype, out_dtype, k, kp, *meta.values())  # with x's alignment: the launch key
-    return grid, meta, _launch_ids.setdefault(tail, len(_launch_ids))
+    tail = (index, x_dtype, out_dtype, k, kp, *meta.values(), warps)  # with x's alignment: the launch key
+    return grid, meta, dict(num_warps=warps), _launch_ids.setdefault(tail, len(_launch_ids))
 
 
 _launch_ids: dict = {}

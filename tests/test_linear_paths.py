@@ -205,7 +205,7 @@ def test_gpu_dynamic_pass_barrier_matches_every_program_reading_x(monkeypatch, m
         monkeypatch.setattr(qdl, "DYNAMIC_PASS_BARRIER_ELEMENTS", 0 if barrier else 2**40)
         qdl._fake_plan.cache_clear()
         try:
-            grid, meta, _ = qdl._fake_plan(0, m, k, kp, True, x.dtype, torch.float16, True, a_order)
+            grid, meta, _, _ = qdl._fake_plan(0, m, k, kp, True, x.dtype, torch.float16, True, a_order)
             assert meta["BARRIER"] == barrier
             outs = []
             for _ in range(3):
@@ -1097,6 +1097,26 @@ def test_cublas_operands_equal_the_two_launches_and_write_every_element(device, 
     assert torch.equal(a1, a2) and torch.equal(w1, w2)  # (NaN != NaN: an unwritten element fails)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("tiles", [(16, 64, 4), (32, 128, 4), (8, 128, 2), (16, 32, 1), (16, 256, 2)])
+@pytest.mark.parametrize("m, k, a_order", [(2, 4096, 1), (5, 1368, 2), (16, 200, 1), (16, 8192, 0), (40, 1368, 0)])
+def test_gpu_pass_tiles_give_the_interpreters_bits(tiles, m, k, a_order):
+    """The static pass (`fake_quantize`, the two-launch decode route's first launch) with each tile the tuning
+    tries (`pass_tiles`' among them) on the GPU against the interpreter's pass on the CPU: the same bits, every
+    element written (poisoned buffers; rows M..round_up(M, 16) of a fragment-order layout are not written)."""
+    kp = -(-k // 64) * 64
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m + k)) * 3).to(torch.bfloat16)
+    gs = torch.tensor([50.0])
+    rows = kernels.mma16_rows(m, a_order)
+    want = torch.full((rows, kp), math.nan, dtype=torch.float16)
+    kernels.fake_quantize(x, gs, want, units=True, a_order=a_order)
+    got = torch.full((rows, kp), math.nan, dtype=torch.float16, device="cuda")
+    kernels.fake_quantize(x.cuda(), gs.cuda(), got, units=True, a_order=a_order, tiles=tiles)
+    assert torch.equal(got.cpu().view(torch.int16), want.view(torch.int16))
+    if a_order == 0:
+        assert not want.isnan().any()
+
+
 @pytest.mark.parametrize("m", [3, 16])
 def test_dynamic_quantize_pass_writes_every_element_and_equals_the_static_pass(device, m):
     """`fake_quantize_dynamic` into a poisoned buffer against `fake_quantize` under the scale the
@@ -1417,7 +1437,7 @@ def test_plans_take_a_symbolic_m(monkeypatch):
     grid, meta, options, split, tiles, per_split, _, _ = gemm_launch._gemm_plan.__wrapped__(
         0, m, 1288, 512, None, gemm_launch._UNITS, torch.float16, torch.bfloat16, None)
     assert type(meta["SPLIT_K"]) is int and type(per_split) is int and isinstance(grid[0], torch.SymInt)
-    grid, meta, _ = quant_dequant_launch._fake_plan.__wrapped__(0, m, 464, 512, True, torch.bfloat16, torch.float16)
+    grid, meta, _, _ = quant_dequant_launch._fake_plan.__wrapped__(0, m, 464, 512, True, torch.bfloat16, torch.float16)
     assert all(type(v) in (int, bool) for v in meta.values())
     grid, meta, _, _, _ = act_quantize_launch._fake_plan.__wrapped__(0, m, "silu_mul", 928, 928, 512, True,
                                                                   torch.bfloat16, torch.float16)
