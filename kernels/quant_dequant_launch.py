@@ -136,7 +136,7 @@ def pass_tiles(m: int, kp: int) -> tuple[int, int, int]:
     thread 8 elements, many short programs), else 32 x 128, 4 warps. H100, the pass alone in the layouts the
     GEMM after it reads (linear_bench.py --tune-pass-tiles, 12 tiles, results/pass_tiles_h100.csv): at M = 2-16
     (K = 3696-28672) the best on 18 of 20 rows, 1.53x faster than 32 x 128 on average (16 x 4096: 1.60 us vs
-    2.62, 8 x 28672 2.19 vs 3.86); at M = 24-64 (K = 2688-8192) on 19 of 20, 1.2-2.4x faster (64 x 8192 in
+    2.62, 8 x 28672 2.19 vs 3.86); at M = 24-64 (K = 2688-8192) on 19 of 20, 1.16-2.39x faster (64 x 8192 in
     the mma16 order 2.21 vs 5.29, 32 x 2688 1.52 vs 1.86). Past 64 rows not measured."""
     return (16, 64, 4) if m <= 64 else (32, 128, 4)
 
