@@ -193,6 +193,16 @@ def fake_tiles(m: int, kp: int, units: bool) -> tuple[int, int, int]:
     return (32, 128, 4) if units else (8, 128, 2)
 
 
+def _act_pass(index, m, act, width, stride, kp, units, tiles):
+    """What both activation-pass plans take: (ACT code, gated, I, I's and the row stride's multiples, (block_m,
+    block_k, num_warps)); the CPU's tiles on device index -1."""
+    code, gated = ACTS[act]
+    i = act_width(act, width)
+    i_mult, xm_mult = x_multiples(i, stride, m)
+    cpu_tiles = (min(64, triton.next_power_of_2(m)), 128, 4)
+    return code, gated, i, i_mult, xm_mult, cpu_tiles if index < 0 else tiles or fake_tiles(m, kp, units)
+
+
 _launch_operands = CachedLaunch(act_module.act_cublas_operands_kernel)
 _OPERANDS_W_TILE = (32, 128)  # the weight rows' tile: `quant_dequant.dequantize_rows`' (rows, columns)
 
@@ -224,13 +234,8 @@ def act_cublas_operands(x, act: str, global_scale, a, w_data, w_scale, w_out, *,
 def _operands_plan(index, m, act, width, stride, ka, rows, kp, stride_wo, x_dtype, a_dtype, maxima_block=0,
                    tiles=None):
     """Grid, constexprs, integer arguments, launch options and launch key of `act_cublas_operands`."""
-    code, gated = ACTS[act]
-    i = act_width(act, width)
-    i_mult, xm_mult = x_multiples(i, stride, m)
-    if index < 0:
-        block_m, block_k, warps = min(64, triton.next_power_of_2(m)), 128, 4
-    else:
-        block_m, block_k, warps = tiles or fake_tiles(m, ka, False)
+    code, gated, i, i_mult, xm_mult, (block_m, block_k, warps) = _act_pass(index, m, act, width, stride, ka, False,
+                                                                           tiles)
     block_n, w_block_k = _OPERANDS_W_TILE
     a_k_tiles, w_k_tiles = cdiv(ka, block_k), cdiv(kp, w_block_k)
     a_programs = cdiv(m, block_m) * a_k_tiles
@@ -249,13 +254,8 @@ def _operands_plan(index, m, act, width, stride, ka, rows, kp, stride_wo, x_dtyp
 def _fake_plan(index, m, act, width, stride, kp, units, x_dtype, out_dtype, a_order=0, maxima_block=0, tiles=None):
     """Grid, constexprs, integer arguments, launch options and launch key of one shape (device index -1: the
     CPU): worked out once (host time per call matters)."""
-    code, gated = ACTS[act]
-    i = act_width(act, width)
-    i_mult, xm_mult = x_multiples(i, stride, m)
-    if index < 0:
-        block_m, block_k, warps = min(64, triton.next_power_of_2(m)), 128, 4
-    else:
-        block_m, block_k, warps = tiles or fake_tiles(m, kp, units)
+    code, gated, i, i_mult, xm_mult, (block_m, block_k, warps) = _act_pass(index, m, act, width, stride, kp, units,
+                                                                           tiles)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(I_MULT=i_mult, XM_MULT=xm_mult, ACT=code, GATED=gated, BF16_BITS=index < 0, UNITS=units,
                 BLOCK_M=block_m, BLOCK_K=block_k, A_ORDER=a_order, MAXIMA_BLOCK=maxima_block)
