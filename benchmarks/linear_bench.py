@@ -1503,6 +1503,58 @@ def run_tune_pass_tiles(args):
               ["m", "n", "k", "a_order", "block_m", "block_k", "num_warps", "routed", "us"], rows)
 
 
+DYNAMIC_PASS_TILES = [(16, 256, 4), (16, 128, 4), (16, 64, 4), (16, 256, 2), (16, 128, 2), (16, 64, 2), (8, 128, 2),
+                      (16, 512, 4), (32, 128, 4)]
+
+
+def run_tune_dynamic_pass_tiles(args):
+    """`run_tune_pass_tiles` for the dynamic scale's pass of the decode route (M = 2-16 from 8M weight elements: max
+    |x| taken inside the pass, every program reading all of x, or, from `DYNAMIC_PASS_BARRIER_ELEMENTS`, each its own
+    tile behind a grid-wide barrier whose grid must fit the SMs: tiles beyond are skipped); every tile's values and
+    alpha checked equal to the routed tile's (-> results/pass_tiles_dynamic_<gpu>.csv)."""
+    from fp4linear.kernels import quant_dequant_launch as qdl
+
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    graph_us, _ = timers(device)
+    ms = [4] if device == "cpu" else (args.m or [2, 4, 8, 16])
+    shapes = [(300, 200)] if device == "cpu" else (args.shapes or PASS_SHAPES[:3])
+    tiles = DYNAMIC_PASS_TILES[:2] if device == "cpu" else DYNAMIC_PASS_TILES
+    ws2 = torch.tensor([0.01], device=device)
+    rows = []
+    for n, k in tqdm(shapes, desc="dynamic pass tiles", file=sys.stderr):
+        kp = -(-k // 64) * 64
+        for m in ms:
+            x_device = torch.device(device)
+            barrier = kernels.dynamic_pass_barrier(m, kp, x_device)
+            if not (barrier or kernels.fuses_dynamic_scale_in_pass(m, k, k)):
+                continue
+            order = kernels.activation_order(m, n, kp, x_device)
+            x = (torch.rand(m, k, device=device) * 8 - 4).to(torch.bfloat16)
+            want = torch.zeros(kernels.mma16_rows(m, order), kp, device=device, dtype=torch.float16)
+            want_alpha = kernels.fake_quantize_dynamic(x, ws2, want, units=True, a_order=order).clone()
+            res = []
+            for t in [None, *tiles]:
+                a = torch.zeros_like(want)
+                fn = lambda t=t, a=a: kernels.fake_quantize_dynamic(x, ws2, a, units=True, a_order=order, tiles=t)  # noqa: E731
+                try:
+                    alpha = fn().clone()
+                except ValueError:  # (the barrier's grid beyond the SMs)
+                    continue
+                if not (torch.equal(a.view(torch.int16), want.view(torch.int16)) and torch.equal(alpha, want_alpha)):
+                    raise AssertionError(f"dynamic pass tiles {t} at {m}x{k}: bits differ from the routed tiles'")
+                res.append((graph_us(fn), t))
+            base = next(us for us, t in res if t is None)
+            for us, t in res:
+                rows.append([m, n, k, order, int(barrier), *(t or ("routed", "", "")), us])
+            best = min(res, key=lambda r: r[0])
+            print(f"dynamic pass {m}x{k} ({'barrier' if barrier else 'every program reads x'}, order {order}): routed "
+                  f"{base:.2f} us, best {best[0]:.2f} {best[1]}", flush=True)
+    if device == "cpu" or args.no_write:
+        return
+    write_csv(args.results_dir / f"pass_tiles_dynamic_{gpu_slug()}.csv",
+              ["m", "n", "k", "a_order", "barrier", "block_m", "block_k", "num_warps", "us"], rows)
+
+
 def run_tune_split(args):
     """Decode: how many K splits (programs per SM) the routed tiles take (`GemmConfig.programs_per_sm`,
     `min_split_tiles`), the routed launches (pass + GEMM, or the GEMM quantizing x), weights cold,
@@ -1704,6 +1756,8 @@ def main():
               "(-> results/pass_tune_<gpu>.csv)"),
              ("--tune-pass-tiles", run_tune_pass_tiles, "the static decode pass per tile, alone "
               "(-> results/pass_tiles_<gpu>.csv)"),
+             ("--tune-dynamic-pass-tiles", run_tune_dynamic_pass_tiles, "the dynamic decode pass per tile, alone "
+              "(-> results/pass_tiles_dynamic_<gpu>.csv)"),
              ("--tune-split", run_tune_split, "decode: K splits of the routed tiles (programs per SM) "
               "(-> results/split_tune_<gpu>.csv)"),
              ("--tune-small", run_tune_small, "decode on small per-rank weights: tiles and K splits of the GEMM "

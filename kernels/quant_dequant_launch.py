@@ -49,11 +49,14 @@ def dynamic_pass_barrier(m: int, kp: int, device: torch.device) -> bool:
 
 
 def _barrier_block_k(m: int, kp: int, device: torch.device) -> int | None:
-    """The barrier pass's K tile (16-row tiles, 128 columns, or 256 where 128 would put more programs
-    than SMs: 4 x 28672 in 112 programs), or None where it does not apply."""
+    """The barrier pass's K tile (16-row tiles of the narrowest of 64 (up to 16 rows), 128 and 256 columns that
+    keeps the programs within the SMs: 4 x 28672 in 112 programs of 256), or None where it does not apply. H100,
+    the pass alone (linear_bench.py --tune-dynamic-pass-tiles, bits and alpha checked): 64 columns 1.09-1.11x
+    faster than 128 at 8-16 rows (16 x 4096 4.21 us vs 4.64, 8 x 8192 4.29 vs 4.78); past 16 rows not measured."""
     if device.type != "cuda" or not (m <= DYNAMIC_PASS_BARRIER_ROWS and m * kp > DYNAMIC_PASS_BARRIER_ELEMENTS):
         return None
-    return next((bk for bk in (128, 256) if cdiv(m, 16) * cdiv(kp, bk) <= _sm_count(device)), None)
+    widths = (64, 128, 256) if m <= 16 else (128, 256)
+    return next((bk for bk in widths if cdiv(m, 16) * cdiv(kp, bk) <= _sm_count(device)), None)
 
 
 def amax_reads(k: int, dynamic: bool = True) -> dict:
@@ -87,13 +90,15 @@ def fake_quantize(x, global_scale, out, *, units: bool, a_order: int = 0, tiles:
     return out
 
 
-def fake_quantize_dynamic(x, weight_scale_2, out, *, units: bool, a_order: int = 0):
+def fake_quantize_dynamic(x, weight_scale_2, out, *, units: bool, a_order: int = 0, tiles: tuple | None = None):
     """`fake_quantize` under x's dynamic scale, derived from max |x| in the same launch (the bits of
     `dynamic_gs_alpha`; x as `fuses_dynamic_scale_in_pass` allows). Returns alpha, fp32 [1] on the
     device (per-stream scratch, as `dynamic_gs_alpha`'s: read it before the next dynamic-scale call
-    on this stream; the Linear's GEMM does). x: `fuses_dynamic_scale_in_pass` or `dynamic_pass_barrier`."""
+    on this stream; the Linear's GEMM does). x: `fuses_dynamic_scale_in_pass` or `dynamic_pass_barrier`.
+    tiles: (block_m, block_k, num_warps) on a GPU other than the routed ones (tuning; with the barrier, a grid
+    beyond the SMs is refused: its programs could not all be resident)."""
     s = scratch_of(x)
-    _fake_quantize(x, weight_scale_2, out, units, s.scales, a_order, s)
+    _fake_quantize(x, weight_scale_2, out, units, s.scales, a_order, s, tiles=tiles)
     return s.alpha
 
 
@@ -154,8 +159,13 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_orde
     elif dynamic and dynamic_pass_barrier(m, kp, torch.device("cuda", index)):
         # every program resident: each reads only its own tile
         block_m, block_k, barrier = 16, _barrier_block_k(m, kp, torch.device("cuda", index)), True
-    elif dynamic:  # (a dynamic scale's tile: 4x1024 .. 16x64 measured alike on the H100, benchmarks/NOTES.md)
-        block_m, block_k = 16, 256
+        if tiles is not None:
+            block_m, block_k, warps = tiles
+            if cdiv(m, block_m) * cdiv(kp, block_k) > _sm_count(torch.device("cuda", index)):
+                raise ValueError(f"tiles {tiles}: the barrier pass's grid must fit the SMs")
+    elif dynamic:  # every program reads all of x (M <= 16): 16 x 64 tiles, 1.09-1.44x faster than 16 x 256 on the
+        # H100 (--tune-dynamic-pass-tiles: 8 x 4096 3.19 us vs 4.61, 4 x 8192 3.18 vs 4.22, 2 x 8192 2.94 vs 3.21)
+        block_m, block_k, warps = tiles or (16, 64, warps)
     else:
         block_m, block_k, warps = tiles or pass_tiles(m, kp)
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
                                   ["linear_bench.py", "--dry-run", "--tune-chunks"],
                                   ["linear_bench.py", "--dry-run", "--tune-pass"],
                                   ["linear_bench.py", "--dry-run", "--tune-pass-tiles"],
+                                  ["linear_bench.py", "--dry-run", "--tune-dynamic-pass-tiles"],
                                   ["linear_bench.py", "--dry-run", "--tune-split"],
                                   ["linear_bench.py", "--dry-run", "--tune-small"],
                                   ["linear_bench.py", "--dry-run", "--tune-gemv"],
