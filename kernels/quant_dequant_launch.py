@@ -85,7 +85,7 @@ def fake_quantize(x, global_scale, out, *, units: bool, a_order: int = 0, tiles:
     Kp] in that 16-row MMA fragment order (`layout.mma16_offset`); rows M.. of the last tile are left
     as they are. a_order 3 (units only): [M, Kp] with the columns of each 64 moved for the weight as
     wgmma's register operand (`layout.rs_col`). tiles: (block_m, block_k, num_warps) of a static scale's
-    pass on a GPU other than `pass_tiles`' (tuning: linear_bench.py --tune-pass)."""
+    pass on a GPU other than `pass_tiles`' (tuning: linear_bench.py --tune-pass-tiles)."""
     _fake_quantize(x, global_scale, out, units, None, a_order, tiles=tiles)
     return out
 
@@ -96,7 +96,7 @@ def fake_quantize_dynamic(x, weight_scale_2, out, *, units: bool, a_order: int =
     device (per-stream scratch, as `dynamic_gs_alpha`'s: read it before the next dynamic-scale call
     on this stream; the Linear's GEMM does). x: `fuses_dynamic_scale_in_pass` or `dynamic_pass_barrier`.
     tiles: (block_m, block_k, num_warps) on a GPU other than the routed ones (tuning; with the barrier, a grid
-    beyond the SMs is refused: its programs could not all be resident)."""
+    beyond the SMs is refused: its programs could not all be resident; linear_bench.py --tune-dynamic-pass-tiles)."""
     s = scratch_of(x)
     _fake_quantize(x, weight_scale_2, out, units, s.scales, a_order, s, tiles=tiles)
     return s.alpha
