@@ -1117,6 +1117,33 @@ def test_gpu_pass_tiles_give_the_interpreters_bits(tiles, m, k, a_order):
         assert not want.isnan().any()
 
 
+@pytest.mark.parametrize("sms", [132, 78, 16])
+def test_barrier_pass_grid_fits_the_sms(monkeypatch, sms):
+    """The dynamic pass's barrier needs every program resident: whatever the GPU's SM count, the routed tiles
+    (`_barrier_block_k`, 64 columns up to 16 rows) never launch more programs than SMs; tiles given for tuning
+    whose grid would not fit are refused with an error naming them, not launched. (Plans only: no GPU.)"""
+    from fp4linear.kernels import quant_dequant_launch as qdl
+
+    monkeypatch.setattr(qdl, "_sm_count", lambda device: sms)
+    qdl._fake_plan.cache_clear()
+    try:
+        taken = 0
+        for m in (2, 5, 9, 16, 17, 33, 64):
+            for kp in (1024, 2752, 4096, 8192, 16384, 28672):
+                grid, meta, _, _ = qdl._fake_plan(0, m, kp, kp, True, torch.bfloat16, torch.float16, True, 1)
+                if meta["BARRIER"]:
+                    taken += 1
+                    assert grid[0] * grid[1] <= sms, (m, kp, meta["BLOCK_K"])
+                    assert meta["BLOCK_K"] == 64 or m > 16 or -(-m // 16) * -(-kp // 64) > sms
+        assert taken
+        kp = 256 * sms  # the barrier applies (256-wide tiles fill the SMs), 64-wide ones would not fit
+        assert qdl._fake_plan(0, 16, kp, kp, True, torch.bfloat16, torch.float16, True, 1)[1]["BARRIER"]
+        with pytest.raises(ValueError, match="tiles"):
+            qdl._fake_plan(0, 16, kp, kp, True, torch.bfloat16, torch.float16, True, 1, tiles=(16, 64, 4))
+    finally:
+        qdl._fake_plan.cache_clear()
+
+
 @pytest.mark.parametrize("m", [3, 16])
 def test_dynamic_quantize_pass_writes_every_element_and_equals_the_static_pass(device, m):
     """`fake_quantize_dynamic` into a poisoned buffer against `fake_quantize` under the scale the
