@@ -1460,6 +1460,14 @@ PASS_TILES = [(32, 128, 4), (16, 128, 4), (16, 128, 2), (16, 128, 1), (16, 64, 4
 PASS_SHAPES = [(4096, 4096), (8192, 8192), (8192, 3696), (28672, 8192), (8192, 28672)]
 
 
+def pass_tune_setup(args, shapes, tiles):
+    """(device, graph timer, M values, (N, K) shapes, tiles) of the pass tile sweeps: tiny and two tiles on the CPU."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    if device == "cpu":
+        return device, timers(device)[0], [4], [(300, 200)], tiles[:2]
+    return device, timers(device)[0], args.m or [2, 4, 8, 16], args.shapes or shapes, tiles
+
+
 def run_tune_pass_tiles(args):
     """The static scale's quantize-dequantize pass of the two-launch decode route (M = 2-16 on weights from 8M
     elements: x's values in the MMA fragment order the GEMM reads, `kernels.activation_order`) per tile
@@ -1467,11 +1475,7 @@ def run_tune_pass_tiles(args):
     the routed tile's (-> results/pass_tiles_<gpu>.csv)."""
     from fp4linear.kernels import quant_dequant_launch as qdl
 
-    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
-    graph_us, _ = timers(device)
-    ms = [4] if device == "cpu" else (args.m or [2, 4, 8, 16])
-    shapes = [(300, 200)] if device == "cpu" else (args.shapes or PASS_SHAPES)
-    tiles = PASS_TILES[:2] if device == "cpu" else PASS_TILES
+    device, graph_us, ms, shapes, tiles = pass_tune_setup(args, PASS_SHAPES, PASS_TILES)
     gs = torch.tensor([100.0], device=device)
     rows = []
     for n, k in tqdm(shapes, desc="pass tiles", file=sys.stderr):
@@ -1512,13 +1516,7 @@ def run_tune_dynamic_pass_tiles(args):
     |x| taken inside the pass, every program reading all of x, or, from `DYNAMIC_PASS_BARRIER_ELEMENTS`, each its own
     tile behind a grid-wide barrier whose grid must fit the SMs: tiles beyond are skipped); every tile's values and
     alpha checked equal to the routed tile's (-> results/pass_tiles_dynamic_<gpu>.csv)."""
-    from fp4linear.kernels import quant_dequant_launch as qdl
-
-    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
-    graph_us, _ = timers(device)
-    ms = [4] if device == "cpu" else (args.m or [2, 4, 8, 16])
-    shapes = [(300, 200)] if device == "cpu" else (args.shapes or PASS_SHAPES[:3])
-    tiles = DYNAMIC_PASS_TILES[:2] if device == "cpu" else DYNAMIC_PASS_TILES
+    device, graph_us, ms, shapes, tiles = pass_tune_setup(args, PASS_SHAPES[:3], DYNAMIC_PASS_TILES)
     ws2 = torch.tensor([0.01], device=device)
     rows = []
     for n, k in tqdm(shapes, desc="dynamic pass tiles", file=sys.stderr):
