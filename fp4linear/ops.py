@@ -445,10 +445,11 @@ def cublas_dequantized_gemm(a, weight, weight_scale, bias, alpha: float | torch.
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             whole = r1 - r0 == rows
-            if x is not None and r0 == 0 and act is None:
-                kernels.cublas_operands(x, gs, a, weight, weight_scale, chunk)
-            elif x is not None and r0 == 0:
-                kernels.act_cublas_operands(x, act, gs, a, weight, weight_scale, chunk)
+            if x is not None and r0 == 0:  # the activation's values and this chunk in one launch
+                if act is None:
+                    kernels.cublas_operands(x, gs, a, weight, weight_scale, chunk)
+                else:
+                    kernels.act_cublas_operands(x, act, gs, a, weight, weight_scale, chunk)
             else:
                 kernels.dequantize_rows(weight, weight_scale, r0, chunk if whole else chunk[: r1 - r0])
             w = w_whole if whole else chunk[: r1 - r0, :ka]

@@ -230,11 +230,22 @@ def act_fake_quantize_kernel(x_ptr, global_scale_ptr, maxima_ptr, n_maxima, scal
     in out's dtype; the codes and scales `act_quantize_kernel` stores for the same x and scale.
     A_ORDER 1-3 (UNITS): out in that `layout.activation_offset` order instead of row-major.
     gs as `numerics.encode_scale` gives it (MAXIMA_BLOCK > 0: program (0, 0) writes (gs, alpha))."""
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
-    cols = (tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
-    h = _act_tile(x_ptr, rows, cols, M, I_div * I_MULT, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
-    gs = encode_scale(global_scale_ptr, maxima_ptr, n_maxima, scales_ptr,
-                      (tl.program_id(0) == 0) & (tl.program_id(1) == 0), MAXIMA_BLOCK)
+    _act_fake_quantize_program(x_ptr, global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, out_ptr, M,
+                               I_div * I_MULT, stride_xm_div * XM_MULT, Kp, tl.program_id(0), tl.program_id(1),
+                               ACT, GATED, BF16_BITS, UNITS, BLOCK_M, BLOCK_K, A_ORDER, MAXIMA_BLOCK)
+
+
+@triton.jit
+def _act_fake_quantize_program(x_ptr, global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, out_ptr, M, I, stride_xm,
+                               Kp, pid_m, pid_k, ACT: tl.constexpr, GATED: tl.constexpr, BF16_BITS: tl.constexpr,
+                               UNITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                               A_ORDER: tl.constexpr, MAXIMA_BLOCK: tl.constexpr):
+    """Tile (pid_m, pid_k) of `act_fake_quantize_kernel` (out's row stride Kp); program (0, 0) writes a
+    dynamic scale's (gs, alpha)."""
+    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    cols = (pid_k * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
+    h = _act_tile(x_ptr, rows, cols, M, I, stride_xm, ACT, GATED, BF16_BITS)
+    gs = encode_scale(global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, (pid_m == 0) & (pid_k == 0), MAXIMA_BLOCK)
     v = fake_quantize_tile(h, gs, UNITS, BLOCK_M, BLOCK_K)
     offsets = activation_offset(rows.to(tl.int64), cols, Kp, A_ORDER)
     tl.store(out_ptr + offsets, v.to(out_ptr.dtype.element_ty), mask=(rows < M) & (cols < Kp))
@@ -254,12 +265,9 @@ def act_cublas_operands_kernel(x_ptr, global_scale_ptr, maxima_ptr, n_maxima, sc
     launch of its own. gs as `numerics.encode_scale` gives it (MAXIMA_BLOCK > 0: program 0 writes (gs, alpha))."""
     pid = tl.program_id(0)
     if pid < a_programs:
-        rows = ((pid // a_k_tiles) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
-        cols = ((pid % a_k_tiles) * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
-        h = _act_tile(x_ptr, rows, cols, M, I_div * I_MULT, stride_xm_div * XM_MULT, ACT, GATED, BF16_BITS)
-        gs = encode_scale(global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, pid == 0, MAXIMA_BLOCK)
-        v = fake_quantize_tile(h, gs, False, BLOCK_M, BLOCK_K)
-        tl.store(out_ptr + rows.to(tl.int64) * Ka + cols, v.to(out_ptr.dtype.element_ty), mask=(rows < M) & (cols < Ka))
+        _act_fake_quantize_program(x_ptr, global_scale_ptr, maxima_ptr, n_maxima, scales_ptr, out_ptr, M,
+                                   I_div * I_MULT, stride_xm_div * XM_MULT, Ka, pid // a_k_tiles, pid % a_k_tiles,
+                                   ACT, GATED, BF16_BITS, False, BLOCK_M, BLOCK_K, 0, MAXIMA_BLOCK)
     else:
         w_pid = pid - a_programs
         _dequantize_rows_program(w_ptr, w_scale_ptr, w_out_ptr, 0, N, Kp, stride_wo, w_pid // w_k_tiles,

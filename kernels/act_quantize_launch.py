@@ -14,6 +14,7 @@ from . import act_quantize as act_module
 from .maxima import scale_args
 from .launch import CachedLaunch, cdiv, compile_tracing, int_key, next_pow2, x_multiples
 from .layout import check_mma16
+from .quant_dequant_launch import DEQUANTIZE_ROWS_TILE
 from .quantize_launch import MEASURED_VARIANTS, QuantConfig, kernel_meta, quant_config
 
 # name -> (ACT code in kernels/act_quantize.py, gated)
@@ -204,7 +205,6 @@ def _act_pass(index, m, act, width, stride, kp, units, tiles):
 
 
 _launch_operands = CachedLaunch(act_module.act_cublas_operands_kernel)
-_OPERANDS_W_TILE = (32, 128)  # the weight rows' tile: `quant_dequant.dequantize_rows`' (rows, columns)
 
 
 def act_cublas_operands(x, act: str, global_scale, a, w_data, w_scale, w_out, *, tiles: tuple | None = None):
@@ -236,7 +236,7 @@ def _operands_plan(index, m, act, width, stride, ka, rows, kp, stride_wo, x_dtyp
     """Grid, constexprs, integer arguments, launch options and launch key of `act_cublas_operands`."""
     code, gated, i, i_mult, xm_mult, (block_m, block_k, warps) = _act_pass(index, m, act, width, stride, ka, False,
                                                                            tiles)
-    block_n, w_block_k = _OPERANDS_W_TILE
+    block_n, w_block_k = DEQUANTIZE_ROWS_TILE  # (the weight's tile: `dequantize_rows`')
     a_k_tiles, w_k_tiles = cdiv(ka, block_k), cdiv(kp, w_block_k)
     a_programs = cdiv(m, block_m) * a_k_tiles
     grid = (a_programs + cdiv(rows, block_n) * w_k_tiles, 1, 1)

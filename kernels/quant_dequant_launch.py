@@ -180,11 +180,14 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_orde
 _launch_ids: dict = {}
 
 
+DEQUANTIZE_ROWS_TILE = (32, 128)  # (weight rows, columns) a program of `dequantize_rows` (and of act_cublas_operands')
+
+
 def dequantize_rows(w_data, w_scale, row_begin: int, out):
     """out [rows, Kp] (bf16/fp16) = true values of weight rows row_begin .. row_begin + rows."""
     rows, kp = out.shape
     n = row_begin + rows
-    block_n, block_k = 32, 128
+    block_n, block_k = DEQUANTIZE_ROWS_TILE
     grid = (cdiv(rows, block_n), cdiv(kp, block_k))
     args = (w_data, w_scale.view(torch.uint8), out, row_begin, n, kp, out.stride(0))
     meta = dict(BLOCK_N=block_n, BLOCK_K=block_k)
