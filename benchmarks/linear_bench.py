@@ -1745,7 +1745,7 @@ def main():
               "tiles (-> results/decode_ab_<gpu>.csv)"),
              ("--ab-bias", run_ab_bias, "past decode: the same layer with and without a bias "
               "(-> results/bias_ab_<gpu>.csv)"),
-             ("--ab-align", run_ab_align, "K % 16 != 0: x's loads told K's and the row stride's alignment vs not "
+             ("--ab-align", run_ab_align, "K %% 16 != 0: x's loads told K's and the row stride's alignment vs not "
               "(-> results/align_ab_<gpu>.csv)"),
              ("--tune-chunks", run_tune_chunks, "cuBLAS path: weight chunk sizes (-> results/chunk_tune_<gpu>.csv)"),
              ("--tune-operands", run_tune_operands, "cuBLAS path: tiles of the operands kernel "

@@ -45,6 +45,16 @@ def test_dry_run(argv, tmp_path):
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")
+                                           if "__main__" in p.read_text()))
+def test_help_prints(script):
+    # argparse formats every help string with %: a bare "%" in one (e.g. "K % 16") breaks --help only
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True, text=True,
+                         timeout=120, env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "usage:" in out.stdout
+
+
 def test_forced_functions_patch_once_a_round_and_put_back():
     """`common.Forced`: its patches are in force for its calls and only for them (a plain function timed
     beside it sees the module as it was), entered once a round of eager calls, outside the timed loop,
