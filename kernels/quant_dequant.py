@@ -58,20 +58,46 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, words_ptr
                          stride_xm, UNITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                          DYNAMIC: tl.constexpr, AMAX_ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr,
                          AMAX_CHUNKS: tl.constexpr, A_ORDER: tl.constexpr, BARRIER: tl.constexpr,
-                         MAXIMA_BLOCK: tl.constexpr, X_ALIGN: tl.constexpr = 1):
+                         MAXIMA_BLOCK: tl.constexpr, X_ALIGN: tl.constexpr = 1, BARRIER_SLOTS: tl.constexpr = 1):
     """MAXIMA_BLOCK > 0: gs from a scale launch's per-program maxima (`numerics.encode_scale`;
     global_scale_ptr is then the weight's decode scale), program (0, 0) writing (gs, alpha) to
     scales_ptr. DYNAMIC (small x only): global_scale_ptr is the weight's decode scale, and program (0, 0)
     writes (gs, alpha) to scales_ptr (fp32 [2]) for the GEMM that follows. Without BARRIER every
     program derives them from max |x| over all of x (`small_input_scales`: x is a few hundred KB at
-    most, read from L2). BARRIER (GPU only, every program resident at once: the launcher keeps the
+    most, read from L2). BARRIER 1 (GPU only, every program resident at once: the launcher keeps the
     grid within the SM count): each program reads only its own tile, folds its max |x| into
     words_ptr[0] (int32 bits, an atomic max), and all wait until every program has (words_ptr[1]
     counts arrivals); the last to leave (words_ptr[2]) zeroes the three words for the next call.
-    The same maximum, so the same bits."""
+    BARRIER 2 (the same conditions): each program writes its max |x| to a word of its own
+    (words_ptr[program], the top bit set to mark it written), and all read the BARRIER_SLOTS words
+    until every one is marked, then take the maximum of what they read; the last to leave
+    (words_ptr[BARRIER_SLOTS] counts departures) zeroes them. The same maximum, so the same bits."""
     K = aligned(K, X_ALIGN)
     stride_xm = aligned(stride_xm, X_ALIGN)
-    if DYNAMIC and BARRIER:
+    if DYNAMIC and BARRIER == 2:
+        rows, cols, x = _load_tile(x_ptr, M, K, stride_xm, tl.program_id(0), tl.program_id(1), BLOCK_M, BLOCK_K)
+        n = tl.num_programs(0) * tl.num_programs(1)
+        weight_scale_2 = tl.load(global_scale_ptr)  # (in flight during the wait)
+        # max |x| bits never have the top bit (NaN sorts below it), so it marks a word as written. No
+        # fence or acquire: the words themselves are all that passes between programs, and they
+        # are read from L2 (volatile) until every one is marked.
+        written = -2147483648  # (the top bit of an int32)
+        tl.atomic_xchg(words_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1),
+                       tl.reduce(max_abs_bits(x), 0, max_combine) | written, sem="relaxed", scope="gpu")
+        slots = tl.arange(0, BARRIER_SLOTS)
+        seen = tl.load(words_ptr + slots, mask=slots < n, other=written, volatile=True)
+        while tl.max(seen, 0) >= 0:  # a word not yet written
+            seen = tl.load(words_ptr + slots, mask=slots < n, other=written, volatile=True)
+        gs, alpha = dynamic_scales(tl.reduce(seen & 0x7FFFFFFF, 0, max_combine), weight_scale_2)
+        if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+            store_scales(scales_ptr, gs, alpha)
+        _store_fake_quantized(x, gs, out_ptr, rows, cols, M, Kp, UNITS, BLOCK_M, BLOCK_K, A_ORDER)
+        # departures after the stores (the last one out zeroes the words for the next call): a program
+        # departs once its reads have returned, so none can still need a word the last one zeroes
+        if tl.atomic_add(words_ptr + BARRIER_SLOTS, 1, sem="relaxed", scope="gpu") == n - 1:
+            tl.store(words_ptr + slots, tl.zeros_like(slots), mask=slots < n)
+            tl.store(words_ptr + BARRIER_SLOTS, 0)
+    elif DYNAMIC and BARRIER:
         rows, cols, x = _load_tile(x_ptr, M, K, stride_xm, tl.program_id(0), tl.program_id(1), BLOCK_M, BLOCK_K)
         n = tl.num_programs(0) * tl.num_programs(1)
         tl.atomic_max(words_ptr, tl.reduce(max_abs_bits(x), 0, max_combine), sem="relaxed", scope="gpu")

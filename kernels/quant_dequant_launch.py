@@ -15,7 +15,7 @@ from .launch import CachedLaunch, alignment_key, cdiv, compile_tracing, int_key,
 from .launch import sm_count as _sm_count
 from .layout import check_mma16
 from .maxima import scale_args
-from .workspace import scratch_of
+from .workspace import BARRIER_WORDS, scratch_of
 
 _launch_fake = CachedLaunch(qd_module.fake_quantize_kernel)
 _launch_rows = CachedLaunch(qd_module.dequantize_rows_kernel)
@@ -41,6 +41,9 @@ DYNAMIC_PASS_BARRIER_ELEMENTS = 36 * 1024
 # ... up to this many rows: the batched-decode rows (17-64, where the pass then feeds the 32/64-row tiles) take it
 # too where the pass's 16-row tiles fit on the SMs (linear_bench.py --ab-dynamic --m 32 64: see RESULTS.md).
 DYNAMIC_PASS_BARRIER_ROWS = 64
+# How the barrier's programs share max |x|: 1 = an atomic max, an arrival count they poll and a departure count
+# (acquire/release round trips); 2 = a word per program, polled until every one is written.
+BARRIER_FORM = 2
 
 
 def dynamic_pass_barrier(m: int, kp: int, device: torch.device) -> bool:
@@ -56,7 +59,8 @@ def _barrier_block_k(m: int, kp: int, device: torch.device) -> int | None:
     if device.type != "cuda" or not (m <= DYNAMIC_PASS_BARRIER_ROWS and m * kp > DYNAMIC_PASS_BARRIER_ELEMENTS):
         return None
     widths = (64, 128, 256) if m <= 16 else (128, 256)
-    return next((bk for bk in widths if cdiv(m, 16) * cdiv(kp, bk) <= _sm_count(device)), None)
+    fits = min(_sm_count(device), BARRIER_WORDS - 1)  # every program resident, and a word for each
+    return next((bk for bk in widths if cdiv(m, 16) * cdiv(kp, bk) <= fits), None)
 
 
 def amax_reads(k: int, dynamic: bool = True) -> dict:
@@ -122,7 +126,7 @@ def _fake_quantize(x, scale, out, units, scales, a_order=0, scratch=None, tiles=
     sx = x.stride(0)
     grid, meta, options, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype, dynamic, a_order, maxima_block,
                                           x_align(k, sx), tiles)
-    words = scratch.scale_words if meta["BARRIER"] else out
+    words = out if not meta["BARRIER"] else scratch.scale_words if meta["BARRIER"] == 1 else scratch.barrier_words
     args = (x, scale, out, scales, words, maxima, count, m, k, kp, sx)
     if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
@@ -161,7 +165,7 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_orde
         block_m, block_k, barrier = 16, _barrier_block_k(m, kp, torch.device("cuda", index)), True
         if tiles is not None:
             block_m, block_k, warps = tiles
-            if cdiv(m, block_m) * cdiv(kp, block_k) > _sm_count(torch.device("cuda", index)):
+            if cdiv(m, block_m) * cdiv(kp, block_k) > min(_sm_count(torch.device("cuda", index)), BARRIER_WORDS - 1):
                 raise ValueError(f"tiles {tiles}: the barrier pass's grid must fit the SMs")
     elif dynamic:  # every program reads all of x (M <= 16): 16 x 64 tiles, 1.09-1.44x faster than 16 x 256 on the
         # H100 (--tune-dynamic-pass-tiles: 8 x 4096 3.19 us vs 4.61, 4 x 8192 3.18 vs 4.22, 2 x 8192 2.94 vs 3.21)
@@ -171,8 +175,9 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_orde
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
                 AMAX_ROWS=triton.next_power_of_2(m) if dynamic and not barrier else 1,
-                **amax_reads(k, dynamic and not barrier), A_ORDER=a_order, BARRIER=barrier, MAXIMA_BLOCK=maxima_block,
-                X_ALIGN=x_al)
+                **amax_reads(k, dynamic and not barrier), A_ORDER=a_order, BARRIER=BARRIER_FORM if barrier else 0,
+                MAXIMA_BLOCK=maxima_block, X_ALIGN=x_al,
+                BARRIER_SLOTS=triton.next_power_of_2(grid[0] * grid[1]) if barrier else 1)
     tail = (index, x_dtype, out_dtype, k, kp, *meta.values(), warps)  # with x's alignment: the launch key
     return grid, meta, dict(num_warps=warps), _launch_ids.setdefault(tail, len(_launch_ids))
 

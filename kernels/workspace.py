@@ -33,6 +33,7 @@ _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 _capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None)  # torch.cuda.is_current_stream_capturing
 
 _MAX_VIEWS = 256  # cached buffer views per Scratch (shapes seen), cleared beyond
+BARRIER_WORDS = 257  # a word per program of a barrier's grid (within the SMs: up to 256) and one more
 
 
 class Scratch:
@@ -49,6 +50,7 @@ class Scratch:
         """The device, and the buffers made at first use (`_Fresh` makes only these)."""
         self.device = device
         self._scale_words = None
+        self._barrier_words = None
         self._zero = None
         self._maxima = None
 
@@ -60,6 +62,14 @@ class Scratch:
         if self._scale_words is None:
             self._scale_words = torch.zeros(3, dtype=torch.int32, device=self.device)
         return self._scale_words
+
+    @property
+    def barrier_words(self) -> torch.Tensor:
+        """int32 [BARRIER_WORDS] for a grid-wide barrier among at most BARRIER_WORDS - 1 resident programs
+        (a word each, then the departures), zero between calls (as `scale_words`)."""
+        if self._barrier_words is None:
+            self._barrier_words = torch.zeros(BARRIER_WORDS, dtype=torch.int32, device=self.device)
+        return self._barrier_words
 
     def maxima(self, count: int) -> torch.Tensor:
         """int32 [>= count] for a scale launch's per-program maxima (every program writes its own word

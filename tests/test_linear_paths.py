@@ -183,10 +183,10 @@ def test_dynamic_scale_in_the_quantize_pass_matches_the_separate_launch(device, 
                                                      (9, 1400, math.nan, 2), (16, 2688, math.inf, 0),
                                                      (3, 8, 1e4, 0), (48, 768, 1e4, 0), (40, 1400, math.nan, 0)])
 def test_gpu_dynamic_pass_barrier_matches_every_program_reading_x(monkeypatch, m, k, outlier, a_order):
-    """The dynamic pass's GPU barrier (each program reads its own tile, max |x| shared through an
-    atomic, all wait) against every program reading all of x: the same values and alpha, NaN and
-    inf included, over repeated calls and CUDA-graph replays (its three words must be zero again
-    after every call)."""
+    """The dynamic pass's GPU barrier in both forms (each program reads its own tile; max |x| shared
+    through an atomic and arrival counts, or through a word per program) against every program
+    reading all of x: the same values and alpha, NaN and inf included, over repeated calls and
+    CUDA-graph replays, a larger x between them (its words must be zero again after every call)."""
     from fp4linear.kernels import quant_dequant_launch as qdl
     from fp4linear.kernels.workspace import scratch_of
 
@@ -201,15 +201,18 @@ def test_gpu_dynamic_pass_barrier_matches_every_program_reading_x(monkeypatch, m
     def poisoned():  # 0xFFFF: a NaN no kernel writes, so unwritten elements show
         return torch.full((rows, kp), -1, dtype=torch.int16, device="cuda").view(torch.float16)
 
-    def run(barrier):
-        monkeypatch.setattr(qdl, "DYNAMIC_PASS_BARRIER_ELEMENTS", 0 if barrier else 2**40)
+    def run(form):
+        monkeypatch.setattr(qdl, "DYNAMIC_PASS_BARRIER_ELEMENTS", 0 if form else 2**40)
+        monkeypatch.setattr(qdl, "BARRIER_FORM", form or 2)
         qdl._fake_plan.cache_clear()
         try:
             grid, meta, _, _ = qdl._fake_plan(0, m, k, kp, True, x.dtype, torch.float16, True, a_order)
-            assert meta["BARRIER"] == barrier
+            assert meta["BARRIER"] == form
             outs = []
-            for _ in range(3):
+            for i in range(3):
                 out = poisoned()
+                if i == 1:  # a call whose max |x| is larger: stale words from it would show in the next
+                    kernels.fake_quantize_dynamic(x * 4, ws2, poisoned(), units=True, a_order=a_order)
                 alpha = kernels.fake_quantize_dynamic(x, ws2, out, units=True, a_order=a_order).clone()
                 outs.append((out, alpha))
             out = poisoned()
@@ -225,10 +228,10 @@ def test_gpu_dynamic_pass_barrier_matches_every_program_reading_x(monkeypatch, m
         finally:
             qdl._fake_plan.cache_clear()
 
-    with_barrier, reading_all = run(True), run(False)
-    assert torch.equal(scratch_of(x).scale_words.cpu(), torch.zeros(3, dtype=torch.int32))
+    with_words, with_atomics, reading_all = run(2), run(1), run(0)
+    assert not scratch_of(x).scale_words.any() and not scratch_of(x).barrier_words.any()
     want_out, want_alpha = reading_all[0]
-    for out, alpha in with_barrier + reading_all:
+    for out, alpha in with_words + with_atomics + reading_all:
         assert torch.equal(out.view(torch.int16), want_out.view(torch.int16))  # (rows past M: both poison)
         assert torch.equal(alpha.view(torch.int32), want_alpha.view(torch.int32))
     # and not vacuously: the static pass under the separate scale launch's gs (NaN gs: NaN blocks)
@@ -1117,12 +1120,16 @@ def test_gpu_pass_tiles_give_the_interpreters_bits(tiles, m, k, a_order):
         assert not want.isnan().any()
 
 
-@pytest.mark.parametrize("sms", [132, 78, 16])
+@pytest.mark.parametrize("sms", [132, 78, 16, 300])
 def test_barrier_pass_grid_fits_the_sms(monkeypatch, sms):
-    """The dynamic pass's barrier needs every program resident: whatever the GPU's SM count, the routed tiles
-    (`_barrier_block_k`, 64 columns up to 16 rows) never launch more programs than SMs; tiles given for tuning
-    whose grid would not fit are refused with an error naming them, not launched. (Plans only: no GPU.)"""
+    """The dynamic pass's barrier needs every program resident and a word of its own: whatever the GPU's SM
+    count, the routed tiles (`_barrier_block_k`, 64 columns up to 16 rows) never launch more programs than SMs
+    or than the barrier has words (`BARRIER_WORDS`), and the kernel polls a word for every program; tiles given
+    for tuning whose grid would not fit are refused with an error naming them, not launched. (Plans only: no GPU.)"""
     from fp4linear.kernels import quant_dequant_launch as qdl
+    from fp4linear.kernels.workspace import BARRIER_WORDS
+
+    fits = min(sms, BARRIER_WORDS - 1)
 
     monkeypatch.setattr(qdl, "_sm_count", lambda device: sms)
     qdl._fake_plan.cache_clear()
@@ -1133,10 +1140,11 @@ def test_barrier_pass_grid_fits_the_sms(monkeypatch, sms):
                 grid, meta, _, _ = qdl._fake_plan(0, m, kp, kp, True, torch.bfloat16, torch.float16, True, 1)
                 if meta["BARRIER"]:
                     taken += 1
-                    assert grid[0] * grid[1] <= sms, (m, kp, meta["BLOCK_K"])
-                    assert meta["BLOCK_K"] == 64 or m > 16 or -(-m // 16) * -(-kp // 64) > sms
+                    assert grid[0] * grid[1] <= fits, (m, kp, meta["BLOCK_K"])
+                    assert grid[0] * grid[1] <= meta["BARRIER_SLOTS"] < BARRIER_WORDS
+                    assert meta["BLOCK_K"] == 64 or m > 16 or -(-m // 16) * -(-kp // 64) > fits
         assert taken
-        kp = 256 * sms  # the barrier applies (256-wide tiles fill the SMs), 64-wide ones would not fit
+        kp = 256 * fits  # the barrier applies (256-wide tiles fill the SMs), 64-wide ones would not fit
         assert qdl._fake_plan(0, 16, kp, kp, True, torch.bfloat16, torch.float16, True, 1)[1]["BARRIER"]
         with pytest.raises(ValueError, match="tiles"):
             qdl._fake_plan(0, 16, kp, kp, True, torch.bfloat16, torch.float16, True, 1, tiles=(16, 64, 4))
