@@ -1553,42 +1553,38 @@ def run_tune_dynamic_pass_tiles(args):
               ["m", "n", "k", "a_order", "barrier", "block_m", "block_k", "num_warps", "us"], rows)
 
 
-AB_BARRIER_WORDS_SHAPES = [*PASS_SHAPES, (2576, 2688)]
+AB_BARRIER_SHAPES = [*PASS_SHAPES, (2576, 2688)]
 
 
-def run_ab_barrier_words(args):
-    """The dynamic decode pass's ways to max |x|: the grid-wide barrier in its two forms
-    (`quant_dequant_launch.BARRIER_FORM`: 1, an atomic max with arrival and departure counts, acquire/release
-    round trips; 2, a word per program polled until every one is written) and every program reading all of x
-    (where x is small enough, `fuses_dynamic_scale_in_pass`), each forced on either side of
-    `DYNAMIC_PASS_BARRIER_ELEMENTS`, wherever the routed decode layer takes a pass. The pass alone (values in the
-    GEMM's order) and the whole dynamic layer (weights cold), every form's bits checked equal, with the static pass
-    and layer and nn.Linear in the same process; device time, CUDA-graph replays
+def run_ab_barrier(args):
+    """The dynamic decode pass's two ways to max |x|, each forced on either side of `DYNAMIC_PASS_BARRIER_ELEMENTS`
+    wherever the routed decode layer takes a pass: a grid-wide barrier (every program resident, a word each) and
+    every program reading all of x (where x is small enough, `fuses_dynamic_scale_in_pass`). The pass alone (values
+    in the GEMM's order) and the whole dynamic layer (weights cold), both forms' bits checked equal, with the static
+    pass and layer and nn.Linear in the same process; device time, CUDA-graph replays
     (-> results/barrier_words_ab_<gpu>.csv)."""
     from fp4linear.kernels import quant_dequant_launch as qdl
 
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     graph_us, _ = timers(device)
-    shapes = [(300, 200)] if device == "cpu" else (args.shapes or AB_BARRIER_WORDS_SHAPES)
+    shapes = [(300, 200)] if device == "cpu" else (args.shapes or AB_BARRIER_SHAPES)
     ms = [16] if device == "cpu" else (args.m or [2, 4, 6, 8, 12, 16, 32, 64])
     ws2 = torch.tensor([0.01], device=device)
     gs = torch.tensor([100.0], device=device)
     routed_elements = qdl.DYNAMIC_PASS_BARRIER_ELEMENTS
 
-    def form(f):  # 0: every program reads x; 1, 2: the barrier's forms (the plans are cached per shape)
-        qdl.BARRIER_FORM = f or 2
-        qdl.DYNAMIC_PASS_BARRIER_ELEMENTS = 0 if f else 2**40
+    def force(barrier):  # (the plans are cached per shape)
+        qdl.DYNAMIC_PASS_BARRIER_ELEMENTS = 0 if barrier else 2**40
         qdl._fake_plan.cache_clear()
 
     rows = []
     nan = float("nan")
     try:
-        for n, k, copies, trios, kp in cold_layer_sets(shapes, "barrier words a/b", device):
+        for n, k, copies, trios, kp in cold_layer_sets(shapes, "barrier a/b", device):
             for m in ms:
-                form(2)
-                forms = [f for f, ok in ((1, kernels.dynamic_pass_barrier(m, kp, torch.device(device))),
-                                         (2, kernels.dynamic_pass_barrier(m, kp, torch.device(device))),
-                                         (0, kernels.fuses_dynamic_scale_in_pass(m, k, k))) if ok]
+                force(True)
+                forms = [f for f, ok in ((True, kernels.dynamic_pass_barrier(m, kp, torch.device(device))),
+                                         (False, kernels.fuses_dynamic_scale_in_pass(m, k, k))) if ok]
                 if device == "cuda" and (ops.use_gemv(m, n, kp) or ops.use_quantize_in_gemm(m, n, kp) or
                                          ops.use_cublas(m, n, kp, True) or not forms):
                     continue
@@ -1600,45 +1596,40 @@ def run_ab_barrier_words(args):
                 t_static = graph_us(chain([t[1] for t in trios], x)) / copies
                 t_pass, t_layer, bits = {}, {}, []
                 for f in forms:
-                    form(f)
+                    force(f)
                     t_pass[f] = graph_us(lambda: kernels.fake_quantize_dynamic(x, ws2, a, units=True, a_order=order))
                     alpha = kernels.fake_quantize_dynamic(x, ws2, a, units=True, a_order=order).clone()
                     t_layer[f] = graph_us(chain([t[2] for t in trios], x)) / copies
                     bits.append([a.clone().view(torch.int16), alpha, trios[0][2](x).clone().view(torch.int16)])
                 if any(not torch.equal(u, v) for other in bits[1:] for u, v in zip(bits[0], other)):
-                    raise AssertionError(f"{m}x{n}x{k}: the forms' bits differ")
-                routed = 2 if m * kp > routed_elements and 2 in forms else 0
-                rows.append([m, n, k, routed, t_bf16, t_static, *(t_layer.get(f, nan) for f in (1, 2, 0)),
-                             t_pass_static, *(t_pass.get(f, nan) for f in (1, 2, 0))])
-                print(f"barrier words {m}x{n}x{k}: bf16 {t_bf16:.2f}, static {t_static:.2f}, dynamic " +
-                      ", ".join(f"{('reads x', 'atomics', 'words')[f]} {t_layer[f]:.2f}" for f in forms) +
+                    raise AssertionError(f"{m}x{n}x{k}: the two forms' bits differ")
+                routed = "barrier" if m * kp > routed_elements and True in forms else "reads x"
+                rows.append([m, n, k, routed, t_bf16, t_static, t_layer.get(True, nan), t_layer.get(False, nan),
+                             t_pass_static, t_pass.get(True, nan), t_pass.get(False, nan)])
+                print(f"barrier {m}x{n}x{k}: bf16 {t_bf16:.2f}, static {t_static:.2f}, dynamic " +
+                      ", ".join(f"{'barrier' if f else 'reads x'} {t_layer[f]:.2f}" for f in forms) +
                       f" us; pass static {t_pass_static:.2f}, " +
-                      ", ".join(f"{('reads x', 'atomics', 'words')[f]} {t_pass[f]:.2f}" for f in forms), flush=True)
+                      ", ".join(f"{'barrier' if f else 'reads x'} {t_pass[f]:.2f}" for f in forms), flush=True)
     finally:
-        form(2)
         qdl.DYNAMIC_PASS_BARRIER_ELEMENTS = routed_elements
         qdl._fake_plan.cache_clear()
-    header = ["m", "n", "k", "routed_form", "bf16_us", "static_us", "dynamic_atomics_us", "dynamic_words_us",
-              "dynamic_reads_x_us", "pass_static_us", "pass_atomics_us", "pass_words_us", "pass_reads_x_us"]
-    md = [[m, n, k, ("reads x", "atomics", "words")[r], bf, st, da, dw, dr, da / st, dw / st, dr / st, ps, pa, pw, pr]
-          for m, n, k, r, bf, st, da, dw, dr, ps, pa, pw, pr in rows]
-    intro = ("Dynamic input scale, decode layers whose first launch is the quantize pass taking max |x| itself. "
-             "'atomics' and 'words': a grid-wide barrier (every program resident, each reading only its own tile of "
-             "x); 'atomics' folds max |x| into an atomic max, programs count arrivals and poll the count, then read "
-             "the maximum, a departure count zeroing the words (acquire/release round trips between); 'words': each "
-             "program writes its max |x| to a word of its own and polls all the words until every one is written, "
-             "departures counted after the stores. 'reads x': every program reads all of x for max |x| (x small "
-             "enough). 'routed': the form the layer takes by `DYNAMIC_PASS_BARRIER_ELEMENTS` (with words for the "
-             "barrier). Whole layer (bf16 input, no bias, weights cold: a chain of copies) and the pass alone (x's "
-             "values in the GEMM's order), device time per call (CUDA-graph replay medians), one process; every "
-             "form's values, alpha and layer output checked equal (bits); '-': the form does not apply.")
+    header = ["m", "n", "k", "routed", "bf16_us", "static_us", "dynamic_barrier_us", "dynamic_reads_x_us",
+              "pass_static_us", "pass_barrier_us", "pass_reads_x_us"]
+    md = [[m, n, k, r, bf, st, db, dr, db / st, dr / st, ps, pb, pr] for m, n, k, r, bf, st, db, dr, ps, pb, pr in rows]
+    intro = ("Dynamic input scale, decode layers whose first launch is the quantize pass taking max |x| itself: "
+             "'barrier', every program resident and reading only its own tile of x, each writing its max |x| to a "
+             "word of its own and polling all the words until every one is written; 'reads x', every program "
+             "reading all of x (x small enough). 'routed': the form `DYNAMIC_PASS_BARRIER_ELEMENTS` gives. Whole "
+             "layer (bf16 input, no bias, weights cold: a chain of copies) and the pass alone (x's values in the "
+             "GEMM's order), device time per call (CUDA-graph replay medians), one process; both forms' values, "
+             "alpha and layer output checked equal (bits); '-': the form does not apply.")
     if device == "cpu":
         args.no_write = True
-    publish(args, "Dynamic decode pass: the barrier's words (benchmarks/linear_bench.py --ab-barrier-words)", intro,
-            header, rows, csv_name=f"barrier_words_ab_{gpu_slug()}.csv",
-            md_header=["M", "N", "K", "routed", "bf16 us", "static us", "dyn atomics us", "dyn words us",
-                       "dyn reads x us", "dyn/static atomics", "dyn/static words", "dyn/static reads x",
-                       "pass static us", "pass atomics us", "pass words us", "pass reads x us"], md_rows=md)
+    publish(args, "Dynamic decode pass: the barrier vs every program reading x (benchmarks/linear_bench.py "
+            "--ab-barrier)", intro, header, rows, csv_name=f"barrier_words_ab_{gpu_slug()}.csv",
+            md_header=["M", "N", "K", "routed", "bf16 us", "static us", "dyn barrier us", "dyn reads x us",
+                       "dyn/static barrier", "dyn/static reads x", "pass static us", "pass barrier us",
+                       "pass reads x us"], md_rows=md)
 
 
 def run_tune_split(args):
@@ -1844,8 +1835,8 @@ def main():
               "(-> results/pass_tiles_<gpu>.csv)"),
              ("--tune-dynamic-pass-tiles", run_tune_dynamic_pass_tiles, "the dynamic decode pass per tile, alone "
               "(-> results/pass_tiles_dynamic_<gpu>.csv)"),
-             ("--ab-barrier-words", run_ab_barrier_words, "dynamic decode pass: the barrier's atomics vs a word per "
-              "program (-> results/barrier_words_ab_<gpu>.csv)"),
+             ("--ab-barrier", run_ab_barrier, "dynamic decode pass: the grid-wide barrier vs every program reading "
+              "x (-> results/barrier_words_ab_<gpu>.csv)"),
              ("--tune-split", run_tune_split, "decode: K splits of the routed tiles (programs per SM) "
               "(-> results/split_tune_<gpu>.csv)"),
              ("--tune-small", run_tune_small, "decode on small per-rank weights: tiles and K splits of the GEMM "

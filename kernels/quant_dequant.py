@@ -64,17 +64,14 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, words_ptr
     scales_ptr. DYNAMIC (small x only): global_scale_ptr is the weight's decode scale, and program (0, 0)
     writes (gs, alpha) to scales_ptr (fp32 [2]) for the GEMM that follows. Without BARRIER every
     program derives them from max |x| over all of x (`small_input_scales`: x is a few hundred KB at
-    most, read from L2). BARRIER 1 (GPU only, every program resident at once: the launcher keeps the
-    grid within the SM count): each program reads only its own tile, folds its max |x| into
-    words_ptr[0] (int32 bits, an atomic max), and all wait until every program has (words_ptr[1]
-    counts arrivals); the last to leave (words_ptr[2]) zeroes the three words for the next call.
-    BARRIER 2 (the same conditions): each program writes its max |x| to a word of its own
-    (words_ptr[program], the top bit set to mark it written), and all read the BARRIER_SLOTS words
-    until every one is marked, then take the maximum of what they read; the last to leave
-    (words_ptr[BARRIER_SLOTS] counts departures) zeroes them. The same maximum, so the same bits."""
+    most, read from L2). BARRIER (GPU only, every program resident at once: the launcher keeps the
+    grid within the SM count): each program reads only its own tile and writes its max |x| to a
+    word of its own (words_ptr[program], the top bit set to mark it written), and all read the
+    BARRIER_SLOTS words until every one is marked, then take the maximum of what they read; the last
+    to leave (words_ptr[BARRIER_SLOTS] counts departures) zeroes them for the next call. The same maximum, so the same bits."""
     K = aligned(K, X_ALIGN)
     stride_xm = aligned(stride_xm, X_ALIGN)
-    if DYNAMIC and BARRIER == 2:
+    if DYNAMIC and BARRIER:
         rows, cols, x = _load_tile(x_ptr, M, K, stride_xm, tl.program_id(0), tl.program_id(1), BLOCK_M, BLOCK_K)
         n = tl.num_programs(0) * tl.num_programs(1)
         weight_scale_2 = tl.load(global_scale_ptr)  # (in flight during the wait)
@@ -97,23 +94,6 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, words_ptr
         if tl.atomic_add(words_ptr + BARRIER_SLOTS, 1, sem="relaxed", scope="gpu") == n - 1:
             tl.store(words_ptr + slots, tl.zeros_like(slots), mask=slots < n)
             tl.store(words_ptr + BARRIER_SLOTS, 0)
-    elif DYNAMIC and BARRIER:
-        rows, cols, x = _load_tile(x_ptr, M, K, stride_xm, tl.program_id(0), tl.program_id(1), BLOCK_M, BLOCK_K)
-        n = tl.num_programs(0) * tl.num_programs(1)
-        tl.atomic_max(words_ptr, tl.reduce(max_abs_bits(x), 0, max_combine), sem="relaxed", scope="gpu")
-        tl.debug_barrier()
-        arrived = tl.atomic_add(words_ptr + 1, 1, sem="acq_rel", scope="gpu") + 1
-        while arrived < n:
-            arrived = tl.atomic_add(words_ptr + 1, 0, sem="acquire", scope="gpu")
-        gs, alpha = dynamic_scales(tl.atomic_max(words_ptr, 0, sem="acquire", scope="gpu"),
-                                   tl.load(global_scale_ptr))
-        if tl.atomic_add(words_ptr + 2, 1, sem="acq_rel", scope="gpu") == n - 1:  # everyone has read the max
-            tl.atomic_xchg(words_ptr, 0, sem="relaxed", scope="gpu")
-            tl.atomic_xchg(words_ptr + 1, 0, sem="relaxed", scope="gpu")
-            tl.atomic_xchg(words_ptr + 2, 0, sem="relaxed", scope="gpu")
-        if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
-            store_scales(scales_ptr, gs, alpha)
-        _store_fake_quantized(x, gs, out_ptr, rows, cols, M, Kp, UNITS, BLOCK_M, BLOCK_K, A_ORDER)
     else:
         if DYNAMIC:
             gs, alpha = small_input_scales(x_ptr, M, K, stride_xm, tl.load(global_scale_ptr), AMAX_ROWS,

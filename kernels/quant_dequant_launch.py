@@ -31,19 +31,19 @@ DYNAMIC_IN_PASS_ROWS = 16
 DYNAMIC_IN_PASS_MAX = 64 * 1024  # elements of x (64 loads of 1024)
 AMAX_BLOCK = 1024  # columns per load of the max |x| reads that the small-input kernels unroll
 # On the GPU, from this many elements of x (up to 16 rows) and where the pass's programs all fit on
-# the SMs at once, they share max |x| through an atomic and wait for each other (`fake_quantize_kernel`'s
-# BARRIER) instead of each reading all of x (or, past `fuses_dynamic_scale_in_pass`, a scale launch
-# first). H100, the pass alone (linear_bench.py --tune-pass): ~4.1-4.2 us whatever the size (the
-# atomics' round trips), against the reads of all of x: 3.3 us at 8x4096 (32K elements), 4.8-5.4 at 16
-# rows of K = 2688-4096 (43K-64K), 5.8 at 8x8192; 16x8192: 4.1 vs 5.5 for the scale launch + static
-# pass. The crossing lies between 32K and 43K elements: x's size, not its rows, decides.
-DYNAMIC_PASS_BARRIER_ELEMENTS = 36 * 1024
+# the SMs at once, they share max |x| through a grid-wide barrier (`fake_quantize_kernel`'s BARRIER: a
+# word per program, polled until all are written) instead of each reading all of x (or, past
+# `fuses_dynamic_scale_in_pass`, a scale launch first). H100, CUDA graphs, weights cold
+# (linear_bench.py --ab-barrier, results/barrier_words_ab_h100.csv): the barrier pass ~3.0-3.3 us whatever
+# the size (4.0-4.2 with the atomics and acquire/release round trips it had before, session 31), against
+# every program reading x: 2.3-2.5 us at 7K-15K elements, 2.9-3.1 at 22K-32K, 4.8-5.1 past 48K. Whole layers:
+# 4 x 4096^2 (16K) 11.0 us reading x vs 11.6 behind the barrier, 6 x 4096^2 (24K) 11.8 vs 11.6, 8 x 4096^2
+# 11.8 vs 11.5, 4 x 8192^2 (32K) 23.2 vs 23.0, 6 x 8192 x 3696 (22K) 14.6 vs 14.6, 8 x 8192 x 3696 14.9 vs
+# 14.7: the crossing lies near 20K elements (36K with the atomics).
+DYNAMIC_PASS_BARRIER_ELEMENTS = 20 * 1024
 # ... up to this many rows: the batched-decode rows (17-64, where the pass then feeds the 32/64-row tiles) take it
 # too where the pass's 16-row tiles fit on the SMs (linear_bench.py --ab-dynamic --m 32 64: see RESULTS.md).
 DYNAMIC_PASS_BARRIER_ROWS = 64
-# How the barrier's programs share max |x|: 1 = an atomic max, an arrival count they poll and a departure count
-# (acquire/release round trips); 2 = a word per program, polled until every one is written.
-BARRIER_FORM = 2
 
 
 def dynamic_pass_barrier(m: int, kp: int, device: torch.device) -> bool:
@@ -126,7 +126,7 @@ def _fake_quantize(x, scale, out, units, scales, a_order=0, scratch=None, tiles=
     sx = x.stride(0)
     grid, meta, options, launch_id = plan(index, m, k, kp, units, x.dtype, out.dtype, dynamic, a_order, maxima_block,
                                           x_align(k, sx), tiles)
-    words = out if not meta["BARRIER"] else scratch.scale_words if meta["BARRIER"] == 1 else scratch.barrier_words
+    words = scratch.barrier_words if meta["BARRIER"] else out
     args = (x, scale, out, scales, words, maxima, count, m, k, kp, sx)
     if index < 0:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # 1 / 0 -> inf is part of the recipe
@@ -175,7 +175,7 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_orde
     grid = (cdiv(m, block_m), cdiv(kp, block_k), 1)
     meta = dict(UNITS=units, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
                 AMAX_ROWS=triton.next_power_of_2(m) if dynamic and not barrier else 1,
-                **amax_reads(k, dynamic and not barrier), A_ORDER=a_order, BARRIER=BARRIER_FORM if barrier else 0,
+                **amax_reads(k, dynamic and not barrier), A_ORDER=a_order, BARRIER=barrier,
                 MAXIMA_BLOCK=maxima_block, X_ALIGN=x_al,
                 BARRIER_SLOTS=triton.next_power_of_2(grid[0] * grid[1]) if barrier else 1)
     tail = (index, x_dtype, out_dtype, k, kp, *meta.values(), warps)  # with x's alignment: the launch key

@@ -56,11 +56,10 @@ class Scratch:
 
     @property
     def scale_words(self) -> torch.Tensor:
-        """int32 [3] (running max, ticket or arrivals, departures), zero between calls; zeroed at
-        first use (a kernel: under capture a graph node, so only where a dynamic-scale launch needs
-        them)."""
+        """int32 [2] (the scale launch's running max and ticket), zero between calls; zeroed at first
+        use (a kernel: under capture a graph node, so only where a dynamic-scale launch needs them)."""
         if self._scale_words is None:
-            self._scale_words = torch.zeros(3, dtype=torch.int32, device=self.device)
+            self._scale_words = torch.zeros(2, dtype=torch.int32, device=self.device)
         return self._scale_words
 
     @property
