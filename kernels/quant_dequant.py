@@ -68,7 +68,8 @@ def fake_quantize_kernel(x_ptr, global_scale_ptr, out_ptr, scales_ptr, words_ptr
     grid within the SM count): each program reads only its own tile and writes its max |x| to a
     word of its own (words_ptr[program], the top bit set to mark it written), and all read the
     BARRIER_SLOTS words until every one is marked, then take the maximum of what they read; the last
-    to leave (words_ptr[BARRIER_SLOTS] counts departures) zeroes them for the next call. The same maximum, so the same bits."""
+    to leave (words_ptr[BARRIER_SLOTS] counts departures) zeroes them for the next call. The same
+    maximum, so the same bits."""
     K = aligned(K, X_ALIGN)
     stride_xm = aligned(stride_xm, X_ALIGN)
     if DYNAMIC and BARRIER:

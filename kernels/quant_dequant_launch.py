@@ -59,8 +59,12 @@ def _barrier_block_k(m: int, kp: int, device: torch.device) -> int | None:
     if device.type != "cuda" or not (m <= DYNAMIC_PASS_BARRIER_ROWS and m * kp > DYNAMIC_PASS_BARRIER_ELEMENTS):
         return None
     widths = (64, 128, 256) if m <= 16 else (128, 256)
-    fits = min(_sm_count(device), BARRIER_WORDS - 1)  # every program resident, and a word for each
-    return next((bk for bk in widths if cdiv(m, 16) * cdiv(kp, bk) <= fits), None)
+    return next((bk for bk in widths if cdiv(m, 16) * cdiv(kp, bk) <= _barrier_programs(device)), None)
+
+
+def _barrier_programs(device: torch.device) -> int:
+    """The most programs the barrier pass may launch: every one resident (one an SM), and a word for each."""
+    return min(_sm_count(device), BARRIER_WORDS - 1)
 
 
 def amax_reads(k: int, dynamic: bool = True) -> dict:
@@ -165,7 +169,7 @@ def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_orde
         block_m, block_k, barrier = 16, _barrier_block_k(m, kp, torch.device("cuda", index)), True
         if tiles is not None:
             block_m, block_k, warps = tiles
-            if cdiv(m, block_m) * cdiv(kp, block_k) > min(_sm_count(torch.device("cuda", index)), BARRIER_WORDS - 1):
+            if cdiv(m, block_m) * cdiv(kp, block_k) > _barrier_programs(torch.device("cuda", index)):
                 raise ValueError(f"tiles {tiles}: the barrier pass's grid must fit the SMs")
     elif dynamic:  # every program reads all of x (M <= 16): 16 x 64 tiles, 1.09-1.44x faster than 16 x 256 on the
         # H100 (--tune-dynamic-pass-tiles: 8 x 4096 3.19 us vs 4.61, 4 x 8192 3.18 vs 4.22, 2 x 8192 2.94 vs 3.21)
