@@ -1553,10 +1553,10 @@ def run_tune_dynamic_pass_tiles(args):
               ["m", "n", "k", "a_order", "barrier", "block_m", "block_k", "num_warps", "us"], rows)
 
 
-AB_BARRIER_SHAPES = [*PASS_SHAPES, (2576, 2688)]
+AB_PASS_BARRIER_SHAPES = [*PASS_SHAPES, (2576, 2688)]
 
 
-def run_ab_barrier(args):
+def run_ab_pass_barrier(args):
     """The dynamic decode pass's two ways to max |x|, each forced on either side of `DYNAMIC_PASS_BARRIER_ELEMENTS`
     wherever the routed decode layer takes a pass: a grid-wide barrier (every program resident, a word each) and
     every program reading all of x (where x is small enough, `fuses_dynamic_scale_in_pass`). The pass alone (values
@@ -1567,7 +1567,7 @@ def run_ab_barrier(args):
 
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     graph_us, _ = timers(device)
-    shapes = [(300, 200)] if device == "cpu" else (args.shapes or AB_BARRIER_SHAPES)
+    shapes = [(300, 200)] if device == "cpu" else (args.shapes or AB_PASS_BARRIER_SHAPES)
     ms = [16] if device == "cpu" else (args.m or [2, 4, 6, 8, 12, 16, 32, 64])
     ws2 = torch.tensor([0.01], device=device)
     gs = torch.tensor([100.0], device=device)
@@ -1626,7 +1626,7 @@ def run_ab_barrier(args):
     if device == "cpu":
         args.no_write = True
     publish(args, "Dynamic decode pass: the barrier vs every program reading x (benchmarks/linear_bench.py "
-            "--ab-barrier)", intro, header, rows, csv_name=f"barrier_words_ab_{gpu_slug()}.csv",
+            "--ab-pass-barrier)", intro, header, rows, csv_name=f"barrier_words_ab_{gpu_slug()}.csv",
             md_header=["M", "N", "K", "routed", "bf16 us", "static us", "dyn barrier us", "dyn reads x us",
                        "dyn/static barrier", "dyn/static reads x", "pass static us", "pass barrier us",
                        "pass reads x us"], md_rows=md)
@@ -1835,7 +1835,7 @@ def main():
               "(-> results/pass_tiles_<gpu>.csv)"),
              ("--tune-dynamic-pass-tiles", run_tune_dynamic_pass_tiles, "the dynamic decode pass per tile, alone "
               "(-> results/pass_tiles_dynamic_<gpu>.csv)"),
-             ("--ab-barrier", run_ab_barrier, "dynamic decode pass: the grid-wide barrier vs every program reading "
+             ("--ab-pass-barrier", run_ab_pass_barrier, "dynamic decode pass: the grid-wide barrier vs every program reading "
               "x (-> results/barrier_words_ab_<gpu>.csv)"),
              ("--tune-split", run_tune_split, "decode: K splits of the routed tiles (programs per SM) "
               "(-> results/split_tune_<gpu>.csv)"),

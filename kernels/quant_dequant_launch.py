@@ -34,7 +34,7 @@ AMAX_BLOCK = 1024  # columns per load of the max |x| reads that the small-input 
 # the SMs at once, they share max |x| through a grid-wide barrier (`fake_quantize_kernel`'s BARRIER: a
 # word per program, polled until all are written) instead of each reading all of x (or, past
 # `fuses_dynamic_scale_in_pass`, a scale launch first). H100, CUDA graphs, weights cold
-# (linear_bench.py --ab-barrier, results/barrier_words_ab_h100.csv): the barrier pass ~3.0-3.3 us whatever
+# (linear_bench.py --ab-pass-barrier, results/barrier_words_ab_h100.csv): the barrier pass ~3.0-3.3 us whatever
 # the size (4.0-4.2 with the atomics and acquire/release round trips it had before, session 31), against
 # every program reading x: 2.3-2.5 us at 7K-15K elements, 2.9-3.1 at 22K-32K, 4.8-5.1 past 48K. Whole layers:
 # 4 x 4096^2 (16K) 11.0 us reading x vs 11.6 behind the barrier, 6 x 4096^2 (24K) 11.8 vs 11.6, 8 x 4096^2

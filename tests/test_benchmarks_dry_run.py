@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
                                   ["linear_bench.py", "--dry-run", "--tune-pass-tiles"],
                                   ["linear_bench.py", "--dry-run", "--tune-dynamic-pass-tiles"],
                                   ["linear_bench.py", "--dry-run", "--tune-split"],
-                                  ["linear_bench.py", "--dry-run", "--ab-barrier"],
+                                  ["linear_bench.py", "--dry-run", "--ab-pass-barrier"],
                                   ["linear_bench.py", "--dry-run", "--tune-small"],
                                   ["linear_bench.py", "--dry-run", "--tune-gemv"],
                                   ["linear_bench.py", "--dry-run", "--tune-scale"],
