@@ -30,8 +30,8 @@ _launch_rows = CachedLaunch(qd_module.dequantize_rows_kernel)
 DYNAMIC_IN_PASS_ROWS = 16
 DYNAMIC_IN_PASS_MAX = 64 * 1024  # elements of x (64 loads of 1024)
 AMAX_BLOCK = 1024  # columns per load of the max |x| reads that the small-input kernels unroll
-# On the GPU, from this many elements of x (up to 16 rows) and where the pass's programs all fit on
-# the SMs at once, they share max |x| through a grid-wide barrier (`fake_quantize_kernel`'s BARRIER: a
+# On the GPU, from this many elements of x (up to DYNAMIC_PASS_BARRIER_ROWS rows) and where the pass's programs
+# all fit on the SMs at once, they share max |x| through a grid-wide barrier (`fake_quantize_kernel`'s BARRIER: a
 # word per program, polled until all are written) instead of each reading all of x (or, past
 # `fuses_dynamic_scale_in_pass`, a scale launch first). H100, CUDA graphs, weights cold
 # (linear_bench.py --ab-pass-barrier, results/barrier_words_ab_h100.csv): the barrier pass ~3.0-3.3 us whatever
@@ -53,7 +53,7 @@ def dynamic_pass_barrier(m: int, kp: int, device: torch.device) -> bool:
 
 def _barrier_block_k(m: int, kp: int, device: torch.device) -> int | None:
     """The barrier pass's K tile (16-row tiles of the narrowest of 64 (up to 16 rows), 128 and 256 columns that
-    keeps the programs within the SMs: 4 x 28672 in 112 programs of 256), or None where it does not apply. H100,
+    keeps the programs within `_barrier_programs`: 4 x 28672 in 112 programs of 256), or None where it does not apply. H100,
     the pass alone (linear_bench.py --tune-dynamic-pass-tiles, bits and alpha checked): 64 columns 1.09-1.11x
     faster than 128 at 8-16 rows (16 x 4096 4.21 us vs 4.64, 8 x 8192 4.29 vs 4.78); past 16 rows not measured."""
     if device.type != "cuda" or not (m <= DYNAMIC_PASS_BARRIER_ROWS and m * kp > DYNAMIC_PASS_BARRIER_ELEMENTS):
@@ -158,8 +158,8 @@ def pass_tiles(m: int, kp: int) -> tuple[int, int, int]:
 def _fake_plan(index, m, k, kp, units, x_dtype, out_dtype, dynamic=False, a_order=0, maxima_block=0, x_al=1,
                tiles=None):
     """Grid, constexprs, launch options and launch key of one shape (device index -1: the CPU): worked out
-    once (host time per call matters). With a dynamic scale (M <= 16) every program also reads all of x:
-    wider, shorter tiles, so fewer programs do; or, with the barrier, each only its own tile."""
+    once (host time per call matters). With a dynamic scale every program also reads all of x (M <= 16, x small:
+    `fuses_dynamic_scale_in_pass`) or, behind the barrier, only its own tile."""
     barrier = False
     warps = _OPTIONS["num_warps"]
     if index < 0:
