@@ -279,9 +279,11 @@ EAGER_TRITON_MNK_DYNAMIC = 1 << 33
 # routed for graphs costs ~24 us of host time an eager call (H100, linear_bench.py --ab-fused, device time,
 # static / dynamic): 4x4096x4096 15.4 / 16.2 us, 16x4096x4096 13.8 / 17.3, 4x8192x3696 22.7 / 24.3,
 # 16x8192x3696 19.6 / 32.6; past them the device decides (16x8192x8192 37.7 us fused vs 25.4 two launches).
-# Static scale up to 32M weight elements (8192x3696), dynamic (every program also reads all of x) to 16M.
+# Up to 32M weight elements (8192x3696), with a static or a dynamic scale: the dynamic one launch (every program
+# also reads all of x) takes more device time, but an eager call takes its host time (session 32, linear_bench.py
+# --ab-eager, eager wall per call, weights cold: 2x8192x3696 38.0 us vs 55.4 for the two launches, 16 rows 38.1 vs
+# 56.4, device time 22.8-28.4 vs 13.4-14.8; nn.Linear 29-31).
 HOST_BOUND_DECODE_ELEMENTS = 32 << 20
-HOST_BOUND_DECODE_ELEMENTS_DYNAMIC = 16 << 20
 # Batched decode, 17-32 rows: the one launch with the tiles graphs take (the 32-row tiles, `kernels.gemm_config`;
 # the captured route's bits), and on weights up to this many elements past HOST_BOUND_MNK too. H100, weights hot,
 # eager wall per call / device time, static (linear_bench.py --ab-fused --host-bound-tiles --m 32, session 27, a
@@ -300,9 +302,9 @@ def eager_route(x, m: int, n: int, kp: int, dynamic: bool = False) -> str | None
     (`use_cublas`, `use_quantize_in_gemm`): every call captured into a CUDA graph or traced by
     torch.compile (there only device time counts), and eager calls past EAGER_TRITON_MNK (_DYNAMIC).
 
-    - ONE_LAUNCH: up to 16 rows on a weight of at most HOST_BOUND_DECODE_ELEMENTS (N x Kp; _DYNAMIC for
-      a dynamic scale), up to HOST_BOUND_BATCH_ROWS on one of at most HOST_BOUND_BATCH_ELEMENTS, or past
-      16 rows up to HOST_BOUND_MNK multiply-adds: x quantized inside the Triton GEMM; past
+    - ONE_LAUNCH: up to 16 rows on a weight of at most HOST_BOUND_DECODE_ELEMENTS (N x Kp), up to
+      HOST_BOUND_BATCH_ROWS on one of at most HOST_BOUND_BATCH_ELEMENTS, or past 16 rows up to
+      HOST_BOUND_MNK multiply-adds: x quantized inside the Triton GEMM; past
       HOST_BOUND_BATCH_ROWS with the mid-M tiles whatever M (`TILES_FOR_HOST_BOUND`), below with the tiles
       graphs use, so the bits are those of the captured two-launch path (act(h), GatedMLP's down
       projection, takes the same tiles as x on every call, so it keeps its unfused Linear's bits).
@@ -311,7 +313,7 @@ def eager_route(x, m: int, n: int, kp: int, dynamic: bool = False) -> str | None
       launch, the cuBLAS call and its flag cost ~45-100 us of host time on the H100 machines measured,
       against ~20-30 for nn.Linear)."""
     if m <= 16:
-        if n * kp > (HOST_BOUND_DECODE_ELEMENTS_DYNAMIC if dynamic else HOST_BOUND_DECODE_ELEMENTS):
+        if n * kp > HOST_BOUND_DECODE_ELEMENTS:
             return None
         route = ONE_LAUNCH
     else:

@@ -470,6 +470,26 @@ GPU_M = [1, 16, 64, 300, 1100]  # the unfused decode kernel's size, decode, mid 
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("m", [8, 16])
+def test_gpu_decode_eager_equals_graph_at_qwen_shapes(m, dynamic):
+    """Qwen2.5-72B's per-rank MLP at TP 8 (hidden 8192, intermediate 3696) at decode: called eagerly, the
+    down projection takes one launch (`ops.eager_route`: act(h) quantized inside its GEMM; a dynamic scale's
+    max |act(h)| from a launch of its own first), captured into a graph the activation pass and then the
+    GEMM. The same bits, no host sync, the down projection within the fp64 bound."""
+    hidden, inter = 8192, 3696
+    gate, up, down, q_down = mlp_tensors(hidden, inter, seed=m)
+    mlp, _ = build(gate, up, down, "cuda", dynamic=dynamic, hidden=hidden, inter=inter)
+    x = x_for(m, hidden, "cuda", seed=m)
+    assert ops.eager_route(x, m, hidden, mlp.down.k_padded, dynamic) == ops.ONE_LAUNCH
+    mlp(x)  # (kernels compiled)
+    eager = without_host_sync(lambda: mlp(x), 2)
+    graph = as_graph_replay(mlp, x)
+    assert all(torch.equal(e, graph) for e in eager)
+    check(graph, *down_reference(mlp, mlp.gate_up(x), q_down, dynamic=dynamic))
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("m", GPU_M)
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 @pytest.mark.parametrize("act", ["silu_mul", "gelu_tanh_mul"])

@@ -735,16 +735,17 @@ def test_batched_decode_eager_one_launch_has_the_graph_routes_bits(device, m):
 
 
 def test_decode_host_bound_by_weight_size():
-    """Up to 16 rows an eager call is host-bound by its weight's size (N x Kp), a dynamic scale's
-    sooner (every program of the one launch also reads all of x); never while traced."""
+    """Up to 16 rows an eager call is host-bound by its weight's size (N x Kp), with a static or a
+    dynamic scale alike; never while traced."""
     x = torch.zeros(4, 8)
     one = ops.ONE_LAUNCH
-    for m in (2, 16):
-        assert ops.eager_route(x, m, 4096, 4096) == one and ops.eager_route(x, m, 4096, 4096, dynamic=True) == one
-        assert ops.eager_route(x, m, 8192, 3712) == one and ops.eager_route(x, m, 8192, 3712, dynamic=True) is None
-        assert ops.eager_route(x, m, 8192, 8192) is None and ops.eager_route(x, m, 8192, 8192, dynamic=True) is None
-    assert ops.eager_route(x, 16, 1, ops.HOST_BOUND_DECODE_ELEMENTS) == one
-    assert ops.eager_route(x, 16, 1, ops.HOST_BOUND_DECODE_ELEMENTS + 16) is None
+    for dynamic in (False, True):
+        for m in (2, 16):
+            assert ops.eager_route(x, m, 4096, 4096, dynamic) == one
+            assert ops.eager_route(x, m, 8192, 3712, dynamic) == one
+            assert ops.eager_route(x, m, 8192, 8192, dynamic) is None
+        assert ops.eager_route(x, 16, 1, ops.HOST_BOUND_DECODE_ELEMENTS, dynamic) == one
+        assert ops.eager_route(x, 16, 1, ops.HOST_BOUND_DECODE_ELEMENTS + 16, dynamic) is None
     with fp4linear.kernels.launch.wrapped_for_compile():
         assert ops.eager_route(x, 8, 4096, 4096) is None
 
@@ -856,16 +857,19 @@ def test_decode_called_eagerly_takes_one_launch_with_the_graph_bits(device, monk
 @pytest.mark.cuda
 @pytest.mark.parametrize("dynamic", [False, True])
 @pytest.mark.parametrize("m", [3, 8, 16])
-def test_gpu_decode_eager_one_launch_equals_graph(m, dynamic):
-    """4096 x 4096 at 3-16 rows: captured, the pass and the GEMM (two launches); eagerly, the GEMM
-    quantizing x (one launch, no pass). The same bits, no host sync, the same again on every call."""
-    n = k = 4096
+@pytest.mark.parametrize("n, k", [(4096, 4096), (8192, 3696), (8192, 8192)])
+def test_gpu_decode_eager_one_launch_equals_graph(m, n, k, dynamic):
+    """4096 x 4096, 8192 x 3696 (K % 64 != 0) and 8192 x 8192 at 3-16 rows: captured, the pass and the
+    GEMM (two launches); eagerly, the GEMM quantizing x (one launch, no pass; on a weight past
+    `ops.HOST_BOUND_DECODE_ELEMENTS` with that bound raised). The same bits, no host sync, the same
+    again on every call."""
     layer, ckpt, q = layer_for(n, k, "cuda", dynamic=dynamic, seed=m)
     assert not ops.use_gemv(m, n, layer.k_padded) and not ops.use_quantize_in_gemm(m, n, layer.k_padded)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
     graph = as_graph_replay(layer, x)
     with pytest.MonkeyPatch.context() as mp:
         _forbid_pass(mp)
+        mp.setattr(ops, "HOST_BOUND_DECODE_ELEMENTS", max(ops.HOST_BOUND_DECODE_ELEMENTS, n * layer.k_padded))
         eager = without_host_sync(lambda: layer(x), 3)
     assert all(torch.equal(e, graph) for e in eager)
     scale = fp4linear.decode_scale(x.float().abs().amax().cpu()) if dynamic else ckpt["input_scale"]
