@@ -34,11 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fp4linear  # noqa: E402
-from common import (COLD_ROWS, L2_ROTATE_BYTES, add_output_args, chain_copies, eager_us, gpu_slug, median_us,  # noqa: E402
-                    merge_rows, publish)
+from common import (COLD_ROWS, L2_ROTATE_BYTES, add_output_args, chain_copies, eager_us_interleaved, gpu_slug,  # noqa: E402
+                    median_us, merge_rows, publish)
 
 MODELS = {"GLM-4.5-Air": (4096, 1368), "Qwen2.5-72B": (8192, 3696)}  # (hidden, per-rank intermediate at TP 8)
 MS = [1, 16, 64, 4096]
+EAGER_CALLS, EAGER_ROUNDS = 100, 7  # eager: calls per timed loop, alternating rounds (median)
 X_AMAX = 4.0  # inputs are uniform in [-4, 4)
 
 
@@ -77,12 +78,14 @@ def chain(modules, x):
 
 
 def timers(dry: bool):
+    """(device time of one function, eager wall times of several measured in alternating rounds)."""
     if dry:
         def run_once(fn):
             fn()
             return math.nan
-        return run_once, run_once
-    return (lambda fn: median_us(fn, graph=True, rep_ms=50)), (lambda fn: eager_us(fn, calls=100, repeats=3))
+        return run_once, (lambda fns: [run_once(fn) for fn in fns])
+    return (lambda fn: median_us(fn, graph=True, rep_ms=50)), (
+        lambda fns: eager_us_interleaved(fns, calls=EAGER_CALLS, rounds=EAGER_ROUNDS))
 
 
 def rel_err(out, ref):
@@ -92,7 +95,7 @@ def rel_err(out, ref):
 @torch.no_grad()
 def run_table(args, dry: bool):
     device = "cpu" if dry else "cuda"
-    graph_us, wall_us = timers(dry)
+    graph_us, walls_us = timers(dry)
     models = {"tiny": (64, 40)} if dry else {k: v for k, v in MODELS.items() if not args.models or k in args.models}
     ms = [1, 20, 70] if dry else (args.m or MS)  # dry: decode-kernel-sized, Triton GEMM and cuBLAS-path rows
     header = ["model", "hidden", "inter", "M", "scale", "bf16 us", "unfused us", "GatedMLP us", "speed-up", "vs bf16",
@@ -112,13 +115,16 @@ def run_table(args, dry: bool):
         first = sets[0]
         want = first["bf16"](x)
         t_bf16 = graph_us(chain([s["bf16"] for s in sets], x)) / copies
-        e_bf16 = wall_us(lambda: first["bf16"](x))
+        # eager: the bf16 MLP and the four fp4 variants in alternating rounds (the host's speed drifts)
+        keys = ["bf16"] + [f"{variant} {mode}" for mode in ("static", "dynamic") for variant in ("unfused", "GatedMLP")]
+        walls = dict(zip(keys, walls_us([lambda key=key: first[key](x) for key in keys])))
+        e_bf16 = walls["bf16"]
         for mode in ("static", "dynamic"):
             t, e, err = {}, {}, {}
             for variant in ("unfused", "GatedMLP"):
                 key = f"{variant} {mode}"
                 t[variant] = graph_us(chain([s[key] for s in sets], x)) / copies
-                e[variant] = wall_us(lambda: first[key](x))
+                e[variant] = walls[key]
                 err[variant] = rel_err(first[key](x), want)
             rows.append([name, hidden, inter, m, mode, t_bf16, t["unfused"], t["GatedMLP"],
                          t["unfused"] / t["GatedMLP"], t_bf16 / t["GatedMLP"], e_bf16, e["unfused"], e["GatedMLP"],
@@ -128,8 +134,9 @@ def run_table(args, dry: bool):
              f"(3 fp4linear.Linear + the torch activation); GatedMLP = after `fp4linear.swap` ([gate; up] one NVFP4 "
              f"GEMM, activation fused with the quantization of down's input). static = `calibrate` scales, dynamic = "
              f"per call on the device. Device times: CUDA-graph replay medians (M <= {COLD_ROWS}: a chain of copies whose bf16 "
-             f"weights exceed {L2_ROTATE_BYTES >> 20} MiB, time per MLP); eager: wall time per call, loop of 100 calls "
-             f"and one synchronize, median of 3. speed-up = unfused / GatedMLP, vs bf16 = bf16 / GatedMLP (> 1: "
+             f"weights exceed {L2_ROTATE_BYTES >> 20} MiB, time per MLP); eager: wall time per call, loop of {EAGER_CALLS} "
+             f"calls and one synchronize, median of {EAGER_ROUNDS} rounds in which the bf16 MLP and the four fp4 "
+             f"variants alternate. speed-up = unfused / GatedMLP, vs bf16 = bf16 / GatedMLP (> 1: "
              f"GatedMLP faster); err = relative error of the output vs the bf16 MLP. Goal: GatedMLP >= 1.15x the "
              f"unfused MLP at M = 4096.")
     if not dry:  # (rows of other models and M from earlier runs kept)
