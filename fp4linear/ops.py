@@ -371,16 +371,17 @@ def _dequantized_operand_linear(x, act, weight, weight_scale, gs, alpha, weight_
         else:
             cublas = route is None and use_cublas(m, n, kp, dynamic)
     cublas = cublas and x.dtype in (torch.bfloat16, torch.float16)
-    # act(x) too, on host-bound calls only (a dynamic scale's max |act(x)| then comes from a launch of its own
-    # first): every N tile's programs recompute the activation, which cost the GPU more than the pass it saves
-    # (H100, mlp_bench.py, GLM-4.5-Air per rank, CUDA graphs: M = 1 20.0 us vs 15.5, M = 16 24.4 vs 20.6)
+    # act(x) too, on host-bound calls only (a dynamic scale's max |act(x)| taken inside as max |x| is, where x is
+    # small enough, else by a launch of its own first): every N tile's programs recompute the activation, which
+    # cost the GPU more than the pass it saves (H100, mlp_bench.py, GLM-4.5-Air per rank, CUDA graphs: M = 1
+    # 20.0 us vs 15.5, M = 16 24.4 vs 20.6)
     in_gemm = not cublas and (one_launch or (act is None and use_quantize_in_gemm(m, n, kp)))
     if dynamic:
         fuses = kernels.fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0))
-        if not cublas and act is None and (fuses or (not in_gemm and kernels.dynamic_pass_barrier(m, kp, x.device))):
-            if in_gemm:  # one launch, max |x| taken by every program
-                return kernels.nvfp4_gemm_quantize_x(x, None, weight, weight_scale, None, bias, out,
-                                                     tiles_for_m=tiles_for_m, weight_scale_2=weight_scale_2)
+        if in_gemm and fuses:  # one launch, max |x| (|act(x)|) taken by every program
+            return kernels.nvfp4_gemm_quantize_x(x, None, weight, weight_scale, None, bias, out, tiles_for_m=tiles_for_m,
+                                                 weight_scale_2=weight_scale_2, act=act)
+        if not cublas and act is None and not in_gemm and (fuses or kernels.dynamic_pass_barrier(m, kp, x.device)):
             order = kernels.activation_order(m, n, kp, x.device)
             a = scratch_of(x).dequantized_activation(kernels.mma16_rows(m, order), kp)
             alpha = kernels.fake_quantize_dynamic(x, weight_scale_2, a, units=True, a_order=order)
@@ -506,11 +507,12 @@ def triton_act_linear(h, act: str, weight, weight_scale, gs, alpha, weight_scale
     written. What `fp4linear.GatedMLP` runs for its down projection.
 
     - dynamic: the scale pass reads h and computes max |act(h)| (`kernels.dynamic_gs_alpha(...,
-      act=)`: the bits `triton_linear` derives from activation(h));
+      act=)`: the bits `triton_linear` derives from activation(h)); the one launch below takes it
+      itself where h is small enough (`kernels.fuses_dynamic_scale_in_pass`);
     - cuBLAS (large M, bf16/fp16): act(h)'s exact NVFP4 values in h's dtype and the first weight chunk in one
       launch (`kernels.act_cublas_operands`), then `cublas_dequantized_gemm`;
     - an eager call whose time is the host's (`eager_route` ONE_LAUNCH): the Triton GEMM taking act(h) itself, one
-      launch (`kernels.nvfp4_gemm_quantize_x(act=)`; a dynamic scale's pass first);
+      launch (`kernels.nvfp4_gemm_quantize_x(act=)`; a dynamic scale's pass first where h is larger);
     - otherwise, decode sizes included: those values as fp16 units in the weight decode's order
       (per-stream scratch), then `kernels.nvfp4_gemm_dequantized_a`. (`triton_linear`'s decode
       kernel, `linear_gemv`, quantizes a plain x itself; it takes no activation.)

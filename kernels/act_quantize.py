@@ -116,6 +116,22 @@ def _act_tile(x_ptr, rows, cols, M, I, stride_xm, ACT: tl.constexpr, GATED: tl.c
 
 
 @triton.jit
+def small_act_input_scales(x_ptr, M, I, stride_xm, weight_scale_2, ACT: tl.constexpr, GATED: tl.constexpr,
+                           BF16_BITS: tl.constexpr, ROWS: tl.constexpr, AMAX_BLOCK: tl.constexpr,
+                           AMAX_CHUNKS: tl.constexpr, rotation):
+    """`numerics.small_input_scales` of act(x) (its [M <= ROWS, I] outputs as `_act_tile` rounds them,
+    I <= AMAX_BLOCK * AMAX_CHUNKS): the (gs, alpha) bits the scale launch with that ACT gives, read
+    by the calling program alone (the GEMM quantizing act(x) under a dynamic scale, one launch)."""
+    amax = tl.full([AMAX_BLOCK], 0, tl.int32)
+    for r in tl.static_range(ROWS):
+        for c in tl.static_range(AMAX_CHUNKS):
+            cols = ((c + rotation) % AMAX_CHUNKS) * AMAX_BLOCK + tl.arange(0, AMAX_BLOCK)
+            h = _act_tile(x_ptr, cols * 0 + r, cols, M, I, stride_xm, ACT, GATED, BF16_BITS)
+            amax = tl.maximum(amax, h.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
+    return numerics.dynamic_scales(tl.reduce(amax, 0, numerics.max_combine), weight_scale_2)
+
+
+@triton.jit
 def activation_kernel(x_ptr, y_ptr, M, I_div, stride_xm_div, stride_ym,
                       I_MULT: tl.constexpr, XM_MULT: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr,
                       BF16_BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):

@@ -37,6 +37,7 @@ small_input_scales = _numerics.small_input_scales
 aligned = _numerics.aligned
 fake_quantize_tile = sibling(__name__, "quant_dequant").fake_quantize_tile
 _act_tile = sibling(__name__, "act_quantize")._act_tile
+small_act_input_scales = sibling(__name__, "act_quantize").small_act_input_scales
 
 
 @triton.jit
@@ -106,7 +107,7 @@ def nvfp4_gemm_kernel(
     WORD_DECODE: tl.constexpr,  # GemmConfig.word_decode: 32-bit words of 8 codes -> half2 pairs
     PREDEQUANT_A: tl.constexpr,  # GemmConfig.predequant_a: a_ptr holds A already dequantized, fp16 [M, Kp]
     QUANTIZE_X: tl.constexpr,  # a_ptr holds x itself: every program quantizes the rows it reads
-    DYNAMIC: tl.constexpr,  # QUANTIZE_X, small x: every program derives gs and alpha from max |x|
+    DYNAMIC: tl.constexpr,  # QUANTIZE_X, small x: every program derives gs and alpha from max |x| (|act(x)|)
     AMAX_ROWS: tl.constexpr,  # DYNAMIC: rows (>= M) and column chunks of the max |x| reads
     AMAX_BLOCK: tl.constexpr,
     AMAX_CHUNKS: tl.constexpr,
@@ -149,7 +150,10 @@ def nvfp4_gemm_kernel(
     w_rows = w_ptr + rn64[:, None] * (Kp // 2)
     w_sf_rows = w_scale_ptr + rn64[:, None] * S4
 
-    if DYNAMIC:  # x is small (the launcher checks): read whole from L2 by every program
+    if DYNAMIC and ACT >= 0:  # act(x)'s maximum: every element's activation computed by every program
+        gs, alpha = small_act_input_scales(a_ptr, M, K, stride_xm, tl.load(a_scale_ptr), ACT, GATED, BF16_BITS,
+                                           AMAX_ROWS, AMAX_BLOCK, AMAX_CHUNKS, tl.program_id(0))
+    elif DYNAMIC:  # x is small (the launcher checks): read whole from L2 by every program
         gs, alpha = small_input_scales(a_ptr, M, K, stride_xm, tl.load(a_scale_ptr), AMAX_ROWS, AMAX_BLOCK,
                                        AMAX_CHUNKS, tl.program_id(0))
     else:

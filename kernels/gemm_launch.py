@@ -16,6 +16,7 @@ from .launch import sm_count as _sm_count
 from .layout import check_mma16, mma16_rows
 from .act_quantize_launch import ACTS, act_fake_quantize, act_width
 from .quant_dequant_launch import amax_reads, fake_quantize, fake_quantize_dynamic, fuses_dynamic_scale_in_pass
+from .scales_launch import dynamic_gs_alpha
 from .workspace import scratch_of
 
 log = logging.getLogger(__name__)
@@ -293,8 +294,8 @@ def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: G
     the same bits, one launch and no [M, Kp] temporary; x is re-quantized once per N tile.
     tiles_for_m: as for `nvfp4_gemm_dequantized_a`. weight_scale_2 (fp32 [1], the weight's decode
     scale) instead of gs and alpha (then unused): a dynamic scale, every program deriving gs and
-    alpha from max |x| of all of x, the bits `dynamic_gs_alpha` gives; x must be small enough for
-    `fuses_dynamic_scale_in_pass` (the same unrolled reads). act (a name of `ACTS`, static scale only):
+    alpha from max |x| (of act(x) with act) over all of x, the bits `dynamic_gs_alpha` gives; x must be
+    small enough for `fuses_dynamic_scale_in_pass` (the same unrolled reads). act (a name of `ACTS`):
     x is that activation's input ([M, 2I] for a gated one) and the GEMM multiplies quantize(act(x)):
     the bits of `act_fake_quantize(x, act, gs, units=True)` then `nvfp4_gemm_dequantized_a` (the kernel
     is compiled, as the activation pass is, without FMA contraction; its epilogue's one multiply-add is
@@ -303,8 +304,6 @@ def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: G
     if m == 0 or n == 0:
         return out
     dynamic = weight_scale_2 is not None
-    if act is not None and dynamic:
-        raise ValueError("act needs a static scale (gs): max |act(x)| is not taken inside the GEMM")
     k = act_width(act, x.shape[1]) if act is not None else x.shape[1]  # (checks act and a gated x's width)
     if dynamic and not fuses_dynamic_scale_in_pass(m, x.shape[1], x.stride(0)):
         raise ValueError(f"x of {m} x {x.shape[1]} (row stride {x.stride(0)}) is too large for the dynamic scale "
@@ -317,6 +316,8 @@ def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: G
         order = config.a_order if config is not None else activation_order(m, n, kp, x.device, tiles_for_m)
         a = torch.empty((mma16_rows(m, order), kp), dtype=torch.float16, device=x.device)
         if act is not None:
+            if dynamic:
+                gs, alpha = dynamic_gs_alpha(x, weight_scale_2, act=act)
             act_fake_quantize(x, act, gs, a, units=True, a_order=order)
         elif dynamic:
             alpha = fake_quantize_dynamic(x, weight_scale_2, a, units=True, a_order=order)
@@ -326,7 +327,7 @@ def nvfp4_gemm_quantize_x(x, gs, w_data, w_scale, alpha, bias, out, *, config: G
                      a_order=order)
     if dynamic:
         return _gemm(x, weight_scale_2, w_data, w_scale, weight_scale_2, bias, out, config, a_mode=_X,
-                     tiles_for_m=tiles_for_m, dynamic=True)
+                     tiles_for_m=tiles_for_m, dynamic=True, act=act)
     return _gemm(x, gs, w_data, w_scale, alpha, bias, out, config, a_mode=_X, tiles_for_m=tiles_for_m, act=act)
 
 

@@ -137,9 +137,56 @@ def test_gemm_taking_act_of_x_refuses_bad_arguments():
         kernels.nvfp4_gemm_quantize_x(torch.zeros(2, 128), layer.input_global_scale, *args, act="swish")
     with pytest.raises(ValueError, match="even number of columns"):
         kernels.nvfp4_gemm_quantize_x(torch.zeros(2, 127), layer.input_global_scale, *args, act="silu_mul")
-    with pytest.raises(ValueError, match="static scale"):
-        kernels.nvfp4_gemm_quantize_x(torch.zeros(2, 128), None, layer.weight, layer.weight_scale, None, None,
-                                      torch.empty(2, 40), weight_scale_2=layer.weight_scale_2, act="silu_mul")
+    with pytest.raises(ValueError, match="too large for the dynamic scale inside the GEMM"):
+        kernels.nvfp4_gemm_quantize_x(torch.zeros(17, 128), None, layer.weight, layer.weight_scale, None, None,
+                                      torch.empty(17, 40), weight_scale_2=layer.weight_scale_2, act="silu_mul")
+
+
+@pytest.mark.parametrize("act", sorted(kernels.ACTS))
+@pytest.mark.parametrize("m", [1, 5, 16])
+def test_gemm_taking_act_of_x_takes_a_dynamic_scale_itself(device, act, m):
+    """`nvfp4_gemm_quantize_x(act=, weight_scale_2=)`: every program derives the dynamic scale from max |act(x)|
+    over all of x itself (one launch), against the scale launch (`dynamic_gs_alpha(act=)`) and then the same GEMM
+    with that scale: the same bits. Odd I (200), a strided x, a bias, a poisoned output."""
+    n, i = 40, 200
+    width = 2 * i if kernels.ACTS[act][1] else i
+    down, _ = modelopt_checkpoint(n, i, seed=m, bias=True)
+    layer = Linear.from_modelopt(**on(down, device, dynamic=True), backend="triton", in_features=i)
+    base = (torch.randn(m, width + 24, generator=torch.Generator().manual_seed(m + 7)) * 3).to(torch.bfloat16)
+    x = base.to(device)[:, 8:8 + width]  # row stride width + 24
+    assert kernels.fuses_dynamic_scale_in_pass(m, width, x.stride(0))
+    gs, alpha = kernels.dynamic_gs_alpha(x, layer.weight_scale_2, act=act)
+    want = kernels.nvfp4_gemm_quantize_x(x, gs, layer.weight, layer.weight_scale, alpha, layer.bias,
+                                         torch.empty(m, n, dtype=torch.bfloat16, device=device), act=act)
+    got = kernels.nvfp4_gemm_quantize_x(x, None, layer.weight, layer.weight_scale, None, layer.bias,
+                                        torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device),
+                                        weight_scale_2=layer.weight_scale_2, act=act)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("m", [1, 6])
+def test_host_bound_dynamic_down_projection_takes_one_launch(device, monkeypatch, m):
+    """An eager down projection with a dynamic scale whose input is small enough (`fuses_dynamic_scale_in_pass`)
+    takes one launch: max |act(h)| inside the GEMM, no scale launch (patched to fail), the bits of the scale
+    launch and the GEMM."""
+    hidden, inter = 48, 88
+    gate, up, down, _ = mlp_tensors(hidden, inter)
+    dyn, _ = build(gate, up, down, device, dynamic=True, hidden=hidden, inter=inter)
+    d = dyn.down
+    h = (torch.randn(m, 2 * inter, generator=torch.Generator().manual_seed(m)) * 3).to(torch.bfloat16).to(device)
+    gs, alpha = kernels.dynamic_gs_alpha(h, d.weight_scale_2, act="silu_mul")
+    want = kernels.nvfp4_gemm_quantize_x(h, gs, d.weight, d.weight_scale, alpha, None,
+                                         torch.empty(m, hidden, dtype=torch.bfloat16, device=device), act="silu_mul")
+
+    def no_scale_launch(*args, **kwargs):
+        raise AssertionError("a scale launch")
+    for name in ("dynamic_gs_alpha", "dynamic_encode_scale", "dynamic_maxima"):
+        monkeypatch.setattr(kernels, name, no_scale_launch)
+    if device == "cuda":
+        monkeypatch.setattr(ops, "eager_route", lambda *args: ops.ONE_LAUNCH)  # (as an eager call of a small layer)
+    got = ops.triton_act_linear(h, "silu_mul", d.weight, d.weight_scale, d.input_global_scale, d.alpha,
+                                d.weight_scale_2, None, hidden, True, None)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("m", [3, 17, 130])
@@ -471,13 +518,14 @@ GPU_M = [1, 16, 64, 300, 1100]  # the unfused decode kernel's size, decode, mid 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-@pytest.mark.parametrize("m", [8, 16])
-def test_gpu_decode_eager_equals_graph_at_qwen_shapes(m, dynamic):
-    """Qwen2.5-72B's per-rank MLP at TP 8 (hidden 8192, intermediate 3696) at decode: called eagerly, the
-    down projection takes one launch (`ops.eager_route`: act(h) quantized inside its GEMM; a dynamic scale's
-    max |act(h)| from a launch of its own first), captured into a graph the activation pass and then the
-    GEMM. The same bits, no host sync, the down projection within the fp64 bound."""
-    hidden, inter = 8192, 3696
+@pytest.mark.parametrize("m", [1, 8, 16])
+@pytest.mark.parametrize("hidden, inter", [(4096, 1368), (8192, 3696)], ids=["glm", "qwen"])
+def test_gpu_decode_eager_equals_graph_at_per_rank_shapes(hidden, inter, m, dynamic):
+    """GLM-4.5-Air's and Qwen2.5-72B's per-rank MLPs at TP 8 at decode: called eagerly, the down projection
+    takes one launch (`ops.eager_route`: act(h) quantized inside its GEMM; a dynamic scale's max |act(h)|
+    taken there too where h is small enough, `fuses_dynamic_scale_in_pass`, else by a launch of its own
+    first), captured into a graph the activation pass and then the GEMM. The same bits, no host sync, the
+    down projection within the fp64 bound."""
     gate, up, down, q_down = mlp_tensors(hidden, inter, seed=m)
     mlp, _ = build(gate, up, down, "cuda", dynamic=dynamic, hidden=hidden, inter=inter)
     x = x_for(m, hidden, "cuda", seed=m)
