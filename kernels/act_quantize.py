@@ -28,6 +28,11 @@ fake_quantize_tile = sibling(__name__, "quant_dequant").fake_quantize_tile
 _dequantize_rows_program = sibling(__name__, "quant_dequant")._dequantize_rows_program
 activation_offset = sibling(__name__, "layout").activation_offset
 encode_scale = numerics.encode_scale
+# (small_act_input_scales runs inside the GEMM, whose source torch.compile re-emits: its helpers by their own names)
+amax_chunk_cols = numerics.amax_chunk_cols
+fold_abs_bits = numerics.fold_abs_bits
+dynamic_scales = numerics.dynamic_scales
+max_combine = numerics.max_combine
 
 # ACT codes (the launcher maps names): gated ones multiply act(gate) by up.
 SILU_MUL = tl.constexpr(0)
@@ -125,10 +130,9 @@ def small_act_input_scales(x_ptr, M, I, stride_xm, weight_scale_2, ACT: tl.const
     amax = tl.full([AMAX_BLOCK], 0, tl.int32)
     for r in tl.static_range(ROWS):
         for c in tl.static_range(AMAX_CHUNKS):
-            cols = ((c + rotation) % AMAX_CHUNKS) * AMAX_BLOCK + tl.arange(0, AMAX_BLOCK)
-            h = _act_tile(x_ptr, cols * 0 + r, cols, M, I, stride_xm, ACT, GATED, BF16_BITS)
-            amax = tl.maximum(amax, h.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
-    return numerics.dynamic_scales(tl.reduce(amax, 0, numerics.max_combine), weight_scale_2)
+            cols = amax_chunk_cols(c, rotation, AMAX_CHUNKS, AMAX_BLOCK)
+            amax = fold_abs_bits(amax, _act_tile(x_ptr, cols * 0 + r, cols, M, I, stride_xm, ACT, GATED, BF16_BITS))
+    return dynamic_scales(tl.reduce(amax, 0, max_combine), weight_scale_2)
 
 
 @triton.jit

@@ -307,11 +307,23 @@ def small_input_scales(x_ptr, M, K, stride_xm, weight_scale_2, ROWS: tl.constexp
     amax = tl.full([AMAX_BLOCK], 0, tl.int32)
     for r in tl.static_range(ROWS):
         for c in tl.static_range(AMAX_CHUNKS):
-            cols = ((c + rotation) % AMAX_CHUNKS) * AMAX_BLOCK + tl.arange(0, AMAX_BLOCK)
+            cols = amax_chunk_cols(c, rotation, AMAX_CHUNKS, AMAX_BLOCK)
             row_ok = cols * 0 + r < M  # a tensor mask (r is a compile-time int)
-            v = tl.load(x_ptr + r * stride_xm + cols, mask=(cols < K) & row_ok, other=0.0)
-            amax = tl.maximum(amax, v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF)
+            amax = fold_abs_bits(amax, tl.load(x_ptr + r * stride_xm + cols, mask=(cols < K) & row_ok, other=0.0))
     return dynamic_scales(tl.reduce(amax, 0, max_combine), weight_scale_2)
+
+
+@triton.jit
+def amax_chunk_cols(c, rotation, AMAX_CHUNKS: tl.constexpr, AMAX_BLOCK: tl.constexpr):
+    """The columns of the unrolled max |x| reads' chunk c (of a row), rotated by the reading program's
+    id so that programs reading the same bytes do not all ask the same L2 slices at once."""
+    return ((c + rotation) % AMAX_CHUNKS) * AMAX_BLOCK + tl.arange(0, AMAX_BLOCK)
+
+
+@triton.jit
+def fold_abs_bits(amax, v):
+    """amax (int32 float bits) folded elementwise with |v| as fp32 bits (NaN sorts above +inf, so kept)."""
+    return tl.maximum(amax, v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF)
 
 
 @triton.jit
