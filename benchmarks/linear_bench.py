@@ -8,6 +8,8 @@ a model, where every layer's weights come from DRAM): the time per layer is the 
 chain over its length. Weight bandwidth counts the padded NVFP4 weight's bytes (codes + scales).
 
     python benchmarks/linear_bench.py                  # table + results/linear_<gpu>.csv + RESULTS.md
+    python benchmarks/linear_bench.py --m 1 16 --no-compile --results-dir D   # some rows, no torch.compile columns
+    python benchmarks/linear_bench.py --from-csv D1/linear_<gpu>.csv D2/...   # one table from runs on several GPUs
     python benchmarks/linear_bench.py --tune           # tile sweeps for the small-M kernel and the paths
     python benchmarks/linear_bench.py --tune-gemv      # small M: CUDA-core kernel tiles vs the other one-launch paths
     python benchmarks/linear_bench.py --ab-fused       # past decode: x quantized in the GEMM vs a pass first vs cuBLAS
@@ -45,6 +47,8 @@ from fp4linear import kernels, ops  # noqa: E402
 from fp4linear.kernels import gemm_launch, quant_dequant_launch  # noqa: E402
 
 MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048, 4096, 8192]
+TABLE_HEADER = ["m", "n", "k", "input_scale", "bf16_graph_us", "fp4_graph_us", "bf16_eager_us", "fp4_eager_us",
+                "temp_bytes", "bf16_compile_us", "fp4_compile_us", "read_floor_us"]
 
 
 def cold_static_layers(n, k, device):
@@ -128,8 +132,6 @@ def run_table(args):
     shapes = [(64, 48), (200, 464)] if device == "cpu" else LINEAR_SHAPES
     ms = [1, 16, 40] if device == "cpu" else (args.m or MS)
     copy = copy_ceiling_tbps() if device == "cuda" else float("nan")
-    header = ["m", "n", "k", "input_scale", "bf16_graph_us", "fp4_graph_us", "bf16_eager_us", "fp4_eager_us",
-              "temp_bytes", "bf16_compile_us", "fp4_compile_us", "read_floor_us"]
     rows = []
     todo = [(n, k, m) for n, k in (args.shapes or shapes) for m in ms]
     cache = {}
@@ -150,7 +152,8 @@ def run_table(args):
         # rounds (host speed drifts); long layers in fewer calls a round (`eager_calls`)
         walls = wall_us([lambda i=i: layers[0][i](x) for i in range(3)], eager_calls(bf16_graph))
         bf16_eager = walls[0]
-        compiled = compiled_walls(layers[0], x, wall_us) if decode and device == "cuda" else [float("nan")] * 3
+        compiled = (compiled_walls(layers[0], x, wall_us) if decode and device == "cuda" and not args.no_compile
+                    else [float("nan")] * 3)
         lin0 = layers[0][1]
         for mode, idx in (("static", 1), ("dynamic", 2)):
             fp4_graph = graph_us(chain([c[idx] for c in layers], x)) / copies
@@ -160,11 +163,42 @@ def run_table(args):
                          cache["floor"]])
     csv_path = args.results_dir / f"linear_{gpu_slug()}.csv"
     if args.update:  # keep the other rows of an earlier run of this card (columns added since: nan)
-        rows = merge_rows(csv_path, rows, 4, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:8]),
-                                                        int(r[8]), *(float(v) for v in r[9:12]),
-                                                        *(float("nan"),) * (12 - max(9, len(r)))])
-        order = {s: i for i, s in enumerate(LINEAR_SHAPES)}
-        rows.sort(key=lambda r: (order.get((r[1], r[2]), 99), r[0], r[3] != "static"))
+        rows = merge_rows(csv_path, rows, 4, parse_table_row)
+    publish_table(args, rows, copy, device)
+
+
+def parse_table_row(r: list[str]) -> list:
+    """A row of linear_<gpu>.csv (strings) -> the row `run_table` measures (columns added since: nan)."""
+    return [int(r[0]), int(r[1]), int(r[2]), r[3], *map(float, r[4:8]), int(r[8]), *(float(v) for v in r[9:12]),
+            *(float("nan"),) * (12 - max(9, len(r)))]
+
+
+def table_title() -> str:
+    """RESULTS.md keeps one Linear table per card."""
+    return f"Linear: fp4linear vs cuBLAS bf16, {gpu_slug().upper()} (benchmarks/linear_bench.py)"
+
+
+def run_from_csv(args):
+    """--from-csv: merge the rows of several runs' CSVs (later files win on a repeated row) into this card's
+    CSV and table, without timing anything; the copy ceiling (% copy column) is measured now. For runs
+    split over several GPUs of one host, each process with its own --results-dir."""
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    rows = []
+    for path in args.from_csv:
+        if not path.is_file():
+            raise SystemExit(f"--from-csv: no such file {path}")
+        with path.open() as f:
+            new = [parse_table_row(r) for r in list(csv.reader(f))[1:]]
+        keys = {tuple(r[:4]) for r in new}
+        rows = [r for r in rows if tuple(r[:4]) not in keys] + new
+    copy = copy_ceiling_tbps() if device == "cuda" else float("nan")
+    publish_table(args, rows, copy, device)
+
+
+def publish_table(args, rows, copy: float, device: str):
+    """Sort the rows (shape, M, static first), render the markdown view and publish CSV + RESULTS.md section."""
+    order = {s: i for i, s in enumerate(LINEAR_SHAPES)}
+    rows = sorted(rows, key=lambda r: (order.get((r[1], r[2]), 99), r[0], r[3] != "static"))
     md = []
     for m, n, k, mode, bf16_graph, fp4_graph, bf16_eager, fp4_eager, temp, bf16_comp, fp4_comp, floor in rows:
         p = fp4linear.plan(n, k, backend="triton")
@@ -186,7 +220,7 @@ def run_table(args):
              f"activation; on the cuBLAS path also the weight chunk, and the fp32 output chunk where cuBLAS cannot apply alpha itself: with a bias).")
     if device == "cpu":
         args.no_write = True
-    publish(args, "Linear: fp4linear vs cuBLAS bf16 (benchmarks/linear_bench.py)", intro, header, rows,
+    publish(args, table_title(), intro, TABLE_HEADER, rows,
             csv_name=f"linear_{gpu_slug()}.csv", md_header=md_header, md_rows=md)
 
 
@@ -1869,9 +1903,14 @@ def main():
                    "holds one of these strings (and the routed / cuBLAS paths)")
     p.add_argument("--ragged-k", action="store_true", help="--ab-decode: also K tiles that do not divide Kp "
                    "(the last one masked)")
+    p.add_argument("--no-compile", action="store_true", help="the table: leave out the torch.compile columns "
+                   "(about a minute a decode row)")
+    p.add_argument("--from-csv", type=Path, nargs="+", help="the table from these runs' CSVs, merged (later files "
+                   "win), nothing timed: runs split over several GPUs of one host")
     add_output_args(p)
     args = p.parse_args()
-    run = next((fn for flag, fn, _ in modes if getattr(args, flag[2:].replace("-", "_"))), run_table)
+    run = next((fn for flag, fn, _ in modes if getattr(args, flag[2:].replace("-", "_"))),
+               run_from_csv if args.from_csv else run_table)
     run(args)
 
 if __name__ == "__main__":

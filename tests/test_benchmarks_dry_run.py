@@ -84,3 +84,27 @@ def test_forced_functions_patch_once_a_round_and_put_back():
     assert module.rule == "routed"
     forced()  # a single call (a graph capture) is patched around itself
     assert seen_forced[-1] == "forced" and module.rule == "routed"
+
+
+def test_linear_table_from_several_runs_csvs(tmp_path):
+    """`linear_bench.py --from-csv`: one table from runs split over GPUs; a row measured in two files
+    takes the later file's figures, the others all stay; a missing file is an error naming it."""
+    header = ("m,n,k,input_scale,bf16_graph_us,fp4_graph_us,bf16_eager_us,fp4_eager_us,temp_bytes,bf16_compile_us,"
+              "fp4_compile_us,read_floor_us\n")
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text(header + "1,8192,8192,static,47.0,18.25,50.0,33.0,0,nan,nan,12.3\n"
+                              "16,8192,8192,static,47.5,22.75,50.0,47.0,0,nan,nan,12.3\n")
+    second.write_text(header + "16,8192,8192,static,47.5,21.5,50.0,47.0,0,nan,nan,12.3\n"
+                               "2048,2688,464,dynamic,11.25,18.5,33.0,85.0,4096,nan,nan,nan\n")
+    run = [sys.executable, str(ROOT / "benchmarks" / "linear_bench.py"), "--results-dir", str(tmp_path / "out"),
+           "--results-md", str(tmp_path / "RESULTS.md"), "--from-csv"]
+    out = subprocess.run(run + [str(first), str(second)], capture_output=True, text=True, timeout=300,
+                         env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[:6] for row in rows] == [["| 1", "8192", "8192", "static", "47.0", "18.2"],
+                                                       ["| 16", "8192", "8192", "static", "47.5", "21.5"],
+                                                       ["| 2048", "2688", "464", "dynamic", "11.2", "18.5"]]
+    missing = subprocess.run(run + [str(first), str(tmp_path / "none.csv")], capture_output=True, text=True,
+                             timeout=300, env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""})
+    assert missing.returncode != 0 and "none.csv" in missing.stderr
