@@ -1616,6 +1616,31 @@ def test_dynamic_scale_inside_the_quantizing_gemm_matches_the_separate_launch(de
                                       weight_scale_2=layer.weight_scale_2)
 
 
+@pytest.mark.parametrize("k, block_k, split_k", [(1376, 64, 2), (1460, 128, 3), (200, 64, 1), (464, 128, 5)])
+def test_dynamic_quantizing_gemm_first_weight_tile_loaded_early(device, monkeypatch, k, block_k, split_k):
+    """With a dynamic scale the GEMM quantizing x loads each split's first weight tile before its max |x|
+    reads and takes it at the loop's first step (later steps load their own): the bits of the static
+    one launch after `dynamic_gs_alpha`, with splits of one to eleven K tiles, Kp a multiple of the K
+    tile or not (EVEN_K both ways), more splits than K tiles need, and a poisoned output."""
+    from fp4linear.kernels import gemm_launch, workspace
+
+    if device.type == "cpu":
+        kept = workspace.Scratch(device)
+        monkeypatch.setattr(gemm_launch, "scratch_of", lambda t: kept)
+    m, n = 7, 80
+    config = kernels.GemmConfig(16, 64, block_k, 4, 3, split_k=split_k, predequant_a=True, w_operand_b=True)
+    layer, _, _ = layer_for(n, k, device, dynamic=True, seed=k)
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(k)) * 3).to(torch.bfloat16).to(device)
+    gs, alpha = kernels.dynamic_gs_alpha(x, layer.weight_scale_2)
+    want = kernels.nvfp4_gemm_quantize_x(x, gs, layer.weight, layer.weight_scale, alpha, None,
+                                         torch.empty(m, n, dtype=torch.bfloat16, device=device), config=config)
+    got = kernels.nvfp4_gemm_quantize_x(x, None, layer.weight, layer.weight_scale, None, None,
+                                        torch.full((m, n), math.nan, dtype=torch.bfloat16, device=device),
+                                        config=config, weight_scale_2=layer.weight_scale_2)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not got.isnan().any()
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dynamic, m", [(False, 768), (True, 768), (True, 16)])
 def test_gpu_fresh_process_eager_warmup_then_graph_capture(dynamic, m):
