@@ -78,21 +78,6 @@ def _row_concat(top, bottom, ROWS: tl.constexpr, COLS: tl.constexpr):
     return tl.reshape(tl.permute(tl.join(top, bottom), [2, 0, 1]), [2 * ROWS, COLS])
 
 
-@triton.jit
-def _weight_tile(w_rows, w_sf_rows, k0, rb, rs, rows_ok, Kp, S4, UNIT: tl.constexpr, EVEN_K: tl.constexpr):
-    """K tile k0 of the weight: (codes [BLOCK_N, BLOCK_K / UNIT] in UNIT-code words or bytes, scale bytes
-    [BLOCK_N, BLOCK_K / 16]), zeros on rows not rows_ok and (EVEN_K false) past Kp."""
-    s = k0 // 16 + rs
-    k_ok_b = (k0 // UNIT + rb) < Kp // UNIT
-    k_ok_s = s < S4
-    if EVEN_K:  # every split covers whole K tiles: no K masks
-        k_ok_b = k_ok_b | True
-        k_ok_s = k_ok_s | True
-    w_packed = tl.load(w_rows + k0 // UNIT + rb[None, :], mask=rows_ok[:, None] & k_ok_b[None, :], other=0)
-    w_sf = tl.load(w_sf_rows + s[None, :], mask=rows_ok[:, None] & k_ok_s[None, :], other=0)
-    return w_packed, w_sf
-
-
 @triton.jit(do_not_specialize=["M", "stride_om"])
 def nvfp4_gemm_kernel(
     a_ptr,  # uint8 [M, Kp/2]; PREDEQUANT_A: fp16 units [M, Kp]; QUANTIZE_X: x [M, K] (row stride stride_xm)
@@ -164,18 +149,7 @@ def nvfp4_gemm_kernel(
     a_rows = a_ptr + rm64[:, None] * (Kp // 2)
     w_rows = w_ptr + rn64[:, None] * (Kp // 2)
     w_sf_rows = w_scale_ptr + rn64[:, None] * S4
-    k_begin = pid_k * k_tiles_per_split * BLOCK_K
-    k_end = tl.minimum(k_begin + k_tiles_per_split * BLOCK_K, Kp)
-    UNIT: tl.constexpr = 8 if WORD_DECODE else 2  # codes per loaded element: int32 words or bytes
-    if WORD_DECODE:
-        rb = tl.arange(0, BLOCK_K // 8)  # 32-bit words (8 codes) of a K tile
-        a_rows = a_rows.to(tl.pointer_type(tl.int32))  # rows start at multiples of 32 bytes
-        w_rows = w_rows.to(tl.pointer_type(tl.int32))
-    if DYNAMIC:
-        # the first K tile's weight loads go out before the max |x| reads below, which they do not need:
-        # their DRAM latency passes under those reads (the loop takes the tile at its first step; no split
-        # is empty, `k_splits`)
-        w_first, w_sf_first = _weight_tile(w_rows, w_sf_rows, k_begin, rb, rs, n_ok, Kp, S4, UNIT, EVEN_K)
+
     if DYNAMIC and ACT >= 0:  # act(x)'s maximum: every element's activation computed by every program
         gs, alpha = small_act_input_scales(a_ptr, M, K, stride_xm, tl.load(a_scale_ptr), ACT, GATED, BF16_BITS,
                                            AMAX_ROWS, AMAX_BLOCK, AMAX_CHUNKS, tl.program_id(0))
@@ -200,21 +174,24 @@ def nvfp4_gemm_kernel(
                 acc3 = tl.full([DOT_M, BLOCK_N], 0.0, tl.float32)
     else:
         acc = tl.full([BLOCK_N, BLOCK_M], 0.0, tl.float32)
+    k_begin = pid_k * k_tiles_per_split * BLOCK_K
+    k_end = tl.minimum(k_begin + k_tiles_per_split * BLOCK_K, Kp)
+    if WORD_DECODE:
+        rb = tl.arange(0, BLOCK_K // 8)  # 32-bit words (8 codes) of a K tile
+        a_rows = a_rows.to(tl.pointer_type(tl.int32))  # rows start at multiples of 32 bytes
+        w_rows = w_rows.to(tl.pointer_type(tl.int32))
+        unit = 8
+    else:
+        unit = 2
     for k0 in range(k_begin, k_end, BLOCK_K):
         s = k0 // 16 + rs
-        k_ok_b = (k0 // UNIT + rb) < Kp // UNIT
+        k_ok_b = (k0 // unit + rb) < Kp // unit
         k_ok_s = s < S4
         if EVEN_K:  # every split covers whole K tiles: no K masks
             k_ok_b = k_ok_b | True
             k_ok_s = k_ok_s | True
-        if DYNAMIC:  # the first tile was loaded before max |x| (its loads here masked off)
-            first = k0 == k_begin
-            w_packed, w_sf = _weight_tile(w_rows, w_sf_rows, k0, rb, rs, rn < tl.where(first, 0, N), Kp, S4, UNIT,
-                                          EVEN_K)
-            w_packed = tl.where(first, w_first, w_packed)
-            w_sf = tl.where(first, w_sf_first, w_sf)
-        else:
-            w_packed, w_sf = _weight_tile(w_rows, w_sf_rows, k0, rb, rs, n_ok, Kp, S4, UNIT, EVEN_K)
+        w_packed = tl.load(w_rows + k0 // unit + rb[None, :], mask=n_ok[:, None] & k_ok_b[None, :], other=0)
+        w_sf = tl.load(w_sf_rows + s[None, :], mask=n_ok[:, None] & k_ok_s[None, :], other=0)
         if QUANTIZE_X:  # the values `fake_quantize(units=True)` writes, here in registers (word order)
             rk = k0 + tl.arange(0, BLOCK_K)
             if ACT >= 0:  # act(x) rounded to x's dtype, as `act_fake_quantize` takes it
@@ -231,7 +208,7 @@ def nvfp4_gemm_kernel(
             if SUBTILES == 1:  # (else loaded per sub-tile below: each load feeds its own dot)
                 a = _rows_units(a_ptr, pid_m * BLOCK_M, rk, M, Kp, BLOCK_M)
         else:
-            a_packed = tl.load(a_rows + k0 // UNIT + rb[None, :], mask=m_ok[:, None] & k_ok_b[None, :], other=0)
+            a_packed = tl.load(a_rows + k0 // unit + rb[None, :], mask=m_ok[:, None] & k_ok_b[None, :], other=0)
             a_sf = tl.load(a_scale_ptr + a_sf_row[:, None] + col_part_128x4(s)[None, :],
                            mask=m_ok[:, None] & k_ok_s[None, :], other=0)
             if WORD_DECODE:

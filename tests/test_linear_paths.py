@@ -1617,11 +1617,10 @@ def test_dynamic_scale_inside_the_quantizing_gemm_matches_the_separate_launch(de
 
 
 @pytest.mark.parametrize("k, block_k, split_k", [(1376, 64, 2), (1460, 128, 3), (200, 64, 1), (464, 128, 5)])
-def test_dynamic_quantizing_gemm_first_weight_tile_loaded_early(device, monkeypatch, k, block_k, split_k):
-    """With a dynamic scale the GEMM quantizing x loads each split's first weight tile before its max |x|
-    reads and takes it at the loop's first step (later steps load their own): the bits of the static
-    one launch after `dynamic_gs_alpha`, with splits of one to eleven K tiles, Kp a multiple of the K
-    tile or not (EVEN_K both ways), more splits than K tiles need, and a poisoned output."""
+def test_dynamic_quantizing_gemm_over_splits_of_several_k_tiles(device, monkeypatch, k, block_k, split_k):
+    """The GEMM quantizing x with a dynamic scale (max |x| read by every program before its K loop) over
+    forced tiles: the bits of the static one launch after `dynamic_gs_alpha`, with splits of one to
+    eleven K tiles, Kp a multiple of the K tile or not (EVEN_K both ways) and a poisoned output."""
     from fp4linear.kernels import gemm_launch, workspace
 
     if device.type == "cpu":
