@@ -1121,6 +1121,13 @@ def run_tune_operand(args):
                 res.append((cand.two_launches(cfg), f"B-operand two launches {label}"))
                 if m <= COLD_ROWS:
                     res.append((cand.one_launch(cfg), f"B-operand one launch {label}"))
+            if cls == "decode":  # the weight as wgmma's register operand, the tokens its N (16): async MMAs
+                for bn, bk, stages, pps in DECODE_REGISTER_CONFIGS:
+                    if kp % bk == 0:
+                        cfg = kernels.GemmConfig(16, bn, bk, bn // 16, 3, split_k=0, programs_per_sm=pps,
+                                                 min_split_tiles=2, predequant_a=True, w_registers=True,
+                                                 wgmma_stages=stages)
+                        res.append((cand.two_launches(cfg), f"registers 16x{bn}x{bk} s{stages} pps{pps}"))
             res = only_tiles(res, args.tiles)
             lins = [t[0] for t in trios]
             bf16 = graph_us(lambda: [lin(x) for lin in lins]) / copies
@@ -1136,6 +1143,12 @@ def run_tune_operand(args):
                 path, rows, 4, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], float(r[4]), float(r[5])]))
             rows = []
 
+
+# --tune-operand at M <= 16: the Gluon kernel with the decoded weight in wgmma's registers (`GemmConfig.w_registers`,
+# 16 token rows as wgmma's N) after the pass, (block_n weight rows, block_k, cp.async stages, programs per SM): each
+# warpgroup's MMAs run asynchronously while it decodes the next K tile, where mma.sync's chains wait (session 33)
+DECODE_REGISTER_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 3, 2), (64, 128, 4, 3), (128, 64, 4, 2),
+                           (128, 128, 3, 1)]
 
 # --ab-decode candidates: (block_m, block_n, block_k, warps, stages, weight the right operand, programs per SM
 # [, A in the MMA fragment order]). The left-operand tiles with 1-2 warps stay on mma.sync (wgmma needs 4 warps):
