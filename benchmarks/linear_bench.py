@@ -1148,7 +1148,7 @@ def run_tune_operand(args):
 # 16 token rows as wgmma's N) after the pass, (block_n weight rows, block_k, cp.async stages, programs per SM): each
 # warpgroup's MMAs run asynchronously while it decodes the next K tile, where mma.sync's chains wait (session 33)
 DECODE_REGISTER_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 3, 2), (64, 128, 4, 3), (128, 64, 4, 2),
-                           (64, 128, 6, 3), (64, 128, 4, 4), (64, 256, 3, 3), (64, 256, 4, 2), (64, 128, 6, 4),
+                           (64, 128, 6, 3), (64, 128, 4, 4), (64, 128, 6, 4),
                            (128, 128, 3, 1)]
 
 # --ab-decode candidates: (block_m, block_n, block_k, warps, stages, weight the right operand, programs per SM
