@@ -183,14 +183,12 @@ def run_from_csv(args):
     CSV and table, without timing anything; the copy ceiling (% copy column) is measured now. For runs
     split over several GPUs of one host, each process with its own --results-dir."""
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    missing = [str(path) for path in args.from_csv if not path.is_file()]
+    if missing:
+        raise SystemExit(f"--from-csv: no such file {', '.join(missing)}")
     rows = []
-    for path in args.from_csv:
-        if not path.is_file():
-            raise SystemExit(f"--from-csv: no such file {path}")
-        with path.open() as f:
-            new = [parse_table_row(r) for r in list(csv.reader(f))[1:]]
-        keys = {tuple(r[:4]) for r in new}
-        rows = [r for r in rows if tuple(r[:4]) not in keys] + new
+    for path in reversed(args.from_csv):  # `merge_rows` keeps the rows it is given: the later files'
+        rows = merge_rows(path, rows, 4, parse_table_row)
     copy = copy_ceiling_tbps() if device == "cuda" else float("nan")
     publish_table(args, rows, copy, device)
 
@@ -1082,6 +1080,14 @@ def publish_pipelined(args, path: Path, meta: str) -> None:
                                                        f"CSV: `{rel}`"])
 
 
+# --tune-operand at M <= 16: the Gluon kernel with the decoded weight in wgmma's registers (`GemmConfig.w_registers`,
+# 16 token rows as wgmma's N) after the pass, (block_n weight rows, block_k, cp.async stages, programs per SM): each
+# warpgroup's MMAs run asynchronously while it decodes the next K tile, where mma.sync's chains wait (session 33)
+DECODE_REGISTER_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 3, 2), (64, 128, 4, 3), (128, 64, 4, 2),
+                           (64, 128, 6, 3), (64, 128, 4, 4), (64, 128, 6, 4),
+                           (128, 128, 3, 1)]
+
+
 def run_tune_operand(args):
     """The decoded weight as the MMA's right operand (`GemmConfig.w_operand_b`) against the layer's
     routed path: the quantize-dequantize pass + the Triton GEMM per tile, and at M <= 16 the GEMM
@@ -1143,13 +1149,6 @@ def run_tune_operand(args):
                 path, rows, 4, lambda r: [int(r[0]), int(r[1]), int(r[2]), r[3], float(r[4]), float(r[5])]))
             rows = []
 
-
-# --tune-operand at M <= 16: the Gluon kernel with the decoded weight in wgmma's registers (`GemmConfig.w_registers`,
-# 16 token rows as wgmma's N) after the pass, (block_n weight rows, block_k, cp.async stages, programs per SM): each
-# warpgroup's MMAs run asynchronously while it decodes the next K tile, where mma.sync's chains wait (session 33)
-DECODE_REGISTER_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 3, 2), (64, 128, 4, 3), (128, 64, 4, 2),
-                           (64, 128, 6, 3), (64, 128, 4, 4), (64, 128, 6, 4),
-                           (128, 128, 3, 1)]
 
 # --ab-decode candidates: (block_m, block_n, block_k, warps, stages, weight the right operand, programs per SM
 # [, A in the MMA fragment order]). The left-operand tiles with 1-2 warps stay on mma.sync (wgmma needs 4 warps):
